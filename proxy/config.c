@@ -1,0 +1,494 @@
+/*
+ * config.c -- settings table (key, type, default, help) driving defaults, INI parsing, validation and
+ * the generated reference. One table, so the docs, the defaults and the parser cannot drift apart.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "log.h"
+
+enum opt_type { OPT_STR, OPT_BOOL, OPT_DURATION, OPT_SIZE, OPT_UINT, OPT_LIST };
+
+struct opt {
+    const char *section;
+    const char *key;
+    enum opt_type type;
+    size_t offset;
+    const char *def;
+    const char *help;
+};
+
+#define O(sec, key, type, field, def, help) {sec, key, type, offsetof(struct px_config, field), def, help}
+
+static const struct opt opts[] = {
+    O("server", "listen", OPT_STR, listen, "127.0.0.1:8080",
+      "Address:port of the WebSocket listener ([::1]:8080 for IPv6)."),
+    O("server", "ws_path", OPT_STR, ws_path, "/ws",
+      "Path of the authenticated chat endpoint."),
+    O("server", "echo_path", OPT_STR, echo_path, "/echo",
+      "Path of the echo endpoint (conformance tests, health checks); empty disables it."),
+    O("server", "max_message_size", OPT_SIZE, max_message_size, "1MiB",
+      "Largest message a client may send; larger ones close with 1009 before they are buffered."),
+    O("server", "max_header_size", OPT_SIZE, max_header_size, "8KiB",
+      "Largest HTTP request head (request line + headers); larger gets 431."),
+    O("server", "handshake_timeout", OPT_DURATION, handshake_timeout_ms, "10s",
+      "Time a client has to send a complete request head (slowloris guard)."),
+    O("server", "origins", OPT_LIST, origins, "*",
+      "Allowed Origin values for browsers, comma separated; * allows any."),
+    O("server", "subprotocols", OPT_LIST, subprotocols, "",
+      "Subprotocols the server speaks, in preference order; empty = none."),
+    O("server", "static_dir", OPT_STR, static_dir, "web",
+      "Directory served at / on the main listener (the chat page); empty disables."),
+    O("server", "close_timeout", OPT_DURATION, close_timeout_ms, "5s",
+      "After sending a close frame, how long to wait for the peer's close before dropping TCP."),
+    O("server", "drain_timeout", OPT_DURATION, drain_timeout_ms, "10s",
+      "On SIGTERM/SIGINT, how long clients get to finish the closing handshake before exit."),
+    O("tls", "cert", OPT_STR, tls_cert, "",
+      "PEM certificate chain; TLS (wss) is on when cert and key are both set."),
+    O("tls", "key", OPT_STR, tls_key, "", "PEM private key for cert."),
+    O("log", "level", OPT_STR, log_level, "info", "error, warn, info or debug."),
+    O("store", "path", OPT_STR, store_path, "var/wsproxy.db",
+      "SQLite database file (WAL mode); its directory must exist."),
+    O("store", "synchronous", OPT_STR, store_synchronous, "normal",
+      "normal: a commit survives a crash of wsproxy; full: also a power loss (slower)."),
+    O("store", "busy_timeout", OPT_DURATION, store_busy_timeout_ms, "5s",
+      "How long a write waits for a lock held by another process (e.g. wsctl)."),
+    O("store", "max_replay", OPT_UINT, store_max_replay, "1000",
+      "Room messages replayed per room on connect; beyond it a 'truncated' notice is sent."),
+    O("auth", "mode", OPT_STR, auth_mode, "token",
+      "token (JWT), query (?user= from a trusted proxy) or token,query."),
+    O("auth", "jwt_alg", OPT_STR, jwt_alg, "HS256", "HS256, RS256 or ES256; tokens must use exactly this."),
+    O("auth", "jwt_secret", OPT_STR, jwt_secret, "", "Shared secret for HS256."),
+    O("auth", "jwt_public_key", OPT_STR, jwt_public_key, "",
+      "PEM public key file for RS256/ES256."),
+    O("auth", "jwt_leeway", OPT_DURATION, jwt_leeway_ms, "30s",
+      "Clock skew allowed when checking exp and nbf."),
+    O("auth", "jwt_cookie", OPT_STR, jwt_cookie, "",
+      "Cookie name to read the token from (besides ?token= and Authorization: Bearer); empty = none."),
+    O("auth", "trusted_proxies", OPT_STR, trusted_proxies, "",
+      "CIDR list of fronts (nginx) whose X-Forwarded-For/X-Real-IP and ?user= are believed."),
+    O("heartbeat", "ping_interval", OPT_DURATION, ping_interval_ms, "25s",
+      "Idle time after which the server pings; keep it below nginx's proxy_read_timeout. 0 disables."),
+    O("heartbeat", "pong_timeout", OPT_DURATION, pong_timeout_ms, "10s",
+      "How long a pinged peer has to send any frame before it is closed as dead."),
+    O("limits", "send_queue", OPT_SIZE, send_queue, "1MiB",
+      "Unsent output a connection may hold; over it the client is closed with 1013 (slow consumer)."),
+    O("limits", "rate", OPT_UINT, rate, "50",
+      "Messages per second a connection may send (token bucket); 0 = unlimited."),
+    O("limits", "rate_burst", OPT_UINT, rate_burst, "100", "Bucket size for rate."),
+    O("limits", "max_connections", OPT_UINT, max_connections, "10000",
+      "Open WebSocket connections in total; over it new ones get 503."),
+    O("limits", "max_connections_per_ip", OPT_UINT, max_connections_per_ip, "100",
+      "Open WebSocket connections per client address; over it new ones get 503."),
+    O("api", "listen", OPT_STR, api_listen, "127.0.0.1:8081",
+      "Address:port of the HTTP push/admin API; keep it private. Empty disables."),
+    O("api", "keys", OPT_LIST, api_keys, "",
+      "API keys (comma separated) accepted as Authorization: Bearer KEY."),
+    O("api", "max_body", OPT_SIZE, api_max_body, "1MiB", "Largest API request body; larger gets 413."),
+    O("demo", "enabled", OPT_BOOL, demo_enabled, "false",
+      "Serve GET /demo/token?user=NAME (HS256 tokens for the demo page). Never in production."),
+    O("demo", "token_ttl", OPT_DURATION, demo_token_ttl_ms, "1h", "Lifetime of demo tokens."),
+};
+
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+
+/* ---- value parsers ---- */
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+int config_parse_duration(const char *s, int64_t *out_ms)
+{
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    double v = strtod(s, &end);
+    if (errno || end == s)
+        return -1;
+    while (*end == ' ')
+        end++;
+    double mult;
+    /* A bare number is seconds, as in nginx. */
+    if (*end == '\0' || strcmp(end, "s") == 0)
+        mult = 1000;
+    else if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+        mult = 60000;
+    else if (strcmp(end, "h") == 0)
+        mult = 3600000;
+    else if (strcmp(end, "d") == 0)
+        mult = 86400000;
+    else
+        return -1;
+    double ms = v * mult;
+    if (ms > 1e15)
+        return -1;
+    *out_ms = (int64_t)ms;
+    return 0;
+}
+
+int config_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    while (*end == ' ')
+        end++;
+    uint64_t mult;
+    if (*end == '\0' || strcasecmp(end, "b") == 0)
+        mult = 1;
+    else if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kib") == 0 || strcasecmp(end, "kb") == 0)
+        mult = 1024;
+    else if (strcasecmp(end, "m") == 0 || strcasecmp(end, "mib") == 0 || strcasecmp(end, "mb") == 0)
+        mult = 1024 * 1024;
+    else if (strcasecmp(end, "g") == 0 || strcasecmp(end, "gib") == 0 || strcasecmp(end, "gb") == 0)
+        mult = 1024ull * 1024 * 1024;
+    else
+        return -1;
+    if (v > UINT64_MAX / mult)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
+int config_parse_bool(const char *s, bool *out)
+{
+    if (!strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on") || !strcmp(s, "1"))
+        *out = true;
+    else if (!strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off") ||
+             !strcmp(s, "0"))
+        *out = false;
+    else
+        return -1;
+    return 0;
+}
+
+static int parse_uint(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void str_list_free(struct str_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->items[i]);
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+static int str_list_parse(struct str_list *l, const char *s)
+{
+    str_list_free(l);
+    char *copy = strdup(s);
+    if (!copy)
+        return -1;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *t = trim(tok);
+        if (!*t)
+            continue;
+        char **grown = realloc(l->items, (l->n + 1) * sizeof(*grown));
+        if (!grown)
+            goto fail;
+        l->items = grown;
+        if (!(l->items[l->n] = strdup(t)))
+            goto fail;
+        l->n++;
+    }
+    free(copy);
+    return 0;
+fail:
+    free(copy);
+    return -1;
+}
+
+bool str_list_has(const struct str_list *l, const char *s)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->items[i], s) == 0)
+            return true;
+    return false;
+}
+
+int config_split_hostport(const char *s, char *host, size_t cap, int *port)
+{
+    const char *colon;
+    const char *h = s;
+    size_t hlen;
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (!rb || rb[1] != ':')
+            return -1;
+        h = s + 1;
+        hlen = (size_t)(rb - h);
+        colon = rb + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -1;
+        hlen = (size_t)(colon - s);
+    }
+    if (hlen == 0 || hlen >= cap)
+        return -1;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    uint64_t p;
+    if (parse_uint(colon + 1, &p) || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+/* ---- loading ---- */
+
+struct load_ctx {
+    struct px_config *cfg;
+    FILE *err;
+    const char *path;
+    int errors;
+};
+
+static const struct opt *opt_find(const char *section, const char *key)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (!strcmp(opts[i].section, section) && !strcmp(opts[i].key, key))
+            return &opts[i];
+    return NULL;
+}
+
+static int opt_set(struct px_config *cfg, const struct opt *o, const char *raw)
+{
+    void *field = (char *)cfg + o->offset;
+    char *buf = strdup(raw);
+    if (!buf)
+        return -1;
+    char *v = trim(buf);
+    int rc = 0;
+    switch (o->type) {
+    case OPT_STR: {
+        char *copy = strdup(v);
+        if (!copy) {
+            rc = -1;
+            break;
+        }
+        free(*(char **)field);
+        *(char **)field = copy;
+        break;
+    }
+    case OPT_BOOL:
+        rc = config_parse_bool(v, (bool *)field);
+        break;
+    case OPT_DURATION:
+        rc = config_parse_duration(v, (int64_t *)field);
+        break;
+    case OPT_SIZE:
+        rc = config_parse_size(v, (uint64_t *)field);
+        break;
+    case OPT_UINT:
+        rc = parse_uint(v, (uint64_t *)field);
+        break;
+    case OPT_LIST:
+        rc = str_list_parse((struct str_list *)field, v);
+        break;
+    }
+    free(buf);
+    return rc;
+}
+
+static const char *type_hint(enum opt_type t)
+{
+    switch (t) {
+    case OPT_BOOL:
+        return " (use true or false)";
+    case OPT_DURATION:
+        return " (use e.g. 500ms, 10s, 5m, 1h)";
+    case OPT_SIZE:
+        return " (use e.g. 512, 64KiB, 1MiB)";
+    case OPT_UINT:
+        return " (use a whole number)";
+    default:
+        return "";
+    }
+}
+
+static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
+{
+    struct load_ctx *lc = user;
+    const struct opt *o = opt_find(section, name);
+    if (!o) {
+        fprintf(lc->err, "config %s: unknown key [%s] %s\n", lc->path, section, name);
+        lc->errors++;
+        return 1; /* keep going: report every problem at once */
+    }
+    if (opt_set(lc->cfg, o, value) != 0) {
+        fprintf(lc->err, "config %s: [%s] %s: bad value '%s'%s\n", lc->path, section, name, value,
+                type_hint(o->type));
+        lc->errors++;
+    }
+    return 1;
+}
+
+static void check(struct load_ctx *lc, bool ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void check(struct load_ctx *lc, bool ok, const char *fmt, ...)
+{
+    if (ok)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(lc->err, "config: ");
+    vfprintf(lc->err, fmt, ap);
+    fputc('\n', lc->err);
+    va_end(ap);
+    lc->errors++;
+}
+
+static void validate(struct load_ctx *lc)
+{
+    struct px_config *c = lc->cfg;
+    char host[256];
+    int port;
+    check(lc, config_split_hostport(c->listen, host, sizeof(host), &port) == 0,
+          "[server] listen: '%s' is not ADDR:PORT (e.g. 127.0.0.1:8080, [::1]:8080)", c->listen);
+    check(lc, c->ws_path[0] == '/', "[server] ws_path: '%s' must start with /", c->ws_path);
+    check(lc, c->echo_path[0] == '\0' || c->echo_path[0] == '/',
+          "[server] echo_path: '%s' must start with / (or be empty to disable)", c->echo_path);
+    check(lc, strcmp(c->ws_path, c->echo_path) != 0,
+          "[server] echo_path: '%s' must differ from ws_path", c->echo_path);
+    check(lc, c->max_message_size >= 125 && c->max_message_size <= (1ull << 30),
+          "[server] max_message_size: must be between 125 and 1GiB%s", "");
+    check(lc, c->max_header_size >= 1024 && c->max_header_size <= (1 << 20),
+          "[server] max_header_size: must be between 1KiB and 1MiB%s", "");
+    check(lc, c->handshake_timeout_ms > 0, "[server] handshake_timeout: must be > 0%s", "");
+    check(lc, c->close_timeout_ms > 0, "[server] close_timeout: must be > 0%s", "");
+    check(lc, c->drain_timeout_ms > 0, "[server] drain_timeout: must be > 0%s", "");
+    check(lc, (c->tls_cert[0] == '\0') == (c->tls_key[0] == '\0'),
+          "[tls] cert and key must be set together%s", "");
+    check(lc, log_level_parse(c->log_level) >= 0,
+          "[log] level: '%s' is not one of error, warn, info, debug", c->log_level);
+    check(lc, c->store_path[0] != '\0', "[store] path: must not be empty%s", "");
+    check(lc, !strcasecmp(c->store_synchronous, "normal") || !strcasecmp(c->store_synchronous, "full"),
+          "[store] synchronous: '%s' is not normal or full", c->store_synchronous);
+    check(lc, c->store_max_replay >= 1, "[store] max_replay: must be >= 1%s", "");
+    check(lc,
+          !strcmp(c->auth_mode, "token") || !strcmp(c->auth_mode, "query") ||
+              !strcmp(c->auth_mode, "token,query") || !strcmp(c->auth_mode, "query,token"),
+          "[auth] mode: '%s' is not token, query or token,query", c->auth_mode);
+    check(lc, !strcmp(c->jwt_alg, "HS256") || !strcmp(c->jwt_alg, "RS256") || !strcmp(c->jwt_alg, "ES256"),
+          "[auth] jwt_alg: '%s' is not HS256, RS256 or ES256", c->jwt_alg);
+    check(lc, c->ping_interval_ms == 0 || c->pong_timeout_ms > 0,
+          "[heartbeat] pong_timeout: must be > 0 when pings are on%s", "");
+    check(lc, c->send_queue >= 4096, "[limits] send_queue: must be at least 4KiB%s", "");
+    check(lc, c->rate == 0 || c->rate_burst >= 1, "[limits] rate_burst: must be >= 1%s", "");
+    check(lc, c->max_connections >= 1, "[limits] max_connections: must be >= 1%s", "");
+    check(lc, c->max_connections_per_ip >= 1, "[limits] max_connections_per_ip: must be >= 1%s", "");
+    if (c->api_listen[0]) {
+        check(lc, config_split_hostport(c->api_listen, host, sizeof(host), &port) == 0,
+              "[api] listen: '%s' is not ADDR:PORT", c->api_listen);
+        check(lc, strcmp(c->api_listen, c->listen) != 0,
+              "[api] listen: '%s' must differ from [server] listen", c->api_listen);
+    }
+    check(lc, c->api_max_body >= 1024, "[api] max_body: must be at least 1KiB%s", "");
+    check(lc, !c->demo_enabled || !strcmp(c->jwt_alg, "HS256"),
+          "[demo] enabled: needs [auth] jwt_alg = HS256 (demo tokens are signed with jwt_secret)%s", "");
+    check(lc, c->demo_token_ttl_ms > 0, "[demo] token_ttl: must be > 0%s", "");
+}
+
+int config_load(struct px_config *cfg, const char *path, const struct config_overrides *ov, FILE *err)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    struct load_ctx lc = {.cfg = cfg, .err = err, .path = "(defaults)"};
+    for (size_t i = 0; i < NOPTS; i++)
+        if (opt_set(cfg, &opts[i], opts[i].def) != 0) {
+            fprintf(err, "config: out of memory\n");
+            return -1;
+        }
+
+    if (!path && access("wsproxy.ini", F_OK) == 0)
+        path = "wsproxy.ini";
+    if (path) {
+        lc.path = path;
+        int rc = ini_parse(path, on_ini_entry, &lc);
+        if (rc < 0) {
+            fprintf(err, "config %s: cannot open: %s\n", path, strerror(errno));
+            lc.errors++;
+        } else if (rc > 0) {
+            fprintf(err, "config %s:%d: syntax error\n", path, rc);
+            lc.errors++;
+        }
+    }
+    if (ov) {
+        static const struct {
+            const char *flag, *section, *key;
+        } map[] = {{"--listen", "server", "listen"},
+                   {"--db", "store", "path"},
+                   {"--api-listen", "api", "listen"},
+                   {"--log-level", "log", "level"}};
+        const char *vals[] = {ov->listen, ov->db, ov->api_listen, ov->log_level};
+        for (size_t i = 0; i < 4; i++)
+            if (vals[i] && opt_set(cfg, opt_find(map[i].section, map[i].key), vals[i]) != 0) {
+                fprintf(err, "%s: bad value '%s'\n", map[i].flag, vals[i]);
+                lc.errors++;
+            }
+    }
+    validate(&lc);
+    return lc.errors ? -1 : 0;
+}
+
+void config_free(struct px_config *cfg)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        void *field = (char *)cfg + opts[i].offset;
+        if (opts[i].type == OPT_STR) {
+            free(*(char **)field);
+            *(char **)field = NULL;
+        } else if (opts[i].type == OPT_LIST) {
+            str_list_free((struct str_list *)field);
+        }
+    }
+}
+
+void config_print_reference(FILE *out)
+{
+    const char *section = "";
+    fprintf(out, "; wsproxy configuration reference: every key with its default.\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (strcmp(section, opts[i].section) != 0) {
+            section = opts[i].section;
+            fprintf(out, "\n[%s]\n", section);
+        }
+        fprintf(out, "; %s\n%s = %s\n", opts[i].help, opts[i].key, opts[i].def);
+    }
+}

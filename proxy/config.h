@@ -1,0 +1,98 @@
+/*
+ * config.h -- the one place settings live: defaults, INI file (libinih), command-line overrides,
+ * validation. Everything else reads a const struct px_config after config_load() succeeded.
+ */
+#ifndef WSP_CONFIG_H
+#define WSP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct str_list {
+    char **items;
+    size_t n;
+};
+
+struct px_config {
+    /* [server] */
+    char *listen;
+    char *ws_path;
+    char *echo_path; /* "" disables */
+    uint64_t max_message_size;
+    uint64_t max_header_size;
+    int64_t handshake_timeout_ms;
+    struct str_list origins;
+    struct str_list subprotocols;
+    char *static_dir; /* "" disables */
+    int64_t close_timeout_ms;
+    int64_t drain_timeout_ms;
+    /* [tls] */
+    char *tls_cert;
+    char *tls_key;
+    /* [log] */
+    char *log_level;
+    /* [store] */
+    char *store_path;
+    char *store_synchronous;
+    int64_t store_busy_timeout_ms;
+    uint64_t store_max_replay;
+    /* [auth] */
+    char *auth_mode;
+    char *jwt_alg;
+    char *jwt_secret;
+    char *jwt_public_key;
+    int64_t jwt_leeway_ms;
+    char *jwt_cookie;
+    char *trusted_proxies;
+    /* [heartbeat] */
+    int64_t ping_interval_ms; /* 0 disables pings */
+    int64_t pong_timeout_ms;
+    /* [limits] */
+    uint64_t send_queue;
+    uint64_t rate;       /* messages per second per connection; 0 = unlimited */
+    uint64_t rate_burst;
+    uint64_t max_connections;
+    uint64_t max_connections_per_ip;
+    /* [api] */
+    char *api_listen; /* "" disables the API listener */
+    struct str_list api_keys;
+    uint64_t api_max_body;
+    /* [demo] */
+    bool demo_enabled;
+    int64_t demo_token_ttl_ms;
+};
+
+/* Command-line options that override the file; NULL = not given. */
+struct config_overrides {
+    const char *listen;
+    const char *db;
+    const char *api_listen;
+    const char *log_level;
+};
+
+/*
+ * Fill cfg from built-in defaults, then the INI file at path (NULL: "wsproxy.ini" if it exists, else
+ * defaults only), then the overrides, then validate. Every problem is printed to err, one line each,
+ * naming the section and key. Returns 0, or -1 after printing. cfg owns its strings: config_free().
+ */
+int config_load(struct px_config *cfg, const char *path, const struct config_overrides *ov, FILE *err);
+void config_free(struct px_config *cfg);
+
+/* Write every key with its default and help text, as an annotated INI file. */
+void config_print_reference(FILE *out);
+
+/* Value parsers, exposed for tests and for wsctl's --since. Return 0 or -1. */
+int config_parse_duration(const char *s, int64_t *out_ms);
+int config_parse_size(const char *s, uint64_t *out);
+int config_parse_bool(const char *s, bool *out);
+
+/*
+ * Split "host:port" / "[v6]:port" into host (cap bytes) and port. Returns 0 or -1.
+ */
+int config_split_hostport(const char *s, char *host, size_t cap, int *port);
+
+bool str_list_has(const struct str_list *l, const char *s);
+
+#endif

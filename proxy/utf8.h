@@ -1,0 +1,25 @@
+/*
+ * utf8.h -- incremental UTF-8 validator (RFC 3629): text messages may split a code point across
+ * fragments and reads, so state carries over between calls. Pure functions, no allocation.
+ */
+#ifndef WSP_UTF8_H
+#define WSP_UTF8_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define UTF8_ACCEPT 0u /* state at a code point boundary; the initial state */
+#define UTF8_REJECT 1u /* sticky: the input is not UTF-8 */
+
+/*
+ * Advance *state over s[0..n). Returns the new state: UTF8_ACCEPT at a boundary, UTF8_REJECT as soon as
+ * a byte makes the input invalid (overlongs, surrogates, > U+10FFFF included), anything else = inside a
+ * code point. Fails fast: the first bad byte rejects, even if the message is not finished.
+ */
+uint32_t utf8_feed(uint32_t *state, const uint8_t *s, size_t n);
+
+/* Whole-buffer check: true if s[0..n) is complete, valid UTF-8. */
+bool utf8_valid(const uint8_t *s, size_t n);
+
+#endif
