@@ -1,28 +1,29 @@
 /*
- * utf8.c -- incremental UTF-8 validator: a byte-class table feeding a 9-state DFA (after Hoehrmann's
- * design, tables written for this project). Validates only; never decodes code points.
+ * utf8.c -- incremental UTF-8 validator: a byte-class table feeding a 9-state DFA (after
+ * Hoehrmann's design, tables written for this project). Validates only; never decodes code points.
  */
 #include "utf8.h"
 
 #include <string.h>
 
 /*
- * Byte classes. The second byte of E0/ED/F0/F4 sequences has a narrower range than a plain continuation
- * (RFC 3629 §4), so continuation bytes split into three classes and those four lead bytes get their own.
+ * Byte classes. The second byte of E0/ED/F0/F4 sequences has a narrower range than a plain
+ * continuation (RFC 3629 §4), so continuation bytes split into three classes and those four lead
+ * bytes get their own.
  */
 enum utf8_class {
-    C_ASCII,   /* 00..7F */
-    C_80,      /* 80..8F */
-    C_90,      /* 90..9F */
-    C_A0,      /* A0..BF */
-    C_BAD,     /* C0 C1 (always overlong), F5..FF (beyond U+10FFFF) */
-    C_LEAD2,   /* C2..DF */
-    C_E0,      /* E0: next A0..BF, else overlong */
-    C_LEAD3,   /* E1..EC EE EF */
-    C_ED,      /* ED: next 80..9F, else a surrogate */
-    C_F0,      /* F0: next 90..BF, else overlong */
-    C_LEAD4,   /* F1..F3 */
-    C_F4,      /* F4: next 80..8F, else beyond U+10FFFF */
+    C_ASCII, /* 00..7F */
+    C_80,    /* 80..8F */
+    C_90,    /* 90..9F */
+    C_A0,    /* A0..BF */
+    C_BAD,   /* C0 C1 (always overlong), F5..FF (beyond U+10FFFF) */
+    C_LEAD2, /* C2..DF */
+    C_E0,    /* E0: next A0..BF, else overlong */
+    C_LEAD3, /* E1..EC EE EF */
+    C_ED,    /* ED: next 80..9F, else a surrogate */
+    C_F0,    /* F0: next 90..BF, else overlong */
+    C_LEAD4, /* F1..F3 */
+    C_F4,    /* F4: next 80..8F, else beyond U+10FFFF */
     C_COUNT
 };
 
@@ -30,16 +31,17 @@ enum utf8_class {
 enum utf8_dfa_state {
     S_ACC = UTF8_ACCEPT,
     S_REJ = UTF8_REJECT,
-    S_N1,  /* one continuation byte left */
-    S_N2,  /* two left */
-    S_E0,  /* after E0 */
-    S_ED,  /* after ED */
-    S_N3,  /* three left */
-    S_F0,  /* after F0 */
-    S_F4,  /* after F4 */
+    S_N1, /* one continuation byte left */
+    S_N2, /* two left */
+    S_E0, /* after E0 */
+    S_ED, /* after ED */
+    S_N3, /* three left */
+    S_F0, /* after F0 */
+    S_F4, /* after F4 */
     S_COUNT
 };
 
+/* clang-format off */
 static const uint8_t utf8_class[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 00..0F */
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10..1F */
@@ -60,8 +62,8 @@ static const uint8_t utf8_class[256] = {
 };
 
 /*
- * Any byte not listed for a state rejects, so an impossible prefix (C0, E0 80, ED A0, F4 90 ...) fails on
- * the byte that makes it impossible rather than when the sequence would have ended.
+ * Any byte not listed for a state rejects, so an impossible prefix (C0, E0 80, ED A0, F4 90 ...)
+ * fails on the byte that makes it impossible rather than when the sequence would have ended.
  */
 static const uint8_t utf8_next[S_COUNT][C_COUNT] = {
     [S_ACC] = {
@@ -94,19 +96,20 @@ static const uint8_t utf8_next[S_COUNT][C_COUNT] = {
         S_REJ, S_N2, S_REJ, S_REJ, S_REJ, S_REJ, S_REJ, S_REJ, S_REJ, S_REJ, S_REJ, S_REJ,
     },
 };
+/* clang-format on */
 
 uint32_t utf8_feed(uint32_t *state, const uint8_t *s, size_t n)
 {
     uint32_t st = *state;
     size_t i = 0;
 
-    /* A state we never produce means the caller's memory is not ours to trust: treat it as invalid. */
+    /* A state we never produce means the caller's memory is not ours to trust: call it invalid. */
     if (st >= S_COUNT)
         st = S_REJ;
     while (i < n && st != S_REJ) {
         /*
-         * Chat text is mostly ASCII: at a boundary, skip 8 bytes at a time while none has the top bit
-         * set. memcpy keeps the load legal at any alignment and compiles to a single move.
+         * Chat text is mostly ASCII: at a boundary, skip 8 bytes at a time while none has the top
+         * bit set. memcpy keeps the load legal at any alignment and compiles to a single move.
          */
         if (st == S_ACC) {
             while (n - i >= 8) {

@@ -1,6 +1,6 @@
 /*
- * test_utf8.c -- unit tests for the incremental UTF-8 validator: fixed vectors, chunking, fail-fast,
- * and a brute-force comparison against a plain decoder written for this test.
+ * test_utf8.c -- unit tests for the incremental UTF-8 validator: fixed vectors, chunking,
+ * fail-fast, and a brute-force comparison against a plain decoder written for this test.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +21,7 @@ struct utf8_vec {
     size_t reject_at; /* invalid ones: bytes fed when REJECT first shows; 0 = never (truncated) */
 };
 
+/* clang-format off */
 #define VEC(name, lit) {name, lit, sizeof(lit) - 1, 0}
 #define BAD(name, lit, at) {name, lit, sizeof(lit) - 1, at}
 
@@ -68,6 +69,7 @@ static const struct utf8_vec invalid_vecs[] = {
     BAD("truncated 4-byte", "\xf0\x9f\x98", 0),
     BAD("truncated after ascii run", "0123456789abcdef\xf4\x8f\xbf", 0),
 };
+/* clang-format on */
 
 #define NVEC(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -134,11 +136,11 @@ static void test_utf8_split_across_chunks(void **state)
     }
 }
 
-/* F4 90 can never become valid, so it rejects right there, not when the 4-byte sequence would end. */
+/* F4 90 can never become valid, so it rejects right there, not where the sequence would end. */
 static void test_utf8_fails_fast(void **state)
 {
-    static const char *const prefixes[] = {"\xf4\x90", "\xed\xa0", "\xe0\x80", "\xf0\x8f", "\xc0",
-                                           "\xf5"};
+    static const char *const prefixes[] = {"\xf4\x90", "\xed\xa0", "\xe0\x80",
+                                           "\xf0\x8f", "\xc0",     "\xf5"};
     (void)state;
     for (size_t i = 0; i < NVEC(prefixes); i++) {
         uint32_t st = UTF8_ACCEPT;
@@ -185,7 +187,7 @@ static size_t encode(uint32_t cp, size_t width, uint8_t out[4])
     return width;
 }
 
-/* Every code point in its shortest form is valid except surrogates; every longer form is overlong. */
+/* Every code point in its shortest form is valid but surrogates; every longer form is overlong. */
 static void test_utf8_all_code_points(void **state)
 {
     uint8_t b[4];
@@ -203,8 +205,8 @@ static void test_utf8_all_code_points(void **state)
 }
 
 /*
- * Reference: decode the obvious way (RFC 3629 §3/§4). Returns true if s is a prefix of some valid UTF-8
- * text; *complete says whether it is valid as it stands. This is what fail-fast must match.
+ * Reference: decode the obvious way (RFC 3629 §3/§4). Returns true if s is a prefix of some valid
+ * UTF-8 text; *complete says whether it is valid as it stands. This is what fail-fast must match.
  */
 static bool ref_prefix_ok(const uint8_t *s, size_t n, bool *complete)
 {
@@ -269,7 +271,8 @@ static void check_against_ref(const uint8_t *s, size_t n)
 
 /*
  * All 1- and 2-byte inputs, then every input of up to 4 bytes over an alphabet holding both ends of
- * every byte class, so every DFA path of that length is compared with the reference, prefixes included.
+ * every byte class, so every DFA path of that length is compared with the reference, prefixes
+ * included.
  */
 static void test_utf8_matches_reference(void **state)
 {
@@ -295,13 +298,14 @@ static void test_utf8_matches_reference(void **state)
 }
 
 /*
- * The 8-byte ASCII skip must hand over to the DFA exactly where a non-ASCII byte sits, wherever that
- * falls relative to the word; random mixes of ASCII runs and boundary bytes, fed whole and in pieces.
+ * The 8-byte ASCII skip must hand over to the DFA exactly where a non-ASCII byte sits, wherever
+ * that falls relative to the word; random mixes of ASCII runs and boundary bytes, fed whole and in
+ * pieces.
  */
 static void test_utf8_ascii_fast_path(void **state)
 {
-    static const uint8_t odd[] = {0x80, 0xbf, 0xc2, 0xdf, 0xe0, 0xa0, 0xed, 0x9f, 0xf0, 0x90,
-                                  0xf4, 0x8f, 0xc0, 0xff, 0xe2, 0x82, 0xac};
+    static const uint8_t odd[] = {0x80, 0xbf, 0xc2, 0xdf, 0xe0, 0xa0, 0xed, 0x9f, 0xf0,
+                                  0x90, 0xf4, 0x8f, 0xc0, 0xff, 0xe2, 0x82, 0xac};
     uint64_t rng = 0x9e3779b97f4a7c15u;
     uint8_t buf[80];
 
@@ -312,7 +316,8 @@ static void test_utf8_ascii_fast_path(void **state)
         n = rng % sizeof buf;
         for (size_t i = 0; i < n; i++) {
             rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-            buf[i] = (rng & 0xf) < 2 ? odd[(rng >> 8) % sizeof odd] : (uint8_t)(0x20 + (rng >> 8) % 90);
+            bool pick_odd = (rng & 0xf) < 2;
+            buf[i] = pick_odd ? odd[(rng >> 8) % sizeof odd] : (uint8_t)(0x20 + (rng >> 8) % 90);
         }
         check_against_ref(buf, n);
         {
