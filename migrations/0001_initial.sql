@@ -1,0 +1,78 @@
+-- 0001_initial.sql -- first schema: sessions, presence, messages with per-recipient delivery state of
+-- direct messages, room memberships with a delivery cursor. store_open runs it inside one transaction
+-- and then sets PRAGMA user_version = 1; no BEGIN/COMMIT here. Times are ms since the epoch.
+
+-- One row per WebSocket connection. AUTOINCREMENT: an id given to a client or the API is never reused.
+CREATE TABLE sessions (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    user         TEXT    NOT NULL,
+    remote_addr  TEXT    NOT NULL,
+    user_agent   TEXT,
+    subprotocol  TEXT,
+    connected_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    ended_at     INTEGER,
+    end_reason   TEXT,
+    CHECK ((ended_at IS NULL) = (end_reason IS NULL))
+);
+-- per-user listing, newest first
+CREATE INDEX sessions_user ON sessions (user, id);
+-- active sessions only: counts, orphan cleanup at start, presence repair
+CREATE INDEX sessions_open ON sessions (user) WHERE ended_at IS NULL;
+-- "sessions since T" for the admin CLI
+CREATE INDEX sessions_connected ON sessions (connected_at);
+
+CREATE TABLE presence (
+    user        TEXT    NOT NULL PRIMARY KEY,
+    state       TEXT    NOT NULL CHECK (state IN ('online', 'offline')),
+    connections INTEGER NOT NULL CHECK (connections >= 0),
+    last_seen   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX presence_online ON presence (user) WHERE state = 'online';
+
+-- Every accepted message, direct (to_user) or to a room. AUTOINCREMENT: ids are never reused, so
+-- a client's ack or a cursor can never point at a different message later.
+CREATE TABLE messages (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender     TEXT    NOT NULL,
+    to_user    TEXT,
+    room       TEXT,
+    body       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    cid        TEXT,
+    UNIQUE (sender, cid),
+    CHECK ((to_user IS NULL) <> (room IS NULL))
+);
+-- direct history between two users (one range per direction) and the receiver side of a conversation
+CREATE INDEX messages_direct ON messages (to_user, sender, id) WHERE to_user IS NOT NULL;
+-- room history, replay after a cursor, newest id of a room
+CREATE INDEX messages_room ON messages (room, id) WHERE room IS NOT NULL;
+
+-- Delivery state of a direct message (one recipient each). delivered_at NULL = pending.
+-- delivered_by is the acking session id, kept as a plain number so pruning sessions never cascades.
+CREATE TABLE deliveries (
+    msg_id       INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+    to_user      TEXT    NOT NULL,
+    delivered_at INTEGER,
+    delivered_by INTEGER
+);
+-- replay on connect: a user's pending messages in id order; shrinks as messages are acked
+CREATE INDEX deliveries_pending ON deliveries (to_user, msg_id) WHERE delivered_at IS NULL;
+
+-- The pending row is created by the same INSERT statement as the message, so the two are atomic
+-- without a savepoint, in autocommit and inside a group-commit transaction alike.
+CREATE TRIGGER messages_direct_pending AFTER INSERT ON messages
+WHEN NEW.to_user IS NOT NULL
+BEGIN
+    INSERT INTO deliveries (msg_id, to_user) VALUES (NEW.id, NEW.to_user);
+END;
+
+-- cursor = the id of the newest room message this member has acked (or the newest at join time).
+CREATE TABLE room_members (
+    room      TEXT    NOT NULL,
+    user      TEXT    NOT NULL,
+    joined_at INTEGER NOT NULL,
+    cursor    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+CREATE INDEX room_members_user ON room_members (user, room);

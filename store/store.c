@@ -1,0 +1,662 @@
+/*
+ * store.c -- opening the SQLite file (PRAGMAs, schema migrations, prepared statements), transactions,
+ * errors, and the small helpers the per-table files share. The schema version is PRAGMA user_version.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "migrations.h"
+#include "store_internal.h"
+
+const struct store_sql store_sql_core[] = {
+    /* IMMEDIATE takes the write lock now, so a group commit never fails halfway on a lock upgrade. */
+    {STMT_BEGIN, false, "BEGIN IMMEDIATE"},
+    {STMT_COMMIT, false, "COMMIT"},
+    {STMT_ROLLBACK, false, "ROLLBACK"},
+    {STMT_SAVEPOINT, false, "SAVEPOINT store_atomic"},
+    {STMT_RELEASE, false, "RELEASE store_atomic"},
+    {STMT_ROLLBACK_TO, false, "ROLLBACK TO store_atomic"},
+    /* reads the schema table, so it fails if the file went bad; the table is tiny */
+    {STMT_PING, true, "SELECT count(*) FROM sqlite_master"},
+    /* admin counts: total rows scan by nature; the rest read small partial indexes */
+    {STMT_STATS, true,
+     "SELECT (SELECT count(*) FROM sessions WHERE ended_at IS NULL),"
+     " (SELECT count(*) FROM sessions),"
+     " (SELECT count(*) FROM presence WHERE state = 'online'),"
+     " (SELECT count(*) FROM messages),"
+     " (SELECT count(*) FROM deliveries WHERE delivered_at IS NULL),"
+     " (SELECT count(DISTINCT room) FROM room_members)"},
+    {STMT_COUNT, false, NULL},
+};
+
+static const struct store_sql *const sql_tables[] = {
+    store_sql_core, store_sql_session, store_sql_presence, store_sql_msg, store_sql_room,
+};
+
+/* ---- Errors ---- */
+
+const char *store_strerror(int err)
+{
+    switch (err) {
+    case STORE_OK: return "ok";
+    case STORE_ERR_IO: return "database error";
+    case STORE_ERR_NOTFOUND: return "not found";
+    case STORE_ERR_BUSY: return "database is locked";
+    case STORE_ERR_CONSTRAINT: return "constraint failed";
+    case STORE_ERR_READONLY: return "database is read-only";
+    case STORE_ERR_SCHEMA: return "unsupported database schema";
+    case STORE_ERR_INVALID: return "invalid argument";
+    case STORE_ERR_NOMEM: return "out of memory";
+    case STORE_ERR_MISUSE: return "store used out of order";
+    case STORE_ERR_OPEN: return "cannot open database";
+    }
+    return "unknown store error";
+}
+
+static int map_rc(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_ROW:
+    case SQLITE_DONE: return STORE_OK;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return STORE_ERR_BUSY;
+    case SQLITE_CONSTRAINT: return STORE_ERR_CONSTRAINT;
+    case SQLITE_READONLY: return STORE_ERR_READONLY;
+    case SQLITE_NOMEM: return STORE_ERR_NOMEM;
+    case SQLITE_MISUSE: return STORE_ERR_MISUSE;
+    case SQLITE_CANTOPEN:
+    case SQLITE_NOTADB: return STORE_ERR_OPEN;
+    }
+    return STORE_ERR_IO;
+}
+
+int store_fail(struct store *st, int rc, const char *what)
+{
+    int code = map_rc(rc);
+
+    if (code == STORE_OK) /* a caller's logic error, never SQLite's success */
+        code = STORE_ERR_IO;
+    snprintf(st->err, sizeof st->err, "%s: %s", what, st->db ? sqlite3_errmsg(st->db) : "no database");
+    return code;
+}
+
+int store_failf(struct store *st, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(st->err, sizeof st->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *store_last_error(const struct store *st)
+{
+    return st ? st->err : "no store";
+}
+
+/* ---- Statement helpers ---- */
+
+void store_stmt_done(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+int store_bind_fail(struct store *st, sqlite3_stmt *s, const char *what)
+{
+    int rc = store_fail(st, sqlite3_errcode(st->db), what);
+
+    store_stmt_done(s);
+    return rc;
+}
+
+int store_bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    return v ? sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, i);
+}
+
+const char *store_col_text(sqlite3_stmt *s, int i)
+{
+    return (const char *)sqlite3_column_text(s, i);
+}
+
+bool store_name_ok(const char *s)
+{
+    return s && *s;
+}
+
+int store_write_check(struct store *st)
+{
+    if (st->readonly)
+        return store_failf(st, STORE_ERR_READONLY, "write on a read-only store");
+    /* After an I/O error SQLite may roll a transaction back by itself; a write now would silently
+     * autocommit on its own, outside the group the caller thinks it is in. */
+    if (st->txn && sqlite3_get_autocommit(st->db))
+        return store_failf(st, STORE_ERR_IO,
+                           "the transaction was rolled back after an earlier error; store_rollback it");
+    return 0;
+}
+
+int store_exec_stmt(struct store *st, sqlite3_stmt *s, const char *what)
+{
+    int rc;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        ;
+    store_stmt_done(s);
+    return rc == SQLITE_DONE ? 0 : store_fail(st, rc, what);
+}
+
+void store_msg_from_row(sqlite3_stmt *s, int col0, struct store_msg *m)
+{
+    m->id = sqlite3_column_int64(s, col0);
+    m->sender = store_col_text(s, col0 + 1);
+    m->to_user = store_col_text(s, col0 + 2);
+    m->room = store_col_text(s, col0 + 3);
+    m->body = store_col_text(s, col0 + 4);
+    m->cid = store_col_text(s, col0 + 5);
+    m->created_at = sqlite3_column_int64(s, col0 + 6);
+}
+
+int store_each_msg(struct store *st, sqlite3_stmt *s, int emit, store_msg_fn *cb, void *ctx,
+                   int *rows, const char *what)
+{
+    struct store_msg m;
+    int n = 0, stop = 0, rc;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (n++ >= emit)
+            continue;
+        store_msg_from_row(s, 0, &m);
+        if ((stop = cb(ctx, &m)) != 0)
+            break;
+    }
+    if (rows)
+        *rows = n;
+    if (stop) {
+        store_stmt_done(s);
+        return stop;
+    }
+    store_stmt_done(s);
+    return rc == SQLITE_DONE ? 0 : store_fail(st, rc, what);
+}
+
+int store_each_name(struct store *st, sqlite3_stmt *s, store_name_fn *cb, void *ctx, const char *what)
+{
+    int stop = 0, rc;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if ((stop = cb(ctx, store_col_text(s, 0))) != 0) {
+            store_stmt_done(s);
+            return stop;
+        }
+    }
+    store_stmt_done(s);
+    return rc == SQLITE_DONE ? 0 : store_fail(st, rc, what);
+}
+
+/* ---- Transactions ---- */
+
+int store_begin(struct store *st)
+{
+    int rc;
+
+    if (st->readonly)
+        return store_failf(st, STORE_ERR_READONLY, "begin on a read-only store");
+    if (st->txn || !sqlite3_get_autocommit(st->db))
+        return store_failf(st, STORE_ERR_MISUSE, "store_begin: a transaction is already open");
+    if ((rc = store_exec_stmt(st, st->stmt[STMT_BEGIN], "begin")) < 0)
+        return rc;
+    st->txn = true;
+    return 0;
+}
+
+int store_commit(struct store *st)
+{
+    int rc;
+
+    if (!st->txn)
+        return store_failf(st, STORE_ERR_MISUSE, "store_commit: no transaction is open");
+    if (sqlite3_get_autocommit(st->db)) {
+        st->txn = false;
+        return store_failf(st, STORE_ERR_IO,
+                           "commit: the transaction was rolled back after an earlier error");
+    }
+    rc = store_exec_stmt(st, st->stmt[STMT_COMMIT], "commit");
+    if (rc < 0 && !sqlite3_get_autocommit(st->db)) {
+        /* COMMIT failed (disk full, I/O, lock) and left the transaction open: the contract is that a
+         * failed commit stored nothing, so end it here rather than let later writes join it. */
+        char keep[sizeof st->err];
+
+        memcpy(keep, st->err, sizeof keep);
+        store_exec_stmt(st, st->stmt[STMT_ROLLBACK], "rollback");
+        memcpy(st->err, keep, sizeof keep);
+    }
+    st->txn = false;
+    return rc;
+}
+
+int store_rollback(struct store *st)
+{
+    int rc = 0;
+
+    if (!sqlite3_get_autocommit(st->db))
+        rc = store_exec_stmt(st, st->stmt[STMT_ROLLBACK], "rollback");
+    st->txn = false;
+    return rc;
+}
+
+bool store_in_transaction(const struct store *st)
+{
+    return st->txn;
+}
+
+int store_atomic_begin(struct store *st, bool *own_txn)
+{
+    int rc;
+
+    if ((rc = store_write_check(st)) < 0)
+        return rc;
+    *own_txn = sqlite3_get_autocommit(st->db) != 0;
+    return store_exec_stmt(st, st->stmt[*own_txn ? STMT_BEGIN : STMT_SAVEPOINT],
+                           *own_txn ? "begin" : "savepoint");
+}
+
+int store_atomic_end(struct store *st, bool own_txn, int rc)
+{
+    char keep[sizeof st->err];
+    int rc2;
+
+    if (rc == 0) {
+        rc2 = store_exec_stmt(st, st->stmt[own_txn ? STMT_COMMIT : STMT_RELEASE],
+                              own_txn ? "commit" : "release savepoint");
+        if (rc2 == 0)
+            return 0;
+        rc = rc2;
+    }
+    /* Undo, keeping the first error's text. The transaction may already be gone after I/O errors. */
+    memcpy(keep, st->err, sizeof keep);
+    if (!sqlite3_get_autocommit(st->db)) {
+        if (own_txn) {
+            store_exec_stmt(st, st->stmt[STMT_ROLLBACK], "rollback");
+        } else {
+            store_exec_stmt(st, st->stmt[STMT_ROLLBACK_TO], "rollback to savepoint");
+            store_exec_stmt(st, st->stmt[STMT_RELEASE], "release savepoint");
+        }
+    }
+    memcpy(st->err, keep, sizeof keep);
+    return rc;
+}
+
+/* ---- Health and stats ---- */
+
+int store_ping(struct store *st)
+{
+    sqlite3_stmt *s = st->stmt[STMT_PING];
+    int rc = sqlite3_step(s);
+
+    store_stmt_done(s);
+    return rc == SQLITE_ROW ? 0 : store_fail(st, rc, "ping");
+}
+
+int store_stats(struct store *st, struct store_stats *out)
+{
+    sqlite3_stmt *s = st->stmt[STMT_STATS];
+    int rc = sqlite3_step(s);
+
+    if (rc == SQLITE_ROW) {
+        out->sessions_active = sqlite3_column_int64(s, 0);
+        out->sessions_total = sqlite3_column_int64(s, 1);
+        out->users_online = sqlite3_column_int64(s, 2);
+        out->messages = sqlite3_column_int64(s, 3);
+        out->pending_direct = sqlite3_column_int64(s, 4);
+        out->rooms = sqlite3_column_int64(s, 5);
+    }
+    store_stmt_done(s);
+    return rc == SQLITE_ROW ? 0 : store_fail(st, rc, "stats");
+}
+
+/* ---- Opening: PRAGMAs, migrations, statements ---- */
+
+int store_schema_latest(void)
+{
+    return wsp_num_migrations ? wsp_migrations[wsp_num_migrations - 1].version : 0;
+}
+
+int store_schema_version(const struct store *st)
+{
+    return st->schema_version;
+}
+
+static int exec_sql(struct store *st, const char *sql, const char *what)
+{
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+
+    return rc == SQLITE_OK ? 0 : store_fail(st, rc, what);
+}
+
+/* A one-row, one-integer query run once at open (not worth a persistent statement). */
+static int query_int(struct store *st, const char *sql, int *out)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
+
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            *out = sqlite3_column_int(s, 0);
+            rc = SQLITE_OK;
+        }
+    }
+    if (rc != SQLITE_OK)
+        rc = store_fail(st, rc, sql);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static int migrations_check_order(struct store *st)
+{
+    int prev = 0;
+
+    for (size_t i = 0; i < wsp_num_migrations; i++) {
+        if (wsp_migrations[i].version <= prev)
+            return store_failf(st, STORE_ERR_SCHEMA,
+                               "built-in migration %s is out of order (version %d after %d)",
+                               wsp_migrations[i].name, wsp_migrations[i].version, prev);
+        prev = wsp_migrations[i].version;
+    }
+    return 0;
+}
+
+static int migrate_one(struct store *st, const struct migration *m)
+{
+    char buf[64];
+    int rc, cur;
+
+    if ((rc = exec_sql(st, "BEGIN IMMEDIATE", "begin migration")) < 0)
+        return rc;
+    /* Re-read under the write lock: another process may have applied this step meanwhile. */
+    if ((rc = query_int(st, "PRAGMA user_version", &cur)) < 0)
+        goto fail;
+    if (cur < m->version) {
+        if ((rc = exec_sql(st, m->sql, "sql")) < 0) {
+            rc = store_failf(st, STORE_ERR_SCHEMA, "migration %s failed: %s", m->name,
+                             sqlite3_errmsg(st->db));
+            goto fail;
+        }
+        snprintf(buf, sizeof buf, "PRAGMA user_version = %d", m->version);
+        if ((rc = exec_sql(st, buf, "set user_version")) < 0)
+            goto fail;
+        cur = m->version;
+    }
+    if ((rc = exec_sql(st, "COMMIT", "commit migration")) < 0)
+        goto fail;
+    st->schema_version = cur;
+    return 0;
+fail:
+    if (!sqlite3_get_autocommit(st->db))
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static int migrate(struct store *st)
+{
+    int latest = store_schema_latest(), rc;
+
+    if ((rc = migrations_check_order(st)) < 0)
+        return rc;
+    if ((rc = query_int(st, "PRAGMA user_version", &st->schema_version)) < 0)
+        return rc;
+    if (st->schema_version > latest)
+        return store_failf(st, STORE_ERR_SCHEMA,
+                           "database schema version %d is newer than this wsproxy (knows up to %d); "
+                           "upgrade wsproxy",
+                           st->schema_version, latest);
+    if (st->readonly) {
+        if (st->schema_version == latest)
+            return 0;
+        if (st->schema_version == 0)
+            return store_failf(st, STORE_ERR_SCHEMA,
+                               "not a wsproxy database (schema version 0); start wsproxy on it first");
+        return store_failf(st, STORE_ERR_SCHEMA,
+                           "database schema version %d is older than this build expects (%d); "
+                           "start the new wsproxy once to migrate it",
+                           st->schema_version, latest);
+    }
+    for (size_t i = 0; i < wsp_num_migrations; i++) {
+        if (wsp_migrations[i].version <= st->schema_version)
+            continue;
+        if ((rc = migrate_one(st, &wsp_migrations[i])) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int prepare_all(struct store *st)
+{
+    for (size_t t = 0; t < sizeof sql_tables / sizeof sql_tables[0]; t++) {
+        for (const struct store_sql *q = sql_tables[t]; q->sql; q++) {
+            int rc;
+
+            if (st->stmt[q->id])
+                return store_failf(st, STORE_ERR_IO, "statement %d defined twice", (int)q->id);
+            rc = sqlite3_prepare_v3(st->db, q->sql, -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[q->id],
+                                    NULL);
+            if (rc != SQLITE_OK)
+                return store_failf(st, map_rc(rc) ? map_rc(rc) : STORE_ERR_IO,
+                                   "cannot prepare \"%s\": %s", q->sql, sqlite3_errmsg(st->db));
+        }
+    }
+    for (int i = 0; i < STMT_COUNT; i++)
+        if (!st->stmt[i])
+            return store_failf(st, STORE_ERR_IO, "statement %d has no SQL", i);
+    return 0;
+}
+
+/* Why a file could not be opened, in words an operator can act on. */
+static void explain_open_failure(struct store *st, const char *path, int rc)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[512];
+    struct stat sb;
+
+    if ((rc & 0xff) == SQLITE_CANTOPEN && slash && (size_t)(slash - path) < sizeof dir) {
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+        if (slash == path)
+            strcpy(dir, "/");
+        if (stat(dir, &sb) != 0) {
+            store_failf(st, STORE_ERR_OPEN, "cannot open database %s: directory %s: %s", path, dir,
+                        strerror(errno));
+            return;
+        }
+    }
+    if (st->db && sqlite3_system_errno(st->db) != 0)
+        store_failf(st, map_rc(rc), "cannot open database %s: %s (%s)", path, sqlite3_errmsg(st->db),
+                    strerror(sqlite3_system_errno(st->db)));
+    else
+        store_failf(st, map_rc(rc), "cannot open database %s: %s", path,
+                    st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+}
+
+static int apply_pragmas(struct store *st, const char *path, const struct store_opts *o)
+{
+    char buf[64];
+    sqlite3_stmt *s = NULL;
+    int rc;
+
+    sqlite3_busy_timeout(st->db, o->busy_timeout_ms > 0 ? o->busy_timeout_ms : 0);
+    /* The schema only needs plain INSERTs in its trigger; forbid the rest (wsctl opens files as root). */
+    sqlite3_db_config(st->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
+    sqlite3_db_config(st->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+    if ((rc = exec_sql(st, "PRAGMA foreign_keys = ON", "foreign_keys")) < 0)
+        return rc;
+    if (st->readonly)
+        return 0;
+
+    /* The answer is the mode in force; anything but "wal" on a real file means readers would block
+     * the writer and the group commit would fsync per transaction differently than configured. */
+    rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *mode = (const char *)sqlite3_column_text(s, 0);
+
+        rc = SQLITE_OK;
+        if (!mode || (strcmp(mode, "wal") != 0 && strcmp(path, ":memory:") != 0)) {
+            rc = store_failf(st, STORE_ERR_IO, "cannot switch %s to WAL (journal mode is %s)", path,
+                             mode ? mode : "unknown");
+            sqlite3_finalize(s);
+            return rc;
+        }
+    }
+    if (rc != SQLITE_OK) {
+        rc = map_rc(rc) == STORE_ERR_OPEN
+                 ? store_failf(st, STORE_ERR_OPEN, "%s is not an SQLite database: %s", path,
+                               sqlite3_errmsg(st->db))
+                 : store_fail(st, rc, "journal_mode");
+        sqlite3_finalize(s);
+        return rc;
+    }
+    sqlite3_finalize(s);
+    snprintf(buf, sizeof buf, "PRAGMA synchronous = %s",
+             o->synchronous == STORE_SYNC_FULL ? "FULL" : "NORMAL");
+    return exec_sql(st, buf, "synchronous");
+}
+
+int store_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
+               size_t errlen)
+{
+    static const struct store_opts defaults = {STORE_SYNC_NORMAL, 5000, false};
+    struct store *st;
+    int flags, rc;
+
+    *out = NULL;
+    if (!opts)
+        opts = &defaults;
+    if (!path || !*path) {
+        if (err && errlen)
+            snprintf(err, errlen, "no database path given");
+        return STORE_ERR_INVALID;
+    }
+    if (!(st = calloc(1, sizeof *st))) {
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory opening %s", path);
+        return STORE_ERR_NOMEM;
+    }
+    st->readonly = opts->readonly;
+    /* NOMUTEX: one thread per handle by contract; EXRESCODE: errors name the precise cause. */
+    flags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
+            SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+    rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        explain_open_failure(st, path, rc);
+        rc = STORE_ERR_OPEN;
+        goto fail;
+    }
+    sqlite3_extended_result_codes(st->db, 1);
+    if ((rc = apply_pragmas(st, path, opts)) < 0)
+        goto fail;
+    if ((rc = migrate(st)) < 0) {
+        /* An unreadable file shows up at the first read: say which file. */
+        if (rc == STORE_ERR_OPEN || (rc == STORE_ERR_IO && sqlite3_errcode(st->db) == SQLITE_NOTADB))
+            store_failf(st, STORE_ERR_OPEN, "%s is not an SQLite database", path);
+        goto fail;
+    }
+    if ((rc = prepare_all(st)) < 0)
+        goto fail;
+    *out = st;
+    return 0;
+fail:
+    if (err && errlen) {
+        /* Every message names the file unless it already does. */
+        if (strstr(st->err, path))
+            snprintf(err, errlen, "%s", st->err);
+        else
+            snprintf(err, errlen, "%s: %s", path, st->err);
+    }
+    store_close(st);
+    return rc;
+}
+
+void store_close(struct store *st)
+{
+    if (!st)
+        return;
+    if (st->db && !sqlite3_get_autocommit(st->db))
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    for (int i = 0; i < STMT_COUNT; i++)
+        sqlite3_finalize(st->stmt[i]);
+    sqlite3_close(st->db);
+    free(st);
+}
+
+/* ---- Self-check of query plans ---- */
+
+/* "SCAN t USING [COVERING] INDEX i" with i partial reads only the rows the index keeps (active
+ * sessions, pending deliveries, online users), which is what it exists for. */
+static bool scans_partial_index(struct store *st, const char *detail)
+{
+    const char *p = strstr(detail, "INDEX ");
+    sqlite3_stmt *s = NULL;
+    char name[128];
+    size_t n;
+    bool partial = false;
+
+    if (!p)
+        return false;
+    p += 6;
+    n = strcspn(p, " (");
+    if (n == 0 || n >= sizeof name)
+        return false;
+    memcpy(name, p, n);
+    name[n] = '\0';
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1"
+                           " AND sql LIKE '% WHERE %'",
+                           -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC) == SQLITE_OK)
+        partial = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_finalize(s);
+    return partial;
+}
+
+int store_check_plans(struct store *st)
+{
+    for (size_t t = 0; t < sizeof sql_tables / sizeof sql_tables[0]; t++) {
+        for (const struct store_sql *q = sql_tables[t]; q->sql; q++) {
+            sqlite3_stmt *s = NULL;
+            char *eqp;
+            int rc;
+
+            if (q->may_scan)
+                continue;
+            if (!(eqp = sqlite3_mprintf("EXPLAIN QUERY PLAN %s", q->sql)))
+                return store_failf(st, STORE_ERR_NOMEM, "check plans: out of memory");
+            rc = sqlite3_prepare_v2(st->db, eqp, -1, &s, NULL);
+            sqlite3_free(eqp);
+            if (rc != SQLITE_OK)
+                return store_fail(st, rc, "explain");
+            while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                const char *detail = (const char *)sqlite3_column_text(s, 3);
+
+                /* SEARCH (an index range), subqueries and constant rows are fine */
+                if (detail && strncmp(detail, "SCAN ", 5) == 0 &&
+                    strcmp(detail, "SCAN CONSTANT ROW") != 0 && !scans_partial_index(st, detail)) {
+                    rc = store_failf(st, STORE_ERR_SCHEMA, "full scan in \"%s\": %s", q->sql, detail);
+                    sqlite3_finalize(s);
+                    return rc;
+                }
+            }
+            sqlite3_finalize(s);
+            if (rc != SQLITE_DONE)
+                return store_fail(st, rc, "explain");
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,281 @@
+/*
+ * store.h -- wsproxy's durable state behind a small C API: sessions, presence, messages with their
+ * delivery state, and room memberships, in one SQLite file (WAL). No SQLite types leak out of here.
+ */
+#ifndef WSP_STORE_H
+#define WSP_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Conventions for every function below:
+ * - Return 0 on success or a negative STORE_ERR_*; store_last_error(st) then has the detailed text
+ *   (SQLite's message included). The store never logs; the caller decides what to say.
+ * - Times are int64 milliseconds since the epoch, always passed in by the caller.
+ * - Strings handed to callbacks are borrowed: valid only until the callback returns. A callback returns
+ *   0 to go on or a positive value to stop the walk; the function then returns that value.
+ * - Write functions work inside store_begin()/store_commit() and outside (each then commits on its
+ *   own). A function that writes several rows is atomic either way.
+ * - One handle is used by one thread at a time (the event loop); it may be called from libevent callbacks.
+ */
+
+struct store;
+
+enum store_err {
+    STORE_OK = 0,
+    STORE_ERR_IO = -1,         /* SQLite failed: I/O, disk full, corrupt file, ... */
+    STORE_ERR_NOTFOUND = -2,   /* no such row (or nothing to change) */
+    STORE_ERR_BUSY = -3,       /* the database stayed locked longer than busy_timeout */
+    STORE_ERR_CONSTRAINT = -4, /* the row breaks a schema rule */
+    STORE_ERR_READONLY = -5,   /* write on a handle opened read-only */
+    STORE_ERR_SCHEMA = -6,     /* schema version unknown to this binary, or a migration failed */
+    STORE_ERR_INVALID = -7,    /* bad argument (NULL/empty name, both or neither recipient, limit < 1) */
+    STORE_ERR_NOMEM = -8,
+    STORE_ERR_MISUSE = -9,     /* store_begin inside a transaction, store_commit outside one */
+    STORE_ERR_OPEN = -10       /* the file could not be opened, or is not an SQLite database */
+};
+
+enum store_sync { STORE_SYNC_NORMAL, STORE_SYNC_FULL };
+
+struct store_opts {
+    enum store_sync synchronous; /* NORMAL: a commit survives a process crash, FULL: also power loss */
+    int busy_timeout_ms;         /* how long to wait for another process's lock; 0 = fail at once */
+    bool readonly;               /* for wsctl: no writes, no migrations, no WAL switch */
+};
+
+/* Static text for a STORE_ERR_* code ("not found", ...). */
+const char *store_strerror(int err);
+
+/*
+ * Open (creating if needed, unless readonly) the database at path, which must be a plain file name;
+ * ":memory:" works too (no WAL then). The parent directory must exist: the caller creates it. opts NULL
+ * means { NORMAL, 5000 ms, read-write }. Read-write: sets WAL, synchronous, busy_timeout, foreign_keys,
+ * then applies the compiled-in migrations newer than PRAGMA user_version, each in its own transaction.
+ * Readonly: the schema version must equal the newest compiled-in one. Then prepares every statement.
+ * On success *out is the handle (free it with store_close). On failure returns STORE_ERR_* with a
+ * complete message in err (errlen bytes, may be NULL), naming the path, e.g.
+ * "database schema version 7 is newer than this wsproxy (knows up to 3); upgrade wsproxy".
+ */
+int store_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
+               size_t errlen);
+
+/* Finalize everything and close. An open transaction is rolled back. store_close(NULL) is a no-op. */
+void store_close(struct store *st);
+
+/* Text of the most recent failure on st ("" if none yet). Valid until the next call on st. */
+const char *store_last_error(const struct store *st);
+
+/* PRAGMA user_version of the open database (the last migration applied). */
+int store_schema_version(const struct store *st);
+
+/* Newest migration compiled into this binary. */
+int store_schema_latest(void);
+
+/*
+ * Group commit. store_begin opens a write transaction (BEGIN IMMEDIATE); nesting is STORE_ERR_MISUSE.
+ * store_commit makes every write since store_begin durable at once (to the level of opts.synchronous);
+ * only after it returns 0 may receipts be sent. If it fails, nothing since store_begin is stored and the
+ * transaction is closed. If a write inside the transaction fails with an I/O-type error, SQLite may have
+ * dropped the whole transaction: later writes then fail too and store_commit reports it.
+ */
+int store_begin(struct store *st);
+int store_commit(struct store *st);
+int store_rollback(struct store *st); /* no-op (0) when no transaction is open */
+bool store_in_transaction(const struct store *st);
+
+/* Trivial query for /healthz: 0 when the database answers. */
+int store_ping(struct store *st);
+
+struct store_stats {
+    int64_t sessions_active;
+    int64_t sessions_total;
+    int64_t users_online;
+    int64_t messages;       /* stored messages, direct and room (counts rows: O(n), admin use only) */
+    int64_t pending_direct; /* direct messages no connection of the recipient has acked */
+    int64_t rooms;          /* rooms with at least one member */
+};
+
+int store_stats(struct store *st, struct store_stats *out);
+
+/*
+ * Self-check: runs EXPLAIN QUERY PLAN on every prepared statement and fails (STORE_ERR_SCHEMA, text
+ * naming the statement and plan line) if one that must use an index would scan a table. A few
+ * statements scan by design (admin counts, the newest-first session list that stops at its limit).
+ */
+int store_check_plans(struct store *st);
+
+/* ---- Sessions: one row per connection ---- */
+
+enum store_session_state { STORE_SESSIONS_ANY, STORE_SESSIONS_ACTIVE, STORE_SESSIONS_ENDED };
+
+struct store_session {
+    int64_t id;
+    const char *user;
+    const char *remote_addr;
+    const char *user_agent;  /* NULL if the client sent none */
+    const char *subprotocol; /* NULL if none was negotiated */
+    int64_t connected_at;
+    int64_t last_seen_at;
+    bool ended;
+    int64_t ended_at;       /* 0 while active */
+    const char *end_reason; /* NULL while active */
+    char *owned_;           /* store_session_get only: the block the strings live in */
+};
+
+typedef int store_session_fn(void *ctx, const struct store_session *s);
+
+/* New active session; *id (never reused) goes in the welcome frame and the API. */
+int store_session_begin(struct store *st, const char *user, const char *remote_addr,
+                        const char *user_agent, const char *subprotocol, int64_t now, int64_t *id);
+
+/* last_seen_at = max(last_seen_at, now). NOTFOUND if there is no such session. */
+int store_session_touch(struct store *st, int64_t id, int64_t now);
+
+/*
+ * End an active session: ended_at = now, end_reason = reason (e.g. "client_close"). last_seen_at is not
+ * changed (the last frame may be older than the end: touch first). The first end wins: NOTFOUND if the
+ * session does not exist or has already ended.
+ */
+int store_session_end(struct store *st, int64_t id, int64_t now, const char *reason);
+
+/*
+ * At start, after a crash: end every session still active with (now, reason) and set every online user
+ * offline with 0 connections; last_seen keeps its value or moves up to the newest last_seen_at of that
+ * user's orphaned sessions. Atomic. *count (may be NULL) = sessions ended.
+ */
+int store_session_end_orphans(struct store *st, int64_t now, const char *reason, int64_t *count);
+
+/*
+ * Copy one session into *out (NOTFOUND if none). *out owns its strings: release them with
+ * store_session_release(out), also after a failure (then a no-op).
+ */
+int store_session_get(struct store *st, int64_t id, struct store_session *out);
+void store_session_release(struct store_session *s);
+
+struct store_session_filter {
+    const char *user;               /* NULL: every user */
+    enum store_session_state state; /* any, active or ended */
+    int64_t since_ms;               /* connected_at >= since_ms; 0: no bound */
+    int64_t before_id;              /* id < before_id (paging); 0: from the newest */
+    int limit;                      /* >= 1 */
+};
+
+/* Sessions matching f, newest (highest id) first, at most f->limit. */
+int store_session_list(struct store *st, const struct store_session_filter *f, store_session_fn *cb,
+                       void *ctx);
+
+/* Active sessions of user, or of everyone when user is NULL. */
+int store_session_count_active(struct store *st, const char *user, int64_t *count);
+
+/* ---- Presence: one row per user ever seen ---- */
+
+/* Upsert: state and connection count as given, last_seen = max(last_seen, now). */
+int store_presence_set(struct store *st, const char *user, bool online, int connections, int64_t now);
+
+/* NOTFOUND for a user never seen. Out pointers may be NULL. */
+int store_presence_get(struct store *st, const char *user, bool *online, int *connections,
+                       int64_t *last_seen);
+
+/* ---- Messages ---- */
+
+struct store_msg {
+    int64_t id;
+    const char *sender;
+    const char *to_user; /* direct message: the recipient; else NULL */
+    const char *room;    /* room message: the room; else NULL */
+    const char *body;    /* JSON text, stored as given */
+    const char *cid;     /* client id for idempotent sends; may be NULL */
+    int64_t created_at;
+};
+
+typedef int store_msg_fn(void *ctx, const struct store_msg *m);
+
+struct store_receipt {
+    int64_t id;
+    int64_t created_at;
+    bool duplicate; /* (sender, cid) was stored before: id/created_at are the first message's */
+};
+
+/*
+ * Store m (m->id is ignored, m->created_at is the time to record). Exactly one of to_user/room must be
+ * set, else STORE_ERR_INVALID. A direct message also gets its pending delivery row (same statement, so
+ * it is atomic). With a cid that this sender used before, nothing is stored and *out describes the first
+ * message, duplicate = true. The caller checks room membership before.
+ */
+int store_msg_insert(struct store *st, const struct store_msg *m, struct store_receipt *out);
+
+/*
+ * user has message msg_id (from session session_id, 0 if unknown):
+ * - a direct message to user: marks it delivered; the first ack wins (its time and session stay), a
+ *   later ack returns 0 and changes nothing;
+ * - a message in a room user belongs to: the member's cursor moves to max(cursor, msg_id);
+ * - anything else (no such message, someone else's message, not a member): STORE_ERR_NOTFOUND.
+ */
+int store_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
+                  int64_t now);
+
+/* Undelivered direct messages to user with id > after_id, in id order, at most limit (>= 1). */
+int store_pending_direct(struct store *st, const char *user, int64_t after_id, int limit,
+                         store_msg_fn *cb, void *ctx);
+
+/*
+ * Conversation of user_a and user_b (both directions), newest first, ids < before_id (0: from the
+ * newest), at most limit. *more = older messages exist (meaningful when the function returns 0).
+ */
+int store_history_direct(struct store *st, const char *user_a, const char *user_b, int64_t before_id,
+                         int limit, store_msg_fn *cb, void *ctx, bool *more);
+
+/* Same for a room. Membership is the caller's check. */
+int store_history_room(struct store *st, const char *room, int64_t before_id, int limit,
+                       store_msg_fn *cb, void *ctx, bool *more);
+
+struct store_msg_info {
+    struct store_msg msg;
+    bool direct;             /* false: a room message (no per-message delivery state) */
+    bool delivered;          /* direct only: acked by a connection of the recipient */
+    int64_t delivered_at;    /* 0 unless delivered */
+    int64_t delivered_by;    /* session id of the first ack; 0 unless delivered (or unknown) */
+    char *owned_;            /* the block the strings live in */
+};
+
+/* Copy one message with its delivery state into *out (NOTFOUND if none); store_msg_info_release after. */
+int store_msg_get(struct store *st, int64_t id, struct store_msg_info *out);
+void store_msg_info_release(struct store_msg_info *m);
+
+/* ---- Rooms ---- */
+
+typedef int store_name_fn(void *ctx, const char *name);
+
+/*
+ * Join: a new member's cursor is the room's newest message id, so no backlog is replayed. Joining again
+ * keeps the member's cursor and joined_at. *joined (may be NULL) = this call added the member.
+ */
+int store_room_join(struct store *st, const char *room, const char *user, int64_t now, bool *joined);
+
+/* Leave (the cursor is forgotten; a later join starts at the newest message). NOTFOUND if not a member. */
+int store_room_leave(struct store *st, const char *room, const char *user);
+
+int store_room_is_member(struct store *st, const char *room, const char *user, bool *member);
+
+/* The member's cursor (last acked message id). NOTFOUND if not a member. */
+int store_room_cursor(struct store *st, const char *room, const char *user, int64_t *cursor);
+
+/* Members of room / rooms of user, in name order. */
+int store_room_members(struct store *st, const char *room, store_name_fn *cb, void *ctx);
+int store_user_rooms(struct store *st, const char *user, store_name_fn *cb, void *ctx);
+
+/* Distinct other users sharing at least one room with user (who to tell about user's presence). */
+int store_users_sharing_room(struct store *st, const char *user, store_name_fn *cb, void *ctx);
+
+/*
+ * Replay on connect: room messages after the member's cursor, in id order. If more than limit are
+ * waiting, only the newest limit are given and *truncated = true; the older ones stay reachable through
+ * store_history_room (before = the first replayed id). Read-only: the cursor moves only on acks.
+ * NOTFOUND if user is not a member.
+ */
+int store_room_replay(struct store *st, const char *room, const char *user, int limit,
+                      store_msg_fn *cb, void *ctx, bool *truncated);
+
+#endif

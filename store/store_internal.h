@@ -1,0 +1,133 @@
+/*
+ * store_internal.h -- what the store_*.c files share and nobody else sees: the handle, the table of
+ * prepared statements, and the bind/step/error helpers. Only store/ includes <sqlite3.h>.
+ */
+#ifndef WSP_STORE_INTERNAL_H
+#define WSP_STORE_INTERNAL_H
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+/* Every statement the store runs, prepared once at open. */
+enum store_stmt_id {
+    /* store.c */
+    STMT_BEGIN,
+    STMT_COMMIT,
+    STMT_ROLLBACK,
+    STMT_SAVEPOINT,
+    STMT_RELEASE,
+    STMT_ROLLBACK_TO,
+    STMT_PING,
+    STMT_STATS,
+    /* store_session.c */
+    STMT_SESSION_INSERT,
+    STMT_SESSION_TOUCH,
+    STMT_SESSION_END,
+    STMT_SESSION_END_ORPHANS,
+    STMT_SESSION_GET,
+    STMT_SESSION_LIST_USER,
+    STMT_SESSION_LIST_SINCE,
+    STMT_SESSION_LIST_ACTIVE,
+    STMT_SESSION_LIST_ALL,
+    STMT_SESSION_COUNT_ACTIVE,
+    STMT_SESSION_COUNT_ACTIVE_USER,
+    /* store_presence.c */
+    STMT_PRESENCE_SET,
+    STMT_PRESENCE_GET,
+    STMT_PRESENCE_RESET_ORPHANS,
+    /* store_msg.c */
+    STMT_MSG_INSERT,
+    STMT_MSG_BY_CID,
+    STMT_MSG_TARGET,
+    STMT_MSG_DELIVERED,
+    STMT_MSG_PENDING,
+    STMT_MSG_HISTORY_DIRECT,
+    STMT_MSG_HISTORY_ROOM,
+    STMT_MSG_GET,
+    /* store_room.c */
+    STMT_ROOM_JOIN,
+    STMT_ROOM_LEAVE,
+    STMT_ROOM_CURSOR,
+    STMT_ROOM_ACK,
+    STMT_ROOM_MEMBERS,
+    STMT_USER_ROOMS,
+    STMT_USERS_SHARING,
+    STMT_ROOM_REPLAY_FLOOR,
+    STMT_ROOM_REPLAY,
+    STMT_COUNT
+};
+
+struct store_sql {
+    enum store_stmt_id id;
+    bool may_scan; /* store_check_plans accepts a table scan in its plan (commented where set) */
+    const char *sql;
+};
+
+/* Per-file tables, each ended by an entry with sql == NULL. */
+extern const struct store_sql store_sql_core[];
+extern const struct store_sql store_sql_session[];
+extern const struct store_sql store_sql_presence[];
+extern const struct store_sql store_sql_msg[];
+extern const struct store_sql store_sql_room[];
+
+struct store {
+    sqlite3 *db;
+    bool readonly;
+    bool txn; /* inside store_begin .. store_commit/rollback */
+    int schema_version;
+    sqlite3_stmt *stmt[STMT_COUNT];
+    char err[512];
+};
+
+/* The columns store_msg_from_row reads, in its order. */
+#define STORE_MSG_COLS "id, sender, to_user, room, body, cid, created_at"
+
+/* Record sqlite's error for rc ("what: message") and return the matching STORE_ERR_*. */
+int store_fail(struct store *st, int rc, const char *what);
+
+/* Record a message of our own and return code. */
+int store_failf(struct store *st, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A bind failed (no memory, too big): record it, reset s, return STORE_ERR_*. */
+int store_bind_fail(struct store *st, sqlite3_stmt *s, const char *what);
+
+/* Reset and clear bindings: every path out of a statement goes through here. */
+void store_stmt_done(sqlite3_stmt *s);
+
+/* NULL binds SQL NULL. The string must outlive the step (SQLITE_STATIC). */
+int store_bind_text(sqlite3_stmt *s, int i, const char *v);
+
+/* Column as text, NULL for SQL NULL. */
+const char *store_col_text(sqlite3_stmt *s, int i);
+
+/* Fails (without running anything) when a write cannot go on: readonly, or a group-commit
+ * transaction that SQLite has already rolled back after an error. */
+int store_write_check(struct store *st);
+
+/* Run a write statement with no result rows to completion; done either way. */
+int store_exec_stmt(struct store *st, sqlite3_stmt *s, const char *what);
+
+/* Several statements as one unit: BEGIN IMMEDIATE in autocommit, a SAVEPOINT inside a transaction.
+ * store_atomic_end commits/releases when rc == 0, else rolls back; returns rc (or the commit error). */
+int store_atomic_begin(struct store *st, bool *own_txn);
+int store_atomic_end(struct store *st, bool own_txn, int rc);
+
+/* Fill m from columns col0.. in STORE_MSG_COLS order (borrowed strings). */
+void store_msg_from_row(sqlite3_stmt *s, int col0, struct store_msg *m);
+
+/*
+ * Step s (already bound) and hand each row as a message to cb, at most emit rows; rows past emit are
+ * only counted into *rows (may be NULL). Returns 0, cb's stop value, or STORE_ERR_*. Done either way.
+ */
+int store_each_msg(struct store *st, sqlite3_stmt *s, int emit, store_msg_fn *cb, void *ctx,
+                   int *rows, const char *what);
+
+/* Same for one-column name rows. */
+int store_each_name(struct store *st, sqlite3_stmt *s, store_name_fn *cb, void *ctx, const char *what);
+
+/* Argument checks shared by the files: non-NULL, non-empty. */
+bool store_name_ok(const char *s);
+
+#endif
