@@ -1,0 +1,1220 @@
+/*
+ * loadgen.c -- WebSocket load generator for `make bench`: echo, idle, fanout and persist modes over
+ * loopback, one epoll thread, one "result key=value ..." line plus human text. Linux only.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define MAX_CONNECTING 128      /* handshakes in flight; more only overflows the listen backlog */
+#define IN_CHUNK 8192           /* read size; buffers grow for larger frames */
+#define MAX_FRAME (16u << 20)   /* anything bigger from a bench peer is a bug */
+#define ACK_EVERY 100           /* fanout members ack the latest id this often */
+#define SETUP_TIMEOUT_NS (120 * NS_PER_S)
+#define NS_PER_S 1000000000LL
+
+enum mode { MODE_ECHO, MODE_IDLE, MODE_FANOUT, MODE_PERSIST };
+enum conn_state { CS_FREE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_CLOSED };
+enum conn_role { ROLE_ECHO, ROLE_IDLE, ROLE_MEMBER, ROLE_PUBLISHER, ROLE_SENDER };
+enum phase { PH_SETUP, PH_RUN, PH_DRAIN, PH_DONE };
+
+struct opts {
+    enum mode mode;
+    const char *host;
+    int port;
+    const char *path;
+    long conns;
+    long window;
+    long size;
+    double secs;
+    double warm;
+    double drain;
+    double rate;
+    long pid;
+    const char *secret;
+    const char *room;
+    const char *prefix;
+    bool binary;
+};
+
+struct conn {
+    int fd;
+    uint8_t state;
+    uint8_t role;
+    bool ready;
+    bool close_sent;
+    uint32_t idx;
+    char accept[29]; /* expected Sec-WebSocket-Accept */
+    char *in;
+    size_t in_len, in_cap;
+    char *out;
+    size_t out_len, out_cap;
+    char *frag; /* reassembly of a fragmented message */
+    size_t frag_len, frag_cap;
+    uint8_t frag_op;
+    uint64_t seq;       /* messages sent */
+    int64_t last_id;    /* newest msg id seen (fanout ack) */
+    uint32_t unacked;
+    uint64_t *sent_ns;  /* persist: send time by seq % window */
+};
+
+/* Log-linear histogram of nanosecond values: 32 sub-buckets per power of two, about 3% resolution. */
+#define HIST_SUB_BITS 5
+#define HIST_SUB (1u << HIST_SUB_BITS)
+#define HIST_N (64 * HIST_SUB)
+struct hist {
+    uint64_t count[HIST_N];
+    uint64_t n;
+    uint64_t max;
+};
+
+struct lg {
+    struct opts o;
+    int ep;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    struct conn *conns;
+    long nconns;
+    long next_start;
+    long connecting;
+    long ready;
+    long failed;
+    enum phase phase;
+    int64_t t_setup, t_run, t_start, t_end, t_done, t_last_rx;
+    uint64_t cpu_start, cpu_end; /* server utime+stime in clock ticks */
+    int64_t t_cpu0, t_cpu1;      /* when they were read */
+    bool window_opened;
+    long rss_before, rss_after;
+    struct rusage ru_start, ru_end;
+    uint64_t msgs;       /* counted replies / deliveries / receipts in the window */
+    uint64_t published;
+    uint64_t pub_sent;   /* "sent" receipts for the publisher */
+    uint64_t late;       /* fanout deliveries after the drain deadline are not counted */
+    uint64_t errors;
+    uint64_t closed;
+    int64_t next_pub;
+    uint64_t run_nonce;
+    uint64_t rng;
+    struct hist lat;
+};
+
+static struct lg G;
+
+/* ---- small helpers ---- */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "loadgen: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(2);
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q)
+        die("out of memory (%zu bytes)", n);
+    return q;
+}
+
+static uint64_t rng_next(void)
+{
+    /* xorshift64*: masks must be unpredictable to intermediaries, not cryptographic (RFC 6455 §10.3) */
+    G.rng ^= G.rng >> 12;
+    G.rng ^= G.rng << 25;
+    G.rng ^= G.rng >> 27;
+    return G.rng * 0x2545F4914F6CDD1DULL;
+}
+
+static size_t b64_encode(const unsigned char *in, size_t n, char *out, bool url)
+{
+    int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+    if (!url)
+        return (size_t)len;
+    while (len > 0 && out[len - 1] == '=')
+        len--;
+    for (int i = 0; i < len; i++) {
+        if (out[i] == '+')
+            out[i] = '-';
+        else if (out[i] == '/')
+            out[i] = '_';
+    }
+    out[len] = '\0';
+    return (size_t)len;
+}
+
+/* HS256 JWT with sub = user, exp = now + 1h; the server checks it with the same secret. */
+static void jwt_make(const char *secret, const char *user, char *out, size_t cap)
+{
+    static const char hdr[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    char payload[256], part[512], sig64[64];
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+    time_t now = time(NULL);
+    int n = snprintf(payload, sizeof(payload), "{\"sub\":\"%s\",\"iat\":%lld,\"exp\":%lld}", user,
+                     (long long)now, (long long)now + 3600);
+    size_t h = b64_encode((const unsigned char *)hdr, sizeof(hdr) - 1, part, true);
+    part[h++] = '.';
+    size_t p = b64_encode((const unsigned char *)payload, (size_t)n, part + h, true);
+    if (!HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)part, h + p, mac, &mac_len))
+        die("HMAC failed");
+    b64_encode(mac, mac_len, sig64, true);
+    if ((size_t)snprintf(out, cap, "%s.%s", part, sig64) >= cap)
+        die("token too long");
+}
+
+/* ---- histogram ---- */
+
+static unsigned hist_index(uint64_t v)
+{
+    if (v < HIST_SUB)
+        return (unsigned)v;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
+    unsigned shift = msb - HIST_SUB_BITS;
+    return (shift + 1) * HIST_SUB + (unsigned)((v >> shift) - HIST_SUB);
+}
+
+static uint64_t hist_value(unsigned idx)
+{
+    if (idx < HIST_SUB)
+        return idx;
+    unsigned shift = idx / HIST_SUB - 1;
+    uint64_t low = (uint64_t)(idx % HIST_SUB + HIST_SUB) << shift;
+    return low + ((1ULL << shift) >> 1);
+}
+
+static void hist_add(struct hist *h, int64_t v)
+{
+    if (v < 0)
+        v = 0;
+    h->count[hist_index((uint64_t)v)]++;
+    h->n++;
+    if ((uint64_t)v > h->max)
+        h->max = (uint64_t)v;
+}
+
+static double hist_pct_us(const struct hist *h, double p)
+{
+    if (h->n == 0)
+        return 0;
+    uint64_t want = (uint64_t)(p * (double)h->n + 0.999999);
+    if (want < 1)
+        want = 1;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < HIST_N; i++) {
+        seen += h->count[i];
+        if (seen >= want)
+            return (double)hist_value(i) / 1000.0;
+    }
+    return (double)h->max / 1000.0;
+}
+
+/* ---- /proc readers for the server process ---- */
+
+static bool proc_cpu(long pid, uint64_t *ticks)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* the command name may hold spaces and parens; fields resume after the last ')' */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return false;
+    unsigned long long ut = 0, st = 0;
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return false;
+    *ticks = ut + st;
+    return true;
+}
+
+static long proc_rss_kib(long pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+    snprintf(path, sizeof(path), "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+/* ---- minimal JSON field access: the peers' frames are flat objects the bench itself shaped ---- */
+
+static const char *json_find(const char *s, size_t n, const char *key)
+{
+    char pat[32];
+    int k = snprintf(pat, sizeof(pat), "\"%s\"", key);
+    const char *end = s + n;
+    const char *p = memmem(s, n, pat, (size_t)k);
+    if (!p)
+        return NULL;
+    p += k;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p >= end || *p != ':')
+        return NULL;
+    p++;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    return p < end ? p : NULL;
+}
+
+static bool json_is(const char *s, size_t n, const char *key, const char *want)
+{
+    const char *p = json_find(s, n, key);
+    size_t w = strlen(want);
+    if (!p || *p != '"' || (size_t)(s + n - p) < w + 2)
+        return false;
+    return memcmp(p + 1, want, w) == 0 && p[1 + w] == '"';
+}
+
+static bool json_int(const char *s, size_t n, const char *key, int64_t *out)
+{
+    const char *p = json_find(s, n, key);
+    if (!p)
+        return false;
+    if (*p == '"') /* ids may come quoted */
+        p++;
+    const char *end = s + n;
+    if (p >= end || !isdigit((unsigned char)*p))
+        return false;
+    int64_t v = 0;
+    while (p < end && isdigit((unsigned char)*p))
+        v = v * 10 + (*p++ - '0');
+    *out = v;
+    return true;
+}
+
+/* ---- output: masked client frames (RFC 6455 §5.3) ---- */
+
+static void out_reserve(struct conn *c, size_t more)
+{
+    if (c->out_len + more <= c->out_cap)
+        return;
+    size_t cap = c->out_cap ? c->out_cap : 1024;
+    while (cap < c->out_len + more)
+        cap *= 2;
+    c->out = xrealloc(c->out, cap);
+    c->out_cap = cap;
+}
+
+static void frame_send(struct conn *c, unsigned op, const void *payload, size_t len)
+{
+    out_reserve(c, len + 14);
+    unsigned char *h = (unsigned char *)c->out + c->out_len;
+    size_t hl = 2;
+    h[0] = (unsigned char)(0x80 | op);
+    if (len < 126) {
+        h[1] = (unsigned char)(0x80 | len);
+    } else if (len < 65536) {
+        h[1] = 0x80 | 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        hl = 4;
+    } else {
+        h[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+        hl = 10;
+    }
+    uint32_t mask = (uint32_t)rng_next();
+    memcpy(h + hl, &mask, 4);
+    unsigned char *m = h + hl, *dst = h + hl + 4;
+    const unsigned char *src = payload;
+    size_t i = 0;
+    uint64_t mask64 = (uint64_t)mask | (uint64_t)mask << 32;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= mask64;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < len; i++)
+        dst[i] = src[i] ^ m[i & 3];
+    c->out_len += hl + 4 + len;
+}
+
+static void text_send(struct conn *c, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        die("frame too long");
+    frame_send(c, 0x1, buf, (size_t)n);
+}
+
+/* ---- connection lifecycle ---- */
+
+static void conn_release(struct conn *c)
+{
+    free(c->in);
+    free(c->out);
+    free(c->frag);
+    free(c->sent_ns);
+    c->in = c->out = c->frag = NULL;
+    c->sent_ns = NULL;
+    c->in_len = c->in_cap = c->out_len = c->out_cap = c->frag_len = c->frag_cap = 0;
+}
+
+/* Abortive close (RST): no TIME_WAIT on either side, so back-to-back runs do not exhaust ports. */
+static void conn_abort(struct conn *c)
+{
+    if (c->fd >= 0) {
+        struct linger l = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        close(c->fd);
+        c->fd = -1;
+    }
+    conn_release(c);
+}
+
+static void conn_fail(struct conn *c, const char *why)
+{
+    if (c->state == CS_CLOSED)
+        return;
+    bool was_setup = c->state != CS_OPEN || !c->ready;
+    if (c->state == CS_CONNECTING || c->state == CS_HANDSHAKE)
+        G.connecting--;
+    c->state = CS_CLOSED;
+    if (was_setup && G.phase == PH_SETUP)
+        G.failed++;
+    else
+        G.closed++;
+    G.errors++;
+    if (G.errors <= 5)
+        fprintf(stderr, "loadgen: connection %u: %s\n", c->idx, why);
+    conn_abort(c);
+}
+
+static void conn_flush(struct conn *c)
+{
+    size_t off = 0;
+    while (off < c->out_len) {
+        ssize_t n = write(c->fd, c->out + off, c->out_len - off);
+        if (n > 0) {
+            off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && errno == EAGAIN) {
+            break; /* EPOLLOUT (edge-triggered) calls us again */
+        } else {
+            conn_fail(c, n < 0 ? strerror(errno) : "write returned 0");
+            return;
+        }
+    }
+    if (off == c->out_len)
+        c->out_len = 0;
+    else if (off > 0) {
+        memmove(c->out, c->out + off, c->out_len - off);
+        c->out_len -= off;
+    }
+}
+
+static void user_name(const struct conn *c, char *out, size_t cap)
+{
+    switch (c->role) {
+    case ROLE_MEMBER:
+        snprintf(out, cap, "%sm%u", G.o.prefix, c->idx);
+        break;
+    case ROLE_PUBLISHER:
+        snprintf(out, cap, "%spub", G.o.prefix);
+        break;
+    case ROLE_SENDER:
+        snprintf(out, cap, "%ss%u", G.o.prefix, c->idx);
+        break;
+    default:
+        snprintf(out, cap, "%su%u", G.o.prefix, c->idx);
+    }
+}
+
+static void conn_start(struct conn *c)
+{
+    c->fd = socket(G.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        die("socket: %s (raise ulimit -n?)", strerror(errno));
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->state = CS_CONNECTING;
+    G.connecting++;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
+    if (epoll_ctl(G.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+        die("epoll_ctl: %s", strerror(errno));
+    if (connect(c->fd, (struct sockaddr *)&G.addr, G.addr_len) < 0 && errno != EINPROGRESS)
+        conn_fail(c, strerror(errno));
+}
+
+static void conn_send_handshake(struct conn *c)
+{
+    unsigned char key[16], digest[SHA_DIGEST_LENGTH];
+    char key64[32], src[96], target[1024], host[64];
+    uint64_t r1 = rng_next(), r2 = rng_next();
+    memcpy(key, &r1, 8);
+    memcpy(key + 8, &r2, 8);
+    b64_encode(key, sizeof(key), key64, false);
+    snprintf(src, sizeof(src), "%s%s", key64, WS_GUID);
+    SHA1((const unsigned char *)src, strlen(src), digest);
+    b64_encode(digest, sizeof(digest), c->accept, false);
+
+    if (G.o.secret) {
+        char user[64], tok[600];
+        user_name(c, user, sizeof(user));
+        jwt_make(G.o.secret, user, tok, sizeof(tok));
+        snprintf(target, sizeof(target), "%s%ctoken=%s", G.o.path, strchr(G.o.path, '?') ? '&' : '?',
+                 tok);
+    } else {
+        snprintf(target, sizeof(target), "%s", G.o.path);
+    }
+    if (G.addr.ss_family == AF_INET6)
+        snprintf(host, sizeof(host), "[%s]:%d", G.o.host, G.o.port);
+    else
+        snprintf(host, sizeof(host), "%s:%d", G.o.host, G.o.port);
+    char req[2048];
+    int n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                     "User-Agent: wsproxy-loadgen\r\n\r\n",
+                     target, host, key64);
+    out_reserve(c, (size_t)n);
+    memcpy(c->out + c->out_len, req, (size_t)n);
+    c->out_len += (size_t)n;
+    c->state = CS_HANDSHAKE;
+    conn_flush(c);
+}
+
+static void conn_set_ready(struct conn *c)
+{
+    if (c->ready)
+        return;
+    c->ready = true;
+    G.ready++;
+}
+
+/* Returns bytes of the response head consumed, 0 if incomplete, -1 after failing the connection. */
+static long handshake_parse(struct conn *c)
+{
+    char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+    if (!end) {
+        if (c->in_len > 16384) {
+            conn_fail(c, "response head too large");
+            return -1;
+        }
+        return 0;
+    }
+    size_t head = (size_t)(end - c->in) + 4;
+    if (c->in_len < 12 || memcmp(c->in, "HTTP/1.1 101", 12) != 0) {
+        char why[96];
+        size_t l = strcspn(c->in, "\r");
+        snprintf(why, sizeof(why), "handshake refused: %.*s", (int)(l < 60 ? l : 60), c->in);
+        conn_fail(c, why);
+        return -1;
+    }
+    bool ok = false;
+    for (char *line = c->in; line < end;) {
+        char *eol = memmem(line, (size_t)(end + 2 - line), "\r\n", 2);
+        static const char name[] = "sec-websocket-accept:";
+        if ((size_t)(eol - line) > sizeof(name) - 1 && !strncasecmp(line, name, sizeof(name) - 1)) {
+            char *v = line + sizeof(name) - 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            char *ve = eol;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            ok = (size_t)(ve - v) == strlen(c->accept) && !memcmp(v, c->accept, (size_t)(ve - v));
+        }
+        line = eol + 2;
+    }
+    if (!ok) {
+        conn_fail(c, "missing or wrong Sec-WebSocket-Accept");
+        return -1;
+    }
+    c->state = CS_OPEN;
+    G.connecting--;
+    /* plain echo/idle connections are ready once open; chat ones wait for welcome/joined */
+    if (c->role == ROLE_ECHO || (c->role == ROLE_IDLE && !G.o.secret))
+        conn_set_ready(c);
+    return (long)head;
+}
+
+/* ---- per-mode message handling ---- */
+
+static void echo_send(struct conn *c, int64_t now)
+{
+    char buf[65536];
+    size_t n = (size_t)G.o.size;
+    snprintf(buf, sizeof(buf), "%016" PRIx64, (uint64_t)now);
+    memset(buf + 16, 'x', n - 16);
+    frame_send(c, G.o.binary ? 0x2 : 0x1, buf, n);
+    c->seq++;
+}
+
+static void sender_send(struct conn *c, int64_t now)
+{
+    c->sent_ns[c->seq % (uint64_t)G.o.window] = (uint64_t)now;
+    text_send(c, "{\"type\":\"send\",\"to\":\"%soff%u\",\"body\":{\"t\":%" PRId64 "},"
+                 "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
+              G.o.prefix, c->idx, now, G.run_nonce, c->seq);
+    c->seq++;
+}
+
+static bool in_window(int64_t now)
+{
+    return now >= G.t_start && now < G.t_end;
+}
+
+static void on_echo(struct conn *c, const char *p, size_t len, int64_t now)
+{
+    uint64_t ts = 0;
+    if (len != (size_t)G.o.size) {
+        G.errors++;
+        return;
+    }
+    for (int i = 0; i < 16; i++) {
+        char d = p[i];
+        ts = ts << 4 | (uint64_t)(d <= '9' ? d - '0' : d - 'a' + 10);
+    }
+    if (in_window(now)) {
+        G.msgs++;
+        hist_add(&G.lat, now - (int64_t)ts);
+    }
+    if (now < G.t_end)
+        echo_send(c, now);
+}
+
+static void on_chat(struct conn *c, const char *p, size_t len, int64_t now)
+{
+    if (json_is(p, len, "type", "welcome")) {
+        if (c->role == ROLE_MEMBER || c->role == ROLE_PUBLISHER)
+            text_send(c, "{\"type\":\"join\",\"room\":\"%s\"}", G.o.room);
+        else
+            conn_set_ready(c);
+    } else if (json_is(p, len, "type", "joined")) {
+        conn_set_ready(c);
+    } else if (json_is(p, len, "type", "msg")) {
+        if (c->role != ROLE_MEMBER)
+            return;
+        int64_t id = 0, t = 0;
+        if (json_int(p, len, "id", &id) && id > c->last_id)
+            c->last_id = id;
+        if (++c->unacked >= ACK_EVERY) {
+            text_send(c, "{\"type\":\"ack\",\"id\":%" PRId64 "}", c->last_id);
+            c->unacked = 0;
+        }
+        const char *rp = json_find(p, len, "replay");
+        if ((rp && *rp == 't') || !json_int(p, len, "t", &t) || t < G.t_start)
+            return; /* replay of an earlier run */
+        if (G.phase == PH_DONE) {
+            G.late++;
+            return;
+        }
+        G.msgs++;
+        G.t_last_rx = now;
+        hist_add(&G.lat, now - t);
+    } else if (json_is(p, len, "type", "sent")) {
+        if (c->role == ROLE_PUBLISHER) {
+            G.pub_sent++;
+            return;
+        }
+        if (c->role != ROLE_SENDER)
+            return;
+        const char *q = json_find(p, len, "cid");
+        const char *dash = q ? memchr(q, '-', (size_t)(p + len - q)) : NULL;
+        uint64_t seq = dash ? strtoull(dash + 1, NULL, 10) : 0;
+        if (in_window(now)) {
+            G.msgs++;
+            hist_add(&G.lat, now - (int64_t)c->sent_ns[seq % (uint64_t)G.o.window]);
+        }
+        if (now < G.t_end)
+            sender_send(c, now);
+    } else if (json_is(p, len, "type", "error")) {
+        G.errors++;
+        if (G.errors <= 5)
+            fprintf(stderr, "loadgen: connection %u got %.*s\n", c->idx, (int)(len < 200 ? len : 200), p);
+        if (c->role == ROLE_SENDER && now < G.t_end && G.phase == PH_RUN)
+            sender_send(c, now);
+    }
+}
+
+static void on_message(struct conn *c, unsigned op, const char *p, size_t len, int64_t now)
+{
+    (void)op;
+    if (c->role == ROLE_ECHO)
+        on_echo(c, p, len, now);
+    else
+        on_chat(c, p, len, now);
+}
+
+/* Parses every complete server frame in c->in; returns false once the connection is gone. */
+static bool frames_parse(struct conn *c, size_t off, int64_t now)
+{
+    while (c->state == CS_OPEN) {
+        size_t avail = c->in_len - off;
+        const unsigned char *h = (const unsigned char *)c->in + off;
+        if (avail < 2)
+            break;
+        unsigned fin = h[0] & 0x80, op = h[0] & 0x0f;
+        if (h[1] & 0x80) {
+            conn_fail(c, "masked frame from server"); /* RFC 6455 §5.1 */
+            return false;
+        }
+        uint64_t len = h[1] & 0x7f;
+        size_t hl = 2;
+        if (len == 126) {
+            if (avail < 4)
+                break;
+            len = (uint64_t)h[2] << 8 | h[3];
+            hl = 4;
+        } else if (len == 127) {
+            if (avail < 10)
+                break;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | h[2 + i];
+            hl = 10;
+        }
+        if (len > MAX_FRAME) {
+            conn_fail(c, "frame too large");
+            return false;
+        }
+        if (avail < hl + len)
+            break;
+        const char *payload = (const char *)h + hl;
+        off += hl + (size_t)len;
+        if (op == 0x9) {
+            frame_send(c, 0xA, payload, (size_t)len);
+        } else if (op == 0xA) {
+            /* unsolicited pong: ignore */
+        } else if (op == 0x8) {
+            unsigned code = len >= 2 ? (unsigned)((unsigned char)payload[0] << 8 |
+                                                   (unsigned char)payload[1]) : 1005;
+            char why[160];
+            snprintf(why, sizeof(why), "server closed: %u %.*s", code,
+                     (int)(len > 2 ? (len - 2 > 100 ? 100 : len - 2) : 0), payload + 2);
+            frame_send(c, 0x8, payload, len >= 2 ? 2 : 0);
+            conn_flush(c);
+            conn_fail(c, why);
+            return false;
+        } else if (op == 0x0 || !fin) {
+            if (op != 0x0)
+                c->frag_op = (uint8_t)op;
+            if (c->frag_len + len > c->frag_cap) {
+                c->frag_cap = (c->frag_len + (size_t)len) * 2;
+                c->frag = xrealloc(c->frag, c->frag_cap);
+            }
+            memcpy(c->frag + c->frag_len, payload, (size_t)len);
+            c->frag_len += (size_t)len;
+            if (fin) {
+                on_message(c, c->frag_op, c->frag, c->frag_len, now);
+                c->frag_len = 0;
+            }
+        } else {
+            on_message(c, op, payload, (size_t)len, now);
+        }
+    }
+    if (c->state != CS_OPEN)
+        return c->state != CS_CLOSED;
+    if (off > 0) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
+    return true;
+}
+
+static void conn_read(struct conn *c)
+{
+    for (;;) {
+        if (c->in_cap - c->in_len < IN_CHUNK / 2) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : IN_CHUNK;
+            c->in = xrealloc(c->in, cap);
+            c->in_cap = cap;
+        }
+        size_t space = c->in_cap - c->in_len;
+        ssize_t n = read(c->fd, c->in + c->in_len, space);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n <= 0) {
+            conn_fail(c, n == 0 ? "server closed the connection" : strerror(errno));
+            return;
+        }
+        c->in_len += (size_t)n;
+        int64_t now = now_ns();
+        size_t off = 0;
+        if (c->state == CS_HANDSHAKE) {
+            long head = handshake_parse(c);
+            if (head <= 0)
+                return;
+            off = (size_t)head;
+        }
+        if (!frames_parse(c, off, now))
+            return;
+        /* a short read emptied the socket; the next arrival raises a new edge */
+        if ((size_t)n < space)
+            return;
+    }
+}
+
+static void conn_event(struct conn *c, uint32_t events)
+{
+    if (c->state == CS_CLOSED || c->state == CS_FREE)
+        return;
+    if (c->state == CS_CONNECTING) {
+        int err = 0;
+        socklen_t l = sizeof(err);
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+            return;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        if (err) {
+            conn_fail(c, strerror(err));
+            return;
+        }
+        conn_send_handshake(c);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        conn_read(c);
+    if (c->state != CS_CLOSED && c->out_len)
+        conn_flush(c);
+}
+
+/* ---- phases ---- */
+
+static void phase_run(int64_t now)
+{
+    G.phase = PH_RUN;
+    G.t_run = now;
+    G.t_start = now + (int64_t)(G.o.warm * NS_PER_S);
+    G.t_end = G.t_start + (int64_t)(G.o.secs * NS_PER_S);
+    if (G.o.mode == MODE_FANOUT) {
+        /* the publisher's first message starts the window; no warm-up at a fixed rate */
+        G.t_start = now;
+        G.t_end = now + (int64_t)(G.o.secs * NS_PER_S);
+        G.next_pub = now;
+    }
+    for (long i = 0; i < G.nconns; i++) {
+        struct conn *c = &G.conns[i];
+        if (c->state != CS_OPEN)
+            continue;
+        for (long w = 0; w < G.o.window && (c->role == ROLE_ECHO || c->role == ROLE_SENDER); w++) {
+            if (c->role == ROLE_ECHO)
+                echo_send(c, now);
+            else
+                sender_send(c, now);
+        }
+        if (c->out_len)
+            conn_flush(c);
+    }
+}
+
+static void window_open(void)
+{
+    G.window_opened = true;
+    G.t_cpu0 = now_ns();
+    if (G.o.pid > 0 && !proc_cpu(G.o.pid, &G.cpu_start))
+        die("cannot read /proc/%ld/stat", G.o.pid);
+    getrusage(RUSAGE_SELF, &G.ru_start);
+}
+
+static void window_close(void)
+{
+    G.t_cpu1 = now_ns();
+    if (G.o.pid > 0 && !proc_cpu(G.o.pid, &G.cpu_end))
+        G.cpu_end = G.cpu_start;
+    getrusage(RUSAGE_SELF, &G.ru_end);
+}
+
+static void publish(int64_t now)
+{
+    struct conn *pub = &G.conns[G.nconns - 1];
+    if (pub->state != CS_OPEN)
+        return;
+    int64_t step = (int64_t)(NS_PER_S / G.o.rate);
+    while (G.next_pub <= now && G.next_pub < G.t_end) {
+        /* the body carries the send time, so members measure publish -> receipt themselves */
+        text_send(pub, "{\"type\":\"send\",\"room\":\"%s\",\"body\":{\"t\":%" PRId64 "},"
+                       "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
+                  G.o.room, now, G.run_nonce, G.published);
+        G.published++;
+        G.next_pub += step;
+    }
+    conn_flush(pub);
+}
+
+/* Advances the state machine; returns the epoll timeout in ms. */
+static int tick(int64_t now)
+{
+    switch (G.phase) {
+    case PH_SETUP:
+        while (G.next_start < G.nconns && G.connecting < MAX_CONNECTING)
+            conn_start(&G.conns[G.next_start++]);
+        if (G.ready + G.failed >= G.nconns) {
+            if (G.failed > 0 && G.o.mode != MODE_IDLE)
+                die("%ld of %ld connections failed during setup", G.failed, G.nconns);
+            phase_run(now);
+            if (G.o.mode == MODE_IDLE) {
+                G.t_end = now + (int64_t)(G.o.secs * NS_PER_S);
+                return (int)(G.o.secs * 1000) + 1;
+            }
+            if (G.o.mode != MODE_FANOUT)
+                return (int)((G.t_start - now) / 1000000) + 1;
+            window_open();
+            publish(now);
+            return 1;
+        }
+        if (now - G.t_setup > SETUP_TIMEOUT_NS)
+            die("setup timed out: %ld ready, %ld failed of %ld", G.ready, G.failed, G.nconns);
+        return 10;
+    case PH_RUN:
+        if (G.o.mode == MODE_IDLE) {
+            if (now >= G.t_end) {
+                G.rss_after = G.o.pid > 0 ? proc_rss_kib(G.o.pid) : -1;
+                G.phase = PH_DONE;
+                return 0;
+            }
+            return (int)((G.t_end - now) / 1000000) + 1;
+        }
+        if (G.o.mode == MODE_FANOUT) {
+            publish(now);
+            if (now >= G.t_end) {
+                G.phase = PH_DRAIN;
+                G.t_done = G.t_end + (int64_t)(G.o.drain * NS_PER_S);
+                return 1;
+            }
+            int64_t wait = G.next_pub - now;
+            return wait > 0 ? (int)(wait / 1000000) : 0;
+        }
+        if (!G.window_opened && now >= G.t_start)
+            window_open();
+        if (now >= G.t_end) {
+            window_close();
+            G.phase = PH_DONE;
+            return 0;
+        }
+        return (int)(((now < G.t_start ? G.t_start : G.t_end) - now) / 1000000) + 1;
+    case PH_DRAIN: {
+        uint64_t expected = (uint64_t)G.o.conns * G.published;
+        if (G.msgs >= expected || now >= G.t_done) {
+            window_close();
+            G.phase = PH_DONE;
+            return 0;
+        }
+        return 5;
+    }
+    case PH_DONE:
+        return 0;
+    }
+    return 0;
+}
+
+/* ---- report ---- */
+
+static void report(void)
+{
+    const struct opts *o = &G.o;
+    static const char *names[] = {"echo", "idle", "fanout", "persist"};
+    double ticks = (double)sysconf(_SC_CLK_TCK);
+    double cpu_s = o->pid > 0 ? (double)(G.cpu_end - G.cpu_start) / ticks : 0;
+    double lu = (double)(G.ru_end.ru_utime.tv_sec - G.ru_start.ru_utime.tv_sec) +
+                (double)(G.ru_end.ru_utime.tv_usec - G.ru_start.ru_utime.tv_usec) / 1e6 +
+                (double)(G.ru_end.ru_stime.tv_sec - G.ru_start.ru_stime.tv_sec) +
+                (double)(G.ru_end.ru_stime.tv_usec - G.ru_start.ru_stime.tv_usec) / 1e6;
+    char line[1024];
+    int n = snprintf(line, sizeof(line), "result mode=%s conns=%ld", names[o->mode], o->conns);
+
+    if (o->mode == MODE_IDLE) {
+        double per = G.ready > 0 && G.rss_before >= 0 && G.rss_after >= 0
+                         ? (double)(G.rss_after - G.rss_before) / (double)G.ready : -1;
+        snprintf(line + n, sizeof(line) - (size_t)n,
+                 " path=%s ready=%ld failed=%ld rss_before_kib=%ld rss_after_kib=%ld kib_per_conn=%.2f"
+                 " errors=%" PRIu64,
+                 o->path, G.ready, G.failed, G.rss_before, G.rss_after, per, G.errors);
+        printf("idle: %ld of %ld connections open on %s; server RSS %ld KiB -> %ld KiB = %.2f KiB per "
+               "connection\n%s\n",
+               G.ready, o->conns, o->path, G.rss_before, G.rss_after, per, line);
+        return;
+    }
+    double secs;
+    if (o->mode == MODE_FANOUT)
+        secs = (double)((G.t_last_rx > G.t_end ? G.t_last_rx : G.t_end) - G.t_start) / 1e9;
+    else
+        secs = (double)(G.t_end - G.t_start) / 1e9;
+    double wall = (double)(G.t_cpu1 - G.t_cpu0) / 1e9;
+    double rate = secs > 0 ? (double)G.msgs / secs : 0;
+    double cpu_pct = wall > 0 ? 100.0 * cpu_s / wall : 0;
+    double per_core = cpu_s > 0 ? (double)G.msgs / cpu_s : 0;
+    double loader_pct = wall > 0 ? 100.0 * lu / wall : 0;
+    double p50 = hist_pct_us(&G.lat, 0.50), p99 = hist_pct_us(&G.lat, 0.99),
+           p999 = hist_pct_us(&G.lat, 0.999);
+    long rss = o->pid > 0 ? proc_rss_kib(o->pid) : -1;
+    const char *unit = o->mode == MODE_FANOUT ? "deliveries" : o->mode == MODE_PERSIST ? "receipts"
+                                                                                        : "msgs";
+    n += snprintf(line + n, sizeof(line) - (size_t)n,
+                  " window=%ld size=%ld secs=%.3f msgs=%" PRIu64 " msgs_per_s=%.0f p50_us=%.1f"
+                  " p99_us=%.1f p999_us=%.1f max_us=%.1f server_cpu_pct=%.1f msgs_per_core_s=%.0f"
+                  " loader_cpu_pct=%.1f server_rss_kib=%ld errors=%" PRIu64 " closed=%" PRIu64,
+                  o->window, o->size, secs, G.msgs, rate, p50, p99, p999,
+                  (double)G.lat.max / 1000.0, cpu_pct, per_core, loader_pct, rss, G.errors, G.closed);
+    if (o->mode == MODE_FANOUT) {
+        uint64_t expected = (uint64_t)o->conns * G.published;
+        double pct = expected ? 100.0 * (double)G.msgs / (double)expected : 0;
+        snprintf(line + n, sizeof(line) - (size_t)n,
+                 " rate=%.0f published=%" PRIu64 " receipts=%" PRIu64 " expected=%" PRIu64
+                 " delivered_pct=%.3f late=%" PRIu64,
+                 o->rate, G.published, G.pub_sent, expected, pct, G.late);
+        printf("fanout: %ld members, %" PRIu64 " published at %.0f/s -> %" PRIu64 " of %" PRIu64
+               " delivered (%.3f%%)\n",
+               o->conns, G.published, o->rate, G.msgs, expected, pct);
+    }
+    printf("%s: %.0f %s/s over %.2f s; latency p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n"
+           "server: %.1f%% of a core, %.0f %s per server-core-second; loader %.1f%% of a core\n"
+           "%s\n",
+           names[o->mode], rate, unit, secs, p50, p99, p999, cpu_pct, per_core, unit, loader_pct,
+           line);
+}
+
+/* ---- setup ---- */
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen -m echo|idle|fanout|persist [options]\n"
+            "  -H HOST     loopback address (127.x.x.x or ::1; default 127.0.0.1)\n"
+            "  -P PORT     port (default 8080)\n"
+            "  -U PATH     request path (default /echo for echo/idle, /ws otherwise)\n"
+            "  -c N        connections (echo, idle), room members (fanout), senders (persist)\n"
+            "  -w N        messages in flight per connection (echo, persist; default 1)\n"
+            "  -s BYTES    echo payload size, >= 16 (default 32)\n"
+            "  -d SECS     measured seconds (idle: settle time before reading RSS; default 5)\n"
+            "  -W SECS     warm-up before the window (echo, persist; default 1)\n"
+            "  -r RATE     fanout publish rate, msgs/s (default 100)\n"
+            "  -D SECS     fanout: how long to wait for stragglers after publishing (default 5)\n"
+            "  -p PID      server pid: CPU from /proc/PID/stat, RSS from /proc/PID/status\n"
+            "  -k SECRET   sign HS256 tokens with SECRET and pass them as ?token=\n"
+            "  -R ROOM     fanout room (default bench)\n"
+            "  -u PREFIX   user name prefix (default none)\n"
+            "  -b          echo binary frames instead of text\n");
+    exit(2);
+}
+
+static void addr_resolve(void)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&G.addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&G.addr;
+    const char *h = G.o.host;
+    if (!strcmp(h, "localhost"))
+        h = G.o.host = "127.0.0.1";
+    memset(&G.addr, 0, sizeof(G.addr));
+    if (inet_pton(AF_INET, h, &a4->sin_addr) == 1) {
+        if ((ntohl(a4->sin_addr.s_addr) >> 24) != 127)
+            die("refusing %s: the bench only targets loopback (127.0.0.0/8, ::1)", h);
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)G.o.port);
+        G.addr_len = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, h, &a6->sin6_addr) == 1) {
+        if (!IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr))
+            die("refusing %s: the bench only targets loopback (127.0.0.0/8, ::1)", h);
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)G.o.port);
+        G.addr_len = sizeof(*a6);
+    } else {
+        die("bad host '%s': give a literal loopback address", h);
+    }
+}
+
+static void nofile_raise(long need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        die("getrlimit: %s", strerror(errno));
+    rlim_t want = (rlim_t)need + 64;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+            /* only root with CAP_SYS_RESOURCE may go past the hard limit */
+            struct rlimit up = {want, want};
+            if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+                return;
+        }
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            die("setrlimit: %s", strerror(errno));
+    }
+    if (rl.rlim_cur < want)
+        die("need %ld file descriptors but the hard limit is %ld", (long)want, (long)rl.rlim_max);
+}
+
+static double arg_num(const char *s, const char *what)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < 0)
+        die("bad %s '%s'", what, s);
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts *o = &G.o;
+    *o = (struct opts){.mode = MODE_ECHO, .host = "127.0.0.1", .port = 8080, .conns = 1, .window = 1,
+                       .size = 32, .secs = 5, .warm = 1, .drain = 5, .rate = 100, .room = "bench",
+                       .prefix = ""};
+    const char *mode = NULL;
+    int ch;
+    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bh")) != -1) {
+        switch (ch) {
+        case 'm': mode = optarg; break;
+        case 'H': o->host = optarg; break;
+        case 'P': o->port = (int)arg_num(optarg, "port"); break;
+        case 'U': o->path = optarg; break;
+        case 'c': o->conns = (long)arg_num(optarg, "count"); break;
+        case 'w': o->window = (long)arg_num(optarg, "window"); break;
+        case 's': o->size = (long)arg_num(optarg, "size"); break;
+        case 'd': o->secs = arg_num(optarg, "duration"); break;
+        case 'W': o->warm = arg_num(optarg, "warm-up"); break;
+        case 'r': o->rate = arg_num(optarg, "rate"); break;
+        case 'D': o->drain = arg_num(optarg, "drain"); break;
+        case 'p': o->pid = (long)arg_num(optarg, "pid"); break;
+        case 'k': o->secret = optarg; break;
+        case 'R': o->room = optarg; break;
+        case 'u': o->prefix = optarg; break;
+        case 'b': o->binary = true; break;
+        default: usage();
+        }
+    }
+    if (!mode || optind != argc)
+        usage();
+    if (!strcmp(mode, "echo"))
+        o->mode = MODE_ECHO;
+    else if (!strcmp(mode, "idle"))
+        o->mode = MODE_IDLE;
+    else if (!strcmp(mode, "fanout"))
+        o->mode = MODE_FANOUT;
+    else if (!strcmp(mode, "persist"))
+        o->mode = MODE_PERSIST;
+    else
+        usage();
+    if (!o->path)
+        o->path = o->mode == MODE_ECHO || o->mode == MODE_IDLE ? "/echo" : "/ws";
+    if (o->conns < 1 || o->conns > 1000000 || o->window < 1 || o->window > 100000)
+        die("connections must be 1..1000000 and window 1..100000");
+    if (o->size < 16 || o->size > 65536)
+        die("size must be 16..65536 (the payload starts with a 16-digit timestamp)");
+    if (o->port < 1 || o->port > 65535 || o->secs <= 0 || o->rate <= 0)
+        die("port, duration and rate must be positive");
+    if ((o->mode == MODE_FANOUT || o->mode == MODE_PERSIST) && !o->secret)
+        die("-k SECRET is required for %s (the chat path needs tokens)", mode);
+    if (o->mode == MODE_IDLE && o->pid <= 0)
+        die("idle needs -p PID to read the server's RSS");
+    if (o->pid > 0 && proc_rss_kib(o->pid) < 0)
+        die("no process %ld", o->pid);
+    addr_resolve();
+    signal(SIGPIPE, SIG_IGN);
+    if (getrandom(&G.rng, sizeof(G.rng), 0) != sizeof(G.rng) || G.rng == 0)
+        G.rng = (uint64_t)now_ns() | 1;
+    G.run_nonce = rng_next();
+
+    G.nconns = o->conns + (o->mode == MODE_FANOUT ? 1 : 0);
+    nofile_raise(G.nconns);
+    G.conns = calloc((size_t)G.nconns, sizeof(*G.conns));
+    if (!G.conns)
+        die("out of memory");
+    for (long i = 0; i < G.nconns; i++) {
+        struct conn *c = &G.conns[i];
+        c->fd = -1;
+        c->idx = (uint32_t)i;
+        switch (o->mode) {
+        case MODE_ECHO: c->role = ROLE_ECHO; break;
+        case MODE_IDLE: c->role = ROLE_IDLE; break;
+        case MODE_FANOUT: c->role = i == o->conns ? ROLE_PUBLISHER : ROLE_MEMBER; break;
+        case MODE_PERSIST:
+            c->role = ROLE_SENDER;
+            c->sent_ns = calloc((size_t)o->window, sizeof(uint64_t));
+            if (!c->sent_ns)
+                die("out of memory");
+            break;
+        }
+    }
+    G.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (G.ep < 0)
+        die("epoll_create1: %s", strerror(errno));
+    if (o->pid > 0)
+        G.rss_before = proc_rss_kib(o->pid);
+    G.t_setup = now_ns();
+
+    struct epoll_event evs[512];
+    int timeout = 0;
+    while (G.phase != PH_DONE) {
+        int n = epoll_wait(G.ep, evs, 512, timeout);
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait: %s", strerror(errno));
+        for (int i = 0; i < n; i++)
+            conn_event(evs[i].data.ptr, evs[i].events);
+        timeout = tick(now_ns());
+    }
+
+    /* fanout members ack what they saw so the server's cursors end where the run ended */
+    if (o->mode == MODE_FANOUT) {
+        for (long i = 0; i < o->conns; i++) {
+            struct conn *c = &G.conns[i];
+            if (c->state == CS_OPEN && c->unacked) {
+                text_send(c, "{\"type\":\"ack\",\"id\":%" PRId64 "}", c->last_id);
+                conn_flush(c);
+            }
+        }
+    }
+    report();
+    fflush(stdout);
+    for (long i = 0; i < G.nconns; i++)
+        conn_abort(&G.conns[i]);
+    free(G.conns);
+    close(G.ep);
+    return 0;
+}
