@@ -5,6 +5,8 @@
 #
 # A target names the proxy/ and store/ files it links in one of its first 5 lines:
 #   /* fuzz-deps: proxy/ws_parser.c proxy/utf8.c */
+# and may name a libFuzzer dictionary the same way (/* fuzz-dict: tests/fuzz/http.dict */); else
+# tests/fuzz/<name>.dict is used if present.
 # New inputs go to build/fuzz/corpus/fuzz_<name>/ so committed seeds stay small; crashes are saved as
 # build/fuzz/<target>-crash-*. Exits non-zero if any target fails to build or finds a crash.
 set -uo pipefail
@@ -50,7 +52,9 @@ for src in "${targets[@]}"; do
     work=$OUT/corpus/$target
     mkdir -p "$work"
     extra=()
-    [ -f "tests/fuzz/$name.dict" ] && extra+=(-dict="tests/fuzz/$name.dict")
+    dict=$(sed -n '1,5s|^/\* fuzz-dict: \(.*\) \*/$|\1|p' "$src" | head -n 1)
+    [ -z "$dict" ] && [ -f "tests/fuzz/$name.dict" ] && dict=tests/fuzz/$name.dict
+    [ -n "$dict" ] && extra+=(-dict="$dict")
     dirs=("$work")
     for seeds in "tests/fuzz/corpus/$target" "tests/fuzz/corpus/$name"; do
         [ -d "$seeds" ] && dirs+=("$seeds")
