@@ -93,6 +93,9 @@ void ws_parser_init(struct ws_parser *p, uint64_t max_message_size);
  * The size limit is enforced as soon as a frame header announces a length that would make the message
  * exceed max_message_size (WS_EV_ERROR, 1009), before any of its payload is read.
  * After CLOSE or ERROR, further input is consumed and ignored (WS_EV_NONE).
+ * Every DATA event carries bytes except one for an empty final frame (so an empty message is one event
+ * with msg_start && msg_end); an empty non-final frame yields no event. Non-minimal length encodings
+ * are accepted. CLOSE/ERROR count as consumed only the bytes up to the frame or offending byte.
  */
 size_t ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_event *ev);
 
