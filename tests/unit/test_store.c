@@ -1,0 +1,1167 @@
+/*
+ * test_store.c -- the SQLite store on a temp file (WAL needs one): migrations, refusal of newer schemas,
+ * every public function and its error paths, group commit, read-only opens, restart survival.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store.h"
+
+#define T0 INT64_C(1700000000000)
+#define MAX_ROWS 64
+
+struct fixture {
+    char path[64];
+    struct store *st;
+};
+
+/* What a walk saw: ids and copies of a few fields, in callback order. */
+struct seen {
+    int n;
+    int stop_after; /* return 7 from the callback at this count; 0 = never */
+    int64_t id[MAX_ROWS];
+    char from[MAX_ROWS][16];
+    char body[MAX_ROWS][32];
+    char name[MAX_ROWS][16];
+};
+
+/* ---- Helpers ---- */
+
+static struct store *open_path(const char *path, bool readonly)
+{
+    struct store_opts o = {STORE_SYNC_NORMAL, 1000, readonly};
+    struct store *st = NULL;
+    char err[256];
+    int rc = store_open(&st, path, &o, err, sizeof err);
+
+    if (rc != 0)
+        fail_msg("store_open(%s): %d %s", path, rc, err);
+    return st;
+}
+
+static void remove_db(const char *path)
+{
+    char side[80];
+
+    unlink(path);
+    snprintf(side, sizeof side, "%s-wal", path);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", path);
+    unlink(side);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    int fd;
+
+    assert_non_null(f);
+    strcpy(f->path, "/tmp/test_store_XXXXXX");
+    fd = mkstemp(f->path);
+    assert_true(fd >= 0);
+    close(fd); /* an empty file is an empty SQLite database */
+    f->st = open_path(f->path, false);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+
+    store_close(f->st);
+    remove_db(f->path);
+    free(f);
+    return 0;
+}
+
+/* Close and open again: what a server restart does to the store. */
+static void reopen(struct fixture *f)
+{
+    store_close(f->st);
+    f->st = open_path(f->path, false);
+}
+
+static int64_t send_direct(struct store *st, const char *from, const char *to, const char *body,
+                           const char *cid, int64_t now)
+{
+    struct store_msg m = {.sender = from, .to_user = to, .body = body, .cid = cid, .created_at = now};
+    struct store_receipt r;
+
+    assert_int_equal(store_msg_insert(st, &m, &r), 0);
+    assert_false(r.duplicate);
+    return r.id;
+}
+
+static int64_t send_room(struct store *st, const char *from, const char *room, const char *body,
+                         int64_t now)
+{
+    struct store_msg m = {.sender = from, .room = room, .body = body, .created_at = now};
+    struct store_receipt r;
+
+    assert_int_equal(store_msg_insert(st, &m, &r), 0);
+    return r.id;
+}
+
+static int on_msg(void *ctx, const struct store_msg *m)
+{
+    struct seen *s = ctx;
+
+    assert_true(s->n < MAX_ROWS);
+    s->id[s->n] = m->id;
+    snprintf(s->from[s->n], sizeof s->from[0], "%s", m->sender);
+    snprintf(s->body[s->n], sizeof s->body[0], "%s", m->body);
+    s->n++;
+    return s->stop_after && s->n >= s->stop_after ? 7 : 0;
+}
+
+static int on_name(void *ctx, const char *name)
+{
+    struct seen *s = ctx;
+
+    assert_true(s->n < MAX_ROWS);
+    snprintf(s->name[s->n++], sizeof s->name[0], "%s", name);
+    return s->stop_after && s->n >= s->stop_after ? 7 : 0;
+}
+
+static int on_session(void *ctx, const struct store_session *ss)
+{
+    struct seen *s = ctx;
+
+    assert_true(s->n < MAX_ROWS);
+    s->id[s->n] = ss->id;
+    snprintf(s->name[s->n], sizeof s->name[0], "%s", ss->user);
+    snprintf(s->body[s->n], sizeof s->body[0], "%s", ss->ended ? ss->end_reason : "-");
+    s->n++;
+    return s->stop_after && s->n >= s->stop_after ? 7 : 0;
+}
+
+static int pending_count(struct store *st, const char *user)
+{
+    struct seen s = {0};
+
+    assert_int_equal(store_pending_direct(st, user, 0, MAX_ROWS, on_msg, &s), 0);
+    return s.n;
+}
+
+/* PRAGMA user_version is the big-endian int at byte 60 of the file header: set it as a newer
+ * wsproxy would have, without going through SQLite. */
+static void poke_user_version(const char *path, uint32_t v)
+{
+    unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8),
+                          (unsigned char)v};
+    int fd = open(path, O_WRONLY);
+
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, b, 4, 60), 4);
+    close(fd);
+}
+
+/* ---- Open, migrations, schema versions ---- */
+
+static void test_store_open_applies_migrations(void **state)
+{
+    struct fixture *f = *state;
+
+    assert_true(store_schema_latest() >= 1);
+    assert_int_equal(store_schema_version(f->st), store_schema_latest());
+    assert_int_equal(store_ping(f->st), 0);
+    assert_string_equal(store_last_error(f->st), "");
+}
+
+static void test_store_migrations_twice_are_noop(void **state)
+{
+    struct fixture *f = *state;
+    int64_t id = send_direct(f->st, "alice", "bob", "\"hi\"", NULL, T0);
+
+    reopen(f);
+    assert_int_equal(store_schema_version(f->st), store_schema_latest());
+    reopen(f);
+    assert_int_equal(store_schema_version(f->st), store_schema_latest());
+    /* the data of the first run is still there, ids go on */
+    assert_int_equal(pending_count(f->st, "bob"), 1);
+    assert_true(send_direct(f->st, "alice", "bob", "2", NULL, T0) > id);
+}
+
+static void test_store_query_plans_use_indexes(void **state)
+{
+    struct fixture *f = *state;
+
+    if (store_check_plans(f->st) != 0)
+        fail_msg("%s", store_last_error(f->st));
+}
+
+static void test_store_newer_schema_refused(void **state)
+{
+    struct fixture *f = *state;
+    struct store_opts ro = {STORE_SYNC_NORMAL, 0, true};
+    struct store *st = NULL;
+    char err[256], want[128];
+
+    store_close(f->st);
+    f->st = NULL;
+    poke_user_version(f->path, 7);
+    snprintf(want, sizeof want,
+             "database schema version 7 is newer than this wsproxy (knows up to %d); upgrade wsproxy",
+             store_schema_latest());
+    assert_int_equal(store_open(&st, f->path, NULL, err, sizeof err), STORE_ERR_SCHEMA);
+    assert_null(st);
+    assert_non_null(strstr(err, want));
+    assert_non_null(strstr(err, f->path));
+    assert_int_equal(store_open(&st, f->path, &ro, err, sizeof err), STORE_ERR_SCHEMA);
+    assert_non_null(strstr(err, want));
+    /* a refused open changed nothing */
+    poke_user_version(f->path, (uint32_t)store_schema_latest());
+    f->st = open_path(f->path, false);
+}
+
+static void test_store_open_errors(void **state)
+{
+    struct fixture *f = *state;
+    struct store_opts ro = {STORE_SYNC_FULL, 0, true};
+    struct store *st = (struct store *)1;
+    char err[256], path[80];
+    int fd;
+
+    (void)f;
+    assert_int_equal(store_open(&st, "", NULL, err, sizeof err), STORE_ERR_INVALID);
+    assert_null(st);
+    assert_int_equal(store_open(&st, NULL, NULL, NULL, 0), STORE_ERR_INVALID);
+
+    /* the caller creates directories: say which one is missing */
+    assert_int_equal(store_open(&st, "/tmp/no-such-dir-wsp/x.db", NULL, err, sizeof err),
+                     STORE_ERR_OPEN);
+    assert_non_null(strstr(err, "/tmp/no-such-dir-wsp/x.db"));
+    assert_non_null(strstr(err, "directory /tmp/no-such-dir-wsp"));
+
+    /* read-only never creates */
+    assert_int_equal(store_open(&st, "/tmp/no-such-wsp-file.db", &ro, err, sizeof err),
+                     STORE_ERR_OPEN);
+    assert_non_null(strstr(err, "/tmp/no-such-wsp-file.db"));
+
+    /* not a database */
+    strcpy(path, "/tmp/test_store_bad_XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "this is not an SQLite file, not at all, no sir......", 52), 52);
+    close(fd);
+    assert_int_equal(store_open(&st, path, NULL, err, sizeof err), STORE_ERR_OPEN);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "not an SQLite database"));
+    assert_int_equal(store_open(&st, path, &ro, err, sizeof err), STORE_ERR_OPEN);
+    {
+        char back[64] = {0};
+
+        fd = open(path, O_RDONLY);
+        assert_int_equal(read(fd, back, sizeof back), 52); /* left exactly as it was */
+        assert_memory_equal(back, "this is not an SQLite file", 26);
+        close(fd);
+    }
+    remove_db(path);
+
+    /* read-only on a database wsproxy never set up */
+    strcpy(path, "/tmp/test_store_empty_XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(store_open(&st, path, &ro, err, sizeof err), STORE_ERR_SCHEMA);
+    assert_non_null(strstr(err, "schema version 0"));
+    remove_db(path);
+}
+
+static void test_store_memory_database(void **state)
+{
+    struct store *st = NULL;
+    char err[128];
+
+    (void)state;
+    assert_int_equal(store_open(&st, ":memory:", NULL, err, sizeof err), 0);
+    send_direct(st, "a", "b", "1", NULL, T0);
+    assert_int_equal(pending_count(st, "b"), 1);
+    store_close(st);
+    store_close(NULL);
+}
+
+static void test_store_readonly(void **state)
+{
+    struct fixture *f = *state;
+    struct store_msg m = {.sender = "a", .to_user = "b", .body = "1", .created_at = T0};
+    struct store_receipt r;
+    struct store *ro;
+    int64_t sid, n;
+    bool joined;
+
+    assert_int_equal(store_session_begin(f->st, "alice", "127.0.0.1", NULL, NULL, T0, &sid), 0);
+    send_direct(f->st, "alice", "bob", "\"before\"", NULL, T0);
+
+    ro = open_path(f->path, true);
+    assert_int_equal(pending_count(ro, "bob"), 1);
+    assert_int_equal(store_session_count_active(ro, NULL, &n), 0);
+    assert_int_equal(n, 1);
+
+    /* WAL: the reader sees committed data only, while the writer holds a transaction */
+    assert_int_equal(store_begin(f->st), 0);
+    send_direct(f->st, "alice", "bob", "\"uncommitted\"", NULL, T0);
+    assert_int_equal(pending_count(ro, "bob"), 1);
+    assert_int_equal(store_commit(f->st), 0);
+    assert_int_equal(pending_count(ro, "bob"), 2);
+
+    /* every write is refused */
+    assert_int_equal(store_begin(ro), STORE_ERR_READONLY);
+    assert_int_equal(store_msg_insert(ro, &m, &r), STORE_ERR_READONLY);
+    assert_non_null(strstr(store_last_error(ro), "read-only"));
+    assert_int_equal(store_msg_ack(ro, "bob", 1, sid, T0), STORE_ERR_READONLY);
+    assert_int_equal(store_session_begin(ro, "x", "::1", NULL, NULL, T0, &sid), STORE_ERR_READONLY);
+    assert_int_equal(store_session_touch(ro, sid, T0), STORE_ERR_READONLY);
+    assert_int_equal(store_session_end(ro, sid, T0, "kicked"), STORE_ERR_READONLY);
+    assert_int_equal(store_session_end_orphans(ro, T0, "server_restart", &n), STORE_ERR_READONLY);
+    assert_int_equal(store_presence_set(ro, "x", true, 1, T0), STORE_ERR_READONLY);
+    assert_int_equal(store_room_join(ro, "r", "x", T0, &joined), STORE_ERR_READONLY);
+    assert_int_equal(store_room_leave(ro, "r", "x"), STORE_ERR_READONLY);
+    assert_int_equal(store_rollback(ro), 0);
+    store_close(ro);
+    assert_int_equal(pending_count(f->st, "bob"), 2);
+}
+
+/* ---- Transactions ---- */
+
+static void test_store_group_commit(void **state)
+{
+    struct fixture *f = *state;
+    struct store_stats s;
+
+    assert_false(store_in_transaction(f->st));
+    assert_int_equal(store_commit(f->st), STORE_ERR_MISUSE);
+    assert_int_equal(store_rollback(f->st), 0); /* nothing open: no-op */
+
+    assert_int_equal(store_begin(f->st), 0);
+    assert_true(store_in_transaction(f->st));
+    assert_int_equal(store_begin(f->st), STORE_ERR_MISUSE);
+    for (int i = 0; i < 500; i++)
+        send_direct(f->st, "alice", "bob", "{\"n\":1}", NULL, T0 + i);
+    assert_int_equal(store_rollback(f->st), 0);
+    assert_false(store_in_transaction(f->st));
+    assert_int_equal(store_stats(f->st, &s), 0);
+    assert_int_equal(s.messages, 0);
+    assert_int_equal(s.pending_direct, 0);
+
+    assert_int_equal(store_begin(f->st), 0);
+    for (int i = 0; i < 500; i++)
+        send_direct(f->st, "alice", "bob", "{\"n\":1}", NULL, T0 + i);
+    assert_int_equal(store_commit(f->st), 0);
+    reopen(f);
+    assert_int_equal(store_stats(f->st, &s), 0);
+    assert_int_equal(s.messages, 500);
+    assert_int_equal(s.pending_direct, 500);
+}
+
+static void test_store_busy_between_writers(void **state)
+{
+    struct fixture *f = *state;
+    struct store_opts o = {STORE_SYNC_NORMAL, 0, false};
+    struct store *other = NULL;
+    char err[128];
+
+    assert_int_equal(store_open(&other, f->path, &o, err, sizeof err), 0);
+    assert_int_equal(store_begin(f->st), 0);
+    assert_int_equal(store_begin(other), STORE_ERR_BUSY);
+    assert_false(store_in_transaction(other));
+    assert_int_equal(store_presence_set(other, "x", true, 1, T0), STORE_ERR_BUSY);
+    assert_non_null(strstr(store_last_error(other), "locked"));
+    assert_int_equal(store_commit(f->st), 0);
+    assert_int_equal(store_begin(other), 0);
+    assert_int_equal(store_commit(other), 0);
+    store_close(other);
+}
+
+static void test_store_writes_atomic_inside_transaction(void **state)
+{
+    struct fixture *f = *state;
+    int64_t sid, n = 0;
+    bool online;
+
+    /* end_orphans uses a savepoint inside a group, BEGIN outside: both must work */
+    assert_int_equal(store_session_begin(f->st, "alice", "a", NULL, NULL, T0, &sid), 0);
+    assert_int_equal(store_presence_set(f->st, "alice", true, 1, T0), 0);
+    assert_int_equal(store_begin(f->st), 0);
+    assert_int_equal(store_session_end_orphans(f->st, T0 + 5, "server_restart", &n), 0);
+    assert_int_equal(n, 1);
+    assert_true(store_in_transaction(f->st));
+    assert_int_equal(store_rollback(f->st), 0);
+    assert_int_equal(store_session_count_active(f->st, NULL, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_presence_get(f->st, "alice", &online, NULL, NULL), 0);
+    assert_true(online);
+}
+
+/* ---- Sessions ---- */
+
+static void test_store_session_lifecycle(void **state)
+{
+    struct fixture *f = *state;
+    struct store_session s;
+    int64_t id, id2, n;
+
+    assert_int_equal(store_session_begin(f->st, "alice", "10.0.0.1", "curl/8", "chat.v1", T0, &id), 0);
+    assert_int_equal(store_session_begin(f->st, "alice", "10.0.0.2", NULL, NULL, T0 + 1, &id2), 0);
+    assert_true(id2 > id);
+
+    assert_int_equal(store_session_get(f->st, id, &s), 0);
+    assert_int_equal(s.id, id);
+    assert_string_equal(s.user, "alice");
+    assert_string_equal(s.remote_addr, "10.0.0.1");
+    assert_string_equal(s.user_agent, "curl/8");
+    assert_string_equal(s.subprotocol, "chat.v1");
+    assert_int_equal(s.connected_at, T0);
+    assert_int_equal(s.last_seen_at, T0);
+    assert_false(s.ended);
+    assert_null(s.end_reason);
+    store_session_release(&s);
+    store_session_release(&s); /* released twice: still fine */
+
+    assert_int_equal(store_session_touch(f->st, id, T0 + 100), 0);
+    assert_int_equal(store_session_touch(f->st, id, T0 + 50), 0); /* never goes back */
+    assert_int_equal(store_session_touch(f->st, 9999, T0), STORE_ERR_NOTFOUND);
+
+    assert_int_equal(store_session_count_active(f->st, "alice", &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(store_session_end(f->st, id, T0 + 200, "heartbeat_timeout"), 0);
+    /* the first end wins */
+    assert_int_equal(store_session_end(f->st, id, T0 + 300, "kicked"), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_session_end(f->st, 9999, T0, "kicked"), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_session_end(f->st, id, T0, NULL), STORE_ERR_INVALID);
+
+    assert_int_equal(store_session_get(f->st, id, &s), 0);
+    assert_true(s.ended);
+    assert_int_equal(s.ended_at, T0 + 200);
+    assert_string_equal(s.end_reason, "heartbeat_timeout");
+    assert_int_equal(s.last_seen_at, T0 + 100);
+    store_session_release(&s);
+
+    assert_int_equal(store_session_get(f->st, id2, &s), 0);
+    assert_null(s.user_agent);
+    assert_null(s.subprotocol);
+    store_session_release(&s);
+
+    assert_int_equal(store_session_get(f->st, 9999, &s), STORE_ERR_NOTFOUND);
+    assert_null(s.user);
+    store_session_release(&s);
+
+    assert_int_equal(store_session_count_active(f->st, "alice", &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_session_count_active(f->st, NULL, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_session_count_active(f->st, "nobody", &n), 0);
+    assert_int_equal(n, 0);
+
+    assert_int_equal(store_session_begin(f->st, "", "x", NULL, NULL, T0, &id), STORE_ERR_INVALID);
+    assert_int_equal(store_session_begin(f->st, "u", NULL, NULL, NULL, T0, &id), STORE_ERR_INVALID);
+}
+
+static void test_store_session_list_filters(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[6];
+    const char *users[6] = {"alice", "bob", "alice", "bob", "alice", "carol"};
+
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(
+            store_session_begin(f->st, users[i], "h", NULL, NULL, T0 + i * 1000, &ids[i]), 0);
+    assert_int_equal(store_session_end(f->st, ids[0], T0 + 9000, "client_close"), 0);
+    assert_int_equal(store_session_end(f->st, ids[3], T0 + 9000, "slow_consumer"), 0);
+
+    static const struct {
+        const char *user;
+        enum store_session_state state;
+        int64_t since, before;
+        int limit;
+        int n;
+        int want[6]; /* indexes into ids, newest first */
+    } cases[] = {
+        {NULL, STORE_SESSIONS_ANY, 0, 0, 10, 6, {5, 4, 3, 2, 1, 0}},
+        {NULL, STORE_SESSIONS_ANY, 0, 0, 2, 2, {5, 4}},
+        {NULL, STORE_SESSIONS_ACTIVE, 0, 0, 10, 4, {5, 4, 2, 1}},
+        {NULL, STORE_SESSIONS_ENDED, 0, 0, 10, 2, {3, 0}},
+        {"alice", STORE_SESSIONS_ANY, 0, 0, 10, 3, {4, 2, 0}},
+        {"alice", STORE_SESSIONS_ACTIVE, 0, 0, 10, 2, {4, 2}},
+        {"bob", STORE_SESSIONS_ENDED, 0, 0, 10, 1, {3}},
+        {NULL, STORE_SESSIONS_ANY, T0 + 3000, 0, 10, 3, {5, 4, 3}},
+        {NULL, STORE_SESSIONS_ACTIVE, T0 + 3000, 0, 10, 2, {5, 4}},
+        {"alice", STORE_SESSIONS_ANY, T0 + 1000, 0, 10, 2, {4, 2}},
+        {"nobody", STORE_SESSIONS_ANY, 0, 0, 10, 0, {0}},
+    };
+
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct store_session_filter flt = {cases[c].user, cases[c].state, cases[c].since, 0,
+                                           cases[c].limit};
+        struct seen s = {0};
+
+        assert_int_equal(store_session_list(f->st, &flt, on_session, &s), 0);
+        assert_int_equal(s.n, cases[c].n);
+        for (int i = 0; i < s.n; i++)
+            assert_int_equal(s.id[i], ids[cases[c].want[i]]);
+    }
+
+    /* paging with before_id walks the same order without gaps or repeats */
+    {
+        struct store_session_filter flt = {NULL, STORE_SESSIONS_ANY, 0, 0, 4};
+        struct seen s = {0};
+
+        assert_int_equal(store_session_list(f->st, &flt, on_session, &s), 0);
+        assert_int_equal(s.n, 4);
+        flt.before_id = s.id[3];
+        assert_int_equal(store_session_list(f->st, &flt, on_session, &s), 0);
+        assert_int_equal(s.n, 6);
+        for (int i = 0; i < 6; i++)
+            assert_int_equal(s.id[i], ids[5 - i]);
+        assert_string_equal(s.body[2], "slow_consumer");
+        assert_string_equal(s.body[5], "client_close");
+        assert_string_equal(s.body[0], "-");
+    }
+
+    /* callback stop value comes back */
+    {
+        struct store_session_filter flt = {NULL, STORE_SESSIONS_ANY, 0, 0, 10};
+        struct seen s = {.stop_after = 2};
+
+        assert_int_equal(store_session_list(f->st, &flt, on_session, &s), 7);
+        assert_int_equal(s.n, 2);
+    }
+
+    /* bad filters */
+    {
+        struct store_session_filter bad[] = {
+            {NULL, STORE_SESSIONS_ANY, 0, 0, 0},
+            {"", STORE_SESSIONS_ANY, 0, 0, 5},
+            {NULL, (enum store_session_state)9, 0, 0, 5},
+        };
+        struct seen s = {0};
+
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+            assert_int_equal(store_session_list(f->st, &bad[i], on_session, &s), STORE_ERR_INVALID);
+        assert_int_equal(store_session_list(f->st, NULL, on_session, &s), STORE_ERR_INVALID);
+    }
+}
+
+static void test_store_session_end_orphans(void **state)
+{
+    struct fixture *f = *state;
+    struct store_session s;
+    int64_t a1, a2, b1, c1, n;
+    int conns;
+    bool online;
+    int64_t seen;
+
+    assert_int_equal(store_session_begin(f->st, "alice", "h", NULL, NULL, T0, &a1), 0);
+    assert_int_equal(store_session_begin(f->st, "alice", "h", NULL, NULL, T0, &a2), 0);
+    assert_int_equal(store_session_begin(f->st, "bob", "h", NULL, NULL, T0, &b1), 0);
+    assert_int_equal(store_session_begin(f->st, "carol", "h", NULL, NULL, T0, &c1), 0);
+    assert_int_equal(store_session_touch(f->st, a2, T0 + 5000), 0);
+    assert_int_equal(store_session_end(f->st, c1, T0 + 10, "client_close"), 0);
+    assert_int_equal(store_presence_set(f->st, "alice", true, 2, T0), 0);
+    assert_int_equal(store_presence_set(f->st, "bob", true, 1, T0 + 7000), 0);
+    assert_int_equal(store_presence_set(f->st, "carol", false, 0, T0 + 10), 0);
+
+    reopen(f); /* the "crash" */
+    assert_int_equal(store_session_end_orphans(f->st, T0 + 60000, "server_restart", &n), 0);
+    assert_int_equal(n, 3);
+
+    assert_int_equal(store_session_get(f->st, a2, &s), 0);
+    assert_true(s.ended);
+    assert_int_equal(s.ended_at, T0 + 60000);
+    assert_string_equal(s.end_reason, "server_restart");
+    store_session_release(&s);
+    assert_int_equal(store_session_get(f->st, c1, &s), 0);
+    assert_string_equal(s.end_reason, "client_close"); /* ended before: untouched */
+    store_session_release(&s);
+
+    /* offline with no connections; last_seen = newest activity of the orphaned sessions */
+    assert_int_equal(store_presence_get(f->st, "alice", &online, &conns, &seen), 0);
+    assert_false(online);
+    assert_int_equal(conns, 0);
+    assert_int_equal(seen, T0 + 5000);
+    assert_int_equal(store_presence_get(f->st, "bob", &online, &conns, &seen), 0);
+    assert_false(online);
+    assert_int_equal(seen, T0 + 7000); /* kept: newer than its sessions */
+    assert_int_equal(store_presence_get(f->st, "carol", &online, &conns, &seen), 0);
+    assert_int_equal(seen, T0 + 10);
+
+    assert_int_equal(store_session_count_active(f->st, NULL, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_session_end_orphans(f->st, T0 + 70000, "server_restart", NULL), 0);
+    assert_int_equal(store_session_end_orphans(f->st, T0, "", &n), STORE_ERR_INVALID);
+}
+
+/* ---- Presence ---- */
+
+static void test_store_presence(void **state)
+{
+    struct fixture *f = *state;
+    bool online = true;
+    int conns = -1;
+    int64_t seen = 0;
+
+    assert_int_equal(store_presence_get(f->st, "alice", &online, &conns, &seen), STORE_ERR_NOTFOUND);
+    assert_non_null(strstr(store_last_error(f->st), "alice"));
+    assert_int_equal(store_presence_set(f->st, "alice", true, 1, T0), 0);
+    assert_int_equal(store_presence_get(f->st, "alice", &online, &conns, &seen), 0);
+    assert_true(online);
+    assert_int_equal(conns, 1);
+    assert_int_equal(seen, T0);
+    assert_int_equal(store_presence_set(f->st, "alice", true, 3, T0 + 10), 0);
+    assert_int_equal(store_presence_set(f->st, "alice", false, 0, T0 + 5), 0); /* late clock */
+    assert_int_equal(store_presence_get(f->st, "alice", &online, &conns, &seen), 0);
+    assert_false(online);
+    assert_int_equal(conns, 0);
+    assert_int_equal(seen, T0 + 10);
+    assert_int_equal(store_presence_get(f->st, "alice", NULL, NULL, NULL), 0);
+
+    assert_int_equal(store_presence_set(f->st, "", true, 1, T0), STORE_ERR_INVALID);
+    assert_int_equal(store_presence_set(f->st, "x", true, -1, T0), STORE_ERR_INVALID);
+    assert_int_equal(store_presence_get(f->st, NULL, &online, &conns, &seen), STORE_ERR_INVALID);
+}
+
+/* ---- Direct messages ---- */
+
+static void test_store_direct_pending_survives_restart(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t sid, m1, m2, m3;
+
+    m1 = send_direct(f->st, "alice", "bob", "{\"t\":\"one\"}", "c1", T0);
+    m2 = send_direct(f->st, "carol", "bob", "{\"t\":\"two\"}", NULL, T0 + 1);
+    m3 = send_direct(f->st, "alice", "dave", "{\"t\":\"x\"}", NULL, T0 + 2);
+    assert_true(m1 < m2 && m2 < m3);
+
+    reopen(f);
+    assert_int_equal(store_pending_direct(f->st, "bob", 0, 10, on_msg, &s), 0);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.id[0], m1);
+    assert_int_equal(s.id[1], m2);
+    assert_string_equal(s.from[0], "alice");
+    assert_string_equal(s.body[0], "{\"t\":\"one\"}");
+
+    /* not acked: a second connection gets them again */
+    assert_int_equal(pending_count(f->st, "bob"), 2);
+
+    assert_int_equal(store_session_begin(f->st, "bob", "h", NULL, NULL, T0, &sid), 0);
+    assert_int_equal(store_msg_ack(f->st, "bob", m1, sid, T0 + 100), 0);
+    reopen(f);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_pending_direct(f->st, "bob", 0, 10, on_msg, &s), 0);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(s.id[0], m2);
+    assert_int_equal(pending_count(f->st, "dave"), 1);
+    assert_int_equal(pending_count(f->st, "alice"), 0);
+}
+
+static void test_store_direct_pending_paging(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t ids[7];
+
+    for (int i = 0; i < 7; i++)
+        ids[i] = send_direct(f->st, "alice", "bob", "1", NULL, T0 + i);
+    assert_int_equal(store_pending_direct(f->st, "bob", 0, 3, on_msg, &s), 0);
+    assert_int_equal(s.n, 3);
+    assert_int_equal(store_pending_direct(f->st, "bob", s.id[2], 3, on_msg, &s), 0);
+    assert_int_equal(store_pending_direct(f->st, "bob", s.id[5], 3, on_msg, &s), 0);
+    assert_int_equal(s.n, 7);
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(s.id[i], ids[i]);
+
+    memset(&s, 0, sizeof s);
+    s.stop_after = 1;
+    assert_int_equal(store_pending_direct(f->st, "bob", 0, 3, on_msg, &s), 7);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(store_pending_direct(f->st, "bob", 0, 0, on_msg, &s), STORE_ERR_INVALID);
+    assert_int_equal(store_pending_direct(f->st, "", 0, 1, on_msg, &s), STORE_ERR_INVALID);
+    assert_int_equal(store_pending_direct(f->st, "bob", 0, 1, NULL, &s), STORE_ERR_INVALID);
+}
+
+static void test_store_idempotent_cid(void **state)
+{
+    struct fixture *f = *state;
+    struct store_msg m = {.sender = "alice", .to_user = "bob", .body = "1", .cid = "c1",
+                          .created_at = T0};
+    struct store_receipt r1, r2, r3;
+    struct store_stats st;
+
+    assert_int_equal(store_msg_insert(f->st, &m, &r1), 0);
+    assert_false(r1.duplicate);
+    assert_int_equal(r1.created_at, T0);
+
+    /* same sender, same cid, later and with a different body: the first receipt, nothing new */
+    m.created_at = T0 + 500;
+    m.body = "2";
+    assert_int_equal(store_msg_insert(f->st, &m, &r2), 0);
+    assert_true(r2.duplicate);
+    assert_int_equal(r2.id, r1.id);
+    assert_int_equal(r2.created_at, T0);
+
+    /* inside a group commit as well */
+    assert_int_equal(store_begin(f->st), 0);
+    assert_int_equal(store_msg_insert(f->st, &m, &r2), 0);
+    assert_true(r2.duplicate);
+    assert_int_equal(store_commit(f->st), 0);
+
+    /* the cid is per sender */
+    m.sender = "carol";
+    assert_int_equal(store_msg_insert(f->st, &m, &r3), 0);
+    assert_false(r3.duplicate);
+    assert_true(r3.id > r1.id);
+
+    /* no cid: never a duplicate */
+    m.cid = NULL;
+    assert_int_equal(store_msg_insert(f->st, &m, &r3), 0);
+    assert_false(r3.duplicate);
+    assert_int_equal(store_msg_insert(f->st, &m, &r3), 0);
+    assert_false(r3.duplicate);
+
+    assert_int_equal(store_stats(f->st, &st), 0);
+    assert_int_equal(st.messages, 4);
+    assert_int_equal(st.pending_direct, 4);
+    assert_int_equal(pending_count(f->st, "bob"), 4);
+}
+
+static void test_store_msg_insert_invalid(void **state)
+{
+    struct fixture *f = *state;
+    struct store_receipt r;
+    static const struct store_msg bad[] = {
+        {.sender = "a", .to_user = "b", .room = "r", .body = "1"}, /* both */
+        {.sender = "a", .body = "1"},                              /* neither */
+        {.sender = "", .to_user = "b", .body = "1"},
+        {.sender = NULL, .to_user = "b", .body = "1"},
+        {.sender = "a", .to_user = "b", .body = NULL},
+        {.sender = "a", .to_user = "", .body = "1"},
+        {.sender = "a", .room = "", .body = "1"},
+    };
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(store_msg_insert(f->st, &bad[i], &r), STORE_ERR_INVALID);
+    assert_int_equal(store_msg_insert(f->st, NULL, &r), STORE_ERR_INVALID);
+    assert_int_equal(store_msg_insert(f->st, &bad[0], NULL), STORE_ERR_INVALID);
+}
+
+static void test_store_ack_rules(void **state)
+{
+    struct fixture *f = *state;
+    struct store_msg_info info;
+    int64_t m, other;
+
+    m = send_direct(f->st, "alice", "bob", "1", NULL, T0);
+    other = send_direct(f->st, "alice", "carol", "1", NULL, T0);
+
+    /* not the recipient, not a message, the sender: NOTFOUND, nothing changes */
+    assert_int_equal(store_msg_ack(f->st, "carol", m, 1, T0 + 1), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_msg_ack(f->st, "alice", m, 1, T0 + 1), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_msg_ack(f->st, "bob", 99999, 1, T0 + 1), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_msg_ack(f->st, "bob", other, 1, T0 + 1), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_msg_ack(f->st, "", m, 1, T0 + 1), STORE_ERR_INVALID);
+    assert_int_equal(pending_count(f->st, "bob"), 1);
+
+    /* first ack wins: time and session of the first stay */
+    assert_int_equal(store_msg_ack(f->st, "bob", m, 11, T0 + 10), 0);
+    assert_int_equal(store_msg_ack(f->st, "bob", m, 12, T0 + 20), 0);
+    assert_int_equal(store_msg_get(f->st, m, &info), 0);
+    assert_true(info.direct);
+    assert_true(info.delivered);
+    assert_int_equal(info.delivered_at, T0 + 10);
+    assert_int_equal(info.delivered_by, 11);
+    store_msg_info_release(&info);
+    assert_int_equal(pending_count(f->st, "bob"), 0);
+
+    /* session unknown (0): delivered, no session */
+    assert_int_equal(store_msg_ack(f->st, "carol", other, 0, T0 + 30), 0);
+    assert_int_equal(store_msg_get(f->st, other, &info), 0);
+    assert_true(info.delivered);
+    assert_int_equal(info.delivered_by, 0);
+    store_msg_info_release(&info);
+}
+
+static void test_store_msg_get(void **state)
+{
+    struct fixture *f = *state;
+    struct store_msg_info info;
+    int64_t d, r;
+
+    d = send_direct(f->st, "alice", "bob", "{\"a\":[1,2]}", "cid-9", T0 + 3);
+    assert_int_equal(store_room_join(f->st, "lobby", "alice", T0, NULL), 0);
+    r = send_room(f->st, "alice", "lobby", "\"hey\"", T0 + 4);
+
+    assert_int_equal(store_msg_get(f->st, d, &info), 0);
+    assert_int_equal(info.msg.id, d);
+    assert_string_equal(info.msg.sender, "alice");
+    assert_string_equal(info.msg.to_user, "bob");
+    assert_null(info.msg.room);
+    assert_string_equal(info.msg.body, "{\"a\":[1,2]}");
+    assert_string_equal(info.msg.cid, "cid-9");
+    assert_int_equal(info.msg.created_at, T0 + 3);
+    assert_true(info.direct);
+    assert_false(info.delivered);
+    assert_int_equal(info.delivered_at, 0);
+    store_msg_info_release(&info);
+
+    assert_int_equal(store_msg_get(f->st, r, &info), 0);
+    assert_false(info.direct);
+    assert_false(info.delivered);
+    assert_string_equal(info.msg.room, "lobby");
+    assert_null(info.msg.to_user);
+    assert_null(info.msg.cid);
+    store_msg_info_release(&info);
+
+    assert_int_equal(store_msg_get(f->st, 424242, &info), STORE_ERR_NOTFOUND);
+    store_msg_info_release(&info);
+    store_msg_info_release(NULL);
+}
+
+/* ---- History ---- */
+
+static void test_store_history_direct_paging(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t ids[9];
+    bool more = false;
+
+    /* a <-> b in both directions, with other traffic between */
+    for (int i = 0; i < 9; i++) {
+        if (i % 2)
+            ids[i] = send_direct(f->st, "b", "a", "ba", NULL, T0 + i);
+        else
+            ids[i] = send_direct(f->st, "a", "b", "ab", NULL, T0 + i);
+        send_direct(f->st, "a", "c", "ac", NULL, T0 + i);
+        send_direct(f->st, "c", "b", "cb", NULL, T0 + i);
+    }
+
+    assert_int_equal(store_history_direct(f->st, "a", "b", 0, 4, on_msg, &s, &more), 0);
+    assert_true(more);
+    assert_int_equal(s.n, 4);
+    assert_int_equal(store_history_direct(f->st, "b", "a", s.id[3], 4, on_msg, &s, &more), 0);
+    assert_true(more);
+    assert_int_equal(store_history_direct(f->st, "a", "b", s.id[7], 4, on_msg, &s, &more), 0);
+    assert_false(more);
+    assert_int_equal(s.n, 9);
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(s.id[i], ids[8 - i]);
+    assert_string_equal(s.body[0], "ab");
+    assert_string_equal(s.body[1], "ba");
+
+    /* exactly limit left: no "more" */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_history_direct(f->st, "a", "b", 0, 9, on_msg, &s, &more), 0);
+    assert_false(more);
+    assert_int_equal(s.n, 9);
+
+    /* notes to self show once */
+    send_direct(f->st, "a", "a", "self", NULL, T0);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_history_direct(f->st, "a", "a", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 1);
+
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_history_direct(f->st, "a", "nobody", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 0);
+    assert_false(more);
+    assert_int_equal(store_history_direct(f->st, "a", "b", 0, 0, on_msg, &s, &more),
+                     STORE_ERR_INVALID);
+    assert_int_equal(store_history_direct(f->st, NULL, "b", 0, 1, on_msg, &s, &more),
+                     STORE_ERR_INVALID);
+    s.stop_after = 1;
+    assert_int_equal(store_history_direct(f->st, "a", "b", 0, 5, on_msg, &s, &more), 7);
+}
+
+static void test_store_history_room_paging(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t ids[5];
+    bool more;
+
+    assert_int_equal(store_room_join(f->st, "lobby", "a", T0, NULL), 0);
+    for (int i = 0; i < 5; i++) {
+        ids[i] = send_room(f->st, "a", "lobby", "m", T0 + i);
+        send_room(f->st, "a", "other", "x", T0 + i);
+    }
+    assert_int_equal(store_history_room(f->st, "lobby", 0, 2, on_msg, &s, &more), 0);
+    assert_true(more);
+    assert_int_equal(store_history_room(f->st, "lobby", s.id[1], 2, on_msg, &s, &more), 0);
+    assert_true(more);
+    assert_int_equal(store_history_room(f->st, "lobby", s.id[3], 2, on_msg, &s, &more), 0);
+    assert_false(more);
+    assert_int_equal(s.n, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(s.id[i], ids[4 - i]);
+    assert_int_equal(store_history_room(f->st, "", 0, 2, on_msg, &s, &more), STORE_ERR_INVALID);
+}
+
+/* ---- Rooms ---- */
+
+static void test_store_room_membership(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t cursor, last;
+    bool joined, member;
+
+    send_room(f->st, "x", "lobby", "old", T0);
+    last = send_room(f->st, "x", "lobby", "old", T0);
+    send_room(f->st, "x", "elsewhere", "later id, other room", T0);
+
+    assert_int_equal(store_room_join(f->st, "lobby", "alice", T0, &joined), 0);
+    assert_true(joined);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "alice", &cursor), 0);
+    assert_int_equal(cursor, last); /* no backlog for a new member */
+    assert_int_equal(store_room_join(f->st, "empty", "alice", T0, NULL), 0);
+    assert_int_equal(store_room_cursor(f->st, "empty", "alice", &cursor), 0);
+    assert_int_equal(cursor, 0);
+
+    /* joining again keeps the cursor */
+    int64_t m = send_room(f->st, "x", "lobby", "new", T0);
+    assert_int_equal(store_room_join(f->st, "lobby", "alice", T0 + 1, &joined), 0);
+    assert_false(joined);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "alice", &cursor), 0);
+    assert_int_equal(cursor, last);
+    assert_true(m > last);
+
+    assert_int_equal(store_room_join(f->st, "lobby", "bob", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "lobby", "carol", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "dev", "bob", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "dev", "alice", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "ops", "dave", T0, NULL), 0);
+
+    assert_int_equal(store_room_is_member(f->st, "lobby", "bob", &member), 0);
+    assert_true(member);
+    assert_int_equal(store_room_is_member(f->st, "ops", "bob", &member), 0);
+    assert_false(member);
+    assert_int_equal(store_room_is_member(f->st, "", "bob", &member), STORE_ERR_INVALID);
+
+    assert_int_equal(store_room_members(f->st, "lobby", on_name, &s), 0);
+    assert_int_equal(s.n, 3);
+    assert_string_equal(s.name[0], "alice");
+    assert_string_equal(s.name[2], "carol");
+
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_user_rooms(f->st, "alice", on_name, &s), 0);
+    assert_int_equal(s.n, 3);
+    assert_string_equal(s.name[0], "dev");
+    assert_string_equal(s.name[1], "empty");
+    assert_string_equal(s.name[2], "lobby");
+
+    /* bob shares lobby and dev with alice: once; dave shares nothing */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_users_sharing_room(f->st, "alice", on_name, &s), 0);
+    assert_int_equal(s.n, 2);
+    assert_string_equal(s.name[0], "bob");
+    assert_string_equal(s.name[1], "carol");
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_users_sharing_room(f->st, "dave", on_name, &s), 0);
+    assert_int_equal(s.n, 0);
+    s.stop_after = 1;
+    assert_int_equal(store_users_sharing_room(f->st, "alice", on_name, &s), 7);
+    assert_int_equal(store_room_members(f->st, "lobby", NULL, &s), STORE_ERR_INVALID);
+
+    /* leave forgets the cursor: a rejoin starts at the newest */
+    assert_int_equal(store_room_leave(f->st, "lobby", "alice"), 0);
+    assert_int_equal(store_room_leave(f->st, "lobby", "alice"), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "alice", &cursor), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_room_join(f->st, "lobby", "alice", T0 + 2, &joined), 0);
+    assert_true(joined);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "alice", &cursor), 0);
+    assert_int_equal(cursor, m);
+
+    struct store_stats st;
+    assert_int_equal(store_stats(f->st, &st), 0);
+    assert_int_equal(st.rooms, 4);
+}
+
+static void test_store_room_ack_moves_cursor(void **state)
+{
+    struct fixture *f = *state;
+    int64_t m1, m2, cursor;
+
+    assert_int_equal(store_room_join(f->st, "lobby", "alice", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "lobby", "bob", T0, NULL), 0);
+    m1 = send_room(f->st, "alice", "lobby", "1", T0);
+    m2 = send_room(f->st, "alice", "lobby", "2", T0);
+
+    assert_int_equal(store_msg_ack(f->st, "bob", m2, 1, T0), 0);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "bob", &cursor), 0);
+    assert_int_equal(cursor, m2);
+    /* an older ack never moves it back */
+    assert_int_equal(store_msg_ack(f->st, "bob", m1, 1, T0), 0);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "bob", &cursor), 0);
+    assert_int_equal(cursor, m2);
+    /* not a member */
+    assert_int_equal(store_msg_ack(f->st, "eve", m1, 1, T0), STORE_ERR_NOTFOUND);
+    /* alice's cursor did not move with bob's */
+    assert_int_equal(store_room_cursor(f->st, "lobby", "alice", &cursor), 0);
+    assert_int_equal(cursor, 0);
+}
+
+static void test_store_room_replay(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t ids[10], cursor;
+    bool truncated = true;
+
+    assert_int_equal(store_room_join(f->st, "lobby", "alice", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "lobby", "bob", T0, NULL), 0);
+    for (int i = 0; i < 10; i++) {
+        ids[i] = send_room(f->st, "alice", "lobby", "m", T0 + i);
+        send_room(f->st, "alice", "noise", "n", T0 + i);
+    }
+    assert_int_equal(store_msg_ack(f->st, "bob", ids[3], 1, T0), 0);
+
+    /* 6 waiting, limit 10: all, in id order */
+    assert_int_equal(store_room_replay(f->st, "lobby", "bob", 10, on_msg, &s, &truncated), 0);
+    assert_false(truncated);
+    assert_int_equal(s.n, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(s.id[i], ids[4 + i]);
+
+    /* exactly the limit: not truncated */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_room_replay(f->st, "lobby", "bob", 6, on_msg, &s, &truncated), 0);
+    assert_false(truncated);
+    assert_int_equal(s.n, 6);
+
+    /* limit 4: the newest 4, truncated, cursor untouched; history reaches the rest */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_room_replay(f->st, "lobby", "bob", 4, on_msg, &s, &truncated), 0);
+    assert_true(truncated);
+    assert_int_equal(s.n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(s.id[i], ids[6 + i]);
+    assert_int_equal(store_room_cursor(f->st, "lobby", "bob", &cursor), 0);
+    assert_int_equal(cursor, ids[3]);
+    {
+        struct seen h = {0};
+        bool more;
+
+        assert_int_equal(store_history_room(f->st, "lobby", s.id[0], 2, on_msg, &h, &more), 0);
+        assert_int_equal(h.id[0], ids[5]);
+        assert_int_equal(h.id[1], ids[4]);
+    }
+
+    /* acked up to the newest: nothing */
+    assert_int_equal(store_msg_ack(f->st, "bob", ids[9], 1, T0), 0);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_room_replay(f->st, "lobby", "bob", 4, on_msg, &s, &truncated), 0);
+    assert_int_equal(s.n, 0);
+    assert_false(truncated);
+
+    /* survives a restart; not a member; bad arguments */
+    reopen(f);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_room_replay(f->st, "lobby", "alice", 100, on_msg, &s, NULL), 0);
+    assert_int_equal(s.n, 10);
+    assert_int_equal(store_room_replay(f->st, "lobby", "eve", 4, on_msg, &s, &truncated),
+                     STORE_ERR_NOTFOUND);
+    assert_int_equal(store_room_replay(f->st, "lobby", "bob", 0, on_msg, &s, &truncated),
+                     STORE_ERR_INVALID);
+    assert_int_equal(store_room_replay(f->st, "lobby", "bob", 1, NULL, &s, &truncated),
+                     STORE_ERR_INVALID);
+    memset(&s, 0, sizeof s);
+    s.stop_after = 2;
+    assert_int_equal(store_room_replay(f->st, "lobby", "alice", 100, on_msg, &s, NULL), 7);
+}
+
+/* ---- Stats, errors ---- */
+
+static void test_store_stats(void **state)
+{
+    struct fixture *f = *state;
+    struct store_stats s;
+    int64_t sid, m;
+
+    assert_int_equal(store_stats(f->st, &s), 0);
+    assert_int_equal(s.sessions_total, 0);
+    assert_int_equal(store_session_begin(f->st, "a", "h", NULL, NULL, T0, &sid), 0);
+    assert_int_equal(store_session_begin(f->st, "b", "h", NULL, NULL, T0, &sid), 0);
+    assert_int_equal(store_session_end(f->st, sid, T0, "client_close"), 0);
+    assert_int_equal(store_presence_set(f->st, "a", true, 1, T0), 0);
+    assert_int_equal(store_presence_set(f->st, "b", false, 0, T0), 0);
+    m = send_direct(f->st, "a", "b", "1", NULL, T0);
+    send_direct(f->st, "a", "b", "2", NULL, T0);
+    assert_int_equal(store_msg_ack(f->st, "b", m, sid, T0), 0);
+    assert_int_equal(store_room_join(f->st, "r1", "a", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "r1", "b", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "r2", "a", T0, NULL), 0);
+    send_room(f->st, "a", "r1", "3", T0);
+
+    assert_int_equal(store_stats(f->st, &s), 0);
+    assert_int_equal(s.sessions_active, 1);
+    assert_int_equal(s.sessions_total, 2);
+    assert_int_equal(s.users_online, 1);
+    assert_int_equal(s.messages, 3);
+    assert_int_equal(s.pending_direct, 1);
+    assert_int_equal(s.rooms, 2);
+}
+
+static void test_store_strerror_covers_every_code(void **state)
+{
+    static const int codes[] = {STORE_OK,           STORE_ERR_IO,       STORE_ERR_NOTFOUND,
+                                STORE_ERR_BUSY,     STORE_ERR_CONSTRAINT, STORE_ERR_READONLY,
+                                STORE_ERR_SCHEMA,   STORE_ERR_INVALID,  STORE_ERR_NOMEM,
+                                STORE_ERR_MISUSE,   STORE_ERR_OPEN};
+    const char *unknown = store_strerror(-999);
+
+    (void)state;
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        assert_non_null(store_strerror(codes[i]));
+        assert_string_not_equal(store_strerror(codes[i]), unknown);
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(store_strerror(codes[i]), store_strerror(codes[j]));
+    }
+    assert_string_equal(store_last_error(NULL), "no store");
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_store_open_applies_migrations),
+        T(test_store_migrations_twice_are_noop),
+        T(test_store_query_plans_use_indexes),
+        T(test_store_newer_schema_refused),
+        T(test_store_open_errors),
+        cmocka_unit_test(test_store_memory_database),
+        T(test_store_readonly),
+        T(test_store_group_commit),
+        T(test_store_busy_between_writers),
+        T(test_store_writes_atomic_inside_transaction),
+        T(test_store_session_lifecycle),
+        T(test_store_session_list_filters),
+        T(test_store_session_end_orphans),
+        T(test_store_presence),
+        T(test_store_direct_pending_survives_restart),
+        T(test_store_direct_pending_paging),
+        T(test_store_idempotent_cid),
+        T(test_store_msg_insert_invalid),
+        T(test_store_ack_rules),
+        T(test_store_msg_get),
+        T(test_store_history_direct_paging),
+        T(test_store_history_room_paging),
+        T(test_store_room_membership),
+        T(test_store_room_ack_moves_cursor),
+        T(test_store_room_replay),
+        T(test_store_stats),
+        cmocka_unit_test(test_store_strerror_covers_every_code),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
