@@ -1,6 +1,6 @@
 /*
  * http_hs.c -- sans-I/O HTTP/1.1 request-head parser and RFC 6455 §4.2 server handshake.
- * Bytes in, structs and response bytes out; OpenSSL only for SHA-1 and base64. No sockets, no allocation.
+ * Bytes in, structs and response bytes out; no sockets, no allocation, OpenSSL for SHA-1/base64.
  */
 #include "http_hs.h"
 
@@ -26,6 +26,12 @@ static bool is_tchar(unsigned char c)
 static bool is_field_char(unsigned char c)
 {
     return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+/* RFC 3986: URIs are visible ASCII; raw UTF-8 or controls mean a broken or hostile client */
+static bool is_target_char(unsigned char c)
+{
+    return c > 0x20 && c < 0x7f;
 }
 
 static bool is_ows(unsigned char c)
@@ -75,9 +81,10 @@ static int eat_crlf(const unsigned char **pp, const unsigned char *end)
 }
 
 /*
- * Only the first max_len bytes are ever looked at, so the answer depends on those bytes alone and not
- * on how the input was split into reads: a malformation inside them is BAD, running out of them is
- * PARTIAL (len < max_len) or TOO_LARGE (len >= max_len), which covers a complete but too long head.
+ * Only the first max_len bytes are ever looked at, so the answer depends on those bytes alone and
+ * not on how the input was split into reads: a malformation inside them is BAD, running out of them
+ * is PARTIAL (len < max_len) or TOO_LARGE (len >= max_len), which covers a complete but too long
+ * head.
  */
 int http_req_parse(struct http_req *req, const char *buf, size_t len, size_t max_len)
 {
@@ -96,7 +103,7 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, size_t max
     req->version_major = req->version_minor = 0;
     req->num_headers = 0;
 
-    /* request-line = method SP request-target SP HTTP-version CRLF (RFC 7230 §3.1.1), no leniency */
+    /* request-line = method SP request-target SP HTTP-version CRLF (RFC 7230 §3.1.1) */
     for (tok = p; p < end && is_tchar(*p); p++)
         ;
     if (p == end)
@@ -107,11 +114,11 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, size_t max
     req->method_len = (size_t)(p - tok);
     p++;
 
-    /* origin-form only: absolute-form is for proxies, '*' for OPTIONS; neither names a WS resource */
+    /* origin-form only: absolute-form is for proxies, '*' for OPTIONS; neither names a resource */
     tok = p;
     if (p < end && *p != '/')
         return HTTP_PARSE_BAD;
-    while (p < end && *p > 0x20 && *p < 0x7f)
+    while (p < end && is_target_char(*p))
         p++;
     if (p == end)
         goto more;
@@ -473,7 +480,7 @@ static int hs_fail(struct ws_hs_result *r, int status, const char *message)
     return status;
 }
 
-/* RFC 6454 §7: an Origin is compared as a whole serialized string; scheme and host are lower case. */
+/* RFC 6454 §7: an Origin is compared as one serialized string; scheme and host are lower case */
 static bool origin_allowed(const struct http_req *req, const struct ws_hs_policy *pol)
 {
     const struct http_header *h;
@@ -487,8 +494,9 @@ static bool origin_allowed(const struct http_req *req, const struct ws_hs_policy
     }
     n = header_count(req, "Origin", &h);
     /*
-     * No Origin: not a browser, and the cross-site attacks the list exists for need a browser, which
-     * always sends one on a WebSocket handshake. Two Origins are nothing a browser sends either.
+     * No Origin: not a browser, and the cross-site attacks the list exists for need a browser,
+     * which always sends one on a WebSocket handshake. Two Origins are nothing a browser sends
+     * either.
      */
     if (n == 0)
         return true;
@@ -501,7 +509,8 @@ static bool origin_allowed(const struct http_req *req, const struct ws_hs_policy
     return false;
 }
 
-int ws_hs_check(const struct http_req *req, const struct ws_hs_policy *pol, struct ws_hs_result *result)
+int ws_hs_check(const struct http_req *req, const struct ws_hs_policy *pol,
+                struct ws_hs_result *result)
 {
     const struct http_header *h;
     size_t i, n;

@@ -45,10 +45,13 @@ struct http_req {
  * the caller can answer 431 without buffering more. Stateless: call again with the whole buffer when more
  * bytes arrive (the head is small and bounded by max_len).
  * Only buf[0..max_len) is looked at, so the answer does not depend on how the bytes were split into
- * reads; a malformation inside those bytes is BAD even when len >= max_len. Strict on purpose: lines
- * end in CRLF only (bare LF or CR is BAD), the target must be origin-form ("/..."), no obs-fold, no
+ * reads; a malformation inside those bytes is BAD even when len >= max_len.
+ * Strict on purpose (a proxy in front must not read the head differently): lines end in CRLF only
+ * (bare LF or CR is BAD), the target is origin-form ("/...", visible ASCII), no obs-fold, no
  * whitespace before a header's colon, no control bytes but HT in values, version is DIGIT "." DIGIT.
- * The 65th header is TOO_LARGE. req is filled only as far as needed; trust it only when the return is > 0.
+ * The 65th header is TOO_LARGE. req is filled only as far as needed; trust it only when the return
+ * is > 0. Each call re-parses from the start (O(len)); a caller fed many tiny reads may skip calls
+ * until "\r\n\r\n" has arrived or len >= max_len (a BAD head is then only reported later).
  */
 int http_req_parse(struct http_req *req, const char *buf, size_t len, size_t max_len);
 
