@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# run.sh -- `make bench`: wsproxy against gorilla/websocket on loopback, server on core 0 and loader on
+# core 1, each figure the median of BENCH_RUNS runs; prints a markdown table and writes var/bench/.
+# Environment: BENCH_RUNS (3), BENCH_SECS (5), BENCH_ONLY (space-separated scenario names, see below).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+B=${B:-build}
+BB=$B/bench
+RUNS=${BENCH_RUNS:-3}
+SECS=${BENCH_SECS:-5}
+ONLY=${BENCH_ONLY:-}
+SECRET=$(od -An -N24 -tx1 /dev/urandom | tr -d " \n") # HS256 wants >= 32 bytes
+# Other people's servers may hold the usual ports; take the first free ones from BENCH_PORT up.
+port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+next_free_port() {
+    local p=$1
+    while port_busy "$p"; do p=$((p + 1)); done
+    echo "$p"
+}
+PORT_WSP=$(next_free_port "${BENCH_PORT:-28080}")
+PORT_GECHO=$(next_free_port $((PORT_WSP + 1)))
+PORT_GCHAT=$(next_free_port $((PORT_GECHO + 1)))
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUTDIR=var/bench
+RESULT_MD=$OUTDIR/results-$STAMP.md
+RAW=$OUTDIR/raw-$STAMP.txt
+TMP=$(mktemp -d /tmp/wsp-bench.XXXXXX)
+SERVER_PID=
+
+log() { printf '== %s\n' "$*" >&2; }
+
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- dependencies: the reference peer is built from Debian's packages, GOPATH mode ----
+GOPATH_DEB=/usr/share/gocode
+if ! command -v go >/dev/null || [ ! -d $GOPATH_DEB/src/github.com/gorilla/websocket ] ||
+    ! command -v taskset >/dev/null; then
+    log "installing golang-go, golang-github-gorilla-websocket-dev, util-linux"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get install -y golang-go golang-github-gorilla-websocket-dev util-linux >&2 ||
+        { $SUDO apt-get update >&2 && $SUDO apt-get install -y golang-go \
+            golang-github-gorilla-websocket-dev util-linux >&2; }
+fi
+command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the table" >&2; exit 2; }
+
+# ---- build ----
+log "building wsproxy, loadgen and the gorilla peers"
+FAILED=0
+if ! make -s all >&2; then
+    echo "run.sh: make failed; the wsproxy rows will be empty" >&2
+    FAILED=1
+fi
+HAVE_WSP=0
+[ "$FAILED" = 0 ] && [ -x "$B/wsproxy" ] && HAVE_WSP=1
+mkdir -p "$BB" "$OUTDIR"
+gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/loadgen" tests/bench/loadgen.c -lcrypto
+export GOCACHE=${GOCACHE:-$PWD/$BB/.gocache} GOFLAGS=
+for p in echo chat; do
+    GO111MODULE=off GOPATH=$GOPATH_DEB go build -o "$BB/gorilla-$p" "./tests/bench/gorilla/$p"
+done
+
+# Both sides hold 10,000 sockets in the idle scenario; the hard limit may forbid 65536 to non-root.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt 10100 ]; then
+    echo "run.sh: ulimit -n is $(ulimit -n); the idle scenario needs 10100" >&2
+    exit 2
+fi
+NCPU=$(nproc)
+if [ "$NCPU" -ge 2 ]; then SRV_CPU=0; LG_CPU=1; else SRV_CPU=0; LG_CPU=0; fi
+
+# ---- servers ----
+write_config() { # $1 = synchronous
+    cat >"$TMP/wsproxy.ini" <<EOF
+[server]
+listen = 127.0.0.1:$PORT_WSP
+ws_path = /ws
+echo_path = /echo
+static_dir =
+[log]
+level = warn
+[store]
+path = $TMP/db/wsproxy.db
+synchronous = $1
+[auth]
+mode = token
+jwt_alg = HS256
+jwt_secret = $SECRET
+[heartbeat]
+ping_interval = 0
+[limits]
+rate = 0
+max_connections = 100000
+max_connections_per_ip = 100000
+[api]
+listen =
+EOF
+}
+
+port_of() {
+    case $1 in
+    wsproxy) echo "$PORT_WSP" ;;
+    gorilla-echo) echo "$PORT_GECHO" ;;
+    gorilla-chat) echo "$PORT_GCHAT" ;;
+    esac
+}
+
+wait_port() { # $1 = port, $2 = pid
+    for _ in $(seq 1 200); do
+        kill -0 "$2" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# Starts a fresh server (fresh database for wsproxy) pinned to the server core; sets SERVER_PID.
+server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous (wsproxy)
+    local port
+    port=$(port_of "$1")
+    case $1 in
+    wsproxy)
+        rm -rf "$TMP/db" && mkdir -p "$TMP/db"
+        write_config "${2:-normal}"
+        taskset -c $SRV_CPU "$B/wsproxy" --config "$TMP/wsproxy.ini" >"$TMP/server.log" 2>&1 &
+        ;;
+    gorilla-echo) taskset -c $SRV_CPU "$BB/gorilla-echo" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
+    gorilla-chat) taskset -c $SRV_CPU "$BB/gorilla-chat" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
+    esac
+    SERVER_PID=$!
+    if ! wait_port "$port" "$SERVER_PID"; then
+        echo "run.sh: $1 did not start:" >&2
+        tail -5 "$TMP/server.log" >&2
+        server_stop
+        return 1
+    fi
+    sleep 0.2 # let the accept of wait_port's probe settle before RSS is sampled
+}
+
+server_stop() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
+    fi
+}
+
+# ---- scenarios: name | servers | loadgen arguments (port and pid are added) ----
+# The fanout and idle-on-/ws peers of wsproxy's chat path is gorilla-chat; echo ones gorilla-echo.
+SCENARIOS=(
+    "echo100|wsproxy gorilla-echo|-m echo -c 100 -w 16 -s 32 -d $SECS"
+    "echo1|wsproxy gorilla-echo|-m echo -c 1 -w 1 -s 32 -d $SECS"
+    "idle_echo|wsproxy gorilla-echo|-m idle -U /echo -c 10000 -d 2"
+    "idle_ws|wsproxy gorilla-chat|-m idle -U /ws -c 10000 -d 2 -k $SECRET"
+    "fanout|wsproxy gorilla-chat|-m fanout -c 5000 -r 100 -d 10 -D 5 -k $SECRET"
+    "persist_normal|wsproxy:normal|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
+    "persist_full|wsproxy:full|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
+)
+
+wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+
+: >"$RAW"
+[ "$HAVE_WSP" = 1 ] || echo "run.sh: no fresh $B/wsproxy; wsproxy rows will be empty" >&2
+for sc in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name servers args <<<"$sc"
+    wanted "$name" || continue
+    for srv in $servers; do
+        sync=${srv#*:}; [ "$sync" = "$srv" ] && sync=normal
+        srv=${srv%%:*}
+        if [ "$srv" = wsproxy ] && [ "$HAVE_WSP" = 0 ]; then continue; fi
+        for run in $(seq 1 "$RUNS"); do
+            log "$name on $srv, run $run/$RUNS"
+            if ! server_start "$srv" "$sync"; then FAILED=1; continue; fi
+            port=$(port_of "$srv")
+            # shellcheck disable=SC2086
+            if out=$(taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" -p "$SERVER_PID" -u "r$run" \
+                2>"$TMP/loadgen.err"); then
+                line=$(grep '^result ' <<<"$out" || true)
+                echo "scenario=$name server=$srv run=$run ${line#result }" >>"$RAW"
+                grep -v '^result ' <<<"$out" | sed 's/^/   /' >&2
+            else
+                echo "run.sh: loadgen failed for $name on $srv:" >&2
+                FAILED=1
+            fi
+            sed 's/^/   /' "$TMP/loadgen.err" | head -5 >&2
+            if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+                echo "run.sh: $srv died during $name:" >&2
+                tail -5 "$TMP/server.log" >&2
+                FAILED=1
+            fi
+            server_stop
+        done
+    done
+done
+
+# ---- table ----
+{
+    echo "# wsproxy vs gorilla/websocket -- $(date '+%Y-%m-%d %H:%M')"
+    echo
+    echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'),"\
+        "Linux $(uname -r); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "wsproxy $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')," \
+        "$(go version | cut -d' ' -f3), gorilla/websocket from Debian" \
+        "$(dpkg-query -W -f='${Version}' golang-github-gorilla-websocket-dev 2>/dev/null || echo '?')." \
+        "Server on core $SRV_CPU, loader on core $LG_CPU; each figure the median of $RUNS runs."
+    echo
+    python3 - "$RAW" <<'PY'
+import statistics, sys
+rows = [dict(kv.split("=", 1) for kv in l.split()) for l in open(sys.argv[1]) if l.strip()]
+
+def med(sc, srv, key):
+    v = [float(r[key]) for r in rows if r["scenario"] == sc and r["server"] == srv and key in r]
+    return statistics.median(v) if v else None
+
+def fmt(v, unit=""):
+    if v is None:
+        return "—"
+    if unit == "%":
+        return f"{v:.1f} %"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a is not None and b not in (None, 0) else "—"
+
+def verdict(ok):
+    return "—" if ok is None else ("**yes**" if ok else "**no**")
+
+G_ECHO, G_CHAT = "gorilla-echo", "gorilla-chat"
+T = []  # scenario, metric, wsproxy, gorilla, ratio, target, met
+e = ("echo100", "msgs_per_core_s")
+w, g = med(e[0], "wsproxy", e[1]), med(e[0], G_ECHO, e[1])
+T.append(("echo 100 conns × 32 B, window 16", "msgs per server-core-second", fmt(w), fmt(g), ratio(w, g),
+          "≥ 4× gorilla", verdict(None if w is None or g is None else w >= 4 * g)))
+w, g = med("echo1", "wsproxy", "msgs_per_s"), med("echo1", G_ECHO, "msgs_per_s")
+T.append(("echo 1 conn × 32 B, window 1", "msgs/s", fmt(w), fmt(g), ratio(w, g), "≥ gorilla",
+          verdict(None if w is None or g is None else w >= g)))
+w, g = med("idle_echo", "wsproxy", "kib_per_conn"), med("idle_echo", G_ECHO, "kib_per_conn")
+T.append(("idle 10,000 conns on /echo", "server RSS KiB per conn", fmt(w), fmt(g), ratio(w, g), "≤ 2 KiB",
+          verdict(None if w is None else w <= 2)))
+w, g = med("idle_ws", "wsproxy", "kib_per_conn"), med("idle_ws", G_CHAT, "kib_per_conn")
+T.append(("idle 10,000 conns on /ws (token)", "server RSS KiB per conn", fmt(w), fmt(g), ratio(w, g),
+          "≤ 4 KiB", verdict(None if w is None else w <= 4)))
+w, g = med("fanout", "wsproxy", "delivered_pct"), med("fanout", G_CHAT, "delivered_pct")
+T.append(("fanout 5,000 members, 100 msgs/s", "delivered %", fmt(w, "%"), fmt(g, "%"), ratio(w, g),
+          "100 %", verdict(None if w is None else w >= 100)))
+w, g = med("fanout", "wsproxy", "p99_us"), med("fanout", G_CHAT, "p99_us")
+w, g = (None if w is None else w / 1000), (None if g is None else g / 1000)
+T.append(("", "p99 publish→receipt, ms", fmt(w), fmt(g), ratio(w, g), "< gorilla (stores nothing)",
+          verdict(None if w is None or g is None else w < g)))
+w = med("persist_normal", "wsproxy", "msgs_per_s")
+T.append(("persist, synchronous=normal", "durable DMs/s (receipt after commit)", fmt(w), "n/a", "",
+          "≥ 100,000 (issue 8); ≥ 50,000 (issue 3)",
+          "—" if w is None else f"{verdict(w >= 100000)} / {verdict(w >= 50000)}"))
+w = med("persist_full", "wsproxy", "msgs_per_s")
+T.append(("persist, synchronous=full", "durable DMs/s", fmt(w), "n/a", "", "(none)", ""))
+
+print("## Targets (issue 8)\n")
+print("| scenario | metric | wsproxy | gorilla | wsproxy/gorilla | target | met |")
+print("|---|---|--:|--:|--:|---|---|")
+for r in T:
+    print("| " + " | ".join(r) + " |")
+
+print("\n## Details (medians)\n")
+print("| scenario | server | msgs/s | per server-core-s | server CPU | loader CPU | p50 µs | p99 µs "
+      "| p99.9 µs | KiB/conn | delivered | errors |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+seen = []
+for r in rows:
+    k = (r["scenario"], r["server"])
+    if k not in seen:
+        seen.append(k)
+for sc, srv in seen:
+    m = lambda key, unit="": fmt(med(sc, srv, key), unit)
+    label = srv + (" (sync=full)" if sc == "persist_full" else "")
+    print(f"| {sc} | {label} | {m('msgs_per_s')} | {m('msgs_per_core_s')} | {m('server_cpu_pct', '%')} "
+          f"| {m('loader_cpu_pct', '%')} | {m('p50_us')} | {m('p99_us')} | {m('p999_us')} "
+          f"| {m('kib_per_conn')} | {m('delivered_pct', '%')} | {m('errors')} |")
+PY
+    echo
+    echo "Raw result lines (one per run):"
+    echo
+    echo '```'
+    cat "$RAW"
+    echo '```'
+} >"$RESULT_MD"
+
+cat "$RESULT_MD"
+echo >&2
+log "written to $RESULT_MD"
+exit $FAILED
