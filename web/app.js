@@ -9,9 +9,10 @@
     const HISTORY_PAGE = 50;
     const TOKEN_REFRESH_AHEAD_MS = 60000;   /* renew the demo token this long before it expires */
     const WATCHDOG_GRACE_MS = 10000;        /* a probe unanswered this long means a dead link */
+    const ACK_RATE = 20;                    /* acks per second, well under the server's default 50 */
+    const ACK_BURST = 40;
     const DEFAULT_ROOM = 'lobby';
-    const NAME_RE = /^[A-Za-z0-9_.-]{1,32}$/;
-    const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+    const NAME_MAX_BYTES = 64;              /* the server's rule for user and room names */
 
     const $ = (id) => document.getElementById(id);
     const el = {};
@@ -46,16 +47,27 @@
             users: new Map(),       /* name -> {state, lastSeen} */
             members: new Map(),     /* room -> Set of names */
             seen: new Map(),        /* message id -> element: at-least-once delivery, show once */
-            acked: new Set(),       /* ids acked on the current connection */
+            acked: new Set(),       /* direct message ids acked on the current connection */
+            ackQueue: [],           /* direct message ids waiting for their turn */
+            roomAckDue: new Map(),  /* room -> newest id shown, not acked yet */
+            roomAcked: new Map(),   /* room -> newest id acked on the current connection */
+            ackTimer: null,
+            ackBucket: { tokens: ACK_BURST, at: 0, rate: ACK_RATE },
             pending: new Map(),     /* cid -> {frame, conv, node, sent} */
             requests: new Map(),    /* rid -> callback for history/members/presence answers */
             seq: 0,
-            tab: Math.random().toString(36).slice(2, 8),
+            /* cids must not repeat across page loads: the server dedupes sends by (user, cid) */
+            tab: Date.now().toString(36) + Math.random().toString(36).slice(2, 8),
         };
     }
     let S = freshSession();
 
     /* ---------- small helpers ---------- */
+
+    function validName(s) {
+        return typeof s === 'string' && s.length > 0 && !/[\u0000-\u001f\u007f]/.test(s) &&
+            new TextEncoder().encode(s).length <= NAME_MAX_BYTES;
+    }
 
     function node(tag, cls, text) {
         const n = document.createElement(tag);
@@ -106,7 +118,7 @@
     function savedRooms() {
         try {
             const v = JSON.parse(localStorage.getItem(roomsKey()) || '[]');
-            return Array.isArray(v) ? v.filter((r) => typeof r === 'string' && ROOM_RE.test(r)) : [];
+            return Array.isArray(v) ? v.filter(validName) : [];
         } catch (e) {
             return [];
         }
@@ -221,14 +233,20 @@
         S.welcomed = false;
         delete el.state.dataset.replayed;
         clearInterval(S.watchdog);
+        resetAcks();
         S.requests.clear();
         S.convs.forEach((c) => {
             if (c.history === 'loading') c.history = 'none';
             c.loadingOlder = false;
             renderLoadOlder(c);
         });
-        /* Sent but never receipted: the server may or may not have stored it; let the user decide. */
-        S.pending.forEach((p) => { if (p.sent) markFailed(p, 'not confirmed'); });
+        /* Sent but never receipted: it may or may not be stored. The server keeps one message per
+         * (sender, cid), so sending it again with the same cid after reconnecting is safe. */
+        S.pending.forEach((p) => {
+            if (!p.sent) return;
+            p.sent = false;
+            p.node.querySelector('.label').textContent = 'waiting for connection…';
+        });
         if (S.stopped) {
             setState('offline', 'Offline');
             return;
@@ -338,8 +356,8 @@
     function onWelcome(f) {
         S.welcomed = true;
         S.attempt = 0;
-        S.acked.clear();
         S.replayCount = 0;
+        resetAcks();
         delete el.state.dataset.replayed;
         if (typeof f.user === 'string') S.me = f.user;
         if (typeof f.ping_interval === 'number' && f.ping_interval > 0) S.pingMs = f.ping_interval * 1000;
@@ -382,14 +400,14 @@
         if (f.from === S.me && typeof f.cid === 'string' && S.pending.has(f.cid)) {
             confirmPending(f.cid, f.id, f.ts);
         }
-        if (f.replay) S.replayCount += 1;
         if (S.seen.has(f.id)) {
-            ack(f.id);      /* a redelivery: ack again so it is not replayed once more */
+            ack(f);     /* a redelivery: ack again so it is not replayed once more */
             return;
         }
+        if (f.replay) S.replayCount += 1;
         const n = renderMsg(f, !!f.replay);
         placeMsg(conv, n, f.id);
-        ack(f.id);
+        ack(f);
         conv.lastActivity = f.ts || Date.now();
         if (f.from !== S.me && (S.active !== conv.key || document.hidden)) {
             conv.unread += 1;
@@ -413,7 +431,7 @@
         const p = S.pending.get(f.cid);
         confirmPending(f.cid, f.id, f.ts);
         /* our own room message is displayed too: move the room cursor past it */
-        if (p && p.conv.kind === 'room') ack(f.id);
+        if (p && p.conv.kind === 'room') ack({ id: f.id, room: p.conv.name });
     }
 
     function onJoined(room) {
@@ -468,6 +486,12 @@
     }
 
     function onError(f) {
+        if (f.code === 'rate_limited') {
+            /* a server configured tighter than our pace: halve it and let the bucket drain */
+            S.ackBucket.rate = Math.max(1, S.ackBucket.rate / 2);
+            S.ackBucket.tokens = 0;
+            return;
+        }
         if (typeof f.cid === 'string' && S.pending.has(f.cid)) {
             markFailed(S.pending.get(f.cid), f.code === 'not_member' ? 'not a member' : 'not sent');
         }
@@ -475,9 +499,57 @@
         toast('Server: ' + msg, 'error');
     }
 
-    function ack(id) {
-        if (S.acked.has(id)) return;
-        if (sendFrame({ type: 'ack', id: id })) S.acked.add(id);
+    /* Acks count against the server's per-connection rate limit like any frame, and a long replay
+     * would trip it, so they are paced. A room cursor only moves forward (max), so per room only
+     * the newest id shown needs acking. A direct message is acked by its recipient alone: our own
+     * DMs echoed from another device of ours are not ours to ack (the server answers an error). */
+    function ack(m) {
+        if (typeof m.id !== 'number') return;
+        if (typeof m.room === 'string') {
+            if (m.id <= (S.roomAcked.get(m.room) || 0) || m.id <= (S.roomAckDue.get(m.room) || 0)) return;
+            S.roomAckDue.set(m.room, m.id);
+        } else if (m.to === S.me) {
+            if (S.acked.has(m.id)) return;
+            S.acked.add(m.id);
+            S.ackQueue.push(m.id);
+        } else {
+            return;
+        }
+        if (!S.ackTimer) S.ackTimer = setTimeout(flushAcks, 20);
+    }
+
+    function flushAcks() {
+        S.ackTimer = null;
+        if (!isOnline()) return;    /* unacked ones come back in the next replay and are acked then */
+        const now = Date.now();
+        const b = S.ackBucket;
+        b.tokens = Math.min(ACK_BURST, b.tokens + (now - b.at) * b.rate / 1000);
+        b.at = now;
+        while (b.tokens >= 1 && (S.ackQueue.length || S.roomAckDue.size)) {
+            let id;
+            if (S.roomAckDue.size) {
+                const [room, max] = S.roomAckDue.entries().next().value;
+                S.roomAckDue.delete(room);
+                S.roomAcked.set(room, max);
+                id = max;
+            } else {
+                id = S.ackQueue.shift();
+            }
+            sendFrame({ type: 'ack', id: id });
+            b.tokens -= 1;
+        }
+        if (S.ackQueue.length || S.roomAckDue.size) {
+            S.ackTimer = setTimeout(flushAcks, Math.ceil(1000 / b.rate));
+        }
+    }
+
+    function resetAcks() {
+        clearTimeout(S.ackTimer);
+        S.ackTimer = null;
+        S.acked.clear();
+        S.ackQueue = [];
+        S.roomAckDue.clear();
+        S.roomAcked.clear();
     }
 
     /* ---------- users ---------- */
@@ -638,7 +710,7 @@
             if (!m || typeof m.id !== 'number') return;
             if (m.from !== S.me) noteUser(m.from);
             /* a DM to us that was never acked would come back on every connect */
-            if (!m.room && m.to === S.me && m.from !== S.me) ack(m.id);
+            if (typeof m.room !== 'string' && m.to === S.me && m.from !== S.me) ack(m);
             if (S.seen.has(m.id)) return;
             placeMsg(conv, renderMsg(m, false), m.id);
         });
@@ -943,6 +1015,7 @@
         clearInterval(S.tickTimer);
         clearTimeout(S.refreshTimer);
         clearInterval(S.watchdog);
+        resetAcks();
         const ws = S.ws;
         S.ws = null;
         if (ws) ws.close(1000, 'logout');
@@ -962,8 +1035,8 @@
     el.loginForm.addEventListener('submit', (e) => {
         e.preventDefault();
         const name = el.name.value.trim();
-        if (!NAME_RE.test(name)) {
-            showLogin('Use 1–32 letters, digits, dot, dash or underscore.');
+        if (!validName(name)) {
+            showLogin('Pick a name of 1 to 64 bytes, without control characters.');
             return;
         }
         login(name);
@@ -972,7 +1045,7 @@
     el.joinForm.addEventListener('submit', (e) => {
         e.preventDefault();
         const room = el.joinRoom.value.trim().replace(/^#/, '');
-        if (!ROOM_RE.test(room)) { toast('Room names use letters, digits, dot, dash or underscore.', 'error'); return; }
+        if (!validName(room)) { toast('A room name is 1 to 64 bytes, without control characters.', 'error'); return; }
         el.joinRoom.value = '';
         const conv = ensureConv('room:' + room);
         openConv(conv.key);
@@ -983,7 +1056,7 @@
     el.dmForm.addEventListener('submit', (e) => {
         e.preventDefault();
         const user = el.dmUser.value.trim().replace(/^@/, '');
-        if (!NAME_RE.test(user)) { toast('User names use letters, digits, dot, dash or underscore.', 'error'); return; }
+        if (!validName(user)) { toast('A user name is 1 to 64 bytes, without control characters.', 'error'); return; }
         el.dmUser.value = '';
         openConv(ensureConv('dm:' + user).key);
     });
@@ -1038,6 +1111,6 @@
         remembered = sessionStorage.getItem('wsp.name') || '';
         el.name.value = remembered || localStorage.getItem('wsp.lastName') || '';
     } catch (e) { /* storage disabled */ }
-    if (remembered && NAME_RE.test(remembered)) login(remembered);
+    if (validName(remembered)) login(remembered);
     else showLogin('');
 }());
