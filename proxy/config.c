@@ -85,6 +85,8 @@ static const struct opt opts[] = {
     O("limits", "rate", OPT_UINT, rate, "50",
       "Messages per second a connection may send (token bucket); 0 = unlimited."),
     O("limits", "rate_burst", OPT_UINT, rate_burst, "100", "Bucket size for rate."),
+    O("limits", "max_body", OPT_SIZE, max_body, "64KiB",
+      "Largest chat message body (as JSON text); larger gets error too_large."),
     O("limits", "max_connections", OPT_UINT, max_connections, "10000",
       "Open WebSocket connections in total; over it new ones get 503."),
     O("limits", "max_connections_per_ip", OPT_UINT, max_connections_per_ip, "100",

@@ -1,0 +1,978 @@
+/*
+ * chat.c -- the chat protocol on ws_path: parses client JSON (jansson), writes through the store
+ * inside the loop's group-commit transaction, and fans frames out to live connections only after
+ * the commit (frames queued with conn_send_text/conn_send_shared are held until then).
+ */
+#include "chat.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "log.h"
+#include "ratelimit.h"
+#include "registry.h"
+#include "sbuf.h"
+#include "server.h"
+#include "store.h"
+
+#define CID_MAX 128         /* client ids (cid, rid) are echoed back; keep them small */
+#define HISTORY_MAX 100     /* items per history answer */
+#define HISTORY_DEFAULT 50
+#define PRESENCE_MAX 100    /* users per presence query */
+#define REPLAY_PAGE 100     /* direct messages replayed per step */
+#define RATE_STRIKES_MAX 20 /* rate-limited messages tolerated before the connection is closed */
+
+enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
+
+struct chat_conn {
+    struct conn *conn;
+    char user[AUTH_USER_MAX + 1];
+    int64_t session_id;
+    int64_t exp_ms;
+    struct reg_member *user_mem;
+    struct reg_member *rooms; /* this connection's room memberships, linked through ->link */
+    struct event *expiry;
+    struct ratelimit rl;
+    unsigned strikes;
+    enum replay_phase phase;
+    int64_t replay_after;
+    char **replay_rooms; /* rooms left to replay */
+    size_t num_replay_rooms;
+    bool ended;
+};
+
+/* ---- small helpers ---- */
+
+static struct server *srv_of(struct conn *c)
+{
+    return c->srv;
+}
+
+static void send_sbuf(struct conn *c, struct sbuf *b, enum metrics_kind kind)
+{
+    if (b->oom)
+        return;
+    c->srv->metrics.msgs_out[kind]++;
+    conn_send_text(c, b->p, b->len);
+}
+
+static void send_error(struct conn *c, const char *code, const char *message, const char *id_key,
+                       const char *id_val)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"error\",\"code\":");
+    sbuf_add_json_str(&b, code);
+    sbuf_adds(&b, ",\"message\":");
+    sbuf_add_json_str(&b, message);
+    if (id_key && id_val) {
+        sbuf_addf(&b, ",\"%s\":", id_key);
+        sbuf_add_json_str(&b, id_val);
+    }
+    sbuf_adds(&b, "}");
+    send_sbuf(c, &b, MK_ERROR);
+    sbuf_release(&b);
+}
+
+/* A msg frame: {"type":"msg","id":..,"from":..,"to"|"room":..,"body":RAW,"ts":..,"cid":..} */
+static void build_msg(struct sbuf *b, const struct store_msg *m, bool replay, bool with_type)
+{
+    sbuf_adds(b, with_type ? "{\"type\":\"msg\",\"id\":" : "{\"id\":");
+    sbuf_add_i64(b, m->id);
+    sbuf_adds(b, ",\"from\":");
+    sbuf_add_json_str(b, m->sender);
+    if (m->to_user) {
+        sbuf_adds(b, ",\"to\":");
+        sbuf_add_json_str(b, m->to_user);
+    } else {
+        sbuf_adds(b, ",\"room\":");
+        sbuf_add_json_str(b, m->room);
+    }
+    sbuf_adds(b, ",\"body\":");
+    sbuf_adds(b, m->body); /* stored as compact JSON text by us */
+    sbuf_adds(b, ",\"ts\":");
+    sbuf_add_i64(b, m->created_at);
+    if (m->cid) {
+        sbuf_adds(b, ",\"cid\":");
+        sbuf_add_json_str(b, m->cid);
+    }
+    if (replay)
+        sbuf_adds(b, ",\"replay\":true");
+    sbuf_adds(b, "}");
+}
+
+static bool valid_name(const char *s)
+{
+    return s && auth_user_valid(s, strlen(s));
+}
+
+/* Optional short string field (cid, rid); false if present but not a string or too long. */
+static bool opt_id(json_t *obj, const char *key, const char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v)
+        return true;
+    if (!json_is_string(v) || json_string_length(v) > CID_MAX || json_string_length(v) == 0)
+        return false;
+    *out = json_string_value(v);
+    return true;
+}
+
+static void store_failed(struct conn *c, const char *what, const char *id_key, const char *id_val)
+{
+    c->srv->metrics.store_errors++;
+    log_error("store: %s for %s: %s", what, c->chat->user, store_last_error(c->srv->store));
+    send_error(c, "internal", "storage error, try again", id_key, id_val);
+}
+
+/* ---- fan-out ---- */
+
+/* Send one frame to every live connection of user (except skip); returns connections reached. */
+static size_t send_to_user(struct server *srv, const char *user, struct shared_frame *f,
+                           struct conn *skip)
+{
+    struct reg_group *g = registry_find(srv->users, user);
+    size_t n = 0;
+    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next)
+        if (m->conn != skip) {
+            conn_send_shared(m->conn, f);
+            n++;
+        }
+    return n;
+}
+
+static size_t send_to_room(struct server *srv, const char *room, struct shared_frame *f,
+                           struct conn *skip)
+{
+    struct reg_group *g = registry_find(srv->rooms, room);
+    size_t n = 0;
+    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next)
+        if (m->conn != skip) {
+            conn_send_shared(m->conn, f);
+            n++;
+        }
+    return n;
+}
+
+static size_t deliver(struct server *srv, const struct store_msg *m, struct conn *skip)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    build_msg(&b, m, false, true);
+    size_t n = 0;
+    if (!b.oom) {
+        struct shared_frame *f = shared_frame_new(WS_OP_TEXT, b.p, b.len);
+        if (f) {
+            if (m->to_user) {
+                n = send_to_user(srv, m->to_user, f, skip);
+                /* The sender's other devices see what was sent from this one. */
+                if (strcmp(m->sender, m->to_user) != 0)
+                    send_to_user(srv, m->sender, f, skip);
+            } else {
+                n = send_to_room(srv, m->room, f, skip);
+            }
+            shared_frame_unref(f);
+        }
+    }
+    srv->metrics.msgs_out[MK_MSG] += n;
+    sbuf_release(&b);
+    return n;
+}
+
+size_t chat_deliver(struct server *srv, const struct store_msg *m)
+{
+    return deliver(srv, m, NULL);
+}
+
+size_t chat_broadcast(struct server *srv, const char *json, size_t len)
+{
+    struct shared_frame *f = shared_frame_new(WS_OP_TEXT, json, len);
+    if (!f)
+        return 0;
+    size_t n = 0;
+    for (struct conn *c = srv->conns; c; c = c->next)
+        if (c->chat && !c->close_sent) {
+            conn_send_shared(c, f);
+            n++;
+        }
+    shared_frame_unref(f);
+    srv->metrics.msgs_out[MK_MSG] += n;
+    return n;
+}
+
+struct presence_fanout {
+    struct server *srv;
+    struct shared_frame *frame;
+};
+
+static int presence_to_user(void *ctx, const char *user)
+{
+    struct presence_fanout *pf = ctx;
+    send_to_user(pf->srv, user, pf->frame, NULL);
+    return 0;
+}
+
+/* Tell users who share a room with user that it came online / went offline. */
+static void presence_event(struct server *srv, const char *user, bool online, int64_t last_seen)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"presence\",\"user\":");
+    sbuf_add_json_str(&b, user);
+    sbuf_addf(&b, ",\"state\":\"%s\",\"last_seen\":", online ? "online" : "offline");
+    sbuf_add_i64(&b, last_seen);
+    sbuf_adds(&b, "}");
+    struct presence_fanout pf = {srv, NULL};
+    if (!b.oom && (pf.frame = shared_frame_new(WS_OP_TEXT, b.p, b.len))) {
+        if (store_users_sharing_room(srv->store, user, presence_to_user, &pf) < 0)
+            log_error("store: presence fan-out for %s: %s", user, store_last_error(srv->store));
+        shared_frame_unref(pf.frame);
+    }
+    sbuf_release(&b);
+}
+
+/* ---- room memberships of live connections ---- */
+
+static bool conn_in_room(struct chat_conn *cc, const char *room)
+{
+    for (struct reg_member *m = cc->rooms; m; m = m->link)
+        if (strcmp(m->group->key, room) == 0)
+            return true;
+    return false;
+}
+
+static void conn_room_add(struct server *srv, struct chat_conn *cc, const char *room)
+{
+    if (conn_in_room(cc, room))
+        return;
+    struct reg_member *m = registry_join(srv->rooms, room, cc->conn);
+    if (!m)
+        return;
+    m->link = cc->rooms;
+    cc->rooms = m;
+}
+
+static void conn_room_remove(struct server *srv, struct chat_conn *cc, const char *room)
+{
+    for (struct reg_member **pp = &cc->rooms; *pp; pp = &(*pp)->link)
+        if (strcmp((*pp)->group->key, room) == 0) {
+            struct reg_member *m = *pp;
+            *pp = m->link;
+            registry_leave(srv->rooms, m);
+            return;
+        }
+}
+
+/* A membership change applies to every live connection (device) of the user. */
+static void user_room_change(struct server *srv, const char *user, const char *room, bool add)
+{
+    struct reg_group *g = registry_find(srv->users, user);
+    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next) {
+        struct chat_conn *cc = m->conn->chat;
+        if (!cc)
+            continue;
+        if (add)
+            conn_room_add(srv, cc, room);
+        else
+            conn_room_remove(srv, cc, room);
+    }
+}
+
+/* ---- replay on connect ---- */
+
+struct replay_ctx {
+    struct conn *conn;
+    int64_t last_id;
+    int count;
+};
+
+static int replay_one(void *ctx, const struct store_msg *m)
+{
+    struct replay_ctx *rc = ctx;
+    struct sbuf b;
+    sbuf_init(&b);
+    build_msg(&b, m, true, true);
+    send_sbuf(rc->conn, &b, MK_MSG);
+    sbuf_release(&b);
+    rc->last_id = m->id;
+    rc->count++;
+    return 0;
+}
+
+static size_t pending_bytes(struct conn *c)
+{
+    size_t n = conn_output_len(c);
+    if (c->deferred)
+        n += evbuffer_get_length(c->deferred);
+    return n;
+}
+
+static void free_replay_rooms(struct chat_conn *cc)
+{
+    for (size_t i = 0; i < cc->num_replay_rooms; i++)
+        free(cc->replay_rooms[i]);
+    free(cc->replay_rooms);
+    cc->replay_rooms = NULL;
+    cc->num_replay_rooms = 0;
+}
+
+/*
+ * Replay step by step: a page of direct messages, or one room, at a time; stop while the client's
+ * queue is above half the send_queue and go on from chat_on_drained, so a large backlog streams at the
+ * client's pace instead of filling memory or tripping the slow-consumer limit.
+ */
+static void replay_continue(struct conn *c)
+{
+    struct chat_conn *cc = c->chat;
+    struct server *srv = srv_of(c);
+    while (cc->phase != REPLAY_DONE && !c->close_sent) {
+        if (pending_bytes(c) > srv->cfg->send_queue / 2)
+            return;
+        if (cc->phase == REPLAY_DIRECT) {
+            struct replay_ctx rc = {c, cc->replay_after, 0};
+            if (store_pending_direct(srv->store, cc->user, cc->replay_after, REPLAY_PAGE, replay_one,
+                                     &rc) < 0) {
+                store_failed(c, "replay", NULL, NULL);
+                cc->phase = REPLAY_ROOMS;
+                continue;
+            }
+            cc->replay_after = rc.last_id;
+            if (rc.count < REPLAY_PAGE)
+                cc->phase = REPLAY_ROOMS;
+            continue;
+        }
+        if (cc->num_replay_rooms == 0) {
+            cc->phase = REPLAY_DONE;
+            free_replay_rooms(cc);
+            struct sbuf b;
+            sbuf_init(&b);
+            sbuf_adds(&b, "{\"type\":\"replayed\"}");
+            send_sbuf(c, &b, MK_OTHER);
+            sbuf_release(&b);
+            return;
+        }
+        char *room = cc->replay_rooms[--cc->num_replay_rooms];
+        struct replay_ctx rc = {c, 0, 0};
+        bool truncated = false;
+        int rv = store_room_replay(srv->store, room, cc->user, (int)srv->cfg->store_max_replay,
+                                   replay_one, &rc, &truncated);
+        if (rv < 0 && rv != STORE_ERR_NOTFOUND)
+            store_failed(c, "room replay", NULL, NULL);
+        if (rv == 0 && truncated) {
+            struct sbuf b;
+            sbuf_init(&b);
+            sbuf_adds(&b, "{\"type\":\"truncated\",\"room\":");
+            sbuf_add_json_str(&b, room);
+            sbuf_adds(&b, "}");
+            send_sbuf(c, &b, MK_OTHER);
+            sbuf_release(&b);
+        }
+        free(room);
+    }
+}
+
+void chat_on_drained(struct conn *c)
+{
+    if (c->chat && c->chat->phase != REPLAY_DONE)
+        replay_continue(c);
+}
+
+static int collect_room(void *ctx, const char *room)
+{
+    struct conn *c = ctx;
+    struct chat_conn *cc = c->chat;
+    conn_room_add(c->srv, cc, room);
+    char **grown = realloc(cc->replay_rooms, (cc->num_replay_rooms + 1) * sizeof(*grown));
+    if (!grown)
+        return 1;
+    cc->replay_rooms = grown;
+    if (!(cc->replay_rooms[cc->num_replay_rooms] = strdup(room)))
+        return 1;
+    cc->num_replay_rooms++;
+    return 0;
+}
+
+/* ---- token expiry ---- */
+
+static void expiry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    if (!c->chat)
+        return;
+    log_info("conn %llu %s: token of %s expired", (unsigned long long)c->id, c->addr, c->chat->user);
+    conn_close(c, WS_CLOSE_POLICY, "token expired", END_TOKEN_EXPIRED, false);
+}
+
+static void arm_expiry(struct conn *c)
+{
+    struct chat_conn *cc = c->chat;
+    if (cc->exp_ms <= 0) {
+        if (cc->expiry)
+            evtimer_del(cc->expiry);
+        return;
+    }
+    if (!cc->expiry && !(cc->expiry = evtimer_new(c->srv->base, expiry_cb, c)))
+        return;
+    /* Tokens are accepted up to exp + leeway (clock skew); the connection lives as long. */
+    int64_t in = cc->exp_ms + c->srv->auth.leeway_ms - server_now_ms(c->srv);
+    if (in < 0)
+        in = 0;
+    struct timeval tv = {.tv_sec = in / 1000, .tv_usec = (in % 1000) * 1000};
+    evtimer_add(cc->expiry, &tv);
+}
+
+/* ---- open / end ---- */
+
+int chat_open(struct conn *c, const struct auth_identity *id, const char *user_agent,
+              const char *subprotocol)
+{
+    struct server *srv = srv_of(c);
+    struct chat_conn *cc = calloc(1, sizeof(*cc));
+    if (!cc)
+        return -1;
+    cc->conn = c;
+    snprintf(cc->user, sizeof(cc->user), "%s", id->user);
+    cc->exp_ms = id->exp_ms;
+    c->chat = cc;
+    int64_t now = server_now_ms(srv);
+
+    server_tx_begin(srv);
+    if (store_session_begin(srv->store, cc->user, c->addr, user_agent[0] ? user_agent : NULL,
+                            subprotocol, now, &cc->session_id) != 0) {
+        srv->metrics.store_errors++;
+        log_error("store: session for %s: %s", cc->user, store_last_error(srv->store));
+        cc->ended = true; /* nothing to end */
+        free(cc);
+        c->chat = NULL;
+        return -1;
+    }
+    cc->user_mem = registry_join(srv->users, cc->user, c);
+    if (!cc->user_mem) {
+        chat_end(c, END_PROTOCOL_ERROR);
+        return -1;
+    }
+    size_t devices = cc->user_mem->group->count;
+    if (store_presence_set(srv->store, cc->user, true, (int)devices, now) != 0)
+        log_error("store: presence of %s: %s", cc->user, store_last_error(srv->store));
+    if (devices == 1)
+        presence_event(srv, cc->user, true, now);
+    log_info("conn %llu %s: session %lld user %s (%zu connection%s)", (unsigned long long)c->id,
+             c->addr, (long long)cc->session_id, cc->user, devices, devices == 1 ? "" : "s");
+
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"welcome\",\"session\":\"");
+    sbuf_add_i64(&b, cc->session_id);
+    sbuf_adds(&b, "\",\"user\":");
+    sbuf_add_json_str(&b, cc->user);
+    sbuf_adds(&b, ",\"ping_interval\":");
+    sbuf_add_i64(&b, srv->cfg->ping_interval_ms / 1000);
+    sbuf_adds(&b, "}");
+    send_sbuf(c, &b, MK_WELCOME);
+    sbuf_release(&b);
+
+    if (store_user_rooms(srv->store, cc->user, collect_room, c) < 0)
+        log_error("store: rooms of %s: %s", cc->user, store_last_error(srv->store));
+    arm_expiry(c);
+    cc->phase = REPLAY_DIRECT;
+    replay_continue(c);
+    return 0;
+}
+
+void chat_end(struct conn *c, enum end_reason why)
+{
+    struct chat_conn *cc = c->chat;
+    if (!cc || cc->ended)
+        return;
+    cc->ended = true;
+    struct server *srv = srv_of(c);
+    int64_t now = server_now_ms(srv);
+    while (cc->rooms) {
+        struct reg_member *m = cc->rooms;
+        cc->rooms = m->link;
+        registry_leave(srv->rooms, m);
+    }
+    size_t left = cc->user_mem ? registry_leave(srv->users, cc->user_mem) : 0;
+    cc->user_mem = NULL;
+
+    server_tx_begin(srv);
+    int64_t seen = c->last_rx_ms > 0 ? c->last_rx_ms : now;
+    store_session_touch(srv->store, cc->session_id, seen);
+    if (store_session_end(srv->store, cc->session_id, now, end_reason_name(why)) != 0)
+        log_error("store: end session %lld: %s", (long long)cc->session_id,
+                  store_last_error(srv->store));
+    if (store_presence_set(srv->store, cc->user, left > 0, (int)left, seen) != 0)
+        log_error("store: presence of %s: %s", cc->user, store_last_error(srv->store));
+    if (left == 0)
+        presence_event(srv, cc->user, false, seen);
+    log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)c->id, c->addr,
+             (long long)cc->session_id, cc->user, end_reason_name(why));
+    if (cc->expiry)
+        event_free(cc->expiry);
+    free_replay_rooms(cc);
+    free(cc);
+    c->chat = NULL;
+}
+
+int chat_kick(struct server *srv, int64_t session_id)
+{
+    for (struct conn *c = srv->conns; c; c = c->next)
+        if (c->chat && c->chat->session_id == session_id && !c->close_sent) {
+            log_info("conn %llu %s: session %lld kicked by the API", (unsigned long long)c->id,
+                     c->addr, (long long)session_id);
+            conn_close(c, WS_CLOSE_POLICY, "kicked", END_KICKED, false);
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- client messages ---- */
+
+static void on_send(struct conn *c, json_t *req)
+{
+    struct chat_conn *cc = c->chat;
+    struct server *srv = srv_of(c);
+    const char *cid;
+    if (!opt_id(req, "cid", &cid)) {
+        send_error(c, "bad_request", "cid must be a string of 1-128 bytes", NULL, NULL);
+        return;
+    }
+    json_t *to = json_object_get(req, "to");
+    json_t *room = json_object_get(req, "room");
+    json_t *body = json_object_get(req, "body");
+    if ((to != NULL) == (room != NULL)) {
+        send_error(c, "bad_request", "send needs exactly one of to and room", "cid", cid);
+        return;
+    }
+    const char *target = json_string_value(to ? to : room);
+    if (!valid_name(target)) {
+        send_error(c, "bad_request", to ? "to must be a valid user id" : "room must be a valid name",
+                   "cid", cid);
+        return;
+    }
+    if (!body) {
+        send_error(c, "bad_request", "send needs a body", "cid", cid);
+        return;
+    }
+    char *text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text) {
+        send_error(c, "bad_request", "body cannot be encoded", "cid", cid);
+        return;
+    }
+    if (strlen(text) > srv->cfg->max_body) {
+        free(text);
+        send_error(c, "too_large", "body is larger than [limits] max_body", "cid", cid);
+        return;
+    }
+    if (room) {
+        bool member = false;
+        if (store_room_is_member(srv->store, target, cc->user, &member) != 0) {
+            free(text);
+            store_failed(c, "membership", "cid", cid);
+            return;
+        }
+        if (!member) {
+            free(text);
+            send_error(c, "not_member", "join the room before sending to it", "cid", cid);
+            return;
+        }
+    }
+    server_tx_begin(srv);
+    struct store_msg m = {
+        .sender = cc->user,
+        .to_user = to ? target : NULL,
+        .room = room ? target : NULL,
+        .body = text,
+        .cid = cid,
+        .created_at = server_now_ms(srv),
+    };
+    struct store_receipt r;
+    if (store_msg_insert(srv->store, &m, &r) != 0) {
+        free(text);
+        store_failed(c, "insert", "cid", cid);
+        return;
+    }
+    /* Receipt and deliveries are held until the group commit makes the row durable. */
+    if (!r.duplicate) {
+        m.id = r.id;
+        deliver(srv, &m, c);
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"sent\",\"cid\":");
+    if (cid)
+        sbuf_add_json_str(&b, cid);
+    else
+        sbuf_adds(&b, "null");
+    sbuf_adds(&b, ",\"id\":");
+    sbuf_add_i64(&b, r.id);
+    sbuf_adds(&b, ",\"ts\":");
+    sbuf_add_i64(&b, r.created_at);
+    if (r.duplicate)
+        sbuf_adds(&b, ",\"duplicate\":true");
+    sbuf_adds(&b, "}");
+    send_sbuf(c, &b, MK_SENT);
+    sbuf_release(&b);
+    free(text);
+}
+
+static void on_ack(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    json_t *id = json_object_get(req, "id");
+    if (!json_is_integer(id) || json_integer_value(id) <= 0) {
+        send_error(c, "bad_request", "ack needs a positive integer id", NULL, NULL);
+        return;
+    }
+    server_tx_begin(srv);
+    int rc = store_msg_ack(srv->store, c->chat->user, json_integer_value(id), c->chat->session_id,
+                           server_now_ms(srv));
+    if (rc == STORE_ERR_NOTFOUND)
+        send_error(c, "bad_request", "no such message for you", NULL, NULL);
+    else if (rc != 0)
+        store_failed(c, "ack", NULL, NULL);
+}
+
+static const char *room_arg(struct conn *c, json_t *req, const char *rid)
+{
+    const char *room = json_string_value(json_object_get(req, "room"));
+    if (!valid_name(room)) {
+        send_error(c, "bad_request", "room must be a valid name", rid ? "rid" : NULL, rid);
+        return NULL;
+    }
+    return room;
+}
+
+static void send_room_event(struct conn *c, const char *type, const char *room)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_addf(&b, "{\"type\":\"%s\",\"room\":", type);
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, "}");
+    send_sbuf(c, &b, MK_OTHER);
+    sbuf_release(&b);
+}
+
+static void on_join(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    const char *room = room_arg(c, req, NULL);
+    if (!room)
+        return;
+    server_tx_begin(srv);
+    if (store_room_join(srv->store, room, c->chat->user, server_now_ms(srv), NULL) != 0) {
+        store_failed(c, "join", NULL, NULL);
+        return;
+    }
+    user_room_change(srv, c->chat->user, room, true);
+    send_room_event(c, "joined", room);
+}
+
+static void on_leave(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    const char *room = room_arg(c, req, NULL);
+    if (!room)
+        return;
+    server_tx_begin(srv);
+    int rc = store_room_leave(srv->store, room, c->chat->user);
+    if (rc == STORE_ERR_NOTFOUND) {
+        send_error(c, "not_member", "not a member of this room", NULL, NULL);
+        return;
+    }
+    if (rc != 0) {
+        store_failed(c, "leave", NULL, NULL);
+        return;
+    }
+    user_room_change(srv, c->chat->user, room, false);
+    send_room_event(c, "left", room);
+}
+
+struct history_ctx {
+    struct sbuf *b;
+    int n;
+};
+
+static int history_item(void *ctx, const struct store_msg *m)
+{
+    struct history_ctx *h = ctx;
+    if (h->n++)
+        sbuf_adds(h->b, ",");
+    build_msg(h->b, m, false, false);
+    return 0;
+}
+
+static void on_history(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    const char *rid;
+    if (!opt_id(req, "rid", &rid)) {
+        send_error(c, "bad_request", "rid must be a string of 1-128 bytes", NULL, NULL);
+        return;
+    }
+    json_t *with = json_object_get(req, "with");
+    json_t *room = json_object_get(req, "room");
+    json_t *jb = json_object_get(req, "before");
+    json_t *jl = json_object_get(req, "limit");
+    if ((with != NULL) == (room != NULL)) {
+        send_error(c, "bad_request", "history needs exactly one of with and room", "rid", rid);
+        return;
+    }
+    const char *name = json_string_value(with ? with : room);
+    if (!valid_name(name)) {
+        send_error(c, "bad_request", "with/room must be a valid name", "rid", rid);
+        return;
+    }
+    if ((jb && (!json_is_integer(jb) || json_integer_value(jb) < 0)) ||
+        (jl && (!json_is_integer(jl) || json_integer_value(jl) < 1 ||
+                json_integer_value(jl) > HISTORY_MAX))) {
+        send_error(c, "bad_request", "before must be an id >= 0 and limit 1-100", "rid", rid);
+        return;
+    }
+    int64_t before = jb ? json_integer_value(jb) : 0;
+    int limit = jl ? (int)json_integer_value(jl) : HISTORY_DEFAULT;
+    if (room) {
+        bool member = false;
+        if (store_room_is_member(srv->store, name, c->chat->user, &member) != 0) {
+            store_failed(c, "membership", "rid", rid);
+            return;
+        }
+        if (!member) {
+            send_error(c, "not_member", "join the room to read its history", "rid", rid);
+            return;
+        }
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"history\"");
+    if (rid) {
+        sbuf_adds(&b, ",\"rid\":");
+        sbuf_add_json_str(&b, rid);
+    }
+    sbuf_adds(&b, room ? ",\"room\":" : ",\"with\":");
+    sbuf_add_json_str(&b, name);
+    sbuf_adds(&b, ",\"items\":[");
+    struct history_ctx h = {&b, 0};
+    bool more = false;
+    int rc = room ? store_history_room(srv->store, name, before, limit, history_item, &h, &more)
+                  : store_history_direct(srv->store, c->chat->user, name, before, limit,
+                                         history_item, &h, &more);
+    if (rc < 0) {
+        sbuf_release(&b);
+        store_failed(c, "history", "rid", rid);
+        return;
+    }
+    sbuf_addf(&b, "],\"more\":%s}", more ? "true" : "false");
+    send_sbuf(c, &b, MK_OTHER);
+    sbuf_release(&b);
+}
+
+static void add_presence_item(struct server *srv, struct sbuf *b, const char *user)
+{
+    bool online = false;
+    int64_t last_seen = 0;
+    /* The registry is the truth for live users; the store keeps last_seen for offline ones. */
+    if (registry_count(srv->users, user) > 0) {
+        online = true;
+        last_seen = server_now_ms(srv);
+    } else if (store_presence_get(srv->store, user, NULL, NULL, &last_seen) != 0) {
+        last_seen = 0;
+    }
+    sbuf_adds(b, "\"user\":");
+    sbuf_add_json_str(b, user);
+    sbuf_addf(b, ",\"state\":\"%s\",\"last_seen\":", online ? "online" : "offline");
+    if (last_seen)
+        sbuf_add_i64(b, last_seen);
+    else
+        sbuf_adds(b, "null");
+}
+
+static void on_presence(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    const char *rid;
+    if (!opt_id(req, "rid", &rid)) {
+        send_error(c, "bad_request", "rid must be a string of 1-128 bytes", NULL, NULL);
+        return;
+    }
+    json_t *users = json_object_get(req, "users");
+    if (!json_is_array(users) || json_array_size(users) == 0 ||
+        json_array_size(users) > PRESENCE_MAX) {
+        send_error(c, "bad_request", "users must be a list of 1-100 user ids", "rid", rid);
+        return;
+    }
+    size_t i;
+    json_t *u;
+    json_array_foreach(users, i, u)
+    {
+        if (!valid_name(json_string_value(u))) {
+            send_error(c, "bad_request", "users must be a list of 1-100 user ids", "rid", rid);
+            return;
+        }
+    }
+    json_array_foreach(users, i, u)
+    {
+        struct sbuf b;
+        sbuf_init(&b);
+        sbuf_adds(&b, "{\"type\":\"presence\",");
+        if (rid) {
+            sbuf_adds(&b, "\"rid\":");
+            sbuf_add_json_str(&b, rid);
+            sbuf_adds(&b, ",");
+        }
+        add_presence_item(srv, &b, json_string_value(u));
+        sbuf_adds(&b, "}");
+        send_sbuf(c, &b, MK_OTHER);
+        sbuf_release(&b);
+    }
+}
+
+struct members_ctx {
+    struct server *srv;
+    struct sbuf *b;
+    int n;
+};
+
+static int member_item(void *ctx, const char *user)
+{
+    struct members_ctx *mc = ctx;
+    sbuf_adds(mc->b, mc->n++ ? ",{" : "{");
+    add_presence_item(mc->srv, mc->b, user);
+    sbuf_adds(mc->b, "}");
+    return 0;
+}
+
+static void on_members(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    const char *rid;
+    if (!opt_id(req, "rid", &rid)) {
+        send_error(c, "bad_request", "rid must be a string of 1-128 bytes", NULL, NULL);
+        return;
+    }
+    const char *room = room_arg(c, req, rid);
+    if (!room)
+        return;
+    bool member = false;
+    if (store_room_is_member(srv->store, room, c->chat->user, &member) != 0) {
+        store_failed(c, "membership", "rid", rid);
+        return;
+    }
+    if (!member) {
+        send_error(c, "not_member", "join the room to see its members", "rid", rid);
+        return;
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"members\"");
+    if (rid) {
+        sbuf_adds(&b, ",\"rid\":");
+        sbuf_add_json_str(&b, rid);
+    }
+    sbuf_adds(&b, ",\"room\":");
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, ",\"users\":[");
+    struct members_ctx mc = {srv, &b, 0};
+    if (store_room_members(srv->store, room, member_item, &mc) < 0) {
+        sbuf_release(&b);
+        store_failed(c, "members", "rid", rid);
+        return;
+    }
+    sbuf_adds(&b, "]}");
+    send_sbuf(c, &b, MK_OTHER);
+    sbuf_release(&b);
+}
+
+static void on_refresh(struct conn *c, json_t *req)
+{
+    struct server *srv = srv_of(c);
+    const char *token = json_string_value(json_object_get(req, "token"));
+    if (!token) {
+        send_error(c, "bad_request", "refresh needs a token", NULL, NULL);
+        return;
+    }
+    struct auth_identity id;
+    char why[160];
+    if (auth_verify_token(&srv->auth, token, server_now_ms(srv), &id, why, sizeof(why)) != 0) {
+        send_error(c, "unauthorized", why, NULL, NULL);
+        return;
+    }
+    if (strcmp(id.user, c->chat->user) != 0) {
+        send_error(c, "unauthorized", "token is for another user", NULL, NULL);
+        return;
+    }
+    c->chat->exp_ms = id.exp_ms;
+    arm_expiry(c);
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"refreshed\",\"exp\":");
+    if (id.exp_ms)
+        sbuf_add_i64(&b, id.exp_ms);
+    else
+        sbuf_adds(&b, "null");
+    sbuf_adds(&b, "}");
+    send_sbuf(c, &b, MK_OTHER);
+    sbuf_release(&b);
+}
+
+static const struct {
+    const char *type;
+    void (*fn)(struct conn *, json_t *);
+    enum metrics_kind kind;
+} handlers[] = {
+    {"send", on_send, MK_SEND},           {"ack", on_ack, MK_ACK},
+    {"join", on_join, MK_JOIN},           {"leave", on_leave, MK_LEAVE},
+    {"history", on_history, MK_HISTORY},  {"presence", on_presence, MK_PRESENCE},
+    {"members", on_members, MK_MEMBERS},  {"refresh", on_refresh, MK_REFRESH},
+};
+
+void chat_on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len)
+{
+    struct chat_conn *cc = c->chat;
+    struct server *srv = srv_of(c);
+    if (!cc || c->close_sent)
+        return;
+    if (!ratelimit_take(&cc->rl, server_now_ms(srv), srv->cfg->rate, srv->cfg->rate_burst)) {
+        if (++cc->strikes >= RATE_STRIKES_MAX) {
+            conn_close(c, WS_CLOSE_POLICY, "rate limited", END_RATE_LIMITED, false);
+            return;
+        }
+        send_error(c, "rate_limited", "too many messages; slow down", NULL, NULL);
+        return;
+    }
+    cc->strikes = 0;
+    if (opcode != WS_OP_TEXT) {
+        srv->metrics.msgs_in[MK_OTHER]++;
+        send_error(c, "bad_request", "binary frames are not accepted here; send JSON text", NULL,
+                   NULL);
+        return;
+    }
+    json_error_t jerr;
+    json_t *req = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!req || !json_is_object(req)) {
+        srv->metrics.msgs_in[MK_OTHER]++;
+        send_error(c, "bad_json", req ? "a JSON object is expected" : jerr.text, NULL, NULL);
+        json_decref(req);
+        return;
+    }
+    const char *type = json_string_value(json_object_get(req, "type"));
+    for (size_t i = 0; type && i < sizeof(handlers) / sizeof(handlers[0]); i++)
+        if (strcmp(type, handlers[i].type) == 0) {
+            srv->metrics.msgs_in[handlers[i].kind]++;
+            handlers[i].fn(c, req);
+            json_decref(req);
+            return;
+        }
+    srv->metrics.msgs_in[MK_OTHER]++;
+    send_error(c, "unknown_type", type ? "unknown message type" : "type must be a string", NULL,
+               NULL);
+    json_decref(req);
+}

@@ -1,0 +1,285 @@
+"""
+wsp.py -- helpers for integration tests: start the real wsproxy binary on random loopback ports with
+a temp config and database, mint tokens, and speak raw RFC 6455 over a socket for bad-input tests.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("WSP_BIN", os.path.join(ROOT, "build", "wsproxy"))
+SECRET = "integration-test-secret-0123456789abcdef"
+API_KEY = "test-api-key-0123456789"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_token(sub, secret=SECRET, exp_in=3600, alg="HS256", extra=None, now=None):
+    now = int(time.time()) if now is None else now
+    header = {"alg": alg, "typ": "JWT"}
+    payload = {"sub": sub, "iat": now}
+    if exp_in is not None:
+        payload["exp"] = now + exp_in
+    if extra:
+        payload.update(extra)
+    signing = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
+    if alg == "none":
+        return signing + "."
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + b64url(sig)
+
+
+class Server:
+    """A wsproxy process with its own temp dir. Sections are dicts merged over test defaults."""
+
+    def __init__(self, tmpdir=None, **sections):
+        self.dir = tmpdir or tempfile.mkdtemp(prefix="wsp-it-")
+        self.port = free_port()
+        self.api_port = free_port()
+        self.db = os.path.join(self.dir, "wsproxy.db")
+        conf = {
+            "server": {"listen": f"127.0.0.1:{self.port}", "static_dir": os.path.join(ROOT, "web"),
+                       "close_timeout": "2s", "drain_timeout": "3s"},
+            "auth": {"jwt_secret": SECRET},
+            "store": {"path": self.db},
+            "api": {"listen": f"127.0.0.1:{self.api_port}", "keys": API_KEY},
+            "limits": {"rate": "0"},
+            "log": {"level": "debug"},
+        }
+        for sec, kv in sections.items():
+            conf.setdefault(sec, {}).update(kv)
+        self.conf = conf
+        self.config_path = os.path.join(self.dir, "wsproxy.ini")
+        with open(self.config_path, "w") as f:
+            for sec, kv in conf.items():
+                f.write(f"[{sec}]\n")
+                for k, v in kv.items():
+                    f.write(f"{k} = {v}\n")
+        self.log_path = os.path.join(self.dir, "wsproxy.log")
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self):
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self):
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, wait=True, extra_args=()):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, "--config", self.config_path, *extra_args],
+                                     stdout=self.logf, stderr=subprocess.STDOUT, cwd=self.dir)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wsproxy exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("wsproxy did not start:\n" + self.log())
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=10):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.logf.close()
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.logf.close()
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def token(self, user, **kw):
+        return make_token(user, **kw)
+
+    def chat_url(self, user, **kw):
+        return f"{self.ws_url}/ws?token={make_token(user, **kw)}"
+
+    def db_rows(self, sql, args=()):
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+
+# ---- raw sockets ----
+
+def raw_connect(port, timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return s
+
+
+def upgrade_request(path="/echo", host="127.0.0.1", key="dGhlIHNhbXBsZSBub25jZQ==", extra="",
+                    method="GET", version="HTTP/1.1", upgrade=True):
+    lines = [f"{method} {path} {version}", f"Host: {host}"]
+    if upgrade:
+        lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                  "Sec-WebSocket-Version: 13"]
+    req = "\r\n".join(lines) + "\r\n" + extra + "\r\n"
+    return req.encode()
+
+
+def read_http_response(s, limit=65536):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            break
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, rest
+
+
+def http_status(port, request_bytes):
+    s = raw_connect(port)
+    try:
+        s.sendall(request_bytes)
+        status, headers, _ = read_http_response(s)
+        return status, headers
+    finally:
+        s.close()
+
+
+def raw_ws(port, path="/echo", extra=""):
+    s = raw_connect(port)
+    s.sendall(upgrade_request(path, extra=extra))
+    status, headers, rest = read_http_response(s)
+    assert status == 101, (status, headers)
+    return RawWS(s, rest)
+
+
+def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length_override=None):
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload) if length_override is None else length_override
+    if n < 126:
+        hdr = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+    if not mask:
+        return hdr + payload
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return hdr + key + masked
+
+
+class RawWS:
+    def __init__(self, sock, buffered=b""):
+        self.s = sock
+        self.buf = buffered
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+
+    def recv_frame(self):
+        """Returns (fin, opcode, payload)."""
+        self._need(2)
+        b0, b1 = self.buf[0], self.buf[1]
+        n = b1 & 0x7F
+        off = 2
+        if n == 126:
+            self._need(4)
+            n = struct.unpack("!H", self.buf[2:4])[0]
+            off = 4
+        elif n == 127:
+            self._need(10)
+            n = struct.unpack("!Q", self.buf[2:10])[0]
+            off = 10
+        assert not (b1 & 0x80), "server frames must not be masked"
+        self._need(off + n)
+        payload = self.buf[off:off + n]
+        self.buf = self.buf[off + n:]
+        return bool(b0 & 0x80), b0 & 0x0F, payload
+
+    def recv_close(self):
+        """Read frames until a close frame; returns its code (None when empty)."""
+        while True:
+            fin, op, payload = self.recv_frame()
+            if op == 8:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+
+    def is_closed_by_peer(self, timeout=3):
+        self.s.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
