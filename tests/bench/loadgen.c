@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -108,13 +109,14 @@ struct lg {
     int64_t t_setup, t_run, t_start, t_end, t_done, t_last_rx;
     uint64_t cpu_start, cpu_end; /* server utime+stime in clock ticks */
     int64_t t_cpu0, t_cpu1;      /* when they were read */
+    int server_core;             /* the one CPU the server is pinned to, else -1 */
+    uint64_t core_busy0, core_total0, core_busy1, core_total1;
     bool window_opened;
     long rss_before, rss_after;
     struct rusage ru_start, ru_end;
     uint64_t msgs;       /* counted replies / deliveries / receipts in the window */
     uint64_t published;
     uint64_t pub_sent;   /* "sent" receipts for the publisher */
-    uint64_t late;       /* fanout deliveries after the drain deadline are not counted */
     uint64_t errors;
     uint64_t closed;
     int64_t next_pub;
@@ -281,6 +283,42 @@ static long proc_rss_kib(long pid)
             break;
     fclose(f);
     return kib;
+}
+
+/* Jiffies of one CPU from /proc/stat: busy (all but idle and iowait, steal included) and total. */
+static bool proc_core(int cpu, uint64_t *busy, uint64_t *total)
+{
+    char line[512], name[16];
+    bool found = false;
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return false;
+    snprintf(name, sizeof(name), "cpu%d ", cpu);
+    while (!found && fgets(line, sizeof(line), f)) {
+        unsigned long long v[8] = {0};
+        if (strncmp(line, name, strlen(name)) != 0)
+            continue;
+        if (sscanf(line + strlen(name), "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                   &v[3], &v[4], &v[5], &v[6], &v[7]) < 8)
+            break;
+        *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+        *busy = *total - v[3] - v[4];
+        found = true;
+    }
+    fclose(f);
+    return found;
+}
+
+static int pinned_core(long pid)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity((pid_t)pid, sizeof(set), &set) != 0 || CPU_COUNT(&set) != 1)
+        return -1;
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        if (CPU_ISSET(i, &set))
+            return i;
+    return -1;
 }
 
 /* ---- minimal JSON field access: the peers' frames are flat objects the bench itself shaped ---- */
@@ -650,10 +688,8 @@ static void on_chat(struct conn *c, const char *p, size_t len, int64_t now)
         const char *rp = json_find(p, len, "replay");
         if ((rp && *rp == 't') || !json_int(p, len, "t", &t) || t < G.t_start)
             return; /* replay of an earlier run */
-        if (G.phase == PH_DONE) {
-            G.late++;
-            return;
-        }
+        if (G.phase == PH_DONE)
+            return; /* after the drain deadline: not counted */
         G.msgs++;
         G.t_last_rx = now;
         hist_add(&G.lat, now - t);
@@ -860,6 +896,8 @@ static void window_open(void)
     G.t_cpu0 = now_ns();
     if (G.o.pid > 0 && !proc_cpu(G.o.pid, &G.cpu_start))
         die("cannot read /proc/%ld/stat", G.o.pid);
+    if (G.server_core >= 0 && !proc_core(G.server_core, &G.core_busy0, &G.core_total0))
+        G.server_core = -1;
     getrusage(RUSAGE_SELF, &G.ru_start);
 }
 
@@ -868,6 +906,8 @@ static void window_close(void)
     G.t_cpu1 = now_ns();
     if (G.o.pid > 0 && !proc_cpu(G.o.pid, &G.cpu_end))
         G.cpu_end = G.cpu_start;
+    if (G.server_core >= 0 && !proc_core(G.server_core, &G.core_busy1, &G.core_total1))
+        G.server_core = -1;
     getrusage(RUSAGE_SELF, &G.ru_end);
 }
 
@@ -967,7 +1007,8 @@ static void report(void)
                 (double)(G.ru_end.ru_stime.tv_sec - G.ru_start.ru_stime.tv_sec) +
                 (double)(G.ru_end.ru_stime.tv_usec - G.ru_start.ru_stime.tv_usec) / 1e6;
     char line[1024];
-    int n = snprintf(line, sizeof(line), "result mode=%s conns=%ld", names[o->mode], o->conns);
+    int n = snprintf(line, sizeof(line), "result mode=%s conns=%ld setup_s=%.2f", names[o->mode],
+                     o->conns, (double)(G.t_run - G.t_setup) / 1e9);
 
     if (o->mode == MODE_IDLE) {
         double per = G.ready > 0 && G.rss_before >= 0 && G.rss_after >= 0
@@ -994,30 +1035,37 @@ static void report(void)
     double p50 = hist_pct_us(&G.lat, 0.50), p99 = hist_pct_us(&G.lat, 0.99),
            p999 = hist_pct_us(&G.lat, 0.999);
     long rss = o->pid > 0 ? proc_rss_kib(o->pid) : -1;
+    double core_pct = G.server_core >= 0 && G.core_total1 > G.core_total0
+                          ? 100.0 * (double)(G.core_busy1 - G.core_busy0) /
+                                (double)(G.core_total1 - G.core_total0)
+                          : -1;
     const char *unit = o->mode == MODE_FANOUT ? "deliveries" : o->mode == MODE_PERSIST ? "receipts"
                                                                                         : "msgs";
     n += snprintf(line + n, sizeof(line) - (size_t)n,
                   " window=%ld size=%ld secs=%.3f msgs=%" PRIu64 " msgs_per_s=%.0f p50_us=%.1f"
                   " p99_us=%.1f p999_us=%.1f max_us=%.1f server_cpu_pct=%.1f msgs_per_core_s=%.0f"
-                  " loader_cpu_pct=%.1f server_rss_kib=%ld errors=%" PRIu64 " closed=%" PRIu64,
+                  " loader_cpu_pct=%.1f server_core_busy_pct=%.1f server_rss_kib=%ld errors=%" PRIu64
+                  " closed=%" PRIu64,
                   o->window, o->size, secs, G.msgs, rate, p50, p99, p999,
-                  (double)G.lat.max / 1000.0, cpu_pct, per_core, loader_pct, rss, G.errors, G.closed);
+                  (double)G.lat.max / 1000.0, cpu_pct, per_core, loader_pct, core_pct, rss, G.errors,
+                  G.closed);
     if (o->mode == MODE_FANOUT) {
         uint64_t expected = (uint64_t)o->conns * G.published;
         double pct = expected ? 100.0 * (double)G.msgs / (double)expected : 0;
         snprintf(line + n, sizeof(line) - (size_t)n,
                  " rate=%.0f published=%" PRIu64 " receipts=%" PRIu64 " expected=%" PRIu64
-                 " delivered_pct=%.3f late=%" PRIu64,
-                 o->rate, G.published, G.pub_sent, expected, pct, G.late);
+                 " delivered_pct=%.3f",
+                 o->rate, G.published, G.pub_sent, expected, pct);
         printf("fanout: %ld members, %" PRIu64 " published at %.0f/s -> %" PRIu64 " of %" PRIu64
                " delivered (%.3f%%)\n",
                o->conns, G.published, o->rate, G.msgs, expected, pct);
     }
     printf("%s: %.0f %s/s over %.2f s; latency p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n"
-           "server: %.1f%% of a core, %.0f %s per server-core-second; loader %.1f%% of a core\n"
+           "server: %.1f%% of a core, %.0f %s per server-core-second; loader %.1f%% of a core; "
+           "server's core busy %.1f%%\n"
            "%s\n",
            names[o->mode], rate, unit, secs, p50, p99, p999, cpu_pct, per_core, unit, loader_pct,
-           line);
+           core_pct, line);
 }
 
 /* ---- setup ---- */
@@ -1185,6 +1233,7 @@ int main(int argc, char **argv)
     G.ep = epoll_create1(EPOLL_CLOEXEC);
     if (G.ep < 0)
         die("epoll_create1: %s", strerror(errno));
+    G.server_core = o->pid > 0 ? pinned_core(o->pid) : -1;
     if (o->pid > 0)
         G.rss_before = proc_rss_kib(o->pid);
     G.t_setup = now_ns();

@@ -56,9 +56,6 @@ for _ in $(seq 1 100); do
     sleep 0.05
 done
 
-# val LINE KEY -> the value of KEY= in a result line
-val() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
-
 # check NAME EXPR-ON-VALUES LOADGEN-ARGS...: runs loadgen, then evaluates a python boolean over r[key]
 check() {
     local name=$1 expr=$2 out line
