@@ -32,7 +32,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 
-.PHONY: all run test unit integration asan clean deps bench soak fuzz lint
+.PHONY: all run test unit clean deps bench soak fuzz docs
 all: $(B)/wsproxy $(if $(WSCTL_SRC),$(B)/wsctl)
 
 $(B)/%.o: %.c
@@ -62,7 +62,7 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(B)/libwsp.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 unit: $(UNIT_BIN)
-	@sh scripts/run-unit.sh $(UNIT_BIN)
+	@bash scripts/run-unit.sh $(UNIT_BIN)
 
 # Full setup + every test (unit, integration, then both again under ASan+UBSan). README's test command.
 test:
@@ -86,6 +86,9 @@ soak:
 
 fuzz:
 	@bash tests/fuzz/run.sh
+
+docs: $(B)/wsproxy
+	sh scripts/gen-config-doc.sh $(B)/wsproxy > docs/config.md
 
 clean:
 	rm -rf build var/bench

@@ -466,6 +466,9 @@ int chat_open(struct conn *c, const struct auth_identity *id, const char *user_a
     log_info("conn %llu %s: session %lld user %s (%zu connection%s)", (unsigned long long)c->id,
              c->addr, (long long)cc->session_id, cc->user, devices, devices == 1 ? "" : "s");
 
+    if (store_user_rooms(srv->store, cc->user, collect_room, c) < 0)
+        log_error("store: rooms of %s: %s", cc->user, store_last_error(srv->store));
+
     struct sbuf b;
     sbuf_init(&b);
     sbuf_adds(&b, "{\"type\":\"welcome\",\"session\":\"");
@@ -474,12 +477,17 @@ int chat_open(struct conn *c, const struct auth_identity *id, const char *user_a
     sbuf_add_json_str(&b, cc->user);
     sbuf_adds(&b, ",\"ping_interval\":");
     sbuf_add_i64(&b, srv->cfg->ping_interval_ms / 1000);
-    sbuf_adds(&b, "}");
+    /* The rooms this user is in, so a client on a new device knows them without asking. */
+    sbuf_adds(&b, ",\"rooms\":[");
+    for (size_t i = 0; i < cc->num_replay_rooms; i++) {
+        if (i)
+            sbuf_adds(&b, ",");
+        sbuf_add_json_str(&b, cc->replay_rooms[i]);
+    }
+    sbuf_adds(&b, "]}");
     send_sbuf(c, &b, MK_WELCOME);
     sbuf_release(&b);
 
-    if (store_user_rooms(srv->store, cc->user, collect_room, c) < 0)
-        log_error("store: rooms of %s: %s", cc->user, store_last_error(srv->store));
     arm_expiry(c);
     cc->phase = REPLAY_DIRECT;
     replay_continue(c);
@@ -934,36 +942,51 @@ static const struct {
     {"members", on_members, MK_MEMBERS},  {"refresh", on_refresh, MK_REFRESH},
 };
 
-void chat_on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len)
+/* Take a rate-limit token; false (after answering or closing) when the connection is over its rate. */
+static bool rate_ok(struct conn *c)
 {
     struct chat_conn *cc = c->chat;
     struct server *srv = srv_of(c);
-    if (!cc || c->close_sent)
-        return;
-    if (!ratelimit_take(&cc->rl, server_now_ms(srv), srv->cfg->rate, srv->cfg->rate_burst)) {
-        if (++cc->strikes >= RATE_STRIKES_MAX) {
-            conn_close(c, WS_CLOSE_POLICY, "rate limited", END_RATE_LIMITED, false);
-            return;
-        }
-        send_error(c, "rate_limited", "too many messages; slow down", NULL, NULL);
-        return;
+    if (ratelimit_take(&cc->rl, server_now_ms(srv), srv->cfg->rate, srv->cfg->rate_burst)) {
+        cc->strikes = 0;
+        return true;
     }
-    cc->strikes = 0;
+    if (++cc->strikes >= RATE_STRIKES_MAX)
+        conn_close(c, WS_CLOSE_POLICY, "rate limited", END_RATE_LIMITED, false);
+    else
+        send_error(c, "rate_limited", "too many messages; slow down", NULL, NULL);
+    return false;
+}
+
+void chat_on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len)
+{
+    struct server *srv = srv_of(c);
+    if (!c->chat || c->close_sent)
+        return;
     if (opcode != WS_OP_TEXT) {
         srv->metrics.msgs_in[MK_OTHER]++;
-        send_error(c, "bad_request", "binary frames are not accepted here; send JSON text", NULL,
-                   NULL);
+        if (rate_ok(c))
+            send_error(c, "bad_request", "binary frames are not accepted here; send JSON text", NULL,
+                       NULL);
         return;
     }
     json_error_t jerr;
     json_t *req = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *type = json_string_value(json_object_get(req, "type"));
+    /*
+     * Acks are exempt from the rate limit: a client catching up acks hundreds of replayed messages at
+     * once, and an ack only moves a delivery state forward. Everything else pays one token.
+     */
+    if (!(type && strcmp(type, "ack") == 0) && !rate_ok(c)) {
+        json_decref(req);
+        return;
+    }
     if (!req || !json_is_object(req)) {
         srv->metrics.msgs_in[MK_OTHER]++;
         send_error(c, "bad_json", req ? "a JSON object is expected" : jerr.text, NULL, NULL);
         json_decref(req);
         return;
     }
-    const char *type = json_string_value(json_object_get(req, "type"));
     for (size_t i = 0; type && i < sizeof(handlers) / sizeof(handlers[0]); i++)
         if (strcmp(type, handlers[i].type) == 0) {
             srv->metrics.msgs_in[handlers[i].kind]++;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "api.h"
@@ -372,6 +373,16 @@ int server_init(struct server *srv, const struct px_config *cfg)
     if (cfg->tls_cert[0] && tls_init(srv, cfg) != 0)
         goto fail;
 
+    /* The default path lives under var/; create the directory rather than fail on a fresh checkout. */
+    char *dir = strdup(cfg->store_path);
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (slash && slash != dir) {
+        *slash = '\0';
+        if (mkdir(dir, 0750) == 0)
+            log_info("store: created directory %s", dir);
+    }
+    free(dir);
+
     struct store_opts so = {
         .synchronous = strcasecmp(cfg->store_synchronous, "full") == 0 ? STORE_SYNC_FULL
                                                                         : STORE_SYNC_NORMAL,
@@ -442,6 +453,9 @@ int server_init(struct server *srv, const struct px_config *cfg)
 
     if (cfg->api_listen[0] && api_start(srv, &srv->api) != 0)
         goto fail;
+    if (cfg->static_dir[0] && cfg->demo_enabled)
+        log_info("chat page: open %s://%s%s%s:%d/ in a browser (demo login is on)", scheme,
+                 v6 ? "[" : "", host, v6 ? "]" : "", port);
 
     srv->sig_term = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
     srv->sig_int = evsignal_new(srv->base, SIGINT, signal_cb, srv);

@@ -1,7 +1,20 @@
 """Pytest fixtures: a running wsproxy per test (or per module) from tests/integration/wsp.py."""
+import os
+
 import pytest
 
 from wsp import Server
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def assert_clean_log(srv):
+    """Under ASan/UBSan builds a report lands in the server log; any report fails the test."""
+    if not os.path.exists(srv.log_path):
+        return
+    text = srv.log()
+    for mark in SANITIZER_MARKS:
+        assert mark not in text, f"sanitizer report in server log:\n{text[-4000:]}"
 
 
 @pytest.fixture
@@ -9,6 +22,7 @@ def server(tmp_path):
     srv = Server(str(tmp_path)).start()
     yield srv
     srv.stop()
+    assert_clean_log(srv)
 
 
 @pytest.fixture
@@ -26,3 +40,5 @@ def make_server(tmp_path):
     yield factory
     for srv in made:
         srv.stop()
+    for srv in made:
+        assert_clean_log(srv)

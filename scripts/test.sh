@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# `make test`: installs what the tests need, then runs every suite -- unit, integration (real binary,
+# real clients, nginx, Chromium), fuzz and bench smoke runs -- and the unit + integration suites again
+# under AddressSanitizer + UndefinedBehaviorSanitizer. Ends with one summary line; exit 1 on any failure.
+set -u
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-2}
+LOGS=var/test-logs
+mkdir -p "$LOGS"
+
+bash scripts/deps.sh test || { echo "test: installing dependencies failed"; exit 1; }
+
+total_pass=0 total_fail=0 summary=()
+PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfE)
+
+record() { # name pass fail
+    total_pass=$((total_pass + $2))
+    total_fail=$((total_fail + $3))
+    summary+=("$(printf '%-28s %4d passed, %d failed' "$1" "$2" "$3")")
+}
+
+run_unit() { # name builddir
+    local out
+    out=$(make --no-print-directory -s B="$2" ${3:+SAN=1} -j"$JOBS" unit 2>&1 | tee "$LOGS/$1.log")
+    echo "$out"
+    local line
+    line=$(echo "$out" | grep -E '^unit: ' | tail -1)
+    local p f
+    p=$(echo "$line" | sed -n 's/^unit: \([0-9]*\) passed.*/\1/p')
+    f=$(echo "$line" | sed -n 's/.*, \([0-9]*\) failed.*/\1/p')
+    [ -z "$line" ] && { p=0; f=1; }
+    record "$1" "${p:-0}" "${f:-1}"
+}
+
+run_pytest() { # name bin
+    local out rc
+    out=$(cd tests/integration && WSP_BIN="$PWD/../../$2" timeout 1500 "${PYTEST[@]}" . 2>&1)
+    rc=$?
+    echo "$out" | tee "$LOGS/$1.log" | tail -40
+    local last p f e
+    last=$(echo "$out" | grep -E '[0-9]+ (passed|failed)' | tail -1)
+    p=$(echo "$last" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
+    f=$(echo "$last" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
+    e=$(echo "$last" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
+    f=$(( ${f:-0} + ${e:-0} ))
+    [ $rc -ne 0 ] && [ "$f" -eq 0 ] && f=1
+    record "$1" "${p:-0}" "$f"
+}
+
+run_check() { # name command...  (a suite that passes or fails as a whole)
+    local name=$1
+    shift
+    if "$@" > "$LOGS/$name.log" 2>&1; then
+        tail -5 "$LOGS/$name.log"
+        record "$name" 1 0
+    else
+        tail -40 "$LOGS/$name.log"
+        record "$name" 0 1
+    fi
+}
+
+echo "== build"
+if ! make --no-print-directory -j"$JOBS" DEVELOPER=1 all > "$LOGS/build.log" 2>&1; then
+    cat "$LOGS/build.log"; echo "0 passed, 1 failed"; exit 1
+fi
+if ! make --no-print-directory -j"$JOBS" DEVELOPER=1 B=build/asan SAN=1 all > "$LOGS/build-asan.log" 2>&1; then
+    cat "$LOGS/build-asan.log"; echo "0 passed, 1 failed"; exit 1
+fi
+
+echo "== unit tests"
+run_unit unit build
+echo "== unit tests (ASan+UBSan)"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+run_unit unit-asan build/asan 1
+
+echo "== integration tests"
+run_pytest integration build/wsproxy
+echo "== integration tests (ASan+UBSan)"
+run_pytest integration-asan build/asan/wsproxy
+
+if [ -f tests/browser/chat.test.js ]; then
+    echo "== browser test (headless Chromium)"
+    run_check browser bash tests/browser/run.sh
+fi
+if [ -f tests/fuzz/run.sh ]; then
+    echo "== fuzz smoke"
+    run_check fuzz-smoke env FUZZ_RUNS=20000 bash tests/fuzz/run.sh
+fi
+if [ -f tests/bench/smoke.sh ]; then
+    echo "== bench smoke"
+    run_check bench-smoke bash tests/bench/smoke.sh
+fi
+
+echo
+echo "== summary (logs in $LOGS/)"
+printf '%s\n' "${summary[@]}"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
