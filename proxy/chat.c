@@ -132,31 +132,38 @@ static void store_failed(struct conn *c, const char *what, const char *id_key, c
 
 /* ---- fan-out ---- */
 
+/*
+ * Send f to every member of g but skip. A member over its send queue is closed on the spot, which
+ * removes its own memberships (and may free g if it was the last): so take next first and never
+ * touch g after the last member.
+ */
+static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct conn *skip)
+{
+    size_t n = 0;
+    struct reg_member *next;
+    for (struct reg_member *m = g ? g->head : NULL; m; m = next) {
+        next = m->next;
+        if (m->conn != skip) {
+            conn_send_shared(m->conn, f);
+            n++;
+        }
+    }
+    return n;
+}
+
 /* Send one frame to every live connection of user (except skip); returns connections reached. */
 static size_t send_to_user(struct server *srv, const char *user, struct shared_frame *f,
                            struct conn *skip)
 {
     struct reg_group *g = registry_find(srv->users, user);
-    size_t n = 0;
-    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next)
-        if (m->conn != skip) {
-            conn_send_shared(m->conn, f);
-            n++;
-        }
-    return n;
+    return send_to_group(g, f, skip);
 }
 
 static size_t send_to_room(struct server *srv, const char *room, struct shared_frame *f,
                            struct conn *skip)
 {
     struct reg_group *g = registry_find(srv->rooms, room);
-    size_t n = 0;
-    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next)
-        if (m->conn != skip) {
-            conn_send_shared(m->conn, f);
-            n++;
-        }
-    return n;
+    return send_to_group(g, f, skip);
 }
 
 static size_t deliver(struct server *srv, const struct store_msg *m, struct conn *skip)
