@@ -3,6 +3,7 @@ test_frames.py -- RFC 6455 framing against the real wsproxy's /echo over raw soc
 Autobahn|Testsuite sections 1-7: framing, ping/pong, reserved bits, opcodes, fragmentation, UTF-8 and
 close handling. Every bad input asserts the exact close code and that the server then drops TCP.
 """
+import signal
 import socket
 import struct
 import time
@@ -622,3 +623,28 @@ def test_frames_server_survives_abrupt_disconnect(srv):
         assert w2.recv_frame() == (True, TEXT, b"alive")
     finally:
         w2.close()
+
+
+@pytest.mark.parametrize("reply", [True, False], ids=["peer-answers", "peer-silent"])
+def test_frames_server_initiated_close_waits_bounded(make_server, reply):
+    """On SIGTERM the server sends 1001, then closes TCP on the peer's close or after close_timeout."""
+    s = make_server(server={"close_timeout": "1s", "drain_timeout": "3s"}).start()
+    w = raw_ws(s.port, "/echo")
+    try:
+        w.s.settimeout(WAIT)
+        s.signal(signal.SIGTERM)
+        fin, op, payload = w.recv_frame()
+        assert (fin, op) == (True, CLOSE)
+        assert struct.unpack("!H", payload[:2])[0] == 1001
+        started = time.monotonic()
+        if reply:
+            w.send(frame(CLOSE, close_payload(1001)))
+        assert w.is_closed_by_peer(timeout=WAIT)
+        elapsed = time.monotonic() - started
+        if reply:
+            assert elapsed < 0.5, elapsed
+        else:
+            assert 0.8 <= elapsed < 2.5, elapsed
+        assert s.proc.wait(timeout=WAIT) == 0
+    finally:
+        w.close()

@@ -144,7 +144,11 @@ def test_handshake_rfc_example_accept(srv):
     ws_lines(drop=("Connection",), extra=("connection: UPGRADE",)),
     ws_lines(extra=("Origin: https://anything.example", "User-Agent: t")),
     [ln.replace("HTTP/1.1", "HTTP/1.2") for ln in ws_lines()],
-], ids=["token-list", "lower-case-names", "extra-headers", "http-1.2"])
+    ws_lines(drop=("Upgrade",), extra=("Upgrade: h2c, websocket",)),
+    ws_lines(drop=("Sec-WebSocket-Version", "Host"), extra=("Sec-WebSocket-Version:   13  ",
+                                                            "Host: 127.0.0.1:8080")),
+], ids=["token-list", "lower-case-names", "extra-headers", "http-1.2", "upgrade-list",
+        "spaces-and-port"])
 def test_handshake_101_variants(srv, lines):
     status, headers, ws = upgrade(srv.port, head(lines))
     ws.close()
