@@ -351,8 +351,10 @@ static void route(struct conn *c, const struct http_req *req)
 
     struct ws_hs_result hs;
     if (ws_hs_check(req, &srv->policy, &hs) != 101) {
-        http_answer(c, hs.status, hs.status == 426 ? "Sec-WebSocket-Version: 13\r\n" : NULL,
-                    hs.message);
+        const char *extra = hs.status == 426   ? "Sec-WebSocket-Version: 13\r\n"
+                            : hs.status == 405 ? "Allow: GET\r\n"
+                                               : NULL;
+        http_answer(c, hs.status, extra, hs.message);
         return;
     }
     if (srv->draining) {

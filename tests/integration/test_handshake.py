@@ -202,8 +202,6 @@ def test_handshake_error_answer(srv, data, status, extra):
     assert_error_answer(got, closed, status, extra)
 
 
-@pytest.mark.xfail(strict=True, reason="conn.c route(): the 405 answer lacks 'Allow: GET' "
-                                       "(http_hs.h says the caller adds it)")
 def test_handshake_405_has_allow(srv):
     got, closed = exchange(srv.port, head(["POST /echo HTTP/1.1"] + ws_lines()[1:]))
     assert_error_answer(got, closed, 405, {"Allow": "GET"})
