@@ -26,7 +26,7 @@ LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm
 
 LIB_SRC  := $(filter-out proxy/main.c,$(wildcard proxy/*.c)) $(wildcard store/*.c)
-LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o) $(B)/gen/migrations.o
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o) $(B)/gen/migrations.o
 WSCTL_SRC := $(wildcard wsctl/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
@@ -35,7 +35,7 @@ MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 .PHONY: all run test unit clean deps bench soak fuzz docs
 all: $(B)/wsproxy $(if $(WSCTL_SRC),$(B)/wsctl)
 
-$(B)/%.o: %.c
+$(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -51,13 +51,13 @@ $(B)/libwsp.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(B)/wsproxy: $(B)/proxy/main.o $(B)/libwsp.a
+$(B)/wsproxy: $(B)/obj/proxy/main.o $(B)/libwsp.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/wsctl: $(WSCTL_SRC:%.c=$(B)/%.o) $(B)/libwsp.a
+$(B)/wsctl: $(WSCTL_SRC:%.c=$(B)/obj/%.o) $(B)/libwsp.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/tests/%: $(B)/tests/unit/%.o $(B)/libwsp.a
+$(B)/tests/%: $(B)/obj/tests/unit/%.o $(B)/libwsp.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
