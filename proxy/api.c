@@ -414,6 +414,7 @@ static void add_msg_open(struct sbuf *b, const struct store_msg *m)
 static void route_healthz(struct api_conn *ac)
 {
     if (store_ping(ac->api->srv->store) != 0) {
+        ac->api->srv->metrics.store_errors++;
         reply_error(ac, 503, "store_unavailable", store_last_error(ac->api->srv->store));
         return;
     }
@@ -491,7 +492,8 @@ static void route_push(struct api_conn *ac)
         return;
     }
     json_error_t jerr;
-    json_t *req = json_loadb(ac->body ? ac->body : "", ac->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *req = json_loadb(ac->body ? ac->body : "", ac->body_len,
+                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!req || !json_is_object(req)) {
         reply_error(ac, 400, "bad_json", req ? "a JSON object is expected" : jerr.text);
         json_decref(req);
@@ -1024,8 +1026,6 @@ static void ac_process(struct api_conn *ac)
             continue;
         }
         if (len == 0)
-            return;
-        if (len < API_HEAD_MAX && evbuffer_search(in, "\r\n\r\n", 4, NULL).pos < 0)
             return;
         size_t n = len < API_HEAD_MAX ? len : API_HEAD_MAX;
         const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
