@@ -1,0 +1,250 @@
+/*
+ * remote.c -- wsctl's commands that change a running server: kick and push, through the HTTP API
+ * (the server owns its connections and the write side of the database; wsctl never writes it).
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "wsctl.h"
+
+#define STDIN_BODY_MAX (16u << 20)
+
+/* Where the API is and which key to use: --api/--key, $WSCTL_API_KEY, then the config file. */
+static int api_target(struct wsctl *w, char *url, size_t cap, const char **key)
+{
+    *key = w->api_key ? w->api_key : getenv("WSCTL_API_KEY");
+    if (*key && !**key)
+        *key = NULL;
+    if ((!w->api_url || !*key) && wsctl_config(w) != 0)
+        return -1;
+    if (w->api_url) {
+        snprintf(url, cap, "%s", w->api_url);
+    } else {
+        char host[256];
+        int port;
+        if (!w->cfg.api_listen[0]) {
+            wsctl_errorf(w, "the API is disabled ([api] listen is empty); pass --api URL");
+            return -1;
+        }
+        if (config_split_hostport(w->cfg.api_listen, host, sizeof(host), &port) != 0) {
+            wsctl_errorf(w, "[api] listen: cannot parse '%s'", w->cfg.api_listen);
+            return -1;
+        }
+        /* A wildcard bind is reached on loopback. */
+        if (!host[0] || strcmp(host, "0.0.0.0") == 0)
+            snprintf(host, sizeof(host), "127.0.0.1");
+        else if (strcmp(host, "::") == 0)
+            snprintf(host, sizeof(host), "::1");
+        bool v6 = strchr(host, ':') != NULL;
+        snprintf(url, cap, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    }
+    if (!*key && w->cfg_loaded && w->cfg.api_keys.n > 0)
+        *key = w->cfg.api_keys.items[0];
+    if (!*key) {
+        wsctl_errorf(w, "no API key: pass --key, set WSCTL_API_KEY or add [api] keys to the config");
+        return -1;
+    }
+    return 0;
+}
+
+/* Say what an error answer said: {"error":{"code","message"}} when it is ours, else the status. */
+static void api_error(struct wsctl *w, const char *url, const struct http_reply *r)
+{
+    json_t *j = json_loadb(r->body, r->body_len, 0, NULL);
+    json_t *e = json_object_get(j, "error");
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    if (code && msg)
+        wsctl_errorf(w, "API %s answered %d %s: %s", url, r->status, code, msg);
+    else
+        wsctl_errorf(w, "API %s answered %d", url, r->status);
+    json_decref(j);
+}
+
+static int call(struct wsctl *w, const char *method, const char *path, const char *body,
+                struct http_reply *r, char *url, size_t cap)
+{
+    const char *key;
+    char err[512];
+    if (api_target(w, url, cap, &key) != 0)
+        return -1;
+    if (http_request(url, key, method, path, body, r, err, sizeof(err)) != 0) {
+        wsctl_errorf(w, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- kick ID ---- */
+
+int cmd_kick(struct wsctl *w, int argc, char **argv)
+{
+    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
+        if (opt == 'h')
+            return wsctl_help(w, argv[0]);
+        if (!wsctl_common_opt(w, opt, optarg))
+            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
+                                     argv[optind - 1]);
+    }
+    int64_t id;
+    if (argc - optind != 1)
+        return wsctl_usage_error(w, argv[0], argc - optind ? "one ID only" : "missing ID");
+    if (wsctl_parse_int(argv[optind], 1, INT64_MAX, &id) != 0)
+        return wsctl_usage_error(w, argv[0], "'%s' is not a session id", argv[optind]);
+    char path[64], url[300];
+    snprintf(path, sizeof(path), "/api/v1/sessions/%lld", (long long)id);
+    struct http_reply r;
+    if (call(w, "DELETE", path, NULL, &r, url, sizeof(url)) != 0)
+        return WSCTL_ERROR;
+    int rc;
+    if (r.status == 204) {
+        if (w->json)
+            fprintf(w->out, "{\"kicked\":%lld}\n", (long long)id);
+        else
+            fprintf(w->out, "session %lld kicked\n", (long long)id);
+        rc = WSCTL_OK;
+    } else {
+        api_error(w, url, &r);
+        rc = r.status == 404 ? WSCTL_NOTFOUND : WSCTL_ERROR;
+    }
+    free(r.body);
+    return rc;
+}
+
+/* ---- push ---- */
+
+static char *read_stdin(struct wsctl *w)
+{
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (len + 1 == cap) {
+            char *grown = cap < STDIN_BODY_MAX ? realloc(buf, cap * 2) : NULL;
+            if (!grown) {
+                free(buf);
+                wsctl_errorf(w, "standard input is too large");
+                return NULL;
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, stdin);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    if (buf)
+        buf[len] = '\0';
+    return buf;
+}
+
+int cmd_push(struct wsctl *w, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"to", required_argument, NULL, 't'},  {"room", required_argument, NULL, 'r'},
+        {"broadcast", no_argument, NULL, 'B'}, {"from", required_argument, NULL, 'f'},
+        {"cid", required_argument, NULL, 'i'}, {"text", no_argument, NULL, 'T'},
+        WSCTL_COMMON_OPTS,                     {NULL, 0, NULL, 0}};
+    const char *to = NULL, *room = NULL, *from = NULL, *cid = NULL;
+    bool broadcast = false, text = false;
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "t:r:Bf:i:T" WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
+        switch (opt) {
+        case 't':
+        case 'r':
+        case 'f':
+            if (!auth_user_valid(optarg, strlen(optarg)))
+                return wsctl_usage_error(w, argv[0], "'%s' is not a valid name", optarg);
+            *(opt == 't' ? &to : opt == 'r' ? &room : &from) = optarg;
+            break;
+        case 'B':
+            broadcast = true;
+            break;
+        case 'i':
+            if (!optarg[0] || strlen(optarg) > 128)
+                return wsctl_usage_error(w, argv[0], "--cid must be 1-128 bytes");
+            cid = optarg;
+            break;
+        case 'T':
+            text = true;
+            break;
+        case 'h':
+            return wsctl_help(w, argv[0]);
+        default:
+            if (!wsctl_common_opt(w, opt, optarg))
+                return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
+                                         argv[optind - 1]);
+        }
+    }
+    if ((to != NULL) + (room != NULL) + broadcast != 1)
+        return wsctl_usage_error(w, argv[0], "give exactly one of --to, --room and --broadcast");
+    if (argc - optind != 1)
+        return wsctl_usage_error(w, argv[0], argc - optind ? "one BODY only (quote it)" : "missing BODY");
+
+    const char *arg = argv[optind];
+    char *in = strcmp(arg, "-") == 0 ? read_stdin(w) : NULL;
+    if (strcmp(arg, "-") == 0 && !in)
+        return WSCTL_ERROR;
+    const char *src = in ? in : arg;
+    json_t *body = text ? NULL : json_loads(src, JSON_DECODE_ANY, NULL);
+    if (!body)
+        body = json_string(src); /* not JSON: a plain text message */
+    free(in);
+    if (!body)
+        return wsctl_usage_error(w, argv[0], "BODY is not valid UTF-8 text");
+    json_t *req = json_object();
+    if (to)
+        json_object_set_new(req, "to", json_string(to));
+    else if (room)
+        json_object_set_new(req, "room", json_string(room));
+    else
+        json_object_set_new(req, "broadcast", json_true());
+    json_object_set_new(req, "body", body);
+    if (from)
+        json_object_set_new(req, "from", json_string(from));
+    if (cid)
+        json_object_set_new(req, "cid", json_string(cid));
+    char *payload = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (!payload) {
+        wsctl_errorf(w, "out of memory");
+        return WSCTL_ERROR;
+    }
+    struct http_reply r;
+    char url[300];
+    int rc = call(w, "POST", "/api/v1/push", payload, &r, url, sizeof(url));
+    free(payload);
+    if (rc != 0)
+        return WSCTL_ERROR;
+    if (r.status != 202) {
+        api_error(w, url, &r);
+        free(r.body);
+        return WSCTL_ERROR;
+    }
+    if (w->json) {
+        fprintf(w->out, "%s\n", r.body);
+    } else {
+        json_t *j = json_loadb(r.body, r.body_len, 0, NULL);
+        json_int_t live = json_integer_value(json_object_get(j, "live"));
+        json_int_t id = json_integer_value(json_object_get(j, "id"));
+        const char *s = live == 1 ? "" : "s";
+        if (broadcast)
+            fprintf(w->out, "broadcast to %lld live connection%s\n", (long long)live, s);
+        else if (json_is_true(json_object_get(j, "duplicate")))
+            fprintf(w->out, "already pushed as message %lld (same cid); nothing stored\n",
+                    (long long)id);
+        else
+            fprintf(w->out, "message %lld stored, delivered live to %lld connection%s\n",
+                    (long long)id, (long long)live, s);
+        json_decref(j);
+    }
+    free(r.body);
+    return WSCTL_OK;
+}
