@@ -446,6 +446,77 @@ def test_slow_consumer_closed_with_1013_and_gets_everything_later(make_server):
     assert_clean_exit(srv)
 
 
+REPLAY_BUG_BYTES = (
+    "chat.c replay_continue: a replay step (a page of 100 direct messages, or a whole room of up to "
+    "max_replay) is queued in one go and only checked against send_queue/2 between steps; with big "
+    "bodies the step alone passes send_queue and conn_send_text's backpressure check closes the "
+    "reading client with 1013 during its own replay, on every reconnect; and that close runs "
+    "chat_end, which frees the chat_conn while store_pending_direct is still iterating with "
+    "cc->user bound and replay_continue then writes cc->replay_after: heap-use-after-free (ASan)")
+REPLAY_BUG_DUP = (
+    "chat.c replay_continue: the connection is registered (user and rooms) before its replay; a "
+    "message stored while the replay is paused is delivered live and then again by a later replay "
+    "step (it is still pending / after the cursor), so the same id reaches one connection twice")
+
+
+@pytest.mark.xfail(strict=True, reason=REPLAY_BUG_BYTES)
+def test_replay_of_big_backlog_streams_without_1013(make_server):
+    srv = make_server().start()  # send_queue 1MiB, max_body 64KiB: defaults
+    sender = Chat(srv.port, "sender")
+    body = "z" * 60000
+    ids = []
+    for i in range(150):
+        sender.send({"type": "send", "to": "victim", "body": body, "cid": f"b{i}"})
+        ids.append(sender.recv_type("sent")["id"])
+    try:
+        victim = Chat(srv.port, "victim")  # reads as fast as it can
+    except Closed as e:
+        pytest.fail(f"a promptly reading client was closed with {e.code} during its replay "
+                    f"({session_of(srv, 'victim')['end_reason']})")
+    assert [m["id"] for m in victim.replayed] == ids
+    victim.clean_close()
+    sender.clean_close()
+
+
+@pytest.mark.xfail(strict=True, reason=REPLAY_BUG_DUP)
+def test_message_during_paused_replay_arrives_once(make_server):
+    srv = make_server().start()
+    sender = Chat(srv.port, "sender")
+    sender.send({"type": "join", "room": "dup"})
+    sender.recv_type("joined")
+    v0 = Chat(srv.port, "victim")
+    v0.send({"type": "join", "room": "dup"})
+    v0.recv_type("joined")
+    v0.clean_close()
+    body = "y" * 2048
+    for i in range(3000):  # ~6.5 MB of backlog: more than the kernel buffers, the replay must pause
+        sender.send({"type": "send", "to": "victim", "body": body, "cid": f"p{i}"})
+        if i % 100 == 99:
+            for _ in range(100):
+                sender.recv_type("sent")
+    victim = Chat(srv.port, "victim", rcvbuf=4096, welcome=False)
+    time.sleep(0.3)  # not reading: output fills, the replay pauses
+    live = []
+    for i in range(3):
+        sender.send({"type": "send", "to": "victim", "body": "live", "cid": f"l{i}"})
+        live.append(sender.recv_type("sent")["id"])
+    sender.send({"type": "send", "room": "dup", "body": "live room", "cid": "lr"})
+    live.append(sender.recv_type("sent")["id"])
+    seen = []
+    while True:
+        m = victim.recv(timeout=10)
+        if m["type"] == "msg":
+            seen.append(m["id"])
+        elif m["type"] == "replayed":
+            break
+    victim.sync()  # anything still in flight is in by now
+    twice = sorted({i for i in seen if seen.count(i) > 1})
+    assert not twice, f"delivered twice to one connection: {twice} (live ids {live})"
+    assert set(live) <= set(seen)
+    victim.clean_close()
+    sender.clean_close()
+
+
 # ---- restart and shutdown ----
 
 def test_sigterm_closes_with_1001_and_exits(make_server):
