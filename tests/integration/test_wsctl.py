@@ -1,0 +1,472 @@
+"""
+test_wsctl.py -- the admin CLI against a database filled by a real run: aligned tables and JSON,
+read-only access (the .db file's bytes never change) with the server running and stopped, kick and
+push through the API, usage errors and exit statuses.
+Run: cd tests/integration && /usr/bin/python3 -m pytest -q test_wsctl.py
+"""
+import asyncio
+import hashlib
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+import websockets
+
+from wsp import API_KEY, ROOT, Server, frame, make_token, raw_ws
+
+WSCTL = os.environ.get("WSCTL_BIN", os.path.join(ROOT, "build", "wsctl"))
+SESSION_COLS = ["ID", "USER", "STATE", "CONNECTED", "DURATION", "SEEN", "REASON", "ADDRESS"]
+
+
+# ---- helpers ----
+
+def run(*args, srv=None, cwd=None, input=None, env_extra=None):
+    """Run wsctl (with --config of srv when given); returns CompletedProcess with text output."""
+    env = {k: v for k, v in os.environ.items() if k != "WSCTL_API_KEY"}
+    env.update(env_extra or {})
+    argv = [WSCTL] + (["--config", srv.config_path] if srv else []) + list(args)
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd or "/", input=input,
+                          env=env, timeout=30)
+
+
+def ok(*args, **kw):
+    r = run(*args, **kw)
+    assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def table(text):
+    """Split an aligned table into rows of cells, checking that every column starts where its
+    header does (cells are separated by two or more spaces; the last column may hold spaces)."""
+    lines = text.rstrip("\n").split("\n")
+    head = lines[0]
+    starts = [m.start() for m in re.finditer(r"\S+", head)]
+    rows = []
+    for line in lines[1:]:
+        cells = []
+        for i, st in enumerate(starts):
+            assert st == 0 or line[st - 1] == " ", f"column {i} not aligned in {line!r}"
+            assert line[st] != " ", f"column {i} not aligned in {line!r}"
+            end = starts[i + 1] if i + 1 < len(starts) else len(line)
+            cells.append(line[st:end].strip())
+        rows.append(cells)
+    return head.split(), rows
+
+
+def kv(text):
+    out = {}
+    for line in text.rstrip("\n").split("\n"):
+        k, v = re.match(r"^(\S+(?: \S+)?)\s{2,}(.*)$", line).groups()
+        out[k] = v
+    return out
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def wait_api(srv, timeout=5):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", srv.api_port), timeout=0.5).close()
+            return
+        except ConnectionRefusedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+class Chat:
+    """A blocking chat client on a raw socket (no event loop to keep alive between tests)."""
+
+    def __init__(self, srv, user):
+        self.ws = raw_ws(srv.port, f"/ws?token={make_token(user)}")
+        self.welcome = self.until("welcome")
+        self.session = int(self.welcome["session"])
+        self.until("replayed")
+
+    def send(self, obj):
+        self.ws.send(frame(1, json.dumps(obj).encode()))
+
+    def recv(self):
+        while True:
+            fin, op, payload = self.ws.recv_frame()
+            if op == 1:
+                return json.loads(payload)
+            if op == 8:
+                raise EOFError(struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None)
+            if op == 9:
+                self.ws.send(frame(10, payload))
+
+    def until(self, type_):
+        while True:
+            f = self.recv()
+            if f["type"] == type_:
+                return f
+
+    def close(self):
+        self.ws.send(frame(8, struct.pack("!H", 1000)))
+        code = self.ws.recv_close()
+        self.ws.close()
+        return code
+
+
+def api_delete(srv, path):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=5)
+    c.request("DELETE", path, headers={"Authorization": f"Bearer {API_KEY}"})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status
+
+
+# ---- a database filled by a real run ----
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wsctl")
+    srv = Server(str(d), heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    a1, a2, b = Chat(srv, "alice"), Chat(srv, "alice"), Chat(srv, "bob")
+    for c in (a1, b):
+        c.send({"type": "join", "room": "lobby"})
+        c.until("joined")
+    for i in range(3):
+        a1.send({"type": "send", "to": "bob", "body": {"text": f"hi bob {i}"}, "cid": f"a{i}"})
+        a1.until("sent")
+    b.send({"type": "send", "to": "alice", "body": "hello alice", "cid": "b0"})
+    b.until("sent")
+    a1.send({"type": "send", "room": "lobby", "body": {"text": "room message \u2713"}, "cid": "r0"})
+    a1.until("sent")
+    carol = Chat(srv, "carol")
+    assert carol.close() == 1000
+    dave = Chat(srv, "dave")
+    assert api_delete(srv, f"/api/v1/sessions/{dave.session}") == 204
+    assert dave.ws.recv_close() == 1008
+    dave.ws.close()
+    assert a2.close() == 1000
+    time.sleep(0.3)
+    info = {"alice1": a1.session, "alice2": a2.session, "bob": b.session, "carol": carol.session,
+            "dave": dave.session, "clients": (a1, b)}
+    yield srv, info
+    for c in (a1, b):
+        c.ws.close()
+    srv.stop()
+
+
+# ---- sessions ----
+
+def test_wsctl_sessions_table_is_aligned_newest_first(filled):
+    srv, info = filled
+    head, rows = table(ok("sessions", srv=srv).stdout)
+    assert head == SESSION_COLS
+    ids = [int(r[0]) for r in rows]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 5
+    by_id = {int(r[0]): dict(zip(SESSION_COLS, r)) for r in rows}
+    assert by_id[info["dave"]]["STATE"] == "ended" and by_id[info["dave"]]["REASON"] == "kicked"
+    assert by_id[info["carol"]]["REASON"] == "client_close"
+    assert by_id[info["alice1"]]["STATE"] == "active" and by_id[info["alice1"]]["REASON"] == "-"
+    for r in by_id.values():
+        assert re.fullmatch(r"just now|\d+[smhd] ago", r["CONNECTED"]), r
+        assert re.fullmatch(r"\d+ms|\d+s|\d+m\d\ds|\d+h\d\dm|\d+d\d\dh", r["DURATION"]), r
+        assert r["ADDRESS"] == "127.0.0.1"
+
+
+def test_wsctl_sessions_json_matches_the_database(filled):
+    srv, info = filled
+    j = json.loads(ok("sessions", "--json", srv=srv).stdout)
+    rows = srv.db_rows("SELECT id, user, connected_at, ended_at, end_reason FROM sessions "
+                       "ORDER BY id DESC")
+    assert [(s["id"], s["user"], s["connected_at"], s["ended_at"], s["end_reason"])
+            for s in j["sessions"]] == rows
+    assert j["next_before"] is None
+    assert {s["state"] for s in j["sessions"]} == {"active", "ended"}
+    assert all(s["user_agent"] is None for s in j["sessions"])  # raw clients send none
+
+
+def test_wsctl_sessions_filters_and_paging(filled):
+    srv, info = filled
+    def ids(*args):
+        return [s["id"] for s in json.loads(ok("sessions", "--json", *args, srv=srv).stdout)["sessions"]]
+    assert ids("--user", "alice") == [info["alice2"], info["alice1"]]
+    assert set(ids("--active")) == {info["alice1"], info["bob"]}
+    assert set(ids("--ended")) == {info["alice2"], info["carol"], info["dave"]}
+    assert ids("--user", "alice", "--ended") == [info["alice2"]]
+    assert len(ids("--since", "1h")) == 5
+    assert ids("--since", "1ms") == []
+    r = ok("sessions", "--limit", "2", srv=srv)
+    _, rows = table(r.stdout)
+    assert len(rows) == 2
+    m = re.search(r"--before (\d+)", r.stderr)
+    assert m and int(m.group(1)) == int(rows[-1][0])
+    rest = ids("--before", m.group(1))
+    assert len(rest) == 3 and max(rest) < int(m.group(1))
+    j = json.loads(ok("sessions", "--limit", "2", "--json", srv=srv).stdout)
+    assert j["next_before"] == int(rows[-1][0])
+    assert ok("sessions", "--user", "nobody", srv=srv).stdout == "no sessions\n"
+
+
+def test_wsctl_session_detail_and_not_found(filled):
+    srv, info = filled
+    d = kv(ok("session", str(info["dave"]), srv=srv).stdout)
+    assert d["user"] == "dave" and d["state"] == "ended" and d["end_reason"] == "kicked"
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \((just now|\d+[smhd] ago)\)$", d["connected"])
+    assert d["subprotocol"] == "-" and d["remote_addr"] == "127.0.0.1"
+    a = kv(ok("session", str(info["alice1"]), srv=srv).stdout)
+    assert a["state"] == "active" and a["ended"] == "-" and a["end_reason"] == "-"
+    j = json.loads(ok("--json", "session", str(info["carol"]), srv=srv).stdout)
+    assert j["id"] == info["carol"] and j["end_reason"] == "client_close" and j["ended_at"] > 0
+    r = run("session", "99999", srv=srv)
+    assert r.returncode == 1 and "no session 99999" in r.stderr and r.stdout == ""
+
+
+# ---- presence, history, stats ----
+
+def test_wsctl_presence(filled):
+    srv, info = filled
+    head, rows = table(ok("presence", "alice", "bob", "carol", srv=srv).stdout)
+    assert head == ["USER", "STATE", "CONNECTIONS", "LAST_SEEN"]
+    by = {r[0]: r for r in rows}
+    assert by["alice"][1:3] == ["online", "1"] and by["alice"][3] == "now"
+    assert by["bob"][1] == "online"
+    assert by["carol"][1:3] == ["offline", "0"] and re.fullmatch(r"just now|\d+[smhd] ago", by["carol"][3])
+    r = run("presence", "alice", "nobody", srv=srv)
+    assert r.returncode == 1
+    assert table(r.stdout)[1][1] == ["nobody", "unknown", "0", "never"]
+    j = json.loads(ok("presence", "--json", "carol", srv=srv).stdout)
+    assert j["users"][0]["state"] == "offline" and j["users"][0]["last_seen"] > 0
+
+
+def test_wsctl_history_direct_and_room(filled):
+    srv, info = filled
+    head, rows = table(ok("history", "--with", "alice", "--user", "bob", srv=srv).stdout)
+    assert head == ["ID", "SENT", "FROM", "TO", "BODY"]
+    assert [int(r[0]) for r in rows] == sorted(int(r[0]) for r in rows)  # oldest first
+    assert [(r[2], r[3], r[4]) for r in rows] == [
+        ("alice", "bob", '{"text":"hi bob 0"}'), ("alice", "bob", '{"text":"hi bob 1"}'),
+        ("alice", "bob", '{"text":"hi bob 2"}'), ("bob", "alice", '"hello alice"')]
+    j = json.loads(ok("history", "--json", "--user", "alice", "--with", "bob", srv=srv).stdout)
+    assert [m["id"] for m in j["items"]] == sorted((m["id"] for m in j["items"]), reverse=True)
+    assert j["items"][0]["body"] == "hello alice" and j["more"] is False
+    assert j["items"][-1]["cid"] == "a0"
+    r = ok("history", "--with", "alice", "--user", "bob", "--limit", "2", srv=srv)
+    assert len(table(r.stdout)[1]) == 2 and "--before" in r.stderr
+    _, rows = table(ok("history", "--room", "lobby", srv=srv).stdout)
+    assert rows == [[rows[0][0], rows[0][1], "alice", "#lobby", '{"text":"room message \u2713"}']]
+    assert ok("history", "--room", "nowhere", srv=srv).stdout == "no messages\n"
+
+
+def test_wsctl_history_clips_long_bodies(make_server):
+    srv = make_server().start()
+    wait_api(srv)
+    long = "x" * 500
+    ok("push", "--to", "bob", long, srv=srv)
+    _, rows = table(ok("history", "--with", "system", "--user", "bob", srv=srv).stdout)
+    assert rows[0][4].endswith("...") and len(rows[0][4]) == 60
+    j = json.loads(ok("history", "--json", "--with", "system", "--user", "bob", srv=srv).stdout)
+    assert j["items"][0]["body"] == long
+
+
+def test_wsctl_stats(filled):
+    srv, info = filled
+    s = kv(ok("stats", srv=srv).stdout)
+    (total,), = srv.db_rows("SELECT count(*) FROM sessions")
+    (msgs,), = srv.db_rows("SELECT count(*) FROM messages")
+    assert s["sessions active"] == "2" and s["sessions total"] == str(total)
+    assert s["users online"] == "2" and s["messages"] == str(msgs) and s["rooms"] == "1"
+    assert s["pending direct"] == "4"  # nobody acked
+    assert s["database"].startswith(srv.db + " (")
+    j = json.loads(ok("stats", "--json", srv=srv).stdout)
+    assert j["sessions_total"] == total and j["messages"] == msgs and j["schema_version"] >= 1
+    assert j["database_bytes"] == os.path.getsize(srv.db)
+
+
+# ---- read-only, config discovery ----
+
+QUERIES = [["sessions"], ["sessions", "--json"], ["session", "1"], ["presence", "alice", "bob"],
+           ["history", "--with", "alice", "--user", "bob"], ["history", "--room", "lobby"], ["stats"]]
+
+
+def test_wsctl_queries_leave_the_db_file_unchanged_while_the_server_runs(filled):
+    srv, info = filled
+    before, mtime = sha(srv.db), os.stat(srv.db).st_mtime_ns
+    wal = sha(srv.db + "-wal") if os.path.exists(srv.db + "-wal") else None
+    for q in QUERIES:
+        run(*q, srv=srv)
+    assert sha(srv.db) == before and os.stat(srv.db).st_mtime_ns == mtime
+    if wal:
+        assert sha(srv.db + "-wal") == wal
+    # the server was not blocked by the readers: it still writes
+    a1, b = info["clients"]
+    a1.send({"type": "send", "to": "bob", "body": "still writable", "cid": "after-wsctl"})
+    assert a1.until("sent")["id"] > 0
+    while (m := b.until("msg")).get("cid") != "after-wsctl":
+        pass
+    assert m["body"] == "still writable"
+
+
+def test_wsctl_queries_work_and_write_nothing_when_the_server_is_down(make_server):
+    srv = make_server().start()
+    wait_api(srv)
+    c = Chat(srv, "alice")
+    c.send({"type": "send", "to": "bob", "body": "x", "cid": "1"})
+    c.until("sent")
+    c.close()
+    srv.stop()
+    before, mtime = sha(srv.db), os.stat(srv.db).st_mtime_ns
+    for q in QUERIES:
+        assert run(*q, srv=srv).returncode in (0, 1), q
+    assert sha(srv.db) == before and os.stat(srv.db).st_mtime_ns == mtime
+    j = json.loads(ok("sessions", "--json", srv=srv).stdout)
+    assert [s["end_reason"] for s in j["sessions"]] == ["client_close"]
+
+
+def test_wsctl_finds_wsproxy_ini_in_the_current_directory_or_takes_db(filled):
+    srv, info = filled
+    r = ok("stats", "--json", cwd=srv.dir)
+    assert json.loads(r.stdout)["database"] == srv.db
+    r = ok("--db", srv.db, "stats", "--json", cwd="/")
+    assert json.loads(r.stdout)["sessions_total"] >= 5
+    r = run("--db", "/nonexistent/wsproxy.db", "stats")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run("--config", "/nonexistent.ini", "stats")
+    assert r.returncode == 2 and "cannot" in r.stderr
+
+
+def test_wsctl_refuses_a_file_that_is_not_a_wsproxy_database(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    r = run("--db", str(junk), "stats")
+    assert r.returncode == 2 and "junk.db" in r.stderr
+
+
+# ---- kick and push through the API ----
+
+def test_wsctl_kick_closes_a_live_client_with_1008(server):
+    wait_api(server)
+
+    async def main():
+        ws = await websockets.connect(server.chat_url("mallory"))
+        welcome = json.loads(await ws.recv())
+        sid = welcome["session"]
+        loop = asyncio.get_running_loop()
+        r = await loop.run_in_executor(None, lambda: run("kick", sid, srv=server))
+        assert r.returncode == 0 and r.stdout == f"session {sid} kicked\n"
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1008 and ws.close_reason == "kicked"
+        return sid
+
+    sid = asyncio.run(main())
+    assert kv(ok("session", sid, srv=server).stdout)["end_reason"] == "kicked"
+    r = run("kick", sid, srv=server)
+    assert r.returncode == 1 and "not_live" in r.stderr
+    r = run("kick", "424242", srv=server)
+    assert r.returncode == 1 and "not_found" in r.stderr
+    r = run("kick", "--json", "424242", srv=server)
+    assert r.returncode == 1
+
+
+def test_wsctl_push_to_user_room_and_broadcast(make_server):
+    srv = make_server(heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    bob = Chat(srv, "bob")
+    bob.send({"type": "join", "room": "ops"})
+    bob.until("joined")
+    r = ok("push", "--to", "bob", '{"text":"deploy done"}', srv=srv)
+    m = re.fullmatch(r"message (\d+) stored, delivered live to 1 connection\n", r.stdout)
+    assert m
+    got = bob.until("msg")
+    assert got["id"] == int(m.group(1)) and got["body"] == {"text": "deploy done"}
+    assert got["from"] == "system"
+    ok("push", "--room", "ops", "--from", "ci", "plain words", srv=srv)
+    got = bob.until("msg")
+    assert got["room"] == "ops" and got["from"] == "ci" and got["body"] == "plain words"
+    r = ok("push", "--broadcast", "--json", "42", srv=srv)
+    assert json.loads(r.stdout) == {"live": 1}
+    got = bob.until("broadcast")
+    assert got["body"] == 42
+    ok("push", "--to", "bob", "--text", '{"a":1}', srv=srv)
+    assert bob.until("msg")["body"] == '{"a":1}'
+    ok("push", "--to", "bob", "-", srv=srv, input='{"from":"stdin"}\n')
+    assert bob.until("msg")["body"] == {"from": "stdin"}
+    first = json.loads(ok("push", "--to", "bob", "--cid", "x1", "--json", "1", srv=srv).stdout)
+    r = ok("push", "--to", "bob", "--cid", "x1", "2", srv=srv)
+    assert r.stdout == f"already pushed as message {first['id']} (same cid); nothing stored\n"
+    # offline user: stored, delivered later
+    r = ok("push", "--to", "zoe", "later", srv=srv)
+    assert "delivered live to 0 connections" in r.stdout
+    bob.ws.close()
+
+
+def test_wsctl_api_target_and_key_errors(server):
+    wait_api(server)
+    r = run("push", "--to", "bob", "x", "--key", "wrong", srv=server)
+    assert r.returncode == 2 and "401" in r.stderr and "unauthorized" in r.stderr
+    r = run("push", "--to", "bob", "x", srv=server, env_extra={"WSCTL_API_KEY": "wrong-too"})
+    assert r.returncode == 2 and "401" in r.stderr
+    r = run("push", "--to", "bob", "x", "--api", server.api_url, "--key", API_KEY)
+    assert r.returncode == 0, r.stderr
+    r = run("push", "--to", "bob", "x", "--api", f"http://127.0.0.1:{server.port + 0}/", "--key", API_KEY)
+    assert r.returncode == 2
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    closed = port.getsockname()[1]
+    port.close()
+    r = run("kick", "1", "--api", f"http://127.0.0.1:{closed}", "--key", API_KEY)
+    assert r.returncode == 2 and "cannot connect" in r.stderr
+    r = run("kick", "1", "--api", "ftp://x", "--key", API_KEY)
+    assert r.returncode == 2 and "bad API URL" in r.stderr
+    r = run("kick", "1", "--api", server.api_url)
+    assert r.returncode == 2 and "no API key" in r.stderr
+
+
+def test_wsctl_api_disabled_in_config(make_server):
+    srv = make_server(api={"listen": ""}).start()
+    r = run("push", "--to", "bob", "x", srv=srv)
+    assert r.returncode == 2 and "disabled" in r.stderr
+
+
+# ---- usage ----
+
+@pytest.mark.parametrize("argv", [
+    [], ["--bogus"], ["bogus"], ["sessions", "--bogus"], ["sessions", "--active", "--ended"],
+    ["sessions", "--limit", "0"], ["sessions", "--limit"], ["sessions", "--since", "soon"],
+    ["sessions", "--user", ""], ["sessions", "extra"], ["session"], ["session", "x"],
+    ["session", "1", "2"], ["session", "0"], ["presence"], ["presence", "bad\x01name"], ["history"],
+    ["history", "--with", "a"], ["history", "--room", "r", "--with", "a"],
+    ["history", "--room", "r", "--limit", "1001"], ["stats", "extra"], ["kick"], ["kick", "abc"],
+    ["kick", "1", "2"], ["push", "hi"], ["push", "--to", "a", "--room", "b", "x"], ["push", "--to", "a"],
+    ["push", "--to", "a", "x", "y"], ["push", "--broadcast", "--cid", "", "x"],
+])
+def test_wsctl_bad_usage_exits_2_with_usage(argv):
+    r = run(*argv)
+    assert r.returncode == 2, (argv, r.stdout, r.stderr)
+    assert "usage: wsctl" in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("cmd", ["sessions", "session", "presence", "history", "stats", "kick", "push"])
+def test_wsctl_help_on_every_subcommand(cmd):
+    r = run(cmd, "--help")
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: wsctl {cmd}")
+    assert "--json" in r.stdout and r.stderr == ""
+    assert run("help", cmd).stdout == r.stdout
+
+
+def test_wsctl_global_help_and_version():
+    r = run("--help")
+    assert r.returncode == 0 and "Commands:" in r.stdout and "Exit status" in r.stdout
+    for cmd in ("sessions", "session", "presence", "history", "stats", "kick", "push"):
+        assert f"\n  {cmd}" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("wsctl ")
