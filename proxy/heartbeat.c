@@ -21,7 +21,12 @@ enum heartbeat_action heartbeat_tick(struct heartbeat_state *st, int64_t now, in
     if (now >= idle_until) {
         st->ping_outstanding = true;
         st->ping_sent_ms = now;
-        *next_ms = now + timeout_ms;
+        /*
+         * Look again after the shorter of the two: when the answer comes quickly, the next ping is
+         * due interval_ms after it, even if pong_timeout is longer than ping_interval (a proxy's idle
+         * timeout sits between pings, not between a ping and its deadline).
+         */
+        *next_ms = now + (timeout_ms < interval_ms ? timeout_ms : interval_ms);
         return HEARTBEAT_PING;
     }
     *next_ms = idle_until;

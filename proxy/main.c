@@ -93,6 +93,12 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check_only) {
+        /* Also load what the start would load (keys, certificates), so a unit never restart-loops. */
+        if (server_check(&cfg) != 0) {
+            fprintf(stderr, "wsproxy: configuration has errors\n");
+            config_free(&cfg);
+            return 2;
+        }
         printf("configuration ok\n");
         config_free(&cfg);
         return 0;

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api.h"
 #include "chat.h"
@@ -144,6 +145,22 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- TLS ---- */
 
+/* Why loading a PEM file failed, in words: the file system's reason first, else OpenSSL's. */
+static const char *tls_error(const char *path, char *buf, size_t cap)
+{
+    if (access(path, R_OK) != 0) {
+        snprintf(buf, cap, "%s", strerror(errno));
+    } else {
+        unsigned long e = ERR_peek_last_error();
+        if (e)
+            ERR_error_string_n(e, buf, cap);
+        else
+            snprintf(buf, cap, "not a PEM file of the right kind");
+    }
+    ERR_clear_error();
+    return buf;
+}
+
 static int tls_init(struct server *srv, const struct px_config *cfg)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -154,14 +171,15 @@ static int tls_init(struct server *srv, const struct px_config *cfg)
     /* TLS 1.0/1.1 are deprecated (RFC 8996). */
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    char why[256];
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
         log_error("tls: [tls] cert %s: cannot load certificate chain: %s", cfg->tls_cert,
-                  ERR_reason_error_string(ERR_get_error()));
+                  tls_error(cfg->tls_cert, why, sizeof(why)));
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1) {
         log_error("tls: [tls] key %s: cannot load private key: %s", cfg->tls_key,
-                  ERR_reason_error_string(ERR_get_error()));
+                  tls_error(cfg->tls_key, why, sizeof(why)));
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -346,6 +364,26 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 /* ---- init / run / free ---- */
+
+int server_check(const struct px_config *cfg)
+{
+    struct server srv;
+    memset(&srv, 0, sizeof(srv));
+    char err[256];
+    struct auth_settings as;
+    auth_settings_from_config(&as, cfg);
+    if (auth_init(&srv.auth, &as, err, sizeof(err)) != 0) {
+        log_error("auth: %s", err);
+        return -1;
+    }
+    auth_free(&srv.auth);
+    if (cfg->tls_cert[0]) {
+        if (tls_init(&srv, cfg) != 0)
+            return -1;
+        SSL_CTX_free(srv.ssl_ctx);
+    }
+    return 0;
+}
 
 int server_init(struct server *srv, const struct px_config *cfg)
 {

@@ -66,6 +66,9 @@ struct server {
 /* Build everything from cfg (listeners bound, store open). Returns 0 or -1 after logging why. */
 int server_init(struct server *srv, const struct px_config *cfg);
 
+/* What server_init would refuse besides the config text: auth keys, TLS files. 0 or -1 (logged). */
+int server_check(const struct px_config *cfg);
+
 /* Run until a signal drains the server; returns the process exit code. */
 int server_run(struct server *srv);
 

@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from wsp import BIN, ROOT
+from wsp import BIN, ROOT, SECRET
 
 
 def run(*args, cwd=None):
@@ -39,7 +39,7 @@ def test_every_bad_value_is_reported_at_once(tmp_path):
 
 def test_units_are_accepted(tmp_path):
     text = ("[server]\nmax_message_size = 64KiB\nhandshake_timeout = 500ms\nclose_timeout = 1m\n"
-            "[limits]\nsend_queue = 2MiB\n")
+            "[limits]\nsend_queue = 2MiB\n[auth]\njwt_secret = " + SECRET + "\n")
     r = run("--check", "--config", write(tmp_path, text))
     assert r.returncode == 0, r.stderr
 
@@ -47,8 +47,23 @@ def test_units_are_accepted(tmp_path):
 def test_flags_override_and_are_validated(tmp_path):
     r = run("--check", "--listen", "nonsense")
     assert r.returncode == 2 and "[server] listen" in r.stderr
-    r = run("--check", "--listen", "127.0.0.1:9", "--db", str(tmp_path / "x.db"))
+    ok = write(tmp_path, "[auth]\njwt_secret = " + SECRET + "\n")
+    r = run("--check", "--config", ok, "--listen", "127.0.0.1:9", "--db", str(tmp_path / "x.db"))
     assert r.returncode == 0, r.stderr
+
+
+def test_check_loads_keys_and_certificates(tmp_path):
+    # A config that parses but cannot start (no secret, missing key file, missing certificate) fails
+    # --check with exit 2, so an init system never restart-loops on it.
+    r = run("--check", "--config", write(tmp_path, "[auth]\njwt_secret =\n"))
+    assert r.returncode == 2 and "secret" in r.stderr, r.stderr
+    r = run("--check", "--config", write(tmp_path, "[auth]\njwt_alg = RS256\n"
+                                                  "jwt_public_key = /nonexistent.pem\n"))
+    assert r.returncode == 2 and "/nonexistent.pem" in r.stderr, r.stderr
+    r = run("--check", "--config", write(tmp_path, "[auth]\njwt_secret = " + SECRET + "\n"
+                                                  "[tls]\ncert = /nonexistent.crt\nkey = /nonexistent.key\n"))
+    assert r.returncode == 2 and "[tls] cert /nonexistent.crt" in r.stderr, r.stderr
+    assert "No such file" in r.stderr
 
 
 def test_missing_config_file_is_an_error(tmp_path):

@@ -72,8 +72,17 @@ def nginx_active_lines():
 
 # ---- the ini ----
 
-def test_deploy_ini_passes_check():
+def test_deploy_ini_passes_check(tmp_path):
+    # --check loads what a start loads, so the public key the file names must exist: as shipped it
+    # points at /etc/wsproxy/jwt-public.pem, which the operator installs (and --check says so).
     r = subprocess.run([BIN, "--check", "--config", INI], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "/etc/wsproxy/jwt-public.pem" in r.stderr, r.stderr
+    pem, _ = es256_signer()
+    (tmp_path / "jwt-public.pem").write_bytes(pem)
+    text = sub_once(open(INI).read(), "/etc/wsproxy/jwt-public.pem", str(tmp_path / "jwt-public.pem"))
+    (tmp_path / "wsproxy.ini").write_text(text)
+    r = subprocess.run([BIN, "--check", "--config", str(tmp_path / "wsproxy.ini")],
+                       capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "configuration ok"
 
