@@ -1131,18 +1131,19 @@ static void ac_free(struct api_conn *ac)
 
 static void peer_name(const struct sockaddr *sa, char *out, size_t cap)
 {
-    char host[64] = "?";
+    char host[INET6_ADDRSTRLEN] = "?";
     int port = 0;
+    bool v6 = sa->sa_family == AF_INET6;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
         evutil_inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
         port = ntohs(s4->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
+    } else if (v6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
         evutil_inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
         port = ntohs(s6->sin6_port);
     }
-    snprintf(out, cap, "%s:%d", host, port);
+    snprintf(out, cap, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
