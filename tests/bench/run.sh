@@ -34,6 +34,7 @@ log() { printf '== %s\n' "$*" >&2; }
 
 cleanup() {
     server_stop
+    spinners_stop
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -54,13 +55,16 @@ command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the table
 # ---- build ----
 log "building wsproxy, loadgen and the gorilla peers"
 FAILED=0
+mkdir -p "$BB" "$OUTDIR"
 if ! make -s all >&2; then
     echo "run.sh: make failed; the wsproxy rows will be empty" >&2
     FAILED=1
 fi
 HAVE_WSP=0
-[ "$FAILED" = 0 ] && [ -x "$B/wsproxy" ] && HAVE_WSP=1
-mkdir -p "$BB" "$OUTDIR"
+# A private copy: others may rebuild build/wsproxy while the bench runs.
+if [ "$FAILED" = 0 ] && [ -x "$B/wsproxy" ]; then
+    cp "$B/wsproxy" "$BB/wsproxy.tmp" && mv "$BB/wsproxy.tmp" "$BB/wsproxy" && HAVE_WSP=1
+fi
 gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/loadgen" tests/bench/loadgen.c -lcrypto
 export GOCACHE=${GOCACHE:-$PWD/$BB/.gocache} GOFLAGS=
 for p in echo chat; do
@@ -131,7 +135,7 @@ server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous (wsp
     wsproxy)
         rm -rf "$TMP/db" && mkdir -p "$TMP/db"
         write_config "${2:-normal}"
-        pinned "$B/wsproxy" --config "$TMP/wsproxy.ini" >"$TMP/server.log" 2>&1 &
+        pinned "$BB/wsproxy" --config "$TMP/wsproxy.ini" >"$TMP/server.log" 2>&1 &
         ;;
     gorilla-*) pinned "$BB/$1" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
     esac
@@ -145,12 +149,39 @@ server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous (wsp
     sleep 0.2 # let the accept of wait_port's probe settle before RSS is sampled
 }
 
+# SIGTERM, then SIGKILL after STOP_GRACE s: every run has a fresh database, nothing is lost, and
+# a slow shutdown is reported rather than allowed to eat the time budget.
+STOP_GRACE=${BENCH_STOP_GRACE:-5}
 server_stop() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
+    [ -n "$SERVER_PID" ] || return 0
+    kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 $((STOP_GRACE * 20))); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "   (server still busy ${STOP_GRACE} s after SIGTERM; killed)" >&2
+        kill -9 "$SERVER_PID" 2>/dev/null || true
     fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+# SCHED_IDLE spinners keep both cores out of the idle state (a halted vCPU can take long to wake)
+# without taking time from anything else; used by the *_awake context scenario only.
+SPINNERS=()
+spinners_start() {
+    local cpu
+    for cpu in $SRV_CPU $LG_CPU; do
+        taskset -c "$cpu" chrt --idle 0 sh -c 'while :; do :; done' &
+        SPINNERS+=($!)
+    done
+}
+spinners_stop() {
+    [ ${#SPINNERS[@]} -gt 0 ] || return 0
+    kill "${SPINNERS[@]}" 2>/dev/null || true
+    wait "${SPINNERS[@]}" 2>/dev/null || true
+    SPINNERS=()
 }
 
 # ---- scenarios: name | servers | loadgen arguments (port and pid are added) ----
@@ -158,6 +189,7 @@ server_stop() {
 SCENARIOS=(
     "echo100|wsproxy gorilla-echo|-m echo -c 100 -w 16 -s 32 -d $SECS"
     "echo1|wsproxy gorilla-echo|-m echo -c 1 -w 1 -s 32 -d $SECS"
+    "echo1_awake|wsproxy gorilla-echo|-m echo -c 1 -w 1 -s 32 -d $SECS"
     "idle_echo|wsproxy gorilla-echo|-m idle -U /echo -c 10000 -d 2"
     "idle_ws|wsproxy gorilla-chat|-m idle -U /ws -c 10000 -d 2 -k $SECRET"
     "fanout|wsproxy gorilla-chat|-m fanout -c 5000 -r 100 -d 10 -D 5 -k $SECRET"
@@ -182,6 +214,7 @@ for sc in "${SCENARIOS[@]}"; do
             if [ "$srv" = wsproxy ] && [ "$HAVE_WSP" = 0 ]; then continue; fi
             t0=$SECONDS
             if ! server_start "$srv" "$sync"; then FAILED=1; continue; fi
+            [[ $name != *_awake ]] || spinners_start
             port=$(port_of "$srv")
             # shellcheck disable=SC2086
             if out=$(nice -n "$NICE" taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" -p "$SERVER_PID" -u "r$run" \
@@ -197,6 +230,7 @@ for sc in "${SCENARIOS[@]}"; do
                 tail -5 "$TMP/server.log" >&2
                 FAILED=1
             fi
+            spinners_stop
             server_stop
             log "$name on $srv, run $run/$RUNS ($((SECONDS - t0)) s)"
             grep -v '^result ' <<<"$out" | sed 's/^/   /' >&2
@@ -249,6 +283,8 @@ T.append(("echo 100 conns × 32 B, window 16", "msgs per server-core-second", fm
 w, g = med("echo1", "wsproxy", "msgs_per_s"), med("echo1", G_ECHO, "msgs_per_s")
 T.append(("echo 1 conn × 32 B, window 1", "msgs/s", fmt(w), fmt(g), ratio(w, g), "≥ gorilla",
           verdict(None if w is None or g is None else w >= g)))
+w, g = med("echo1_awake", "wsproxy", "msgs_per_s"), med("echo1_awake", G_ECHO, "msgs_per_s")
+T.append(("(context) the same, cores kept awake", "msgs/s", fmt(w), fmt(g), ratio(w, g), "", ""))
 w, g = med("idle_echo", "wsproxy", "kib_per_conn"), med("idle_echo", G_ECHO, "kib_per_conn")
 T.append(("idle 10,000 conns on /echo", "server RSS KiB per conn", fmt(w), fmt(g), ratio(w, g), "≤ 2 KiB",
           verdict(None if w is None else w <= 2)))
