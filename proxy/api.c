@@ -547,6 +547,16 @@ static void route_push(struct api_conn *ac)
         json_decref(req);
         return;
     }
+    /* Clients were promised bodies up to [limits] max_body, whoever sends them. */
+    if (strlen(text) > srv->cfg->max_body) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "body is larger than [limits] max_body (%llu bytes as JSON)",
+                 (unsigned long long)srv->cfg->max_body);
+        reply_error(ac, 413, "too_large", msg);
+        free(text);
+        json_decref(req);
+        return;
+    }
     if (bc) {
         push_broadcast(ac, from, text, cid);
         free(text);

@@ -3,11 +3,13 @@
  * SQLite file with store_open(readonly) and never write, so they work while the server runs (WAL
  * readers do not block its writer) and when it is down.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "store.h"
@@ -30,13 +32,22 @@ static int open_db(struct wsctl *w, struct store **st)
     struct stat sb;
     if (stat(path, &sb) != 0) {
         /* Read-only open would fail too; say it plainly rather than in SQLite's words. */
-        wsctl_errorf(w, "database %s does not exist (use --db or --config)", path);
+        if (errno == ENOENT)
+            wsctl_errorf(w, "database %s does not exist (use --db or --config)", path);
+        else
+            wsctl_errorf(w, "database %s: %s", path, strerror(errno));
         return -1;
     }
     struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 5000, .readonly = true};
     char err[512];
     if (store_open(st, path, &o, err, sizeof(err)) != 0) {
         wsctl_errorf(w, "%s", err);
+        char wal[4096];
+        snprintf(wal, sizeof(wal), "%s-wal", path);
+        if (strstr(err, "readonly") && access(wal, F_OK) != 0)
+            wsctl_errorf(w, "a read-only open of a WAL database needs %s and %s-shm, which cannot be "
+                            "created here: run wsctl as the server's user, or while it runs",
+                         wal, path);
         return -1;
     }
     return 0;

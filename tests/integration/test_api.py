@@ -31,19 +31,25 @@ class Resp:
 
 
 def wait_api(srv, timeout=5):
-    """Server.wait_ready waits for the main port only; the API listener is bound just after it."""
+    """Until the API answers. Server.wait_ready only waits for the main port: the API listener is
+    bound just after it and the SIGTERM handler after that, so an answer is the proof of both."""
     if getattr(srv, "_api_ready", False):
         return
     deadline = time.time() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", srv.api_port), timeout=0.5).close()
-            srv._api_ready = True
-            return
-        except ConnectionRefusedError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.01)
+            s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=1)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(16).startswith(b"HTTP/1.1 "):
+                s.close()
+                srv._api_ready = True
+                return
+            s.close()
+        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+            pass
+        if time.time() > deadline:
+            raise RuntimeError("the API did not answer")
+        time.sleep(0.01)
 
 
 def api(srv, method, path, body=None, key=API_KEY, headers=None, ctype="application/json"):
@@ -469,6 +475,15 @@ def test_api_body_over_max_body_is_413_json_without_reading_it(make_server):
             "Content-Type: application/json\r\nContent-Length: 999999\r\nExpect: 100-continue\r\n\r\n")
     status, headers, body = raw_api(srv, head.encode())
     assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
+
+
+def test_api_push_body_over_limits_max_body_is_413(make_server):
+    srv = make_server(limits={"max_body": "1KiB"}).start()
+    assert push(srv, to="bob", body="x" * 1000).status == 202
+    err = assert_error(push(srv, to="bob", body="x" * 1100), 413, "too_large")
+    assert "[limits] max_body" in err["message"]
+    assert_error(push(srv, broadcast=True, body="x" * 1100), 413, "too_large")
+    assert srv.db_rows("SELECT count(*) FROM messages") == [(1,)]
 
 
 def test_api_expect_100_continue_within_limit(server):

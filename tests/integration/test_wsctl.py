@@ -72,15 +72,25 @@ def sha(path):
 
 
 def wait_api(srv, timeout=5):
+    """Until the API answers. Server.wait_ready only waits for the main port: the API listener is
+    bound just after it and the SIGTERM handler after that, so an answer is the proof of both."""
+    if getattr(srv, "_api_ready", False):
+        return
     deadline = time.time() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", srv.api_port), timeout=0.5).close()
-            return
-        except ConnectionRefusedError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.01)
+            s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=1)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(16).startswith(b"HTTP/1.1 "):
+                s.close()
+                srv._api_ready = True
+                return
+            s.close()
+        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+            pass
+        if time.time() > deadline:
+            raise RuntimeError("the API did not answer")
+        time.sleep(0.01)
 
 
 class Chat:
@@ -320,7 +330,7 @@ def test_wsctl_queries_work_and_write_nothing_when_the_server_is_down(make_serve
     c.send({"type": "send", "to": "bob", "body": "x", "cid": "1"})
     c.until("sent")
     c.close()
-    srv.stop()
+    assert srv.stop() == 0
     before, mtime = sha(srv.db), os.stat(srv.db).st_mtime_ns
     for q in QUERIES:
         assert run(*q, srv=srv).returncode in (0, 1), q
@@ -339,6 +349,31 @@ def test_wsctl_finds_wsproxy_ini_in_the_current_directory_or_takes_db(filled):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run("--config", "/nonexistent.ini", "stats")
     assert r.returncode == 2 and "cannot" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run wsctl as another user")
+def test_wsctl_explains_a_wal_database_it_cannot_open_read_only(make_server):
+    import shutil
+    import tempfile
+    srv = make_server().start()
+    wait_api(srv)
+    assert srv.stop() == 0  # a clean stop removes -wal and -shm
+    d = tempfile.mkdtemp(prefix="wsctl-ro-")  # pytest's tmp dirs are not reachable for nobody
+    request_cleanup = shutil.rmtree
+    db = os.path.join(d, "wsproxy.db")
+    try:
+        shutil.copyfile(srv.db, db)
+        os.chmod(d, 0o755)
+        os.chmod(db, 0o644)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", WSCTL,
+                            "--db", db, "stats"], capture_output=True, text=True, cwd="/")
+        assert r.returncode == 2
+        assert "run wsctl as the server's user" in r.stderr, r.stderr
+        assert sorted(os.listdir(d)) == ["wsproxy.db"]
+        # as root (allowed to create the files) the same database opens
+        assert run("--db", db, "stats").returncode == 0
+    finally:
+        request_cleanup(d)
 
 
 def test_wsctl_refuses_a_file_that_is_not_a_wsproxy_database(tmp_path):
