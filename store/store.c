@@ -29,7 +29,7 @@ const struct store_sql store_sql_core[] = {
      " (SELECT count(*) FROM sessions),"
      " (SELECT count(*) FROM presence WHERE state = 'online'),"
      " (SELECT count(*) FROM messages),"
-     " (SELECT count(*) FROM deliveries WHERE delivered_at IS NULL),"
+     " (SELECT count(*) FROM messages WHERE to_user IS NOT NULL AND delivered_at IS NULL),"
      " (SELECT count(DISTINCT room) FROM room_members)"},
     {STMT_COUNT, false, NULL},
 };
@@ -82,6 +82,7 @@ int store_fail(struct store *st, int rc, const char *what)
 
     if (code == STORE_OK) /* a caller's logic error, never SQLite's success */
         code = STORE_ERR_IO;
+    st->last_rc = rc;
     snprintf(st->err, sizeof st->err, "%s: %s", what, st->db ? sqlite3_errmsg(st->db) : "no database");
     return code;
 }
@@ -490,13 +491,17 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
 {
     char buf[64];
     sqlite3_stmt *s = NULL;
-    int rc;
+    int rc, mib;
 
     sqlite3_busy_timeout(st->db, o->busy_timeout_ms > 0 ? o->busy_timeout_ms : 0);
     /* The schema only needs plain INSERTs in its trigger; forbid the rest (wsctl opens files as root). */
     sqlite3_db_config(st->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
     sqlite3_db_config(st->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
     if ((rc = exec_sql(st, "PRAGMA foreign_keys = ON", "foreign_keys")) < 0)
+        return rc;
+    mib = o->cache_mib > 0 ? o->cache_mib : STORE_CACHE_MIB_DEFAULT;
+    snprintf(buf, sizeof buf, "PRAGMA cache_size = -%d", (mib < 1 << 20 ? mib : 1 << 20) * 1024);
+    if ((rc = exec_sql(st, buf, "cache_size")) < 0)
         return rc;
     if (st->readonly)
         return 0;
@@ -516,10 +521,7 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
         }
     }
     if (rc != SQLITE_OK) {
-        rc = map_rc(rc) == STORE_ERR_OPEN
-                 ? store_failf(st, STORE_ERR_OPEN, "%s is not an SQLite database: %s", path,
-                               sqlite3_errmsg(st->db))
-                 : store_fail(st, rc, "journal_mode");
+        rc = store_fail(st, rc, "journal_mode");
         sqlite3_finalize(s);
         return rc;
     }
@@ -532,7 +534,7 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
 int store_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
                size_t errlen)
 {
-    static const struct store_opts defaults = {STORE_SYNC_NORMAL, 5000, false};
+    static const struct store_opts defaults = {STORE_SYNC_NORMAL, 5000, false, 0};
     struct store *st;
     int flags, rc;
 
@@ -560,16 +562,13 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
         goto fail;
     }
     sqlite3_extended_result_codes(st->db, 1);
-    if ((rc = apply_pragmas(st, path, opts)) < 0)
-        goto fail;
-    if ((rc = migrate(st)) < 0) {
-        /* An unreadable file shows up at the first read: say which file. */
-        if (rc == STORE_ERR_OPEN || (rc == STORE_ERR_IO && sqlite3_errcode(st->db) == SQLITE_NOTADB))
+    if ((rc = apply_pragmas(st, path, opts)) < 0 || (rc = migrate(st)) < 0 ||
+        (rc = prepare_all(st)) < 0) {
+        /* sqlite3_open_v2 reads nothing: a file that is not a database shows up at the first read */
+        if ((st->last_rc & 0xff) == SQLITE_NOTADB)
             store_failf(st, STORE_ERR_OPEN, "%s is not an SQLite database", path);
         goto fail;
     }
-    if ((rc = prepare_all(st)) < 0)
-        goto fail;
     *out = st;
     return 0;
 fail:

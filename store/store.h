@@ -43,7 +43,12 @@ struct store_opts {
     enum store_sync synchronous; /* NORMAL: a commit survives a process crash, FULL: also power loss */
     int busy_timeout_ms;         /* how long to wait for another process's lock; 0 = fail at once */
     bool readonly;               /* for wsctl: no writes, no migrations, no WAL switch */
+    int cache_mib;               /* SQLite page cache; 0 = STORE_CACHE_MIB_DEFAULT */
 };
+
+/* Big enough that a group commit of ~100k messages never spills dirty pages to the WAL mid-way and
+ * the hot index pages of a few million messages stay in memory. */
+#define STORE_CACHE_MIB_DEFAULT 32
 
 /* Static text for a STORE_ERR_* code ("not found", ...). */
 const char *store_strerror(int err);
@@ -51,7 +56,7 @@ const char *store_strerror(int err);
 /*
  * Open (creating if needed, unless readonly) the database at path, which must be a plain file name;
  * ":memory:" works too (no WAL then). The parent directory must exist: the caller creates it. opts NULL
- * means { NORMAL, 5000 ms, read-write }. Read-write: sets WAL, synchronous, busy_timeout, foreign_keys,
+ * means { NORMAL, 5000 ms, read-write, default cache }. Read-write: sets WAL, synchronous, busy_timeout, foreign_keys,
  * then applies the compiled-in migrations newer than PRAGMA user_version, each in its own transaction.
  * Readonly: the schema version must equal the newest compiled-in one. Then prepares every statement.
  * On success *out is the handle (free it with store_close). On failure returns STORE_ERR_* with a
@@ -200,9 +205,9 @@ struct store_receipt {
 
 /*
  * Store m (m->id is ignored, m->created_at is the time to record). Exactly one of to_user/room must be
- * set, else STORE_ERR_INVALID. A direct message also gets its pending delivery row (same statement, so
- * it is atomic). With a cid that this sender used before, nothing is stored and *out describes the first
- * message, duplicate = true. The caller checks room membership before.
+ * set, else STORE_ERR_INVALID. A direct message starts pending (undelivered). With a cid that this
+ * sender used before, nothing is stored and *out describes the first message, duplicate = true. The
+ * caller checks room membership before.
  */
 int store_msg_insert(struct store *st, const struct store_msg *m, struct store_receipt *out);
 

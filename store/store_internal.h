@@ -76,6 +76,7 @@ struct store {
     bool readonly;
     bool txn; /* inside store_begin .. store_commit/rollback */
     int schema_version;
+    int last_rc; /* SQLite code of the last store_fail, to explain failures at open */
     sqlite3_stmt *stmt[STMT_COUNT];
     char err[512];
 };

@@ -1,5 +1,5 @@
 /*
- * store_msg.c -- the messages and deliveries tables: idempotent insert, acks, replay of pending direct
+ * store_msg.c -- the messages table: idempotent insert, acks, replay of pending direct
  * messages, history paging, and one message with its delivery state for the API.
  */
 #include <inttypes.h>
@@ -9,11 +9,9 @@
 
 #include "store_internal.h"
 
-#define M_COLS "m.id, m.sender, m.to_user, m.room, m.body, m.cid, m.created_at"
-
 const struct store_sql store_sql_msg[] = {
-    /* A repeated (sender, cid) inserts nothing and returns no row; the trigger in 0001 adds the
-     * pending delivery of a direct message within this same statement. */
+    /* A repeated (sender, cid) inserts nothing and returns no row. A direct message is pending from
+     * here on (delivered_at NULL): one statement, so atomic with no savepoint. */
     {STMT_MSG_INSERT, false,
      "INSERT INTO messages (sender, to_user, room, body, cid, created_at)"
      " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sender, cid) DO NOTHING RETURNING id, created_at"},
@@ -21,12 +19,11 @@ const struct store_sql store_sql_msg[] = {
     {STMT_MSG_TARGET, false, "SELECT to_user FROM messages WHERE id = ?1"},
     /* the hot ack path in one statement; "IS NULL" keeps the first ack's time and session */
     {STMT_MSG_DELIVERED, false,
-     "UPDATE deliveries SET delivered_at = ?3, delivered_by = ?4"
-     " WHERE msg_id = ?1 AND to_user = ?2 AND delivered_at IS NULL"},
+     "UPDATE messages SET delivered_at = ?3, delivered_by = ?4"
+     " WHERE id = ?1 AND to_user = ?2 AND delivered_at IS NULL"},
     {STMT_MSG_PENDING, false,
-     "SELECT " M_COLS " FROM deliveries AS d CROSS JOIN messages AS m ON m.id = d.msg_id"
-     " WHERE d.to_user = ?1 AND d.delivered_at IS NULL AND d.msg_id > ?2"
-     " ORDER BY d.msg_id LIMIT ?3"},
+     "SELECT " STORE_MSG_COLS " FROM messages"
+     " WHERE to_user = ?1 AND delivered_at IS NULL AND id > ?2 ORDER BY id LIMIT ?3"},
     /* Two index ranges (one per direction) merged newest first; "?1 <> ?2" keeps notes to self
      * from showing twice. ?4 is limit + 1: the extra row only tells that more exist. */
     {STMT_MSG_HISTORY_DIRECT, false,
@@ -39,8 +36,8 @@ const struct store_sql store_sql_msg[] = {
      "SELECT " STORE_MSG_COLS " FROM messages WHERE room = ?1 AND id < ?2"
      " ORDER BY id DESC LIMIT ?3"},
     {STMT_MSG_GET, false,
-     "SELECT " M_COLS ", d.msg_id IS NOT NULL, d.delivered_at, d.delivered_by"
-     " FROM messages AS m LEFT JOIN deliveries AS d ON d.msg_id = m.id WHERE m.id = ?1"},
+     "SELECT " STORE_MSG_COLS ", to_user IS NOT NULL, delivered_at, delivered_by"
+     " FROM messages WHERE id = ?1"},
     {STMT_COUNT, false, NULL},
 };
 

@@ -38,7 +38,7 @@ struct seen {
 
 static struct store *open_path(const char *path, bool readonly)
 {
-    struct store_opts o = {STORE_SYNC_NORMAL, 1000, readonly};
+    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 1000, .readonly = readonly};
     struct store *st = NULL;
     char err[256];
     int rc = store_open(&st, path, &o, err, sizeof err);
@@ -203,7 +203,7 @@ static void test_store_query_plans_use_indexes(void **state)
 static void test_store_newer_schema_refused(void **state)
 {
     struct fixture *f = *state;
-    struct store_opts ro = {STORE_SYNC_NORMAL, 0, true};
+    struct store_opts ro = {.synchronous = STORE_SYNC_NORMAL, .readonly = true};
     struct store *st = NULL;
     char err[256], want[128];
 
@@ -227,7 +227,7 @@ static void test_store_newer_schema_refused(void **state)
 static void test_store_open_errors(void **state)
 {
     struct fixture *f = *state;
-    struct store_opts ro = {STORE_SYNC_FULL, 0, true};
+    struct store_opts ro = {.synchronous = STORE_SYNC_FULL, .readonly = true};
     struct store *st = (struct store *)1;
     char err[256], path[80];
     int fd;
@@ -367,7 +367,7 @@ static void test_store_group_commit(void **state)
 static void test_store_busy_between_writers(void **state)
 {
     struct fixture *f = *state;
-    struct store_opts o = {STORE_SYNC_NORMAL, 0, false};
+    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .cache_mib = 4};
     struct store *other = NULL;
     char err[128];
 
