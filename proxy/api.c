@@ -33,21 +33,21 @@
  * Why not evhttp: libevent 2.1's evhttp answers an oversized body (413), a malformed head (400) and
  * an unknown method (501) with its own HTML page before any user callback runs, and has no hook to
  * look at the head first (evhttp_set_newreqcb is 2.2). The API promises JSON errors on every path
- * and a 413 decided from Content-Length before a byte of the body is buffered, so the framing is ours.
+ * and a 413 decided from Content-Length before any of the body is buffered: the framing is ours.
  */
 
-#define API_HEAD_MAX 16384       /* request line + headers */
-#define API_MAX_CONNS 512        /* concurrent API connections; more are refused at accept */
-#define API_IDLE_TIMEOUT_S 30    /* read (head, body, keep-alive idle) and write timeout */
-#define API_LINGER_TIMEOUT_S 2   /* after a final answer: how long unread input is drained */
-#define API_LINGER_MAX (64u << 20) /* and how much of it, before the socket is just closed */
-#define CID_MAX 128
-#define SESSIONS_DEFAULT 50
-#define SESSIONS_MAX 1000
-#define HISTORY_DEFAULT 50
-#define HISTORY_MAX 100
-#define PRESENCE_MAX 100
-#define KEY_DIGEST_LEN 32
+#define API_HEAD_MAX         16384 /* request line + headers */
+#define API_MAX_CONNS        512   /* concurrent API connections; more are refused at accept */
+#define API_IDLE_TIMEOUT_S   30    /* read (head, body, keep-alive idle) and write timeout */
+#define API_LINGER_TIMEOUT_S 2     /* after a final answer: how long unread input is drained */
+#define API_LINGER_MAX       (64u << 20) /* and how much of it, before the socket is just closed */
+#define CID_MAX              128
+#define SESSIONS_DEFAULT     50
+#define SESSIONS_MAX         1000
+#define HISTORY_DEFAULT      50
+#define HISTORY_MAX          100
+#define PRESENCE_MAX         100
+#define KEY_DIGEST_LEN       32
 
 _Static_assert(END_NUM == METRICS_END_REASONS, "metrics must know every end reason");
 
@@ -65,9 +65,9 @@ struct api_conn {
     struct api_conn *prev, *next;
     enum ac_state state;
     char peer[64];
-    char *head;    /* the current request head (owned); req points into it */
+    char *head; /* the current request head (owned); req points into it */
     struct http_req req;
-    char *body;    /* owned, NUL-terminated */
+    char *body; /* owned, NUL-terminated */
     size_t body_len;
     bool keep_alive;
     bool head_only; /* HEAD: the answer has headers only */
@@ -203,7 +203,8 @@ static void log_request(struct api_conn *ac, int status, const char *code)
     if (status < 400)
         log_debug("api %s: %.*s %.*s -> %d", ac->peer, mlen, m, tlen, t, status);
     else
-        log_info("api %s: %.*s %.*s -> %d %s", ac->peer, mlen, m, tlen, t, status, code ? code : "");
+        log_info("api %s: %.*s %.*s -> %d %s", ac->peer, mlen, m, tlen, t, status,
+                 code ? code : "");
 }
 
 /* Write one complete answer and stop reading until it is out. Every answer goes through here. */
@@ -232,7 +233,8 @@ static void reply_json(struct api_conn *ac, int status, struct sbuf *b)
 {
     if (b->oom) {
         ac->keep_alive = false;
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
         log_request(ac, 500, "internal");
         reply(ac, 500, "application/json", NULL, oom, sizeof(oom) - 1);
         return;
@@ -253,7 +255,8 @@ static void reply_error_h(struct api_conn *ac, int status, const char *code, con
     sbuf_adds(&b, "}}");
     log_request(ac, status, code);
     if (b.oom) {
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
         reply(ac, status, "application/json", extra, oom, sizeof(oom) - 1);
     } else {
         reply(ac, status, "application/json", extra, b.p, b.len);
@@ -317,7 +320,8 @@ static int query_name(struct api_conn *ac, const char *key, char *out, size_t ca
         return 0;
     if (n < 0 || !auth_user_valid(out, (size_t)n)) {
         char msg[96];
-        snprintf(msg, sizeof(msg), "%s must be a valid name (1-64 bytes of UTF-8, no controls)", key);
+        snprintf(msg, sizeof(msg), "%s must be a valid name (1-64 bytes of UTF-8, no controls)",
+                 key);
         reply_error(ac, 400, "bad_request", msg);
         return -1;
     }
@@ -453,8 +457,7 @@ static bool push_key_known(const char *k)
     return false;
 }
 
-static void push_broadcast(struct api_conn *ac, const char *from, const char *body,
-                           const char *cid)
+static void push_broadcast(struct api_conn *ac, const char *from, const char *body, const char *cid)
 {
     struct server *srv = ac->api->srv;
     struct sbuf f;
@@ -479,7 +482,7 @@ static void push_broadcast(struct api_conn *ac, const char *from, const char *bo
     }
     sbuf_reset(&ac->pending);
     sbuf_addf(&ac->pending, "{\"live\":%zu}", live);
-    /* Nothing stored; still answered after a pending commit so frames and answer keep their order. */
+    /* Not stored; still answered after any pending commit, so frames and answer keep order. */
     reply_after_commit(ac, 202);
 }
 
@@ -488,7 +491,8 @@ static void route_push(struct api_conn *ac)
     struct server *srv = ac->api->srv;
     const struct http_header *ct = http_req_header(&ac->req, "Content-Type");
     if (!ct || !is_json_type(ct->value, ct->value_len)) {
-        reply_error(ac, 415, "unsupported_media_type", "send the body as Content-Type: application/json");
+        reply_error(ac, 415, "unsupported_media_type",
+                    "send the body as Content-Type: application/json");
         return;
     }
     json_error_t jerr;
@@ -505,8 +509,10 @@ static void route_push(struct api_conn *ac)
     {
         if (!push_key_known(key)) {
             char msg[160];
-            snprintf(msg, sizeof(msg), "unknown field \"%.64s\" (fields: to, room, broadcast, body, from, cid)",
-                     key);
+            /* Short names are echoed whole (a cut could split a UTF-8 sequence). */
+            snprintf(msg, sizeof(msg),
+                     "unknown field \"%s\" (fields: to, room, broadcast, body, from, cid)",
+                     strlen(key) <= 64 ? key : "...");
             reply_error(ac, 400, "bad_request", msg);
             json_decref(req);
             return;
@@ -753,8 +759,9 @@ static void add_presence(struct server *srv, struct sbuf *b, const char *user)
     }
     sbuf_adds(b, "{\"user\":");
     sbuf_add_json_str(b, user);
-    sbuf_addf(b, ",\"state\":\"%s\",\"connections\":%d,\"last_seen\":",
-              online ? "online" : "offline", connections);
+    sbuf_addf(b,
+              ",\"state\":\"%s\",\"connections\":%d,\"last_seen\":", online ? "online" : "offline",
+              connections);
     add_i64_or_null(b, last_seen);
     sbuf_adds(b, "}");
 }
@@ -989,10 +996,11 @@ static void on_head(struct api_conn *ac)
                            h ? h->value : NULL, h ? h->value_len : 0)) {
             if (len > 0)
                 ac->keep_alive = false; /* the body is not read */
-            reply_error_h(ac, 401, "unauthorized",
-                          h ? "invalid API key" : "Authorization: Bearer KEY is required",
-                          h ? "WWW-Authenticate: Bearer realm=\"wsproxy\", error=\"invalid_token\"\r\n"
-                            : "WWW-Authenticate: Bearer realm=\"wsproxy\"\r\n");
+            reply_error_h(
+                ac, 401, "unauthorized",
+                h ? "invalid API key" : "Authorization: Bearer KEY is required",
+                h ? "WWW-Authenticate: Bearer realm=\"wsproxy\", error=\"invalid_token\"\r\n"
+                  : "WWW-Authenticate: Bearer realm=\"wsproxy\"\r\n");
             return;
         }
     }
@@ -1010,11 +1018,13 @@ static void on_head(struct api_conn *ac)
         return;
     }
     const struct http_header *expect = http_req_header(r, "Expect");
-    if (v11 && expect && expect->value_len == 12 && strncasecmp(expect->value, "100-continue", 12) == 0)
+    if (v11 && expect && expect->value_len == 12 &&
+        strncasecmp(expect->value, "100-continue", 12) == 0)
         evbuffer_add_printf(bufferevent_get_output(ac->bev), "HTTP/1.1 100 Continue\r\n\r\n");
     ac->state = AC_BODY;
     /* Stop reading once the body is buffered; the rest of a pipeline waits in the socket. */
-    bufferevent_setwatermark(ac->bev, EV_READ, 0, ac->body_len > API_HEAD_MAX ? ac->body_len : API_HEAD_MAX);
+    bufferevent_setwatermark(ac->bev, EV_READ, 0,
+                             ac->body_len > API_HEAD_MAX ? ac->body_len : API_HEAD_MAX);
 }
 
 static void ac_process(struct api_conn *ac)
@@ -1156,8 +1166,8 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t cap)
     snprintf(out, cap, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
-                      void *arg)
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
 {
     (void)l;
     (void)socklen;
@@ -1170,8 +1180,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         return;
     }
     struct api_conn *ac = calloc(1, sizeof(*ac));
-    struct bufferevent *bev = ac ? bufferevent_socket_new(api->srv->base, fd, BEV_OPT_CLOSE_ON_FREE)
-                                 : NULL;
+    struct bufferevent *bev =
+        ac ? bufferevent_socket_new(api->srv->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
     if (!bev) {
         log_error("api: out of memory accepting %s", peer);
         free(ac);
@@ -1236,10 +1246,10 @@ int api_start(struct server *srv, struct api **out)
         log_error("[api] listen: cannot parse '%s'", cfg->api_listen);
         goto fail;
     }
-    api->listener = evconnlistener_new_bind(srv->base, accept_cb, api,
-                                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                                LEV_OPT_CLOSE_ON_EXEC,
-                                            128, (struct sockaddr *)&ss, sslen);
+    api->listener =
+        evconnlistener_new_bind(srv->base, accept_cb, api,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                128, (struct sockaddr *)&ss, sslen);
     if (!api->listener) {
         log_error("[api] listen: cannot listen on %s: %s", cfg->api_listen, strerror(errno));
         goto fail;

@@ -16,10 +16,10 @@
 #include "wsctl.h"
 
 #define SESSIONS_DEFAULT 50
-#define SESSIONS_MAX 100000
-#define HISTORY_DEFAULT 50
-#define HISTORY_MAX 1000
-#define BODY_COLUMNS 60
+#define SESSIONS_MAX     100000
+#define HISTORY_DEFAULT  50
+#define HISTORY_MAX      1000
+#define BODY_COLUMNS     60
 
 static int open_db(struct wsctl *w, struct store **st)
 {
@@ -38,15 +38,17 @@ static int open_db(struct wsctl *w, struct store **st)
             wsctl_errorf(w, "database %s: %s", path, strerror(errno));
         return -1;
     }
-    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 5000, .readonly = true};
+    struct store_opts o = {
+        .synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 5000, .readonly = true};
     char err[512];
     if (store_open(st, path, &o, err, sizeof(err)) != 0) {
         wsctl_errorf(w, "%s", err);
         char wal[4096];
         snprintf(wal, sizeof(wal), "%s-wal", path);
         if (strstr(err, "readonly") && access(wal, F_OK) != 0)
-            wsctl_errorf(w, "a read-only open of a WAL database needs %s and %s-shm, which cannot be "
-                            "created here: run wsctl as the server's user, or while it runs",
+            wsctl_errorf(w,
+                         "a read-only open of a WAL database needs %s and %s-shm, which cannot be "
+                         "created here: run wsctl as the server's user, or while it runs",
                          wal, path);
         return -1;
     }
@@ -138,19 +140,22 @@ static int session_row(void *ctx, const struct store_session *s)
     fmt_ago(conn, sizeof(conn), s->connected_at, sc->w->now_ms);
     fmt_duration(dur, sizeof(dur), session_duration(s, sc->w->now_ms));
     fmt_ago(seen, sizeof(seen), s->last_seen_at, sc->w->now_ms);
-    const char *row[] = {id,   s->user, s->ended ? "ended" : "active", conn, dur, seen,
-                         s->ended ? s->end_reason : NULL, s->remote_addr};
+    const char *row[] = {id,  s->user, s->ended ? "ended" : "active",   conn,
+                         dur, seen,    s->ended ? s->end_reason : NULL, s->remote_addr};
     table_add(&sc->t, row);
     return 0;
 }
 
 int cmd_sessions(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"user", required_argument, NULL, 'u'},  {"active", no_argument, NULL, 'a'},
-        {"ended", no_argument, NULL, 'e'},       {"since", required_argument, NULL, 's'},
-        {"limit", required_argument, NULL, 'n'}, {"before", required_argument, NULL, 'b'},
-        WSCTL_COMMON_OPTS,                       {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"user", required_argument, NULL, 'u'},
+                                         {"active", no_argument, NULL, 'a'},
+                                         {"ended", no_argument, NULL, 'e'},
+                                         {"since", required_argument, NULL, 's'},
+                                         {"limit", required_argument, NULL, 'n'},
+                                         {"before", required_argument, NULL, 'b'},
+                                         WSCTL_COMMON_OPTS,
+                                         {NULL, 0, NULL, 0}};
     struct store_session_filter f = {.state = STORE_SESSIONS_ANY, .limit = SESSIONS_DEFAULT};
     int64_t v;
     int opt;
@@ -170,8 +175,8 @@ int cmd_sessions(struct wsctl *w, int argc, char **argv)
             break;
         case 's':
             if (config_parse_duration(optarg, &v) != 0 || v <= 0)
-                return wsctl_usage_error(w, argv[0], "--since: '%s' is not a duration (30s, 15m, 1h, 7d)",
-                                         optarg);
+                return wsctl_usage_error(
+                    w, argv[0], "--since: '%s' is not a duration (30s, 15m, 1h, 7d)", optarg);
             f.since_ms = w->now_ms - v;
             break;
         case 'n':
@@ -199,8 +204,8 @@ int cmd_sessions(struct wsctl *w, int argc, char **argv)
     struct store *st;
     if (open_db(w, &st) != 0)
         return WSCTL_ERROR;
-    static const char *const head[] = {"ID",   "USER",   "STATE", "CONNECTED", "DURATION",
-                                       "SEEN", "REASON", "ADDRESS"};
+    static const char *const head[] = {"ID",       "USER", "STATE",  "CONNECTED",
+                                       "DURATION", "SEEN", "REASON", "ADDRESS"};
     struct sessions_ctx sc = {.w = w};
     if (w->json)
         sc.list = json_array();
@@ -299,9 +304,9 @@ int cmd_session(struct wsctl *w, int argc, char **argv)
         else
             snprintf(ended, sizeof(ended), "-");
         fmt_duration(dur, sizeof(dur), session_duration(&s, w->now_ms));
-        static const char *const keys[] = {"id",        "user",       "state",     "remote_addr",
+        static const char *const keys[] = {"id",         "user",        "state",     "remote_addr",
                                            "user_agent", "subprotocol", "connected", "last_seen",
-                                           "ended",     "end_reason", "duration"};
+                                           "ended",      "end_reason",  "duration"};
         const char *vals[] = {idb,
                               s.user,
                               s.ended ? "ended" : "active",
@@ -427,11 +432,13 @@ static int history_row(void *ctx, const struct store_msg *m)
 
 int cmd_history(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"with", required_argument, NULL, 'w'},  {"user", required_argument, NULL, 'u'},
-        {"room", required_argument, NULL, 'r'},  {"limit", required_argument, NULL, 'n'},
-        {"before", required_argument, NULL, 'b'}, WSCTL_COMMON_OPTS,
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"with", required_argument, NULL, 'w'},
+                                         {"user", required_argument, NULL, 'u'},
+                                         {"room", required_argument, NULL, 'r'},
+                                         {"limit", required_argument, NULL, 'n'},
+                                         {"before", required_argument, NULL, 'b'},
+                                         WSCTL_COMMON_OPTS,
+                                         {NULL, 0, NULL, 0}};
     const char *with = NULL, *user = NULL, *room = NULL;
     int64_t limit = HISTORY_DEFAULT, before = 0;
     int opt;
@@ -472,9 +479,9 @@ int cmd_history(struct wsctl *w, int argc, char **argv)
         return WSCTL_ERROR;
     struct history_ctx hc = {w, json_array()};
     bool more = false;
-    int rc = room ? store_history_room(st, room, before, (int)limit, history_row, &hc, &more)
-                  : store_history_direct(st, user, with, before, (int)limit, history_row, &hc,
-                                         &more);
+    int rc =
+        room ? store_history_room(st, room, before, (int)limit, history_row, &hc, &more)
+             : store_history_direct(st, user, with, before, (int)limit, history_row, &hc, &more);
     if (rc != 0) {
         json_decref(hc.list);
         return query_failed(w, st, "reading history");
@@ -514,8 +521,9 @@ int cmd_history(struct wsctl *w, int argc, char **argv)
     }
     table_print(&t, w->out);
     if (more)
-        fprintf(w->err, "(older: --before %lld)\n",
-                (long long)json_integer_value(json_object_get(json_array_get(hc.list, n - 1), "id")));
+        fprintf(
+            w->err, "(older: --before %lld)\n",
+            (long long)json_integer_value(json_object_get(json_array_get(hc.list, n - 1), "id")));
     bool oom = t.oom;
     table_release(&t);
     json_decref(hc.list);

@@ -44,7 +44,8 @@ static int api_target(struct wsctl *w, char *url, size_t cap, const char **key)
     if (!*key && w->cfg_loaded && w->cfg.api_keys.n > 0)
         *key = w->cfg.api_keys.items[0];
     if (!*key) {
-        wsctl_errorf(w, "no API key: pass --key, set WSCTL_API_KEY or add [api] keys to the config");
+        wsctl_errorf(w,
+                     "no API key: pass --key, set WSCTL_API_KEY or add [api] keys to the config");
         return -1;
     }
     return 0;
@@ -146,11 +147,14 @@ static char *read_stdin(struct wsctl *w)
 
 int cmd_push(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"to", required_argument, NULL, 't'},  {"room", required_argument, NULL, 'r'},
-        {"broadcast", no_argument, NULL, 'B'}, {"from", required_argument, NULL, 'f'},
-        {"cid", required_argument, NULL, 'i'}, {"text", no_argument, NULL, 'T'},
-        WSCTL_COMMON_OPTS,                     {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"to", required_argument, NULL, 't'},
+                                         {"room", required_argument, NULL, 'r'},
+                                         {"broadcast", no_argument, NULL, 'B'},
+                                         {"from", required_argument, NULL, 'f'},
+                                         {"cid", required_argument, NULL, 'i'},
+                                         {"text", no_argument, NULL, 'T'},
+                                         WSCTL_COMMON_OPTS,
+                                         {NULL, 0, NULL, 0}};
     const char *to = NULL, *room = NULL, *from = NULL, *cid = NULL;
     bool broadcast = false, text = false;
     int opt;
@@ -186,7 +190,8 @@ int cmd_push(struct wsctl *w, int argc, char **argv)
     if ((to != NULL) + (room != NULL) + broadcast != 1)
         return wsctl_usage_error(w, argv[0], "give exactly one of --to, --room and --broadcast");
     if (argc - optind != 1)
-        return wsctl_usage_error(w, argv[0], argc - optind ? "one BODY only (quote it)" : "missing BODY");
+        return wsctl_usage_error(w, argv[0],
+                                 argc - optind ? "one BODY only (quote it)" : "missing BODY");
 
     const char *arg = argv[optind];
     char *in = strcmp(arg, "-") == 0 ? read_stdin(w) : NULL;

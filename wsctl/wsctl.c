@@ -17,7 +17,7 @@ struct wsctl_cmd {
     int (*fn)(struct wsctl *w, int argc, char **argv);
     const char *synopsis; /* arguments after the name */
     const char *summary;
-    const char *help;     /* options and notes, shown by `wsctl NAME --help` */
+    const char *help; /* options and notes, shown by `wsctl NAME --help` */
 };
 
 static const struct wsctl_cmd commands[] = {
@@ -40,7 +40,8 @@ static const struct wsctl_cmd commands[] = {
      "  -r, --room R      a room's messages\n"
      "  -n, --limit N     the newest N messages (default 50, at most 1000)\n"
      "  -b, --before ID   only messages with ids below ID (older pages)\n"},
-    {"stats", cmd_stats, "", "counts from the database: sessions, users online, messages, rooms", ""},
+    {"stats", cmd_stats, "", "counts from the database: sessions, users online, messages, rooms",
+     ""},
     {"kick", cmd_kick, "ID",
      "close a live session through the API (1008 \"kicked\"; exit 1 if it is not live)", ""},
     {"push", cmd_push, "(--to U | --room R | --broadcast) [--from F] [--cid C] [--text] BODY",
@@ -75,8 +76,9 @@ static void usage(FILE *out)
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(out, "  %s%s%s\n      %s\n", commands[i].name, commands[i].synopsis[0] ? " " : "",
                 commands[i].synopsis, commands[i].summary);
-    fprintf(out, "\n%s      --version      print the version\n\n"
-                 "Exit status: 0 ok, 1 not found, 2 usage, configuration, database or API error.\n",
+    fprintf(out,
+            "\n%s      --version      print the version\n\n"
+            "Exit status: 0 ok, 1 not found, 2 usage, configuration, database or API error.\n",
             common_help);
 }
 
@@ -173,7 +175,8 @@ int wsctl_config(struct wsctl *w)
     if (w->cfg_loaded)
         return 0;
     if (config_load(&w->cfg, w->config_path, NULL, w->err) != 0) {
-        wsctl_errorf(w, "cannot use configuration %s", w->config_path ? w->config_path : "wsproxy.ini");
+        wsctl_errorf(w, "cannot use configuration %s",
+                     w->config_path ? w->config_path : "wsproxy.ini");
         config_free(&w->cfg);
         return -1;
     }
@@ -183,9 +186,8 @@ int wsctl_config(struct wsctl *w)
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {WSCTL_COMMON_OPTS,
-                                             {"version", no_argument, NULL, 'V'},
-                                             {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        WSCTL_COMMON_OPTS, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
     struct wsctl w = {.out = stdout, .err = stderr};
     struct timeval tv;
     gettimeofday(&tv, NULL);

@@ -61,9 +61,12 @@ int cmd_push(struct wsctl *w, int argc, char **argv);
  * option, 0 when not.
  */
 #define WSCTL_COMMON_OPTS                                                                          \
-    {"config", required_argument, NULL, 'c'}, {"db", required_argument, NULL, 'D'},               \
-        {"api", required_argument, NULL, 'A'}, {"key", required_argument, NULL, 'K'},             \
-        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}
+    {"config", required_argument, NULL, 'c'}, {"db", required_argument, NULL, 'D'},                \
+        {"api", required_argument, NULL, 'A'}, {"key", required_argument, NULL, 'K'},              \
+        {"json", no_argument, NULL, 'j'},                                                          \
+    {                                                                                              \
+        "help", no_argument, NULL, 'h'                                                             \
+    }
 #define WSCTL_COMMON_SHORT "c:hj"
 int wsctl_common_opt(struct wsctl *w, int opt, const char *arg);
 
@@ -72,7 +75,8 @@ int wsctl_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
 
 /* ---- formatting (fmt.c): pure functions of their arguments ---- */
 
-/* "just now", "42s ago", "3m ago", "5h ago", "2d ago"; "in 3m" for a time ahead of now; "-" for 0. */
+/* "just now", "42s ago", "3m ago", "5h ago", "2d ago"; "in 3m" for a time ahead of now; "-" for 0.
+ */
 void fmt_ago(char *out, size_t cap, int64_t then_ms, int64_t now_ms);
 
 /* "450ms", "42s", "3m12s", "2h05m", "3d04h"; negative counts as 0. */

@@ -71,10 +71,17 @@ static void test_api_parse_u63(void **state)
         int rc;
         int64_t v;
     } cases[] = {
-        {"0", 0, 0},         {"7", 0, 7},      {"123456789012345678", 0, 123456789012345678LL},
-        {"", -1, 0},         {"-1", -1, 0},    {"+1", -1, 0},
-        {" 1", -1, 0},       {"1 ", -1, 0},    {"1x", -1, 0},
-        {"0x10", -1, 0},     {"1234567890123456789", -1, 0},
+        {"0", 0, 0},
+        {"7", 0, 7},
+        {"123456789012345678", 0, 123456789012345678LL},
+        {"", -1, 0},
+        {"-1", -1, 0},
+        {"+1", -1, 0},
+        {" 1", -1, 0},
+        {"1 ", -1, 0},
+        {"1x", -1, 0},
+        {"0x10", -1, 0},
+        {"1234567890123456789", -1, 0},
     };
     (void)state;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -90,8 +97,9 @@ static void test_api_is_json_type(void **state)
     static const char *const yes[] = {"application/json", "Application/JSON",
                                       "application/json; charset=utf-8", "application/json;x=y",
                                       "application/json ;charset=utf-8"};
-    static const char *const no[] = {"", "application/jsonx", "application/json-patch+json",
-                                     "text/json", "application/jso", "text/plain"};
+    static const char *const no[] = {
+        "",          "application/jsonx", "application/json-patch+json",
+        "text/json", "application/jso",   "text/plain"};
     (void)state;
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
         assert_true(is_json_type(yes[i], strlen(yes[i])));
@@ -147,14 +155,10 @@ static void test_api_path_id(void **state)
         int rc;
         int64_t id;
     } cases[] = {
-        {"/api/v1/sessions/1", 1, 1},
-        {"/api/v1/sessions/123?x=1", 1, 123},
-        {"/api/v1/sessions/", 0, 0},
-        {"/api/v1/sessions", 0, 0},
-        {"/api/v1/sessionsX/1", 0, 0},
-        {"/api/v1/sessions/0", -1, 0},
-        {"/api/v1/sessions/abc", -1, 0},
-        {"/api/v1/sessions/1/2", -1, 0},
+        {"/api/v1/sessions/1", 1, 1},    {"/api/v1/sessions/123?x=1", 1, 123},
+        {"/api/v1/sessions/", 0, 0},     {"/api/v1/sessions", 0, 0},
+        {"/api/v1/sessionsX/1", 0, 0},   {"/api/v1/sessions/0", -1, 0},
+        {"/api/v1/sessions/abc", -1, 0}, {"/api/v1/sessions/1/2", -1, 0},
         {"/api/v1/sessions/-1", -1, 0},
     };
     (void)state;
