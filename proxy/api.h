@@ -1,7 +1,8 @@
 /*
- * api.h -- the HTTP push/admin API on its own listener ([api] listen), served by libevent's evhttp:
- * push to a user/room/everyone, sessions (list, get, kick), message receipts, presence, history,
- * /healthz and /metrics. Requests under /api/ need Authorization: Bearer KEY.
+ * api.h -- the HTTP push/admin API on its own listener ([api] listen): push to a user/room/everyone,
+ * sessions (list, get, kick), message receipts, presence, history, /healthz and /metrics. Requests
+ * under /api/ need Authorization: Bearer KEY. A small HTTP/1.1 server on bufferevents (not evhttp:
+ * see api.c). Reference: docs/api.md.
  */
 #ifndef WSP_API_H
 #define WSP_API_H
@@ -12,9 +13,14 @@ struct api;
 /* Bind [api] listen and register the routes. Returns 0, or -1 after logging why. */
 int api_start(struct server *srv, struct api **out);
 
-/* Stop accepting API requests (graceful shutdown); requests in flight finish. */
+/*
+ * Stop accepting (the listening socket is closed) and close idle keep-alive connections; requests
+ * in flight get their answer with Connection: close. Idempotent; api may be NULL.
+ */
 void api_stop(struct api *api);
 
+/* Close every API connection and free. Call after the last server_commit (answers waiting for a
+ * commit hold their connection). api may be NULL. */
 void api_free(struct api *api);
 
 #endif
