@@ -19,8 +19,10 @@ int api_start(struct server *srv, struct api **out);
  */
 void api_stop(struct api *api);
 
-/* Close every API connection and free. Call after the last server_commit (answers waiting for a
- * commit hold their connection). api may be NULL. */
+/*
+ * Close every API connection and free. Call after the last server_commit (answers waiting for a
+ * commit hold their connection). api may be NULL.
+ */
 void api_free(struct api *api);
 
 #endif
