@@ -75,8 +75,7 @@ int wsctl_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
 
 /* ---- formatting (fmt.c): pure functions of their arguments ---- */
 
-/* "just now", "42s ago", "3m ago", "5h ago", "2d ago"; "in 3m" for a time ahead of now; "-" for 0.
- */
+/* "just now", "42s ago", "3m ago", "5h ago", "2d ago"; "in 3m" ahead of now; "-" for 0. */
 void fmt_ago(char *out, size_t cap, int64_t then_ms, int64_t now_ms);
 
 /* "450ms", "42s", "3m12s", "2h05m", "3d04h"; negative counts as 0. */
