@@ -531,12 +531,94 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
     return exec_sql(st, buf, "synchronous");
 }
 
+/*
+ * "file:" URI for path with immutable=1: SQLite then takes no locks and needs no -shm file. Only for
+ * readonly opens of a database with no -wal file (nothing uncheckpointed to miss).
+ */
+static char *immutable_uri(const char *path)
+{
+    size_t n = strlen(path);
+    char *uri = malloc(3 * n + 32), *p = uri;
+
+    if (!uri)
+        return NULL;
+    p += sprintf(p, "file:");
+    for (const char *c = path; *c; c++) {
+        if (*c == '%' || *c == '?' || *c == '#')
+            p += sprintf(p, "%%%02X", (unsigned char)*c);
+        else
+            *p++ = *c;
+    }
+    strcpy(p, "?immutable=1");
+    return uri;
+}
+
+/* Open the connection and bring it to a usable state; on failure st->err says why. */
+static int open_setup(struct store *st, const char *path, const struct store_opts *opts, bool immutable)
+{
+    /* NOMUTEX: one thread per handle by contract; EXRESCODE: errors name the precise cause. */
+    int flags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
+                SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+    char *uri = NULL;
+    int rc;
+
+    if (immutable) {
+        if (!(uri = immutable_uri(path)))
+            return store_failf(st, STORE_ERR_NOMEM, "out of memory opening %s", path);
+        flags |= SQLITE_OPEN_URI;
+    }
+    rc = sqlite3_open_v2(uri ? uri : path, &st->db, flags, NULL);
+    free(uri);
+    if (rc != SQLITE_OK) {
+        explain_open_failure(st, path, rc);
+        return STORE_ERR_OPEN;
+    }
+    sqlite3_extended_result_codes(st->db, 1);
+    if ((rc = apply_pragmas(st, path, opts)) < 0 || (rc = migrate(st)) < 0 ||
+        (rc = prepare_all(st)) < 0) {
+        /* sqlite3_open_v2 reads nothing: a file that is not a database shows up at the first read */
+        if ((st->last_rc & 0xff) == SQLITE_NOTADB)
+            return store_failf(st, STORE_ERR_OPEN, "%s is not an SQLite database", path);
+        if (!st->readonly && (st->last_rc & 0xff) == SQLITE_READONLY)
+            return store_failf(st, STORE_ERR_READONLY,
+                               "cannot write %s or create files beside it (permissions?): %s", path,
+                               sqlite3_errmsg(st->db));
+        return rc;
+    }
+    return 0;
+}
+
+/* Readonly, WAL file, server down, and no write access to the directory: SQLite cannot create the
+ * -shm file it needs. With no -wal file everything is in the main file, so read it as immutable. */
+static bool retry_immutable(const struct store *st, const char *path)
+{
+    char wal[4096];
+    struct stat sb;
+    int primary = st->last_rc & 0xff;
+
+    if (!st->readonly || (primary != SQLITE_READONLY && primary != SQLITE_CANTOPEN))
+        return false;
+    if (stat(path, &sb) != 0 || (size_t)snprintf(wal, sizeof wal, "%s-wal", path) >= sizeof wal)
+        return false;
+    return stat(wal, &sb) != 0 && errno == ENOENT;
+}
+
+static void close_db(struct store *st)
+{
+    for (int i = 0; i < STMT_COUNT; i++) {
+        sqlite3_finalize(st->stmt[i]);
+        st->stmt[i] = NULL;
+    }
+    sqlite3_close(st->db);
+    st->db = NULL;
+}
+
 int store_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
                size_t errlen)
 {
     static const struct store_opts defaults = {STORE_SYNC_NORMAL, 5000, false, 0};
     struct store *st;
-    int flags, rc;
+    int rc;
 
     *out = NULL;
     if (!opts)
@@ -552,23 +634,15 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
         return STORE_ERR_NOMEM;
     }
     st->readonly = opts->readonly;
-    /* NOMUTEX: one thread per handle by contract; EXRESCODE: errors name the precise cause. */
-    flags = (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
-            SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
-    rc = sqlite3_open_v2(path, &st->db, flags, NULL);
-    if (rc != SQLITE_OK) {
-        explain_open_failure(st, path, rc);
-        rc = STORE_ERR_OPEN;
-        goto fail;
+    rc = open_setup(st, path, opts, false);
+    if (rc < 0 && retry_immutable(st, path)) {
+        close_db(st);
+        st->last_rc = 0;
+        st->err[0] = '\0';
+        rc = open_setup(st, path, opts, true);
     }
-    sqlite3_extended_result_codes(st->db, 1);
-    if ((rc = apply_pragmas(st, path, opts)) < 0 || (rc = migrate(st)) < 0 ||
-        (rc = prepare_all(st)) < 0) {
-        /* sqlite3_open_v2 reads nothing: a file that is not a database shows up at the first read */
-        if ((st->last_rc & 0xff) == SQLITE_NOTADB)
-            store_failf(st, STORE_ERR_OPEN, "%s is not an SQLite database", path);
+    if (rc < 0)
         goto fail;
-    }
     *out = st;
     return 0;
 fail:
@@ -589,9 +663,7 @@ void store_close(struct store *st)
         return;
     if (st->db && !sqlite3_get_autocommit(st->db))
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-    for (int i = 0; i < STMT_COUNT; i++)
-        sqlite3_finalize(st->stmt[i]);
-    sqlite3_close(st->db);
+    close_db(st);
     free(st);
 }
 

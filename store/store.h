@@ -58,7 +58,9 @@ const char *store_strerror(int err);
  * ":memory:" works too (no WAL then). The parent directory must exist: the caller creates it. opts NULL
  * means { NORMAL, 5000 ms, read-write, default cache }. Read-write: sets WAL, synchronous, busy_timeout, foreign_keys,
  * then applies the compiled-in migrations newer than PRAGMA user_version, each in its own transaction.
- * Readonly: the schema version must equal the newest compiled-in one. Then prepares every statement.
+ * Readonly: never writes the file; the schema version must equal the newest compiled-in one. A user who
+ * may read the file but not create its -shm file beside it can still read a database the server left
+ * checkpointed (no -wal file): it is then opened immutable. Then prepares every statement.
  * On success *out is the handle (free it with store_close). On failure returns STORE_ERR_* with a
  * complete message in err (errlen bytes, may be NULL), naming the path, e.g.
  * "database schema version 7 is newer than this wsproxy (knows up to 3); upgrade wsproxy".
