@@ -144,11 +144,15 @@ def count(srv, sql, args=()):
 
 
 async def wait_session_ended(srv, session):
-    """The server ends a session row in the transaction that also queues its presence event."""
+    """
+    Wait for the session row to end and return its end_reason. The server ends the row in the
+    transaction that also queues the user's presence event.
+    """
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        if srv.db_rows("SELECT ended_at FROM sessions WHERE id = ?", (int(session),))[0][0]:
-            return
+        rows = srv.db_rows("SELECT ended_at, end_reason FROM sessions WHERE id = ?", (int(session),))
+        if rows[0][0]:
+            return rows[0][1]
         await asyncio.sleep(0.02)
     raise AssertionError(f"session {session} did not end")
 
@@ -342,6 +346,7 @@ def test_chat_room_replay_after_cursor(srv):
         m2 = await alice.post("lobby", "two", "l2")
         m3 = await alice.post("lobby", "three", "l3")
         bob = await connect(srv, "bob")
+        assert bob.welcome["rooms"] == ["lobby"]  # the rooms, for a client on a new device
         assert bob.replay == [
             {"type": "msg", "id": m["id"], "from": "alice", "room": "lobby", "body": b,
              "ts": m["ts"], "cid": c, "replay": True}
@@ -363,6 +368,22 @@ def test_chat_room_replay_after_cursor(srv):
         bob = await connect(srv, "bob")
         assert bob.replay == []
         await bob.close()
+        await alice.close()
+
+    run(body())
+
+
+def test_chat_welcome_lists_rooms_in_name_order(srv):
+    async def body():
+        alice = await connect(srv, "alice")
+        assert alice.welcome["rooms"] == []
+        for room in ("zeta", "alpha", "mid"):
+            await alice.join(room)
+        await alice.send(type="leave", room="mid")
+        await alice.expect("left")
+        await alice.close()
+        alice = await connect(srv, "alice")
+        assert alice.welcome["rooms"] == ["alpha", "zeta"]
         await alice.close()
 
     run(body())
@@ -619,6 +640,35 @@ def test_chat_same_cid_twice_is_stored_once(srv):
     run(body())
 
 
+# ---- rate limit ----
+
+
+def test_chat_rate_limit_errors_then_closes_and_spares_acks(start_server):
+    srv = start_server(limits={"rate": "1", "rate_burst": "3"})
+
+    async def body():
+        alice = await connect(srv, "alice")
+        for i in range(3):  # the burst
+            await alice.send(type="presence", users=["bob"], rid=f"b{i}")
+        for i in range(3):
+            assert (await alice.recv())["rid"] == f"b{i}"
+        await alice.send(type="presence", users=["bob"], rid="over")
+        e = await alice.recv()
+        assert e["type"] == "error" and e["code"] == "rate_limited", e
+        # acks never pay: a client catching up acks a whole replay at once
+        for _ in range(5):
+            await alice.send(type="ack", id=424242)
+            assert (await alice.recv())["code"] == "bad_request"
+        # 20 refused frames in a row close the connection (19 more after the first)
+        for _ in range(19):
+            await alice.send(type="presence", users=["bob"], rid="x")
+        await asyncio.wait_for(alice.ws.wait_closed(), WAIT)
+        assert alice.ws.close_code == 1008 and alice.ws.close_reason == "rate limited"
+        assert await wait_session_ended(srv, alice.welcome["session"]) == "rate_limited"
+
+    run(body())
+
+
 # ---- durability ----
 
 
@@ -817,9 +867,7 @@ def test_chat_token_expiry_closes_1008(start_server):
         assert alice.ws.close_code == 1008
         assert alice.ws.close_reason == "token expired"
         assert exp - 0.3 <= closed <= exp + 1.5, (exp, closed)
-        await asyncio.sleep(0.2)
-        assert srv.db_rows("SELECT end_reason FROM sessions WHERE id = ?",
-                           (int(alice.welcome["session"]),)) == [("token_expired",)]
+        assert await wait_session_ended(srv, alice.welcome["session"]) == "token_expired"
 
     run(body())
 
