@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "auth.h"
 #include "store.h"
@@ -43,13 +42,6 @@ static int open_db(struct wsctl *w, struct store **st)
     char err[512];
     if (store_open(st, path, &o, err, sizeof(err)) != 0) {
         wsctl_errorf(w, "%s", err);
-        char wal[4096];
-        snprintf(wal, sizeof(wal), "%s-wal", path);
-        if (strstr(err, "readonly") && access(wal, F_OK) != 0)
-            wsctl_errorf(w,
-                         "a read-only open of a WAL database needs %s and %s-shm, which cannot be "
-                         "created here: run wsctl as the server's user, or while it runs",
-                         wal, path);
         return -1;
     }
     return 0;
