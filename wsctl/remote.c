@@ -124,12 +124,16 @@ static char *read_stdin(struct wsctl *w)
 {
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
-    while (buf) {
+    if (!buf) {
+        wsctl_errorf(w, "out of memory");
+        return NULL;
+    }
+    for (;;) {
         if (len + 1 == cap) {
             char *grown = cap < STDIN_BODY_MAX ? realloc(buf, cap * 2) : NULL;
             if (!grown) {
                 free(buf);
-                wsctl_errorf(w, "standard input is too large");
+                wsctl_errorf(w, "standard input is too large (or out of memory)");
                 return NULL;
             }
             buf = grown;
@@ -140,8 +144,7 @@ static char *read_stdin(struct wsctl *w)
         if (n == 0)
             break;
     }
-    if (buf)
-        buf[len] = '\0';
+    buf[len] = '\0';
     return buf;
 }
 
