@@ -1,10 +1,12 @@
 """
-Connection lifecycle against the real binary: heartbeats, the one cleanup path (session rows, presence,
-registry, file descriptors), backpressure, connection and rate limits, SIGTERM drain, crash restart.
+Connection lifecycle against the real binary: heartbeats, the one cleanup path (session rows,
+presence, registry, file descriptors), backpressure, connection and rate limits, SIGTERM drain,
+crash restart.
 Chat clients here are raw sockets so a test decides exactly when (and whether) a client reads,
 answers pings, closes cleanly or resets.
 """
 import asyncio
+import http.client
 import json
 import os
 import queue
@@ -18,7 +20,7 @@ import time
 import pytest
 import websockets
 
-from wsp import Server, make_token, read_http_response, upgrade_request
+from wsp import API_KEY, make_token, read_http_response, upgrade_request
 
 HB = {"ping_interval": "200ms", "pong_timeout": "500ms"}
 SANITIZER_MARKS = ("LeakSanitizer", "AddressSanitizer", "runtime error:")
@@ -38,7 +40,8 @@ def ws_frame(opcode, payload=b""):
     key = os.urandom(4)
     if n:
         stream = (key * (n // 4 + 1))[:n]
-        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+        masked = int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")
+        payload = masked.to_bytes(n, "big")
     return hdr + key + payload
 
 
@@ -78,7 +81,7 @@ class Chat:
     """A raw chat client. By default it answers pings while it reads; auto_pong=False plays dead."""
 
     def __init__(self, port, user, src="127.0.0.1", rcvbuf=None, extra="", auto_pong=True,
-                 welcome=True):
+                 welcome=True, token=None):
         self.user = user
         self.auto_pong = auto_pong
         self.buf = b""
@@ -86,7 +89,7 @@ class Chat:
         self.close_code = None
         self.lock = threading.Lock()
         self.s = tcp_connect(port, src, rcvbuf)
-        self.s.sendall(upgrade_request(f"/ws?token={make_token(user)}", extra=extra))
+        self.s.sendall(upgrade_request(f"/ws?token={token or make_token(user)}", extra=extra))
         status, headers, rest = read_http_response(self.s)
         if status != 101:
             self.s.close()
@@ -248,7 +251,7 @@ class Chat:
 
 
 def poll(fn, timeout=5, interval=0.02):
-    """fn() until truthy; the store commits at the end of a loop iteration, a moment after a close."""
+    """fn() until truthy: the store commits at the end of a loop iteration, just after a close."""
     deadline = time.time() + timeout
     while True:
         v = fn()
@@ -280,7 +283,7 @@ def presence(srv, user):
 
 
 def direct_state(srv):
-    """Delivery state of direct messages as (id, to_user, delivered_at), whichever schema holds it."""
+    """Direct messages' delivery state as (id, to_user, delivered_at), whichever schema has it."""
     if srv.db_rows("SELECT count(*) FROM sqlite_master WHERE name = 'deliveries'")[0][0]:
         return "(SELECT msg_id AS id, to_user, delivered_at FROM deliveries)"
     return "(SELECT id, to_user, delivered_at FROM messages WHERE to_user IS NOT NULL)"
@@ -395,6 +398,71 @@ def test_answering_clients_stay_open(make_server):
     assert_clean_exit(srv)
 
 
+def test_chatty_client_needs_no_pongs(make_server):
+    srv = make_server(heartbeat=HB).start()
+    c = Chat(srv.port, "talker", auto_pong=False)  # never answers a ping...
+    t0 = time.time()
+    while time.time() - t0 < 1.5:  # ...but any frame proves it is alive
+        c.sync()
+        time.sleep(0.1)
+    assert session_of(srv, "talker")["ended_at"] is None
+    assert c.pings <= 2, "pings go to idle peers only"
+    c.clean_close()
+    assert_clean_exit(srv)
+
+
+def kick(srv, session_id):
+    deadline = time.time() + 5
+    while True:  # the API listener is bound a moment after the main one
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=5)
+            conn.request("DELETE", f"/api/v1/sessions/{session_id}",
+                         headers={"Authorization": f"Bearer {API_KEY}"})
+            return conn.getresponse().status
+        except ConnectionRefusedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            conn.close()
+
+
+def test_every_end_reason_is_recorded(make_server):
+    srv = make_server(auth={"jwt_leeway": "0s"}).start()
+    watcher = Chat(srv.port, "watcher").start_reader()
+    watcher.send({"type": "join", "room": "w"})
+    watcher.expect(lambda m: m["type"] == "joined")
+    clients = {}
+    for u in ("e_clean", "e_proto", "e_kick", "e_exp"):
+        tok = make_token(u, exp_in=2) if u == "e_exp" else None
+        clients[u] = Chat(srv.port, u, token=tok)
+        clients[u].send({"type": "join", "room": "w"})
+        clients[u].recv_type("joined")
+
+    assert clients["e_clean"].clean_close() == 1000
+    bad = clients["e_proto"]
+    bad.send_raw(struct.pack("!BB", 0x81, 2) + b"{}")  # unmasked client frame: RFC 6455 5.1
+    assert bad.until_closed()[0] == 1002
+    bad.close()
+    assert kick(srv, session_of(srv, "e_kick")["id"]) == 204
+    assert clients["e_kick"].until_closed()[0] == 1008
+    clients["e_kick"].close()
+    assert clients["e_exp"].until_closed(timeout=4)[0] == 1008  # exp + leeway 0
+    clients["e_exp"].close()
+
+    want = {"e_clean": "client_close", "e_proto": "protocol_error", "e_kick": "kicked",
+            "e_exp": "token_expired"}
+    for u, reason in want.items():
+        assert ended_as(srv, u, reason), (u, session_of(srv, u))
+        assert poll(lambda: presence(srv, u)[:2] == ("offline", 0)), (u, presence(srv, u))
+    told = set()
+    while told != set(want):
+        ev = watcher.expect(lambda m: m["type"] == "presence" and m["state"] == "offline")
+        told.add(ev["user"])
+    watcher.clean_close()
+    assert_clean_exit(srv)
+
+
 # ---- backpressure ----
 
 def test_slow_consumer_closed_with_1013_and_gets_everything_later(make_server):
@@ -460,12 +528,12 @@ def test_slow_consumer_closed_with_1013_and_gets_everything_later(make_server):
 
 
 REPLAY_BUG_BYTES = (
-    "chat.c replay_continue: a replay step (a page of 100 direct messages, or a whole room of up to "
-    "max_replay) is queued in one go and only checked against send_queue/2 between steps; with big "
-    "bodies the step alone passes send_queue and conn_send_text's backpressure check closes the "
-    "reading client with 1013 during its own replay, on every reconnect; and that close runs "
-    "chat_end, which frees the chat_conn while store_pending_direct is still iterating with "
-    "cc->user bound and replay_continue then writes cc->replay_after: heap-use-after-free (ASan)")
+    "chat.c replay_continue: a replay step (a page of 100 direct messages, or a whole room of "
+    "up to max_replay) is queued in one go and only checked against send_queue/2 between steps; "
+    "with big bodies the step alone passes send_queue and conn_send_text's backpressure check "
+    "closes the reading client with 1013 during its own replay, on every reconnect; and that "
+    "close runs chat_end, which frees the chat_conn while store_pending_direct is still iterating "
+    "with cc->user bound and replay_continue then writes cc->replay_after: heap-use-after-free")
 REPLAY_BUG_DUP = (
     "chat.c replay_continue: the connection is registered (user and rooms) before its replay; a "
     "message stored while the replay is paused is delivered live and then again by a later replay "

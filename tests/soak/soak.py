@@ -1,7 +1,7 @@
 """
-soak.py -- N chat clients (DMs and one room) connect, chat and drop at random (clean close, TCP reset,
-going silent until the heartbeat gives up) for T seconds against a fresh server; then every user
-reconnects once to resend what was never confirmed and to collect what is still pending. Checks,
+soak.py -- N chat clients (DMs and one room) connect, chat and drop at random (clean close, TCP
+reset, going silent until the heartbeat gives up) for T seconds against a fresh server; then every
+user reconnects to resend what was never confirmed and to collect what is still pending. Checks,
 client side against the database: every receipt is a stored row and every row had a receipt (by
 cid, nothing lost, nothing duplicated), every direct message reached its recipient at least once and
 no connection got the same message twice, delivered + undelivered = stored. Prints the figures;
@@ -166,7 +166,7 @@ class Soak:
             await asyncio.sleep(self.rng.uniform(0.0, 0.3))
 
     async def collect(self, u):
-        """Final pass: connect, read the whole replay, ack it, resend the unconfirmed, close cleanly."""
+        """Final pass: connect, read the whole replay, ack it, resend the unconfirmed, close."""
         ws, serial = await self.connect(u)
         signals = {"replayed": asyncio.Event(), "end": asyncio.Event()}
         rd = asyncio.ensure_future(self.reader(u, ws, serial, signals))
@@ -181,7 +181,7 @@ class Soak:
 
 
 def direct_state(srv):
-    """Delivery state of direct messages as (id, to_user, delivered_at), whichever schema holds it."""
+    """Direct messages' delivery state as (id, to_user, delivered_at), whichever schema has it."""
     if srv.db_rows("SELECT count(*) FROM sqlite_master WHERE name = 'deliveries'")[0][0]:
         return "(SELECT msg_id AS id, to_user, delivered_at FROM deliveries)"
     return "(SELECT id, to_user, delivered_at FROM messages WHERE to_user IS NOT NULL)"

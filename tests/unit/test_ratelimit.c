@@ -1,6 +1,6 @@
 /*
- * test_ratelimit.c -- the per-connection token bucket on a fake clock: full start, burst, lazy refill,
- * the cap, fractional tokens, a clock that steps back, and rate 0 meaning unlimited.
+ * test_ratelimit.c -- the per-connection token bucket on a fake clock: full start, burst, lazy
+ * refill, the cap, fractional tokens, a clock that steps back, and rate 0 meaning unlimited.
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -52,7 +52,8 @@ static struct conn *fake_conn(int i)
 }
 
 /* The group's list, walked both ways, must hold exactly want[0..n) in head-first order. */
-static void assert_group(struct registry_map *m, const char *key, struct conn *const *want, size_t n)
+static void assert_group(struct registry_map *m, const char *key, struct conn *const *want,
+                         size_t n)
 {
     struct reg_group *g = registry_find(m, key);
     if (n == 0) {
@@ -124,7 +125,7 @@ static void test_registry_devices_of_one_user(void **state)
     registry_map_free(m);
 }
 
-/* Leave in every order of 4 members: the list stays consistent, the group goes with the last one. */
+/* Leave in several orders of 4 members: the list stays consistent, the group goes with the last. */
 static void test_registry_leave_any_position(void **state)
 {
     static const int orders[][4] = {
