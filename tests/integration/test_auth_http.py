@@ -1,7 +1,7 @@
 """
 test_auth_http.py -- issue 3 identity before the upgrade, over raw HTTP: every rejected token is a
-401 with its reason (and a log line), never a 101; tokens from the query, Authorization: Bearer and a
-cookie; ?user= only from trusted proxies; the session row records who connected.
+401 with its reason (and a log line), never a 101; tokens from the query, Authorization: Bearer
+and a cookie; ?user= only from trusted proxies; the session row records who connected.
 """
 import hashlib
 import hmac
@@ -25,7 +25,7 @@ def sign(payload, header=None, secret=SECRET):
 
 
 def request(srv, path="/ws", headers=()):
-    """Send an upgrade request; returns (status, headers, body, socket) with the socket still open."""
+    """Send an upgrade request; returns (status, headers, body, socket), the socket still open."""
     extra = "".join(f"{h}\r\n" for h in headers)
     s = raw_connect(srv.port, timeout=WAIT)
     s.sendall(upgrade_request(path, extra=extra))
@@ -34,7 +34,7 @@ def request(srv, path="/ws", headers=()):
 
 
 def rejected(srv, path="/ws", headers=()):
-    """The request must get a 401 (read to the end: the server closes after it). Returns the body."""
+    """The request must get a 401 (read to the end: the server closes after it); its body."""
     status, hdrs, body, s = request(srv, path, headers)
     try:
         n = int(hdrs.get("content-length", "-1"))
@@ -87,69 +87,84 @@ def token_srv(tmp_path_factory):
     s.stop()
 
 
-NOW = int(time.time())
+def now():
+    return int(time.time())
+
+
+def q(token):
+    """A request with ?token=; token is a function, so it is minted when the case runs."""
+    return lambda: (f"/ws?token={token()}", ())
+
+
+def hdr(header):
+    return lambda: ("/ws", (header(),))
+
+
+def tampered():
+    head, _, sig = make_token("alice").split(".")
+    body = b64url(json.dumps({"sub": "root", "exp": now() + 3600}).encode())
+    return f"{head}.{body}.{sig}"
+
+
 TOKEN_401 = [
-    # (case, path, extra headers, reason in the body)
-    ("no_token", "/ws", (), "missing token"),
-    ("empty_token", "/ws?token=", (), "missing token"),
-    ("garbage", "/ws?token=garbage", (), "malformed token"),
-    ("garbage_dots", "/ws?token=a.b.c", (), "malformed token"),
-    ("expired", f"/ws?token={make_token('alice', exp_in=-60)}", (), "token expired"),
-    ("wrong_secret", f"/ws?token={make_token('alice', secret='another-secret-0123456789abcdef')}",
-     (), "invalid token"),
-    ("tampered", "/ws?token=" + ".".join(
-        [make_token("alice").split(".")[0],
-         b64url(json.dumps({"sub": "root", "exp": NOW + 3600}).encode()),
-         make_token("alice").split(".")[2]]), (), "invalid token"),
-    ("alg_none", f"/ws?token={make_token('alice', alg='none')}", (), "token algorithm not allowed"),
+    # (case, () -> (path, extra headers), reason in the body)
+    ("no_token", lambda: ("/ws", ()), "missing token"),
+    ("empty_token", lambda: ("/ws?token=", ()), "missing token"),
+    ("garbage", q(lambda: "garbage"), "malformed token"),
+    ("garbage_dots", q(lambda: "a.b.c"), "malformed token"),
+    ("expired", q(lambda: make_token("alice", exp_in=-60)), "token expired"),
+    ("wrong_secret", q(lambda: make_token("alice", secret="another-secret-0123456789abcdef")),
+     "invalid token"),
+    ("tampered", q(tampered), "invalid token"),
+    ("alg_none", q(lambda: make_token("alice", alg="none")), "token algorithm not allowed"),
     ("alg_rs256_header",
-     "/ws?token=" + sign({"sub": "alice", "exp": NOW + 3600}, {"alg": "RS256", "typ": "JWT"}), (),
+     q(lambda: sign({"sub": "alice", "exp": now() + 3600}, {"alg": "RS256", "typ": "JWT"})),
      "token algorithm not allowed"),
-    ("nbf_future", f"/ws?token={make_token('alice', extra={'nbf': NOW + 300})}", (),
+    ("nbf_future", q(lambda: make_token("alice", extra={"nbf": now() + 300})),
      "token not yet valid"),
-    ("sub_missing", "/ws?token=" + sign({"exp": NOW + 3600}), (), "token has no sub"),
-    ("sub_too_long", f"/ws?token={make_token('u' * 65)}", (), "token sub is not a valid user id"),
-    ("sub_empty", f"/ws?token={make_token('')}", (), "token sub is not a valid user id"),
-    ("sub_control_char", f"/ws?token={make_token('al' + chr(1) + 'ice')}", (),
+    ("sub_missing", q(lambda: sign({"exp": now() + 3600})), "token has no sub"),
+    ("sub_too_long", q(lambda: make_token("u" * 65)), "token sub is not a valid user id"),
+    ("sub_empty", q(lambda: make_token("")), "token sub is not a valid user id"),
+    ("sub_control_char", q(lambda: make_token("al" + chr(1) + "ice")),
      "token sub is not a valid user id"),
-    ("sub_number", "/ws?token=" + sign({"sub": 42, "exp": NOW + 3600}), (),
+    ("sub_number", q(lambda: sign({"sub": 42, "exp": now() + 3600})),
      "token sub is not a valid user id"),
-    ("exp_string", "/ws?token=" + sign({"sub": "alice", "exp": "tomorrow"}), (),
+    ("exp_string", q(lambda: sign({"sub": "alice", "exp": "tomorrow"})),
      "token exp is not a number"),
-    ("bearer_garbage", "/ws", ("Authorization: Bearer not-a-jwt",), "malformed token"),
-    ("bearer_expired", "/ws", (f"Authorization: Bearer {make_token('alice', exp_in=-60)}",),
+    ("bearer_garbage", hdr(lambda: "Authorization: Bearer not-a-jwt"), "malformed token"),
+    ("bearer_expired", hdr(lambda: f"Authorization: Bearer {make_token('alice', exp_in=-60)}"),
      "token expired"),
-    ("cookie_not_configured", "/ws", (f"Cookie: wsp={make_token('alice')}",), "missing token"),
-    ("user_in_token_mode", "/ws?user=alice", (), "missing token"),
+    ("cookie_not_configured", hdr(lambda: f"Cookie: wsp={make_token('alice')}"), "missing token"),
+    ("user_in_token_mode", lambda: ("/ws?user=alice", ()), "missing token"),
 ]
 
 
-@pytest.mark.parametrize("case,path,headers,reason", TOKEN_401, ids=[c[0] for c in TOKEN_401])
-def test_auth_http_rejects_with_401_and_reason(token_srv, case, path, headers, reason):
+@pytest.mark.parametrize("case,req,reason", TOKEN_401, ids=[c[0] for c in TOKEN_401])
+def test_auth_http_rejects_with_401_and_reason(token_srv, case, req, reason):
     before = sessions(token_srv)
-    body = rejected(token_srv, path, headers)
+    body = rejected(token_srv, *req())
     assert reason in body, (case, body)
     wait_log(token_srv, f"HTTP 401 {reason}")
     assert sessions(token_srv) == before  # nothing recorded for a rejected client
 
 
 TOKEN_OK = [
-    # (case, user, path, headers)
-    ("query", "alice", f"/ws?token={make_token('alice')}", ()),
-    ("query_among_others", "alice", f"/ws?x=1&token={make_token('alice')}&y=2", ()),
-    ("bearer", "bob", "/ws", (f"Authorization: Bearer {make_token('bob')}",)),
-    ("bearer_lowercase_scheme", "bob", "/ws", (f"Authorization: bearer {make_token('bob')}",)),
-    ("expired_within_leeway", "carol", f"/ws?token={make_token('carol', exp_in=-5)}", ()),
-    ("nbf_within_leeway", "carol", f"/ws?token={make_token('carol', extra={'nbf': NOW + 5})}",
-     ()),
-    ("no_exp", "dave", "/ws?token=" + sign({"sub": "dave"}), ()),
-    ("sub_64_bytes", "u" * 64, f"/ws?token={make_token('u' * 64)}", ()),
-    ("sub_utf8", "zoë", f"/ws?token={make_token('zoë')}", ()),
+    # (case, user, () -> (path, extra headers))
+    ("query", "alice", q(lambda: make_token("alice"))),
+    ("query_among_others", "alice", lambda: (f"/ws?x=1&token={make_token('alice')}&y=2", ())),
+    ("bearer", "bob", hdr(lambda: f"Authorization: Bearer {make_token('bob')}")),
+    ("bearer_lowercase_scheme", "bob", hdr(lambda: f"Authorization: bearer {make_token('bob')}")),
+    ("expired_within_leeway", "carol", q(lambda: make_token("carol", exp_in=-5))),
+    ("nbf_within_leeway", "carol", q(lambda: make_token("carol", extra={"nbf": now() + 5}))),
+    ("no_exp", "dave", q(lambda: sign({"sub": "dave"}))),
+    ("sub_64_bytes", "u" * 64, q(lambda: make_token("u" * 64))),
+    ("sub_utf8", "zoë", q(lambda: make_token("zoë"))),
 ]
 
 
-@pytest.mark.parametrize("case,user,path,headers", TOKEN_OK, ids=[c[0] for c in TOKEN_OK])
-def test_auth_http_accepts_token_and_records_session(token_srv, case, user, path, headers):
+@pytest.mark.parametrize("case,user,req", TOKEN_OK, ids=[c[0] for c in TOKEN_OK])
+def test_auth_http_accepts_token_and_records_session(token_srv, case, user, req):
+    path, headers = req()
     welcome = accepted(token_srv, path, headers + ("User-Agent: it-test/1.0",), user=user)
     rows = token_srv.db_rows("SELECT user, remote_addr, user_agent FROM sessions WHERE id = ?",
                              (int(welcome["session"]),))
