@@ -183,14 +183,7 @@ static int64_t api_body_length(const struct http_req *req)
 
 static const char *status_text(int status)
 {
-    switch (status) {
-    case 202:
-        return "Accepted";
-    case 411:
-        return "Length Required";
-    default:
-        return http_status_text(status);
-    }
+    return http_status_text(status);
 }
 
 static void log_request(struct api_conn *ac, int status, const char *code)

@@ -615,6 +615,7 @@ const char *http_status_text(int status)
     } texts[] = {
         {101, "Switching Protocols"},
         {200, "OK"},
+        {202, "Accepted"},
         {204, "No Content"},
         {301, "Moved Permanently"},
         {304, "Not Modified"},
@@ -624,6 +625,7 @@ const char *http_status_text(int status)
         {404, "Not Found"},
         {405, "Method Not Allowed"},
         {408, "Request Timeout"},
+        {411, "Length Required"},
         {413, "Payload Too Large"},
         {415, "Unsupported Media Type"},
         {426, "Upgrade Required"},

@@ -455,6 +455,18 @@ int server_init(struct server *srv, const struct px_config *cfg)
     srv->commit_ev = event_new(srv->base, -1, 0, commit_cb, srv);
     event_priority_set(srv->commit_ev, 2);
 
+    /* Before any port is bound: a SIGTERM from a supervisor must always mean a graceful stop. */
+    srv->sig_term = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
+    srv->sig_int = evsignal_new(srv->base, SIGINT, signal_cb, srv);
+    if (!srv->sig_term || !srv->sig_int) {
+        log_error("cannot install signal handlers");
+        goto fail;
+    }
+    event_priority_set(srv->sig_term, 0);
+    event_priority_set(srv->sig_int, 0);
+    evsignal_add(srv->sig_term, NULL);
+    evsignal_add(srv->sig_int, NULL);
+
     /* Sessions a crashed or killed process left open are over; presence must say so. */
     int64_t ended = 0;
     if (store_session_end_orphans(srv->store, server_now_ms(srv), "server_restart", &ended) != 0) {
@@ -497,16 +509,6 @@ int server_init(struct server *srv, const struct px_config *cfg)
         log_info("chat page: open %s://%s%s%s:%d/ in a browser (demo login is on)", scheme,
                  v6 ? "[" : "", host, v6 ? "]" : "", port);
 
-    srv->sig_term = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
-    srv->sig_int = evsignal_new(srv->base, SIGINT, signal_cb, srv);
-    if (!srv->sig_term || !srv->sig_int) {
-        log_error("cannot install signal handlers");
-        goto fail;
-    }
-    event_priority_set(srv->sig_term, 0);
-    event_priority_set(srv->sig_int, 0);
-    evsignal_add(srv->sig_term, NULL);
-    evsignal_add(srv->sig_int, NULL);
     return 0;
 fail:
     server_free(srv);

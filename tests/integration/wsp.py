@@ -104,6 +104,8 @@ class Server:
                 raise RuntimeError(f"wsproxy exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                if self.conf.get("api", {}).get("listen"):
+                    socket.create_connection(("127.0.0.1", self.api_port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.02)
