@@ -278,6 +278,15 @@ def main():
     print(f"soak: {CLIENTS} clients, {SECONDS:g}s, seed {SEED}, server {srv.log_path}")
     users = [User(f"s{i}") for i in range(CLIENTS)]
     soak = Soak(srv, users, rng)
+
+    async def warm_up():  # SQLite opens its WAL files on first use: take the fd baseline after
+        async with websockets.connect(srv.chat_url("warmup")) as ws:
+            while json.loads(await ws.recv())["type"] != "replayed":
+                pass
+    asyncio.run(warm_up())
+    wait_for(lambda: srv.db_rows("SELECT count(*) FROM sessions WHERE ended_at IS NULL")[0][0]
+             == 0, 5)
+    time.sleep(0.2)
     fd0, rss0 = srv.fd_count(), srv.rss_kib()
     t0 = time.time()
     try:
