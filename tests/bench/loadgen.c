@@ -31,13 +31,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define MAX_CONNECTING 128      /* handshakes in flight; more only overflows the listen backlog */
-#define IN_CHUNK 8192           /* read size; buffers grow for larger frames */
-#define MAX_FRAME (16u << 20)   /* anything bigger from a bench peer is a bug */
-#define ACK_EVERY 100           /* fanout members ack the latest id this often */
+#define WS_GUID          "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define MAX_CONNECTING   128  /* handshakes in flight; more only overflows the listen backlog */
+#define IN_CHUNK         8192 /* read size; buffers grow for larger frames */
+#define MAX_FRAME        (16u << 20) /* anything bigger from a bench peer is a bug */
+#define ACK_EVERY        100         /* fanout members ack the latest id this often */
 #define SETUP_TIMEOUT_NS (120 * NS_PER_S)
-#define NS_PER_S 1000000000LL
+#define NS_PER_S         1000000000LL
 
 enum mode { MODE_ECHO, MODE_IDLE, MODE_FANOUT, MODE_PERSIST };
 enum conn_state { CS_FREE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_CLOSED };
@@ -78,16 +78,16 @@ struct conn {
     char *frag; /* reassembly of a fragmented message */
     size_t frag_len, frag_cap;
     uint8_t frag_op;
-    uint64_t seq;       /* messages sent */
-    int64_t last_id;    /* newest msg id seen (fanout ack) */
+    uint64_t seq;    /* messages sent */
+    int64_t last_id; /* newest msg id seen (fanout ack) */
     uint32_t unacked;
-    uint64_t *sent_ns;  /* persist: send time by seq % window */
+    uint64_t *sent_ns; /* persist: send time by seq % window */
 };
 
-/* Log-linear histogram of nanosecond values: 32 sub-buckets per power of two, about 3% resolution. */
+/* Log-linear histogram of nanoseconds: 32 sub-buckets per power of two, about 3% resolution. */
 #define HIST_SUB_BITS 5
-#define HIST_SUB (1u << HIST_SUB_BITS)
-#define HIST_N (64 * HIST_SUB)
+#define HIST_SUB      (1u << HIST_SUB_BITS)
+#define HIST_N        (64 * HIST_SUB)
 struct hist {
     uint64_t count[HIST_N];
     uint64_t n;
@@ -114,9 +114,9 @@ struct lg {
     bool window_opened;
     long rss_before, rss_after;
     struct rusage ru_start, ru_end;
-    uint64_t msgs;       /* counted replies / deliveries / receipts in the window */
+    uint64_t msgs; /* counted replies / deliveries / receipts in the window */
     uint64_t published;
-    uint64_t pub_sent;   /* "sent" receipts for the publisher */
+    uint64_t pub_sent; /* "sent" receipts for the publisher */
     uint64_t errors;
     uint64_t closed;
     int64_t next_pub;
@@ -157,7 +157,7 @@ static void *xrealloc(void *p, size_t n)
 
 static uint64_t rng_next(void)
 {
-    /* xorshift64*: masks must be unpredictable to intermediaries, not cryptographic (RFC 6455 §10.3) */
+    /* xorshift64*: RFC 6455 §10.3 wants masks intermediaries cannot predict, not crypto */
     G.rng ^= G.rng >> 12;
     G.rng ^= G.rng << 25;
     G.rng ^= G.rng >> 27;
@@ -194,7 +194,8 @@ static void jwt_make(const char *secret, const char *user, char *out, size_t cap
     size_t h = b64_encode((const unsigned char *)hdr, sizeof(hdr) - 1, part, true);
     part[h++] = '.';
     size_t p = b64_encode((const unsigned char *)payload, (size_t)n, part + h, true);
-    if (!HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)part, h + p, mac, &mac_len))
+    if (!HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)part, h + p, mac,
+              &mac_len))
         die("HMAC failed");
     b64_encode(mac, mac_len, sig64, true);
     if ((size_t)snprintf(out, cap, "%s.%s", part, sig64) >= cap)
@@ -298,8 +299,8 @@ static bool proc_core(int cpu, uint64_t *busy, uint64_t *total)
         unsigned long long v[8] = {0};
         if (strncmp(line, name, strlen(name)) != 0)
             continue;
-        if (sscanf(line + strlen(name), "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-                   &v[3], &v[4], &v[5], &v[6], &v[7]) < 8)
+        if (sscanf(line + strlen(name), "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+                   &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) < 8)
             break;
         *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
         *busy = *total - v[3] - v[4];
@@ -321,7 +322,7 @@ static int pinned_core(long pid)
     return -1;
 }
 
-/* ---- minimal JSON field access: the peers' frames are flat objects the bench itself shaped ---- */
+/* ---- minimal JSON field access: the peers' frames are flat objects shaped by the bench ---- */
 
 static const char *json_find(const char *s, size_t n, const char *key)
 {
@@ -545,8 +546,8 @@ static void conn_send_handshake(struct conn *c)
         char user[64], tok[600];
         user_name(c, user, sizeof(user));
         jwt_make(G.o.secret, user, tok, sizeof(tok));
-        snprintf(target, sizeof(target), "%s%ctoken=%s", G.o.path, strchr(G.o.path, '?') ? '&' : '?',
-                 tok);
+        snprintf(target, sizeof(target), "%s%ctoken=%s", G.o.path,
+                 strchr(G.o.path, '?') ? '&' : '?', tok);
     } else {
         snprintf(target, sizeof(target), "%s", G.o.path);
     }
@@ -636,8 +637,9 @@ static void echo_send(struct conn *c, int64_t now)
 static void sender_send(struct conn *c, int64_t now)
 {
     c->sent_ns[c->seq % (uint64_t)G.o.window] = (uint64_t)now;
-    text_send(c, "{\"type\":\"send\",\"to\":\"%soff%u\",\"body\":{\"t\":%" PRId64 "},"
-                 "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
+    text_send(c,
+              "{\"type\":\"send\",\"to\":\"%soff%u\",\"body\":{\"t\":%" PRId64 "},"
+              "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
               G.o.prefix, c->idx, now, G.run_nonce, c->seq);
     c->seq++;
 }
@@ -712,7 +714,8 @@ static void on_chat(struct conn *c, const char *p, size_t len, int64_t now)
     } else if (json_is(p, len, "type", "error")) {
         G.errors++;
         if (G.errors <= 5)
-            fprintf(stderr, "loadgen: connection %u got %.*s\n", c->idx, (int)(len < 200 ? len : 200), p);
+            fprintf(stderr, "loadgen: connection %u got %.*s\n", c->idx,
+                    (int)(len < 200 ? len : 200), p);
         if (c->role == ROLE_SENDER && now < G.t_end && G.phase == PH_RUN)
             sender_send(c, now);
     }
@@ -768,8 +771,9 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
         } else if (op == 0xA) {
             /* unsolicited pong: ignore */
         } else if (op == 0x8) {
-            unsigned code = len >= 2 ? (unsigned)((unsigned char)payload[0] << 8 |
-                                                   (unsigned char)payload[1]) : 1005;
+            unsigned code =
+                len >= 2 ? (unsigned)((unsigned char)payload[0] << 8 | (unsigned char)payload[1])
+                         : 1005;
             char why[160];
             snprintf(why, sizeof(why), "server closed: %u %.*s", code,
                      (int)(len > 2 ? (len - 2 > 100 ? 100 : len - 2) : 0), payload + 2);
@@ -919,8 +923,9 @@ static void publish(int64_t now)
     int64_t step = (int64_t)(NS_PER_S / G.o.rate);
     while (G.next_pub <= now && G.next_pub < G.t_end) {
         /* the body carries the send time, so members measure publish -> receipt themselves */
-        text_send(pub, "{\"type\":\"send\",\"room\":\"%s\",\"body\":{\"t\":%" PRId64 "},"
-                       "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
+        text_send(pub,
+                  "{\"type\":\"send\",\"room\":\"%s\",\"body\":{\"t\":%" PRId64 "},"
+                  "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
                   G.o.room, now, G.run_nonce, G.published);
         G.published++;
         G.next_pub += step;
@@ -1012,14 +1017,17 @@ static void report(void)
 
     if (o->mode == MODE_IDLE) {
         double per = G.ready > 0 && G.rss_before >= 0 && G.rss_after >= 0
-                         ? (double)(G.rss_after - G.rss_before) / (double)G.ready : -1;
-        snprintf(line + n, sizeof(line) - (size_t)n,
-                 " path=%s ready=%ld failed=%ld rss_before_kib=%ld rss_after_kib=%ld kib_per_conn=%.2f"
-                 " errors=%" PRIu64,
-                 o->path, G.ready, G.failed, G.rss_before, G.rss_after, per, G.errors);
-        printf("idle: %ld of %ld connections open on %s; server RSS %ld KiB -> %ld KiB = %.2f KiB per "
-               "connection\n%s\n",
-               G.ready, o->conns, o->path, G.rss_before, G.rss_after, per, line);
+                         ? (double)(G.rss_after - G.rss_before) / (double)G.ready
+                         : -1;
+        snprintf(
+            line + n, sizeof(line) - (size_t)n,
+            " path=%s ready=%ld failed=%ld rss_before_kib=%ld rss_after_kib=%ld kib_per_conn=%.2f"
+            " errors=%" PRIu64,
+            o->path, G.ready, G.failed, G.rss_before, G.rss_after, per, G.errors);
+        printf(
+            "idle: %ld of %ld connections open on %s; server RSS %ld KiB -> %ld KiB = %.2f KiB per "
+            "connection\n%s\n",
+            G.ready, o->conns, o->path, G.rss_before, G.rss_after, per, line);
         return;
     }
     double secs;
@@ -1039,16 +1047,17 @@ static void report(void)
                           ? 100.0 * (double)(G.core_busy1 - G.core_busy0) /
                                 (double)(G.core_total1 - G.core_total0)
                           : -1;
-    const char *unit = o->mode == MODE_FANOUT ? "deliveries" : o->mode == MODE_PERSIST ? "receipts"
-                                                                                        : "msgs";
-    n += snprintf(line + n, sizeof(line) - (size_t)n,
-                  " window=%ld size=%ld secs=%.3f msgs=%" PRIu64 " msgs_per_s=%.0f p50_us=%.1f"
-                  " p99_us=%.1f p999_us=%.1f max_us=%.1f server_cpu_pct=%.1f msgs_per_core_s=%.0f"
-                  " loader_cpu_pct=%.1f server_core_busy_pct=%.1f server_rss_kib=%ld errors=%" PRIu64
-                  " closed=%" PRIu64,
-                  o->window, o->size, secs, G.msgs, rate, p50, p99, p999,
-                  (double)G.lat.max / 1000.0, cpu_pct, per_core, loader_pct, core_pct, rss, G.errors,
-                  G.closed);
+    const char *unit = o->mode == MODE_FANOUT    ? "deliveries"
+                       : o->mode == MODE_PERSIST ? "receipts"
+                                                 : "msgs";
+    n +=
+        snprintf(line + n, sizeof(line) - (size_t)n,
+                 " window=%ld size=%ld secs=%.3f msgs=%" PRIu64 " msgs_per_s=%.0f p50_us=%.1f"
+                 " p99_us=%.1f p999_us=%.1f max_us=%.1f server_cpu_pct=%.1f msgs_per_core_s=%.0f"
+                 " loader_cpu_pct=%.1f server_core_busy_pct=%.1f server_rss_kib=%ld errors=%" PRIu64
+                 " closed=%" PRIu64,
+                 o->window, o->size, secs, G.msgs, rate, p50, p99, p999, (double)G.lat.max / 1000.0,
+                 cpu_pct, per_core, loader_pct, core_pct, rss, G.errors, G.closed);
     if (o->mode == MODE_FANOUT) {
         uint64_t expected = (uint64_t)o->conns * G.published;
         double pct = expected ? 100.0 * (double)G.msgs / (double)expected : 0;
@@ -1151,30 +1160,72 @@ static double arg_num(const char *s, const char *what)
 int main(int argc, char **argv)
 {
     struct opts *o = &G.o;
-    *o = (struct opts){.mode = MODE_ECHO, .host = "127.0.0.1", .port = 8080, .conns = 1, .window = 1,
-                       .size = 32, .secs = 5, .warm = 1, .drain = 5, .rate = 100, .room = "bench",
+    *o = (struct opts){.mode = MODE_ECHO,
+                       .host = "127.0.0.1",
+                       .port = 8080,
+                       .conns = 1,
+                       .window = 1,
+                       .size = 32,
+                       .secs = 5,
+                       .warm = 1,
+                       .drain = 5,
+                       .rate = 100,
+                       .room = "bench",
                        .prefix = ""};
     const char *mode = NULL;
     int ch;
     while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bh")) != -1) {
         switch (ch) {
-        case 'm': mode = optarg; break;
-        case 'H': o->host = optarg; break;
-        case 'P': o->port = (int)arg_num(optarg, "port"); break;
-        case 'U': o->path = optarg; break;
-        case 'c': o->conns = (long)arg_num(optarg, "count"); break;
-        case 'w': o->window = (long)arg_num(optarg, "window"); break;
-        case 's': o->size = (long)arg_num(optarg, "size"); break;
-        case 'd': o->secs = arg_num(optarg, "duration"); break;
-        case 'W': o->warm = arg_num(optarg, "warm-up"); break;
-        case 'r': o->rate = arg_num(optarg, "rate"); break;
-        case 'D': o->drain = arg_num(optarg, "drain"); break;
-        case 'p': o->pid = (long)arg_num(optarg, "pid"); break;
-        case 'k': o->secret = optarg; break;
-        case 'R': o->room = optarg; break;
-        case 'u': o->prefix = optarg; break;
-        case 'b': o->binary = true; break;
-        default: usage();
+        case 'm':
+            mode = optarg;
+            break;
+        case 'H':
+            o->host = optarg;
+            break;
+        case 'P':
+            o->port = (int)arg_num(optarg, "port");
+            break;
+        case 'U':
+            o->path = optarg;
+            break;
+        case 'c':
+            o->conns = (long)arg_num(optarg, "count");
+            break;
+        case 'w':
+            o->window = (long)arg_num(optarg, "window");
+            break;
+        case 's':
+            o->size = (long)arg_num(optarg, "size");
+            break;
+        case 'd':
+            o->secs = arg_num(optarg, "duration");
+            break;
+        case 'W':
+            o->warm = arg_num(optarg, "warm-up");
+            break;
+        case 'r':
+            o->rate = arg_num(optarg, "rate");
+            break;
+        case 'D':
+            o->drain = arg_num(optarg, "drain");
+            break;
+        case 'p':
+            o->pid = (long)arg_num(optarg, "pid");
+            break;
+        case 'k':
+            o->secret = optarg;
+            break;
+        case 'R':
+            o->room = optarg;
+            break;
+        case 'u':
+            o->prefix = optarg;
+            break;
+        case 'b':
+            o->binary = true;
+            break;
+        default:
+            usage();
         }
     }
     if (!mode || optind != argc)
@@ -1219,9 +1270,15 @@ int main(int argc, char **argv)
         c->fd = -1;
         c->idx = (uint32_t)i;
         switch (o->mode) {
-        case MODE_ECHO: c->role = ROLE_ECHO; break;
-        case MODE_IDLE: c->role = ROLE_IDLE; break;
-        case MODE_FANOUT: c->role = i == o->conns ? ROLE_PUBLISHER : ROLE_MEMBER; break;
+        case MODE_ECHO:
+            c->role = ROLE_ECHO;
+            break;
+        case MODE_IDLE:
+            c->role = ROLE_IDLE;
+            break;
+        case MODE_FANOUT:
+            c->role = i == o->conns ? ROLE_PUBLISHER : ROLE_MEMBER;
+            break;
         case MODE_PERSIST:
             c->role = ROLE_SENDER;
             c->sent_ns = calloc((size_t)o->window, sizeof(uint64_t));

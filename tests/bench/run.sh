@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# run.sh -- `make bench`: wsproxy against gorilla/websocket on loopback, server on core 0 and loader on
-# core 1, each figure the median of BENCH_RUNS runs; prints a markdown table and writes var/bench/.
-# Environment: BENCH_RUNS (3), BENCH_SECS (5), BENCH_ONLY (space-separated scenario names, see below),
-# BENCH_NICE (0), BENCH_PORT (28080, first of three free ports).
+# run.sh -- `make bench`: wsproxy against gorilla/websocket on loopback, server on core 0 and
+# loader on core 1, each figure the median of BENCH_RUNS runs; prints a markdown table and writes
+# it to var/bench/. Environment: BENCH_RUNS (3), BENCH_SECS (5), BENCH_ONLY (scenario names, see
+# below), BENCH_NICE (0), BENCH_PORT (28080, first of three free ports), BENCH_STOP_GRACE (5).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -217,8 +217,8 @@ for sc in "${SCENARIOS[@]}"; do
             [[ $name != *_awake ]] || spinners_start
             port=$(port_of "$srv")
             # shellcheck disable=SC2086
-            if out=$(nice -n "$NICE" taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" -p "$SERVER_PID" -u "r$run" \
-                2>"$TMP/loadgen.err"); then
+            if out=$(nice -n "$NICE" taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" \
+                -p "$SERVER_PID" -u "r$run" 2>"$TMP/loadgen.err"); then
                 line=$(grep '^result ' <<<"$out" || true)
                 echo "scenario=$name server=$srv run=$run ${line#result }" >>"$RAW"
             else
@@ -244,11 +244,14 @@ log "all runs took $SECONDS s"
 {
     echo "# wsproxy vs gorilla/websocket -- $(date '+%Y-%m-%d %H:%M')"
     echo
-    echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'),"\
-        "Linux $(uname -r); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
-    echo "wsproxy $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')," \
-        "$(go version | cut -d' ' -f3), gorilla/websocket from Debian" \
-        "$(dpkg-query -W -f='${Version}' golang-github-gorilla-websocket-dev 2>/dev/null || echo '?')." \
+    model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+    rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
+    git diff --quiet 2>/dev/null || rev="$rev+dirty"
+    gorilla=$(dpkg-query -W -f='${Version}' golang-github-gorilla-websocket-dev 2>/dev/null ||
+        echo '?')
+    echo "Machine: $(nproc) cores, $model, Linux $(uname -r);" \
+        "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "wsproxy $rev, $(go version | cut -d' ' -f3), gorilla/websocket from Debian $gorilla." \
         "Server on core $SRV_CPU, loader on core $LG_CPU; each figure the median of $RUNS runs."
     echo
     python3 - "$RAW" <<'PY'
@@ -278,19 +281,19 @@ G_ECHO, G_CHAT = "gorilla-echo", "gorilla-chat"
 T = []  # scenario, metric, wsproxy, gorilla, ratio, target, met
 e = ("echo100", "msgs_per_core_s")
 w, g = med(e[0], "wsproxy", e[1]), med(e[0], G_ECHO, e[1])
-T.append(("echo 100 conns × 32 B, window 16", "msgs per server-core-second", fmt(w), fmt(g), ratio(w, g),
-          "≥ 4× gorilla", verdict(None if w is None or g is None else w >= 4 * g)))
+T.append(("echo 100 conns × 32 B, window 16", "msgs per server-core-second", fmt(w), fmt(g),
+          ratio(w, g), "≥ 4× gorilla", verdict(None if w is None or g is None else w >= 4 * g)))
 w, g = med("echo1", "wsproxy", "msgs_per_s"), med("echo1", G_ECHO, "msgs_per_s")
 T.append(("echo 1 conn × 32 B, window 1", "msgs/s", fmt(w), fmt(g), ratio(w, g), "≥ gorilla",
           verdict(None if w is None or g is None else w >= g)))
 w, g = med("echo1_awake", "wsproxy", "msgs_per_s"), med("echo1_awake", G_ECHO, "msgs_per_s")
 T.append(("(context) the same, cores kept awake", "msgs/s", fmt(w), fmt(g), ratio(w, g), "", ""))
 w, g = med("idle_echo", "wsproxy", "kib_per_conn"), med("idle_echo", G_ECHO, "kib_per_conn")
-T.append(("idle 10,000 conns on /echo", "server RSS KiB per conn", fmt(w), fmt(g), ratio(w, g), "≤ 2 KiB",
-          verdict(None if w is None else w <= 2)))
+T.append(("idle 10,000 conns on /echo", "server RSS KiB per conn", fmt(w), fmt(g), ratio(w, g),
+          "≤ 2 KiB", verdict(None if w is None else w <= 2)))
 w, g = med("idle_ws", "wsproxy", "kib_per_conn"), med("idle_ws", G_CHAT, "kib_per_conn")
-T.append(("idle 10,000 conns on /ws (token)", "server RSS KiB per conn", fmt(w), fmt(g), ratio(w, g),
-          "≤ 4 KiB", verdict(None if w is None else w <= 4)))
+T.append(("idle 10,000 conns on /ws (token)", "server RSS KiB per conn", fmt(w), fmt(g),
+          ratio(w, g), "≤ 4 KiB", verdict(None if w is None else w <= 4)))
 w, g = med("fanout", "wsproxy", "delivered_pct"), med("fanout", G_CHAT, "delivered_pct")
 T.append(("fanout 5,000 members, 100 msgs/s", "delivered %", fmt(w, "%"), fmt(g, "%"), ratio(w, g),
           "100 %", verdict(None if w is None else w >= 100)))
@@ -299,8 +302,8 @@ w, g = (None if w is None else w / 1000), (None if g is None else g / 1000)
 T.append(("", "p99 publish→receipt, ms", fmt(w), fmt(g), ratio(w, g), "< gorilla (stores nothing)",
           verdict(None if w is None or g is None else w < g)))
 w, g = med("fanout_light", "wsproxy", "delivered_pct"), med("fanout_light", G_CHAT, "delivered_pct")
-T.append(("(context) fanout 1,000 members, 20 msgs/s", "delivered %", fmt(w, "%"), fmt(g, "%"), ratio(w, g),
-          "", ""))
+T.append(("(context) fanout 1,000 members, 20 msgs/s", "delivered %", fmt(w, "%"), fmt(g, "%"),
+          ratio(w, g), "", ""))
 w, g = med("fanout_light", "wsproxy", "p99_us"), med("fanout_light", G_CHAT, "p99_us")
 w, g = (None if w is None else w / 1000), (None if g is None else g / 1000)
 T.append(("", "p99 publish→receipt, ms", fmt(w), fmt(g), ratio(w, g), "", ""))
@@ -318,8 +321,8 @@ for r in T:
     print("| " + " | ".join(r) + " |")
 
 print("\n## Details (medians)\n")
-print("| scenario | server | msgs/s | per server-core-s | server CPU | server's core busy | loader CPU "
-      "| p50 µs | p99 µs | p99.9 µs | KiB/conn | delivered | setup s | errors |")
+print("| scenario | server | msgs/s | per server-core-s | server CPU | server's core busy "
+      "| loader CPU | p50 µs | p99 µs | p99.9 µs | KiB/conn | delivered | setup s | errors |")
 print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 seen = []
 for r in rows:
@@ -329,9 +332,9 @@ for r in rows:
 for sc, srv in seen:
     m = lambda key, unit="": fmt(med(sc, srv, key), unit)
     label = srv + (" (sync=full)" if sc == "persist_full" else "")
-    print(f"| {sc} | {label} | {m('msgs_per_s')} | {m('msgs_per_core_s')} | {m('server_cpu_pct', '%')} "
-          f"| {m('server_core_busy_pct', '%')} | {m('loader_cpu_pct', '%')} | {m('p50_us')} "
-          f"| {m('p99_us')} | {m('p999_us')} | {m('kib_per_conn')} | {m('delivered_pct', '%')} "
+    print(f"| {sc} | {label} | {m('msgs_per_s')} | {m('msgs_per_core_s')} "
+          f"| {m('server_cpu_pct', '%')} | {m('server_core_busy_pct', '%')} "
+          f"| {m('loader_cpu_pct', '%')} | {m('p50_us')} | {m('p99_us')} | {m('p999_us')} | {m('kib_per_conn')} | {m('delivered_pct', '%')} "
           f"| {m('setup_s')} | {m('errors')} |")
 PY
     echo

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# smoke.sh -- the ~10 s bench check `make test` runs: builds loadgen, drives each mode briefly against
-# wsproxy and fails unless the figures are sane (traffic flowed, no errors, a tiny fanout fully
-# delivered). No timing assertions: this machine may be busy.
+# smoke.sh -- the ~10 s bench check `make test` runs: builds loadgen, drives each mode briefly
+# against wsproxy and fails unless the figures are sane (traffic flowed, no errors, a tiny fanout
+# fully delivered). No timing assertions: this machine may be busy.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -56,7 +56,7 @@ for _ in $(seq 1 100); do
     sleep 0.05
 done
 
-# check NAME EXPR-ON-VALUES LOADGEN-ARGS...: runs loadgen, then evaluates a python boolean over r[key]
+# check NAME EXPR LOADGEN-ARGS...: runs loadgen, then EXPR, a python boolean over r[key]
 check() {
     local name=$1 expr=$2 out line
     shift 2
@@ -83,15 +83,17 @@ sys.exit(0 if eval(sys.argv[1]) else 1)' "$expr" "$line"; then
 if kill -0 "$PID" 2>/dev/null; then
     check echo "r['msgs_per_s'] > 0 and r['errors'] == 0 and r['p50_us'] > 0" \
         -m echo -c 10 -w 4 -s 32 -d 1 -W 0.2
-    check echo-binary "r['msgs_per_s'] > 0 and r['errors'] == 0" -m echo -c 2 -w 2 -s 200 -d 0.5 -W 0 -b
+    check echo-binary "r['msgs_per_s'] > 0 and r['errors'] == 0" \
+        -m echo -c 2 -w 2 -s 200 -d 0.5 -W 0 -b
     check idle-echo "r['ready'] == 200 and r['failed'] == 0 and r['rss_after_kib'] > 0" \
         -m idle -U /echo -c 200 -d 0.3
     check idle-ws "r['ready'] == 200 and r['failed'] == 0" -m idle -U /ws -c 200 -d 0.3 -k "$SECRET"
     check fanout "r['delivered_pct'] == 100 and r['published'] == 50 and r['errors'] == 0" \
         -m fanout -c 20 -r 50 -d 1 -D 3 -k "$SECRET"
-    check persist "r['msgs_per_s'] > 0 and r['errors'] == 0" -m persist -c 2 -w 8 -d 1 -W 0.2 -k "$SECRET"
+    check persist "r['msgs_per_s'] > 0 and r['errors'] == 0" \
+        -m persist -c 2 -w 8 -d 1 -W 0.2 -k "$SECRET"
     # a bad token must be refused before the upgrade, and loadgen must notice
-    if "$LG" -P "$port" -m persist -c 1 -d 0.2 -k wrong-secret-wrong-secret-wrong-se >/dev/null 2>&1; then
+    if "$LG" -P "$port" -m persist -c 1 -d 0.2 -k "x$SECRET" >/dev/null 2>&1; then
         echo "smoke: FAIL bad-token: loadgen did not report the refused handshake" >&2
         FAIL=1
     else

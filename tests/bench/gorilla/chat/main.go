@@ -1,7 +1,7 @@
 // Reference peer for `make bench`: a hub-style gorilla/websocket chat server in the shape of
-// gorilla's examples/chat (one hub goroutine, a read pump and a write pump per connection), speaking
-// enough of wsproxy's JSON protocol for the loader's fanout and idle modes. It stores nothing and
-// checks no token: the user is the JWT's unverified "sub", else ?user=, else a counter.
+// gorilla's examples/chat (one hub goroutine, a read pump and a write pump per connection),
+// speaking enough of wsproxy's JSON protocol for the loader's fanout and idle modes. It stores
+// nothing and checks no token: the user is the JWT's unverified "sub", else ?user=, else a counter.
 package main
 
 import (
@@ -151,7 +151,8 @@ func (h *hub) handle(c *client, f inFrame) {
 		} else if f.To != "" {
 			targets = h.users[f.To]
 		} else {
-			h.push(c, mustJSON(map[string]string{"type": "error", "code": "bad_request", "cid": f.Cid}))
+			h.push(c, mustJSON(map[string]string{"type": "error", "code": "bad_request",
+				"cid": f.Cid}))
 			return
 		}
 		if len(f.Body) == 0 {
@@ -163,7 +164,8 @@ func (h *hub) handle(c *client, f inFrame) {
 				h.push(t, b)
 			}
 		}
-		h.push(c, mustJSON(map[string]interface{}{"type": "sent", "cid": f.Cid, "id": h.nextID, "ts": now}))
+		h.push(c, mustJSON(map[string]interface{}{"type": "sent", "cid": f.Cid, "id": h.nextID,
+			"ts": now}))
 	case "ack":
 	default:
 		h.push(c, mustJSON(map[string]string{"type": "error", "code": "unknown_type"}))
@@ -197,7 +199,10 @@ func (c *client) readPump() {
 	}()
 	c.conn.SetReadLimit(maxMessageSize)
 	c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	c.conn.SetPongHandler(func(string) error { c.conn.SetReadDeadline(time.Now().Add(pongWait)); return nil })
+	c.conn.SetPongHandler(func(string) error {
+		c.conn.SetReadDeadline(time.Now().Add(pongWait))
+		return nil
+	})
 	for {
 		_, message, err := c.conn.ReadMessage()
 		if err != nil {
@@ -267,8 +272,8 @@ func serveWs(h *hub, w http.ResponseWriter, r *http.Request) {
 	}
 	id := atomic.AddInt64(&sessions, 1)
 	c := &client{hub: h, conn: conn, send: make(chan []byte, sendQueue), user: userOf(r, id)}
-	c.send <- mustJSON(map[string]interface{}{"type": "welcome", "session": strconv.FormatInt(id, 10),
-		"user": c.user, "ping_interval": int(pingPeriod / time.Second)})
+	c.send <- mustJSON(map[string]interface{}{"type": "welcome",
+		"session": strconv.FormatInt(id, 10), "user": c.user, "ping_interval": int(pingPeriod / time.Second)})
 	c.send <- []byte(`{"type":"replayed"}`)
 	h.register <- c
 	go c.writePump()
