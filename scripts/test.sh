@@ -21,7 +21,7 @@ record() { # name pass fail
 
 run_unit() { # name builddir
     local out
-    out=$(make --no-print-directory -s B="$2" ${3:+SAN=1} -j"$JOBS" unit 2>&1 | tee "$LOGS/$1.log")
+    out=$(make --no-print-directory -s DEVELOPER=1 B="$2" ${3:+SAN=1} -j"$JOBS" unit 2>&1 | tee "$LOGS/$1.log")
     echo "$out"
     local line
     line=$(echo "$out" | grep -E '^unit: ' | tail -1)
