@@ -37,11 +37,17 @@ struct chat_conn {
     struct reg_member *rooms; /* this connection's room memberships, linked through ->link */
     struct event *expiry;
     struct ratelimit rl;
+    uint64_t presence_seen; /* last presence event sent here (dedup across shared rooms) */
     unsigned strikes;
     enum replay_phase phase;
-    int64_t replay_after;
-    char **replay_rooms; /* rooms left to replay */
+    int64_t replay_after;   /* direct phase: last id replayed */
+    char **replay_rooms;    /* rooms not yet fully replayed; the last one is in progress */
     size_t num_replay_rooms;
+    int64_t *room_ids;      /* ids of the room in progress still to send, oldest first */
+    size_t num_room_ids, room_pos;
+    int64_t room_last;      /* last id of that room replayed (or its cursor) */
+    bool room_started;
+    bool room_truncated;    /* older messages of that room were left out (max_replay) */
     bool ended;
 };
 
@@ -133,37 +139,63 @@ static void store_failed(struct conn *c, const char *what, const char *id_key, c
 /* ---- fan-out ---- */
 
 /*
+ * While a connection replays, live deliveries that the replay will cover are held back (not sent):
+ * direct messages during the direct phase (the replay pages through pending messages until none are
+ * left, so it picks them up), and room messages for rooms not yet fully replayed (each room's replay
+ * looks again for newer ids before it finishes). So a connection never gets a message twice, and
+ * never acks past a message it has not seen.
+ */
+static bool replay_holds(const struct chat_conn *cc, const char *room)
+{
+    if (cc->phase == REPLAY_DONE)
+        return false;
+    if (!room)
+        return cc->phase == REPLAY_DIRECT;
+    for (size_t i = 0; i < cc->num_replay_rooms; i++)
+        if (strcmp(cc->replay_rooms[i], room) == 0)
+            return true;
+    return false;
+}
+
+
+/*
  * Send f to every member of g but skip. A member over its send queue is closed on the spot, which
  * removes its own memberships (and may free g if it was the last): so take next first and never
  * touch g after the last member.
  */
-static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct conn *skip)
+enum hold { HOLD_NONE, HOLD_DIRECT, HOLD_ROOM };
+
+static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct conn *skip,
+                            enum hold hold, const char *room)
 {
     size_t n = 0;
     struct reg_member *next;
     for (struct reg_member *m = g ? g->head : NULL; m; m = next) {
         next = m->next;
-        if (m->conn != skip) {
-            conn_send_shared(m->conn, f);
-            n++;
-        }
+        if (m->conn == skip)
+            continue;
+        struct chat_conn *cc = m->conn->chat;
+        if (hold != HOLD_NONE && cc && replay_holds(cc, hold == HOLD_ROOM ? room : NULL))
+            continue; /* its replay will send it */
+        conn_send_shared(m->conn, f);
+        n++;
     }
     return n;
 }
 
 /* Send one frame to every live connection of user (except skip); returns connections reached. */
 static size_t send_to_user(struct server *srv, const char *user, struct shared_frame *f,
-                           struct conn *skip)
+                           struct conn *skip, enum hold hold)
 {
     struct reg_group *g = registry_find(srv->users, user);
-    return send_to_group(g, f, skip);
+    return send_to_group(g, f, skip, hold, NULL);
 }
 
 static size_t send_to_room(struct server *srv, const char *room, struct shared_frame *f,
                            struct conn *skip)
 {
     struct reg_group *g = registry_find(srv->rooms, room);
-    return send_to_group(g, f, skip);
+    return send_to_group(g, f, skip, HOLD_ROOM, room);
 }
 
 static size_t deliver(struct server *srv, const struct store_msg *m, struct conn *skip)
@@ -176,10 +208,10 @@ static size_t deliver(struct server *srv, const struct store_msg *m, struct conn
         struct shared_frame *f = shared_frame_new(WS_OP_TEXT, b.p, b.len);
         if (f) {
             if (m->to_user) {
-                n = send_to_user(srv, m->to_user, f, skip);
+                n = send_to_user(srv, m->to_user, f, skip, HOLD_DIRECT);
                 /* The sender's other devices see what was sent from this one. */
                 if (strcmp(m->sender, m->to_user) != 0)
-                    send_to_user(srv, m->sender, f, skip);
+                    send_to_user(srv, m->sender, f, skip, HOLD_NONE);
             } else {
                 n = send_to_room(srv, m->room, f, skip);
             }
@@ -212,35 +244,44 @@ size_t chat_broadcast(struct server *srv, const char *json, size_t len)
     return n;
 }
 
-struct presence_fanout {
-    struct server *srv;
-    struct shared_frame *frame;
-};
-
-static int presence_to_user(void *ctx, const char *user)
+/*
+ * Tell the live connections sharing a room with cc's user that it came online / went offline. Walks
+ * the in-memory room index (only live connections matter), each connection told once even when it
+ * shares several rooms. Rooms with more than [limits] presence_fanout_max live connections are
+ * skipped: a connect would otherwise cost O(members) and a mass reconnect O(members^2); clients of
+ * big rooms ask with "members"/"presence" instead. Nothing is sent while the server drains.
+ */
+static void presence_event(struct server *srv, struct chat_conn *cc, bool online, int64_t last_seen)
 {
-    struct presence_fanout *pf = ctx;
-    send_to_user(pf->srv, user, pf->frame, NULL);
-    return 0;
-}
-
-/* Tell users who share a room with user that it came online / went offline. */
-static void presence_event(struct server *srv, const char *user, bool online, int64_t last_seen)
-{
+    if (srv->draining || !cc->rooms)
+        return;
     struct sbuf b;
     sbuf_init(&b);
     sbuf_adds(&b, "{\"type\":\"presence\",\"user\":");
-    sbuf_add_json_str(&b, user);
+    sbuf_add_json_str(&b, cc->user);
     sbuf_addf(&b, ",\"state\":\"%s\",\"last_seen\":", online ? "online" : "offline");
     sbuf_add_i64(&b, last_seen);
     sbuf_adds(&b, "}");
-    struct presence_fanout pf = {srv, NULL};
-    if (!b.oom && (pf.frame = shared_frame_new(WS_OP_TEXT, b.p, b.len))) {
-        if (store_users_sharing_room(srv->store, user, presence_to_user, &pf) < 0)
-            log_error("store: presence fan-out for %s: %s", user, store_last_error(srv->store));
-        shared_frame_unref(pf.frame);
-    }
+    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
     sbuf_release(&b);
+    if (!f)
+        return;
+    uint64_t seq = ++srv->presence_seq;
+    for (struct reg_member *r = cc->rooms; r; r = r->link) {
+        struct reg_group *g = r->group;
+        if (g->count > srv->cfg->presence_fanout_max)
+            continue;
+        struct reg_member *next;
+        for (struct reg_member *m = g->head; m; m = next) {
+            next = m->next;
+            struct chat_conn *other = m->conn->chat;
+            if (m->conn == cc->conn || !other || other->presence_seen == seq)
+                continue;
+            other->presence_seen = seq;
+            conn_send_shared(m->conn, f);
+        }
+    }
+    shared_frame_unref(f);
 }
 
 /* ---- room memberships of live connections ---- */
@@ -292,31 +333,55 @@ static void user_room_change(struct server *srv, const char *user, const char *r
 
 /* ---- replay on connect ---- */
 
-struct replay_ctx {
-    struct conn *conn;
-    int64_t last_id;
-    int count;
-};
-
-static int replay_one(void *ctx, const struct store_msg *m)
-{
-    struct replay_ctx *rc = ctx;
-    struct sbuf b;
-    sbuf_init(&b);
-    build_msg(&b, m, true, true);
-    send_sbuf(rc->conn, &b, MK_MSG);
-    sbuf_release(&b);
-    rc->last_id = m->id;
-    rc->count++;
-    return 0;
-}
-
 static size_t pending_bytes(struct conn *c)
 {
     size_t n = conn_output_len(c);
     if (c->deferred)
         n += evbuffer_get_length(c->deferred);
     return n;
+}
+
+/* The replay pauses when this much is queued, and goes on from chat_on_drained. */
+static bool replay_budget_spent(struct conn *c)
+{
+    return !c->chat || c->close_sent || pending_bytes(c) > c->srv->cfg->send_queue / 2;
+}
+
+static void send_replayed(struct conn *c, const struct store_msg *m)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    build_msg(&b, m, true, true);
+    send_sbuf(c, &b, MK_MSG);
+    sbuf_release(&b);
+}
+
+struct direct_replay {
+    struct conn *conn;
+    int64_t last_id;
+    int count;
+    bool stopped;
+};
+
+static int replay_direct_one(void *ctx, const struct store_msg *m)
+{
+    struct direct_replay *dr = ctx;
+    send_replayed(dr->conn, m);
+    dr->last_id = m->id;
+    dr->count++;
+    /* Stop by bytes, not only by count: a page of large bodies must not overrun the send queue. */
+    if (replay_budget_spent(dr->conn)) {
+        dr->stopped = true;
+        return 1;
+    }
+    return 0;
+}
+
+static void free_room_ids(struct chat_conn *cc)
+{
+    free(cc->room_ids);
+    cc->room_ids = NULL;
+    cc->num_room_ids = cc->room_pos = 0;
 }
 
 static void free_replay_rooms(struct chat_conn *cc)
@@ -326,30 +391,168 @@ static void free_replay_rooms(struct chat_conn *cc)
     free(cc->replay_rooms);
     cc->replay_rooms = NULL;
     cc->num_replay_rooms = 0;
+    free_room_ids(cc);
+}
+
+struct id_collect {
+    int64_t after; /* collect ids > after */
+    int64_t *ids;  /* newest first */
+    size_t n, cap, want;
+    int64_t oldest_seen;
+    bool reached_after;
+};
+
+static int collect_id(void *ctx, const struct store_msg *m)
+{
+    struct id_collect *ic = ctx;
+    ic->oldest_seen = m->id;
+    if (m->id <= ic->after) {
+        ic->reached_after = true;
+        return 1;
+    }
+    if (ic->n == ic->cap) {
+        size_t cap = ic->cap ? ic->cap * 2 : 64;
+        int64_t *grown = realloc(ic->ids, cap * sizeof(*grown));
+        if (!grown)
+            return 1;
+        ic->ids = grown;
+        ic->cap = cap;
+    }
+    ic->ids[ic->n++] = m->id;
+    return ic->n >= ic->want ? 1 : 0;
 }
 
 /*
- * Replay step by step: a page of direct messages, or one room, at a time; stop while the client's
- * queue is above half the send_queue and go on from chat_on_drained, so a large backlog streams at the
- * client's pace instead of filling memory or tripping the slow-consumer limit.
+ * Ids of room messages after `after`, oldest first, at most max_replay (the newest ones: *truncated
+ * when older ones were left out). Only ids are kept: bodies are read one by one as they are sent.
  */
-static void replay_continue(struct conn *c)
+static int collect_room_ids(struct server *srv, const char *room, int64_t after, struct chat_conn *cc,
+                            bool *truncated)
+{
+    struct id_collect ic = {.after = after, .want = (size_t)srv->cfg->store_max_replay + 1};
+    int64_t before = 0;
+    for (;;) {
+        bool more = false;
+        size_t had = ic.n;
+        int rc = store_history_room(srv->store, room, before, 100, collect_id, &ic, &more);
+        if (rc < 0) {
+            free(ic.ids);
+            return rc;
+        }
+        if (ic.reached_after || ic.n >= ic.want || !more || ic.n == had)
+            break;
+        before = ic.oldest_seen;
+    }
+    *truncated = ic.n > srv->cfg->store_max_replay;
+    if (*truncated)
+        ic.n = (size_t)srv->cfg->store_max_replay;
+    for (size_t i = 0; i < ic.n / 2; i++) {
+        int64_t t = ic.ids[i];
+        ic.ids[i] = ic.ids[ic.n - 1 - i];
+        ic.ids[ic.n - 1 - i] = t;
+    }
+    free_room_ids(cc);
+    cc->room_ids = ic.ids;
+    cc->num_room_ids = ic.n;
+    return 0;
+}
+
+static void send_truncated(struct conn *c, const char *room)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"truncated\",\"room\":");
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, "}");
+    send_sbuf(c, &b, MK_OTHER);
+    sbuf_release(&b);
+}
+
+/* One step of the current room (the last in replay_rooms). Returns false when the conn went away. */
+static bool replay_room_step(struct conn *c)
 {
     struct chat_conn *cc = c->chat;
     struct server *srv = srv_of(c);
-    while (cc->phase != REPLAY_DONE && !c->close_sent) {
-        if (pending_bytes(c) > srv->cfg->send_queue / 2)
+    char room[AUTH_USER_MAX + 1];
+    snprintf(room, sizeof(room), "%s", cc->replay_rooms[cc->num_replay_rooms - 1]);
+
+    if (!cc->room_started) {
+        int64_t cursor = 0;
+        int rc = store_room_cursor(srv->store, room, cc->user, &cursor);
+        bool truncated = false;
+        if (rc == 0)
+            rc = collect_room_ids(srv, room, cursor, cc, &truncated);
+        if (rc < 0) {
+            if (rc != STORE_ERR_NOTFOUND)
+                store_failed(c, "room replay", NULL, NULL);
+            free(cc->replay_rooms[--cc->num_replay_rooms]);
+            free_room_ids(cc);
+            return c->chat != NULL;
+        }
+        cc->room_started = true;
+        cc->room_last = cursor;
+        cc->room_truncated = truncated; /* said after the room's messages */
+    }
+    while (cc->room_pos < cc->num_room_ids) {
+        struct store_msg_info info;
+        int64_t id = cc->room_ids[cc->room_pos++];
+        if (store_msg_get(srv->store, id, &info) == 0) {
+            send_replayed(c, &info.msg);
+            store_msg_info_release(&info);
+        }
+        cc->room_last = id;
+        if (!c->chat)
+            return false;
+        if (replay_budget_spent(c))
+            return true;
+    }
+    /* Messages held back while this room replayed: look once more before calling it done. */
+    bool truncated = false;
+    if (collect_room_ids(srv, room, cc->room_last, cc, &truncated) < 0)
+        store_failed(c, "room replay", NULL, NULL);
+    if (!c->chat)
+        return false;
+    if (cc->num_room_ids > 0) {
+        cc->room_truncated |= truncated;
+        return true;
+    }
+    if (cc->room_truncated)
+        send_truncated(c, room);
+    cc->room_truncated = false;
+    free(cc->replay_rooms[--cc->num_replay_rooms]);
+    free_room_ids(cc);
+    cc->room_started = false;
+    return true;
+}
+
+/*
+ * Replay step by step, bounded by bytes: stop while the client's queue is above half the send_queue
+ * and go on from chat_on_drained, so a large backlog streams at the client's pace instead of filling
+ * memory or tripping the slow-consumer limit. Every store call may end in the connection being
+ * closed (and cc freed), so c->chat is checked after each.
+ */
+static void replay_continue(struct conn *c)
+{
+    struct server *srv = srv_of(c);
+    while (c->chat && c->chat->phase != REPLAY_DONE && !c->close_sent) {
+        struct chat_conn *cc = c->chat;
+        if (replay_budget_spent(c))
             return;
         if (cc->phase == REPLAY_DIRECT) {
-            struct replay_ctx rc = {c, cc->replay_after, 0};
-            if (store_pending_direct(srv->store, cc->user, cc->replay_after, REPLAY_PAGE, replay_one,
-                                     &rc) < 0) {
+            char user[AUTH_USER_MAX + 1];
+            snprintf(user, sizeof(user), "%s", cc->user);
+            struct direct_replay dr = {c, cc->replay_after, 0, false};
+            int rc = store_pending_direct(srv->store, user, cc->replay_after, REPLAY_PAGE,
+                                          replay_direct_one, &dr);
+            if (!c->chat)
+                return;
+            if (rc < 0) {
                 store_failed(c, "replay", NULL, NULL);
                 cc->phase = REPLAY_ROOMS;
                 continue;
             }
-            cc->replay_after = rc.last_id;
-            if (rc.count < REPLAY_PAGE)
+            cc->replay_after = dr.last_id;
+            if (dr.count < REPLAY_PAGE && !dr.stopped)
                 cc->phase = REPLAY_ROOMS;
             continue;
         }
@@ -363,23 +566,8 @@ static void replay_continue(struct conn *c)
             sbuf_release(&b);
             return;
         }
-        char *room = cc->replay_rooms[--cc->num_replay_rooms];
-        struct replay_ctx rc = {c, 0, 0};
-        bool truncated = false;
-        int rv = store_room_replay(srv->store, room, cc->user, (int)srv->cfg->store_max_replay,
-                                   replay_one, &rc, &truncated);
-        if (rv < 0 && rv != STORE_ERR_NOTFOUND)
-            store_failed(c, "room replay", NULL, NULL);
-        if (rv == 0 && truncated) {
-            struct sbuf b;
-            sbuf_init(&b);
-            sbuf_adds(&b, "{\"type\":\"truncated\",\"room\":");
-            sbuf_add_json_str(&b, room);
-            sbuf_adds(&b, "}");
-            send_sbuf(c, &b, MK_OTHER);
-            sbuf_release(&b);
-        }
-        free(room);
+        if (!replay_room_step(c))
+            return;
     }
 }
 
@@ -468,13 +656,13 @@ int chat_open(struct conn *c, const struct auth_identity *id, const char *user_a
     size_t devices = cc->user_mem->group->count;
     if (store_presence_set(srv->store, cc->user, true, (int)devices, now) != 0)
         log_error("store: presence of %s: %s", cc->user, store_last_error(srv->store));
-    if (devices == 1)
-        presence_event(srv, cc->user, true, now);
     log_info("conn %llu %s: session %lld user %s (%zu connection%s)", (unsigned long long)c->id,
              c->addr, (long long)cc->session_id, cc->user, devices, devices == 1 ? "" : "s");
 
     if (store_user_rooms(srv->store, cc->user, collect_room, c) < 0)
         log_error("store: rooms of %s: %s", cc->user, store_last_error(srv->store));
+    if (devices == 1)
+        presence_event(srv, cc, true, now);
 
     struct sbuf b;
     sbuf_init(&b);
@@ -482,8 +670,12 @@ int chat_open(struct conn *c, const struct auth_identity *id, const char *user_a
     sbuf_add_i64(&b, cc->session_id);
     sbuf_adds(&b, "\",\"user\":");
     sbuf_add_json_str(&b, cc->user);
+    /* Seconds, as the protocol says; a fraction when the interval is not whole (tests use 200ms). */
     sbuf_adds(&b, ",\"ping_interval\":");
-    sbuf_add_i64(&b, srv->cfg->ping_interval_ms / 1000);
+    if (srv->cfg->ping_interval_ms % 1000)
+        sbuf_addf(&b, "%.3g", (double)srv->cfg->ping_interval_ms / 1000.0);
+    else
+        sbuf_add_i64(&b, srv->cfg->ping_interval_ms / 1000);
     /* The rooms this user is in, so a client on a new device knows them without asking. */
     sbuf_adds(&b, ",\"rooms\":[");
     for (size_t i = 0; i < cc->num_replay_rooms; i++) {
@@ -509,24 +701,27 @@ void chat_end(struct conn *c, enum end_reason why)
     cc->ended = true;
     struct server *srv = srv_of(c);
     int64_t now = server_now_ms(srv);
+    int64_t seen = c->last_rx_ms > 0 ? c->last_rx_ms : now;
+    size_t left = cc->user_mem ? cc->user_mem->group->count - 1 : 0;
+    /* Told while this connection is still in its rooms: they say who shares one with the user. */
+    if (left == 0)
+        presence_event(srv, cc, false, seen);
     while (cc->rooms) {
         struct reg_member *m = cc->rooms;
         cc->rooms = m->link;
         registry_leave(srv->rooms, m);
     }
-    size_t left = cc->user_mem ? registry_leave(srv->users, cc->user_mem) : 0;
+    if (cc->user_mem)
+        registry_leave(srv->users, cc->user_mem);
     cc->user_mem = NULL;
 
     server_tx_begin(srv);
-    int64_t seen = c->last_rx_ms > 0 ? c->last_rx_ms : now;
     store_session_touch(srv->store, cc->session_id, seen);
     if (store_session_end(srv->store, cc->session_id, now, end_reason_name(why)) != 0)
         log_error("store: end session %lld: %s", (long long)cc->session_id,
                   store_last_error(srv->store));
     if (store_presence_set(srv->store, cc->user, left > 0, (int)left, seen) != 0)
         log_error("store: presence of %s: %s", cc->user, store_last_error(srv->store));
-    if (left == 0)
-        presence_event(srv, cc->user, false, seen);
     log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)c->id, c->addr,
              (long long)cc->session_id, cc->user, end_reason_name(why));
     if (cc->expiry)

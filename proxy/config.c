@@ -87,6 +87,8 @@ static const struct opt opts[] = {
     O("limits", "rate_burst", OPT_UINT, rate_burst, "100", "Bucket size for rate."),
     O("limits", "max_body", OPT_SIZE, max_body, "64KiB",
       "Largest chat message body (as JSON text); larger gets error too_large."),
+    O("limits", "presence_fanout_max", OPT_UINT, presence_fanout_max, "1000",
+      "Rooms with more live connections than this get no presence events (clients ask instead)."),
     O("limits", "max_connections", OPT_UINT, max_connections, "10000",
       "Open WebSocket connections in total; over it new ones get 503."),
     O("limits", "max_connections_per_ip", OPT_UINT, max_connections_per_ip, "100",

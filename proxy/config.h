@@ -54,6 +54,7 @@ struct px_config {
     uint64_t rate;       /* messages per second per connection; 0 = unlimited */
     uint64_t rate_burst;
     uint64_t max_body;
+    uint64_t presence_fanout_max;
     uint64_t max_connections;
     uint64_t max_connections_per_ip;
     /* [api] */

@@ -47,6 +47,7 @@ struct server {
     size_t num_conns;        /* TCP connections (any state) */
     size_t num_ws;           /* open WebSocket connections counted against max_connections */
     uint64_t next_conn_id;
+    uint64_t presence_seq;   /* numbers presence events, to tell each connection once */
 
     /* group commit: one store transaction per loop iteration */
     bool tx_open;

@@ -540,7 +540,6 @@ REPLAY_BUG_DUP = (
     "step (it is still pending / after the cursor), so the same id reaches one connection twice")
 
 
-@pytest.mark.xfail(strict=True, reason=REPLAY_BUG_BYTES)
 def test_replay_of_big_backlog_streams_without_1013(make_server):
     srv = make_server().start()  # send_queue 1MiB, max_body 64KiB: defaults
     sender = Chat(srv.port, "sender")
@@ -559,7 +558,6 @@ def test_replay_of_big_backlog_streams_without_1013(make_server):
     sender.clean_close()
 
 
-@pytest.mark.xfail(strict=True, reason=REPLAY_BUG_DUP)
 def test_message_during_paused_replay_arrives_once(make_server):
     srv = make_server().start()
     sender = Chat(srv.port, "sender")
