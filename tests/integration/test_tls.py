@@ -116,7 +116,9 @@ def test_tls_port_does_not_speak_plain_http(tls_server):
 def test_tls_modern_versions_accepted(tls_server, cert, version, name):
     rc, out = s_client(tls_server.port, cert, version)
     assert rc == 0, out
-    assert f"Protocol  : {name}" in out
+    # s_client prints "Protocol  : X" only once a TLS 1.3 session ticket arrived (timing-dependent);
+    # the "New, X, Cipher is" line is printed for every handshake.
+    assert f"Protocol  : {name}" in out or f"New, {name}, Cipher is" in out, out
     assert "Verify return code: 0 (ok)" in out
 
 
