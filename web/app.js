@@ -349,6 +349,7 @@
         case 'members': onMembers(f); break;
         case 'truncated': onTruncated(f); break;
         case 'error': onError(f); break;
+        case 'broadcast': toast(typeof f.body === 'string' ? f.body : JSON.stringify(f.body)); break;
         default: break;
         }
     }
