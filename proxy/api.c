@@ -23,6 +23,7 @@
 #include "conn.h"
 #include "http_hs.h"
 #include "log.h"
+#include "msg_json.h"
 #include "metrics.h"
 #include "registry.h"
 #include "sbuf.h"
@@ -387,21 +388,8 @@ static void add_session(struct sbuf *b, const struct store_session *s)
 /* A message as the chat protocol shows it, without the closing brace (callers may add fields). */
 static void add_msg_open(struct sbuf *b, const struct store_msg *m)
 {
-    sbuf_adds(b, "{\"id\":");
-    sbuf_add_i64(b, m->id);
-    sbuf_adds(b, ",\"from\":");
-    sbuf_add_json_str(b, m->sender);
-    if (m->to_user) {
-        sbuf_adds(b, ",\"to\":");
-        sbuf_add_json_str(b, m->to_user);
-    } else {
-        sbuf_adds(b, ",\"room\":");
-        sbuf_add_json_str(b, m->room);
-    }
-    sbuf_adds(b, ",\"body\":");
-    sbuf_adds(b, m->body); /* stored as compact JSON text */
-    sbuf_adds(b, ",\"ts\":");
-    sbuf_add_i64(b, m->created_at);
+    sbuf_adds(b, "{");
+    msg_json_fields(b, m);
     sbuf_adds(b, ",\"cid\":");
     add_str_or_null(b, m->cid);
 }

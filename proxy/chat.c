@@ -13,6 +13,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "msg_json.h"
 #include "ratelimit.h"
 #include "registry.h"
 #include "sbuf.h"
@@ -87,21 +88,8 @@ static void send_error(struct conn *c, const char *code, const char *message, co
 /* A msg frame: {"type":"msg","id":..,"from":..,"to"|"room":..,"body":RAW,"ts":..,"cid":..} */
 static void build_msg(struct sbuf *b, const struct store_msg *m, bool replay, bool with_type)
 {
-    sbuf_adds(b, with_type ? "{\"type\":\"msg\",\"id\":" : "{\"id\":");
-    sbuf_add_i64(b, m->id);
-    sbuf_adds(b, ",\"from\":");
-    sbuf_add_json_str(b, m->sender);
-    if (m->to_user) {
-        sbuf_adds(b, ",\"to\":");
-        sbuf_add_json_str(b, m->to_user);
-    } else {
-        sbuf_adds(b, ",\"room\":");
-        sbuf_add_json_str(b, m->room);
-    }
-    sbuf_adds(b, ",\"body\":");
-    sbuf_adds(b, m->body); /* stored as compact JSON text by us */
-    sbuf_adds(b, ",\"ts\":");
-    sbuf_add_i64(b, m->created_at);
+    sbuf_adds(b, with_type ? "{\"type\":\"msg\"," : "{");
+    msg_json_fields(b, m);
     if (m->cid) {
         sbuf_adds(b, ",\"cid\":");
         sbuf_add_json_str(b, m->cid);
