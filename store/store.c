@@ -528,7 +528,10 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
     sqlite3_finalize(s);
     snprintf(buf, sizeof buf, "PRAGMA synchronous = %s",
              o->synchronous == STORE_SYNC_FULL ? "FULL" : "NORMAL");
-    return exec_sql(st, buf, "synchronous");
+    if ((rc = exec_sql(st, buf, "synchronous")) < 0)
+        return rc;
+    /* After a checkpoint lets the WAL restart, cut the file back instead of keeping its peak size. */
+    return exec_sql(st, "PRAGMA journal_size_limit = 67108864", "journal_size_limit");
 }
 
 /*
@@ -643,6 +646,8 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
     }
     if (rc < 0)
         goto fail;
+    if (!st->readonly && strcmp(path, ":memory:") != 0)
+        store_ckpt_start(st, path, opts); /* if it cannot start, SQLite checkpoints in commits */
     *out = st;
     return 0;
 fail:
@@ -661,9 +666,10 @@ void store_close(struct store *st)
 {
     if (!st)
         return;
+    store_ckpt_stop(st);
     if (st->db && !sqlite3_get_autocommit(st->db))
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-    close_db(st);
+    close_db(st); /* the last connection: SQLite checkpoints all and removes the WAL */
     free(st);
 }
 

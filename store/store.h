@@ -107,6 +107,20 @@ struct store_stats {
 int store_stats(struct store *st, struct store_stats *out);
 
 /*
+ * WAL checkpoints run on a thread of the store's own (read-write handles on a file), so commits on
+ * the caller's thread only append to the WAL. For /metrics; all zero when no thread runs.
+ */
+struct store_wal_stats {
+    bool background;              /* the checkpoint thread is running */
+    int wal_frames;               /* WAL size in pages after the last commit */
+    uint64_t checkpoints;         /* checkpoint runs */
+    uint64_t checkpoint_failures; /* runs that failed (not counting "busy") */
+    char last_error[128];         /* text of the last failure, "" if none */
+};
+
+void store_wal_stats(struct store *st, struct store_wal_stats *out);
+
+/*
  * Self-check: runs EXPLAIN QUERY PLAN on every prepared statement and fails (STORE_ERR_SCHEMA, text
  * naming the statement and plan line) if one that must use an index would scan a table. A few
  * statements scan by design (admin counts, the newest-first session list that stops at its limit).

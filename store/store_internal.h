@@ -71,8 +71,14 @@ extern const struct store_sql store_sql_presence[];
 extern const struct store_sql store_sql_msg[];
 extern const struct store_sql store_sql_room[];
 
+/* WAL size (frames = pages) after a commit at which the checkpoint thread is woken: 16 MiB. */
+#define STORE_CKPT_FRAMES 4096
+
+struct store_ckpt;
+
 struct store {
     sqlite3 *db;
+    struct store_ckpt *ckpt; /* background checkpointer; NULL: SQLite's autocheckpoint (or none) */
     bool readonly;
     bool txn; /* inside store_begin .. store_commit/rollback */
     int schema_version;
@@ -127,6 +133,11 @@ int store_each_msg(struct store *st, sqlite3_stmt *s, int emit, store_msg_fn *cb
 
 /* Same for one-column name rows. */
 int store_each_name(struct store *st, sqlite3_stmt *s, store_name_fn *cb, void *ctx, const char *what);
+
+/* Start the checkpoint thread for st->db (read-write, WAL); -1 if it cannot (then SQLite's own
+ * autocheckpoint stays in charge). store_ckpt_stop joins it; a no-op when none runs. */
+int store_ckpt_start(struct store *st, const char *path, const struct store_opts *o);
+void store_ckpt_stop(struct store *st);
 
 /* Argument checks shared by the files: non-NULL, non-empty. */
 bool store_name_ok(const char *s);

@@ -281,10 +281,13 @@ static void test_store_open_errors(void **state)
 static void test_store_memory_database(void **state)
 {
     struct store *st = NULL;
+    struct store_wal_stats w;
     char err[128];
 
     (void)state;
     assert_int_equal(store_open(&st, ":memory:", NULL, err, sizeof err), 0);
+    store_wal_stats(st, &w);
+    assert_false(w.background);
     send_direct(st, "a", "b", "1", NULL, T0);
     assert_int_equal(pending_count(st, "b"), 1);
     store_close(st);
@@ -401,6 +404,60 @@ static void test_store_writes_atomic_inside_transaction(void **state)
     assert_int_equal(n, 1);
     assert_int_equal(store_presence_get(f->st, "alice", &online, NULL, NULL), 0);
     assert_true(online);
+}
+
+static void test_store_wal_checkpoints_in_background(void **state)
+{
+    struct fixture *f = *state;
+    struct store_wal_stats w;
+    struct store_stats s;
+    struct store *ro;
+    char *body = malloc(6000);
+    int i;
+
+    assert_non_null(body);
+    memset(body, 'x', 5999);
+    body[0] = body[5998] = '"';
+    body[5999] = '\0';
+    store_wal_stats(f->st, &w);
+    assert_true(w.background);
+    assert_int_equal(w.checkpoints, 0);
+
+    /* > 4096 WAL pages in one commit: the hook wakes the thread */
+    assert_int_equal(store_begin(f->st), 0);
+    for (i = 0; i < 3000; i++)
+        send_direct(f->st, "alice", "bob", body, NULL, T0 + i);
+    assert_int_equal(store_commit(f->st), 0);
+    for (i = 0; i < 500; i++) {
+        store_wal_stats(f->st, &w);
+        if (w.checkpoints > 0)
+            break;
+        usleep(10000);
+    }
+    assert_true(w.checkpoints > 0);
+    assert_int_equal(w.checkpoint_failures, 0);
+    assert_string_equal(w.last_error, "");
+    assert_true(w.wal_frames >= 4096);
+
+    /* once all is copied, the next commit starts the WAL over */
+    for (i = 0; i < 500; i++) {
+        send_direct(f->st, "alice", "bob", "1", NULL, T0);
+        store_wal_stats(f->st, &w);
+        if (w.wal_frames < 100)
+            break;
+        usleep(10000);
+    }
+    assert_true(w.wal_frames < 100);
+    assert_int_equal(store_stats(f->st, &s), 0);
+    assert_int_equal(s.messages, 3000 + i + 1);
+
+    /* readers and memory databases have no thread */
+    ro = open_path(f->path, true);
+    store_wal_stats(ro, &w);
+    assert_false(w.background);
+    assert_int_equal(w.checkpoints, 0);
+    store_close(ro);
+    free(body);
 }
 
 /* ---- Sessions ---- */
@@ -1144,6 +1201,7 @@ int main(void)
         T(test_store_group_commit),
         T(test_store_busy_between_writers),
         T(test_store_writes_atomic_inside_transaction),
+        T(test_store_wal_checkpoints_in_background),
         T(test_store_session_lifecycle),
         T(test_store_session_list_filters),
         T(test_store_session_end_orphans),
