@@ -102,7 +102,7 @@ static void test_cidr_parse_too_many(void **state)
 
     (void)state;
     for (int i = 0; i < CIDR_MAX; i++) {
-        char one[16];
+        char one[24];
         snprintf(one, sizeof(one), "10.0.0.%d ", i);
         strcat(text, one);
     }
