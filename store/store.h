@@ -61,6 +61,8 @@ const char *store_strerror(int err);
  * Readonly: never writes the file; the schema version must equal the newest compiled-in one. A user who
  * may read the file but not create its -shm file beside it can still read a database the server left
  * checkpointed (no -wal file): it is then opened immutable. Then prepares every statement.
+ * The first call in a process, which must come before any other SQLite use and before threads touch
+ * SQLite, turns SQLite's global memory statistics off (a mutex per allocation).
  * On success *out is the handle (free it with store_close). On failure returns STORE_ERR_* with a
  * complete message in err (errlen bytes, may be NULL), naming the path, e.g.
  * "database schema version 7 is newer than this wsproxy (knows up to 3); upgrade wsproxy".
