@@ -705,7 +705,8 @@ void chat_end(struct conn *c, enum end_reason why)
 
     server_tx_begin(srv);
     store_session_touch(srv->store, cc->session_id, seen);
-    if (store_session_end(srv->store, cc->session_id, now, end_reason_name(why)) != 0)
+    int rc = store_session_end(srv->store, cc->session_id, now, end_reason_name(why));
+    if (rc != 0 && rc != STORE_ERR_NOTFOUND) /* NOTFOUND: already ended; the first end wins */
         log_error("store: end session %lld: %s", (long long)cc->session_id,
                   store_last_error(srv->store));
     if (store_presence_set(srv->store, cc->user, left > 0, (int)left, seen) != 0)
