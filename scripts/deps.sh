@@ -5,7 +5,7 @@ set -euo pipefail
 
 RUN_PKGS=(gcc make pkg-config libc6-dev libevent-dev libssl-dev libsqlite3-dev libjansson-dev
           libjwt-dev libinih-dev uthash-dev)
-TEST_PKGS=(libcmocka-dev python3 python3-websockets python3-pytest curl openssl nginx-light sqlite3
+TEST_PKGS=(libcmocka-dev python3 python3-websockets python3-pytest curl openssl nginx sqlite3
            clang libclang-rt-14-dev procps util-linux chromium python3-cryptography systemd)
 
 want=("${RUN_PKGS[@]}")
@@ -13,8 +13,8 @@ want=("${RUN_PKGS[@]}")
 
 missing=()
 for p in "${want[@]}"; do
-    # nginx may come as nginx, nginx-light or nginx-core: any binary will do.
-    if [ "$p" = nginx-light ] && [ -x /usr/sbin/nginx ]; then
+    # nginx may come as nginx, nginx-light or nginx-core: any nginx binary will do.
+    if [ "$p" = nginx ] && [ -x /usr/sbin/nginx ]; then
         continue
     fi
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
