@@ -186,8 +186,19 @@ static size_t send_to_room(struct server *srv, const char *room, struct shared_f
     return send_to_group(g, f, skip, HOLD_ROOM, room);
 }
 
+/* Whether anyone but skip is live to receive m: most direct messages go to offline users. */
+static bool anyone_live(struct server *srv, const struct store_msg *m, struct conn *skip)
+{
+    size_t self = skip ? 1 : 0;
+    if (m->room)
+        return registry_count(srv->rooms, m->room) > self;
+    return registry_count(srv->users, m->to_user) > 0 || registry_count(srv->users, m->sender) > self;
+}
+
 static size_t deliver(struct server *srv, const struct store_msg *m, struct conn *skip)
 {
+    if (!anyone_live(srv, m, skip))
+        return 0; /* nothing to encode: the message waits in the store */
     struct sbuf b;
     sbuf_init(&b);
     build_msg(&b, m, false, true);
