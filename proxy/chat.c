@@ -1,7 +1,8 @@
 /*
  * chat.c -- the chat protocol on ws_path: parses client JSON (jansson), writes through the store
  * inside the loop's group-commit transaction, and fans frames out to live connections only after
- * the commit (frames queued with conn_send_text/conn_send_shared are held until then).
+ * the commit (frames queued with conn_send_text/conn_send_shared are held until then). The replay
+ * on connect lives in chat_replay.c.
  */
 #include "chat.h"
 
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "chat_internal.h"
 #include "log.h"
 #include "msg_json.h"
 #include "ratelimit.h"
@@ -24,33 +26,7 @@
 #define HISTORY_MAX 100     /* items per history answer */
 #define HISTORY_DEFAULT 50
 #define PRESENCE_MAX 100    /* users per presence query */
-#define REPLAY_PAGE 100     /* direct messages replayed per step */
 #define RATE_STRIKES_MAX 20 /* rate-limited messages tolerated before the connection is closed */
-
-enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
-
-struct chat_conn {
-    struct conn *conn;
-    char user[AUTH_USER_MAX + 1];
-    int64_t session_id;
-    int64_t exp_ms;
-    struct reg_member *user_mem;
-    struct reg_member *rooms; /* this connection's room memberships, linked through ->link */
-    struct event *expiry;
-    struct ratelimit rl;
-    uint64_t presence_seen; /* last presence event sent here (dedup across shared rooms) */
-    unsigned strikes;
-    enum replay_phase phase;
-    int64_t replay_after;   /* direct phase: last id replayed */
-    char **replay_rooms;    /* rooms not yet fully replayed; the last one is in progress */
-    size_t num_replay_rooms;
-    int64_t *room_ids;      /* ids of the room in progress still to send, oldest first */
-    size_t num_room_ids, room_pos;
-    int64_t room_last;      /* last id of that room replayed (or its cursor) */
-    bool room_started;
-    bool room_truncated;    /* older messages of that room were left out (max_replay) */
-    bool ended;
-};
 
 /* ---- small helpers ---- */
 
@@ -59,7 +35,7 @@ static struct server *srv_of(struct conn *c)
     return c->srv;
 }
 
-static void send_sbuf(struct conn *c, struct sbuf *b, enum metrics_kind kind)
+void chat_send_sbuf(struct conn *c, struct sbuf *b, enum metrics_kind kind)
 {
     if (b->oom)
         return;
@@ -81,12 +57,12 @@ static void send_error(struct conn *c, const char *code, const char *message, co
         sbuf_add_json_str(&b, id_val);
     }
     sbuf_adds(&b, "}");
-    send_sbuf(c, &b, MK_ERROR);
+    chat_send_sbuf(c, &b, MK_ERROR);
     sbuf_release(&b);
 }
 
 /* A msg frame: {"type":"msg","id":..,"from":..,"to"|"room":..,"body":RAW,"ts":..,"cid":..} */
-static void build_msg(struct sbuf *b, const struct store_msg *m, bool replay, bool with_type)
+void chat_build_msg(struct sbuf *b, const struct store_msg *m, bool replay, bool with_type)
 {
     sbuf_adds(b, with_type ? "{\"type\":\"msg\"," : "{");
     msg_json_fields(b, m);
@@ -117,7 +93,7 @@ static bool opt_id(json_t *obj, const char *key, const char **out)
     return true;
 }
 
-static void store_failed(struct conn *c, const char *what, const char *id_key, const char *id_val)
+void chat_store_failed(struct conn *c, const char *what, const char *id_key, const char *id_val)
 {
     c->srv->metrics.store_errors++;
     log_error("store: %s for %s: %s", what, c->chat->user, store_last_error(c->srv->store));
@@ -126,31 +102,6 @@ static void store_failed(struct conn *c, const char *what, const char *id_key, c
 
 /* ---- fan-out ---- */
 
-/*
- * While a connection replays, live deliveries that the replay will cover are held back (not sent):
- * direct messages during the direct phase (the replay pages through pending messages until none are
- * left, so it picks them up), and room messages for rooms not yet fully replayed (each room's replay
- * looks again for newer ids before it finishes). So a connection never gets a message twice, and
- * never acks past a message it has not seen.
- */
-static bool replay_holds(const struct chat_conn *cc, const char *room)
-{
-    if (cc->phase == REPLAY_DONE)
-        return false;
-    if (!room)
-        return cc->phase == REPLAY_DIRECT;
-    for (size_t i = 0; i < cc->num_replay_rooms; i++)
-        if (strcmp(cc->replay_rooms[i], room) == 0)
-            return true;
-    return false;
-}
-
-
-/*
- * Send f to every member of g but skip. A member over its send queue is closed on the spot, which
- * removes its own memberships (and may free g if it was the last): so take next first and never
- * touch g after the last member.
- */
 enum hold { HOLD_NONE, HOLD_DIRECT, HOLD_ROOM };
 
 static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct conn *skip,
@@ -163,7 +114,7 @@ static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct 
         if (m->conn == skip)
             continue;
         struct chat_conn *cc = m->conn->chat;
-        if (hold != HOLD_NONE && cc && replay_holds(cc, hold == HOLD_ROOM ? room : NULL))
+        if (hold != HOLD_NONE && cc && chat_replay_holds(cc, hold == HOLD_ROOM ? room : NULL))
             continue; /* its replay will send it */
         conn_send_shared(m->conn, f);
         n++;
@@ -201,7 +152,7 @@ static size_t deliver(struct server *srv, const struct store_msg *m, struct conn
         return 0; /* nothing to encode: the message waits in the store */
     struct sbuf b;
     sbuf_init(&b);
-    build_msg(&b, m, false, true);
+    chat_build_msg(&b, m, false, true);
     size_t n = 0;
     if (!b.oom) {
         struct shared_frame *f = shared_frame_new(WS_OP_TEXT, b.p, b.len);
@@ -330,252 +281,6 @@ static void user_room_change(struct server *srv, const char *user, const char *r
     }
 }
 
-/* ---- replay on connect ---- */
-
-static size_t pending_bytes(struct conn *c)
-{
-    size_t n = conn_output_len(c);
-    if (c->deferred)
-        n += evbuffer_get_length(c->deferred);
-    return n;
-}
-
-/* The replay pauses when this much is queued, and goes on from chat_on_drained. */
-static bool replay_budget_spent(struct conn *c)
-{
-    return !c->chat || c->close_sent || pending_bytes(c) > c->srv->cfg->send_queue / 2;
-}
-
-static void send_replayed(struct conn *c, const struct store_msg *m)
-{
-    struct sbuf b;
-    sbuf_init(&b);
-    build_msg(&b, m, true, true);
-    send_sbuf(c, &b, MK_MSG);
-    sbuf_release(&b);
-}
-
-struct direct_replay {
-    struct conn *conn;
-    int64_t last_id;
-    int count;
-    bool stopped;
-};
-
-static int replay_direct_one(void *ctx, const struct store_msg *m)
-{
-    struct direct_replay *dr = ctx;
-    send_replayed(dr->conn, m);
-    dr->last_id = m->id;
-    dr->count++;
-    /* Stop by bytes, not only by count: a page of large bodies must not overrun the send queue. */
-    if (replay_budget_spent(dr->conn)) {
-        dr->stopped = true;
-        return 1;
-    }
-    return 0;
-}
-
-static void free_room_ids(struct chat_conn *cc)
-{
-    free(cc->room_ids);
-    cc->room_ids = NULL;
-    cc->num_room_ids = cc->room_pos = 0;
-}
-
-static void free_replay_rooms(struct chat_conn *cc)
-{
-    for (size_t i = 0; i < cc->num_replay_rooms; i++)
-        free(cc->replay_rooms[i]);
-    free(cc->replay_rooms);
-    cc->replay_rooms = NULL;
-    cc->num_replay_rooms = 0;
-    free_room_ids(cc);
-}
-
-struct id_collect {
-    int64_t after; /* collect ids > after */
-    int64_t *ids;  /* newest first */
-    size_t n, cap, want;
-    int64_t oldest_seen;
-    bool reached_after;
-};
-
-static int collect_id(void *ctx, const struct store_msg *m)
-{
-    struct id_collect *ic = ctx;
-    ic->oldest_seen = m->id;
-    if (m->id <= ic->after) {
-        ic->reached_after = true;
-        return 1;
-    }
-    if (ic->n == ic->cap) {
-        size_t cap = ic->cap ? ic->cap * 2 : 64;
-        int64_t *grown = realloc(ic->ids, cap * sizeof(*grown));
-        if (!grown)
-            return 1;
-        ic->ids = grown;
-        ic->cap = cap;
-    }
-    ic->ids[ic->n++] = m->id;
-    return ic->n >= ic->want ? 1 : 0;
-}
-
-/*
- * Ids of room messages after `after`, oldest first, at most max_replay (the newest ones: *truncated
- * when older ones were left out). Only ids are kept: bodies are read one by one as they are sent.
- */
-static int collect_room_ids(struct server *srv, const char *room, int64_t after, struct chat_conn *cc,
-                            bool *truncated)
-{
-    struct id_collect ic = {.after = after, .want = (size_t)srv->cfg->store_max_replay + 1};
-    int64_t before = 0;
-    for (;;) {
-        bool more = false;
-        size_t had = ic.n;
-        int rc = store_history_room(srv->store, room, before, 100, collect_id, &ic, &more);
-        if (rc < 0) {
-            free(ic.ids);
-            return rc;
-        }
-        if (ic.reached_after || ic.n >= ic.want || !more || ic.n == had)
-            break;
-        before = ic.oldest_seen;
-    }
-    *truncated = ic.n > srv->cfg->store_max_replay;
-    if (*truncated)
-        ic.n = (size_t)srv->cfg->store_max_replay;
-    for (size_t i = 0; i < ic.n / 2; i++) {
-        int64_t t = ic.ids[i];
-        ic.ids[i] = ic.ids[ic.n - 1 - i];
-        ic.ids[ic.n - 1 - i] = t;
-    }
-    free_room_ids(cc);
-    cc->room_ids = ic.ids;
-    cc->num_room_ids = ic.n;
-    return 0;
-}
-
-static void send_truncated(struct conn *c, const char *room)
-{
-    struct sbuf b;
-    sbuf_init(&b);
-    sbuf_adds(&b, "{\"type\":\"truncated\",\"room\":");
-    sbuf_add_json_str(&b, room);
-    sbuf_adds(&b, "}");
-    send_sbuf(c, &b, MK_OTHER);
-    sbuf_release(&b);
-}
-
-/* One step of the current room (the last in replay_rooms). Returns false when the conn went away. */
-static bool replay_room_step(struct conn *c)
-{
-    struct chat_conn *cc = c->chat;
-    struct server *srv = srv_of(c);
-    char room[AUTH_USER_MAX + 1];
-    snprintf(room, sizeof(room), "%s", cc->replay_rooms[cc->num_replay_rooms - 1]);
-
-    if (!cc->room_started) {
-        int64_t cursor = 0;
-        int rc = store_room_cursor(srv->store, room, cc->user, &cursor);
-        bool truncated = false;
-        if (rc == 0)
-            rc = collect_room_ids(srv, room, cursor, cc, &truncated);
-        if (rc < 0) {
-            if (rc != STORE_ERR_NOTFOUND)
-                store_failed(c, "room replay", NULL, NULL);
-            free(cc->replay_rooms[--cc->num_replay_rooms]);
-            free_room_ids(cc);
-            return c->chat != NULL;
-        }
-        cc->room_started = true;
-        cc->room_last = cursor;
-        cc->room_truncated = truncated; /* said after the room's messages */
-    }
-    while (cc->room_pos < cc->num_room_ids) {
-        struct store_msg_info info;
-        int64_t id = cc->room_ids[cc->room_pos++];
-        if (store_msg_get(srv->store, id, &info) == 0) {
-            send_replayed(c, &info.msg);
-            store_msg_info_release(&info);
-        }
-        cc->room_last = id;
-        if (!c->chat)
-            return false;
-        if (replay_budget_spent(c))
-            return true;
-    }
-    /* Messages held back while this room replayed: look once more before calling it done. */
-    bool truncated = false;
-    if (collect_room_ids(srv, room, cc->room_last, cc, &truncated) < 0)
-        store_failed(c, "room replay", NULL, NULL);
-    if (!c->chat)
-        return false;
-    if (cc->num_room_ids > 0) {
-        cc->room_truncated |= truncated;
-        return true;
-    }
-    if (cc->room_truncated)
-        send_truncated(c, room);
-    cc->room_truncated = false;
-    free(cc->replay_rooms[--cc->num_replay_rooms]);
-    free_room_ids(cc);
-    cc->room_started = false;
-    return true;
-}
-
-/*
- * Replay step by step, bounded by bytes: stop while the client's queue is above half the send_queue
- * and go on from chat_on_drained, so a large backlog streams at the client's pace instead of filling
- * memory or tripping the slow-consumer limit. Every store call may end in the connection being
- * closed (and cc freed), so c->chat is checked after each.
- */
-static void replay_continue(struct conn *c)
-{
-    struct server *srv = srv_of(c);
-    while (c->chat && c->chat->phase != REPLAY_DONE && !c->close_sent) {
-        struct chat_conn *cc = c->chat;
-        if (replay_budget_spent(c))
-            return;
-        if (cc->phase == REPLAY_DIRECT) {
-            char user[AUTH_USER_MAX + 1];
-            snprintf(user, sizeof(user), "%s", cc->user);
-            struct direct_replay dr = {c, cc->replay_after, 0, false};
-            int rc = store_pending_direct(srv->store, user, cc->replay_after, REPLAY_PAGE,
-                                          replay_direct_one, &dr);
-            if (!c->chat)
-                return;
-            if (rc < 0) {
-                store_failed(c, "replay", NULL, NULL);
-                cc->phase = REPLAY_ROOMS;
-                continue;
-            }
-            cc->replay_after = dr.last_id;
-            if (dr.count < REPLAY_PAGE && !dr.stopped)
-                cc->phase = REPLAY_ROOMS;
-            continue;
-        }
-        if (cc->num_replay_rooms == 0) {
-            cc->phase = REPLAY_DONE;
-            free_replay_rooms(cc);
-            struct sbuf b;
-            sbuf_init(&b);
-            sbuf_adds(&b, "{\"type\":\"replayed\"}");
-            send_sbuf(c, &b, MK_OTHER);
-            sbuf_release(&b);
-            return;
-        }
-        if (!replay_room_step(c))
-            return;
-    }
-}
-
-void chat_on_drained(struct conn *c)
-{
-    if (c->chat && c->chat->phase != REPLAY_DONE)
-        replay_continue(c);
-}
-
 static int collect_room(void *ctx, const char *room)
 {
     struct conn *c = ctx;
@@ -683,12 +388,12 @@ int chat_open(struct conn *c, const struct auth_identity *id, const char *user_a
         sbuf_add_json_str(&b, cc->replay_rooms[i]);
     }
     sbuf_adds(&b, "]}");
-    send_sbuf(c, &b, MK_WELCOME);
+    chat_send_sbuf(c, &b, MK_WELCOME);
     sbuf_release(&b);
 
     arm_expiry(c);
     cc->phase = REPLAY_DIRECT;
-    replay_continue(c);
+    chat_replay_continue(c);
     return 0;
 }
 
@@ -726,7 +431,7 @@ void chat_end(struct conn *c, enum end_reason why)
              (long long)cc->session_id, cc->user, end_reason_name(why));
     if (cc->expiry)
         event_free(cc->expiry);
-    free_replay_rooms(cc);
+    chat_replay_free(cc);
     free(cc);
     c->chat = NULL;
 }
@@ -785,7 +490,7 @@ static void on_send(struct conn *c, json_t *req)
         bool member = false;
         if (store_room_is_member(srv->store, target, cc->user, &member) != 0) {
             free(text);
-            store_failed(c, "membership", "cid", cid);
+            chat_store_failed(c, "membership", "cid", cid);
             return;
         }
         if (!member) {
@@ -806,7 +511,7 @@ static void on_send(struct conn *c, json_t *req)
     struct store_receipt r;
     if (store_msg_insert(srv->store, &m, &r) != 0) {
         free(text);
-        store_failed(c, "insert", "cid", cid);
+        chat_store_failed(c, "insert", "cid", cid);
         return;
     }
     /* Receipt and deliveries are held until the group commit makes the row durable. */
@@ -828,7 +533,7 @@ static void on_send(struct conn *c, json_t *req)
     if (r.duplicate)
         sbuf_adds(&b, ",\"duplicate\":true");
     sbuf_adds(&b, "}");
-    send_sbuf(c, &b, MK_SENT);
+    chat_send_sbuf(c, &b, MK_SENT);
     sbuf_release(&b);
     free(text);
 }
@@ -847,7 +552,7 @@ static void on_ack(struct conn *c, json_t *req)
     if (rc == STORE_ERR_NOTFOUND)
         send_error(c, "bad_request", "no such message for you", NULL, NULL);
     else if (rc != 0)
-        store_failed(c, "ack", NULL, NULL);
+        chat_store_failed(c, "ack", NULL, NULL);
 }
 
 static const char *room_arg(struct conn *c, json_t *req, const char *rid)
@@ -867,7 +572,7 @@ static void send_room_event(struct conn *c, const char *type, const char *room)
     sbuf_addf(&b, "{\"type\":\"%s\",\"room\":", type);
     sbuf_add_json_str(&b, room);
     sbuf_adds(&b, "}");
-    send_sbuf(c, &b, MK_OTHER);
+    chat_send_sbuf(c, &b, MK_OTHER);
     sbuf_release(&b);
 }
 
@@ -879,7 +584,7 @@ static void on_join(struct conn *c, json_t *req)
         return;
     server_tx_begin(srv);
     if (store_room_join(srv->store, room, c->chat->user, server_now_ms(srv), NULL) != 0) {
-        store_failed(c, "join", NULL, NULL);
+        chat_store_failed(c, "join", NULL, NULL);
         return;
     }
     user_room_change(srv, c->chat->user, room, true);
@@ -899,7 +604,7 @@ static void on_leave(struct conn *c, json_t *req)
         return;
     }
     if (rc != 0) {
-        store_failed(c, "leave", NULL, NULL);
+        chat_store_failed(c, "leave", NULL, NULL);
         return;
     }
     user_room_change(srv, c->chat->user, room, false);
@@ -916,7 +621,7 @@ static int history_item(void *ctx, const struct store_msg *m)
     struct history_ctx *h = ctx;
     if (h->n++)
         sbuf_adds(h->b, ",");
-    build_msg(h->b, m, false, false);
+    chat_build_msg(h->b, m, false, false);
     return 0;
 }
 
@@ -952,7 +657,7 @@ static void on_history(struct conn *c, json_t *req)
     if (room) {
         bool member = false;
         if (store_room_is_member(srv->store, name, c->chat->user, &member) != 0) {
-            store_failed(c, "membership", "rid", rid);
+            chat_store_failed(c, "membership", "rid", rid);
             return;
         }
         if (!member) {
@@ -977,11 +682,11 @@ static void on_history(struct conn *c, json_t *req)
                                          history_item, &h, &more);
     if (rc < 0) {
         sbuf_release(&b);
-        store_failed(c, "history", "rid", rid);
+        chat_store_failed(c, "history", "rid", rid);
         return;
     }
     sbuf_addf(&b, "],\"more\":%s}", more ? "true" : "false");
-    send_sbuf(c, &b, MK_OTHER);
+    chat_send_sbuf(c, &b, MK_OTHER);
     sbuf_release(&b);
 }
 
@@ -1040,7 +745,7 @@ static void on_presence(struct conn *c, json_t *req)
         }
         add_presence_item(srv, &b, json_string_value(u));
         sbuf_adds(&b, "}");
-        send_sbuf(c, &b, MK_OTHER);
+        chat_send_sbuf(c, &b, MK_OTHER);
         sbuf_release(&b);
     }
 }
@@ -1073,7 +778,7 @@ static void on_members(struct conn *c, json_t *req)
         return;
     bool member = false;
     if (store_room_is_member(srv->store, room, c->chat->user, &member) != 0) {
-        store_failed(c, "membership", "rid", rid);
+        chat_store_failed(c, "membership", "rid", rid);
         return;
     }
     if (!member) {
@@ -1093,11 +798,11 @@ static void on_members(struct conn *c, json_t *req)
     struct members_ctx mc = {srv, &b, 0};
     if (store_room_members(srv->store, room, member_item, &mc) < 0) {
         sbuf_release(&b);
-        store_failed(c, "members", "rid", rid);
+        chat_store_failed(c, "members", "rid", rid);
         return;
     }
     sbuf_adds(&b, "]}");
-    send_sbuf(c, &b, MK_OTHER);
+    chat_send_sbuf(c, &b, MK_OTHER);
     sbuf_release(&b);
 }
 
@@ -1129,7 +834,7 @@ static void on_refresh(struct conn *c, json_t *req)
     else
         sbuf_adds(&b, "null");
     sbuf_adds(&b, "}");
-    send_sbuf(c, &b, MK_OTHER);
+    chat_send_sbuf(c, &b, MK_OTHER);
     sbuf_release(&b);
 }
 
