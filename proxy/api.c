@@ -1,31 +1,26 @@
 /*
  * api.c -- the HTTP push/admin API on its own listener: a small HTTP/1.1 server on bufferevents
- * (heads parsed by http_hs, bodies framed by Content-Length) and the routes behind it.
+ * (heads parsed by http_hs, bodies framed by Content-Length) and its answers. The endpoints are in
+ * api_routes.c.
  */
 #include "api.h"
 
-#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "auth.h"
-#include "chat.h"
+#include "api_internal.h"
 #include "conn.h"
 #include "http_hs.h"
 #include "log.h"
-#include "msg_json.h"
 #include "metrics.h"
-#include "registry.h"
 #include "sbuf.h"
 #include "server.h"
 #include "store.h"
@@ -37,57 +32,7 @@
  * and a 413 decided from Content-Length before any of the body is buffered: the framing is ours.
  */
 
-#define API_HEAD_MAX         16384 /* request line + headers */
-#define API_MAX_CONNS        512   /* concurrent API connections; more are refused at accept */
-#define API_IDLE_TIMEOUT_S   30    /* read (head, body, keep-alive idle) and write timeout */
-#define API_LINGER_TIMEOUT_S 2     /* after a final answer: how long unread input is drained */
-#define API_LINGER_MAX       (64u << 20) /* and how much of it, before the socket is just closed */
-#define CID_MAX              128
-#define SESSIONS_DEFAULT     50
-#define SESSIONS_MAX         1000
-#define HISTORY_DEFAULT      50
-#define HISTORY_MAX          100
-#define PRESENCE_MAX         100
-#define KEY_DIGEST_LEN       32
-
 _Static_assert(END_NUM == METRICS_END_REASONS, "metrics must know every end reason");
-
-enum ac_state {
-    AC_HEAD,    /* reading a request head */
-    AC_BODY,    /* reading body_len bytes of body */
-    AC_BUSY,    /* a handler runs or its answer waits for the group commit */
-    AC_WRITING, /* the answer is being written */
-    AC_LINGER,  /* answered with Connection: close; draining input until EOF or a timeout */
-};
-
-struct api_conn {
-    struct api *api;
-    struct bufferevent *bev;
-    struct api_conn *prev, *next;
-    enum ac_state state;
-    char peer[64];
-    char *head; /* the current request head (owned); req points into it */
-    struct http_req req;
-    char *body; /* owned, NUL-terminated */
-    size_t body_len;
-    bool keep_alive;
-    bool head_only; /* HEAD: the answer has headers only */
-    bool dead;      /* the peer went away while an answer waited for the commit */
-    size_t lingered;
-    int pending_status; /* answer prepared before a commit */
-    struct sbuf pending;
-};
-
-struct api {
-    struct server *srv;
-    struct evconnlistener *listener;
-    struct api_conn *conns;
-    size_t num_conns;
-    bool stopping;
-    unsigned char (*keys)[KEY_DIGEST_LEN]; /* SHA-256 of each [api] key */
-    size_t num_keys;
-    const char *end_reasons[METRICS_END_REASONS];
-};
 
 static void ac_free(struct api_conn *ac);
 static void ac_process(struct api_conn *ac);
@@ -128,7 +73,7 @@ static bool api_bearer_ok(const unsigned char (*keys)[KEY_DIGEST_LEN], size_t nu
 }
 
 /* Strict decimal: digits only, no sign, no spaces, at most 18 digits. Returns 0 or -1. */
-static int parse_u63(const char *s, size_t len, int64_t *out)
+int api_parse_u63(const char *s, size_t len, int64_t *out)
 {
     if (len == 0 || len > 18)
         return -1;
@@ -143,7 +88,7 @@ static int parse_u63(const char *s, size_t len, int64_t *out)
 }
 
 /* Whether a Content-Type value is application/json (parameters such as charset allowed). */
-static bool is_json_type(const char *v, size_t len)
+bool api_is_json_type(const char *v, size_t len)
 {
     static const char want[] = "application/json";
     size_t n = sizeof(want) - 1;
@@ -170,7 +115,7 @@ static int64_t api_body_length(const struct http_req *req)
         int64_t v;
         if (h->value_len > 18 && strspn(h->value, "0123456789") >= h->value_len)
             v = INT64_MAX;
-        else if (parse_u63(h->value, h->value_len, &v) != 0)
+        else if (api_parse_u63(h->value, h->value_len, &v) != 0)
             return -1;
         if (seen && v != len)
             return -1;
@@ -187,7 +132,7 @@ static const char *status_text(int status)
     return http_status_text(status);
 }
 
-static void log_request(struct api_conn *ac, int status, const char *code)
+void api_log_request(struct api_conn *ac, int status, const char *code)
 {
     const struct http_req *r = &ac->req;
     int mlen = ac->head ? (int)r->method_len : 1;
@@ -202,7 +147,7 @@ static void log_request(struct api_conn *ac, int status, const char *code)
 }
 
 /* Write one complete answer and stop reading until it is out. Every answer goes through here. */
-static void reply(struct api_conn *ac, int status, const char *ctype, const char *extra,
+void api_reply(struct api_conn *ac, int status, const char *ctype, const char *extra,
                   const char *body, size_t len)
 {
     struct api *api = ac->api;
@@ -223,21 +168,21 @@ static void reply(struct api_conn *ac, int status, const char *ctype, const char
     bufferevent_enable(ac->bev, EV_WRITE);
 }
 
-static void reply_json(struct api_conn *ac, int status, struct sbuf *b)
+void api_reply_json(struct api_conn *ac, int status, struct sbuf *b)
 {
     if (b->oom) {
         ac->keep_alive = false;
         static const char oom[] =
             "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
-        log_request(ac, 500, "internal");
-        reply(ac, 500, "application/json", NULL, oom, sizeof(oom) - 1);
+        api_log_request(ac, 500, "internal");
+        api_reply(ac, 500, "application/json", NULL, oom, sizeof(oom) - 1);
         return;
     }
-    log_request(ac, status, NULL);
-    reply(ac, status, "application/json", NULL, b->p, b->len);
+    api_log_request(ac, status, NULL);
+    api_reply(ac, status, "application/json", NULL, b->p, b->len);
 }
 
-static void reply_error_h(struct api_conn *ac, int status, const char *code, const char *message,
+void api_reply_error_h(struct api_conn *ac, int status, const char *code, const char *message,
                           const char *extra)
 {
     struct sbuf b;
@@ -247,28 +192,28 @@ static void reply_error_h(struct api_conn *ac, int status, const char *code, con
     sbuf_adds(&b, ",\"message\":");
     sbuf_add_json_str(&b, message);
     sbuf_adds(&b, "}}");
-    log_request(ac, status, code);
+    api_log_request(ac, status, code);
     if (b.oom) {
         static const char oom[] =
             "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
-        reply(ac, status, "application/json", extra, oom, sizeof(oom) - 1);
+        api_reply(ac, status, "application/json", extra, oom, sizeof(oom) - 1);
     } else {
-        reply(ac, status, "application/json", extra, b.p, b.len);
+        api_reply(ac, status, "application/json", extra, b.p, b.len);
     }
     sbuf_release(&b);
 }
 
-static void reply_error(struct api_conn *ac, int status, const char *code, const char *message)
+void api_reply_error(struct api_conn *ac, int status, const char *code, const char *message)
 {
-    reply_error_h(ac, status, code, message, NULL);
+    api_reply_error_h(ac, status, code, message, NULL);
 }
 
-static void reply_store_error(struct api_conn *ac, const char *what)
+void api_reply_store_error(struct api_conn *ac, const char *what)
 {
     struct server *srv = ac->api->srv;
     srv->metrics.store_errors++;
     log_error("api: store: %s: %s", what, store_last_error(srv->store));
-    reply_error(ac, 503, "store_unavailable", "storage error, try again");
+    api_reply_error(ac, 503, "store_unavailable", "storage error, try again");
 }
 
 /* Answer once the loop's group commit has made the writes behind it durable. */
@@ -280,643 +225,43 @@ static void after_commit_cb(void *arg, bool ok)
         return;
     }
     if (!ok) {
-        reply_error(ac, 503, "store_unavailable",
+        api_reply_error(ac, 503, "store_unavailable",
                     "the write could not be committed; retry (a push with the same cid is safe)");
         return;
     }
     if (ac->pending_status == 204) {
-        log_request(ac, 204, NULL);
-        reply(ac, 204, NULL, NULL, NULL, 0);
+        api_log_request(ac, 204, NULL);
+        api_reply(ac, 204, NULL, NULL, NULL, 0);
         return;
     }
-    reply_json(ac, ac->pending_status, &ac->pending);
+    api_reply_json(ac, ac->pending_status, &ac->pending);
 }
 
-static void reply_after_commit(struct api_conn *ac, int status)
+void api_reply_after_commit(struct api_conn *ac, int status)
 {
     ac->pending_status = status;
     server_after_commit(ac->api->srv, after_commit_cb, ac);
 }
 
-/* ---- request arguments ---- */
-
-static bool valid_name(const char *s)
-{
-    return s && auth_user_valid(s, strlen(s));
-}
-
-/* Query parameter as a name (user or room): 1 ok, 0 absent, -1 invalid (answered 400). */
-static int query_name(struct api_conn *ac, const char *key, char *out, size_t cap)
-{
-    const struct http_req *r = &ac->req;
-    int n = http_query_param(r->query, r->query_len, key, out, cap);
-    if (n == -1)
-        return 0;
-    if (n < 0 || !auth_user_valid(out, (size_t)n)) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "%s must be a valid name (1-64 bytes of UTF-8, no controls)",
-                 key);
-        reply_error(ac, 400, "bad_request", msg);
-        return -1;
-    }
-    return 1;
-}
-
-/* Query parameter as an integer in [lo, hi]: 1 ok, 0 absent (out = def), -1 invalid (answered). */
-static int query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t hi, int64_t def,
-                     int64_t *out)
-{
-    const struct http_req *r = &ac->req;
-    char buf[32];
-    *out = def;
-    int n = http_query_param(r->query, r->query_len, key, buf, sizeof(buf));
-    if (n == -1)
-        return 0;
-    int64_t v;
-    if (n < 0 || parse_u63(buf, (size_t)n, &v) != 0 || v < lo || v > hi) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "%s must be an integer from %lld to %lld", key, (long long)lo,
-                 (long long)hi);
-        reply_error(ac, 400, "bad_request", msg);
-        return -1;
-    }
-    *out = v;
-    return 1;
-}
-
-/* ---- JSON building ---- */
-
-static void add_i64_or_null(struct sbuf *b, int64_t v)
-{
-    if (v)
-        sbuf_add_i64(b, v);
-    else
-        sbuf_adds(b, "null");
-}
-
-static void add_str_or_null(struct sbuf *b, const char *s)
-{
-    if (s)
-        sbuf_add_json_str(b, s);
-    else
-        sbuf_adds(b, "null");
-}
-
-static void add_session(struct sbuf *b, const struct store_session *s)
-{
-    sbuf_adds(b, "{\"id\":");
-    sbuf_add_i64(b, s->id);
-    sbuf_adds(b, ",\"user\":");
-    sbuf_add_json_str(b, s->user);
-    sbuf_addf(b, ",\"state\":\"%s\",\"remote_addr\":", s->ended ? "ended" : "active");
-    sbuf_add_json_str(b, s->remote_addr);
-    sbuf_adds(b, ",\"user_agent\":");
-    add_str_or_null(b, s->user_agent);
-    sbuf_adds(b, ",\"subprotocol\":");
-    add_str_or_null(b, s->subprotocol);
-    sbuf_adds(b, ",\"connected_at\":");
-    sbuf_add_i64(b, s->connected_at);
-    sbuf_adds(b, ",\"last_seen_at\":");
-    sbuf_add_i64(b, s->last_seen_at);
-    sbuf_adds(b, ",\"ended_at\":");
-    add_i64_or_null(b, s->ended ? s->ended_at : 0);
-    sbuf_adds(b, ",\"end_reason\":");
-    add_str_or_null(b, s->ended ? s->end_reason : NULL);
-    sbuf_adds(b, "}");
-}
-
-/* A message as the chat protocol shows it, without the closing brace (callers may add fields). */
-static void add_msg_open(struct sbuf *b, const struct store_msg *m)
-{
-    sbuf_adds(b, "{");
-    msg_json_fields(b, m);
-    sbuf_adds(b, ",\"cid\":");
-    add_str_or_null(b, m->cid);
-}
-
-/* ---- routes ---- */
-
-static void route_healthz(struct api_conn *ac)
-{
-    if (store_ping(ac->api->srv->store) != 0) {
-        ac->api->srv->metrics.store_errors++;
-        reply_error(ac, 503, "store_unavailable", store_last_error(ac->api->srv->store));
-        return;
-    }
-    log_request(ac, 200, NULL);
-    reply(ac, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
-}
-
-static void route_metrics(struct api_conn *ac)
-{
-    struct api *api = ac->api;
-    struct server *srv = api->srv;
-    struct metrics_gauges g = {
-        .conns_open = srv->num_conns,
-        .ws_open = srv->num_ws,
-        .users_online = registry_groups(srv->users),
-        .end_reason_names = api->end_reasons,
-    };
-    size_t len = 0;
-    char *text = metrics_render(&srv->metrics, &g, &len);
-    if (!text) {
-        reply_error(ac, 500, "internal", "out of memory");
-        return;
-    }
-    log_request(ac, 200, NULL);
-    reply(ac, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text, len);
-    free(text);
-}
-
-/* The keys a push body may have; anything else is a typo worth a 400. */
-static bool push_key_known(const char *k)
-{
-    static const char *const keys[] = {"to", "room", "broadcast", "body", "from", "cid"};
-    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-        if (strcmp(k, keys[i]) == 0)
-            return true;
-    return false;
-}
-
-static void push_broadcast(struct api_conn *ac, const char *from, const char *body, const char *cid)
-{
-    struct server *srv = ac->api->srv;
-    struct sbuf f;
-    sbuf_init(&f);
-    sbuf_adds(&f, "{\"type\":\"broadcast\",\"from\":");
-    sbuf_add_json_str(&f, from);
-    sbuf_adds(&f, ",\"body\":");
-    sbuf_adds(&f, body);
-    sbuf_adds(&f, ",\"ts\":");
-    sbuf_add_i64(&f, server_now_ms(srv));
-    if (cid) {
-        sbuf_adds(&f, ",\"cid\":");
-        sbuf_add_json_str(&f, cid);
-    }
-    sbuf_adds(&f, "}");
-    size_t live = f.oom ? 0 : chat_broadcast(srv, f.p, f.len);
-    bool oom = f.oom;
-    sbuf_release(&f);
-    if (oom) {
-        reply_error(ac, 500, "internal", "out of memory");
-        return;
-    }
-    sbuf_reset(&ac->pending);
-    sbuf_addf(&ac->pending, "{\"live\":%zu}", live);
-    /* Not stored; still answered after any pending commit, so frames and answer keep order. */
-    reply_after_commit(ac, 202);
-}
-
-static void route_push(struct api_conn *ac)
-{
-    struct server *srv = ac->api->srv;
-    const struct http_header *ct = http_req_header(&ac->req, "Content-Type");
-    if (!ct || !is_json_type(ct->value, ct->value_len)) {
-        reply_error(ac, 415, "unsupported_media_type",
-                    "send the body as Content-Type: application/json");
-        return;
-    }
-    json_error_t jerr;
-    json_t *req = json_loadb(ac->body ? ac->body : "", ac->body_len,
-                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!req || !json_is_object(req)) {
-        reply_error(ac, 400, "bad_json", req ? "a JSON object is expected" : jerr.text);
-        json_decref(req);
-        return;
-    }
-    const char *key;
-    json_t *val;
-    json_object_foreach(req, key, val)
-    {
-        if (!push_key_known(key)) {
-            char msg[160];
-            /* Short names are echoed whole (a cut could split a UTF-8 sequence). */
-            snprintf(msg, sizeof(msg),
-                     "unknown field \"%s\" (fields: to, room, broadcast, body, from, cid)",
-                     strlen(key) <= 64 ? key : "...");
-            reply_error(ac, 400, "bad_request", msg);
-            json_decref(req);
-            return;
-        }
-    }
-    json_t *to = json_object_get(req, "to");
-    json_t *room = json_object_get(req, "room");
-    json_t *bc = json_object_get(req, "broadcast");
-    json_t *body = json_object_get(req, "body");
-    json_t *jfrom = json_object_get(req, "from");
-    json_t *jcid = json_object_get(req, "cid");
-    const char *err = NULL;
-    if ((to != NULL) + (room != NULL) + (bc != NULL) != 1)
-        err = "push needs exactly one of to, room and broadcast";
-    else if (bc && !json_is_true(bc))
-        err = "broadcast must be true";
-    else if (to && !valid_name(json_string_value(to)))
-        err = "to must be a valid user id (1-64 bytes of UTF-8, no controls)";
-    else if (room && !valid_name(json_string_value(room)))
-        err = "room must be a valid name (1-64 bytes of UTF-8, no controls)";
-    else if (!body)
-        err = "push needs a body (any JSON value)";
-    else if (jfrom && !valid_name(json_string_value(jfrom)))
-        err = "from must be a valid user id (1-64 bytes of UTF-8, no controls)";
-    else if (jcid && (!json_is_string(jcid) || json_string_length(jcid) == 0 ||
-                      json_string_length(jcid) > CID_MAX))
-        err = "cid must be a string of 1-128 bytes";
-    if (err) {
-        reply_error(ac, 400, "bad_request", err);
-        json_decref(req);
-        return;
-    }
-    const char *from = jfrom ? json_string_value(jfrom) : "system";
-    const char *cid = jcid ? json_string_value(jcid) : NULL;
-    char *text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text) {
-        reply_error(ac, 400, "bad_request", "body cannot be encoded");
-        json_decref(req);
-        return;
-    }
-    /* Clients were promised bodies up to [limits] max_body, whoever sends them. */
-    if (strlen(text) > srv->cfg->max_body) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "body is larger than [limits] max_body (%llu bytes as JSON)",
-                 (unsigned long long)srv->cfg->max_body);
-        reply_error(ac, 413, "too_large", msg);
-        free(text);
-        json_decref(req);
-        return;
-    }
-    if (bc) {
-        push_broadcast(ac, from, text, cid);
-        free(text);
-        json_decref(req);
-        return;
-    }
-    server_tx_begin(srv);
-    struct store_msg m = {
-        .sender = from,
-        .to_user = to ? json_string_value(to) : NULL,
-        .room = room ? json_string_value(room) : NULL,
-        .body = text,
-        .cid = cid,
-        .created_at = server_now_ms(srv),
-    };
-    struct store_receipt r;
-    if (store_msg_insert(srv->store, &m, &r) != 0) {
-        reply_store_error(ac, "push insert");
-        free(text);
-        json_decref(req);
-        return;
-    }
-    size_t live = 0;
-    if (!r.duplicate) {
-        m.id = r.id;
-        /* Frames are held until the commit, like a chat send's. */
-        live = chat_deliver(srv, &m);
-    }
-    sbuf_reset(&ac->pending);
-    sbuf_adds(&ac->pending, "{\"id\":");
-    sbuf_add_i64(&ac->pending, r.id);
-    sbuf_addf(&ac->pending, ",\"live\":%zu,\"ts\":", live);
-    sbuf_add_i64(&ac->pending, r.created_at);
-    if (r.duplicate)
-        sbuf_adds(&ac->pending, ",\"duplicate\":true");
-    sbuf_adds(&ac->pending, "}");
-    free(text);
-    json_decref(req);
-    reply_after_commit(ac, 202);
-}
-
-struct list_ctx {
-    struct sbuf *b;
-    int n;
-    int64_t last_id;
-};
-
-static int session_item(void *ctx, const struct store_session *s)
-{
-    struct list_ctx *lc = ctx;
-    if (lc->n++)
-        sbuf_adds(lc->b, ",");
-    add_session(lc->b, s);
-    lc->last_id = s->id;
-    return 0;
-}
-
-static void route_sessions(struct api_conn *ac)
-{
-    struct server *srv = ac->api->srv;
-    char user[256], state[16];
-    struct store_session_filter f = {0};
-    int64_t limit, before;
-    int rc = query_name(ac, "user", user, sizeof(user));
-    if (rc < 0)
-        return;
-    f.user = rc ? user : NULL;
-    int n = http_query_param(ac->req.query, ac->req.query_len, "state", state, sizeof(state));
-    if (n >= 0 && strcmp(state, "active") == 0)
-        f.state = STORE_SESSIONS_ACTIVE;
-    else if (n >= 0 && strcmp(state, "ended") == 0)
-        f.state = STORE_SESSIONS_ENDED;
-    else if (n >= 0 && strcmp(state, "any") == 0)
-        f.state = STORE_SESSIONS_ANY;
-    else if (n != -1) {
-        reply_error(ac, 400, "bad_request", "state must be active, ended or any");
-        return;
-    }
-    if (query_int(ac, "limit", 1, SESSIONS_MAX, SESSIONS_DEFAULT, &limit) < 0 ||
-        query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0)
-        return;
-    f.limit = (int)limit;
-    f.before_id = before;
-    struct sbuf b;
-    sbuf_init(&b);
-    sbuf_adds(&b, "{\"sessions\":[");
-    struct list_ctx lc = {&b, 0, 0};
-    if (store_session_list(srv->store, &f, session_item, &lc) < 0) {
-        sbuf_release(&b);
-        reply_store_error(ac, "session list");
-        return;
-    }
-    sbuf_adds(&b, "],\"next_before\":");
-    add_i64_or_null(&b, lc.n == f.limit ? lc.last_id : 0);
-    sbuf_adds(&b, "}");
-    reply_json(ac, 200, &b);
-    sbuf_release(&b);
-}
-
-static void route_session_get(struct api_conn *ac, int64_t id)
-{
-    struct server *srv = ac->api->srv;
-    struct store_session s;
-    int rc = store_session_get(srv->store, id, &s);
-    if (rc == STORE_ERR_NOTFOUND) {
-        reply_error(ac, 404, "not_found", "no such session");
-        return;
-    }
-    if (rc != 0) {
-        reply_store_error(ac, "session get");
-        return;
-    }
-    struct sbuf b;
-    sbuf_init(&b);
-    add_session(&b, &s);
-    store_session_release(&s);
-    reply_json(ac, 200, &b);
-    sbuf_release(&b);
-}
-
-/*
- * Kick: close the live connection with 1008 "kicked"; chat_end records end_reason=kicked in this
- * loop's transaction and the 204 waits for its commit. A session that exists but has no live
- * connection (it ended) is 404 not_live: there is nothing to kick, and DELETE stays idempotent.
- */
-static void route_session_kick(struct api_conn *ac, int64_t id)
-{
-    struct server *srv = ac->api->srv;
-    if (chat_kick(srv, id) == 0) {
-        reply_after_commit(ac, 204);
-        return;
-    }
-    struct store_session s;
-    int rc = store_session_get(srv->store, id, &s);
-    if (rc == STORE_ERR_NOTFOUND) {
-        reply_error(ac, 404, "not_found", "no such session");
-        return;
-    }
-    if (rc != 0) {
-        reply_store_error(ac, "session get");
-        return;
-    }
-    char msg[160];
-    if (s.ended)
-        snprintf(msg, sizeof(msg), "session %lld already ended (%s)", (long long)id,
-                 s.end_reason ? s.end_reason : "unknown");
-    else
-        snprintf(msg, sizeof(msg), "session %lld has no live connection here", (long long)id);
-    store_session_release(&s);
-    reply_error(ac, 404, "not_live", msg);
-}
-
-static void route_message(struct api_conn *ac, int64_t id)
-{
-    struct server *srv = ac->api->srv;
-    struct store_msg_info mi;
-    int rc = store_msg_get(srv->store, id, &mi);
-    if (rc == STORE_ERR_NOTFOUND) {
-        reply_error(ac, 404, "not_found", "no such message");
-        return;
-    }
-    if (rc != 0) {
-        reply_store_error(ac, "message get");
-        return;
-    }
-    struct sbuf b;
-    sbuf_init(&b);
-    add_msg_open(&b, &mi.msg);
-    /* Room messages have no per-message receipt (members keep a cursor): always "stored". */
-    sbuf_addf(&b, ",\"state\":\"%s\",\"delivered_at\":",
-              mi.direct && mi.delivered ? "delivered" : "stored");
-    add_i64_or_null(&b, mi.direct && mi.delivered ? mi.delivered_at : 0);
-    sbuf_adds(&b, ",\"delivered_by\":");
-    add_i64_or_null(&b, mi.direct && mi.delivered ? mi.delivered_by : 0);
-    sbuf_adds(&b, "}");
-    store_msg_info_release(&mi);
-    reply_json(ac, 200, &b);
-    sbuf_release(&b);
-}
-
-static void add_presence(struct server *srv, struct sbuf *b, const char *user)
-{
-    bool online = false;
-    int connections = 0;
-    int64_t last_seen = 0;
-    /* The registry is the truth for live users; the store keeps last_seen for the others. */
-    size_t live = registry_count(srv->users, user);
-    if (live > 0) {
-        online = true;
-        connections = (int)live;
-        last_seen = server_now_ms(srv);
-    } else if (store_presence_get(srv->store, user, NULL, NULL, &last_seen) != 0) {
-        last_seen = 0;
-    }
-    sbuf_adds(b, "{\"user\":");
-    sbuf_add_json_str(b, user);
-    sbuf_addf(b,
-              ",\"state\":\"%s\",\"connections\":%d,\"last_seen\":", online ? "online" : "offline",
-              connections);
-    add_i64_or_null(b, last_seen);
-    sbuf_adds(b, "}");
-}
-
-static void route_presence(struct api_conn *ac)
-{
-    struct server *srv = ac->api->srv;
-    char list[PRESENCE_MAX * (AUTH_USER_MAX + 1) + 1];
-    int n = http_query_param(ac->req.query, ac->req.query_len, "users", list, sizeof(list));
-    if (n <= 0) {
-        reply_error(ac, 400, "bad_request",
-                    n == -2 ? "users is too long or badly encoded" : "users=a,b,... is required");
-        return;
-    }
-    /* Validate everything first: an answer is either whole or an error. */
-    size_t count = 0;
-    for (char *p = list; p; count++) {
-        char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        if (!auth_user_valid(p, len) || count >= PRESENCE_MAX) {
-            reply_error(ac, 400, "bad_request",
-                        "users must be 1-100 comma-separated user ids (1-64 bytes each)");
-            return;
-        }
-        p = comma ? comma + 1 : NULL;
-    }
-    struct sbuf b;
-    sbuf_init(&b);
-    sbuf_adds(&b, "{\"users\":[");
-    for (char *p = list, *comma; p; p = comma ? comma + 1 : NULL) {
-        if ((comma = strchr(p, ',')))
-            *comma = '\0';
-        if (p != list)
-            sbuf_adds(&b, ",");
-        add_presence(srv, &b, p);
-    }
-    sbuf_adds(&b, "]}");
-    reply_json(ac, 200, &b);
-    sbuf_release(&b);
-}
-
-static int history_item(void *ctx, const struct store_msg *m)
-{
-    struct list_ctx *lc = ctx;
-    if (lc->n++)
-        sbuf_adds(lc->b, ",");
-    add_msg_open(lc->b, m);
-    sbuf_adds(lc->b, "}");
-    return 0;
-}
-
-static void route_history(struct api_conn *ac)
-{
-    struct server *srv = ac->api->srv;
-    char with[256], user[256], room[256];
-    int has_with = query_name(ac, "with", with, sizeof(with));
-    if (has_with < 0)
-        return;
-    int has_user = query_name(ac, "user", user, sizeof(user));
-    if (has_user < 0)
-        return;
-    int has_room = query_name(ac, "room", room, sizeof(room));
-    if (has_room < 0)
-        return;
-    if (has_room ? (has_with || has_user) : !(has_with && has_user)) {
-        reply_error(ac, 400, "bad_request", "history needs with=A&user=B, or room=R");
-        return;
-    }
-    int64_t before, limit;
-    if (query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0 ||
-        query_int(ac, "limit", 1, HISTORY_MAX, HISTORY_DEFAULT, &limit) < 0)
-        return;
-    struct sbuf b;
-    sbuf_init(&b);
-    sbuf_adds(&b, "{\"items\":[");
-    struct list_ctx lc = {&b, 0, 0};
-    bool more = false;
-    int rc = has_room ? store_history_room(srv->store, room, before, (int)limit, history_item, &lc,
-                                           &more)
-                      : store_history_direct(srv->store, user, with, before, (int)limit,
-                                             history_item, &lc, &more);
-    if (rc < 0) {
-        sbuf_release(&b);
-        reply_store_error(ac, "history");
-        return;
-    }
-    sbuf_addf(&b, "],\"more\":%s}", more ? "true" : "false");
-    reply_json(ac, 200, &b);
-    sbuf_release(&b);
-}
-
-static bool method_is(const struct http_req *r, const char *m)
+bool api_method_is(const struct http_req *r, const char *m)
 {
     return r->method_len == strlen(m) && memcmp(r->method, m, r->method_len) == 0;
 }
 
-static bool path_is(const struct http_req *r, const char *p)
+bool api_path_is(const struct http_req *r, const char *p)
 {
     return r->path_len == strlen(p) && memcmp(r->path, p, r->path_len) == 0;
 }
 
 /* "/prefix/ID": 1 with *id, 0 when the path is not under prefix, -1 when ID is not an id. */
-static int path_id(const struct http_req *r, const char *prefix, int64_t *id)
+int api_path_id(const struct http_req *r, const char *prefix, int64_t *id)
 {
     size_t n = strlen(prefix);
     if (r->path_len <= n || memcmp(r->path, prefix, n) != 0)
         return 0;
-    if (parse_u63(r->path + n, r->path_len - n, id) != 0 || *id < 1)
+    if (api_parse_u63(r->path + n, r->path_len - n, id) != 0 || *id < 1)
         return -1;
     return 1;
-}
-
-static void method_not_allowed(struct api_conn *ac, const char *allow)
-{
-    char extra[64];
-    snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
-    reply_error_h(ac, 405, "method_not_allowed", "method not allowed here", extra);
-}
-
-/* Route a complete request; every path ends in exactly one answer (now or after the commit). */
-static void dispatch(struct api_conn *ac)
-{
-    const struct http_req *r = &ac->req;
-    bool get = method_is(r, "GET") || method_is(r, "HEAD");
-    int64_t id = 0;
-    int rc;
-    ac->state = AC_BUSY;
-
-    if (path_is(r, "/healthz") || path_is(r, "/metrics")) {
-        if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else if (path_is(r, "/healthz"))
-            route_healthz(ac);
-        else
-            route_metrics(ac);
-    } else if (path_is(r, "/api/v1/push")) {
-        if (!method_is(r, "POST"))
-            method_not_allowed(ac, "POST");
-        else
-            route_push(ac);
-    } else if (path_is(r, "/api/v1/sessions")) {
-        if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else
-            route_sessions(ac);
-    } else if ((rc = path_id(r, "/api/v1/sessions/", &id)) != 0) {
-        if (!get && !method_is(r, "DELETE"))
-            method_not_allowed(ac, "GET, HEAD, DELETE");
-        else if (rc < 0)
-            reply_error(ac, 400, "bad_request", "session ids are positive integers");
-        else if (get)
-            route_session_get(ac, id);
-        else
-            route_session_kick(ac, id);
-    } else if ((rc = path_id(r, "/api/v1/messages/", &id)) != 0) {
-        if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else if (rc < 0)
-            reply_error(ac, 400, "bad_request", "message ids are positive integers");
-        else
-            route_message(ac, id);
-    } else if (path_is(r, "/api/v1/presence")) {
-        if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else
-            route_presence(ac);
-    } else if (path_is(r, "/api/v1/history")) {
-        if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else
-            route_history(ac);
-    } else {
-        reply_error(ac, 404, "not_found", "no such endpoint");
-    }
 }
 
 /* ---- HTTP/1.1 framing ---- */
@@ -946,7 +291,7 @@ static void on_head(struct api_conn *ac)
     const struct http_req *r = &ac->req;
     const struct http_header *conn = http_req_header(r, "Connection");
     bool v11 = r->version_major == 1 && r->version_minor >= 1;
-    ac->head_only = method_is(r, "HEAD");
+    ac->head_only = api_method_is(r, "HEAD");
     if (v11)
         ac->keep_alive = !(conn && http_token_list_has(conn->value, conn->value_len, "close"));
     else
@@ -957,7 +302,7 @@ static void on_head(struct api_conn *ac)
 
     if (r->version_major != 1) {
         ac->keep_alive = false;
-        reply_error(ac, 400, "bad_request", "HTTP/1.x only");
+        api_reply_error(ac, 400, "bad_request", "HTTP/1.x only");
         return;
     }
     int64_t len = api_body_length(r);
@@ -965,10 +310,10 @@ static void on_head(struct api_conn *ac)
         /* The body's end is unknown: this connection cannot carry another request. */
         ac->keep_alive = false;
         if (len == -2)
-            reply_error(ac, 411, "length_required",
+            api_reply_error(ac, 411, "length_required",
                         "send the body with Content-Length; Transfer-Encoding is not accepted");
         else
-            reply_error(ac, 400, "bad_request", "bad Content-Length");
+            api_reply_error(ac, 400, "bad_request", "bad Content-Length");
         return;
     }
     if (is_api_path(r)) {
@@ -977,7 +322,7 @@ static void on_head(struct api_conn *ac)
                            h ? h->value : NULL, h ? h->value_len : 0)) {
             if (len > 0)
                 ac->keep_alive = false; /* the body is not read */
-            reply_error_h(
+            api_reply_error_h(
                 ac, 401, "unauthorized",
                 h ? "invalid API key" : "Authorization: Bearer KEY is required",
                 h ? "WWW-Authenticate: Bearer realm=\"wsproxy\", error=\"invalid_token\"\r\n"
@@ -990,12 +335,12 @@ static void on_head(struct api_conn *ac)
         char msg[96];
         snprintf(msg, sizeof(msg), "body is larger than [api] max_body (%llu bytes)",
                  (unsigned long long)api->srv->cfg->api_max_body);
-        reply_error(ac, 413, "too_large", msg);
+        api_reply_error(ac, 413, "too_large", msg);
         return;
     }
     ac->body_len = (size_t)len;
     if (len == 0) {
-        dispatch(ac);
+        api_dispatch(ac);
         return;
     }
     const struct http_header *expect = http_req_header(r, "Expect");
@@ -1018,12 +363,12 @@ static void ac_process(struct api_conn *ac)
                 return;
             if (!(ac->body = malloc(ac->body_len + 1))) {
                 ac->keep_alive = false;
-                reply_error(ac, 500, "internal", "out of memory");
+                api_reply_error(ac, 500, "internal", "out of memory");
                 return;
             }
             evbuffer_remove(in, ac->body, ac->body_len);
             ac->body[ac->body_len] = '\0';
-            dispatch(ac);
+            api_dispatch(ac);
             continue;
         }
         if (len == 0)
@@ -1038,15 +383,15 @@ static void ac_process(struct api_conn *ac)
             ac->keep_alive = false;
             ac->state = AC_BUSY;
             if (rc == HTTP_PARSE_TOO_LARGE)
-                reply_error(ac, 431, "header_too_large", "request head is too large");
+                api_reply_error(ac, 431, "header_too_large", "request head is too large");
             else
-                reply_error(ac, 400, "bad_request", "malformed HTTP request");
+                api_reply_error(ac, 400, "bad_request", "malformed HTTP request");
             return;
         }
         if (!(ac->head = malloc((size_t)rc + 1))) {
             ac->keep_alive = false;
             ac->state = AC_BUSY;
-            reply_error(ac, 500, "internal", "out of memory");
+            api_reply_error(ac, 500, "internal", "out of memory");
             return;
         }
         evbuffer_remove(in, ac->head, (size_t)rc);

@@ -86,7 +86,7 @@ static void test_api_parse_u63(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int64_t v = -42;
-        int rc = parse_u63(cases[i].s, strlen(cases[i].s), &v);
+        int rc = api_parse_u63(cases[i].s, strlen(cases[i].s), &v);
         if (rc != cases[i].rc || (rc == 0 && v != cases[i].v))
             fail_msg("\"%s\": rc %d v %lld", cases[i].s, rc, (long long)v);
     }
@@ -102,9 +102,9 @@ static void test_api_is_json_type(void **state)
         "text/json", "application/jso",   "text/plain"};
     (void)state;
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-        assert_true(is_json_type(yes[i], strlen(yes[i])));
+        assert_true(api_is_json_type(yes[i], strlen(yes[i])));
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-        assert_false(is_json_type(no[i], strlen(no[i])));
+        assert_false(api_is_json_type(no[i], strlen(no[i])));
 }
 
 static int64_t body_length_of(const char *head)
@@ -168,7 +168,7 @@ static void test_api_path_id(void **state)
         snprintf(head, sizeof(head), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", cases[i].target);
         assert_true(http_req_parse(&req, head, strlen(head), API_HEAD_MAX) > 0);
         int64_t id = 0;
-        int rc = path_id(&req, "/api/v1/sessions/", &id);
+        int rc = api_path_id(&req, "/api/v1/sessions/", &id);
         if (rc != cases[i].rc || (rc == 1 && id != cases[i].id))
             fail_msg("%s: rc %d id %lld", cases[i].target, rc, (long long)id);
     }

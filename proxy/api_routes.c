@@ -1,0 +1,618 @@
+/*
+ * api_routes.c -- the API's endpoints: push, sessions (list, get, kick), message receipts, presence,
+ * history, /healthz and /metrics. Each route ends in exactly one answer through api.c's reply helpers.
+ */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_internal.h"
+#include "auth.h"
+#include "chat.h"
+#include "conn.h"
+#include "log.h"
+#include "msg_json.h"
+#include "registry.h"
+#include "server.h"
+#include "store.h"
+
+/* ---- request arguments ---- */
+
+static bool valid_name(const char *s)
+{
+    return s && auth_user_valid(s, strlen(s));
+}
+
+/* Query parameter as a name (user or room): 1 ok, 0 absent, -1 invalid (answered 400). */
+static int query_name(struct api_conn *ac, const char *key, char *out, size_t cap)
+{
+    const struct http_req *r = &ac->req;
+    int n = http_query_param(r->query, r->query_len, key, out, cap);
+    if (n == -1)
+        return 0;
+    if (n < 0 || !auth_user_valid(out, (size_t)n)) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s must be a valid name (1-64 bytes of UTF-8, no controls)",
+                 key);
+        api_reply_error(ac, 400, "bad_request", msg);
+        return -1;
+    }
+    return 1;
+}
+
+/* Query parameter as an integer in [lo, hi]: 1 ok, 0 absent (out = def), -1 invalid (answered). */
+static int query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t hi, int64_t def,
+                     int64_t *out)
+{
+    const struct http_req *r = &ac->req;
+    char buf[32];
+    *out = def;
+    int n = http_query_param(r->query, r->query_len, key, buf, sizeof(buf));
+    if (n == -1)
+        return 0;
+    int64_t v;
+    if (n < 0 || api_parse_u63(buf, (size_t)n, &v) != 0 || v < lo || v > hi) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s must be an integer from %lld to %lld", key, (long long)lo,
+                 (long long)hi);
+        api_reply_error(ac, 400, "bad_request", msg);
+        return -1;
+    }
+    *out = v;
+    return 1;
+}
+
+/* ---- JSON building ---- */
+
+static void add_i64_or_null(struct sbuf *b, int64_t v)
+{
+    if (v)
+        sbuf_add_i64(b, v);
+    else
+        sbuf_adds(b, "null");
+}
+
+static void add_str_or_null(struct sbuf *b, const char *s)
+{
+    if (s)
+        sbuf_add_json_str(b, s);
+    else
+        sbuf_adds(b, "null");
+}
+
+static void add_session(struct sbuf *b, const struct store_session *s)
+{
+    sbuf_adds(b, "{\"id\":");
+    sbuf_add_i64(b, s->id);
+    sbuf_adds(b, ",\"user\":");
+    sbuf_add_json_str(b, s->user);
+    sbuf_addf(b, ",\"state\":\"%s\",\"remote_addr\":", s->ended ? "ended" : "active");
+    sbuf_add_json_str(b, s->remote_addr);
+    sbuf_adds(b, ",\"user_agent\":");
+    add_str_or_null(b, s->user_agent);
+    sbuf_adds(b, ",\"subprotocol\":");
+    add_str_or_null(b, s->subprotocol);
+    sbuf_adds(b, ",\"connected_at\":");
+    sbuf_add_i64(b, s->connected_at);
+    sbuf_adds(b, ",\"last_seen_at\":");
+    sbuf_add_i64(b, s->last_seen_at);
+    sbuf_adds(b, ",\"ended_at\":");
+    add_i64_or_null(b, s->ended ? s->ended_at : 0);
+    sbuf_adds(b, ",\"end_reason\":");
+    add_str_or_null(b, s->ended ? s->end_reason : NULL);
+    sbuf_adds(b, "}");
+}
+
+/* A message as the chat protocol shows it, without the closing brace (callers may add fields). */
+static void add_msg_open(struct sbuf *b, const struct store_msg *m)
+{
+    sbuf_adds(b, "{");
+    msg_json_fields(b, m);
+    sbuf_adds(b, ",\"cid\":");
+    add_str_or_null(b, m->cid);
+}
+
+/* ---- routes ---- */
+
+static void route_healthz(struct api_conn *ac)
+{
+    if (store_ping(ac->api->srv->store) != 0) {
+        ac->api->srv->metrics.store_errors++;
+        api_reply_error(ac, 503, "store_unavailable", store_last_error(ac->api->srv->store));
+        return;
+    }
+    api_log_request(ac, 200, NULL);
+    api_reply(ac, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+}
+
+static void route_metrics(struct api_conn *ac)
+{
+    struct api *api = ac->api;
+    struct server *srv = api->srv;
+    struct metrics_gauges g = {
+        .conns_open = srv->num_conns,
+        .ws_open = srv->num_ws,
+        .users_online = registry_groups(srv->users),
+        .end_reason_names = api->end_reasons,
+    };
+    size_t len = 0;
+    char *text = metrics_render(&srv->metrics, &g, &len);
+    if (!text) {
+        api_reply_error(ac, 500, "internal", "out of memory");
+        return;
+    }
+    api_log_request(ac, 200, NULL);
+    api_reply(ac, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text, len);
+    free(text);
+}
+
+/* The keys a push body may have; anything else is a typo worth a 400. */
+static bool push_key_known(const char *k)
+{
+    static const char *const keys[] = {"to", "room", "broadcast", "body", "from", "cid"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (strcmp(k, keys[i]) == 0)
+            return true;
+    return false;
+}
+
+static void push_broadcast(struct api_conn *ac, const char *from, const char *body, const char *cid)
+{
+    struct server *srv = ac->api->srv;
+    struct sbuf f;
+    sbuf_init(&f);
+    sbuf_adds(&f, "{\"type\":\"broadcast\",\"from\":");
+    sbuf_add_json_str(&f, from);
+    sbuf_adds(&f, ",\"body\":");
+    sbuf_adds(&f, body);
+    sbuf_adds(&f, ",\"ts\":");
+    sbuf_add_i64(&f, server_now_ms(srv));
+    if (cid) {
+        sbuf_adds(&f, ",\"cid\":");
+        sbuf_add_json_str(&f, cid);
+    }
+    sbuf_adds(&f, "}");
+    size_t live = f.oom ? 0 : chat_broadcast(srv, f.p, f.len);
+    bool oom = f.oom;
+    sbuf_release(&f);
+    if (oom) {
+        api_reply_error(ac, 500, "internal", "out of memory");
+        return;
+    }
+    sbuf_reset(&ac->pending);
+    sbuf_addf(&ac->pending, "{\"live\":%zu}", live);
+    /* Not stored; still answered after any pending commit, so frames and answer keep order. */
+    api_reply_after_commit(ac, 202);
+}
+
+static void route_push(struct api_conn *ac)
+{
+    struct server *srv = ac->api->srv;
+    const struct http_header *ct = http_req_header(&ac->req, "Content-Type");
+    if (!ct || !api_is_json_type(ct->value, ct->value_len)) {
+        api_reply_error(ac, 415, "unsupported_media_type",
+                    "send the body as Content-Type: application/json");
+        return;
+    }
+    json_error_t jerr;
+    json_t *req = json_loadb(ac->body ? ac->body : "", ac->body_len,
+                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!req || !json_is_object(req)) {
+        api_reply_error(ac, 400, "bad_json", req ? "a JSON object is expected" : jerr.text);
+        json_decref(req);
+        return;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(req, key, val)
+    {
+        if (!push_key_known(key)) {
+            char msg[160];
+            /* Short names are echoed whole (a cut could split a UTF-8 sequence). */
+            snprintf(msg, sizeof(msg),
+                     "unknown field \"%s\" (fields: to, room, broadcast, body, from, cid)",
+                     strlen(key) <= 64 ? key : "...");
+            api_reply_error(ac, 400, "bad_request", msg);
+            json_decref(req);
+            return;
+        }
+    }
+    json_t *to = json_object_get(req, "to");
+    json_t *room = json_object_get(req, "room");
+    json_t *bc = json_object_get(req, "broadcast");
+    json_t *body = json_object_get(req, "body");
+    json_t *jfrom = json_object_get(req, "from");
+    json_t *jcid = json_object_get(req, "cid");
+    const char *err = NULL;
+    if ((to != NULL) + (room != NULL) + (bc != NULL) != 1)
+        err = "push needs exactly one of to, room and broadcast";
+    else if (bc && !json_is_true(bc))
+        err = "broadcast must be true";
+    else if (to && !valid_name(json_string_value(to)))
+        err = "to must be a valid user id (1-64 bytes of UTF-8, no controls)";
+    else if (room && !valid_name(json_string_value(room)))
+        err = "room must be a valid name (1-64 bytes of UTF-8, no controls)";
+    else if (!body)
+        err = "push needs a body (any JSON value)";
+    else if (jfrom && !valid_name(json_string_value(jfrom)))
+        err = "from must be a valid user id (1-64 bytes of UTF-8, no controls)";
+    else if (jcid && (!json_is_string(jcid) || json_string_length(jcid) == 0 ||
+                      json_string_length(jcid) > CID_MAX))
+        err = "cid must be a string of 1-128 bytes";
+    if (err) {
+        api_reply_error(ac, 400, "bad_request", err);
+        json_decref(req);
+        return;
+    }
+    const char *from = jfrom ? json_string_value(jfrom) : "system";
+    const char *cid = jcid ? json_string_value(jcid) : NULL;
+    char *text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text) {
+        api_reply_error(ac, 400, "bad_request", "body cannot be encoded");
+        json_decref(req);
+        return;
+    }
+    /* Clients were promised bodies up to [limits] max_body, whoever sends them. */
+    if (strlen(text) > srv->cfg->max_body) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "body is larger than [limits] max_body (%llu bytes as JSON)",
+                 (unsigned long long)srv->cfg->max_body);
+        api_reply_error(ac, 413, "too_large", msg);
+        free(text);
+        json_decref(req);
+        return;
+    }
+    if (bc) {
+        push_broadcast(ac, from, text, cid);
+        free(text);
+        json_decref(req);
+        return;
+    }
+    server_tx_begin(srv);
+    struct store_msg m = {
+        .sender = from,
+        .to_user = to ? json_string_value(to) : NULL,
+        .room = room ? json_string_value(room) : NULL,
+        .body = text,
+        .cid = cid,
+        .created_at = server_now_ms(srv),
+    };
+    struct store_receipt r;
+    if (store_msg_insert(srv->store, &m, &r) != 0) {
+        api_reply_store_error(ac, "push insert");
+        free(text);
+        json_decref(req);
+        return;
+    }
+    size_t live = 0;
+    if (!r.duplicate) {
+        m.id = r.id;
+        /* Frames are held until the commit, like a chat send's. */
+        live = chat_deliver(srv, &m);
+    }
+    sbuf_reset(&ac->pending);
+    sbuf_adds(&ac->pending, "{\"id\":");
+    sbuf_add_i64(&ac->pending, r.id);
+    sbuf_addf(&ac->pending, ",\"live\":%zu,\"ts\":", live);
+    sbuf_add_i64(&ac->pending, r.created_at);
+    if (r.duplicate)
+        sbuf_adds(&ac->pending, ",\"duplicate\":true");
+    sbuf_adds(&ac->pending, "}");
+    free(text);
+    json_decref(req);
+    api_reply_after_commit(ac, 202);
+}
+
+struct list_ctx {
+    struct sbuf *b;
+    int n;
+    int64_t last_id;
+};
+
+static int session_item(void *ctx, const struct store_session *s)
+{
+    struct list_ctx *lc = ctx;
+    if (lc->n++)
+        sbuf_adds(lc->b, ",");
+    add_session(lc->b, s);
+    lc->last_id = s->id;
+    return 0;
+}
+
+static void route_sessions(struct api_conn *ac)
+{
+    struct server *srv = ac->api->srv;
+    char user[256], state[16];
+    struct store_session_filter f = {0};
+    int64_t limit, before;
+    int rc = query_name(ac, "user", user, sizeof(user));
+    if (rc < 0)
+        return;
+    f.user = rc ? user : NULL;
+    int n = http_query_param(ac->req.query, ac->req.query_len, "state", state, sizeof(state));
+    if (n >= 0 && strcmp(state, "active") == 0)
+        f.state = STORE_SESSIONS_ACTIVE;
+    else if (n >= 0 && strcmp(state, "ended") == 0)
+        f.state = STORE_SESSIONS_ENDED;
+    else if (n >= 0 && strcmp(state, "any") == 0)
+        f.state = STORE_SESSIONS_ANY;
+    else if (n != -1) {
+        api_reply_error(ac, 400, "bad_request", "state must be active, ended or any");
+        return;
+    }
+    if (query_int(ac, "limit", 1, SESSIONS_MAX, SESSIONS_DEFAULT, &limit) < 0 ||
+        query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0)
+        return;
+    f.limit = (int)limit;
+    f.before_id = before;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"sessions\":[");
+    struct list_ctx lc = {&b, 0, 0};
+    if (store_session_list(srv->store, &f, session_item, &lc) < 0) {
+        sbuf_release(&b);
+        api_reply_store_error(ac, "session list");
+        return;
+    }
+    sbuf_adds(&b, "],\"next_before\":");
+    add_i64_or_null(&b, lc.n == f.limit ? lc.last_id : 0);
+    sbuf_adds(&b, "}");
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+static void route_session_get(struct api_conn *ac, int64_t id)
+{
+    struct server *srv = ac->api->srv;
+    struct store_session s;
+    int rc = store_session_get(srv->store, id, &s);
+    if (rc == STORE_ERR_NOTFOUND) {
+        api_reply_error(ac, 404, "not_found", "no such session");
+        return;
+    }
+    if (rc != 0) {
+        api_reply_store_error(ac, "session get");
+        return;
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    add_session(&b, &s);
+    store_session_release(&s);
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+/*
+ * Kick: close the live connection with 1008 "kicked"; chat_end records end_reason=kicked in this
+ * loop's transaction and the 204 waits for its commit. A session that exists but has no live
+ * connection (it ended) is 404 not_live: there is nothing to kick, and DELETE stays idempotent.
+ */
+static void route_session_kick(struct api_conn *ac, int64_t id)
+{
+    struct server *srv = ac->api->srv;
+    if (chat_kick(srv, id) == 0) {
+        api_reply_after_commit(ac, 204);
+        return;
+    }
+    struct store_session s;
+    int rc = store_session_get(srv->store, id, &s);
+    if (rc == STORE_ERR_NOTFOUND) {
+        api_reply_error(ac, 404, "not_found", "no such session");
+        return;
+    }
+    if (rc != 0) {
+        api_reply_store_error(ac, "session get");
+        return;
+    }
+    char msg[160];
+    if (s.ended)
+        snprintf(msg, sizeof(msg), "session %lld already ended (%s)", (long long)id,
+                 s.end_reason ? s.end_reason : "unknown");
+    else
+        snprintf(msg, sizeof(msg), "session %lld has no live connection here", (long long)id);
+    store_session_release(&s);
+    api_reply_error(ac, 404, "not_live", msg);
+}
+
+static void route_message(struct api_conn *ac, int64_t id)
+{
+    struct server *srv = ac->api->srv;
+    struct store_msg_info mi;
+    int rc = store_msg_get(srv->store, id, &mi);
+    if (rc == STORE_ERR_NOTFOUND) {
+        api_reply_error(ac, 404, "not_found", "no such message");
+        return;
+    }
+    if (rc != 0) {
+        api_reply_store_error(ac, "message get");
+        return;
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    add_msg_open(&b, &mi.msg);
+    /* Room messages have no per-message receipt (members keep a cursor): always "stored". */
+    sbuf_addf(&b, ",\"state\":\"%s\",\"delivered_at\":",
+              mi.direct && mi.delivered ? "delivered" : "stored");
+    add_i64_or_null(&b, mi.direct && mi.delivered ? mi.delivered_at : 0);
+    sbuf_adds(&b, ",\"delivered_by\":");
+    add_i64_or_null(&b, mi.direct && mi.delivered ? mi.delivered_by : 0);
+    sbuf_adds(&b, "}");
+    store_msg_info_release(&mi);
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+static void add_presence(struct server *srv, struct sbuf *b, const char *user)
+{
+    bool online = false;
+    int connections = 0;
+    int64_t last_seen = 0;
+    /* The registry is the truth for live users; the store keeps last_seen for the others. */
+    size_t live = registry_count(srv->users, user);
+    if (live > 0) {
+        online = true;
+        connections = (int)live;
+        last_seen = server_now_ms(srv);
+    } else if (store_presence_get(srv->store, user, NULL, NULL, &last_seen) != 0) {
+        last_seen = 0;
+    }
+    sbuf_adds(b, "{\"user\":");
+    sbuf_add_json_str(b, user);
+    sbuf_addf(b,
+              ",\"state\":\"%s\",\"connections\":%d,\"last_seen\":", online ? "online" : "offline",
+              connections);
+    add_i64_or_null(b, last_seen);
+    sbuf_adds(b, "}");
+}
+
+static void route_presence(struct api_conn *ac)
+{
+    struct server *srv = ac->api->srv;
+    char list[PRESENCE_MAX * (AUTH_USER_MAX + 1) + 1];
+    int n = http_query_param(ac->req.query, ac->req.query_len, "users", list, sizeof(list));
+    if (n <= 0) {
+        api_reply_error(ac, 400, "bad_request",
+                    n == -2 ? "users is too long or badly encoded" : "users=a,b,... is required");
+        return;
+    }
+    /* Validate everything first: an answer is either whole or an error. */
+    size_t count = 0;
+    for (char *p = list; p; count++) {
+        char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (!auth_user_valid(p, len) || count >= PRESENCE_MAX) {
+            api_reply_error(ac, 400, "bad_request",
+                        "users must be 1-100 comma-separated user ids (1-64 bytes each)");
+            return;
+        }
+        p = comma ? comma + 1 : NULL;
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"users\":[");
+    for (char *p = list, *comma; p; p = comma ? comma + 1 : NULL) {
+        if ((comma = strchr(p, ',')))
+            *comma = '\0';
+        if (p != list)
+            sbuf_adds(&b, ",");
+        add_presence(srv, &b, p);
+    }
+    sbuf_adds(&b, "]}");
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+static int history_item(void *ctx, const struct store_msg *m)
+{
+    struct list_ctx *lc = ctx;
+    if (lc->n++)
+        sbuf_adds(lc->b, ",");
+    add_msg_open(lc->b, m);
+    sbuf_adds(lc->b, "}");
+    return 0;
+}
+
+static void route_history(struct api_conn *ac)
+{
+    struct server *srv = ac->api->srv;
+    char with[256], user[256], room[256];
+    int has_with = query_name(ac, "with", with, sizeof(with));
+    if (has_with < 0)
+        return;
+    int has_user = query_name(ac, "user", user, sizeof(user));
+    if (has_user < 0)
+        return;
+    int has_room = query_name(ac, "room", room, sizeof(room));
+    if (has_room < 0)
+        return;
+    if (has_room ? (has_with || has_user) : !(has_with && has_user)) {
+        api_reply_error(ac, 400, "bad_request", "history needs with=A&user=B, or room=R");
+        return;
+    }
+    int64_t before, limit;
+    if (query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0 ||
+        query_int(ac, "limit", 1, HISTORY_MAX, HISTORY_DEFAULT, &limit) < 0)
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"items\":[");
+    struct list_ctx lc = {&b, 0, 0};
+    bool more = false;
+    int rc = has_room ? store_history_room(srv->store, room, before, (int)limit, history_item, &lc,
+                                           &more)
+                      : store_history_direct(srv->store, user, with, before, (int)limit,
+                                             history_item, &lc, &more);
+    if (rc < 0) {
+        sbuf_release(&b);
+        api_reply_store_error(ac, "history");
+        return;
+    }
+    sbuf_addf(&b, "],\"more\":%s}", more ? "true" : "false");
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+static void method_not_allowed(struct api_conn *ac, const char *allow)
+{
+    char extra[64];
+    snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+    api_reply_error_h(ac, 405, "method_not_allowed", "method not allowed here", extra);
+}
+
+/* Route a complete request; every path ends in exactly one answer (now or after the commit). */
+void api_dispatch(struct api_conn *ac)
+{
+    const struct http_req *r = &ac->req;
+    bool get = api_method_is(r, "GET") || api_method_is(r, "HEAD");
+    int64_t id = 0;
+    int rc;
+    ac->state = AC_BUSY;
+
+    if (api_path_is(r, "/healthz") || api_path_is(r, "/metrics")) {
+        if (!get)
+            method_not_allowed(ac, "GET, HEAD");
+        else if (api_path_is(r, "/healthz"))
+            route_healthz(ac);
+        else
+            route_metrics(ac);
+    } else if (api_path_is(r, "/api/v1/push")) {
+        if (!api_method_is(r, "POST"))
+            method_not_allowed(ac, "POST");
+        else
+            route_push(ac);
+    } else if (api_path_is(r, "/api/v1/sessions")) {
+        if (!get)
+            method_not_allowed(ac, "GET, HEAD");
+        else
+            route_sessions(ac);
+    } else if ((rc = api_path_id(r, "/api/v1/sessions/", &id)) != 0) {
+        if (!get && !api_method_is(r, "DELETE"))
+            method_not_allowed(ac, "GET, HEAD, DELETE");
+        else if (rc < 0)
+            api_reply_error(ac, 400, "bad_request", "session ids are positive integers");
+        else if (get)
+            route_session_get(ac, id);
+        else
+            route_session_kick(ac, id);
+    } else if ((rc = api_path_id(r, "/api/v1/messages/", &id)) != 0) {
+        if (!get)
+            method_not_allowed(ac, "GET, HEAD");
+        else if (rc < 0)
+            api_reply_error(ac, 400, "bad_request", "message ids are positive integers");
+        else
+            route_message(ac, id);
+    } else if (api_path_is(r, "/api/v1/presence")) {
+        if (!get)
+            method_not_allowed(ac, "GET, HEAD");
+        else
+            route_presence(ac);
+    } else if (api_path_is(r, "/api/v1/history")) {
+        if (!get)
+            method_not_allowed(ac, "GET, HEAD");
+        else
+            route_history(ac);
+    } else {
+        api_reply_error(ac, 404, "not_found", "no such endpoint");
+    }
+}
+
