@@ -361,19 +361,26 @@ static void route_sessions(struct api_conn *ac)
     sbuf_release(&b);
 }
 
-static void route_session_get(struct api_conn *ac, int64_t id)
+/* Read session id into *s; false after answering 404 or 503. Release *s after a true. */
+static bool load_session(struct api_conn *ac, int64_t id, struct store_session *s)
 {
-    struct server *srv = ac->api->srv;
-    struct store_session s;
-    int rc = store_session_get(srv->store, id, &s);
+    int rc = store_session_get(ac->api->srv->store, id, s);
     if (rc == STORE_ERR_NOTFOUND) {
         api_reply_error(ac, 404, "not_found", "no such session");
-        return;
+        return false;
     }
     if (rc != 0) {
         api_reply_store_error(ac, "session get");
-        return;
+        return false;
     }
+    return true;
+}
+
+static void route_session_get(struct api_conn *ac, int64_t id)
+{
+    struct store_session s;
+    if (!load_session(ac, id, &s))
+        return;
     struct sbuf b;
     sbuf_init(&b);
     add_session(&b, &s);
@@ -395,15 +402,8 @@ static void route_session_kick(struct api_conn *ac, int64_t id)
         return;
     }
     struct store_session s;
-    int rc = store_session_get(srv->store, id, &s);
-    if (rc == STORE_ERR_NOTFOUND) {
-        api_reply_error(ac, 404, "not_found", "no such session");
+    if (!load_session(ac, id, &s))
         return;
-    }
-    if (rc != 0) {
-        api_reply_store_error(ac, "session get");
-        return;
-    }
     char msg[160];
     if (s.ended)
         snprintf(msg, sizeof(msg), "session %lld already ended (%s)", (long long)id,
