@@ -436,6 +436,17 @@ void chat_end(struct conn *c, enum end_reason why)
     c->chat = NULL;
 }
 
+void chat_touch(struct conn *c)
+{
+    struct chat_conn *cc = c->chat;
+    if (!cc || cc->ended || c->last_rx_ms <= 0)
+        return;
+    server_tx_begin(c->srv);
+    if (store_session_touch(c->srv->store, cc->session_id, c->last_rx_ms) != 0)
+        log_error("store: touch session %lld: %s", (long long)cc->session_id,
+                  store_last_error(c->srv->store));
+}
+
 int chat_kick(struct server *srv, int64_t session_id)
 {
     for (struct conn *c = srv->conns; c; c = c->next)

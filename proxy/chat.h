@@ -33,6 +33,12 @@ void chat_on_drained(struct conn *c);
  */
 void chat_end(struct conn *c, enum end_reason why);
 
+/*
+ * Record that the peer was heard from (last_seen_at = its last frame) in the session row, batched into
+ * the loop's group commit. Called once per ping interval, so admins see live sessions as live.
+ */
+void chat_touch(struct conn *c);
+
 /* Close a live session by id (the admin kick). Returns 0, or -1 when no live connection has it. */
 int chat_kick(struct server *srv, int64_t session_id);
 

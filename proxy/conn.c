@@ -643,8 +643,11 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         conn_close(c, WS_CLOSE_GOING_AWAY, "heartbeat timeout", END_HEARTBEAT_TIMEOUT, true);
         return;
     }
-    if (act == HEARTBEAT_PING)
+    if (act == HEARTBEAT_PING) {
         add_frame(c, bufferevent_get_output(c->bev), WS_OP_PING, NULL, 0);
+        if (c->chat)
+            chat_touch(c); /* the session row's last_seen_at follows a long-lived connection */
+    }
     timer_arm_ms(c, next - now);
 }
 

@@ -72,3 +72,4 @@ def test_presence_events_skip_rooms_over_the_limit(tmp_path):
         asyncio.run(body())
     finally:
         srv.stop()
+
