@@ -587,6 +587,40 @@ static void send_room_event(struct conn *c, const char *type, const char *room)
     sbuf_release(&b);
 }
 
+/* joined/left go to every device of the user: they all receive (or stop receiving) the room. */
+static void send_room_event_all(struct server *srv, const char *user, const char *type,
+                                const char *room)
+{
+    struct reg_group *g = registry_find(srv->users, user);
+    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next)
+        send_room_event(m->conn, type, room);
+}
+
+/*
+ * Tell the room's other live connections that user joined or left, so member lists stay current
+ * without polling. Same bound as presence: rooms over presence_fanout_max are not told.
+ */
+static void member_event(struct server *srv, const char *room, const char *user, const char *event,
+                         struct conn *skip)
+{
+    struct reg_group *g = registry_find(srv->rooms, room);
+    if (!g || g->count > srv->cfg->presence_fanout_max)
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"member\",\"room\":");
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, ",\"user\":");
+    sbuf_add_json_str(&b, user);
+    sbuf_addf(&b, ",\"event\":\"%s\"}", event);
+    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+    sbuf_release(&b);
+    if (!f)
+        return;
+    srv->metrics.msgs_out[MK_OTHER] += send_to_group(g, f, skip, HOLD_NONE, NULL);
+    shared_frame_unref(f);
+}
+
 static void on_join(struct conn *c, json_t *req)
 {
     struct server *srv = srv_of(c);
@@ -594,12 +628,16 @@ static void on_join(struct conn *c, json_t *req)
     if (!room)
         return;
     server_tx_begin(srv);
-    if (store_room_join(srv->store, room, c->chat->user, server_now_ms(srv), NULL) != 0) {
+    bool joined = false;
+    if (store_room_join(srv->store, room, c->chat->user, server_now_ms(srv), &joined) != 0) {
         chat_store_failed(c, "join", NULL, NULL);
         return;
     }
+    /* Told before the joiner's own connections are in the room: they get "joined" instead. */
+    if (joined)
+        member_event(srv, room, c->chat->user, "joined", c);
     user_room_change(srv, c->chat->user, room, true);
-    send_room_event(c, "joined", room);
+    send_room_event_all(srv, c->chat->user, "joined", room);
 }
 
 static void on_leave(struct conn *c, json_t *req)
@@ -619,7 +657,8 @@ static void on_leave(struct conn *c, json_t *req)
         return;
     }
     user_room_change(srv, c->chat->user, room, false);
-    send_room_event(c, "left", room);
+    member_event(srv, room, c->chat->user, "left", c);
+    send_room_event_all(srv, c->chat->user, "left", room);
 }
 
 struct history_ctx {

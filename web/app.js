@@ -349,6 +349,7 @@
         case 'members': onMembers(f); break;
         case 'truncated': onTruncated(f); break;
         case 'error': onError(f); break;
+        case 'member': onMember(f); break;
         case 'broadcast': toast(typeof f.body === 'string' ? f.body : JSON.stringify(f.body)); break;
         default: break;
         }
@@ -462,6 +463,19 @@
         u.state = f.state === 'online' ? 'online' : 'offline';
         if (typeof f.last_seen === 'number') u.lastSeen = f.last_seen;
         if (was !== u.state) renderPeople();
+    }
+
+    function onMember(f) {
+        if (typeof f.room !== 'string' || typeof f.user !== 'string') return;
+        const set = S.members.get(f.room) || new Set();
+        if (f.event === 'joined') {
+            set.add(f.user);
+            noteUser(f.user).state = 'online';
+        } else {
+            set.delete(f.user);
+        }
+        S.members.set(f.room, set);
+        renderPeople();
     }
 
     function onMembers(f) {

@@ -46,12 +46,12 @@ def test_presence_events_skip_rooms_over_the_limit(tmp_path):
         await join(bob, "lobby")
         await bob.close()
         await asyncio.sleep(0.2)
-        assert any(f.get("user") == "bob" and f["state"] == "offline"
+        assert any(f["type"] == "presence" and f.get("user") == "bob" and f["state"] == "offline"
                    for f in await frames_until_answer(alice, "a1"))
 
         # two live connections in lobby: at the limit, bob's arrival is announced
         bob = await connect(srv, "bob")
-        assert any(f.get("user") == "bob" and f["state"] == "online"
+        assert any(f["type"] == "presence" and f.get("user") == "bob" and f["state"] == "online"
                    for f in await frames_until_answer(alice, "a2"))
 
         # a third live connection: over the limit, bob's departure is not fanned out
