@@ -14,6 +14,7 @@
 
 #include "auth.h"
 #include "chat_internal.h"
+#include "json_scan.h"
 #include "log.h"
 #include "msg_json.h"
 #include "ratelimit.h"
@@ -461,9 +462,65 @@ int chat_kick(struct server *srv, int64_t session_id)
 
 /* ---- client messages ---- */
 
-static void on_send(struct conn *c, json_t *req)
+/*
+ * The part of a send after validation, shared by on_send and the fast path: membership, insert,
+ * deliveries, receipt. to/room: exactly one is the target; text is the compact body (not taken).
+ */
+static void send_commit(struct conn *c, const char *to, const char *room, const char *text,
+                        const char *cid)
 {
     struct chat_conn *cc = c->chat;
+    struct server *srv = srv_of(c);
+    if (room) {
+        bool member = false;
+        if (store_room_is_member(srv->store, room, cc->user, &member) != 0) {
+            chat_store_failed(c, "membership", "cid", cid);
+            return;
+        }
+        if (!member) {
+            send_error(c, "not_member", "join the room before sending to it", "cid", cid);
+            return;
+        }
+    }
+    server_tx_begin(srv);
+    struct store_msg m = {
+        .sender = cc->user,
+        .to_user = to,
+        .room = room,
+        .body = text,
+        .cid = cid,
+        .created_at = server_now_ms(srv),
+    };
+    struct store_receipt r;
+    if (store_msg_insert(srv->store, &m, &r) != 0) {
+        chat_store_failed(c, "insert", "cid", cid);
+        return;
+    }
+    /* Receipt and deliveries are held until the group commit makes the row durable. */
+    if (!r.duplicate) {
+        m.id = r.id;
+        deliver(srv, &m, c);
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"sent\",\"cid\":");
+    if (cid)
+        sbuf_add_json_str(&b, cid);
+    else
+        sbuf_adds(&b, "null");
+    sbuf_adds(&b, ",\"id\":");
+    sbuf_add_i64(&b, r.id);
+    sbuf_adds(&b, ",\"ts\":");
+    sbuf_add_i64(&b, r.created_at);
+    if (r.duplicate)
+        sbuf_adds(&b, ",\"duplicate\":true");
+    sbuf_adds(&b, "}");
+    chat_send_sbuf(c, &b, MK_SENT);
+    sbuf_release(&b);
+}
+
+static void on_send(struct conn *c, json_t *req)
+{
     struct server *srv = srv_of(c);
     const char *cid;
     if (!opt_id(req, "cid", &cid)) {
@@ -497,73 +554,30 @@ static void on_send(struct conn *c, json_t *req)
         send_error(c, "too_large", "body is larger than [limits] max_body", "cid", cid);
         return;
     }
-    if (room) {
-        bool member = false;
-        if (store_room_is_member(srv->store, target, cc->user, &member) != 0) {
-            free(text);
-            chat_store_failed(c, "membership", "cid", cid);
-            return;
-        }
-        if (!member) {
-            free(text);
-            send_error(c, "not_member", "join the room before sending to it", "cid", cid);
-            return;
-        }
-    }
-    server_tx_begin(srv);
-    struct store_msg m = {
-        .sender = cc->user,
-        .to_user = to ? target : NULL,
-        .room = room ? target : NULL,
-        .body = text,
-        .cid = cid,
-        .created_at = server_now_ms(srv),
-    };
-    struct store_receipt r;
-    if (store_msg_insert(srv->store, &m, &r) != 0) {
-        free(text);
-        chat_store_failed(c, "insert", "cid", cid);
-        return;
-    }
-    /* Receipt and deliveries are held until the group commit makes the row durable. */
-    if (!r.duplicate) {
-        m.id = r.id;
-        deliver(srv, &m, c);
-    }
-    struct sbuf b;
-    sbuf_init(&b);
-    sbuf_adds(&b, "{\"type\":\"sent\",\"cid\":");
-    if (cid)
-        sbuf_add_json_str(&b, cid);
-    else
-        sbuf_adds(&b, "null");
-    sbuf_adds(&b, ",\"id\":");
-    sbuf_add_i64(&b, r.id);
-    sbuf_adds(&b, ",\"ts\":");
-    sbuf_add_i64(&b, r.created_at);
-    if (r.duplicate)
-        sbuf_adds(&b, ",\"duplicate\":true");
-    sbuf_adds(&b, "}");
-    chat_send_sbuf(c, &b, MK_SENT);
-    sbuf_release(&b);
+    send_commit(c, to ? target : NULL, room ? target : NULL, text, cid);
     free(text);
+}
+
+/* The ack after validation, shared by on_ack and the fast path. */
+static void ack_commit(struct conn *c, int64_t id)
+{
+    struct server *srv = srv_of(c);
+    server_tx_begin(srv);
+    int rc = store_msg_ack(srv->store, c->chat->user, id, c->chat->session_id, server_now_ms(srv));
+    if (rc == STORE_ERR_NOTFOUND)
+        send_error(c, "bad_request", "no such message for you", NULL, NULL);
+    else if (rc != 0)
+        chat_store_failed(c, "ack", NULL, NULL);
 }
 
 static void on_ack(struct conn *c, json_t *req)
 {
-    struct server *srv = srv_of(c);
     json_t *id = json_object_get(req, "id");
     if (!json_is_integer(id) || json_integer_value(id) <= 0) {
         send_error(c, "bad_request", "ack needs a positive integer id", NULL, NULL);
         return;
     }
-    server_tx_begin(srv);
-    int rc = store_msg_ack(srv->store, c->chat->user, json_integer_value(id), c->chat->session_id,
-                           server_now_ms(srv));
-    if (rc == STORE_ERR_NOTFOUND)
-        send_error(c, "bad_request", "no such message for you", NULL, NULL);
-    else if (rc != 0)
-        chat_store_failed(c, "ack", NULL, NULL);
+    ack_commit(c, json_integer_value(id));
 }
 
 static const char *room_arg(struct conn *c, json_t *req, const char *rid)
@@ -915,6 +929,72 @@ static bool rate_ok(struct conn *c)
     return false;
 }
 
+/*
+ * Fast path for the two hot frames, send and ack, without building a jansson tree. It answers only
+ * when every check passes; on any doubt it returns false having done nothing, and the jansson path
+ * below gives today's exact answer (errors included).
+ */
+static bool fast_ack(struct conn *c, const char *buf, const struct json_top *t)
+{
+    if (!t->id.present || t->id.kind != JSON_KIND_NUMBER || t->id.reals != 0 ||
+        buf[t->id.start] == '-')
+        return false;
+    int64_t id = 0;
+    for (size_t i = 0; i < t->id.len; i++) /* json_scan_top bounded it to int64 */
+        id = id * 10 + (buf[t->id.start + i] - '0');
+    if (id <= 0)
+        return false;
+    c->srv->metrics.msgs_in[MK_ACK]++;
+    ack_commit(c, id);
+    return true;
+}
+
+static bool fast_send(struct conn *c, const char *buf, const struct json_top *t)
+{
+    struct server *srv = srv_of(c);
+    char cid[CID_MAX + 1], target[AUTH_USER_MAX + 1];
+    if (t->cid.present && (t->cid.kind != JSON_KIND_STRING ||
+                           json_scan_string(buf + t->cid.start, t->cid.len, cid, sizeof(cid)) < 1))
+        return false;
+    const struct json_field *f = t->to.present ? &t->to : &t->room;
+    if (t->to.present == t->room.present || f->kind != JSON_KIND_STRING || !t->body.present ||
+        t->body.reals != 0) /* jansson reprints reals, maybe longer: leave max_body to it */
+        return false;
+    int n = json_scan_string(buf + f->start, f->len, target, sizeof(target));
+    if (n < 0 || !auth_user_valid(target, (size_t)n))
+        return false;
+    char *text = malloc(t->body.len + 1);
+    size_t tlen = text ? json_scan_compact(buf + t->body.start, t->body.len, text, t->body.len + 1)
+                       : 0;
+    if (tlen == 0 || tlen > srv->cfg->max_body) {
+        free(text);
+        return false;
+    }
+    if (rate_ok(c)) {
+        srv->metrics.msgs_in[MK_SEND]++;
+        send_commit(c, t->to.present ? target : NULL, t->room.present ? target : NULL, text,
+                    t->cid.present ? cid : NULL);
+    }
+    free(text);
+    return true;
+}
+
+static bool fast_path(struct conn *c, const uint8_t *data, size_t len)
+{
+    const char *buf = (const char *)data;
+    struct json_top t;
+    char type[8];
+    if (json_scan_top(buf, len, &t) != JSON_SCAN_OK || !t.type.present ||
+        t.type.kind != JSON_KIND_STRING ||
+        json_scan_string(buf + t.type.start, t.type.len, type, sizeof(type)) < 0)
+        return false;
+    if (strcmp(type, "ack") == 0)
+        return fast_ack(c, buf, &t);
+    if (strcmp(type, "send") == 0)
+        return fast_send(c, buf, &t);
+    return false;
+}
+
 void chat_on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len)
 {
     struct server *srv = srv_of(c);
@@ -927,6 +1007,8 @@ void chat_on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t
                        NULL);
         return;
     }
+    if (fast_path(c, data, len))
+        return;
     json_error_t jerr;
     json_t *req = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
     const char *type = json_string_value(json_object_get(req, "type"));
