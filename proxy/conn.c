@@ -247,21 +247,6 @@ void conn_send_shared(struct conn *c, struct shared_frame *f)
 
 /* ---- HTTP phase ---- */
 
-static void http_answer(struct conn *c, int status, const char *extra, const char *body)
-{
-    char buf[1024];
-    size_t n = http_response_simple(buf, sizeof(buf), status, extra, body);
-    c->srv->metrics.handshakes[metrics_status_index(status)]++;
-    if (status >= 400)
-        log_info("conn %llu %s: HTTP %d %s", (unsigned long long)c->id, c->addr, status, body);
-    bufferevent_write(c->bev, buf, n);
-    c->state = CONN_HTTP_CLOSING;
-    bufferevent_disable(c->bev, EV_READ);
-    bufferevent_setcb(c->bev, NULL, conn_write_cb, conn_event_cb, c);
-    /* A client that never reads its answer must not hold the slot forever. */
-    timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
-}
-
 void conn_http_reply(struct conn *c, int status, const char *content_type, const char *extra_headers,
                      const void *body, size_t len, bool head_only)
 {
@@ -277,8 +262,20 @@ void conn_http_reply(struct conn *c, int status, const char *content_type, const
     c->state = CONN_HTTP_CLOSING;
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setcb(c->bev, NULL, conn_write_cb, conn_event_cb, c);
+    /* A client that never reads its answer must not hold the slot forever. */
     timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
 }
+
+static void http_answer(struct conn *c, int status, const char *extra, const char *body)
+{
+    if (status >= 400)
+        log_info("conn %llu %s: HTTP %d %s", (unsigned long long)c->id, c->addr, status, body);
+    char text[256];
+    int n = snprintf(text, sizeof(text), "%s\n", body);
+    conn_http_reply(c, status, "text/plain; charset=utf-8", extra, text,
+                    n < 0 ? 0 : (size_t)n < sizeof(text) ? (size_t)n : sizeof(text) - 1, false);
+}
+
 
 static void process_frames(struct conn *c);
 

@@ -17,7 +17,7 @@ import time
 import pytest
 import websockets
 
-from wsp import API_KEY, ROOT, Server, frame, make_token, raw_ws
+from wsp import API_KEY, ROOT, Server, frame, make_token, raw_ws, wait_api
 
 WSCTL = os.environ.get("WSCTL_BIN", os.path.join(ROOT, "build", "wsctl"))
 SESSION_COLS = ["ID", "USER", "STATE", "CONNECTED", "DURATION", "SEEN", "REASON", "ADDRESS"]
@@ -69,28 +69,6 @@ def kv(text):
 def sha(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def wait_api(srv, timeout=5):
-    """Until the API answers. Server.wait_ready only waits for the main port: the API listener is
-    bound just after it and the SIGTERM handler after that, so an answer is the proof of both."""
-    if getattr(srv, "_api_ready", False):
-        return
-    deadline = time.time() + timeout
-    while True:
-        try:
-            s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=1)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            if s.recv(16).startswith(b"HTTP/1.1 "):
-                s.close()
-                srv._api_ready = True
-                return
-            s.close()
-        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
-            pass
-        if time.time() > deadline:
-            raise RuntimeError("the API did not answer")
-        time.sleep(0.01)
 
 
 class Chat:

@@ -169,6 +169,28 @@ class Server:
             con.close()
 
 
+def wait_api(srv, timeout=5):
+    """Until the API answers. Server.wait_ready only waits for the main port: the API listener is
+    bound just after it and the SIGTERM handler after that, so an answer is the proof of both."""
+    if getattr(srv, "_api_ready", False):
+        return
+    deadline = time.time() + timeout
+    while True:
+        try:
+            s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=1)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(16).startswith(b"HTTP/1.1 "):
+                s.close()
+                srv._api_ready = True
+                return
+            s.close()
+        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+            pass
+        if time.time() > deadline:
+            raise RuntimeError("the API did not answer")
+        time.sleep(0.01)
+
+
 # ---- raw sockets ----
 
 def raw_connect(port, timeout=5):
