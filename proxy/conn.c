@@ -6,6 +6,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -13,6 +14,7 @@
 #include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "auth.h"
 #include "chat.h"
@@ -39,6 +41,7 @@ const char *end_reason_name(enum end_reason r)
 }
 
 static void conn_free(struct conn *c);
+static void conn_linger(struct conn *c);
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
@@ -572,12 +575,18 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct conn *c = arg;
-    if (c->state == CONN_HTTP_CLOSING || (c->state == CONN_CLOSING && c->close_received)) {
-        conn_free(c);
+    if (c->state == CONN_LINGER)
+        return;
+    if (c->state == CONN_HTTP_CLOSING) {
+        conn_linger(c); /* the client may still be sending (a refused upload, a too large head) */
+        return;
+    }
+    if (c->state == CONN_CLOSING && c->close_received && c->end_reason != END_PROTOCOL_ERROR) {
+        conn_free(c); /* closing handshake done */
         return;
     }
     if (c->state == CONN_CLOSING && c->end_reason == END_PROTOCOL_ERROR) {
-        conn_free(c); /* failed connection: close frame written, nothing more to wait for */
+        conn_linger(c); /* failed connection: close frame written, the peer may still be sending */
         return;
     }
     if (c->state == CONN_OPEN && c->chat) {
@@ -620,6 +629,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     case CONN_HTTP_CLOSING:
     case CONN_CLOSING:
+    case CONN_LINGER:
         log_debug("conn %llu %s: close timeout", (unsigned long long)c->id, c->addr);
         conn_free(c);
         return;
@@ -652,7 +662,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why, bool hard)
 {
-    if (c->state == CONN_HTTP || c->state == CONN_HTTP_CLOSING) {
+    if (c->state == CONN_HTTP || c->state == CONN_HTTP_CLOSING || c->state == CONN_LINGER) {
         c->dead = true;
         if (!c->busy)
             conn_free(c);
@@ -680,6 +690,85 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reas
     timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
 }
 
+/* Everything but the socket: the session ends, the slot is given back. Runs once (flags). */
+static void conn_release_state(struct conn *c)
+{
+    struct server *srv = c->srv;
+    if (c->chat)
+        chat_end(c, c->end_reason);
+    if (c->counted) {
+        c->counted = false;
+        registry_counter_add(srv->ip_counts, c->addr, -1);
+        srv->num_ws--;
+        srv->metrics.closes_by_code[metrics_close_index(c->close_code ? c->close_code : 1006)]++;
+        srv->metrics.closes_by_reason[c->end_reason]++;
+        log_info("conn %llu %s: closed (%s, code %u)", (unsigned long long)c->id, c->addr,
+                 end_reason_name(c->end_reason), c->close_code ? c->close_code : 1006);
+    }
+    dirty_unlink(c);
+    if (c->msg) {
+        evbuffer_free(c->msg);
+        c->msg = NULL;
+    }
+    if (c->deferred) {
+        evbuffer_free(c->deferred);
+        c->deferred = NULL;
+    }
+}
+
+static void linger_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct conn *c = arg;
+    /* The bytes are thrown away: read them into the stack, not into buffers that would grow. */
+    char sink[16384];
+    for (int i = 0; i < 8; i++) {
+        ssize_t n = recv(fd, sink, sizeof(sink), 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            conn_free(c); /* the peer closed (or reset): done */
+            return;
+        }
+        if (n < 0)
+            return;
+        if ((size_t)n >= c->linger_left) {
+            log_debug("conn %llu %s: lingering close read its byte bound", (unsigned long long)c->id,
+                      c->addr);
+            conn_free(c);
+            return;
+        }
+        c->linger_left -= (size_t)n;
+    }
+}
+
+/*
+ * Lingering close, as nginx does: closing a socket that still has unread input makes the kernel
+ * send a reset, and a reset can destroy the answer (an HTTP error, a close frame such as 1009) in
+ * the peer's receive buffer, or fail the peer's own send, before the peer reads it. So once
+ * everything is written: shut the write side (the peer sees EOF after our last byte), read and
+ * discard until the peer closes, for at most close_timeout and 2 x max_message_size bytes (at least
+ * 1 MiB), then close. The session and the connection slot are released now; only the socket and
+ * its timer linger. Under TLS the raw bytes are discarded undecrypted: nothing more is said.
+ */
+static void conn_linger(struct conn *c)
+{
+    conn_release_state(c);
+    c->state = CONN_LINGER;
+    uint64_t bound = 2 * (uint64_t)c->srv->cfg->max_message_size;
+    c->linger_left = bound < (1u << 20) ? (1u << 20) : bound > SIZE_MAX ? SIZE_MAX : (size_t)bound;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    /* Under TLS a bare FIN would cut the record stream; the peer closes after our close frame. */
+    if (fd < 0 || (!bufferevent_openssl_get_ssl(c->bev) && shutdown(fd, SHUT_WR) != 0) ||
+        !(c->linger_ev = event_new(c->srv->base, fd, EV_READ | EV_PERSIST, linger_read_cb, c)) ||
+        event_add(c->linger_ev, NULL) != 0) {
+        conn_free(c); /* already reset or gone, or no memory: nothing left to protect */
+        return;
+    }
+    timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
+}
+
 static void conn_free(struct conn *c)
 {
     if (c->freeing)
@@ -690,17 +779,7 @@ static void conn_free(struct conn *c)
     }
     c->freeing = true;
     struct server *srv = c->srv;
-    if (c->chat)
-        chat_end(c, c->end_reason);
-    if (c->counted) {
-        registry_counter_add(srv->ip_counts, c->addr, -1);
-        srv->num_ws--;
-        srv->metrics.closes_by_code[metrics_close_index(c->close_code ? c->close_code : 1006)]++;
-        srv->metrics.closes_by_reason[c->end_reason]++;
-        log_info("conn %llu %s: closed (%s, code %u)", (unsigned long long)c->id, c->addr,
-                 end_reason_name(c->end_reason), c->close_code ? c->close_code : 1006);
-    }
-    dirty_unlink(c);
+    conn_release_state(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -709,10 +788,8 @@ static void conn_free(struct conn *c)
         c->next->prev = c->prev;
     srv->num_conns--;
     event_free(c->timer);
-    if (c->msg)
-        evbuffer_free(c->msg);
-    if (c->deferred)
-        evbuffer_free(c->deferred);
+    if (c->linger_ev)
+        event_free(c->linger_ev);
     bufferevent_free(c->bev); /* BEV_OPT_CLOSE_ON_FREE closes the socket (and the SSL) */
     free(c);
     server_conn_gone(srv);

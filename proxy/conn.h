@@ -22,6 +22,7 @@ enum conn_state {
     CONN_HTTP_CLOSING, /* an HTTP answer is being flushed; close when written */
     CONN_OPEN,         /* WebSocket open */
     CONN_CLOSING,      /* close frame sent; waiting for the peer's close (bounded) or the flush */
+    CONN_LINGER,       /* all written, write side shut: reading and discarding until EOF (bounded) */
 };
 
 enum conn_kind { CONN_KIND_HTTP, CONN_KIND_ECHO, CONN_KIND_CHAT };
@@ -74,6 +75,8 @@ struct conn {
     /* all connections of the server */
     struct conn *prev, *next;
     uint64_t id; /* process-local serial, for logs before a session id exists */
+    struct event *linger_ev; /* lingering close: reads the socket directly, see conn_linger */
+    size_t linger_left;      /* bytes a lingering close still reads and discards */
 };
 
 /* Accept a new TCP (or TLS) connection; takes ownership of bev. */
