@@ -1,5 +1,5 @@
 # wsproxy -- GNU make build. `make` builds, `make run` sets up and runs, `make test` sets up and tests.
-# Every proxy/*.c (but main.c) and store/*.c goes into one static library that the server, wsctl and
+# Every proxy/*.c and proxy/*/*.c (but main.c) and store/*.c goes into one static library that the server, wsctl and
 # every unit test link against, so adding a module needs no edit here.
 
 CC      ?= gcc
@@ -25,7 +25,7 @@ CFLAGS  := $(CSTD) $(OPT) $(WARN) $(SANFLAGS) -Iproxy -Istore -I$(B)/gen $(PKG_C
 LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm
 
-LIB_SRC  := $(filter-out proxy/main.c,$(wildcard proxy/*.c)) $(wildcard store/*.c)
+LIB_SRC  := $(filter-out proxy/main.c,$(wildcard proxy/*.c proxy/*/*.c)) $(wildcard store/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o) $(B)/gen/migrations.o
 WSCTL_SRC := $(wildcard wsctl/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)

@@ -25,11 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api.h"
-#include "chat.h"
-#include "conn.h"
-#include "log.h"
-#include "registry.h"
+#include "api/api.h"
+#include "chat/chat.h"
+#include "net/conn.h"
+#include "base/log.h"
+#include "base/registry.h"
 #include "store.h"
 
 int64_t server_now_ms(struct server *srv)

@@ -9,10 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "auth.h"
-#include "config.h"
-#include "http_hs.h"
-#include "metrics.h"
+#include "proto/auth.h"
+#include "base/config.h"
+#include "proto/http_hs.h"
+#include "base/metrics.h"
 
 struct event_base;
 struct event;

@@ -13,10 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "auth.h"
-#include "conn.h"
-#include "http_hs.h"
-#include "log.h"
+#include "proto/auth.h"
+#include "net/conn.h"
+#include "proto/http_hs.h"
+#include "base/log.h"
 #include "server.h"
 
 #define WEB_MAX_FILE (4 * 1024 * 1024)

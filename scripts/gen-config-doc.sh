@@ -5,7 +5,7 @@ bin=${1:-build/wsproxy}
 cat <<'HDR'
 # Configuration reference
 
-Generated from the settings table in `proxy/config.c` by `wsproxy --print-config` (a test checks this
+Generated from the settings table in `proxy/base/config.c` by `wsproxy --print-config` (a test checks this
 file matches it). Values: durations take `ms`, `s`, `m`, `h`, `d` (a bare number is seconds); sizes take
 `B`, `KiB`, `MiB`, `GiB` (a bare number is bytes); lists are comma separated; booleans are true/false.
 Command-line flags override the file: `--listen`, `--db`, `--api-listen`, `--log-level`.

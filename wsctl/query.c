@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "auth.h"
+#include "proto/auth.h"
 #include "store.h"
 #include "wsctl.h"
 

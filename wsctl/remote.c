@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
+#include "proto/auth.h"
 #include "wsctl.h"
 
 #define STDIN_BODY_MAX (16u << 20)

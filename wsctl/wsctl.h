@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "config.h"
+#include "base/config.h"
 
 /* Exit statuses, as documented in docs/wsctl.md. */
 enum wsctl_exit {

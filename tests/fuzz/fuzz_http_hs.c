@@ -2,12 +2,12 @@
  * fuzz_http_hs.c -- libFuzzer driver: request-head parser, upgrade checks and response builders.
  * Aborts when a result breaks the contract in http_hs.h (lengths, pointers inside the input).
  */
-/* fuzz-deps: proxy/http_hs.c */
+/* fuzz-deps: proxy/proto/http_hs.c */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "http_hs.h"
+#include "proto/http_hs.h"
 
 #define INSIDE(p, n, lo, hi) ((p) >= (lo) && (p) + (n) <= (hi))
 #define CHECK(c)             ((c) ? (void)0 : abort())

@@ -1,4 +1,4 @@
-/* fuzz-deps: proxy/ws_parser.c proxy/utf8.c */
+/* fuzz-deps: proxy/proto/ws_parser.c proxy/proto/utf8.c */
 /*
  * fuzz_ws_parser.c -- libFuzzer target: the input fed whole and in chunks sized by its first byte must
  * give the same messages, control frames and errors, with DATA chunks joined per message.
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ws_parser.h"
+#include "proto/ws_parser.h"
 
 struct out {
     uint8_t *rec, *msg; /* records so far; the open message's bytes */

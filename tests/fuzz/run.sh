@@ -4,7 +4,7 @@
 # FUZZ_RUNS (default 200000) runs per target.
 #
 # A target names the proxy/ and store/ files it links in one of its first 5 lines:
-#   /* fuzz-deps: proxy/ws_parser.c proxy/utf8.c */
+#   /* fuzz-deps: proxy/proto/ws_parser.c proxy/proto/utf8.c */
 # (linker flags such as -ljansson may follow the files on that line)
 # and may name a libFuzzer dictionary the same way (/* fuzz-dict: tests/fuzz/http.dict */); else
 # tests/fuzz/<name>.dict is used if present.

@@ -8,7 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include "../../proxy/api.c"
+#include "../../proxy/api/api.c"
 
 static void keys_of(unsigned char (*out)[KEY_DIGEST_LEN], const char *const *keys, size_t n)
 {

@@ -21,8 +21,8 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "auth.h"
-#include "http_hs.h"
+#include "proto/auth.h"
+#include "proto/http_hs.h"
 
 #define SECRET "0123456789abcdef0123456789abcdef"
 #define NOW_MS INT64_C(1700000000000)

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cidr.h"
+#include "base/cidr.h"
 
 static void test_cidr_parse_list(void **state)
 {

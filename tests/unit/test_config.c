@@ -1,4 +1,4 @@
-/* test_config.c -- value parsers, defaults, file loading and validation messages of proxy/config.c. */
+/* test_config.c -- value parsers, defaults, file loading and validation messages of proxy/base/config.c. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "base/config.h"
 
 static void test_config_duration(void **state)
 {

@@ -10,7 +10,7 @@
 
 #include <stdbool.h>
 
-#include "heartbeat.h"
+#include "proto/heartbeat.h"
 
 #define T0 1700000000000LL /* a realistic epoch-ms start: the server's clock is wall time */
 #define IV 200             /* ping_interval as in the integration config */

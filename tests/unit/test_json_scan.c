@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "json_scan.h"
+#include "proto/json_scan.h"
 
 static int scan(const char *s)
 {

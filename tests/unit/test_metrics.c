@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "metrics.h"
+#include "base/metrics.h"
 
 static const char *const reasons[METRICS_END_REASONS] = {
     "client_close", "heartbeat_timeout", "protocol_error", "slow_consumer", "kicked",

@@ -10,7 +10,7 @@
 
 #include <stdbool.h>
 
-#include "ratelimit.h"
+#include "proto/ratelimit.h"
 
 #define T0 1700000000000LL /* epoch ms, as the server's clock */
 

@@ -40,7 +40,7 @@ static void alloc_fail_nth(int n)
 
 #define calloc(n, size) fail_calloc(n, size)
 #define strdup(s) fail_strdup(s)
-#include "../../proxy/registry.c"
+#include "../../proxy/base/registry.c"
 #undef calloc
 #undef strdup
 

@@ -7,7 +7,7 @@
 
 #include <string.h>
 
-#include "sbuf.h"
+#include "base/sbuf.h"
 
 static void test_sbuf_grows(void **state)
 {

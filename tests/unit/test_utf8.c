@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "utf8.h"
+#include "proto/utf8.h"
 
 struct utf8_vec {
     const char *name;

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "utf8.h"
-#include "ws_parser.h"
+#include "proto/utf8.h"
+#include "proto/ws_parser.h"
 
 /* ---- Building client frames ---- */
 

@@ -1,7 +1,7 @@
 /*
  * sbuf.c -- growable buffer; starts in an inline 512-byte array so most frames never touch malloc.
  */
-#include "sbuf.h"
+#include "base/sbuf.h"
 
 #include <stdarg.h>
 #include <stdio.h>

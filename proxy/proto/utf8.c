@@ -2,7 +2,7 @@
  * utf8.c -- incremental UTF-8 validator: a byte-class table feeding a 9-state DFA (after
  * Hoehrmann's design, tables written for this project). Validates only; never decodes code points.
  */
-#include "utf8.h"
+#include "proto/utf8.h"
 
 #include <string.h>
 

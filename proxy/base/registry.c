@@ -2,7 +2,7 @@
  * registry.c -- string-keyed groups of connections on uthash (Debian's uthash-dev), with intrusive
  * doubly-linked member lists so leaving is O(1) and never scans.
  */
-#include "registry.h"
+#include "base/registry.h"
 
 #include <stdlib.h>
 #include <string.h>

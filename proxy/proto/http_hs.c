@@ -2,7 +2,7 @@
  * http_hs.c -- sans-I/O HTTP/1.1 request-head parser and RFC 6455 §4.2 server handshake.
  * Bytes in, structs and response bytes out; no sockets, no allocation, OpenSSL for SHA-1/base64.
  */
-#include "http_hs.h"
+#include "proto/http_hs.h"
 
 #include <limits.h>
 #include <stdio.h>

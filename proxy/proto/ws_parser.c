@@ -2,11 +2,11 @@
  * ws_parser.c -- RFC 6455 server-side frame parser and frame/close encoders. Bytes in, events out;
  * no sockets, no allocation, no logging: what an event means for the connection is conn.c's call.
  */
-#include "ws_parser.h"
+#include "proto/ws_parser.h"
 
 #include <string.h>
 
-#include "utf8.h"
+#include "proto/utf8.h"
 
 #define WS_B0_FIN    0x80
 #define WS_B0_RSV    0x70

@@ -3,7 +3,7 @@
  * (heads parsed by http_hs, bodies framed by Content-Length) and its answers. The endpoints are in
  * api_routes.c.
  */
-#include "api.h"
+#include "api/api.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -16,12 +16,12 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "api_internal.h"
-#include "conn.h"
-#include "http_hs.h"
-#include "log.h"
-#include "metrics.h"
-#include "sbuf.h"
+#include "api/api_internal.h"
+#include "net/conn.h"
+#include "proto/http_hs.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "base/sbuf.h"
 #include "server.h"
 #include "store.h"
 

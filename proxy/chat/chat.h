@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "conn.h"
+#include "net/conn.h"
 
 struct auth_identity;
 struct server;

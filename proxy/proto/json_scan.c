@@ -3,7 +3,7 @@
  * "valid, and here are the fields" when jansson (JSON_REJECT_DUPLICATES) would agree; otherwise it
  * bails and the caller lets jansson produce the verdict and the error text.
  */
-#include "json_scan.h"
+#include "proto/json_scan.h"
 
 #include <stdint.h>
 #include <string.h>

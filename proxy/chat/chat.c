@@ -4,7 +4,7 @@
  * the commit (frames queued with conn_send_text/conn_send_shared are held until then). The replay
  * on connect lives in chat_replay.c.
  */
-#include "chat.h"
+#include "chat/chat.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -12,14 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
-#include "chat_internal.h"
-#include "json_scan.h"
-#include "log.h"
-#include "msg_json.h"
-#include "ratelimit.h"
-#include "registry.h"
-#include "sbuf.h"
+#include "proto/auth.h"
+#include "chat/chat_internal.h"
+#include "proto/json_scan.h"
+#include "base/log.h"
+#include "chat/msg_json.h"
+#include "proto/ratelimit.h"
+#include "base/registry.h"
+#include "base/sbuf.h"
 #include "server.h"
 #include "store.h"
 

@@ -2,7 +2,7 @@
  * msg_json.c -- writes a stored message's fields; the body is spliced in as the compact JSON text
  * the store keeps (it was produced by jansson when the message was accepted).
  */
-#include "msg_json.h"
+#include "chat/msg_json.h"
 
 #include "store.h"
 

@@ -5,7 +5,7 @@
 #ifndef WSP_MSG_JSON_H
 #define WSP_MSG_JSON_H
 
-#include "sbuf.h"
+#include "base/sbuf.h"
 
 struct store_msg;
 

@@ -2,7 +2,7 @@
  * log.c -- leveled line logging to stderr. The level is process-wide configuration set once at
  * start (the one piece of global state besides the server context, as in nginx's error_log).
  */
-#include "log.h"
+#include "base/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

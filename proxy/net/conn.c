@@ -3,7 +3,7 @@
  * feeds the frame parser straight from the input buffer, writes frames, runs the connection's one
  * timer (handshake, heartbeat, close wait) and frees everything through one path.
  */
-#include "conn.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -16,12 +16,12 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "auth.h"
-#include "chat.h"
-#include "heartbeat.h"
-#include "http_hs.h"
-#include "log.h"
-#include "registry.h"
+#include "proto/auth.h"
+#include "chat/chat.h"
+#include "proto/heartbeat.h"
+#include "proto/http_hs.h"
+#include "base/log.h"
+#include "base/registry.h"
 #include "server.h"
 #include "store.h"
 #include "web.h"

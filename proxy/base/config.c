@@ -2,7 +2,7 @@
  * config.c -- settings table (key, type, default, help) driving defaults, INI parsing, validation and
  * the generated reference. One table, so the docs, the defaults and the parser cannot drift apart.
  */
-#include "config.h"
+#include "base/config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -14,7 +14,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "base/log.h"
 
 enum opt_type { OPT_STR, OPT_BOOL, OPT_DURATION, OPT_SIZE, OPT_UINT, OPT_LIST };
 

@@ -6,13 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_internal.h"
-#include "auth.h"
-#include "chat.h"
-#include "conn.h"
-#include "log.h"
-#include "msg_json.h"
-#include "registry.h"
+#include "api/api_internal.h"
+#include "proto/auth.h"
+#include "chat/chat.h"
+#include "net/conn.h"
+#include "base/log.h"
+#include "chat/msg_json.h"
+#include "base/registry.h"
 #include "server.h"
 #include "store.h"
 

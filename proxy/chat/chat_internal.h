@@ -9,10 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "auth.h"
-#include "metrics.h"
-#include "ratelimit.h"
-#include "sbuf.h"
+#include "proto/auth.h"
+#include "base/metrics.h"
+#include "proto/ratelimit.h"
+#include "base/sbuf.h"
 
 struct conn;
 struct event;

@@ -1,7 +1,7 @@
 /*
  * ratelimit.c -- token bucket refilled lazily on each take, so idle connections cost nothing.
  */
-#include "ratelimit.h"
+#include "proto/ratelimit.h"
 
 bool ratelimit_take(struct ratelimit *rl, int64_t now_ms, uint64_t rate, uint64_t burst)
 {

@@ -2,7 +2,7 @@
  * metrics.c -- maps statuses/codes to counter slots and renders the counters as Prometheus text.
  * No I/O here: the HTTP layer serves the string.
  */
-#include "metrics.h"
+#include "base/metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>

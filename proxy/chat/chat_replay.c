@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat.h"
-#include "chat_internal.h"
-#include "log.h"
+#include "chat/chat.h"
+#include "chat/chat_internal.h"
+#include "base/log.h"
 #include "server.h"
 #include "store.h"
 

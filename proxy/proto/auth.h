@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cidr.h"
-#include "http_hs.h"
+#include "base/cidr.h"
+#include "proto/http_hs.h"
 
 #define AUTH_USER_MAX 64     /* bytes of UTF-8 in a user id */
 #define AUTH_TOKEN_MAX 8192  /* longer tokens are refused before decoding */

@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "http_hs.h"
-#include "metrics.h"
-#include "sbuf.h"
+#include "proto/http_hs.h"
+#include "base/metrics.h"
+#include "base/sbuf.h"
 
 struct bufferevent;
 struct evconnlistener;

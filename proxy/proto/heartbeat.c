@@ -2,7 +2,7 @@
  * heartbeat.c -- decides when to ping and when a silent peer is dead. Pings go only to idle peers:
  * a chatty client is proven alive by its own frames and costs no extra traffic.
  */
-#include "heartbeat.h"
+#include "proto/heartbeat.h"
 
 enum heartbeat_action heartbeat_tick(struct heartbeat_state *st, int64_t now, int64_t interval_ms,
                                      int64_t timeout_ms, int64_t *next_ms)

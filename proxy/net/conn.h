@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ws_parser.h"
+#include "proto/ws_parser.h"
 
 struct server;
 struct bufferevent;

@@ -1,7 +1,7 @@
 /*
  * cidr.c -- IPv4/IPv6 range lists for trusted_proxies: text parsing with inet_pton, prefix matching.
  */
-#include "cidr.h"
+#include "base/cidr.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>

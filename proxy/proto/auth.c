@@ -2,7 +2,7 @@
  * auth.c -- JWT checks on top of libjwt 1.10, query identities from trusted proxies, user-id rules,
  * and the client address behind X-Forwarded-For. Decides; the caller answers 401 and logs.
  */
-#include "auth.h"
+#include "proto/auth.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -21,7 +21,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "utf8.h"
+#include "proto/utf8.h"
 
 #define KEY_FILE_MAX (64 * 1024) /* a public key PEM is a few KiB at most */
 #define JWT_HEADER_MAX 1024      /* base64url text of the JOSE header we are willing to look at */
