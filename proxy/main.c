@@ -113,7 +113,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = server_run(&srv);
-    server_free(&srv);
+    server_release(&srv);
     log_info("wsproxy stopped");
     config_free(&cfg);
     return rc;

@@ -17,7 +17,7 @@
 #include "net/conn.h"
 #include "proto/http_hs.h"
 #include "base/log.h"
-#include "server.h"
+#include "net/loop.h"
 
 #define WEB_MAX_FILE (4 * 1024 * 1024)
 
@@ -94,11 +94,11 @@ static void reply_text(struct conn *c, int status, const char *text)
     conn_http_reply(c, status, "text/plain; charset=utf-8", NULL, text, strlen(text), false);
 }
 
-static void demo_token(struct conn *c, const struct http_req *req)
+static void demo_token(const struct auth *auth, struct conn *c, const struct http_req *req)
 {
-    struct server *srv = c->srv;
+    const struct px_config *cfg = c->lp->cfg;
     char user[AUTH_USER_MAX + 1];
-    if (!srv->cfg->demo_enabled) {
+    if (!cfg->demo_enabled) {
         reply_text(c, 404, "not found\n");
         return;
     }
@@ -108,8 +108,8 @@ static void demo_token(struct conn *c, const struct http_req *req)
         return;
     }
     char token[2048];
-    int64_t now = server_now_ms(srv);
-    if (auth_issue_token(&srv->auth, user, srv->cfg->demo_token_ttl_ms, now, token, sizeof(token)) < 0) {
+    int64_t now = loop_now_ms(c->lp);
+    if (auth_issue_token(auth, user, cfg->demo_token_ttl_ms, now, token, sizeof(token)) < 0) {
         reply_text(c, 500, "cannot issue a token (is [auth] jwt_alg HS256 with a jwt_secret?)\n");
         return;
     }
@@ -124,7 +124,7 @@ static void demo_token(struct conn *c, const struct http_req *req)
     }
     esc[e] = '\0';
     int len = snprintf(body, sizeof(body), "{\"token\":\"%s\",\"user\":\"%s\",\"exp\":%lld}\n", token,
-                       esc, (long long)((now + srv->cfg->demo_token_ttl_ms) / 1000 * 1000));
+                       esc, (long long)((now + cfg->demo_token_ttl_ms) / 1000 * 1000));
     log_info("demo: issued a token for %s to %s", user, c->addr);
     conn_http_reply(c, 200, "application/json", "Cache-Control: no-store\r\n", body, (size_t)len,
                     false);
@@ -132,7 +132,7 @@ static void demo_token(struct conn *c, const struct http_req *req)
 
 static void static_file(struct conn *c, const struct http_req *req, bool head)
 {
-    const char *root = c->srv->cfg->static_dir;
+    const char *root = c->lp->cfg->static_dir;
     char path[PATH_MAX];
     if (web_resolve_path(root, req->path, req->path_len, path, sizeof(path)) != 0) {
         reply_text(c, 404, "not found\n");
@@ -160,7 +160,7 @@ static void static_file(struct conn *c, const struct http_req *req, bool head)
     free(buf);
 }
 
-bool web_handle(struct conn *c, const struct http_req *req)
+bool web_handle(const struct auth *auth, struct conn *c, const struct http_req *req)
 {
     bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
     bool head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
@@ -170,10 +170,10 @@ bool web_handle(struct conn *c, const struct http_req *req)
                             "method not allowed\n", 19, false);
             return true;
         }
-        demo_token(c, req);
+        demo_token(auth, c, req);
         return true;
     }
-    if (!c->srv->cfg->static_dir[0])
+    if (!c->lp->cfg->static_dir[0])
         return false;
     if (!get && !head) {
         conn_http_reply(c, 405, "text/plain; charset=utf-8", "Allow: GET, HEAD\r\n",

@@ -8,12 +8,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+struct auth;
 struct conn;
 struct http_req;
 
-/* Answer req if it is a static file or demo request; returns true if it did (404 included for
- * /demo/ when the demo is off), false to let the caller answer 404. */
-bool web_handle(struct conn *c, const struct http_req *req);
+/*
+ * Answer req if it is a static file or demo request (tokens issued with auth); returns true if it
+ * did (404 included for /demo/ when the demo is off), false to let the caller answer 404.
+ */
+bool web_handle(const struct auth *auth, struct conn *c, const struct http_req *req);
 
 /* Map a URL path to a file path under root, refusing traversal: decodes %XX, rejects "..", NUL,
  * backslashes and hidden files; "/" and ".../" get index.html. Returns 0 or -1. Pure, for tests. */

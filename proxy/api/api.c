@@ -8,21 +8,17 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/listener.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include "api/api_internal.h"
-#include "net/conn.h"
 #include "proto/http_hs.h"
 #include "base/log.h"
 #include "base/metrics.h"
 #include "base/sbuf.h"
-#include "server.h"
+#include "net/loop.h"
 #include "store.h"
 
 /*
@@ -31,8 +27,6 @@
  * look at the head first (evhttp_set_newreqcb is 2.2). The API promises JSON errors on every path
  * and a 413 decided from Content-Length before any of the body is buffered: the framing is ours.
  */
-
-_Static_assert(END_NUM == METRICS_END_REASONS, "metrics must know every end reason");
 
 static void ac_free(struct api_conn *ac);
 static void ac_process(struct api_conn *ac);
@@ -151,7 +145,7 @@ void api_reply(struct api_conn *ac, int status, const char *ctype, const char *e
                   const char *body, size_t len)
 {
     struct api *api = ac->api;
-    api->srv->metrics.api_requests[metrics_api_index(status)]++;
+    api->lp->metrics.api_requests[metrics_api_index(status)]++;
     if (api->stopping)
         ac->keep_alive = false;
     struct evbuffer *out = bufferevent_get_output(ac->bev);
@@ -210,9 +204,9 @@ void api_reply_error(struct api_conn *ac, int status, const char *code, const ch
 
 void api_reply_store_error(struct api_conn *ac, const char *what)
 {
-    struct server *srv = ac->api->srv;
-    srv->metrics.store_errors++;
-    log_error("api: store: %s: %s", what, store_last_error(srv->store));
+    struct loop *lp = ac->api->lp;
+    lp->metrics.store_errors++;
+    log_error("api: store: %s: %s", what, store_last_error(lp->store));
     api_reply_error(ac, 503, "store_unavailable", "storage error, try again");
 }
 
@@ -240,7 +234,7 @@ static void after_commit_cb(void *arg, bool ok)
 void api_reply_after_commit(struct api_conn *ac, int status)
 {
     ac->pending_status = status;
-    server_after_commit(ac->api->srv, after_commit_cb, ac);
+    loop_after_commit(ac->api->lp, after_commit_cb, ac);
 }
 
 bool api_method_is(const struct http_req *r, const char *m)
@@ -330,11 +324,11 @@ static void on_head(struct api_conn *ac)
             return;
         }
     }
-    if ((uint64_t)len > api->srv->cfg->api_max_body) {
+    if ((uint64_t)len > api->lp->cfg->api_max_body) {
         ac->keep_alive = false;
         char msg[96];
         snprintf(msg, sizeof(msg), "body is larger than [api] max_body (%llu bytes)",
-                 (unsigned long long)api->srv->cfg->api_max_body);
+                 (unsigned long long)api->lp->cfg->api_max_body);
         api_reply_error(ac, 413, "too_large", msg);
         return;
     }
@@ -475,43 +469,20 @@ static void ac_free(struct api_conn *ac)
 
 /* ---- listener ---- */
 
-static void peer_name(const struct sockaddr *sa, char *out, size_t cap)
+static void accept_cb(void *arg, struct bufferevent *bev, const struct sockaddr *sa)
 {
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    bool v6 = sa->sa_family == AF_INET6;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        evutil_inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-        port = ntohs(s4->sin_port);
-    } else if (v6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        evutil_inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-        port = ntohs(s6->sin6_port);
-    }
-    snprintf(out, cap, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
-}
-
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                      int socklen, void *arg)
-{
-    (void)l;
-    (void)socklen;
     struct api *api = arg;
     char peer[64];
-    peer_name(sa, peer, sizeof(peer));
+    listener_addr_str(sa, true, peer, sizeof(peer));
     if (api->num_conns >= API_MAX_CONNS) {
         log_warn("api: %zu connections open, refusing %s", api->num_conns, peer);
-        evutil_closesocket(fd);
+        bufferevent_free(bev);
         return;
     }
     struct api_conn *ac = calloc(1, sizeof(*ac));
-    struct bufferevent *bev =
-        ac ? bufferevent_socket_new(api->srv->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
-    if (!bev) {
+    if (!ac) {
         log_error("api: out of memory accepting %s", peer);
-        free(ac);
-        evutil_closesocket(fd);
+        bufferevent_free(bev);
         return;
     }
     ac->api = api;
@@ -532,25 +503,18 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 
-static void accept_error_cb(struct evconnlistener *l, void *arg)
+int api_start(struct api **out, struct loop *lp, struct conn_pool *pool, struct chat *ch)
 {
-    (void)l;
-    (void)arg;
-    log_error("api: accept: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-}
-
-int api_start(struct server *srv, struct api **out)
-{
-    const struct px_config *cfg = srv->cfg;
+    const struct px_config *cfg = lp->cfg;
     *out = NULL;
     struct api *api = calloc(1, sizeof(*api));
     if (!api) {
         log_error("api: out of memory");
         return -1;
     }
-    api->srv = srv;
-    for (int i = 0; i < METRICS_END_REASONS; i++)
-        api->end_reasons[i] = end_reason_name((enum end_reason)i);
+    api->lp = lp;
+    api->pool = pool;
+    api->chat = ch;
     api->keys = calloc(cfg->api_keys.n ? cfg->api_keys.n : 1, sizeof(*api->keys));
     if (!api->keys) {
         log_error("api: out of memory");
@@ -566,33 +530,22 @@ int api_start(struct server *srv, struct api **out)
     if (api->num_keys == 0)
         log_warn("[api] keys is empty: every /api/ request will be refused with 401");
 
-    struct sockaddr_storage ss;
-    int sslen;
-    if (server_listen_addr(cfg->api_listen, &ss, &sslen) != 0) {
-        log_error("[api] listen: cannot parse '%s'", cfg->api_listen);
-        goto fail;
+    char err[256];
+    if (listener_open(&api->listener, lp, "api", cfg->api_listen, NULL, 128, accept_cb, api, err,
+                      sizeof(err)) != 0) {
+        log_error("[api] listen: %s", err);
+        free(api->keys);
+        free(api);
+        return -1;
     }
-    api->listener =
-        evconnlistener_new_bind(srv->base, accept_cb, api,
-                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-                                128, (struct sockaddr *)&ss, sslen);
-    if (!api->listener) {
-        log_error("[api] listen: cannot listen on %s: %s", cfg->api_listen, strerror(errno));
-        goto fail;
-    }
-    evconnlistener_set_error_cb(api->listener, accept_error_cb);
     char host[256];
     int port;
     config_split_hostport(cfg->api_listen, host, sizeof(host), &port);
-    port = server_bound_port(evconnlistener_get_fd(api->listener));
+    port = listener_port(&api->listener);
     bool v6 = strchr(host, ':') != NULL;
     log_info("API listening on http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
     *out = api;
     return 0;
-fail:
-    free(api->keys);
-    free(api);
-    return -1;
 }
 
 void api_stop(struct api *api)
@@ -600,10 +553,7 @@ void api_stop(struct api *api)
     if (!api || api->stopping)
         return;
     api->stopping = true;
-    if (api->listener) {
-        evconnlistener_free(api->listener);
-        api->listener = NULL;
-    }
+    listener_close(&api->listener);
     /* Idle keep-alive connections go now; the others close after their answer. */
     struct api_conn *ac = api->conns;
     while (ac) {
@@ -619,11 +569,10 @@ void api_free(struct api *api)
 {
     if (!api)
         return;
-    /* server_free commits (running every after-commit answer) before calling us. */
+    /* The server commits (running every after-commit answer) before calling us. */
     while (api->conns)
         ac_free(api->conns);
-    if (api->listener)
-        evconnlistener_free(api->listener);
+    listener_release(&api->listener);
     free(api->keys);
     free(api);
 }

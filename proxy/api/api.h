@@ -7,11 +7,16 @@
 #ifndef WSP_API_H
 #define WSP_API_H
 
-struct server;
 struct api;
+struct chat;
+struct conn_pool;
+struct loop;
 
-/* Bind [api] listen and register the routes. Returns 0, or -1 after logging why. */
-int api_start(struct server *srv, struct api **out);
+/*
+ * Bind [api] listen and serve the endpoints over lp's store, pool's counts and chat's live sessions
+ * (all borrowed; they outlive the api). Returns 0, or -1 after logging why.
+ */
+int api_start(struct api **out, struct loop *lp, struct conn_pool *pool, struct chat *ch);
 
 /*
  * Stop accepting (the listening socket is closed) and close idle keep-alive connections; requests
@@ -20,7 +25,7 @@ int api_start(struct server *srv, struct api **out);
 void api_stop(struct api *api);
 
 /*
- * Close every API connection and free. Call after the last server_commit (answers waiting for a
+ * Close every API connection and free. Call after the last loop_commit (answers waiting for a
  * commit hold their connection). api may be NULL.
  */
 void api_free(struct api *api);

@@ -12,22 +12,20 @@
 #include "proto/http_hs.h"
 #include "base/metrics.h"
 #include "base/sbuf.h"
+#include "net/listener.h"
 
 struct bufferevent;
-struct evconnlistener;
-struct server;
+struct chat;
+struct conn_pool;
+struct loop;
 
 #define API_HEAD_MAX         16384 /* request line + headers */
 #define API_MAX_CONNS        512   /* concurrent API connections; more are refused at accept */
 #define API_IDLE_TIMEOUT_S   30    /* read (head, body, keep-alive idle) and write timeout */
 #define API_LINGER_TIMEOUT_S 2     /* after a final answer: how long unread input is drained */
 #define API_LINGER_MAX       (64u << 20) /* and how much of it, before the socket is just closed */
-#define CID_MAX              128
 #define SESSIONS_DEFAULT     50
 #define SESSIONS_MAX         1000
-#define HISTORY_DEFAULT      50
-#define HISTORY_MAX          100
-#define PRESENCE_MAX         100
 #define KEY_DIGEST_LEN       32
 
 enum ac_state {
@@ -57,14 +55,15 @@ struct api_conn {
 };
 
 struct api {
-    struct server *srv;
-    struct evconnlistener *listener;
+    struct loop *lp;
+    struct conn_pool *pool; /* the main listener's connections: gauges for /metrics */
+    struct chat *chat;
+    struct listener listener;
     struct api_conn *conns;
     size_t num_conns;
     bool stopping;
     unsigned char (*keys)[KEY_DIGEST_LEN]; /* SHA-256 of each [api] key */
     size_t num_keys;
-    const char *end_reasons[METRICS_END_REASONS];
 };
 
 /* Write one complete answer (every answer goes through here) and log/count it. */

@@ -7,21 +7,13 @@
 #include <string.h>
 
 #include "api/api_internal.h"
-#include "proto/auth.h"
-#include "chat/chat.h"
-#include "net/conn.h"
 #include "base/log.h"
+#include "chat/chat.h"
 #include "chat/msg_json.h"
-#include "base/registry.h"
-#include "server.h"
+#include "net/loop.h"
 #include "store.h"
 
 /* ---- request arguments ---- */
-
-static bool valid_name(const char *s)
-{
-    return s && auth_user_valid(s, strlen(s));
-}
 
 /* Query parameter as a name (user or room): 1 ok, 0 absent, -1 invalid (answered 400). */
 static int query_name(struct api_conn *ac, const char *key, char *out, size_t cap)
@@ -116,9 +108,10 @@ static void add_msg_open(struct sbuf *b, const struct store_msg *m)
 
 static void route_healthz(struct api_conn *ac)
 {
-    if (store_ping(ac->api->srv->store) != 0) {
-        ac->api->srv->metrics.store_errors++;
-        api_reply_error(ac, 503, "store_unavailable", store_last_error(ac->api->srv->store));
+    struct loop *lp = ac->api->lp;
+    if (store_ping(lp->store) != 0) {
+        lp->metrics.store_errors++;
+        api_reply_error(ac, 503, "store_unavailable", store_last_error(lp->store));
         return;
     }
     api_log_request(ac, 200, NULL);
@@ -128,15 +121,14 @@ static void route_healthz(struct api_conn *ac)
 static void route_metrics(struct api_conn *ac)
 {
     struct api *api = ac->api;
-    struct server *srv = api->srv;
+    struct loop *lp = api->lp;
     struct metrics_gauges g = {
-        .conns_open = srv->num_conns,
-        .ws_open = srv->num_ws,
-        .users_online = registry_groups(srv->users),
-        .end_reason_names = api->end_reasons,
+        .conns_open = api->pool->num_conns,
+        .ws_open = api->pool->num_ws,
+        .users_online = chat_users_online(api->chat),
     };
     size_t len = 0;
-    char *text = metrics_render(&srv->metrics, &g, &len);
+    char *text = metrics_render(&lp->metrics, &g, &len);
     if (!text) {
         api_reply_error(ac, 500, "internal", "out of memory");
         return;
@@ -158,7 +150,7 @@ static bool push_key_known(const char *k)
 
 static void push_broadcast(struct api_conn *ac, const char *from, const char *body, const char *cid)
 {
-    struct server *srv = ac->api->srv;
+    struct loop *lp = ac->api->lp;
     struct sbuf f;
     sbuf_init(&f);
     sbuf_adds(&f, "{\"type\":\"broadcast\",\"from\":");
@@ -166,13 +158,13 @@ static void push_broadcast(struct api_conn *ac, const char *from, const char *bo
     sbuf_adds(&f, ",\"body\":");
     sbuf_adds(&f, body);
     sbuf_adds(&f, ",\"ts\":");
-    sbuf_add_i64(&f, server_now_ms(srv));
+    sbuf_add_i64(&f, loop_now_ms(lp));
     if (cid) {
         sbuf_adds(&f, ",\"cid\":");
         sbuf_add_json_str(&f, cid);
     }
     sbuf_adds(&f, "}");
-    size_t live = f.oom ? 0 : chat_broadcast(srv, f.p, f.len);
+    size_t live = f.oom ? 0 : chat_broadcast(ac->api->chat, f.p, f.len);
     bool oom = f.oom;
     sbuf_release(&f);
     if (oom) {
@@ -187,7 +179,7 @@ static void push_broadcast(struct api_conn *ac, const char *from, const char *bo
 
 static void route_push(struct api_conn *ac)
 {
-    struct server *srv = ac->api->srv;
+    struct loop *lp = ac->api->lp;
     const struct http_header *ct = http_req_header(&ac->req, "Content-Type");
     if (!ct || !api_is_json_type(ct->value, ct->value_len)) {
         api_reply_error(ac, 415, "unsupported_media_type",
@@ -228,16 +220,16 @@ static void route_push(struct api_conn *ac)
         err = "push needs exactly one of to, room and broadcast";
     else if (bc && !json_is_true(bc))
         err = "broadcast must be true";
-    else if (to && !valid_name(json_string_value(to)))
+    else if (to && !chat_name_valid(json_string_value(to)))
         err = "to must be a valid user id (1-64 bytes of UTF-8, no controls)";
-    else if (room && !valid_name(json_string_value(room)))
+    else if (room && !chat_name_valid(json_string_value(room)))
         err = "room must be a valid name (1-64 bytes of UTF-8, no controls)";
     else if (!body)
         err = "push needs a body (any JSON value)";
-    else if (jfrom && !valid_name(json_string_value(jfrom)))
+    else if (jfrom && !chat_name_valid(json_string_value(jfrom)))
         err = "from must be a valid user id (1-64 bytes of UTF-8, no controls)";
     else if (jcid && (!json_is_string(jcid) || json_string_length(jcid) == 0 ||
-                      json_string_length(jcid) > CID_MAX))
+                      json_string_length(jcid) > CHAT_CID_MAX))
         err = "cid must be a string of 1-128 bytes";
     if (err) {
         api_reply_error(ac, 400, "bad_request", err);
@@ -253,10 +245,10 @@ static void route_push(struct api_conn *ac)
         return;
     }
     /* Clients were promised bodies up to [limits] max_body, whoever sends them. */
-    if (strlen(text) > srv->cfg->max_body) {
+    if (strlen(text) > lp->cfg->max_body) {
         char msg[96];
         snprintf(msg, sizeof(msg), "body is larger than [limits] max_body (%llu bytes as JSON)",
-                 (unsigned long long)srv->cfg->max_body);
+                 (unsigned long long)lp->cfg->max_body);
         api_reply_error(ac, 413, "too_large", msg);
         free(text);
         json_decref(req);
@@ -268,27 +260,22 @@ static void route_push(struct api_conn *ac)
         json_decref(req);
         return;
     }
-    server_tx_begin(srv);
     struct store_msg m = {
         .sender = from,
         .to_user = to ? json_string_value(to) : NULL,
         .room = room ? json_string_value(room) : NULL,
         .body = text,
         .cid = cid,
-        .created_at = server_now_ms(srv),
+        .created_at = loop_now_ms(lp),
     };
     struct store_receipt r;
-    if (store_msg_insert(srv->store, &m, &r) != 0) {
+    size_t live = 0;
+    /* Frames are held until the commit, like a chat send's; so is the 202. */
+    if (chat_post(ac->api->chat, &m, NULL, &r, &live) != 0) {
         api_reply_store_error(ac, "push insert");
         free(text);
         json_decref(req);
         return;
-    }
-    size_t live = 0;
-    if (!r.duplicate) {
-        m.id = r.id;
-        /* Frames are held until the commit, like a chat send's. */
-        live = chat_deliver(srv, &m);
     }
     sbuf_reset(&ac->pending);
     sbuf_adds(&ac->pending, "{\"id\":");
@@ -321,7 +308,7 @@ static int session_item(void *ctx, const struct store_session *s)
 
 static void route_sessions(struct api_conn *ac)
 {
-    struct server *srv = ac->api->srv;
+    struct loop *lp = ac->api->lp;
     char user[256], state[16];
     struct store_session_filter f = {0};
     int64_t limit, before;
@@ -349,7 +336,7 @@ static void route_sessions(struct api_conn *ac)
     sbuf_init(&b);
     sbuf_adds(&b, "{\"sessions\":[");
     struct list_ctx lc = {&b, 0, 0};
-    if (store_session_list(srv->store, &f, session_item, &lc) < 0) {
+    if (store_session_list(lp->store, &f, session_item, &lc) < 0) {
         sbuf_release(&b);
         api_reply_store_error(ac, "session list");
         return;
@@ -364,7 +351,7 @@ static void route_sessions(struct api_conn *ac)
 /* Read session id into *s; false after answering 404 or 503. Release *s after a true. */
 static bool load_session(struct api_conn *ac, int64_t id, struct store_session *s)
 {
-    int rc = store_session_get(ac->api->srv->store, id, s);
+    int rc = store_session_get(ac->api->lp->store, id, s);
     if (rc == STORE_ERR_NOTFOUND) {
         api_reply_error(ac, 404, "not_found", "no such session");
         return false;
@@ -396,8 +383,7 @@ static void route_session_get(struct api_conn *ac, int64_t id)
  */
 static void route_session_kick(struct api_conn *ac, int64_t id)
 {
-    struct server *srv = ac->api->srv;
-    if (chat_kick(srv, id) == 0) {
+    if (chat_kick(ac->api->chat, id) == 0) {
         api_reply_after_commit(ac, 204);
         return;
     }
@@ -416,9 +402,9 @@ static void route_session_kick(struct api_conn *ac, int64_t id)
 
 static void route_message(struct api_conn *ac, int64_t id)
 {
-    struct server *srv = ac->api->srv;
+    struct loop *lp = ac->api->lp;
     struct store_msg_info mi;
-    int rc = store_msg_get(srv->store, id, &mi);
+    int rc = store_msg_get(lp->store, id, &mi);
     if (rc == STORE_ERR_NOTFOUND) {
         api_reply_error(ac, 404, "not_found", "no such message");
         return;
@@ -442,20 +428,13 @@ static void route_message(struct api_conn *ac, int64_t id)
     sbuf_release(&b);
 }
 
-static void add_presence(struct server *srv, struct sbuf *b, const char *user)
+static void add_presence(struct chat *ch, struct sbuf *b, const char *user)
 {
-    bool online = false;
-    int connections = 0;
-    int64_t last_seen = 0;
-    /* The registry is the truth for live users; the store keeps last_seen for the others. */
-    size_t live = registry_count(srv->users, user);
-    if (live > 0) {
-        online = true;
-        connections = (int)live;
-        last_seen = server_now_ms(srv);
-    } else if (store_presence_get(srv->store, user, NULL, NULL, &last_seen) != 0) {
-        last_seen = 0;
-    }
+    struct chat_presence p;
+    chat_presence(ch, user, &p);
+    bool online = p.online;
+    int connections = p.connections;
+    int64_t last_seen = p.last_seen;
     sbuf_adds(b, "{\"user\":");
     sbuf_add_json_str(b, user);
     sbuf_addf(b,
@@ -467,8 +446,7 @@ static void add_presence(struct server *srv, struct sbuf *b, const char *user)
 
 static void route_presence(struct api_conn *ac)
 {
-    struct server *srv = ac->api->srv;
-    char list[PRESENCE_MAX * (AUTH_USER_MAX + 1) + 1];
+    char list[CHAT_PRESENCE_MAX * (AUTH_USER_MAX + 1) + 1];
     int n = http_query_param(ac->req.query, ac->req.query_len, "users", list, sizeof(list));
     if (n <= 0) {
         api_reply_error(ac, 400, "bad_request",
@@ -480,7 +458,7 @@ static void route_presence(struct api_conn *ac)
     for (char *p = list; p; count++) {
         char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        if (!auth_user_valid(p, len) || count >= PRESENCE_MAX) {
+        if (!auth_user_valid(p, len) || count >= CHAT_PRESENCE_MAX) {
             api_reply_error(ac, 400, "bad_request",
                         "users must be 1-100 comma-separated user ids (1-64 bytes each)");
             return;
@@ -495,7 +473,7 @@ static void route_presence(struct api_conn *ac)
             *comma = '\0';
         if (p != list)
             sbuf_adds(&b, ",");
-        add_presence(srv, &b, p);
+        add_presence(ac->api->chat, &b, p);
     }
     sbuf_adds(&b, "]}");
     api_reply_json(ac, 200, &b);
@@ -514,7 +492,7 @@ static int history_item(void *ctx, const struct store_msg *m)
 
 static void route_history(struct api_conn *ac)
 {
-    struct server *srv = ac->api->srv;
+    struct loop *lp = ac->api->lp;
     char with[256], user[256], room[256];
     int has_with = query_name(ac, "with", with, sizeof(with));
     if (has_with < 0)
@@ -531,16 +509,16 @@ static void route_history(struct api_conn *ac)
     }
     int64_t before, limit;
     if (query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0 ||
-        query_int(ac, "limit", 1, HISTORY_MAX, HISTORY_DEFAULT, &limit) < 0)
+        query_int(ac, "limit", 1, CHAT_HISTORY_MAX, CHAT_HISTORY_DEFAULT, &limit) < 0)
         return;
     struct sbuf b;
     sbuf_init(&b);
     sbuf_adds(&b, "{\"items\":[");
     struct list_ctx lc = {&b, 0, 0};
     bool more = false;
-    int rc = has_room ? store_history_room(srv->store, room, before, (int)limit, history_item, &lc,
+    int rc = has_room ? store_history_room(lp->store, room, before, (int)limit, history_item, &lc,
                                            &more)
-                      : store_history_direct(srv->store, user, with, before, (int)limit,
+                      : store_history_direct(lp->store, user, with, before, (int)limit,
                                              history_item, &lc, &more);
     if (rc < 0) {
         sbuf_release(&b);

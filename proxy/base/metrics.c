@@ -104,8 +104,8 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
 
     fprintf(f, "# HELP wsproxy_session_ends_total WebSocket connections ended, by end reason.\n"
                "# TYPE wsproxy_session_ends_total counter\n");
-    for (int i = 0; i < METRICS_END_REASONS; i++)
-        fprintf(f, "wsproxy_session_ends_total{reason=\"%s\"} %llu\n", g->end_reason_names[i],
+    for (int i = 0; i < END_NUM; i++)
+        fprintf(f, "wsproxy_session_ends_total{reason=\"%s\"} %llu\n", end_reason_name(i),
                 (unsigned long long)m->closes_by_reason[i]);
 
     fprintf(f, "# HELP wsproxy_messages_in_total Messages received from clients, by kind.\n"

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/end_reason.h"
+
 /* Handshake answers we count, by status. */
 enum metrics_status { MS_101, MS_200, MS_400, MS_401, MS_403, MS_404, MS_405, MS_426, MS_431,
                       MS_503, MS_OTHER, MS_NUM };
@@ -22,7 +24,6 @@ enum metrics_kind { MK_ECHO, MK_SEND, MK_ACK, MK_JOIN, MK_LEAVE, MK_HISTORY, MK_
 
 #define METRICS_COMMIT_BUCKETS 10
 #define METRICS_BATCH_BUCKETS 8
-#define METRICS_END_REASONS 9
 #define METRICS_API_STATUS 11
 
 struct metrics {
@@ -30,7 +31,7 @@ struct metrics {
     uint64_t ws_total;
     uint64_t handshakes[MS_NUM];
     uint64_t closes_by_code[MC_NUM];
-    uint64_t closes_by_reason[METRICS_END_REASONS];
+    uint64_t closes_by_reason[END_NUM];
     uint64_t msgs_in[MK_NUM];
     uint64_t msgs_out[MK_NUM];
     uint64_t bytes_in;
@@ -52,7 +53,6 @@ struct metrics_gauges {
     uint64_t conns_open;     /* TCP connections */
     uint64_t ws_open;        /* open WebSockets */
     uint64_t users_online;
-    const char *const *end_reason_names; /* METRICS_END_REASONS names */
 };
 
 enum metrics_status metrics_status_index(int status);

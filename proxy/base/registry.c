@@ -69,7 +69,7 @@ static struct group *find(const struct registry_map *m, const char *key)
     return g;
 }
 
-struct reg_member *registry_join(struct registry_map *m, const char *key, struct conn *c)
+struct reg_member *registry_join(struct registry_map *m, const char *key, void *item)
 {
     struct group *g = find(m, key);
     if (!g) {
@@ -91,7 +91,7 @@ struct reg_member *registry_join(struct registry_map *m, const char *key, struct
         return NULL;
     }
     mem->group = &g->pub;
-    mem->conn = c;
+    mem->item = item;
     mem->next = g->pub.head;
     if (g->pub.head)
         g->pub.head->prev = mem;

@@ -8,7 +8,6 @@
 
 #include <stddef.h>
 
-struct conn;
 struct registry_map;
 
 struct reg_group;
@@ -17,7 +16,7 @@ struct reg_member {
     struct reg_group *group;
     struct reg_member *prev, *next; /* in the group */
     struct reg_member *link;        /* free for the owner: e.g. a conn's list of room memberships */
-    struct conn *conn;
+    void *item; /* the owner's object (chat: its per-connection state) */
 };
 
 struct reg_group {
@@ -30,8 +29,8 @@ struct registry_map *registry_map_new(void);
 /* Frees the map and any groups/members still in it (members' owners must not use them after). */
 void registry_map_free(struct registry_map *m);
 
-/* Add conn under key; returns the member node (owned by the map until registry_leave) or NULL on OOM. */
-struct reg_member *registry_join(struct registry_map *m, const char *key, struct conn *c);
+/* Add item under key; returns the member node (owned by the map until registry_leave) or NULL on OOM. */
+struct reg_member *registry_join(struct registry_map *m, const char *key, void *item);
 /* Remove a member; frees the group when it becomes empty. Returns how many members the group still has. */
 size_t registry_leave(struct registry_map *m, struct reg_member *mem);
 

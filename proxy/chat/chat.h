@@ -1,52 +1,74 @@
 /*
- * chat.h -- the chat protocol on ws_path: identity-bound sessions, JSON frames (jansson), delivery
- * through the store with group commit, presence. conn.c calls in; chat.c never touches sockets.
+ * chat.h -- the chat application on ws_path: identity-bound sessions, JSON frames, delivery through
+ * the store inside the loop's group commit, presence and room events. It runs on connections the
+ * router upgrades to it (chat_accept) and never touches sockets; the API calls in through chat_post,
+ * chat_broadcast, chat_kick and chat_presence.
  */
 #ifndef WSP_CHAT_H
 #define WSP_CHAT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "net/conn.h"
+#include "net/loop.h"
+#include "proto/auth.h"
 
-struct auth_identity;
-struct server;
+/* Protocol limits shared by the chat frames and the API (one copy). */
+#define CHAT_CID_MAX         128 /* client ids (cid, rid) are echoed back; keep them small */
+#define CHAT_HISTORY_MAX     100 /* items per history answer */
+#define CHAT_HISTORY_DEFAULT 50
+#define CHAT_PRESENCE_MAX    100 /* users per presence query */
 
-/*
- * The connection was just upgraded for user id: create the session row, register the connection,
- * mark presence, send welcome and start the replay. Returns 0, or -1 when the connection must be
- * closed (already logged; the caller closes with 1011).
- */
-int chat_open(struct conn *c, const struct auth_identity *id, const char *user_agent,
-              const char *subprotocol);
-
-/* A complete message from the client (text or binary). */
-void chat_on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len);
-
-/* The connection's output drained: continue a replay that paused for backpressure. */
-void chat_on_drained(struct conn *c);
-
-/*
- * The one cleanup path for a chat connection, whatever ended it: unregister, end the session row with
- * why, presence offline (and the event) on the user's last connection. Idempotent.
- */
-void chat_end(struct conn *c, enum end_reason why);
-
-/*
- * Record that the peer was heard from (last_seen_at = its last frame) in the session row, batched into
- * the loop's group commit. Called once per ping interval, so admins see live sessions as live.
- */
-void chat_touch(struct conn *c);
-
-/* Close a live session by id (the admin kick). Returns 0, or -1 when no live connection has it. */
-int chat_kick(struct server *srv, int64_t session_id);
-
-/* Deliver a message to live connections (after commit) -- shared by chat sends and API pushes. */
+struct chat;
 struct store_msg;
-size_t chat_deliver(struct server *srv, const struct store_msg *m);
+struct store_receipt;
+struct ws_hs_result;
 
-/* Broadcast a JSON body to every live chat connection (not stored). Returns connections reached. */
-size_t chat_broadcast(struct server *srv, const char *json, size_t len);
+/* The chat state: its live sessions and indexes. auth is borrowed (token refresh, expiry). */
+struct chat *chat_new(struct loop *lp, const struct auth *auth);
+/* Free; every session must have ended (the connection pool is released first). NULL is a no-op. */
+void chat_free(struct chat *ch);
+
+/* The server is draining: no presence events from now on (everyone is leaving at once). */
+void chat_shutdown(struct chat *ch);
+
+/*
+ * Upgrade c (admitted, hs from ws_hs_check) to a chat connection for identity id: answer 101, create
+ * the session row, register the connection, mark presence, send welcome and start the replay. On a
+ * store failure the connection is failed with 1011 (the client retries).
+ */
+void chat_accept(struct chat *ch, struct conn *c, const struct ws_hs_result *hs,
+                 const struct auth_identity *id, const char *user_agent);
+
+/*
+ * Store m in the loop's transaction and queue it to every live recipient but skip (held until the
+ * commit): the one insert-and-deliver path of chat sends and API pushes. m->id is set. Returns 0
+ * with *r (r->duplicate: an earlier send with the same sender and cid; nothing delivered) and, if
+ * live is not NULL, the connections reached; or a STORE_ERR_* (nothing stored or sent).
+ */
+int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct store_receipt *r,
+              size_t *live);
+
+/* Send a JSON text (not stored) to every live chat session. Returns the sessions reached. */
+size_t chat_broadcast(struct chat *ch, const char *json, size_t len);
+
+/* Close a live session by id with 1008 "kicked". Returns 0, or -1 when no live session has it. */
+int chat_kick(struct chat *ch, int64_t session_id);
+
+/* A user's presence: live connections from the registry, last_seen from the store for the others. */
+struct chat_presence {
+    bool online;
+    int connections;
+    int64_t last_seen; /* ms; now when online; 0 when never seen */
+};
+void chat_presence(struct chat *ch, const char *user, struct chat_presence *out);
+
+/* Users with at least one live connection. */
+size_t chat_users_online(const struct chat *ch);
+
+/* A valid user id or room name (1-64 bytes of UTF-8, no controls). */
+bool chat_name_valid(const char *s);
 
 #endif

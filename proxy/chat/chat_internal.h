@@ -1,6 +1,12 @@
 /*
- * chat_internal.h -- what chat.c (the protocol) and chat_replay.c (the replay on connect) share: the
- * per-connection chat state and a few frame helpers. Not for use outside the chat module.
+ * chat_internal.h -- what the chat module's files share: the chat state, the per-connection state and
+ * the helpers one file defines for the others. Not for use outside proxy/chat/.
+ *
+ *   chat.c         protocol handlers and dispatch of client frames
+ *   chat_session.c accept, end, touch (heartbeat), kick, token expiry: a session's life
+ *   chat_fanout.c  the one insert-and-deliver path, fan-out, presence and member events, room index
+ *   chat_fast.c    allocation-free fast path for send and ack
+ *   chat_replay.c  the replay on connect, paced by the send queue
  */
 #ifndef WSP_CHAT_INTERNAL_H
 #define WSP_CHAT_INTERNAL_H
@@ -9,20 +15,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/auth.h"
 #include "base/metrics.h"
-#include "proto/ratelimit.h"
 #include "base/sbuf.h"
+#include "chat/chat.h"
+#include "proto/ratelimit.h"
 
-struct conn;
 struct event;
 struct reg_member;
+struct registry_map;
 struct store_msg;
+
+struct chat {
+    struct loop *lp;
+    const struct px_config *cfg;
+    struct store *store;
+    const struct auth *auth;
+    struct registry_map *users; /* user -> its live chat connections (struct chat_conn) */
+    struct registry_map *rooms; /* room -> live connections of its members */
+    struct chat_conn *sessions; /* every live session, for broadcast and kick */
+    uint64_t presence_seq;      /* numbers presence events, to tell each connection once */
+    bool draining;
+};
 
 enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
 
 struct chat_conn {
+    struct chat *chat;
     struct conn *conn;
+    struct chat_conn *prev, *next; /* in chat->sessions */
     char user[AUTH_USER_MAX + 1];
     int64_t session_id;
     int64_t exp_ms;
@@ -41,24 +61,66 @@ struct chat_conn {
     int64_t room_last;      /* last id of that room replayed (or its cursor) */
     bool room_started;
     bool room_truncated;    /* older messages of that room were left out (max_replay) */
+    /*
+     * The session ended (on_close ran: rows written, indexes left). While a chat callback is running
+     * (busy > 0) cc stays allocated so the code below it can see `ended` and stop; the outermost
+     * callback frees it.
+     */
     bool ended;
+    int busy;
 };
 
+/* chat.c */
+void chat_on_message(struct conn *c, void *data, uint8_t opcode, const uint8_t *p, size_t len);
 /* Send a built frame (held until the commit when a transaction is open); counts it as kind. */
-void chat_send_sbuf(struct conn *c, struct sbuf *b, enum metrics_kind kind);
-
+void chat_send_sbuf(struct chat_conn *cc, struct sbuf *b, enum metrics_kind kind);
+void chat_send_error(struct chat_conn *cc, const char *code, const char *message,
+                     const char *id_key, const char *id_val);
+/* Log a store failure and tell the client (error "internal", with its cid/rid). */
+void chat_store_failed(struct chat_conn *cc, const char *what, const char *id_key,
+                       const char *id_val);
 /* A msg frame (with_type) or history item for m; replay adds "replay":true. */
 void chat_build_msg(struct sbuf *b, const struct store_msg *m, bool replay, bool with_type);
+/* Take a rate-limit token; false (after answering or closing) when over the rate. */
+bool chat_rate_ok(struct chat_conn *cc);
+/* After validation, shared with the fast path: membership, chat_post, receipt. */
+void chat_send_commit(struct chat_conn *cc, const char *to, const char *room, const char *text,
+                      const char *cid);
+void chat_ack_commit(struct chat_conn *cc, int64_t id);
 
-/* Log a store failure and tell the client (error "internal", with its cid/rid). */
-void chat_store_failed(struct conn *c, const char *what, const char *id_key, const char *id_val);
+/* chat_fast.c: true when it answered send/ack; false (having done nothing) otherwise. */
+bool chat_fast_path(struct chat_conn *cc, const uint8_t *data, size_t len);
 
+/* chat_session.c */
+extern const struct conn_handler chat_handler;
+/* Re-arm the token expiry timer after a refresh. */
+void chat_arm_expiry(struct chat_conn *cc);
+/* Enter/leave a chat callback: cc stays allocated until the outermost leave after it ended. */
+void chat_conn_enter(struct chat_conn *cc);
+void chat_conn_leave(struct chat_conn *cc);
+
+/* chat_fanout.c */
+/* Tell users sharing a room with cc's user that it came online / went offline. */
+void chat_presence_event(struct chat *ch, struct chat_conn *cc, bool online, int64_t last_seen);
+/* Tell the room's other live connections that user joined/left (bounded by presence_fanout_max). */
+void chat_member_event(struct chat *ch, const char *room, const char *user, const char *event,
+                       struct chat_conn *skip);
+/* "joined"/"left" to every live connection of user. */
+void chat_room_event_all(struct chat *ch, const char *user, const char *type, const char *room);
+/* Add/remove every live connection of user to/from a room's live index. */
+void chat_user_room_change(struct chat *ch, const char *user, const char *room, bool add);
+/* Add one connection to a room's live index (idempotent). */
+void chat_room_add(struct chat_conn *cc, const char *room);
+/* Leave every room of the live index (at the end of a session). */
+void chat_rooms_leave_all(struct chat_conn *cc);
+
+/* chat_replay.c */
 /* Whether a live delivery to cc must wait for its replay (room NULL: a direct message). */
 bool chat_replay_holds(const struct chat_conn *cc, const char *room);
-
 /* Go on with the replay as far as the send queue allows; ends with {"type":"replayed"}. */
-void chat_replay_continue(struct conn *c);
-
+void chat_replay_continue(struct chat_conn *cc);
+/* The conn_handler's on_drained: continue a replay that paused for backpressure. */
+void chat_on_drained(struct conn *c, void *data);
 /* Free the replay's state (rooms left, ids). */
 void chat_replay_free(struct chat_conn *cc);
 

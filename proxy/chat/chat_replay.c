@@ -2,14 +2,11 @@
  * chat_replay.c -- what a connection missed, sent right after welcome: pending direct messages, then
  * each room's messages after the member's cursor, paced by the client's send queue.
  */
-#include <event2/buffer.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat/chat.h"
-#include "chat/chat_internal.h"
 #include "base/log.h"
-#include "server.h"
+#include "chat/chat_internal.h"
 #include "store.h"
 
 #define REPLAY_PAGE 100 /* direct messages read per store query */
@@ -34,37 +31,24 @@ bool chat_replay_holds(const struct chat_conn *cc, const char *room)
 }
 
 
-/*
- * Send f to every member of g but skip. A member over its send queue is closed on the spot, which
- * removes its own memberships (and may free g if it was the last): so take next first and never
- * touch g after the last member.
- */
-
-static size_t pending_bytes(struct conn *c)
-{
-    size_t n = conn_output_len(c);
-    if (c->deferred)
-        n += evbuffer_get_length(c->deferred);
-    return n;
-}
-
 /* The replay pauses when this much is queued, and goes on from chat_on_drained. */
-static bool replay_budget_spent(struct conn *c)
+static bool replay_budget_spent(struct chat_conn *cc)
 {
-    return !c->chat || c->close_sent || pending_bytes(c) > c->srv->cfg->send_queue / 2;
+    return cc->ended || !conn_is_open(cc->conn) ||
+           conn_pending_len(cc->conn) > cc->chat->cfg->send_queue / 2;
 }
 
-static void send_replayed(struct conn *c, const struct store_msg *m)
+static void send_replayed(struct chat_conn *cc, const struct store_msg *m)
 {
     struct sbuf b;
     sbuf_init(&b);
     chat_build_msg(&b, m, true, true);
-    chat_send_sbuf(c, &b, MK_MSG);
+    chat_send_sbuf(cc, &b, MK_MSG);
     sbuf_release(&b);
 }
 
 struct direct_replay {
-    struct conn *conn;
+    struct chat_conn *conn;
     int64_t last_id;
     int count;
     bool stopped;
@@ -133,15 +117,15 @@ static int collect_id(void *ctx, const struct store_msg *m)
  * Ids of room messages after `after`, oldest first, at most max_replay (the newest ones: *truncated
  * when older ones were left out). Only ids are kept: bodies are read one by one as they are sent.
  */
-static int collect_room_ids(struct server *srv, const char *room, int64_t after, struct chat_conn *cc,
+static int collect_room_ids(struct chat *ch, const char *room, int64_t after, struct chat_conn *cc,
                             bool *truncated)
 {
-    struct id_collect ic = {.after = after, .want = (size_t)srv->cfg->store_max_replay + 1};
+    struct id_collect ic = {.after = after, .want = (size_t)ch->cfg->store_max_replay + 1};
     int64_t before = 0;
     for (;;) {
         bool more = false;
         size_t had = ic.n;
-        int rc = store_history_room(srv->store, room, before, 100, collect_id, &ic, &more);
+        int rc = store_history_room(ch->store, room, before, 100, collect_id, &ic, &more);
         if (rc < 0) {
             free(ic.ids);
             return rc;
@@ -150,9 +134,9 @@ static int collect_room_ids(struct server *srv, const char *room, int64_t after,
             break;
         before = ic.oldest_seen;
     }
-    *truncated = ic.n > srv->cfg->store_max_replay;
+    *truncated = ic.n > ch->cfg->store_max_replay;
     if (*truncated)
-        ic.n = (size_t)srv->cfg->store_max_replay;
+        ic.n = (size_t)ch->cfg->store_max_replay;
     for (size_t i = 0; i < ic.n / 2; i++) {
         int64_t t = ic.ids[i];
         ic.ids[i] = ic.ids[ic.n - 1 - i];
@@ -164,37 +148,36 @@ static int collect_room_ids(struct server *srv, const char *room, int64_t after,
     return 0;
 }
 
-static void send_truncated(struct conn *c, const char *room)
+static void send_truncated(struct chat_conn *cc, const char *room)
 {
     struct sbuf b;
     sbuf_init(&b);
     sbuf_adds(&b, "{\"type\":\"truncated\",\"room\":");
     sbuf_add_json_str(&b, room);
     sbuf_adds(&b, "}");
-    chat_send_sbuf(c, &b, MK_OTHER);
+    chat_send_sbuf(cc, &b, MK_OTHER);
     sbuf_release(&b);
 }
 
 /* One step of the current room (the last in replay_rooms). Returns false when the conn went away. */
-static bool replay_room_step(struct conn *c)
+static bool replay_room_step(struct chat_conn *cc)
 {
-    struct chat_conn *cc = c->chat;
-    struct server *srv = c->srv;
+    struct chat *ch = cc->chat;
     char room[AUTH_USER_MAX + 1];
     snprintf(room, sizeof(room), "%s", cc->replay_rooms[cc->num_replay_rooms - 1]);
 
     if (!cc->room_started) {
         int64_t cursor = 0;
-        int rc = store_room_cursor(srv->store, room, cc->user, &cursor);
+        int rc = store_room_cursor(ch->store, room, cc->user, &cursor);
         bool truncated = false;
         if (rc == 0)
-            rc = collect_room_ids(srv, room, cursor, cc, &truncated);
+            rc = collect_room_ids(ch, room, cursor, cc, &truncated);
         if (rc < 0) {
             if (rc != STORE_ERR_NOTFOUND)
-                chat_store_failed(c, "room replay", NULL, NULL);
+                chat_store_failed(cc, "room replay", NULL, NULL);
             free(cc->replay_rooms[--cc->num_replay_rooms]);
             free_room_ids(cc);
-            return c->chat != NULL;
+            return !cc->ended;
         }
         cc->room_started = true;
         cc->room_last = cursor;
@@ -203,28 +186,28 @@ static bool replay_room_step(struct conn *c)
     while (cc->room_pos < cc->num_room_ids) {
         struct store_msg_info info;
         int64_t id = cc->room_ids[cc->room_pos++];
-        if (store_msg_get(srv->store, id, &info) == 0) {
-            send_replayed(c, &info.msg);
+        if (store_msg_get(ch->store, id, &info) == 0) {
+            send_replayed(cc, &info.msg);
             store_msg_info_release(&info);
         }
         cc->room_last = id;
-        if (!c->chat)
+        if (cc->ended)
             return false;
-        if (replay_budget_spent(c))
+        if (replay_budget_spent(cc))
             return true;
     }
     /* Messages held back while this room replayed: look once more before calling it done. */
     bool truncated = false;
-    if (collect_room_ids(srv, room, cc->room_last, cc, &truncated) < 0)
-        chat_store_failed(c, "room replay", NULL, NULL);
-    if (!c->chat)
+    if (collect_room_ids(ch, room, cc->room_last, cc, &truncated) < 0)
+        chat_store_failed(cc, "room replay", NULL, NULL);
+    if (cc->ended)
         return false;
     if (cc->num_room_ids > 0) {
         cc->room_truncated |= truncated;
         return true;
     }
     if (cc->room_truncated)
-        send_truncated(c, room);
+        send_truncated(cc, room);
     cc->room_truncated = false;
     free(cc->replay_rooms[--cc->num_replay_rooms]);
     free_room_ids(cc);
@@ -236,25 +219,24 @@ static bool replay_room_step(struct conn *c)
  * Replay step by step, bounded by bytes: stop while the client's queue is above half the send_queue
  * and go on from chat_on_drained, so a large backlog streams at the client's pace instead of filling
  * memory or tripping the slow-consumer limit. Every store call may end in the connection being
- * closed (and cc freed), so c->chat is checked after each.
+ * closed (on_close ends cc; it stays allocated while we run), so cc->ended is checked after each.
  */
-void chat_replay_continue(struct conn *c)
+void chat_replay_continue(struct chat_conn *cc)
 {
-    struct server *srv = c->srv;
-    while (c->chat && c->chat->phase != REPLAY_DONE && !c->close_sent) {
-        struct chat_conn *cc = c->chat;
-        if (replay_budget_spent(c))
+    struct chat *ch = cc->chat;
+    while (!cc->ended && cc->phase != REPLAY_DONE && conn_is_open(cc->conn)) {
+        if (replay_budget_spent(cc))
             return;
         if (cc->phase == REPLAY_DIRECT) {
             char user[AUTH_USER_MAX + 1];
             snprintf(user, sizeof(user), "%s", cc->user);
-            struct direct_replay dr = {c, cc->replay_after, 0, false};
-            int rc = store_pending_direct(srv->store, user, cc->replay_after, REPLAY_PAGE,
+            struct direct_replay dr = {cc, cc->replay_after, 0, false};
+            int rc = store_pending_direct(ch->store, user, cc->replay_after, REPLAY_PAGE,
                                           replay_direct_one, &dr);
-            if (!c->chat)
+            if (cc->ended)
                 return;
             if (rc < 0) {
-                chat_store_failed(c, "replay", NULL, NULL);
+                chat_store_failed(cc, "replay", NULL, NULL);
                 cc->phase = REPLAY_ROOMS;
                 continue;
             }
@@ -269,18 +251,23 @@ void chat_replay_continue(struct conn *c)
             struct sbuf b;
             sbuf_init(&b);
             sbuf_adds(&b, "{\"type\":\"replayed\"}");
-            chat_send_sbuf(c, &b, MK_OTHER);
+            chat_send_sbuf(cc, &b, MK_OTHER);
             sbuf_release(&b);
             return;
         }
-        if (!replay_room_step(c))
+        if (!replay_room_step(cc))
             return;
     }
 }
 
-void chat_on_drained(struct conn *c)
+void chat_on_drained(struct conn *c, void *data)
 {
-    if (c->chat && c->chat->phase != REPLAY_DONE)
-        chat_replay_continue(c);
+    (void)c;
+    struct chat_conn *cc = data;
+    if (cc->ended || cc->phase == REPLAY_DONE)
+        return;
+    chat_conn_enter(cc);
+    chat_replay_continue(cc);
+    chat_conn_leave(cc);
 }
 

@@ -1,44 +1,32 @@
 /*
- * conn.c -- libevent glue for one client connection: reads the request head, routes it, upgrades,
- * feeds the frame parser straight from the input buffer, writes frames, runs the connection's one
- * timer (handshake, heartbeat, close wait) and frees everything through one path.
+ * conn.c -- libevent glue for one client connection: reads the request head and hands it up, upgrades,
+ * feeds the frame parser straight from the input buffer, writes frames (held for the group commit
+ * when they depend on it), runs the connection's one timer (handshake, heartbeat, close wait) and
+ * frees everything through one path. The application is reached only through c->handler.
  */
 #include "net/conn.h"
 
+#include <assert.h>
 #include <errno.h>
-#include <stdint.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <openssl/ssl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
-#include "proto/auth.h"
-#include "chat/chat.h"
-#include "proto/heartbeat.h"
-#include "proto/http_hs.h"
 #include "base/log.h"
 #include "base/registry.h"
-#include "server.h"
-#include "store.h"
-#include "web.h"
+#include "net/listener.h"
+#include "net/loop.h"
+#include "proto/heartbeat.h"
+#include "proto/http_hs.h"
 
 /* Unparsed input a WebSocket may hold before libevent stops reading: the parser drains the input on
  * every read, so this only bounds one burst. */
 #define WS_READ_HIGH_WATER (256 * 1024)
-
-static const char *const end_reason_names[END_NUM] = {
-    "client_close",   "heartbeat_timeout", "protocol_error", "slow_consumer", "kicked",
-    "token_expired",  "server_shutdown",   "server_restart", "rate_limited",
-};
-
-const char *end_reason_name(enum end_reason r)
-{
-    return r < END_NUM ? end_reason_names[r] : "unknown";
-}
 
 static void conn_free(struct conn *c);
 static void conn_linger(struct conn *c);
@@ -46,6 +34,11 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static const struct px_config *cfg_of(const struct conn *c)
+{
+    return c->lp->cfg;
+}
 
 static void timer_arm_ms(struct conn *c, int64_t ms)
 {
@@ -55,48 +48,90 @@ static void timer_arm_ms(struct conn *c, int64_t ms)
     evtimer_add(c->timer, &tv);
 }
 
-void conn_accept(struct server *srv, struct bufferevent *bev, const char *peer_addr)
+/* ---- the pool ---- */
+
+int conn_pool_init(struct conn_pool *p, struct loop *lp, conn_request_fn *on_request, void *arg)
 {
-    struct conn *c = calloc(1, sizeof(*c));
-    if (!c) {
-        log_error("out of memory accepting %s", peer_addr);
-        bufferevent_free(bev);
-        return;
+    memset(p, 0, sizeof(*p));
+    p->lp = lp;
+    p->on_request = on_request;
+    p->request_arg = arg;
+    p->ip_counts = registry_counter_new();
+    return p->ip_counts ? 0 : -1;
+}
+
+void conn_pool_release(struct conn_pool *p)
+{
+    while (p->conns)
+        conn_abort(p->conns, END_SERVER_SHUTDOWN);
+    registry_counter_free(p->ip_counts);
+    p->ip_counts = NULL;
+}
+
+void conn_pool_shutdown(struct conn_pool *p)
+{
+    struct conn *c = p->conns;
+    while (c) {
+        struct conn *next = c->next;
+        if (c->state == CONN_OPEN)
+            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutdown", END_SERVER_SHUTDOWN);
+        else if (c->state == CONN_HTTP)
+            conn_abort(c, END_SERVER_SHUTDOWN);
+        c = next;
     }
-    c->srv = srv;
-    c->bev = bev;
-    c->state = CONN_HTTP;
-    c->kind = CONN_KIND_HTTP;
-    c->id = ++srv->next_conn_id;
-    snprintf(c->peer, sizeof(c->peer), "%s", peer_addr);
-    snprintf(c->addr, sizeof(c->addr), "%s", peer_addr);
-    c->timer = evtimer_new(srv->base, conn_timer_cb, c);
-    if (!c->timer) {
-        log_error("out of memory accepting %s", peer_addr);
+}
+
+void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
+{
+    struct conn_pool *p = pool;
+    char peer[64];
+    listener_addr_str(sa, false, peer, sizeof(peer));
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c)
+        c->timer = evtimer_new(p->lp->base, conn_timer_cb, c);
+    if (!c || !c->timer) {
+        log_error("out of memory accepting %s", peer);
         bufferevent_free(bev);
         free(c);
         return;
     }
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
-    srv->num_conns++;
-    srv->metrics.conns_total++;
+    c->pool = p;
+    c->lp = p->lp;
+    c->bev = bev;
+    c->state = CONN_HTTP;
+    c->id = ++p->next_id;
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
+    snprintf(c->addr, sizeof(c->addr), "%s", peer);
+    c->next = p->conns;
+    if (p->conns)
+        p->conns->prev = c;
+    p->conns = c;
+    p->num_conns++;
+    p->lp->metrics.conns_total++;
 
     /* libevent stops reading once the head limit is buffered; the parser then answers 431. */
-    bufferevent_setwatermark(bev, EV_READ, 0, srv->cfg->max_header_size);
+    bufferevent_setwatermark(bev, EV_READ, 0, cfg_of(c)->max_header_size);
     bufferevent_setcb(bev, conn_read_cb, NULL, conn_event_cb, c);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
-    timer_arm_ms(c, srv->cfg->handshake_timeout_ms);
-    log_debug("conn %llu accepted from %s", (unsigned long long)c->id, peer_addr);
+    timer_arm_ms(c, cfg_of(c)->handshake_timeout_ms);
+    log_debug("conn %llu accepted from %s", (unsigned long long)c->id, peer);
 }
 
 /* ---- writing ---- */
 
-size_t conn_output_len(const struct conn *c)
+static size_t output_len(const struct conn *c)
 {
     return evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
+size_t conn_pending_len(const struct conn *c)
+{
+    return output_len(c) + (c->held ? evbuffer_get_length(c->held) : 0);
+}
+
+bool conn_is_open(const struct conn *c)
+{
+    return c->state == CONN_OPEN && !c->close_sent;
 }
 
 static void add_frame(struct conn *c, struct evbuffer *out, enum ws_opcode op, const void *data,
@@ -116,58 +151,30 @@ static void add_frame(struct conn *c, struct evbuffer *out, enum ws_opcode op, c
         evbuffer_add(out, hdr, hlen);
         evbuffer_add(out, data, len);
     }
-    c->srv->metrics.bytes_out += hlen + len;
+    c->lp->metrics.bytes_out += hlen + len;
 }
 
 void conn_send_frame(struct conn *c, enum ws_opcode op, const void *data, size_t len)
 {
-    if (c->close_sent || c->state != CONN_OPEN)
+    if (!conn_is_open(c))
         return;
     add_frame(c, bufferevent_get_output(c->bev), op, data, len);
 }
 
-void conn_send_text(struct conn *c, const void *data, size_t len)
+static void dirty_link(struct conn *c)
 {
-    if (c->close_sent || c->state != CONN_OPEN)
+    if (c->dirty)
         return;
-    if (!c->srv->tx_open && !c->dirty) {
-        if (conn_check_backpressure(c))
-            add_frame(c, bufferevent_get_output(c->bev), WS_OP_TEXT, data, len);
-        return;
-    }
-    if (!c->deferred && !(c->deferred = evbuffer_new())) {
-        conn_close(c, WS_CLOSE_INTERNAL, "out of memory", END_SLOW_CONSUMER, true);
-        return;
-    }
-    add_frame(c, c->deferred, WS_OP_TEXT, data, len);
-    if (!c->dirty) {
-        c->dirty = true;
-        c->dirty_next = c->srv->dirty;
-        c->srv->dirty = c;
-    }
-}
-
-bool conn_check_backpressure(struct conn *c)
-{
-    if (c->state != CONN_OPEN || c->close_sent)
-        return false;
-    size_t queued = conn_output_len(c);
-    if (queued > c->srv->cfg->send_queue) {
-        log_warn("conn %llu %s: send queue %zu bytes over %llu, closing as slow consumer",
-                 (unsigned long long)c->id, c->addr, queued,
-                 (unsigned long long)c->srv->cfg->send_queue);
-        c->srv->metrics.slow_consumers++;
-        conn_close(c, WS_CLOSE_TRY_AGAIN, "slow consumer", END_SLOW_CONSUMER, false);
-        return false;
-    }
-    return true;
+    c->dirty = true;
+    c->dirty_next = c->pool->dirty;
+    c->pool->dirty = c;
 }
 
 static void dirty_unlink(struct conn *c)
 {
     if (!c->dirty)
         return;
-    for (struct conn **pp = &c->srv->dirty; *pp; pp = &(*pp)->dirty_next)
+    for (struct conn **pp = &c->pool->dirty; *pp; pp = &(*pp)->dirty_next)
         if (*pp == c) {
             *pp = c->dirty_next;
             break;
@@ -176,18 +183,70 @@ static void dirty_unlink(struct conn *c)
     c->dirty_next = NULL;
 }
 
-void conn_flush_deferred(struct server *srv)
+/*
+ * Where output that depends on the open transaction goes: the held buffer (linked into the pool's
+ * dirty list) while a transaction is open or earlier frames are still held (order), else the output.
+ * NULL when the connection was closed (slow consumer) or memory ran out.
+ */
+static struct evbuffer *commit_ordered_output(struct conn *c)
 {
-    struct conn *c = srv->dirty;
-    srv->dirty = NULL;
+    if (!loop_tx_open(c->lp) && !c->dirty)
+        return conn_check_backpressure(c) ? bufferevent_get_output(c->bev) : NULL;
+    if (!c->held && !(c->held = evbuffer_new())) {
+        conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
+        return NULL;
+    }
+    dirty_link(c);
+    return c->held;
+}
+
+void conn_send_text(struct conn *c, const void *data, size_t len)
+{
+    if (!conn_is_open(c))
+        return;
+    struct evbuffer *out = commit_ordered_output(c);
+    if (out)
+        add_frame(c, out, WS_OP_TEXT, data, len);
+}
+
+bool conn_check_backpressure(struct conn *c)
+{
+    if (!conn_is_open(c))
+        return false;
+    size_t queued = output_len(c);
+    if (queued > cfg_of(c)->send_queue) {
+        log_warn("conn %llu %s: send queue %zu bytes over %llu, closing as slow consumer",
+                 (unsigned long long)c->id, c->addr, queued,
+                 (unsigned long long)cfg_of(c)->send_queue);
+        c->lp->metrics.slow_consumers++;
+        conn_close(c, WS_CLOSE_TRY_AGAIN, "slow consumer", END_SLOW_CONSUMER);
+        return false;
+    }
+    return true;
+}
+
+void conn_pool_flush(void *pool, bool ok)
+{
+    struct conn_pool *p = pool;
+    struct conn *c = p->dirty;
+    p->dirty = NULL;
     while (c) {
         struct conn *next = c->dirty_next;
         c->dirty = false;
         c->dirty_next = NULL;
-        if (c->deferred && conn_check_backpressure(c))
-            evbuffer_add_buffer(bufferevent_get_output(c->bev), c->deferred);
-        else if (c->deferred)
-            evbuffer_drain(c->deferred, evbuffer_get_length(c->deferred));
+        if (!ok) {
+            /*
+             * Nothing of the batch is durable, so no receipt may go out: drop the held frames and
+             * fail the connection; the client resends with the same cid (idempotent) on reconnect.
+             */
+            if (c->held)
+                evbuffer_drain(c->held, evbuffer_get_length(c->held));
+            conn_fail(c, WS_CLOSE_INTERNAL, "store error", END_INTERNAL_ERROR);
+        } else if (c->held && conn_check_backpressure(c)) {
+            evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+        } else if (c->held) {
+            evbuffer_drain(c->held, evbuffer_get_length(c->held));
+        }
         c = next;
     }
 }
@@ -222,30 +281,18 @@ static void shared_frame_cleanup_cb(const void *data, size_t len, void *arg)
 
 void conn_send_shared(struct conn *c, struct shared_frame *f)
 {
-    if (c->close_sent || c->state != CONN_OPEN)
+    if (!conn_is_open(c))
         return;
-    struct evbuffer *out;
-    if (!c->srv->tx_open && !c->dirty) {
-        if (!conn_check_backpressure(c))
-            return;
-        out = bufferevent_get_output(c->bev);
-    } else {
-        if (!c->deferred && !(c->deferred = evbuffer_new()))
-            return;
-        out = c->deferred;
-        if (!c->dirty) {
-            c->dirty = true;
-            c->dirty_next = c->srv->dirty;
-            c->srv->dirty = c;
-        }
-    }
+    struct evbuffer *out = commit_ordered_output(c);
+    if (!out)
+        return;
     /* Referenced, not copied: one encoding of a fan-out frame serves every member. */
     f->refs++;
     if (evbuffer_add_reference(out, f->data, f->len, shared_frame_cleanup_cb, f) != 0) {
         f->refs--;
         return;
     }
-    c->srv->metrics.bytes_out += f->len;
+    c->lp->metrics.bytes_out += f->len;
 }
 
 /* ---- HTTP phase ---- */
@@ -253,8 +300,9 @@ void conn_send_shared(struct conn *c, struct shared_frame *f)
 void conn_http_reply(struct conn *c, int status, const char *content_type, const char *extra_headers,
                      const void *body, size_t len, bool head_only)
 {
+    assert(c->state == CONN_HTTP);
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    c->srv->metrics.handshakes[metrics_status_index(status)]++;
+    c->lp->metrics.handshakes[metrics_status_index(status)]++;
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                         "Connection: close\r\n%s\r\n",
@@ -266,10 +314,10 @@ void conn_http_reply(struct conn *c, int status, const char *content_type, const
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setcb(c->bev, NULL, conn_write_cb, conn_event_cb, c);
     /* A client that never reads its answer must not hold the slot forever. */
-    timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
+    timer_arm_ms(c, cfg_of(c)->close_timeout_ms);
 }
 
-static void http_answer(struct conn *c, int status, const char *extra, const char *body)
+void conn_http_text(struct conn *c, int status, const char *extra, const char *body)
 {
     if (status >= 400)
         log_info("conn %llu %s: HTTP %d %s", (unsigned long long)c->id, c->addr, status, body);
@@ -279,122 +327,56 @@ static void http_answer(struct conn *c, int status, const char *extra, const cha
                     n < 0 ? 0 : (size_t)n < sizeof(text) ? (size_t)n : sizeof(text) - 1, false);
 }
 
-
 static void process_frames(struct conn *c);
 
-static void upgrade(struct conn *c, const struct ws_hs_result *hs, enum conn_kind kind)
+void conn_upgrade(struct conn *c, const struct ws_hs_result *hs, const struct conn_handler *h,
+                  void *data)
 {
+    assert(c->state == CONN_HTTP && c->counted && h && h->on_close);
     char buf[512];
     size_t n = http_response_101(buf, sizeof(buf), hs);
     bufferevent_write(c->bev, buf, n);
-    c->srv->metrics.handshakes[MS_101]++;
-    c->srv->metrics.ws_total++;
+    c->lp->metrics.handshakes[MS_101]++;
+    c->lp->metrics.ws_total++;
     c->state = CONN_OPEN;
-    c->kind = kind;
-    ws_parser_init(&c->parser, c->srv->cfg->max_message_size);
+    c->handler = h;
+    c->data = data;
+    ws_parser_init(&c->parser, cfg_of(c)->max_message_size);
     bufferevent_setwatermark(c->bev, EV_READ, 0, WS_READ_HIGH_WATER);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     /* Low-water 0: the write callback means "all written", used for drain and replay pacing. */
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     evtimer_del(c->timer);
-    c->last_rx_ms = server_now_ms(c->srv);
-    if (c->srv->cfg->ping_interval_ms > 0)
-        timer_arm_ms(c, c->srv->cfg->ping_interval_ms);
+    c->last_rx_ms = loop_now_ms(c->lp);
+    if (cfg_of(c)->ping_interval_ms > 0)
+        timer_arm_ms(c, cfg_of(c)->ping_interval_ms);
 }
 
-/* Take a slot against max_connections / max_connections_per_ip; false means answer 503. */
-static bool admit(struct conn *c)
+bool conn_admit(struct conn *c)
 {
-    struct server *srv = c->srv;
-    if (srv->num_ws >= srv->cfg->max_connections) {
-        http_answer(c, 503, "Retry-After: 5\r\n", "server is at max_connections");
+    struct conn_pool *p = c->pool;
+    if (p->num_ws >= cfg_of(c)->max_connections) {
+        conn_http_text(c, 503, "Retry-After: 5\r\n", "server is at max_connections");
         return false;
     }
-    if (registry_counter_get(srv->ip_counts, c->addr) >= srv->cfg->max_connections_per_ip) {
-        http_answer(c, 503, "Retry-After: 5\r\n", "too many connections from this address");
+    if (registry_counter_get(p->ip_counts, c->addr) >= cfg_of(c)->max_connections_per_ip) {
+        conn_http_text(c, 503, "Retry-After: 5\r\n", "too many connections from this address");
         return false;
     }
-    if (registry_counter_add(srv->ip_counts, c->addr, +1) == (size_t)-1) {
-        http_answer(c, 503, NULL, "out of memory");
+    if (registry_counter_add(p->ip_counts, c->addr, +1) == (size_t)-1) {
+        conn_http_text(c, 503, NULL, "out of memory");
         return false;
     }
-    srv->num_ws++;
+    p->num_ws++;
     c->counted = true;
     return true;
-}
-
-static void route(struct conn *c, const struct http_req *req)
-{
-    struct server *srv = c->srv;
-    const struct px_config *cfg = srv->cfg;
-    bool is_ws = req->path_len == strlen(cfg->ws_path) &&
-                 memcmp(req->path, cfg->ws_path, req->path_len) == 0;
-    bool is_echo = cfg->echo_path[0] && req->path_len == strlen(cfg->echo_path) &&
-                   memcmp(req->path, cfg->echo_path, req->path_len) == 0;
-
-    /* Behind a trusted proxy the client is the address it reports, for logs, limits and sessions. */
-    auth_client_addr(&srv->auth, req, c->peer, c->addr, sizeof(c->addr));
-
-    if (!is_ws && !is_echo) {
-        if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
-            if (store_ping(srv->store) == 0)
-                http_answer(c, 200, NULL, "ok");
-            else
-                http_answer(c, 503, NULL, "store not answering");
-            return;
-        }
-        if (web_handle(c, req))
-            return;
-        http_answer(c, 404, NULL, "not found");
-        return;
-    }
-
-    struct ws_hs_result hs;
-    if (ws_hs_check(req, &srv->policy, &hs) != 101) {
-        const char *extra = hs.status == 426   ? "Sec-WebSocket-Version: 13\r\n"
-                            : hs.status == 405 ? "Allow: GET\r\n"
-                                               : NULL;
-        http_answer(c, hs.status, extra, hs.message);
-        return;
-    }
-    if (srv->draining) {
-        http_answer(c, 503, "Retry-After: 5\r\n", "server is shutting down");
-        return;
-    }
-
-    if (is_echo) {
-        if (!admit(c))
-            return;
-        upgrade(c, &hs, CONN_KIND_ECHO);
-        log_info("conn %llu %s: upgraded on %s", (unsigned long long)c->id, c->addr, cfg->echo_path);
-        return;
-    }
-
-    struct auth_identity id;
-    char why[160];
-    if (auth_identify(&srv->auth, req, c->peer, server_now_ms(srv), &id, why, sizeof(why)) != 0) {
-        http_answer(c, 401, NULL, why);
-        return;
-    }
-    if (!admit(c))
-        return;
-    const struct http_header *ua = http_req_header(req, "User-Agent");
-    char ua_buf[256] = "";
-    if (ua) {
-        size_t n = ua->value_len < sizeof(ua_buf) - 1 ? ua->value_len : sizeof(ua_buf) - 1;
-        memcpy(ua_buf, ua->value, n);
-        ua_buf[n] = '\0';
-    }
-    upgrade(c, &hs, CONN_KIND_CHAT);
-    if (chat_open(c, &id, ua_buf, hs.subprotocol) != 0)
-        conn_close(c, WS_CLOSE_INTERNAL, "internal error", END_PROTOCOL_ERROR, false);
 }
 
 static void process_http(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t len = evbuffer_get_length(in);
-    size_t max = c->srv->cfg->max_header_size;
+    size_t max = cfg_of(c)->max_header_size;
     size_t n = len < max ? len : max;
     const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
     struct http_req req;
@@ -402,15 +384,20 @@ static void process_http(struct conn *c)
     if (rc == HTTP_PARSE_PARTIAL)
         return;
     if (rc == HTTP_PARSE_TOO_LARGE) {
-        http_answer(c, 431, NULL, "request head too large");
+        conn_http_text(c, 431, NULL, "request head too large");
         return;
     }
     if (rc == HTTP_PARSE_BAD) {
-        http_answer(c, 400, NULL, "malformed request");
+        conn_http_text(c, 400, NULL, "malformed request");
         return;
     }
     evtimer_del(c->timer);
-    route(c, &req);
+    c->pool->on_request(c->pool->request_arg, c, &req);
+    if (c->state == CONN_HTTP && !c->dead) {
+        /* The router must answer, upgrade or drop: a request left hanging would wedge the slot. */
+        log_error("conn %llu %s: request left unanswered", (unsigned long long)c->id, c->addr);
+        conn_http_text(c, 500, NULL, "internal error");
+    }
     /* The head is no longer needed (req points into it): drop it, keep any frames that followed. */
     evbuffer_drain(in, (size_t)rc);
     if (c->state == CONN_OPEN && !c->dead && evbuffer_get_length(in))
@@ -419,16 +406,20 @@ static void process_http(struct conn *c)
 
 /* ---- WebSocket phase ---- */
 
+/* The handler's data is handed to on_close once; the application's state ends now. */
+static void end_app(struct conn *c, enum end_reason why)
+{
+    void *data = c->data;
+    if (!data)
+        return;
+    c->data = NULL;
+    c->handler->on_close(c, data, why);
+}
+
 static void deliver_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len)
 {
-    if (c->kind == CONN_KIND_ECHO) {
-        c->srv->metrics.msgs_in[MK_ECHO]++;
-        c->srv->metrics.msgs_out[MK_ECHO]++;
-        if (conn_check_backpressure(c))
-            conn_send_frame(c, (enum ws_opcode)opcode, data, len);
-    } else {
-        chat_on_message(c, opcode, data, len);
-    }
+    if (c->data)
+        c->handler->on_message(c, c->data, opcode, data, len);
 }
 
 static void on_data(struct conn *c, const struct ws_event *ev)
@@ -440,7 +431,7 @@ static void on_data(struct conn *c, const struct ws_event *ev)
     if (ev->msg_start)
         c->msg_opcode = ev->opcode;
     if (!c->msg && !(c->msg = evbuffer_new())) {
-        conn_close(c, WS_CLOSE_INTERNAL, "out of memory", END_PROTOCOL_ERROR, true);
+        conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
         return;
     }
     if (ev->len)
@@ -448,23 +439,27 @@ static void on_data(struct conn *c, const struct ws_event *ev)
     if (!ev->msg_end)
         return;
     size_t len = evbuffer_get_length(c->msg);
-    if (c->kind == CONN_KIND_ECHO && conn_check_backpressure(c)) {
-        /* Echo a reassembled message by moving its chains: no copy of a large payload. */
-        uint8_t hdr[WS_MAX_HDR];
-        size_t hlen = ws_frame_header(hdr, true, (enum ws_opcode)c->msg_opcode, len);
-        struct evbuffer *out = bufferevent_get_output(c->bev);
-        evbuffer_add(out, hdr, hlen);
-        evbuffer_add_buffer(out, c->msg);
-        c->srv->metrics.msgs_in[MK_ECHO]++;
-        c->srv->metrics.msgs_out[MK_ECHO]++;
-        c->srv->metrics.bytes_out += hlen + len;
-    } else if (c->kind != CONN_KIND_ECHO) {
+    if (c->handler == &conn_echo_handler) {
+        if (conn_check_backpressure(c)) {
+            /* Echo a reassembled message by moving its chains: no copy of a large payload. */
+            uint8_t hdr[WS_MAX_HDR];
+            size_t hlen = ws_frame_header(hdr, true, (enum ws_opcode)c->msg_opcode, len);
+            struct evbuffer *out = bufferevent_get_output(c->bev);
+            evbuffer_add(out, hdr, hlen);
+            evbuffer_add_buffer(out, c->msg);
+            c->lp->metrics.msgs_in[MK_ECHO]++;
+            c->lp->metrics.msgs_out[MK_ECHO]++;
+            c->lp->metrics.bytes_out += hlen + len;
+        }
+    } else {
         const uint8_t *data = evbuffer_pullup(c->msg, -1);
         deliver_message(c, c->msg_opcode, data, len);
     }
     /* A message can be up to max_message_size; give the memory back rather than keep it per conn. */
-    evbuffer_free(c->msg);
-    c->msg = NULL;
+    if (c->msg) {
+        evbuffer_free(c->msg);
+        c->msg = NULL;
+    }
 }
 
 static void on_close_frame(struct conn *c, const struct ws_event *ev)
@@ -484,11 +479,12 @@ static void on_close_frame(struct conn *c, const struct ws_event *ev)
                  ev->close_code);
     }
     c->state = CONN_CLOSING;
+    end_app(c, c->end_reason);
     bufferevent_disable(c->bev, EV_READ);
-    if (conn_output_len(c) == 0)
+    if (output_len(c) == 0)
         c->dead = true;
     else
-        timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
+        timer_arm_ms(c, cfg_of(c)->close_timeout_ms);
 }
 
 static bool handle_event(struct conn *c, const struct ws_event *ev)
@@ -511,8 +507,7 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
         log_info("conn %llu %s: protocol error: %s (close %u)", (unsigned long long)c->id, c->addr,
                  ev->error, ev->close_code);
         /* The stream cannot be parsed further, so do not wait for the peer's close. */
-        conn_close(c, ev->close_code, ev->error, END_PROTOCOL_ERROR, false);
-        c->close_received = true;
+        conn_fail(c, ev->close_code, ev->error, END_PROTOCOL_ERROR);
         return false;
     case WS_EV_NONE:
         break;
@@ -523,7 +518,7 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
 static void process_frames(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    c->srv->metrics.bytes_in += evbuffer_get_length(in);
+    c->lp->metrics.bytes_in += evbuffer_get_length(in);
     while (evbuffer_get_length(in) && !c->dead && !c->close_received) {
         struct evbuffer_iovec vec[8];
         int nvec = evbuffer_peek(in, -1, NULL, vec, 8);
@@ -553,6 +548,30 @@ static void process_frames(struct conn *c)
         evbuffer_drain(in, evbuffer_get_length(in));
 }
 
+/* ---- echo ---- */
+
+static void echo_on_message(struct conn *c, void *data, uint8_t opcode, const uint8_t *p, size_t len)
+{
+    (void)data;
+    c->lp->metrics.msgs_in[MK_ECHO]++;
+    c->lp->metrics.msgs_out[MK_ECHO]++;
+    if (conn_check_backpressure(c))
+        conn_send_frame(c, (enum ws_opcode)opcode, p, len);
+}
+
+static void echo_on_close(struct conn *c, void *data, enum end_reason why)
+{
+    (void)c;
+    (void)data;
+    (void)why;
+}
+
+const struct conn_handler conn_echo_handler = {
+    .name = "echo",
+    .on_message = echo_on_message,
+    .on_close = echo_on_close,
+};
+
 /* ---- callbacks ---- */
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -563,7 +582,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     if (c->state == CONN_HTTP) {
         process_http(c);
     } else if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
-        c->last_rx_ms = server_now_ms(c->srv);
+        c->last_rx_ms = loop_now_ms(c->lp);
         process_frames(c);
     }
     c->busy--;
@@ -575,26 +594,28 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct conn *c = arg;
-    if (c->state == CONN_LINGER)
-        return;
-    if (c->state == CONN_HTTP_CLOSING) {
+    switch (c->state) {
+    case CONN_HTTP_CLOSING:
         conn_linger(c); /* the client may still be sending (a refused upload, a too large head) */
         return;
-    }
-    if (c->state == CONN_CLOSING && c->close_received && c->end_reason != END_PROTOCOL_ERROR) {
-        conn_free(c); /* closing handshake done */
+    case CONN_CLOSING:
+        if (c->failed)
+            conn_linger(c); /* close frame written; the peer may still be sending */
+        else if (c->close_received)
+            conn_free(c); /* closing handshake done */
         return;
-    }
-    if (c->state == CONN_CLOSING && c->end_reason == END_PROTOCOL_ERROR) {
-        conn_linger(c); /* failed connection: close frame written, the peer may still be sending */
+    case CONN_OPEN:
+        if (c->data && c->handler->on_drained) {
+            c->busy++;
+            c->handler->on_drained(c, c->data);
+            c->busy--;
+            if (c->dead)
+                conn_free(c);
+        }
         return;
-    }
-    if (c->state == CONN_OPEN && c->chat) {
-        c->busy++;
-        chat_on_drained(c);
-        c->busy--;
-        if (c->dead)
-            conn_free(c);
+    case CONN_HTTP:
+    case CONN_LINGER:
+        return;
     }
 }
 
@@ -620,10 +641,10 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct conn *c = arg;
-    struct server *srv = c->srv;
+    const struct px_config *cfg = cfg_of(c);
     switch (c->state) {
     case CONN_HTTP:
-        c->srv->metrics.handshakes[MS_OTHER]++;
+        c->lp->metrics.handshakes[MS_OTHER]++;
         log_info("conn %llu %s: handshake timeout", (unsigned long long)c->id, c->addr);
         conn_free(c);
         return;
@@ -636,38 +657,41 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     case CONN_OPEN:
         break;
     }
-    int64_t now = server_now_ms(srv);
+    int64_t now = loop_now_ms(c->lp);
     struct heartbeat_state hb = {c->last_rx_ms, c->ping_sent_ms, c->ping_outstanding};
     int64_t next;
     enum heartbeat_action act =
-        heartbeat_tick(&hb, now, srv->cfg->ping_interval_ms, srv->cfg->pong_timeout_ms, &next);
+        heartbeat_tick(&hb, now, cfg->ping_interval_ms, cfg->pong_timeout_ms, &next);
     c->ping_sent_ms = hb.ping_sent_ms;
     c->ping_outstanding = hb.ping_outstanding;
     if (act == HEARTBEAT_TIMEOUT) {
-        srv->metrics.heartbeat_timeouts++;
+        c->lp->metrics.heartbeat_timeouts++;
         log_info("conn %llu %s: no answer to ping within %lld ms, closing", (unsigned long long)c->id,
-                 c->addr, (long long)srv->cfg->pong_timeout_ms);
-        conn_close(c, WS_CLOSE_GOING_AWAY, "heartbeat timeout", END_HEARTBEAT_TIMEOUT, true);
+                 c->addr, (long long)cfg->pong_timeout_ms);
+        c->close_code = WS_CLOSE_GOING_AWAY; /* recorded; a dead peer reads no close frame */
+        conn_abort(c, END_HEARTBEAT_TIMEOUT);
         return;
     }
     if (act == HEARTBEAT_PING) {
         add_frame(c, bufferevent_get_output(c->bev), WS_OP_PING, NULL, 0);
-        if (c->chat)
-            chat_touch(c); /* the session row's last_seen_at follows a long-lived connection */
+        if (c->data && c->handler->on_ping) {
+            c->busy++;
+            c->handler->on_ping(c, c->data);
+            c->busy--;
+            if (c->dead) {
+                conn_free(c);
+                return;
+            }
+        }
     }
     timer_arm_ms(c, next - now);
 }
 
 /* ---- closing ---- */
 
-void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why, bool hard)
+/* Send the close frame once and record why; the application's state ends now. */
+static void send_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why)
 {
-    if (c->state == CONN_HTTP || c->state == CONN_HTTP_CLOSING || c->state == CONN_LINGER) {
-        c->dead = true;
-        if (!c->busy)
-            conn_free(c);
-        return;
-    }
     if (!c->close_sent) {
         uint8_t payload[WS_MAX_CTRL_PAYLOAD];
         size_t plen = ws_close_payload(payload, code, reason);
@@ -679,29 +703,53 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reas
                  end_reason_name(why));
     }
     c->state = CONN_CLOSING;
-    if (c->chat)
-        chat_end(c, c->end_reason); /* state is cleaned up now, not when the socket finally goes */
-    if (hard) {
-        c->dead = true;
-        if (!c->busy)
-            conn_free(c);
-        return;
-    }
-    timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
+    end_app(c, c->end_reason);
 }
 
-/* Everything but the socket: the session ends, the slot is given back. Runs once (flags). */
+void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why)
+{
+    if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
+        conn_abort(c, why); /* nothing was upgraded: nobody to say goodbye to */
+        return;
+    }
+    send_close(c, code, reason, why);
+    if (!c->close_received)
+        timer_arm_ms(c, cfg_of(c)->close_timeout_ms);
+}
+
+void conn_fail(struct conn *c, uint16_t code, const char *reason, enum end_reason why)
+{
+    if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
+        conn_abort(c, why);
+        return;
+    }
+    send_close(c, code, reason, why);
+    c->failed = true;
+    c->close_received = true; /* nothing more is read as frames */
+    bufferevent_enable(c->bev, EV_WRITE);
+    timer_arm_ms(c, cfg_of(c)->close_timeout_ms);
+}
+
+void conn_abort(struct conn *c, enum end_reason why)
+{
+    if (!c->close_sent)
+        c->end_reason = why;
+    c->dead = true;
+    if (!c->busy)
+        conn_free(c);
+}
+
+/* Everything but the socket: the application's state ends, the slot is given back. Runs once. */
 static void conn_release_state(struct conn *c)
 {
-    struct server *srv = c->srv;
-    if (c->chat)
-        chat_end(c, c->end_reason);
+    struct conn_pool *p = c->pool;
+    end_app(c, c->end_reason);
     if (c->counted) {
         c->counted = false;
-        registry_counter_add(srv->ip_counts, c->addr, -1);
-        srv->num_ws--;
-        srv->metrics.closes_by_code[metrics_close_index(c->close_code ? c->close_code : 1006)]++;
-        srv->metrics.closes_by_reason[c->end_reason]++;
+        registry_counter_add(p->ip_counts, c->addr, -1);
+        p->num_ws--;
+        c->lp->metrics.closes_by_code[metrics_close_index(c->close_code ? c->close_code : 1006)]++;
+        c->lp->metrics.closes_by_reason[c->end_reason]++;
         log_info("conn %llu %s: closed (%s, code %u)", (unsigned long long)c->id, c->addr,
                  end_reason_name(c->end_reason), c->close_code ? c->close_code : 1006);
     }
@@ -710,9 +758,9 @@ static void conn_release_state(struct conn *c)
         evbuffer_free(c->msg);
         c->msg = NULL;
     }
-    if (c->deferred) {
-        evbuffer_free(c->deferred);
-        c->deferred = NULL;
+    if (c->held) {
+        evbuffer_free(c->held);
+        c->held = NULL;
     }
 }
 
@@ -753,7 +801,7 @@ static void conn_linger(struct conn *c)
 {
     conn_release_state(c);
     c->state = CONN_LINGER;
-    uint64_t bound = 2 * (uint64_t)c->srv->cfg->max_message_size;
+    uint64_t bound = 2 * (uint64_t)cfg_of(c)->max_message_size;
     c->linger_left = bound < (1u << 20) ? (1u << 20) : bound > SIZE_MAX ? SIZE_MAX : (size_t)bound;
     bufferevent_disable(c->bev, EV_READ | EV_WRITE);
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -761,12 +809,12 @@ static void conn_linger(struct conn *c)
     evutil_socket_t fd = bufferevent_getfd(c->bev);
     /* Under TLS a bare FIN would cut the record stream; the peer closes after our close frame. */
     if (fd < 0 || (!bufferevent_openssl_get_ssl(c->bev) && shutdown(fd, SHUT_WR) != 0) ||
-        !(c->linger_ev = event_new(c->srv->base, fd, EV_READ | EV_PERSIST, linger_read_cb, c)) ||
+        !(c->linger_ev = event_new(c->lp->base, fd, EV_READ | EV_PERSIST, linger_read_cb, c)) ||
         event_add(c->linger_ev, NULL) != 0) {
         conn_free(c); /* already reset or gone, or no memory: nothing left to protect */
         return;
     }
-    timer_arm_ms(c, c->srv->cfg->close_timeout_ms);
+    timer_arm_ms(c, cfg_of(c)->close_timeout_ms);
 }
 
 static void conn_free(struct conn *c)
@@ -778,19 +826,20 @@ static void conn_free(struct conn *c)
         return;
     }
     c->freeing = true;
-    struct server *srv = c->srv;
+    struct conn_pool *p = c->pool;
     conn_release_state(c);
     if (c->prev)
         c->prev->next = c->next;
     else
-        srv->conns = c->next;
+        p->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    srv->num_conns--;
+    p->num_conns--;
     event_free(c->timer);
     if (c->linger_ev)
         event_free(c->linger_ev);
     bufferevent_free(c->bev); /* BEV_OPT_CLOSE_ON_FREE closes the socket (and the SSL) */
     free(c);
-    server_conn_gone(srv);
+    if (p->num_conns == 0 && p->on_empty)
+        p->on_empty(p->empty_arg);
 }

@@ -1,6 +1,11 @@
 /*
  * conn.h -- one client connection on the main listener: a bufferevent that starts as an HTTP request,
- * becomes a WebSocket (echo or chat), and ends through exactly one path, conn_close()/conn_free().
+ * becomes a WebSocket served by a handler (echo, chat), and ends through exactly one path.
+ *
+ * The transport never knows the application: a parsed request goes up through the pool's on_request
+ * pointer (the router), and an upgraded connection calls up only through the struct conn_handler the
+ * router installed (as h2o's websocket data+cb, libwebsockets' protocol callbacks, redis's connection
+ * handlers). Handlers may call down into any function here.
  */
 #ifndef WSP_CONN_H
 #define WSP_CONN_H
@@ -9,13 +14,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/end_reason.h"
 #include "proto/ws_parser.h"
 
-struct server;
 struct bufferevent;
 struct evbuffer;
 struct event;
-struct chat_conn;
+struct http_req;
+struct loop;
+struct registry_counter;
+struct sockaddr;
+struct ws_hs_result;
+struct conn;
 
 enum conn_state {
     CONN_HTTP,         /* reading the request head */
@@ -25,72 +35,127 @@ enum conn_state {
     CONN_LINGER,       /* all written, write side shut: reading and discarding until EOF (bounded) */
 };
 
-enum conn_kind { CONN_KIND_HTTP, CONN_KIND_ECHO, CONN_KIND_CHAT };
-
-/* Why a WebSocket connection ended; recorded in the session row and the log. */
-enum end_reason {
-    END_CLIENT_CLOSE,
-    END_HEARTBEAT_TIMEOUT,
-    END_PROTOCOL_ERROR,
-    END_SLOW_CONSUMER,
-    END_KICKED,
-    END_TOKEN_EXPIRED,
-    END_SERVER_SHUTDOWN,
-    END_SERVER_RESTART,
-    END_RATE_LIMITED,
-    END_NUM
+/*
+ * What an upgraded connection calls up into; set once by conn_upgrade. data is the handler's own
+ * per-connection state. Every callback runs with the connection protected: a close or abort inside
+ * one frees the connection only after the callback returns.
+ */
+struct conn_handler {
+    const char *name; /* "echo", "chat": logs */
+    /* A complete message (text or binary), payload contiguous and valid only during the call. */
+    void (*on_message)(struct conn *c, void *data, uint8_t opcode, const uint8_t *p, size_t len);
+    /* Everything queued was written (may be NULL): continue paced output (a replay). */
+    void (*on_drained)(struct conn *c, void *data);
+    /* The heartbeat just pinged the peer (may be NULL): a live connection's periodic moment. */
+    void (*on_ping)(struct conn *c, void *data);
+    /*
+     * The connection ended (close sent or received, failed, aborted): called exactly once, as soon as
+     * the end is decided, not when the socket finally goes. data must not be used after it returns.
+     */
+    void (*on_close)(struct conn *c, void *data, enum end_reason why);
 };
 
-const char *end_reason_name(enum end_reason r);
+/* The echo application on echo_path; kept here so a reassembled message is echoed without a copy. */
+extern const struct conn_handler conn_echo_handler;
+
+/* A complete request head on a connection not yet upgraded: answer it or upgrade it. */
+typedef void conn_request_fn(void *arg, struct conn *c, const struct http_req *req);
+
+/* Every connection of the main listener, and the transport's share of the server's state. */
+struct conn_pool {
+    struct loop *lp;
+    conn_request_fn *on_request;
+    void *request_arg;
+    void (*on_empty)(void *arg); /* the last connection went (may be NULL): a drain can finish */
+    void *empty_arg;
+    struct conn *conns;      /* newest first */
+    size_t num_conns;        /* TCP connections (any state) */
+    size_t num_ws;           /* WebSockets counted against max_connections */
+    uint64_t next_id;
+    struct registry_counter *ip_counts; /* client address -> counted WebSockets */
+    struct conn *dirty;      /* connections with output held for the group commit */
+};
 
 struct conn {
-    struct server *srv;
+    struct conn_pool *pool;
+    struct loop *lp;
     struct bufferevent *bev;
     struct event *timer; /* handshake timeout, heartbeat, close wait: one timer, meaning set by state */
     enum conn_state state;
-    enum conn_kind kind;
+    const struct conn_handler *handler; /* NULL until upgraded */
+    void *data;                         /* the handler's; NULL once on_close ran */
     struct ws_parser parser;
     struct evbuffer *msg; /* message being reassembled from several chunks; allocated on first need */
     uint8_t msg_opcode;
     char addr[64];        /* client address: peer, or X-Forwarded-For when the peer is a trusted proxy */
     char peer[64];        /* TCP peer address */
-    bool counted;         /* holds a slot in the server's connection counts */
+    bool counted;         /* holds a slot in the pool's connection counts */
     bool close_sent;
     bool close_received;
+    bool failed;          /* RFC 6455 §7.1.7: the stream is unusable; drop once the close is written */
     bool freeing;
-    int busy;             /* > 0 while inside a read callback: conn_close defers the free */
-    bool dead;            /* conn_close ran: free at the end of the callback */
+    int busy;             /* > 0 while inside a callback: a close defers the free */
+    bool dead;            /* free at the end of the callback */
     enum end_reason end_reason;
     uint16_t close_code;  /* code we sent (or received, for client_close) */
     /* heartbeat */
     int64_t last_rx_ms;
     int64_t ping_sent_ms;
     bool ping_outstanding;
-    /* chat state, NULL on echo connections */
-    struct chat_conn *chat;
-    /* frames held until the current store transaction commits (group commit), see batch.h */
-    struct evbuffer *deferred;
-    struct conn *dirty_next; /* in the server's list of conns with deferred output */
+    /* frames held until the loop's open store transaction commits (group commit, net/loop.h) */
+    struct evbuffer *held;
+    struct conn *dirty_next; /* in the pool's list of connections with held output */
     bool dirty;
-    /* all connections of the server */
-    struct conn *prev, *next;
-    uint64_t id; /* process-local serial, for logs before a session id exists */
-    struct event *linger_ev; /* lingering close: reads the socket directly, see conn_linger */
-    size_t linger_left;      /* bytes a lingering close still reads and discards */
+    struct conn *prev, *next; /* in the pool */
+    uint64_t id;              /* process-local serial, for logs */
+    struct event *linger_ev;  /* lingering close: reads the socket directly */
+    size_t linger_left;       /* bytes a lingering close still reads and discards */
 };
 
-/* Accept a new TCP (or TLS) connection; takes ownership of bev. */
-void conn_accept(struct server *srv, struct bufferevent *bev, const char *peer_addr);
+/* Set up an empty pool; on_request gets every parsed request head. Returns 0 or -1 (OOM). */
+int conn_pool_init(struct conn_pool *p, struct loop *lp, conn_request_fn *on_request, void *arg);
+
+/* Drop every connection (no close frame), then free the pool's state. */
+void conn_pool_release(struct conn_pool *p);
+
+/* Graceful stop: every open WebSocket gets 1001 "server shutdown", unanswered requests are dropped. */
+void conn_pool_shutdown(struct conn_pool *p);
+
+/* The loop's flush hook (net/loop.h): release held frames after a commit, or fail their owners. */
+void conn_pool_flush(void *pool, bool ok);
+
+/* A listener_accept_fn (net/listener.h): arg is the pool; takes ownership of bev. */
+void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa);
 
 /*
- * Write one whole WebSocket frame now (header + payload, one write). Used for control frames and for
- * output that does not depend on a store commit.
+ * Take a slot against max_connections / max_connections_per_ip (by c->addr). false: the request was
+ * answered 503 and nothing more may be done with it.
  */
+bool conn_admit(struct conn *c);
+
+/*
+ * Answer 101 (hs from ws_hs_check) and serve the connection as a WebSocket with handler h; data is
+ * handed back to every callback. Call from on_request, after conn_admit.
+ */
+void conn_upgrade(struct conn *c, const struct ws_hs_result *hs, const struct conn_handler *h,
+                  void *data);
+
+/* Answer an HTTP request (not upgraded) and close after it is written (lingering close). */
+void conn_http_reply(struct conn *c, int status, const char *content_type, const char *extra_headers,
+                     const void *body, size_t len, bool head_only);
+/* A short text/plain answer; statuses >= 400 are logged with the body as the reason. */
+void conn_http_text(struct conn *c, int status, const char *extra_headers, const char *body);
+
+/* Whether the WebSocket is open and no close was sent: sending is useful. */
+bool conn_is_open(const struct conn *c);
+
+/* Write one whole frame now (control frames, output that does not depend on a commit). */
 void conn_send_frame(struct conn *c, enum ws_opcode op, const void *data, size_t len);
 
 /*
- * Queue a text frame that must not reach the client before the current store transaction commits
- * (receipts, deliveries). Goes out directly when no transaction is open.
+ * Queue a text frame that must not reach the client before the loop's open store transaction
+ * commits (receipts, deliveries). Goes out directly when no transaction is open. Counted against
+ * send_queue like any output.
  */
 void conn_send_text(struct conn *c, const void *data, size_t len);
 
@@ -106,30 +171,36 @@ struct shared_frame {
 };
 struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, size_t len);
 void shared_frame_unref(struct shared_frame *f);
+/* Like conn_send_text (held while a transaction is open), for a shared frame. */
 void conn_send_shared(struct conn *c, struct shared_frame *f);
 
-struct http_req;
-/* Answer an HTTP request (not upgraded) and close after it is written. */
-void conn_http_reply(struct conn *c, int status, const char *content_type, const char *extra_headers,
-                     const void *body, size_t len, bool head_only);
+/* Bytes waiting for the client: the output buffer plus frames held for the commit. */
+size_t conn_pending_len(const struct conn *c);
 
 /*
- * Start closing: send a close frame with code/reason, stop reading data, record why. The connection is
- * freed when the peer answers, when close_timeout passes, or at once if hard is true (dead peer).
- */
-void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why, bool hard);
-
-/* Bytes queued for the client (bufferevent output), for backpressure decisions. */
-size_t conn_output_len(const struct conn *c);
-
-/*
- * Called before queuing data: if the unsent output is already over [limits] send_queue, the client
+ * Called before queuing data: if the pending output is already over [limits] send_queue, the client
  * is closed with 1013 (slow consumer) and false is returned. Memory per connection is so bounded by
  * send_queue plus one message.
  */
 bool conn_check_backpressure(struct conn *c);
 
-/* Flush deferred frames of every dirty connection (after a commit). */
-void conn_flush_deferred(struct server *srv);
+/*
+ * Start the closing handshake: send a close frame with code/reason, record why, stop delivering
+ * data. The connection goes when the peer's close arrives or after close_timeout.
+ */
+void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why);
+
+/*
+ * Fail the WebSocket connection (RFC 6455 §7.1.7): the stream cannot be trusted or used any more
+ * (protocol error, store failure). Send the close frame, then drop TCP once it is written, without
+ * waiting for the peer's close (lingering close, see conn.c).
+ */
+void conn_fail(struct conn *c, uint16_t code, const char *reason, enum end_reason why);
+
+/*
+ * Drop the connection without a frame (a dead peer, the drain deadline). Outside a callback c is
+ * freed before this returns; inside one, when the callback returns.
+ */
+void conn_abort(struct conn *c, enum end_reason why);
 
 #endif

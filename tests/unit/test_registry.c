@@ -70,7 +70,7 @@ static void assert_group(struct registry_map *m, const char *key, struct conn *c
     struct reg_member *last = NULL;
     for (struct reg_member *mem = g->head; mem; mem = mem->next, i++) {
         assert_true(i < n);
-        assert_ptr_equal(mem->conn, want[i]);
+        assert_ptr_equal(mem->item, want[i]);
         assert_ptr_equal(mem->group, g);
         if (mem->next)
             assert_ptr_equal(mem->next->prev, mem);

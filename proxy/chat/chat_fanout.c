@@ -1,0 +1,271 @@
+/*
+ * chat_fanout.c -- who gets what, live: the one insert-and-deliver path (chat_post), fan-out of one
+ * encoded frame to users and rooms, broadcast, presence and member events, and the in-memory index
+ * of which live connection is in which room. Frames queued here are held until the group commit.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/registry.h"
+#include "chat/chat_internal.h"
+#include "store.h"
+
+enum hold { HOLD_NONE, HOLD_DIRECT, HOLD_ROOM };
+
+/*
+ * Send f to every member of g but skip. A member over its send queue is closed on the spot, which
+ * removes its own memberships (and may free g if it was the last): so take next first and never
+ * touch g after the last member.
+ */
+static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct chat_conn *skip,
+                            enum hold hold, const char *room)
+{
+    size_t n = 0;
+    struct reg_member *next;
+    for (struct reg_member *m = g ? g->head : NULL; m; m = next) {
+        next = m->next;
+        struct chat_conn *cc = m->item;
+        if (cc == skip)
+            continue;
+        if (hold != HOLD_NONE && chat_replay_holds(cc, hold == HOLD_ROOM ? room : NULL))
+            continue; /* its replay will send it */
+        conn_send_shared(cc->conn, f);
+        n++;
+    }
+    return n;
+}
+
+/* Send one frame to every live connection of user (except skip); returns connections reached. */
+static size_t send_to_user(struct chat *ch, const char *user, struct shared_frame *f,
+                           struct chat_conn *skip, enum hold hold)
+{
+    return send_to_group(registry_find(ch->users, user), f, skip, hold, NULL);
+}
+
+/* Whether anyone but skip is live to receive m: most direct messages go to offline users. */
+static bool anyone_live(struct chat *ch, const struct store_msg *m, struct chat_conn *skip)
+{
+    size_t self = skip ? 1 : 0;
+    if (m->room)
+        return registry_count(ch->rooms, m->room) > self;
+    return registry_count(ch->users, m->to_user) > 0 || registry_count(ch->users, m->sender) > self;
+}
+
+static size_t deliver(struct chat *ch, const struct store_msg *m, struct chat_conn *skip)
+{
+    if (!anyone_live(ch, m, skip))
+        return 0; /* nothing to encode: the message waits in the store */
+    struct sbuf b;
+    sbuf_init(&b);
+    chat_build_msg(&b, m, false, true);
+    size_t n = 0;
+    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+    if (f) {
+        if (m->to_user) {
+            n = send_to_user(ch, m->to_user, f, skip, HOLD_DIRECT);
+            /* The sender's other devices see what was sent from this one. */
+            if (strcmp(m->sender, m->to_user) != 0)
+                send_to_user(ch, m->sender, f, skip, HOLD_NONE);
+        } else {
+            n = send_to_group(registry_find(ch->rooms, m->room), f, skip, HOLD_ROOM, m->room);
+        }
+        shared_frame_unref(f);
+    }
+    ch->lp->metrics.msgs_out[MK_MSG] += n;
+    sbuf_release(&b);
+    return n;
+}
+
+int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct store_receipt *r,
+              size_t *live)
+{
+    loop_tx_begin(ch->lp);
+    int rc = store_msg_insert(ch->store, m, r);
+    if (rc != 0)
+        return rc;
+    size_t n = 0;
+    /* Deliveries (and the caller's receipt) are held until the group commit makes the row durable. */
+    if (!r->duplicate) {
+        m->id = r->id;
+        struct chat_conn *self = skip && skip->handler == &chat_handler ? skip->data : NULL;
+        n = deliver(ch, m, self);
+    }
+    if (live)
+        *live = n;
+    return 0;
+}
+
+size_t chat_broadcast(struct chat *ch, const char *json, size_t len)
+{
+    struct shared_frame *f = shared_frame_new(WS_OP_TEXT, json, len);
+    if (!f)
+        return 0;
+    size_t n = 0;
+    struct chat_conn *next;
+    for (struct chat_conn *cc = ch->sessions; cc; cc = next) {
+        next = cc->next; /* a slow consumer is closed (and unlinked) by the send */
+        if (conn_is_open(cc->conn)) {
+            conn_send_shared(cc->conn, f);
+            n++;
+        }
+    }
+    shared_frame_unref(f);
+    ch->lp->metrics.msgs_out[MK_MSG] += n;
+    return n;
+}
+
+/*
+ * Tell the live connections sharing a room with cc's user that it came online / went offline. Walks
+ * the in-memory room index (only live connections matter), each connection told once even when it
+ * shares several rooms. Rooms with more than [limits] presence_fanout_max live connections are
+ * skipped: a connect would otherwise cost O(members) and a mass reconnect O(members^2); clients of
+ * big rooms ask with "members"/"presence" instead. Nothing is sent while the server drains.
+ */
+void chat_presence_event(struct chat *ch, struct chat_conn *cc, bool online, int64_t last_seen)
+{
+    if (ch->draining || !cc->rooms)
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"presence\",\"user\":");
+    sbuf_add_json_str(&b, cc->user);
+    sbuf_addf(&b, ",\"state\":\"%s\",\"last_seen\":", online ? "online" : "offline");
+    sbuf_add_i64(&b, last_seen);
+    sbuf_adds(&b, "}");
+    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+    sbuf_release(&b);
+    if (!f)
+        return;
+    uint64_t seq = ++ch->presence_seq;
+    for (struct reg_member *r = cc->rooms; r; r = r->link) {
+        struct reg_group *g = r->group;
+        if (g->count > ch->cfg->presence_fanout_max)
+            continue;
+        struct reg_member *next;
+        for (struct reg_member *m = g->head; m; m = next) {
+            next = m->next;
+            struct chat_conn *other = m->item;
+            if (other == cc || other->presence_seen == seq)
+                continue;
+            other->presence_seen = seq;
+            conn_send_shared(other->conn, f);
+        }
+    }
+    shared_frame_unref(f);
+}
+
+void chat_member_event(struct chat *ch, const char *room, const char *user, const char *event,
+                       struct chat_conn *skip)
+{
+    struct reg_group *g = registry_find(ch->rooms, room);
+    if (!g || g->count > ch->cfg->presence_fanout_max)
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"member\",\"room\":");
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, ",\"user\":");
+    sbuf_add_json_str(&b, user);
+    sbuf_addf(&b, ",\"event\":\"%s\"}", event);
+    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+    sbuf_release(&b);
+    if (!f)
+        return;
+    ch->lp->metrics.msgs_out[MK_OTHER] += send_to_group(g, f, skip, HOLD_NONE, NULL);
+    shared_frame_unref(f);
+}
+
+static void send_room_event(struct chat_conn *cc, const char *type, const char *room)
+{
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_addf(&b, "{\"type\":\"%s\",\"room\":", type);
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, "}");
+    chat_send_sbuf(cc, &b, MK_OTHER);
+    sbuf_release(&b);
+}
+
+/* joined/left go to every device of the user: they all receive (or stop receiving) the room. */
+void chat_room_event_all(struct chat *ch, const char *user, const char *type, const char *room)
+{
+    struct reg_group *g = registry_find(ch->users, user);
+    struct reg_member *next;
+    for (struct reg_member *m = g ? g->head : NULL; m; m = next) {
+        next = m->next;
+        send_room_event(m->item, type, room);
+    }
+}
+
+void chat_presence(struct chat *ch, const char *user, struct chat_presence *out)
+{
+    memset(out, 0, sizeof(*out));
+    /* The registry is the truth for live users; the store keeps last_seen for the others. */
+    size_t live = registry_count(ch->users, user);
+    if (live > 0) {
+        out->online = true;
+        out->connections = (int)live;
+        out->last_seen = loop_now_ms(ch->lp);
+    } else if (store_presence_get(ch->store, user, NULL, NULL, &out->last_seen) != 0) {
+        out->last_seen = 0;
+    }
+}
+
+size_t chat_users_online(const struct chat *ch)
+{
+    return registry_groups(ch->users);
+}
+
+/* ---- room memberships of live connections ---- */
+
+static bool conn_in_room(struct chat_conn *cc, const char *room)
+{
+    for (struct reg_member *m = cc->rooms; m; m = m->link)
+        if (strcmp(m->group->key, room) == 0)
+            return true;
+    return false;
+}
+
+void chat_room_add(struct chat_conn *cc, const char *room)
+{
+    if (conn_in_room(cc, room))
+        return;
+    struct reg_member *m = registry_join(cc->chat->rooms, room, cc);
+    if (!m)
+        return;
+    m->link = cc->rooms;
+    cc->rooms = m;
+}
+
+static void room_remove(struct chat_conn *cc, const char *room)
+{
+    for (struct reg_member **pp = &cc->rooms; *pp; pp = &(*pp)->link)
+        if (strcmp((*pp)->group->key, room) == 0) {
+            struct reg_member *m = *pp;
+            *pp = m->link;
+            registry_leave(cc->chat->rooms, m);
+            return;
+        }
+}
+
+void chat_rooms_leave_all(struct chat_conn *cc)
+{
+    while (cc->rooms) {
+        struct reg_member *m = cc->rooms;
+        cc->rooms = m->link;
+        registry_leave(cc->chat->rooms, m);
+    }
+}
+
+/* A membership change applies to every live connection (device) of the user. */
+void chat_user_room_change(struct chat *ch, const char *user, const char *room, bool add)
+{
+    struct reg_group *g = registry_find(ch->users, user);
+    for (struct reg_member *m = g ? g->head : NULL; m; m = m->next) {
+        if (add)
+            chat_room_add(m->item, room);
+        else
+            room_remove(m->item, room);
+    }
+}

@@ -1,0 +1,291 @@
+/*
+ * chat_session.c -- a chat session's life: accept (session row, registry, presence, welcome, replay),
+ * the heartbeat's touch, the token expiry timer, the admin kick, and the one end path that every way
+ * a connection ends goes through (on_close). Also the chat state itself.
+ */
+#include <assert.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/registry.h"
+#include "chat/chat_internal.h"
+#include "proto/http_hs.h"
+#include "store.h"
+
+static void chat_on_ping(struct conn *c, void *data);
+static void chat_on_close(struct conn *c, void *data, enum end_reason why);
+
+const struct conn_handler chat_handler = {
+    .name = "chat",
+    .on_message = chat_on_message,
+    .on_drained = chat_on_drained,
+    .on_ping = chat_on_ping,
+    .on_close = chat_on_close,
+};
+
+struct chat *chat_new(struct loop *lp, const struct auth *auth)
+{
+    struct chat *ch = calloc(1, sizeof(*ch));
+    if (!ch)
+        return NULL;
+    ch->lp = lp;
+    ch->cfg = lp->cfg;
+    ch->store = lp->store;
+    ch->auth = auth;
+    ch->users = registry_map_new();
+    ch->rooms = registry_map_new();
+    if (!ch->users || !ch->rooms) {
+        chat_free(ch);
+        return NULL;
+    }
+    return ch;
+}
+
+void chat_free(struct chat *ch)
+{
+    if (!ch)
+        return;
+    assert(!ch->sessions);
+    registry_map_free(ch->users);
+    registry_map_free(ch->rooms);
+    free(ch);
+}
+
+void chat_shutdown(struct chat *ch)
+{
+    ch->draining = true;
+}
+
+static void conn_free_state(struct chat_conn *cc)
+{
+    if (cc->expiry)
+        event_free(cc->expiry);
+    chat_replay_free(cc);
+    free(cc);
+}
+
+void chat_conn_enter(struct chat_conn *cc)
+{
+    cc->busy++;
+}
+
+void chat_conn_leave(struct chat_conn *cc)
+{
+    assert(cc->busy > 0);
+    if (--cc->busy == 0 && cc->ended)
+        conn_free_state(cc);
+}
+
+/* ---- token expiry ---- */
+
+static void expiry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct chat_conn *cc = arg;
+    assert(!cc->ended);
+    log_info("conn %llu %s: token of %s expired", (unsigned long long)cc->conn->id, cc->conn->addr,
+             cc->user);
+    chat_conn_enter(cc);
+    conn_close(cc->conn, WS_CLOSE_POLICY, "token expired", END_TOKEN_EXPIRED);
+    chat_conn_leave(cc);
+}
+
+void chat_arm_expiry(struct chat_conn *cc)
+{
+    if (cc->exp_ms <= 0) {
+        if (cc->expiry)
+            evtimer_del(cc->expiry);
+        return;
+    }
+    if (!cc->expiry && !(cc->expiry = evtimer_new(cc->chat->lp->base, expiry_cb, cc)))
+        return;
+    /* Tokens are accepted up to exp + leeway (clock skew); the connection lives as long. */
+    int64_t in = cc->exp_ms + cc->chat->auth->leeway_ms - loop_now_ms(cc->chat->lp);
+    if (in < 0)
+        in = 0;
+    struct timeval tv = {.tv_sec = in / 1000, .tv_usec = (in % 1000) * 1000};
+    evtimer_add(cc->expiry, &tv);
+}
+
+/* ---- accept ---- */
+
+static int collect_room(void *ctx, const char *room)
+{
+    struct chat_conn *cc = ctx;
+    chat_room_add(cc, room);
+    char **grown = realloc(cc->replay_rooms, (cc->num_replay_rooms + 1) * sizeof(*grown));
+    if (!grown)
+        return 1;
+    cc->replay_rooms = grown;
+    if (!(cc->replay_rooms[cc->num_replay_rooms] = strdup(room)))
+        return 1;
+    cc->num_replay_rooms++;
+    return 0;
+}
+
+static void send_welcome(struct chat_conn *cc)
+{
+    const struct px_config *cfg = cc->chat->cfg;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"welcome\",\"session\":\"");
+    sbuf_add_i64(&b, cc->session_id);
+    sbuf_adds(&b, "\",\"user\":");
+    sbuf_add_json_str(&b, cc->user);
+    /* Seconds, as the protocol says; a fraction when the interval is not whole (tests use 200ms). */
+    sbuf_adds(&b, ",\"ping_interval\":");
+    if (cfg->ping_interval_ms % 1000)
+        sbuf_addf(&b, "%.3g", (double)cfg->ping_interval_ms / 1000.0);
+    else
+        sbuf_add_i64(&b, cfg->ping_interval_ms / 1000);
+    /* The rooms this user is in, so a client on a new device knows them without asking. */
+    sbuf_adds(&b, ",\"rooms\":[");
+    for (size_t i = 0; i < cc->num_replay_rooms; i++) {
+        if (i)
+            sbuf_adds(&b, ",");
+        sbuf_add_json_str(&b, cc->replay_rooms[i]);
+    }
+    sbuf_adds(&b, "]}");
+    chat_send_sbuf(cc, &b, MK_WELCOME);
+    sbuf_release(&b);
+}
+
+/* Session row, registry, presence, welcome, replay. -1 when the session cannot be started. */
+static int session_start(struct chat_conn *cc, const char *user_agent, const char *subprotocol)
+{
+    struct chat *ch = cc->chat;
+    int64_t now = loop_now_ms(ch->lp);
+    loop_tx_begin(ch->lp);
+    if (store_session_begin(ch->store, cc->user, cc->conn->addr, user_agent[0] ? user_agent : NULL,
+                            subprotocol, now, &cc->session_id) != 0) {
+        ch->lp->metrics.store_errors++;
+        log_error("store: session for %s: %s", cc->user, store_last_error(ch->store));
+        cc->session_id = 0; /* no row to end */
+        return -1;
+    }
+    cc->user_mem = registry_join(ch->users, cc->user, cc);
+    if (!cc->user_mem)
+        return -1;
+    size_t devices = cc->user_mem->group->count;
+    if (store_presence_set(ch->store, cc->user, true, (int)devices, now) != 0)
+        log_error("store: presence of %s: %s", cc->user, store_last_error(ch->store));
+    log_info("conn %llu %s: session %lld user %s (%zu connection%s)",
+             (unsigned long long)cc->conn->id, cc->conn->addr, (long long)cc->session_id, cc->user,
+             devices, devices == 1 ? "" : "s");
+
+    if (store_user_rooms(ch->store, cc->user, collect_room, cc) < 0)
+        log_error("store: rooms of %s: %s", cc->user, store_last_error(ch->store));
+    if (devices == 1)
+        chat_presence_event(ch, cc, true, now);
+    send_welcome(cc);
+    chat_arm_expiry(cc);
+    cc->phase = REPLAY_DIRECT;
+    chat_replay_continue(cc);
+    return 0;
+}
+
+void chat_accept(struct chat *ch, struct conn *c, const struct ws_hs_result *hs,
+                 const struct auth_identity *id, const char *user_agent)
+{
+    struct chat_conn *cc = calloc(1, sizeof(*cc));
+    if (!cc) {
+        log_error("conn %llu %s: out of memory opening a chat session", (unsigned long long)c->id,
+                  c->addr);
+        conn_http_text(c, 503, "Retry-After: 5\r\n", "out of memory");
+        return;
+    }
+    cc->chat = ch;
+    cc->conn = c;
+    snprintf(cc->user, sizeof(cc->user), "%s", id->user);
+    cc->exp_ms = id->exp_ms;
+    cc->next = ch->sessions;
+    if (ch->sessions)
+        ch->sessions->prev = cc;
+    ch->sessions = cc;
+    conn_upgrade(c, hs, &chat_handler, cc);
+    chat_conn_enter(cc);
+    if (session_start(cc, user_agent, hs->subprotocol ? hs->subprotocol : NULL) != 0)
+        conn_fail(c, WS_CLOSE_INTERNAL, "internal error", END_INTERNAL_ERROR);
+    chat_conn_leave(cc);
+}
+
+/* ---- heartbeat and end ---- */
+
+/*
+ * The heartbeat pinged: record that the peer was heard from (last_seen_at = its last frame) in the
+ * session row, batched into the loop's group commit, so admins see live sessions as live.
+ */
+static void chat_on_ping(struct conn *c, void *data)
+{
+    (void)c;
+    struct chat_conn *cc = data;
+    if (cc->ended || cc->session_id == 0 || cc->conn->last_rx_ms <= 0)
+        return;
+    loop_tx_begin(cc->chat->lp);
+    if (store_session_touch(cc->chat->store, cc->session_id, cc->conn->last_rx_ms) != 0)
+        log_error("store: touch session %lld: %s", (long long)cc->session_id,
+                  store_last_error(cc->chat->store));
+}
+
+/*
+ * The one cleanup path for a chat connection, whatever ended it: unregister, end the session row
+ * with why, presence offline (and the event) on the user's last connection.
+ */
+static void chat_on_close(struct conn *c, void *data, enum end_reason why)
+{
+    (void)c;
+    struct chat_conn *cc = data;
+    assert(!cc->ended);
+    cc->ended = true;
+    struct chat *ch = cc->chat;
+    if (cc->prev)
+        cc->prev->next = cc->next;
+    else
+        ch->sessions = cc->next;
+    if (cc->next)
+        cc->next->prev = cc->prev;
+    cc->prev = cc->next = NULL;
+    if (cc->expiry)
+        evtimer_del(cc->expiry);
+
+    int64_t now = loop_now_ms(ch->lp);
+    int64_t seen = cc->conn->last_rx_ms > 0 ? cc->conn->last_rx_ms : now;
+    size_t left = cc->user_mem ? cc->user_mem->group->count - 1 : 0;
+    /* Told while this connection is still in its rooms: they say who shares one with the user. */
+    if (left == 0 && cc->user_mem)
+        chat_presence_event(ch, cc, false, seen);
+    chat_rooms_leave_all(cc);
+    if (cc->user_mem)
+        registry_leave(ch->users, cc->user_mem);
+    cc->user_mem = NULL;
+
+    if (cc->session_id != 0) {
+        loop_tx_begin(ch->lp);
+        store_session_touch(ch->store, cc->session_id, seen);
+        int rc = store_session_end(ch->store, cc->session_id, now, end_reason_name(why));
+        if (rc != 0 && rc != STORE_ERR_NOTFOUND) /* NOTFOUND: already ended; the first end wins */
+            log_error("store: end session %lld: %s", (long long)cc->session_id,
+                      store_last_error(ch->store));
+        if (store_presence_set(ch->store, cc->user, left > 0, (int)left, seen) != 0)
+            log_error("store: presence of %s: %s", cc->user, store_last_error(ch->store));
+        log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)cc->conn->id,
+                 cc->conn->addr, (long long)cc->session_id, cc->user, end_reason_name(why));
+    }
+    if (cc->busy == 0)
+        conn_free_state(cc);
+}
+
+int chat_kick(struct chat *ch, int64_t session_id)
+{
+    for (struct chat_conn *cc = ch->sessions; cc; cc = cc->next)
+        if (cc->session_id == session_id && conn_is_open(cc->conn)) {
+            log_info("conn %llu %s: session %lld kicked by the API",
+                     (unsigned long long)cc->conn->id, cc->conn->addr, (long long)session_id);
+            conn_close(cc->conn, WS_CLOSE_POLICY, "kicked", END_KICKED);
+            return 0;
+        }
+    return -1;
+}

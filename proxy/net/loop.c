@@ -1,0 +1,151 @@
+/*
+ * loop.c -- the event base, the cached clock and the group commit. Receipts and API answers wait for
+ * the commit (held frames, after-commit callbacks), so one fsync-free SQLite COMMIT per loop
+ * iteration serves every write of that iteration; redis's beforeSleep keeps the same order (write
+ * the AOF, then answer clients).
+ */
+#include "net/loop.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "base/log.h"
+#include "store.h"
+
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_commit(arg);
+}
+
+int loop_init(struct loop *lp, const struct px_config *cfg, struct store *store)
+{
+    memset(lp, 0, sizeof(*lp));
+    lp->cfg = cfg;
+    lp->store = store;
+    struct event_config *ecfg = event_config_new();
+    if (ecfg) {
+        /* A loop iteration must not starve the commit event under load: cap callbacks per pass. */
+        struct timeval max_interval = {0, 10000};
+        event_config_set_max_dispatch_interval(ecfg, &max_interval, 1024, 1);
+        lp->base = event_base_new_with_config(ecfg);
+        event_config_free(ecfg);
+    }
+    if (!lp->base)
+        return -1;
+    /* Priorities: 0 signals, 1 I/O (the default for new events), 2 the group commit. */
+    event_base_priority_init(lp->base, 3);
+    lp->_commit_ev = event_new(lp->base, -1, 0, commit_cb, lp);
+    if (!lp->_commit_ev) {
+        loop_release(lp);
+        return -1;
+    }
+    event_priority_set(lp->_commit_ev, 2);
+    return 0;
+}
+
+void loop_release(struct loop *lp)
+{
+    if (lp->_commit_ev)
+        event_free(lp->_commit_ev);
+    free(lp->_after);
+    if (lp->base)
+        event_base_free(lp->base);
+    memset(lp, 0, sizeof(*lp));
+}
+
+int64_t loop_now_ms(struct loop *lp)
+{
+    struct timeval tv;
+    if (!lp->base || event_base_gettimeofday_cached(lp->base, &tv) != 0)
+        gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+double loop_mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void loop_tx_begin(struct loop *lp)
+{
+    lp->_tx_writes++;
+    if (lp->_tx_open || !lp->store)
+        return;
+    if (store_begin(lp->store) != 0) {
+        lp->metrics.store_errors++;
+        log_error("store: cannot begin transaction: %s", store_last_error(lp->store));
+        return;
+    }
+    lp->_tx_open = true;
+    lp->_tx_writes = 1;
+    /* Lowest priority: runs after every read callback of this loop iteration has been served. */
+    event_active(lp->_commit_ev, EV_TIMEOUT, 0);
+}
+
+bool loop_tx_open(const struct loop *lp)
+{
+    return lp->_tx_open;
+}
+
+void loop_after_commit(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg)
+{
+    if (!lp->_tx_open) {
+        fn(arg, true);
+        return;
+    }
+    if (lp->_num_after == lp->_cap_after) {
+        size_t cap = lp->_cap_after ? lp->_cap_after * 2 : 16;
+        struct loop_after *grown = realloc(lp->_after, cap * sizeof(*grown));
+        if (!grown) {
+            fn(arg, false);
+            return;
+        }
+        lp->_after = grown;
+        lp->_cap_after = cap;
+    }
+    lp->_after[lp->_num_after++] = (struct loop_after){fn, arg};
+}
+
+void loop_set_flush(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg)
+{
+    lp->_flush = fn;
+    lp->_flush_arg = arg;
+}
+
+void loop_commit(struct loop *lp)
+{
+    if (!lp->_tx_open)
+        return;
+    double t0 = loop_mono_s();
+    int rc = store_commit(lp->store);
+    double dt = loop_mono_s() - t0;
+    lp->_tx_open = false;
+    bool ok = rc == 0;
+    if (ok) {
+        metrics_commit(&lp->metrics, dt, lp->_tx_writes);
+    } else {
+        /* Nothing of this batch is durable: the flush hook drops what was held for it. */
+        lp->metrics.store_errors++;
+        log_error("store: commit of %llu writes failed: %s", (unsigned long long)lp->_tx_writes,
+                  store_last_error(lp->store));
+        store_rollback(lp->store);
+    }
+    lp->_tx_writes = 0;
+    if (lp->_flush)
+        lp->_flush(lp->_flush_arg, ok);
+    /* Callbacks may open a new transaction; take the list first. */
+    size_t n = lp->_num_after;
+    struct loop_after *list = lp->_after;
+    lp->_after = NULL;
+    lp->_num_after = lp->_cap_after = 0;
+    for (size_t i = 0; i < n; i++)
+        list[i].fn(list[i].arg, ok);
+    free(list);
+}

@@ -1,0 +1,82 @@
+/*
+ * loop.h -- the event loop and what every layer above shares through it: the config, the store, the
+ * counters, the cached clock, and the group commit that turns the store writes of one loop iteration
+ * into one SQLite transaction. It holds no application state (no users, rooms or connections).
+ */
+#ifndef WSP_LOOP_H
+#define WSP_LOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/config.h"
+#include "base/metrics.h"
+
+struct event_base;
+struct event;
+struct store;
+
+struct loop_after {
+    void (*fn)(void *arg, bool ok);
+    void *arg;
+};
+
+struct loop {
+    const struct px_config *cfg;
+    struct event_base *base;
+    struct store *store; /* owned by the caller (server); the loop only begins and commits */
+    struct metrics metrics;
+    /* Group commit; private to loop.c (read through loop_tx_open). */
+    bool _tx_open;
+    uint64_t _tx_writes;
+    struct event *_commit_ev;
+    struct loop_after *_after; /* waiting for the commit, in order */
+    size_t _num_after, _cap_after;
+    /*
+     * Called by loop_commit before the after-commit callbacks, with whether the commit succeeded:
+     * the connection pool releases (ok) or drops (failed) the frames it held for the commit.
+     */
+    void (*_flush)(void *arg, bool ok);
+    void *_flush_arg;
+};
+
+/*
+ * Create the event base (signals at priority 0, I/O at 1, the commit at 2: it runs after every
+ * I/O callback of an iteration). store may be NULL (tests), then the group commit is a no-op.
+ * Returns 0, or -1 (out of memory; lp is released).
+ */
+int loop_init(struct loop *lp, const struct px_config *cfg, struct store *store);
+
+/* Free the event base and the commit state; the store is not closed. Commit first. */
+void loop_release(struct loop *lp);
+
+/* Milliseconds since the epoch, from the loop's cached clock (cheap; fine for timestamps and timers). */
+int64_t loop_now_ms(struct loop *lp);
+
+/* Seconds on the monotonic clock, for durations. */
+double loop_mono_s(void);
+
+/*
+ * Call before a store write: opens the iteration's transaction if none is open and schedules its
+ * commit after all pending I/O callbacks. Without a transaction (BEGIN failed) each statement
+ * autocommits: slower, still durable.
+ */
+void loop_tx_begin(struct loop *lp);
+
+/* Whether a transaction is open: output that depends on it must be held until loop_commit. */
+bool loop_tx_open(const struct loop *lp);
+
+/* Run fn once the open transaction is committed (ok = durable), at once when none is open. */
+void loop_after_commit(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg);
+
+/* Set the hook that releases held output after each commit (one; the connection pool's). */
+void loop_set_flush(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg);
+
+/*
+ * Commit now (no-op when no transaction is open): COMMIT (ROLLBACK on failure), then the flush hook,
+ * then the after-commit callbacks in the order they were added. Callbacks may open a new transaction.
+ */
+void loop_commit(struct loop *lp);
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * route.c -- the main listener's router: decides what a request head is (health check, echo or chat
+ * upgrade, static file) and hands it to the right application. The transport (net/conn.c) calls it
+ * through the pool's on_request pointer and never names an application itself.
+ */
+#include "route.h"
+
+#include <string.h>
+
+#include "base/log.h"
+#include "chat/chat.h"
+#include "net/conn.h"
+#include "net/loop.h"
+#include "proto/auth.h"
+#include "store.h"
+#include "web.h"
+
+#define UA_MAX 255 /* User-Agent bytes kept in the session row */
+
+void route_init(struct router *r, struct loop *lp, const struct auth *auth, struct chat *ch)
+{
+    const struct px_config *cfg = lp->cfg;
+    memset(r, 0, sizeof(*r));
+    r->lp = lp;
+    r->auth = auth;
+    r->chat = ch;
+    r->policy.origins = (const char *const *)cfg->origins.items;
+    r->policy.num_origins = cfg->origins.n;
+    r->policy.subprotocols = (const char *const *)cfg->subprotocols.items;
+    r->policy.num_subprotocols = cfg->subprotocols.n;
+}
+
+static bool path_is(const struct http_req *req, const char *path)
+{
+    size_t n = strlen(path);
+    return n && req->path_len == n && memcmp(req->path, path, n) == 0;
+}
+
+void route_request(void *arg, struct conn *c, const struct http_req *req)
+{
+    struct router *r = arg;
+    const struct px_config *cfg = r->lp->cfg;
+    bool is_ws = path_is(req, cfg->ws_path);
+    bool is_echo = path_is(req, cfg->echo_path);
+
+    /* Behind a trusted proxy the client is the address it reports, for logs, limits and sessions. */
+    auth_client_addr(r->auth, req, c->peer, c->addr, sizeof(c->addr));
+
+    if (!is_ws && !is_echo) {
+        if (path_is(req, "/healthz")) {
+            if (store_ping(r->lp->store) == 0)
+                conn_http_text(c, 200, NULL, "ok");
+            else
+                conn_http_text(c, 503, NULL, "store not answering");
+            return;
+        }
+        if (web_handle(r->auth, c, req))
+            return;
+        conn_http_text(c, 404, NULL, "not found");
+        return;
+    }
+
+    struct ws_hs_result hs;
+    if (ws_hs_check(req, &r->policy, &hs) != 101) {
+        const char *extra = hs.status == 426   ? "Sec-WebSocket-Version: 13\r\n"
+                            : hs.status == 405 ? "Allow: GET\r\n"
+                                               : NULL;
+        conn_http_text(c, hs.status, extra, hs.message);
+        return;
+    }
+    if (r->draining) {
+        conn_http_text(c, 503, "Retry-After: 5\r\n", "server is shutting down");
+        return;
+    }
+
+    if (is_echo) {
+        if (!conn_admit(c))
+            return;
+        conn_upgrade(c, &hs, &conn_echo_handler, c);
+        log_info("conn %llu %s: upgraded on %s", (unsigned long long)c->id, c->addr, cfg->echo_path);
+        return;
+    }
+
+    struct auth_identity id;
+    char why[160];
+    if (auth_identify(r->auth, req, c->peer, loop_now_ms(r->lp), &id, why, sizeof(why)) != 0) {
+        conn_http_text(c, 401, NULL, why);
+        return;
+    }
+    if (!conn_admit(c))
+        return;
+    const struct http_header *ua = http_req_header(req, "User-Agent");
+    char ua_buf[UA_MAX + 1] = "";
+    if (ua) {
+        size_t n = ua->value_len < UA_MAX ? ua->value_len : UA_MAX;
+        memcpy(ua_buf, ua->value, n);
+        ua_buf[n] = '\0';
+    }
+    chat_accept(r->chat, c, &hs, &id, ua_buf);
+}
