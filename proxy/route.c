@@ -60,8 +60,8 @@ void route_request(void *arg, struct conn *c, const struct http_req *req)
         return;
     }
 
-    struct ws_hs_result hs;
-    if (ws_hs_check(req, &r->policy, &hs) != 101) {
+    struct ws_handshake_result hs;
+    if (ws_handshake_check(req, &r->policy, &hs) != 101) {
         const char *extra = hs.status == 426   ? "Sec-WebSocket-Version: 13\r\n"
                             : hs.status == 405 ? "Allow: GET\r\n"
                                                : NULL;

@@ -8,7 +8,7 @@
 
 #include <stdbool.h>
 
-#include "proto/http_hs.h"
+#include "proto/ws_handshake.h"
 
 struct auth;
 struct chat;
@@ -20,7 +20,7 @@ struct router {
     struct loop *lp;
     const struct auth *auth;
     struct chat *chat;
-    struct ws_hs_policy policy; /* origins and subprotocols from the config */
+    struct ws_handshake_policy policy; /* origins and subprotocols from the config */
     bool draining;              /* new upgrades are refused with 503 */
 };
 

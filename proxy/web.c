@@ -15,7 +15,7 @@
 
 #include "proto/auth.h"
 #include "net/conn.h"
-#include "proto/http_hs.h"
+#include "proto/http1.h"
 #include "base/log.h"
 #include "net/loop.h"
 

@@ -59,6 +59,9 @@ run_check() { # name command...  (a suite that passes or fails as a whole)
     fi
 }
 
+echo "== layering"
+run_check layers bash scripts/check-layers.sh
+
 echo "== build"
 if ! make --no-print-directory -j"$JOBS" DEVELOPER=1 all > "$LOGS/build.log" 2>&1; then
     cat "$LOGS/build.log"; echo "0 passed, 1 failed"; exit 1

@@ -1,6 +1,6 @@
 /*
  * api.c -- the HTTP push/admin API on its own listener: a small HTTP/1.1 server on bufferevents
- * (heads parsed by http_hs, bodies framed by Content-Length) and its answers. The endpoints are in
+ * (heads parsed by proto/http1, bodies framed by Content-Length) and its answers. The endpoints are in
  * api_routes.c.
  */
 #include "api/api.h"
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "api/api_internal.h"
-#include "proto/http_hs.h"
+#include "proto/http1.h"
 #include "base/log.h"
 #include "base/metrics.h"
 #include "base/sbuf.h"

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/http_hs.h"
+#include "proto/http1.h"
 #include "base/metrics.h"
 #include "base/sbuf.h"
 #include "net/listener.h"

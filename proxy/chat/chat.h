@@ -24,7 +24,7 @@
 struct chat;
 struct store_msg;
 struct store_receipt;
-struct ws_hs_result;
+struct ws_handshake_result;
 
 /* The chat state: its live sessions and indexes. auth is borrowed (token refresh, expiry). */
 struct chat *chat_new(struct loop *lp, const struct auth *auth);
@@ -39,7 +39,7 @@ void chat_shutdown(struct chat *ch);
  * the session row, register the connection, mark presence, send welcome and start the replay. On a
  * store failure the connection is failed with 1011 (the client retries).
  */
-void chat_accept(struct chat *ch, struct conn *c, const struct ws_hs_result *hs,
+void chat_accept(struct chat *ch, struct conn *c, const struct ws_handshake_result *hs,
                  const struct auth_identity *id, const char *user_agent);
 
 /*

@@ -11,7 +11,7 @@
 #include "base/log.h"
 #include "base/registry.h"
 #include "chat/chat_internal.h"
-#include "proto/http_hs.h"
+#include "proto/ws_handshake.h"
 #include "store.h"
 
 static void chat_on_ping(struct conn *c, void *data);
@@ -187,7 +187,7 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
     return 0;
 }
 
-void chat_accept(struct chat *ch, struct conn *c, const struct ws_hs_result *hs,
+void chat_accept(struct chat *ch, struct conn *c, const struct ws_handshake_result *hs,
                  const struct auth_identity *id, const char *user_agent)
 {
     struct chat_conn *cc = calloc(1, sizeof(*cc));

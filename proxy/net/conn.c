@@ -22,7 +22,7 @@
 #include "net/listener.h"
 #include "net/loop.h"
 #include "proto/heartbeat.h"
-#include "proto/http_hs.h"
+#include "proto/ws_handshake.h"
 
 /* Unparsed input a WebSocket may hold before libevent stops reading: the parser drains the input on
  * every read, so this only bounds one burst. */
@@ -329,12 +329,12 @@ void conn_http_text(struct conn *c, int status, const char *extra, const char *b
 
 static void process_frames(struct conn *c);
 
-void conn_upgrade(struct conn *c, const struct ws_hs_result *hs, const struct conn_handler *h,
+void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const struct conn_handler *h,
                   void *data)
 {
     assert(c->state == CONN_HTTP && c->counted && h && h->on_close);
     char buf[512];
-    size_t n = http_response_101(buf, sizeof(buf), hs);
+    size_t n = ws_handshake_101(buf, sizeof(buf), hs);
     bufferevent_write(c->bev, buf, n);
     c->lp->metrics.handshakes[MS_101]++;
     c->lp->metrics.ws_total++;

@@ -24,7 +24,7 @@ struct http_req;
 struct loop;
 struct registry_counter;
 struct sockaddr;
-struct ws_hs_result;
+struct ws_handshake_result;
 struct conn;
 
 enum conn_state {
@@ -137,7 +137,7 @@ bool conn_admit(struct conn *c);
  * Answer 101 (hs from ws_hs_check) and serve the connection as a WebSocket with handler h; data is
  * handed back to every callback. Call from on_request, after conn_admit.
  */
-void conn_upgrade(struct conn *c, const struct ws_hs_result *hs, const struct conn_handler *h,
+void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const struct conn_handler *h,
                   void *data);
 
 /* Answer an HTTP request (not upgraded) and close after it is written (lingering close). */

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "base/cidr.h"
-#include "proto/http_hs.h"
+#include "proto/http1.h"
 
 #define AUTH_USER_MAX 64     /* bytes of UTF-8 in a user id */
 #define AUTH_TOKEN_MAX 8192  /* longer tokens are refused before decoding */

@@ -22,7 +22,7 @@
 #include <openssl/pem.h>
 
 #include "proto/auth.h"
-#include "proto/http_hs.h"
+#include "proto/http1.h"
 
 #define SECRET "0123456789abcdef0123456789abcdef"
 #define NOW_MS INT64_C(1700000000000)

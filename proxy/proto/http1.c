@@ -1,17 +1,13 @@
 /*
- * http_hs.c -- sans-I/O HTTP/1.1 request-head parser and RFC 6455 §4.2 server handshake.
- * Bytes in, structs and response bytes out; no sockets, no allocation, OpenSSL for SHA-1/base64.
+ * http1.c -- sans-I/O HTTP/1.1 request-head parser and the header, query and cookie helpers the
+ * listeners share. Bytes in, structs out; no sockets, no allocation.
  */
-#include "proto/http_hs.h"
+#include "proto/http1.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
-/* RFC 6455 §1.3 */
-static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /* ---- Character classes (RFC 7230 §3.2.6, locale-free on purpose) ---- */
 
@@ -45,7 +41,7 @@ static unsigned char ascii_lower(unsigned char c)
 }
 
 /* Case-insensitive compare of s[0..n) with the NUL-terminated z. */
-static bool ieq(const char *s, size_t n, const char *z)
+bool http_ieq(const char *s, size_t n, const char *z)
 {
     size_t i;
 
@@ -210,21 +206,20 @@ const struct http_header *http_req_header(const struct http_req *req, const char
     size_t i;
 
     for (i = 0; i < req->num_headers; i++) {
-        if (ieq(req->headers[i].name, req->headers[i].name_len, name))
+        if (http_ieq(req->headers[i].name, req->headers[i].name_len, name))
             return &req->headers[i];
     }
     return NULL;
 }
 
-/* How many headers are named name; *first gets the first one (NULL if none). */
-static size_t header_count(const struct http_req *req, const char *name,
+size_t http_req_header_count(const struct http_req *req, const char *name,
                            const struct http_header **first)
 {
     size_t i, n = 0;
 
     *first = NULL;
     for (i = 0; i < req->num_headers; i++) {
-        if (ieq(req->headers[i].name, req->headers[i].name_len, name)) {
+        if (http_ieq(req->headers[i].name, req->headers[i].name_len, name)) {
             if (n++ == 0)
                 *first = &req->headers[i];
         }
@@ -251,7 +246,7 @@ static bool list_has(const char *val, size_t len, const char *token, bool nocase
         for (e = i; e > b && is_ows((unsigned char)val[e - 1]); e--)
             ;
         if (e - b == tlen &&
-            (nocase ? ieq(val + b, tlen, token) : memcmp(val + b, token, tlen) == 0))
+            (nocase ? http_ieq(val + b, tlen, token) : memcmp(val + b, token, tlen) == 0))
             return true;
     }
     return false;
@@ -262,8 +257,7 @@ bool http_token_list_has(const char *val, size_t len, const char *token)
     return list_has(val, len, token, true);
 }
 
-/* Whether any header named name lists token. */
-static bool headers_have_token(const struct http_req *req, const char *name, const char *token,
+bool http_req_has_token(const struct http_req *req, const char *name, const char *token,
                                bool nocase)
 {
     size_t i;
@@ -271,7 +265,7 @@ static bool headers_have_token(const struct http_req *req, const char *name, con
     for (i = 0; i < req->num_headers; i++) {
         const struct http_header *h = &req->headers[i];
 
-        if (ieq(h->name, h->name_len, name) && list_has(h->value, h->value_len, token, nocase))
+        if (http_ieq(h->name, h->name_len, name) && list_has(h->value, h->value_len, token, nocase))
             return true;
     }
     return false;
@@ -422,190 +416,7 @@ bad:
     return -2;
 }
 
-/* ---- RFC 6455 §4.2 server handshake ---- */
-
-static bool is_b64_char(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-           c == '/';
-}
-
-/*
- * RFC 6455 §4.1: the key is 16 random bytes, base64-encoded, i.e. 22 characters and "==". The two
- * unused bits of the last character are not checked, as common decoders do not check them either.
- */
-static bool ws_key_valid(const char *key, size_t len)
-{
-    size_t i;
-
-    if (len != 24 || key[22] != '=' || key[23] != '=')
-        return false;
-    for (i = 0; i < 22; i++) {
-        if (!is_b64_char((unsigned char)key[i]))
-            return false;
-    }
-    return true;
-}
-
-void ws_accept_key(const char *key, size_t key_len, char out[29])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    char in[128 + sizeof(ws_guid)];
-    int ok;
-
-    out[0] = '\0';
-    if (key_len <= sizeof(in) - sizeof(ws_guid)) {
-        memcpy(in, key, key_len);
-        memcpy(in + key_len, ws_guid, sizeof(ws_guid) - 1);
-        ok = EVP_Digest(in, key_len + sizeof(ws_guid) - 1, md, &md_len, EVP_sha1(), NULL);
-    } else {
-        /* never a valid key, but the function takes any input */
-        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-
-        ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) &&
-             EVP_DigestUpdate(ctx, key, key_len) &&
-             EVP_DigestUpdate(ctx, ws_guid, sizeof(ws_guid) - 1) &&
-             EVP_DigestFinal_ex(ctx, md, &md_len);
-        EVP_MD_CTX_free(ctx);
-    }
-    if (ok && md_len == 20)
-        EVP_EncodeBlock((unsigned char *)out, md, 20); /* 28 chars + NUL */
-}
-
-static int hs_fail(struct ws_hs_result *r, int status, const char *message)
-{
-    r->status = status;
-    r->message = message;
-    return status;
-}
-
-/* RFC 6454 §7: an Origin is compared as one serialized string; scheme and host are lower case */
-static bool origin_allowed(const struct http_req *req, const struct ws_hs_policy *pol)
-{
-    const struct http_header *h;
-    size_t i, n;
-
-    if (pol->num_origins == 0)
-        return true;
-    for (i = 0; i < pol->num_origins; i++) {
-        if (strcmp(pol->origins[i], "*") == 0)
-            return true;
-    }
-    n = header_count(req, "Origin", &h);
-    /*
-     * No Origin: not a browser, and the cross-site attacks the list exists for need a browser,
-     * which always sends one on a WebSocket handshake. Two Origins are nothing a browser sends
-     * either.
-     */
-    if (n == 0)
-        return true;
-    if (n > 1)
-        return false;
-    for (i = 0; i < pol->num_origins; i++) {
-        if (ieq(h->value, h->value_len, pol->origins[i]))
-            return true;
-    }
-    return false;
-}
-
-int ws_hs_check(const struct http_req *req, const struct ws_hs_policy *pol,
-                struct ws_hs_result *result)
-{
-    const struct http_header *h;
-    size_t i, n;
-
-    result->status = 0;
-    result->message = NULL;
-    result->accept[0] = '\0';
-    result->subprotocol = NULL;
-
-    /* methods are case-sensitive (RFC 7231 §4.1) */
-    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0)
-        return hs_fail(result, 405, "method not allowed, use GET");
-    /* an HTTP/2+ version in an HTTP/1 request line is nothing we can speak either */
-    if (req->version_major != 1 || req->version_minor < 1)
-        return hs_fail(result, 400, "HTTP/1.1 or later is required");
-    if (!headers_have_token(req, "Upgrade", "websocket", true))
-        return hs_fail(result, 426, "this is a WebSocket endpoint");
-    /* RFC 7230 §5.4: a missing or repeated Host is a 400 */
-    if (header_count(req, "Host", &h) != 1 || h->value_len == 0)
-        return hs_fail(result, 400, "missing or repeated Host header");
-    if (!headers_have_token(req, "Connection", "upgrade", true))
-        return hs_fail(result, 400, "Connection header lacks \"upgrade\"");
-    n = header_count(req, "Sec-WebSocket-Version", &h);
-    if (n > 1)
-        return hs_fail(result, 400, "repeated Sec-WebSocket-Version header");
-    if (n == 0 || h->value_len != 2 || memcmp(h->value, "13", 2) != 0)
-        return hs_fail(result, 426, "unsupported WebSocket version, use 13");
-    n = header_count(req, "Sec-WebSocket-Key", &h);
-    if (n != 1 || !ws_key_valid(h->value, h->value_len))
-        return hs_fail(result, 400, "missing, repeated or invalid Sec-WebSocket-Key");
-    if (!origin_allowed(req, pol))
-        return hs_fail(result, 403, "origin not allowed");
-
-    ws_accept_key(h->value, h->value_len, result->accept);
-    if (result->accept[0] == '\0')
-        return hs_fail(result, 500, "cannot compute Sec-WebSocket-Accept");
-
-    /*
-     * RFC 6455 §4.2.2: the server's own preference decides among what the client offered. Names are
-     * compared exactly, since browsers check the echoed value as an exact string.
-     */
-    for (i = 0; i < pol->num_subprotocols && result->subprotocol == NULL; i++) {
-        if (headers_have_token(req, "Sec-WebSocket-Protocol", pol->subprotocols[i], false))
-            result->subprotocol = pol->subprotocols[i];
-    }
-    result->status = 101;
-    result->message = "switching protocols";
-    return 101;
-}
-
-/* ---- Responses ---- */
-
-static size_t fit(int n, size_t cap)
-{
-    return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
-}
-
-size_t http_response_101(char *out, size_t cap, const struct ws_hs_result *result)
-{
-    const char *sp = result->subprotocol;
-
-    if (result->status != 101 || strlen(result->accept) != 28)
-        return 0;
-    return fit(snprintf(out, cap,
-                        "HTTP/1.1 101 Switching Protocols\r\n"
-                        "Upgrade: websocket\r\n"
-                        "Connection: Upgrade\r\n"
-                        "Sec-WebSocket-Accept: %s\r\n"
-                        "%s%s%s"
-                        "\r\n",
-                        result->accept, sp != NULL ? "Sec-WebSocket-Protocol: " : "",
-                        sp != NULL ? sp : "", sp != NULL ? "\r\n" : ""),
-               cap);
-}
-
-size_t http_response_simple(char *out, size_t cap, int status, const char *extra_headers,
-                            const char *body)
-{
-    if (body == NULL)
-        body = "";
-    if (extra_headers == NULL)
-        extra_headers = "";
-    if (status < 100 || status > 999)
-        return 0;
-    return fit(snprintf(out, cap,
-                        "HTTP/1.1 %d %s\r\n"
-                        "Content-Type: text/plain; charset=utf-8\r\n"
-                        "Content-Length: %zu\r\n"
-                        "Connection: close\r\n"
-                        "%s"
-                        "\r\n"
-                        "%s\n",
-                        status, http_status_text(status), strlen(body) + 1, extra_headers, body),
-               cap);
-}
+/* ---- Status texts ---- */
 
 const char *http_status_text(int status)
 {

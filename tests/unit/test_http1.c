@@ -1,5 +1,5 @@
 /*
- * test_http_hs.c -- unit tests for the HTTP/1.1 request-head parser and the RFC 6455 handshake
+ * test_http1.c -- unit tests for the HTTP/1.1 request-head parser (http1) and the RFC 6455 handshake
  * checks. Inputs are copied into exact-size heap buffers so ASan catches any read past the end.
  */
 #include <stdarg.h>
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/http_hs.h"
+#include "proto/ws_handshake.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 #define MAX_HEAD   8192
@@ -49,7 +49,7 @@ static int parse_n(const char *s, size_t n, size_t max_len)
 
 /* ---- Parser ---- */
 
-static void test_http_hs_parse_fields(void **state)
+static void test_http1_parse_fields(void **state)
 {
     static const char head[] = "GET /chat/room?id=7&x HTTP/1.1\r\n"
                                "Host:   example.com  \r\n"
@@ -85,7 +85,7 @@ static void test_http_hs_parse_fields(void **state)
     free(buf);
 }
 
-static void test_http_hs_parse_path_query(void **state)
+static void test_http1_parse_path_query(void **state)
 {
     static const struct {
         const char *target;
@@ -121,7 +121,7 @@ static void test_http_hs_parse_path_query(void **state)
     }
 }
 
-static void test_http_hs_parse_versions(void **state)
+static void test_http1_parse_versions(void **state)
 {
     static const struct {
         const char *line;
@@ -146,7 +146,7 @@ static void test_http_hs_parse_versions(void **state)
 }
 
 /* Every prefix is PARTIAL, the whole head gives its length, bytes after it are left alone. */
-static void test_http_hs_parse_bytewise(void **state)
+static void test_http1_parse_bytewise(void **state)
 {
     static const struct {
         const char *text;
@@ -183,7 +183,7 @@ static void test_http_hs_parse_bytewise(void **state)
     }
 }
 
-static void test_http_hs_parse_malformed(void **state)
+static void test_http1_parse_malformed(void **state)
 {
     static const struct {
         const char *text;
@@ -257,7 +257,7 @@ static void test_http_hs_parse_malformed(void **state)
     }
 }
 
-static void test_http_hs_parse_too_large(void **state)
+static void test_http1_parse_too_large(void **state)
 {
     static const char head[] = "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
     size_t len = sizeof(head) - 1, n;
@@ -280,7 +280,7 @@ static void test_http_hs_parse_too_large(void **state)
     assert_int_equal(parse_n("GET / HTTP/1.1\r\nX : y\r\n\r\n", 25, 17), HTTP_PARSE_TOO_LARGE);
 }
 
-static void test_http_hs_parse_header_count(void **state)
+static void test_http1_parse_header_count(void **state)
 {
     char head[4096];
     size_t len, i, n, cut;
@@ -306,7 +306,7 @@ static void test_http_hs_parse_header_count(void **state)
     }
 }
 
-static void test_http_hs_header_lookup(void **state)
+static void test_http1_header_lookup(void **state)
 {
     static const char head[] =
         "GET / HTTP/1.1\r\nHost: a\r\nX-Dup: 1\r\nx-dup: 2\r\nHostname: b\r\n\r\n";
@@ -328,7 +328,7 @@ static void test_http_hs_header_lookup(void **state)
 
 /* ---- Lists, query strings, cookies ---- */
 
-static void test_http_hs_token_list(void **state)
+static void test_http1_token_list(void **state)
 {
     static const struct {
         const char *val;
@@ -398,7 +398,7 @@ static void run_kv_cases(kv_fn *fn, const struct kv_case *cases, size_t num)
     }
 }
 
-static void test_http_hs_query_param(void **state)
+static void test_http1_query_param(void **state)
 {
     static const struct kv_case cases[] = {
         {"a=1&b=2", "a", 16, 1, "1"},
@@ -445,7 +445,7 @@ static void test_http_hs_query_param(void **state)
     }
 }
 
-static void test_http_hs_cookie_value(void **state)
+static void test_http1_cookie_value(void **state)
 {
     static const struct kv_case cases[] = {
         {"a=1; b=2", "a", 16, 1, "1"},
@@ -494,13 +494,13 @@ static const char *const protos[] = {"v2.chat", "v1.chat"};
 
 enum { POL_NONE, POL_LIST, POL_STAR };
 
-static const struct ws_hs_policy policies[] = {
+static const struct ws_handshake_policy policies[] = {
     [POL_NONE] = {NULL, 0, NULL, 0},
     [POL_LIST] = {origins_list, 2, protos, 2},
     [POL_STAR] = {origins_star, 2, NULL, 0},
 };
 
-static void test_http_hs_check_table(void **state)
+static void test_http1_check_table(void **state)
 {
     static const struct {
         const char *head;
@@ -650,13 +650,13 @@ static void test_http_hs_check_table(void **state)
     (void)state;
     for (i = 0; i < N_ELEMS(cases); i++) {
         struct http_req req;
-        struct ws_hs_result res;
+        struct ws_handshake_result res;
         size_t n = strlen(cases[i].head);
-        const struct ws_hs_policy *pol = &policies[cases[i].pol];
+        const struct ws_handshake_policy *pol = &policies[cases[i].pol];
         int rc;
 
         assert_int_equal(http_req_parse(&req, cases[i].head, n, MAX_HEAD), (int)n);
-        rc = ws_hs_check(&req, pol, &res);
+        rc = ws_handshake_check(&req, pol, &res);
         if (rc != cases[i].status || res.status != rc)
             fail_msg("case %zu: status %d, expected %d (%s)", i, rc, cases[i].status,
                      res.message != NULL ? res.message : "-");
@@ -679,19 +679,19 @@ static void test_http_hs_check_table(void **state)
     }
 }
 
-static void test_http_hs_check_plain_get_message(void **state)
+static void test_http1_check_plain_get_message(void **state)
 {
     static const char head[] = "GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
     struct http_req req;
-    struct ws_hs_result res;
+    struct ws_handshake_result res;
 
     (void)state;
     assert_true(http_req_parse(&req, head, sizeof(head) - 1, MAX_HEAD) > 0);
-    assert_int_equal(ws_hs_check(&req, &policies[POL_NONE], &res), 426);
+    assert_int_equal(ws_handshake_check(&req, &policies[POL_NONE], &res), 426);
     assert_string_equal(res.message, "this is a WebSocket endpoint");
 }
 
-static void test_http_hs_accept_key(void **state)
+static void test_http1_accept_key(void **state)
 {
     static const struct {
         const char *key;
@@ -706,23 +706,23 @@ static void test_http_hs_accept_key(void **state)
 
     (void)state;
     for (i = 0; i < N_ELEMS(cases); i++) {
-        ws_accept_key(cases[i].key, strlen(cases[i].key), out);
+        ws_handshake_accept_key(cases[i].key, strlen(cases[i].key), out);
         assert_string_equal(out, cases[i].accept);
     }
     /* both sides of the stack-buffer limit, and a long key through the streaming path */
     memset(key, 'k', sizeof(key));
-    ws_accept_key(key, 128, out);
+    ws_handshake_accept_key(key, 128, out);
     assert_string_equal(out, "LcijRWdSv8weHsk1E7Dug2wMBbg=");
-    ws_accept_key(key, 129, out);
+    ws_handshake_accept_key(key, 129, out);
     assert_string_equal(out, "GwNZsIvApWzhz529DTMMTypVTu4=");
     memset(key, 'x', sizeof(key));
-    ws_accept_key(key, 200, out);
+    ws_handshake_accept_key(key, 200, out);
     assert_string_equal(out, "2/xdrRDawKrkzT3zWJGBWn134JI=");
 }
 
 /* ---- Responses ---- */
 
-static void test_http_hs_response_101(void **state)
+static void test_http1_response_101(void **state)
 {
     static const char want[] = "HTTP/1.1 101 Switching Protocols\r\n"
                                "Upgrade: websocket\r\n"
@@ -745,81 +745,37 @@ static void test_http_hs_response_101(void **state)
                                "Sec-WebSocket-Version: 13\r\n"
                                "\r\n";
     struct http_req req;
-    struct ws_hs_result res;
+    struct ws_handshake_result res;
     char out[512];
     size_t n;
 
     (void)state;
     assert_int_equal(http_req_parse(&req, GOOD_REQ, sizeof(GOOD_REQ) - 1, MAX_HEAD),
                      (int)sizeof(GOOD_REQ) - 1);
-    assert_int_equal(ws_hs_check(&req, &policies[POL_NONE], &res), 101);
+    assert_int_equal(ws_handshake_check(&req, &policies[POL_NONE], &res), 101);
     assert_string_equal(res.accept, ACCEPT);
-    n = http_response_101(out, sizeof(out), &res);
+    n = ws_handshake_101(out, sizeof(out), &res);
     assert_int_equal(n, sizeof(want) - 1);
     assert_memory_equal(out, want, n);
 
     assert_int_equal(http_req_parse(&req, head, sizeof(head) - 1, MAX_HEAD), (int)sizeof(head) - 1);
-    assert_int_equal(ws_hs_check(&req, &policies[POL_LIST], &res), 101);
-    n = http_response_101(out, sizeof(out), &res);
+    assert_int_equal(ws_handshake_check(&req, &policies[POL_LIST], &res), 101);
+    n = ws_handshake_101(out, sizeof(out), &res);
     assert_int_equal(n, sizeof(want_proto) - 1);
     assert_memory_equal(out, want_proto, n);
 
     /* it must fit with its NUL, and only a 101 result gives a 101 answer */
-    assert_int_equal(http_response_101(out, sizeof(want_proto) - 1, &res), 0);
-    assert_int_equal(http_response_101(out, sizeof(want_proto), &res), sizeof(want_proto) - 1);
-    assert_int_equal(http_response_101(out, 0, &res), 0);
+    assert_int_equal(ws_handshake_101(out, sizeof(want_proto) - 1, &res), 0);
+    assert_int_equal(ws_handshake_101(out, sizeof(want_proto), &res), sizeof(want_proto) - 1);
+    assert_int_equal(ws_handshake_101(out, 0, &res), 0);
     res.status = 400;
-    assert_int_equal(http_response_101(out, sizeof(out), &res), 0);
+    assert_int_equal(ws_handshake_101(out, sizeof(out), &res), 0);
     res.status = 101;
     res.accept[0] = '\0';
-    assert_int_equal(http_response_101(out, sizeof(out), &res), 0);
+    assert_int_equal(ws_handshake_101(out, sizeof(out), &res), 0);
 }
 
-static void test_http_hs_response_simple(void **state)
-{
-    static const char want426[] = "HTTP/1.1 426 Upgrade Required\r\n"
-                                  "Content-Type: text/plain; charset=utf-8\r\n"
-                                  "Content-Length: 29\r\n"
-                                  "Connection: close\r\n"
-                                  "Sec-WebSocket-Version: 13\r\n"
-                                  "\r\n"
-                                  "this is a WebSocket endpoint\n";
-    static const char want400[] = "HTTP/1.1 400 Bad Request\r\n"
-                                  "Content-Type: text/plain; charset=utf-8\r\n"
-                                  "Content-Length: 4\r\n"
-                                  "Connection: close\r\n"
-                                  "\r\n"
-                                  "bad\n";
-    static const char want_empty[] = "HTTP/1.1 599 Unknown\r\n"
-                                     "Content-Type: text/plain; charset=utf-8\r\n"
-                                     "Content-Length: 1\r\n"
-                                     "Connection: close\r\n"
-                                     "\r\n"
-                                     "\n";
-    char out[512];
-    size_t n;
-
-    (void)state;
-    n = http_response_simple(out, sizeof(out), 426, "Sec-WebSocket-Version: 13\r\n",
-                             "this is a WebSocket endpoint");
-    assert_int_equal(n, sizeof(want426) - 1);
-    assert_memory_equal(out, want426, n);
-    n = http_response_simple(out, sizeof(out), 400, NULL, "bad");
-    assert_int_equal(n, sizeof(want400) - 1);
-    assert_memory_equal(out, want400, n);
-    n = http_response_simple(out, sizeof(out), 599, "", NULL);
-    assert_int_equal(n, sizeof(want_empty) - 1);
-    assert_memory_equal(out, want_empty, n);
-
-    assert_int_equal(http_response_simple(out, sizeof(want400) - 1, 400, NULL, "bad"), 0);
-    assert_int_equal(http_response_simple(out, sizeof(want400), 400, NULL, "bad"),
-                     sizeof(want400) - 1);
-    assert_int_equal(http_response_simple(out, 0, 400, NULL, "bad"), 0);
-    assert_int_equal(http_response_simple(out, sizeof(out), 99, NULL, "x"), 0);
-    assert_int_equal(http_response_simple(out, sizeof(out), 1000, NULL, "x"), 0);
-}
-
-static void test_http_hs_status_text(void **state)
+static void test_http1_status_text(void **state)
 {
     static const struct {
         int status;
@@ -857,23 +813,22 @@ static void test_http_hs_status_text(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_http_hs_parse_fields),
-        cmocka_unit_test(test_http_hs_parse_path_query),
-        cmocka_unit_test(test_http_hs_parse_versions),
-        cmocka_unit_test(test_http_hs_parse_bytewise),
-        cmocka_unit_test(test_http_hs_parse_malformed),
-        cmocka_unit_test(test_http_hs_parse_too_large),
-        cmocka_unit_test(test_http_hs_parse_header_count),
-        cmocka_unit_test(test_http_hs_header_lookup),
-        cmocka_unit_test(test_http_hs_token_list),
-        cmocka_unit_test(test_http_hs_query_param),
-        cmocka_unit_test(test_http_hs_cookie_value),
-        cmocka_unit_test(test_http_hs_check_table),
-        cmocka_unit_test(test_http_hs_check_plain_get_message),
-        cmocka_unit_test(test_http_hs_accept_key),
-        cmocka_unit_test(test_http_hs_response_101),
-        cmocka_unit_test(test_http_hs_response_simple),
-        cmocka_unit_test(test_http_hs_status_text),
+        cmocka_unit_test(test_http1_parse_fields),
+        cmocka_unit_test(test_http1_parse_path_query),
+        cmocka_unit_test(test_http1_parse_versions),
+        cmocka_unit_test(test_http1_parse_bytewise),
+        cmocka_unit_test(test_http1_parse_malformed),
+        cmocka_unit_test(test_http1_parse_too_large),
+        cmocka_unit_test(test_http1_parse_header_count),
+        cmocka_unit_test(test_http1_header_lookup),
+        cmocka_unit_test(test_http1_token_list),
+        cmocka_unit_test(test_http1_query_param),
+        cmocka_unit_test(test_http1_cookie_value),
+        cmocka_unit_test(test_http1_check_table),
+        cmocka_unit_test(test_http1_check_plain_get_message),
+        cmocka_unit_test(test_http1_accept_key),
+        cmocka_unit_test(test_http1_response_101),
+        cmocka_unit_test(test_http1_status_text),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

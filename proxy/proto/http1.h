@@ -1,10 +1,10 @@
 /*
- * http_hs.h -- sans-I/O HTTP/1.1 request-head parser and RFC 6455 §4.2 upgrade checks/answers.
- * Bytes in, structs and response bytes out; no sockets, no libevent. Parsed strings point into the
- * caller's buffer and live as long as it does.
+ * http1.h -- sans-I/O HTTP/1.1 request-head parser and header/query/cookie helpers. Bytes in, structs
+ * out; no sockets, no libevent, no allocation. Parsed strings point into the caller's buffer and live
+ * as long as it does.
  */
-#ifndef WSP_HTTP_HS_H
-#define WSP_HTTP_HS_H
+#ifndef WSP_HTTP1_H
+#define WSP_HTTP1_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -58,6 +58,16 @@ int http_req_parse(struct http_req *req, const char *buf, size_t len, size_t max
 /* First header named name (case-insensitive), or NULL. */
 const struct http_header *http_req_header(const struct http_req *req, const char *name);
 
+/* How many headers are named name (ASCII case-insensitive); *first gets the first one (or NULL). */
+size_t http_req_header_count(const struct http_req *req, const char *name,
+                             const struct http_header **first);
+
+/* Whether any header named name lists token (comma-separated); nocase compares it ignoring case. */
+bool http_req_has_token(const struct http_req *req, const char *name, const char *token, bool nocase);
+
+/* Whether the n bytes at s equal the string z, ignoring ASCII case (locale-free). */
+bool http_ieq(const char *s, size_t n, const char *z);
+
 /*
  * Whether a comma-separated header value contains token (case-insensitive, spaces ignored): a whole
  * element must match, "keep-alive, Upgrade" has "upgrade", "upgrader" does not.
@@ -79,54 +89,6 @@ int http_query_param(const char *query, size_t query_len, const char *name, char
  * a control byte in the value is -2.
  */
 int http_cookie_value(const char *cookie, size_t len, const char *name, char *out, size_t cap);
-
-/* What the server accepts, taken from config. */
-struct ws_hs_policy {
-    const char *const *origins; /* "*" allows any; empty list = Origin header not checked */
-    size_t num_origins;
-    const char *const *subprotocols; /* server preference order */
-    size_t num_subprotocols;
-};
-
-struct ws_hs_result {
-    int status;          /* 101 on success, else 400, 403, 405, 426 (500 if SHA-1 is unavailable) */
-    const char *message; /* short human text for the error body and logs */
-    char accept[29];     /* Sec-WebSocket-Accept when status == 101, NUL-terminated */
-    const char *subprotocol; /* chosen subprotocol (points into policy) or NULL */
-};
-
-/*
- * RFC 6455 §4.2.1 checks of an upgrade request already routed to a WebSocket path.
- * Order: method (405), version >= 1.1 (400), no Upgrade: websocket at all (426, a plain GET),
- * Host (400), Connection: upgrade (400), Sec-WebSocket-Version 13 (426), Sec-WebSocket-Key (400),
- * Origin (403). Returns result->status.
- * Details: version means 1.x with x >= 1 (2.x in an HTTP/1 line is 400); a repeated Host,
- * Sec-WebSocket-Version or Sec-WebSocket-Key is 400; the key must be 22 base64 chars + "==".
- * Origin is checked only when the list is non-empty and has no "*": a missing Origin passes (not a
- * browser; the attacks the list stops need one, and browsers always send it), a present one must match
- * an entry exactly but for ASCII case, and two Origin headers are 403.
- * Subprotocol: the first entry of pol->subprotocols that any Sec-WebSocket-Protocol header lists, compared
- * case-sensitively (browsers check the echo exactly); NULL if none. On 405/426 the caller adds
- * "Allow: GET" / "Sec-WebSocket-Version: 13" to the error answer.
- */
-int ws_hs_check(const struct http_req *req, const struct ws_hs_policy *pol, struct ws_hs_result *result);
-
-/*
- * Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)); out gets 28 chars + NUL, or ""
- * if OpenSSL cannot compute SHA-1 (e.g. a provider that forbids it).
- */
-void ws_accept_key(const char *key, size_t key_len, char out[29]);
-
-/*
- * Response builders write into out (cap bytes) and return the length, or 0 if it did not fit.
- * out is NUL-terminated too, so the length is at most cap - 1.
- * http_response_101: the switching-protocols answer for a successful check (0 unless status is 101).
- * http_response_simple: status line, Content-Type text/plain, Content-Length, Connection: close,
- *   optional extra header lines (each ending in CRLF, may be NULL) and the body text + "\n"
- *   (NULL body = ""); 0 for a status outside 100..999.
- */
-size_t http_response_101(char *out, size_t cap, const struct ws_hs_result *result);
-size_t http_response_simple(char *out, size_t cap, int status, const char *extra_headers, const char *body);
 
 /* Reason phrase for a status code ("Bad Request"); "Unknown" for codes it does not know. */
 const char *http_status_text(int status);

@@ -1,13 +1,13 @@
 /*
- * fuzz_http_hs.c -- libFuzzer driver: request-head parser, upgrade checks and response builders.
- * Aborts when a result breaks the contract in http_hs.h (lengths, pointers inside the input).
+ * fuzz_http1.c -- libFuzzer driver: request-head parser (http1), upgrade checks and the 101 builder
+ * (ws_handshake). Aborts when a result breaks the contract in their headers (lengths, pointers).
  */
-/* fuzz-deps: proxy/proto/http_hs.c */
+/* fuzz-deps: proxy/proto/http1.c proxy/proto/ws_handshake.c */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/http_hs.h"
+#include "proto/ws_handshake.h"
 
 #define INSIDE(p, n, lo, hi) ((p) >= (lo) && (p) + (n) <= (hi))
 #define CHECK(c)             ((c) ? (void)0 : abort())
@@ -18,10 +18,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const char *const origins[] = {"https://app.example.com", "http://localhost:8080"};
     static const char *const protos[] = {"v2.chat", "v1.chat"};
-    static const struct ws_hs_policy pol = {origins, 2, protos, 2};
+    static const struct ws_handshake_policy pol = {origins, 2, protos, 2};
     const char *buf = (const char *)data, *end;
     struct http_req req;
-    struct ws_hs_result res;
+    struct ws_handshake_result res;
     const struct http_header *h;
     char out[1024];
     size_t i, n;
@@ -51,16 +51,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(memchr(req.headers[i].value, '\r', req.headers[i].value_len) == NULL);
     }
 
-    rc = ws_hs_check(&req, &pol, &res);
+    rc = ws_handshake_check(&req, &pol, &res);
     CHECK(rc == res.status && res.message != NULL);
     if (rc == 101) {
         CHECK(strlen(res.accept) == 28);
-        n = http_response_101(out, sizeof(out), &res);
+        n = ws_handshake_101(out, sizeof(out), &res);
         CHECK(n > 0 && n < sizeof(out) && strlen(out) == n);
     } else {
         CHECK(rc == 400 || rc == 403 || rc == 405 || rc == 426);
-        n = http_response_simple(out, sizeof(out), rc, NULL, res.message);
-        CHECK(n > 0 && n < sizeof(out) && strlen(out) == n);
+        CHECK(res.message != NULL && ws_handshake_101(out, sizeof(out), &res) == 0);
     }
 
     rc = http_query_param(req.query, req.query_len, "token", out, 64);
