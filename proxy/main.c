@@ -89,18 +89,18 @@ int main(int argc, char **argv)
     struct px_config cfg;
     if (config_load(&cfg, config_path, &ov, stderr) != 0) {
         fprintf(stderr, "wsproxy: configuration has errors, not starting\n");
-        config_free(&cfg);
+        config_release(&cfg);
         return 2;
     }
     if (check_only) {
         /* Also load what the start would load (keys, certificates), so a unit never restart-loops. */
         if (server_check(&cfg) != 0) {
             fprintf(stderr, "wsproxy: configuration has errors\n");
-            config_free(&cfg);
+            config_release(&cfg);
             return 2;
         }
         printf("configuration ok\n");
-        config_free(&cfg);
+        config_release(&cfg);
         return 0;
     }
     log_set_level((enum log_level)log_level_parse(cfg.log_level));
@@ -109,12 +109,12 @@ int main(int argc, char **argv)
 
     struct server srv;
     if (server_init(&srv, &cfg) != 0) {
-        config_free(&cfg);
+        config_release(&cfg);
         return 1;
     }
     int rc = server_run(&srv);
     server_release(&srv);
     log_info("wsproxy stopped");
-    config_free(&cfg);
+    config_release(&cfg);
     return rc;
 }

@@ -97,7 +97,7 @@ int server_check(const struct px_config *cfg)
         log_error("auth: %s", err);
         return -1;
     }
-    auth_free(&auth);
+    auth_release(&auth);
     if (cfg->tls_cert[0]) {
         struct ssl_ctx_st *ctx = listener_tls_new(cfg->tls_cert, cfg->tls_key);
         if (!ctx)
@@ -256,6 +256,6 @@ void server_release(struct server *srv)
         store_close(st);
     if (srv->ssl_ctx)
         SSL_CTX_free(srv->ssl_ctx);
-    auth_free(&srv->auth);
+    auth_release(&srv->auth);
     memset(srv, 0, sizeof(*srv));
 }

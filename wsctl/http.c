@@ -140,7 +140,7 @@ static int parse_reply(char *buf, size_t len, struct http_reply *r)
     return 0;
 }
 
-int http_request(const char *url, const char *key, const char *method, const char *path,
+int wsctl_http_request(const char *url, const char *key, const char *method, const char *path,
                  const char *body, struct http_reply *r, char *err, size_t errlen)
 {
     char host[256];

@@ -72,7 +72,7 @@ static int call(struct wsctl *w, const char *method, const char *path, const cha
     char err[512];
     if (api_target(w, url, cap, &key) != 0)
         return -1;
-    if (http_request(url, key, method, path, body, r, err, sizeof(err)) != 0) {
+    if (wsctl_http_request(url, key, method, path, body, r, err, sizeof(err)) != 0) {
         wsctl_errorf(w, "%s", err);
         return -1;
     }

@@ -177,7 +177,7 @@ int wsctl_config(struct wsctl *w)
     if (config_load(&w->cfg, w->config_path, NULL, w->err) != 0) {
         wsctl_errorf(w, "cannot use configuration %s",
                      w->config_path ? w->config_path : "wsproxy.ini");
-        config_free(&w->cfg);
+        config_release(&w->cfg);
         return -1;
     }
     w->cfg_loaded = true;
@@ -238,6 +238,6 @@ int main(int argc, char **argv)
     if (fflush(stdout) != 0 && rc == WSCTL_OK)
         rc = WSCTL_ERROR;
     if (w.cfg_loaded)
-        config_free(&w.cfg);
+        config_release(&w.cfg);
     return rc;
 }

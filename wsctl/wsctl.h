@@ -123,7 +123,7 @@ struct http_reply {
  * Authorization: Bearer key; body (may be NULL) is sent as application/json. Returns 0 and fills
  * *r (free r->body), or -1 with a reason in err (connection refused, timeout, bad URL, ...).
  */
-int http_request(const char *url, const char *key, const char *method, const char *path,
+int wsctl_http_request(const char *url, const char *key, const char *method, const char *path,
                  const char *body, struct http_reply *r, char *err, size_t errlen);
 
 /* Split "http://host:port[/...]" into host and port. Returns 0 or -1. */

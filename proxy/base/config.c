@@ -471,7 +471,7 @@ int config_load(struct px_config *cfg, const char *path, const struct config_ove
     return lc.errors ? -1 : 0;
 }
 
-void config_free(struct px_config *cfg)
+void config_release(struct px_config *cfg)
 {
     for (size_t i = 0; i < NOPTS; i++) {
         void *field = (char *)cfg + opts[i].offset;

@@ -77,10 +77,10 @@ struct config_overrides {
 /*
  * Fill cfg from built-in defaults, then the INI file at path (NULL: "wsproxy.ini" if it exists, else
  * defaults only), then the overrides, then validate. Every problem is printed to err, one line each,
- * naming the section and key. Returns 0, or -1 after printing. cfg owns its strings: config_free().
+ * naming the section and key. Returns 0, or -1 after printing. cfg owns its strings: config_release().
  */
 int config_load(struct px_config *cfg, const char *path, const struct config_overrides *ov, FILE *err);
-void config_free(struct px_config *cfg);
+void config_release(struct px_config *cfg);
 
 /* Write every key with its default and help text, as an annotated INI file. */
 void config_print_reference(FILE *out);

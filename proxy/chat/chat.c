@@ -3,6 +3,7 @@
  * allocation-free fast path in chat_fast.c), validates, writes through the store inside the loop's
  * group-commit transaction, and answers. Replies and deliveries are held until the commit.
  */
+#include <assert.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,7 @@ void chat_send_commit(struct chat_conn *cc, const char *to, const char *room, co
                       const char *cid)
 {
     struct chat *ch = cc->chat;
+    assert(!cc->ended && (to == NULL) != (room == NULL));
     if (room) {
         bool member = false;
         if (store_room_is_member(ch->store, room, cc->user, &member) != 0) {
@@ -500,6 +502,7 @@ bool chat_rate_ok(struct chat_conn *cc)
  */
 static void dispatch(struct chat_conn *cc, uint8_t opcode, const uint8_t *data, size_t len)
 {
+    assert(cc->busy > 0 && !cc->ended);
     struct chat *ch = cc->chat;
     if (opcode != WS_OP_TEXT) {
         ch->lp->metrics.msgs_in[MK_OTHER]++;

@@ -3,6 +3,7 @@
  * encoded frame to users and rooms, broadcast, presence and member events, and the in-memory index
  * of which live connection is in which room. Frames queued here are held until the group commit.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@ static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct 
     for (struct reg_member *m = g ? g->head : NULL; m; m = next) {
         next = m->next;
         struct chat_conn *cc = m->item;
+        assert(!cc->ended); /* an ended session left every group in on_close */
         if (cc == skip)
             continue;
         if (hold != HOLD_NONE && chat_replay_holds(cc, hold == HOLD_ROOM ? room : NULL))

@@ -2,6 +2,7 @@
  * chat_replay.c -- what a connection missed, sent right after welcome: pending direct messages, then
  * each room's messages after the member's cursor, paced by the client's send queue.
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -242,10 +243,11 @@ void chat_replay_continue(struct chat_conn *cc)
             }
             cc->replay_after = dr.last_id;
             if (dr.count < REPLAY_PAGE && !dr.stopped)
-                cc->phase = REPLAY_ROOMS;
+                cc->phase = REPLAY_ROOMS; /* direct -> rooms: the phases only move forward */
             continue;
         }
         if (cc->num_replay_rooms == 0) {
+            assert(cc->phase == REPLAY_ROOMS && !cc->room_started);
             cc->phase = REPLAY_DONE;
             chat_replay_free(cc);
             struct sbuf b;

@@ -231,6 +231,7 @@ void conn_pool_flush(void *pool, bool ok)
     struct conn *c = p->dirty;
     p->dirty = NULL;
     while (c) {
+        assert(c->dirty && !c->freeing);
         struct conn *next = c->dirty_next;
         c->dirty = false;
         c->dirty_next = NULL;
@@ -412,6 +413,7 @@ static void end_app(struct conn *c, enum end_reason why)
     void *data = c->data;
     if (!data)
         return;
+    assert(c->handler && c->state != CONN_HTTP);
     c->data = NULL;
     c->handler->on_close(c, data, why);
 }
@@ -464,6 +466,7 @@ static void on_data(struct conn *c, const struct ws_event *ev)
 
 static void on_close_frame(struct conn *c, const struct ws_event *ev)
 {
+    assert(!c->close_received); /* process_frames stops reading frames after the first close */
     c->close_received = true;
     if (!c->close_sent) {
         /* Peer-initiated: echo its code (RFC 6455 §5.5.1), then we close TCP once it is written. */
@@ -692,6 +695,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* Send the close frame once and record why; the application's state ends now. */
 static void send_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why)
 {
+    assert(c->state == CONN_OPEN || c->state == CONN_CLOSING);
     if (!c->close_sent) {
         uint8_t payload[WS_MAX_CTRL_PAYLOAD];
         size_t plen = ws_close_payload(payload, code, reason);
@@ -745,6 +749,7 @@ static void conn_release_state(struct conn *c)
     struct conn_pool *p = c->pool;
     end_app(c, c->end_reason);
     if (c->counted) {
+        assert(p->num_ws > 0);
         c->counted = false;
         registry_counter_add(p->ip_counts, c->addr, -1);
         p->num_ws--;
@@ -799,6 +804,7 @@ static void linger_read_cb(evutil_socket_t fd, short what, void *arg)
  */
 static void conn_linger(struct conn *c)
 {
+    assert(!c->busy && !c->freeing && (c->state == CONN_HTTP_CLOSING || c->state == CONN_CLOSING));
     conn_release_state(c);
     c->state = CONN_LINGER;
     uint64_t bound = 2 * (uint64_t)cfg_of(c)->max_message_size;
@@ -827,6 +833,7 @@ static void conn_free(struct conn *c)
     }
     c->freeing = true;
     struct conn_pool *p = c->pool;
+    assert(p->num_conns > 0);
     conn_release_state(c);
     if (c->prev)
         c->prev->next = c->next;

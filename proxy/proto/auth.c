@@ -249,7 +249,7 @@ int auth_init(struct auth *a, const struct auth_settings *s, char *err, size_t e
         if (a->key == NULL)
             return -1;
         if (check_public_key(a->key, a->key_len, a->alg, s->jwt_public_key, err, errlen) != 0) {
-            auth_free(a);
+            auth_release(a);
             return -1;
         }
     }
@@ -260,12 +260,12 @@ int auth_init(struct auth *a, const struct auth_settings *s, char *err, size_t e
     }
     return 0;
 oom:
-    auth_free(a);
+    auth_release(a);
     set_msg(err, errlen, "out of memory");
     return -1;
 }
 
-void auth_free(struct auth *a)
+void auth_release(struct auth *a)
 {
     if (a->key != NULL)
         OPENSSL_cleanse(a->key, a->key_len);

@@ -72,12 +72,12 @@ int auth_alg_parse(const char *s);
  * Check and load settings. Token mode needs: HS256 with a non-empty secret, or RS256/ES256 with a
  * readable PEM public key of that type (RSA >= 2048 bits; EC on P-256); with those a jwt_secret is
  * ignored. Query mode needs trusted_proxies. Returns 0, or -1 with a message in err (errlen bytes);
- * on failure nothing needs freeing. Call auth_free when done.
+ * on failure nothing needs freeing. Call auth_release when done.
  */
 int auth_init(struct auth *a, const struct auth_settings *s, char *err, size_t errlen);
 
 /* Release what auth_init allocated (the secret is wiped first). Safe on a zeroed or freed struct. */
-void auth_free(struct auth *a);
+void auth_release(struct auth *a);
 
 /* Whether s[0..len) is an acceptable user id: 1..64 bytes, valid UTF-8, no C0, DEL or C1 controls. */
 bool auth_user_valid(const char *s, size_t len);

@@ -327,7 +327,7 @@ static void test_auth_init_ok(void **state)
     assert_int_equal(a.modes, AUTH_MODE_QUERY);
     assert_null(a.key);
     assert_false(a.has_secret);
-    auth_free(&a);
+    auth_release(&a);
 
     /* defaults: token, HS256 */
     memset(&s, 0, sizeof(s));
@@ -339,8 +339,8 @@ static void test_auth_init_ok(void **state)
     assert_true(a.has_secret);
     assert_int_equal(a.key_len, strlen(SECRET));
     assert_null(a.cookie_name);
-    auth_free(&a);
-    auth_free(&a); /* twice is harmless */
+    auth_release(&a);
+    auth_release(&a); /* twice is harmless */
     assert_null(a.key);
 
     /* RS256 ignores a secret: the demo page cannot sign */
@@ -353,7 +353,7 @@ static void test_auth_init_ok(void **state)
     assert_false(a.has_secret);
     assert_string_equal(a.cookie_name, "jwt");
     assert_string_equal((const char *)a.key, keys.rsa_pub);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 /* ---- HS256 ---- */
@@ -399,7 +399,7 @@ static void test_auth_hs256_valid(void **state)
     assert_int_equal(auth_verify_token(&a, tok, NOW_MS, &id, why, sizeof(why)), 0);
     assert_int_equal(id.exp_ms, INT64_MAX);
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_expired(void **state)
@@ -420,7 +420,7 @@ static void test_auth_expired(void **state)
     tok = sign(JWT_ALG_HS256, SECRET, "{\"sub\":\"alice\",\"exp\":-1e300}");
     expect_reject(&a, tok, NOW_MS, "token expired");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_leeway_edges(void **state)
@@ -438,7 +438,7 @@ static void test_auth_leeway_edges(void **state)
     expect_accept(&a, tok, exp_ms, "alice");
     expect_accept(&a, tok, exp_ms + LEEWAY_MS - 1, "alice");
     expect_reject(&a, tok, exp_ms + LEEWAY_MS, "token expired");
-    auth_free(&a);
+    auth_release(&a);
 
     /* no leeway: valid strictly before exp (RFC 7519 §4.1.4) */
     struct auth_settings s = {.jwt_secret = SECRET, .leeway_ms = 0};
@@ -453,12 +453,12 @@ static void test_auth_leeway_edges(void **state)
     tok = sign(JWT_ALG_HS256, SECRET, claims);
     expect_reject(&a, tok, nbf_ms - 1, "token not yet valid");
     expect_accept(&a, tok, nbf_ms, "alice");
-    auth_free(&a);
+    auth_release(&a);
     init_hs(&a, "token", NULL, NULL);
     expect_reject(&a, tok, nbf_ms - LEEWAY_MS - 1, "token not yet valid");
     expect_accept(&a, tok, nbf_ms - LEEWAY_MS, "alice");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_not_yet_valid(void **state)
@@ -475,7 +475,7 @@ static void test_auth_not_yet_valid(void **state)
     expect_reject(&a, tok, NOW_MS, "token not yet valid");
     expect_accept(&a, tok, (NOW_S + 3600) * INT64_C(1000), "alice");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_bad_claims(void **state)
@@ -513,7 +513,7 @@ static void test_auth_bad_claims(void **state)
                      "{\"sub\":\"0123456789012345678901234567890123456789012345678901234567890123\"}");
     expect_accept(&a, tok, NOW_MS, "0123456789012345678901234567890123456789012345678901234567890123");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_bad_utf8_sub(void **state)
@@ -535,7 +535,7 @@ static void test_auth_bad_utf8_sub(void **state)
     b64url((const char *)mac, maclen, sig);
     snprintf(tok, sizeof(tok), "%s.%s", input, sig);
     expect_reject(&a, tok, NOW_MS, "invalid token");
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_wrong_alg(void **state)
@@ -555,13 +555,13 @@ static void test_auth_wrong_alg(void **state)
     tok = sign(JWT_ALG_ES256, keys.ec_priv, "{\"sub\":\"alice\"}");
     expect_reject(&a, tok, NOW_MS, "token algorithm not allowed");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "ES256", keys.ec_pub_path);
     tok = sign(JWT_ALG_RS256, keys.rsa_priv, "{\"sub\":\"alice\"}");
     expect_reject(&a, tok, NOW_MS, "token algorithm not allowed");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_wrong_key(void **state)
@@ -591,19 +591,19 @@ static void test_auth_wrong_key(void **state)
     expect_reject(&a, forged, NOW_MS, "invalid token");
     free(good);
     free(other);
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "RS256", keys.rsa_pub_path);
     tok = sign(JWT_ALG_RS256, keys.rsa2_priv, "{\"sub\":\"alice\"}");
     expect_reject(&a, tok, NOW_MS, "invalid token");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "ES256", keys.ec_pub_path);
     tok = sign(JWT_ALG_ES256, keys.ec2_priv, "{\"sub\":\"alice\"}");
     expect_reject(&a, tok, NOW_MS, "invalid token");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_alg_none(void **state)
@@ -629,11 +629,11 @@ static void test_auth_alg_none(void **state)
     craft(tok, sizeof(tok), "{\"alg\":\"none\",\"typ\":\"JWT\"}", "{\"sub\":\"alice\"}", "");
     assert_int_equal(jwt_decode(&jwt, tok, NULL, 0), 0);
     jwt_free(jwt);
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "RS256", keys.rsa_pub_path);
     expect_reject(&a, tok, NOW_MS, "token algorithm not allowed");
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_malformed(void **state)
@@ -668,7 +668,7 @@ static void test_auth_malformed(void **state)
     expect_reject(&a, big, NOW_MS, "malformed token");
     /* NULL why is allowed */
     assert_int_equal(auth_verify_token(&a, "abc", NOW_MS, &id, NULL, 0), -1);
-    auth_free(&a);
+    auth_release(&a);
 
     /* query-only: tokens are not configured at all */
     struct auth_settings s = {.mode = "query", .trusted_proxies = "127.0.0.1"};
@@ -676,7 +676,7 @@ static void test_auth_malformed(void **state)
     char *tok = sign(JWT_ALG_HS256, SECRET, "{\"sub\":\"alice\"}");
     expect_reject(&a, tok, NOW_MS, "not configured");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 /* ---- RS256 / ES256 ---- */
@@ -693,12 +693,12 @@ static void test_auth_rs256_valid(void **state)
     tok = sign(JWT_ALG_RS256, keys.rsa_priv, claims);
     expect_accept(&a, tok, NOW_MS, "carol");
     expect_reject(&a, tok, NOW_MS + 91000, "token expired");
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "RS256", keys.pkcs1_pub_path);
     expect_accept(&a, tok, NOW_MS, "carol");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_es256_valid(void **state)
@@ -713,7 +713,7 @@ static void test_auth_es256_valid(void **state)
     tok = sign(JWT_ALG_ES256, keys.ec_priv, claims);
     expect_accept(&a, tok, NOW_MS, "dave");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_hs_rs_confusion(void **state)
@@ -733,13 +733,13 @@ static void test_auth_hs_rs_confusion(void **state)
     jwt_free(jwt);
     expect_reject(&a, tok, NOW_MS, "token algorithm not allowed");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "ES256", keys.ec_pub_path);
     tok = sign(JWT_ALG_HS256, keys.ec_pub, "{\"sub\":\"admin\"}");
     expect_reject(&a, tok, NOW_MS, "token algorithm not allowed");
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 /* ---- User ids ---- */
@@ -867,13 +867,13 @@ static void test_auth_identify_token_sources(void **state)
     identify_fail(&a, "GET /ws?token=abc HTTP/1.1\r\n\r\n", "1.1.1.1", "malformed token");
     /* ?user= means nothing in token mode, even from a trusted-looking peer */
     identify_fail(&a, "GET /ws?user=alice HTTP/1.1\r\n\r\n", "127.0.0.1", "missing token");
-    auth_free(&a);
+    auth_release(&a);
 
     /* without jwt_cookie the cookie is not a source */
     init_hs(&a, "token", NULL, NULL);
     snprintf(head, sizeof(head), "GET /ws HTTP/1.1\r\nCookie: jwt=%s\r\n\r\n", alice);
     identify_fail(&a, head, "203.0.113.9", "missing token");
-    auth_free(&a);
+    auth_release(&a);
     free(alice);
     free(bob);
     free(bad);
@@ -895,7 +895,7 @@ static void test_auth_identify_long_token(void **state)
     identify_fail(&a, head, "1.1.1.1", "token too long");
     snprintf(head, sizeof(head), "GET /ws HTTP/1.1\r\nCookie: jwt=%s\r\n\r\n", tok);
     identify_fail(&a, head, "1.1.1.1", "bad token cookie");
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_identify_never_echoes_token(void **state)
@@ -923,7 +923,7 @@ static void test_auth_identify_never_echoes_token(void **state)
         assert_null(strstr(why, piece));
     }
     free(tok);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_identify_query_mode(void **state)
@@ -959,7 +959,7 @@ static void test_auth_identify_query_mode(void **state)
                   "127.0.0.1", "invalid user id");
     /* tokens are ignored in query-only mode */
     identify_fail(&a, "GET /ws?token=abc HTTP/1.1\r\n\r\n", "127.0.0.1", "missing user");
-    auth_free(&a);
+    auth_release(&a);
 }
 
 static void test_auth_identify_token_and_query(void **state)
@@ -983,7 +983,7 @@ static void test_auth_identify_token_and_query(void **state)
     identify_fail(&a, "GET /ws?user=alice HTTP/1.1\r\n\r\n", "203.0.113.9",
                   "query identity from untrusted peer");
     identify_fail(&a, "GET /ws HTTP/1.1\r\n\r\n", "127.0.0.1", "missing token or user");
-    auth_free(&a);
+    auth_release(&a);
     free(bob);
     free(bad);
 }
@@ -1057,7 +1057,7 @@ static void test_auth_client_addr(void **state)
     assert_string_equal(out, "");
     assert_int_equal(auth_client_addr(&a, &req, "unix-socket-name", out, 4), -1);
     assert_string_equal(out, "");
-    auth_free(&a);
+    auth_release(&a);
 }
 
 /* ---- Issuing demo tokens ---- */
@@ -1087,16 +1087,16 @@ static void test_auth_issue_token(void **state)
     assert_int_equal(auth_issue_token(&a, "alice", 60000, NOW_MS, tok, (size_t)n), -1);
     assert_string_equal(tok, "");
     assert_int_equal(auth_issue_token(&a, "alice", 60000, NOW_MS, tok, (size_t)n + 1), n);
-    auth_free(&a);
+    auth_release(&a);
 
     init_pk(&a, "RS256", keys.rsa_pub_path);
     assert_int_equal(auth_issue_token(&a, "alice", 60000, NOW_MS, tok, sizeof(tok)), -1);
-    auth_free(&a);
+    auth_release(&a);
 
     struct auth_settings s = {.mode = "query", .trusted_proxies = "127.0.0.1"};
     assert_int_equal(auth_init(&a, &s, NULL, 0), 0);
     assert_int_equal(auth_issue_token(&a, "alice", 60000, NOW_MS, tok, sizeof(tok)), -1);
-    auth_free(&a);
+    auth_release(&a);
 }
 
 int main(void)

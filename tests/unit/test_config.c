@@ -120,7 +120,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.subprotocols.n, 0);
     assert_false(cfg.demo_enabled);
     free(err);
-    config_free(&cfg);
+    config_release(&cfg);
 }
 
 static void test_config_file_and_overrides(void **state)
@@ -141,7 +141,7 @@ static void test_config_file_and_overrides(void **state)
     assert_true(str_list_has(&cfg.origins, "https://b.example"));
     assert_false(str_list_has(&cfg.origins, "https://c.example"));
     free(err);
-    config_free(&cfg);
+    config_release(&cfg);
 }
 
 static void test_config_errors_name_the_key(void **state)
@@ -175,7 +175,7 @@ static void test_config_errors_name_the_key(void **state)
         if (rc != -1 || !strstr(err, cases[i].needle))
             fail_msg("case %zu: rc %d, want '%s' in: %s", i, rc, cases[i].needle, err);
         free(err);
-        config_free(&cfg);
+        config_release(&cfg);
     }
 }
 
