@@ -1,10 +1,11 @@
 # wsproxy -- GNU make build. `make` builds, `make run` sets up and runs, `make test` sets up and tests.
-# Every proxy/*.c (but main.c) and store/*.c goes into one static library that the server, wsctl and
-# every unit test link against, so adding a module needs no edit here.
+# Every proxy/*.c (but main.c), proxy/*/*.c (proxy/proto/: the sans-I/O codecs) and store/*.c goes
+# into one static library that the server, wsctl and every unit test link against, so adding a module
+# needs no edit here.
 
 CC      ?= gcc
 B       ?= build
-PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih
+PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wwrite-strings \
            -Wformat=2 -Wundef -fno-common
@@ -25,7 +26,7 @@ CFLAGS  := $(CSTD) $(OPT) $(WARN) $(SANFLAGS) -Iproxy -Istore -I$(B)/gen $(PKG_C
 LDFLAGS := $(SANFLAGS) $(EXTRA_LDFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm
 
-LIB_SRC  := $(filter-out proxy/main.c,$(wildcard proxy/*.c)) $(wildcard store/*.c)
+LIB_SRC  := $(filter-out proxy/main.c,$(wildcard proxy/*.c)) $(wildcard proxy/*/*.c) $(wildcard store/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o) $(B)/gen/migrations.o
 WSCTL_SRC := $(wildcard wsctl/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
