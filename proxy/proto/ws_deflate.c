@@ -492,6 +492,12 @@ static int inflater_run(struct ws_deflate_inflater *inf, const uint8_t *in, size
         zs->avail_out = (uInt)cap;
         zr = inflate(zs, Z_SYNC_FLUSH);
         got = cap - zs->avail_out;
+        /*
+         * The bound first: zlib may go on to decode a bad code after filling the buffer, and which
+         * error wins must not depend on how the message was chunked.
+         */
+        if (got > room)
+            return WS_DEFLATE_ERR_TOO_BIG;
         if (zr == Z_DATA_ERROR || zr == Z_NEED_DICT)
             return WS_DEFLATE_ERR_DATA;
         if (zr == Z_MEM_ERROR)
@@ -499,8 +505,6 @@ static int inflater_run(struct ws_deflate_inflater *inf, const uint8_t *in, size
         if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR)
             return WS_DEFLATE_ERR_PARAM;
         if (got) {
-            if (got > room)
-                return WS_DEFLATE_ERR_TOO_BIG;
             inf->msg_out += got;
             if (sink(arg, buf, got) != 0)
                 return WS_DEFLATE_ERR_SINK;
