@@ -73,7 +73,7 @@ typedef int ws_deflate_sink_fn(void *arg, const uint8_t *p, size_t n);
  *   deflate: (1 << (wb + 2)) [window 2w + prev 2w] + (1 << (ml + 9)) [head + pending buffer]
  *            + 5952 B deflate_state + 112 B z_stream + 6 x 16 B headers
  *            = (1 << (wb + 2)) + (1 << (ml + 9)) + 6160 B
- * e.g. inflate wb 15: 40088 B, wb 12: 11416 B, wb 10: 8344 B; deflate wb 15/ml 8: 268256 B,
+ * e.g. inflate wb 15: 40088 B, wb 12: 11416 B, wb 10: 8344 B; deflate wb 15/ml 8: 268304 B,
  * wb 12/ml 5: 38928 B. The *_worst() functions round the fixed part up (7.5 KiB and 6.5 KiB) so a
  * slightly larger state struct in another zlib release still fits.
  *

@@ -276,6 +276,7 @@ static void test_ws_deflate_negotiate_malformed(void **state)
         "permessage-deflate; client_max_window_bits=\"10",
         "permessage-deflate; client_max_window_bits=\"1\\",
         "permessage-deflate; client_max_window_bits=\"1\x01\"",
+        "permessage-deflate; client_max_window_bits=\"1\\\x01\"",
         "permessage-deflate\r\n",
         "permessage-deflate; client_max_window_bits\x7f",
         "\"permessage-deflate\"",
@@ -321,6 +322,8 @@ static void test_ws_deflate_negotiate_lists_and_syntax(void **state)
         {"foo; =, permessage-deflate", PMD, 15, 15, false},
         {"foo bar, permessage-deflate", PMD, 15, 15, false},
         {"foo; x=\"\\\"\", permessage-deflate", PMD, 15, 15, false},
+        /* a broken element is skipped to the next comma outside quotes, escapes included */
+        {"foo; = \"\\\", x\", permessage-deflate", PMD, 15, 15, false},
         /* empty elements and whitespace */
         {", ,permessage-deflate,,", PMD, 15, 15, false},
         {" \tpermessage-deflate \t; \tclient_max_window_bits \t= \t10 \t, foo",
@@ -1058,6 +1061,20 @@ static void test_ws_deflate_memory_budget(void **state)
                      WS_DEFLATE_ERR_NOMEM);
     ws_deflate_compressor_release(&c);
     assert_int_equal(mem.in_use, 0);
+    /* Room for the zlib state but not for the window it allocates at the first output. */
+    mem.budget = worst - 1024;
+    ws_deflate_inflater_init(&inf, &p, 100, &mem);
+    assert_int_equal(feed_cuts(&inf, hello, sizeof hello, NULL, 0, &o), WS_DEFLATE_ERR_NOMEM);
+    assert_int_equal(mem.in_use, 0);
+    ws_deflate_inflater_release(&inf);
+    /* Room for the z_stream but not for deflate's state. */
+    mem.budget = 1000;
+    assert_int_equal(ws_deflate_compressor_init(&c, 1, 15, 8, &mem), WS_DEFLATE_OK);
+    assert_int_equal(ws_deflate_compress(&c, hello, sizeof hello, 0, out_sink, &o),
+                     WS_DEFLATE_ERR_NOMEM);
+    assert_int_equal(mem.in_use, 0);
+    ws_deflate_compressor_release(&c);
+    out_reset(&o);
     mem.budget = worst;
     ws_deflate_inflater_init(&inf, &p, 100, &mem);
     assert_int_equal(feed_cuts(&inf, hello, sizeof hello, NULL, 0, &o), WS_DEFLATE_OK);
