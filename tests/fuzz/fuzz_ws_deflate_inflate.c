@@ -4,9 +4,9 @@
  * compressor): the first 4 bytes choose window, context takeover, the output bound (small), the
  * chunking and how many messages the rest is cut into. Fed whole and in chunks, every message must
  * give the same result (and the same bytes when it succeeds); no sink call may exceed
- * WS_DEFLATE_CHUNK or take a message past the bound; zlib memory must be back to 0 after each message
- * without context takeover and after release. On the round-trip flag the rest is plain text that is
- * compressed, then inflated back in chunks: it must come back unchanged.
+ * WS_DEFLATE_CHUNK or take a message past the bound; zlib memory must be back to 0 after each
+ * message without context takeover and after release. On the round-trip flag the rest is plain text
+ * that is compressed, then inflated back in chunks: it must come back unchanged.
  */
 #include <stdbool.h>
 #include <stdint.h>

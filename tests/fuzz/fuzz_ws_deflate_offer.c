@@ -2,8 +2,8 @@
 /*
  * fuzz_ws_deflate_offer.c -- libFuzzer target: the first byte picks a policy, the rest is a
  * Sec-WebSocket-Extensions value. The parser never crashes or reads past the value; accepted params
- * stay within the policy and the offer; the response they format parses back, under the same policy,
- * to the same params.
+ * stay within the policy and the offer; the response they format parses back, under the same
+ * policy, to the same params.
  */
 #include <ctype.h>
 #include <stdbool.h>
