@@ -182,6 +182,21 @@ int main(int argc, char **argv)
                 bench("4 KiB array", (const uint8_t *)array, array_len, levels[l], wbs[w], mls[m],
                       secs);
 
+    /* Larger than a 4 KiB window: where window bits and memLevel start to matter. */
+    {
+        static const struct {
+            int level;
+            unsigned wb, ml;
+        } big[] = {{1, 15, 8}, {1, 12, 8}, {1, 12, 5}, {6, 15, 8}, {6, 12, 5}};
+        size_t cap = 64 * 1024;
+        char *page = malloc(cap);
+        size_t n = make_array(page, cap); /* a long history page: ids and times all differ */
+        for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
+            bench("64 KiB array", (const uint8_t *)page, n, big[i].level, big[i].wb, big[i].ml,
+                  secs);
+        free(page);
+    }
+
     printf("\nSize after compression by message size (prefixes of the 4 KiB array), level 1, "
            "wb 12, ml 5:\n\n| bytes | size |\n|---|---|\n");
     for (size_t n = 64; n <= 4096; n *= 2) {
