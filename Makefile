@@ -1,10 +1,10 @@
 # wsproxy -- GNU make build. `make` builds, `make run` sets up and runs, `make test` sets up and tests.
-# Every proxy/*.c and proxy/*/*.c (but main.c) and store/*.c goes into one static library that the server, wsctl and
-# every unit test link against, so adding a module needs no edit here.
+# Every proxy/*.c and proxy/*/*.c (but main.c) and store/*.c goes into one static library that the
+# server, wsctl and every unit test link against, so adding a module needs no edit here.
 
 CC      ?= gcc
 B       ?= build
-PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih
+PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wwrite-strings \
            -Wformat=2 -Wundef -fno-common
