@@ -1,0 +1,163 @@
+/* Reconnects with sends in flight: the link is reset by a proxy, or the server is killed with SIGKILL
+ * and started again on the same port and database. Every send must end with exactly one receipt and
+ * one stored message, and the recipient's app must see every message once, in send order. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { CuttableProxy, Server, waitFor } from './server.mjs';
+import { newClient, record, replayFor, within } from './helpers.mjs';
+
+/* alice sends n messages to bob, keeping `window` of them unanswered at any time (a receipt lets the
+ * next one go), so a break always finds sends in flight. onReceipt(count) may break things. */
+async function sendAll(alice, n, onReceipt, window = 40) {
+    const receipts = new Array(n);
+    let next = 0;
+    let count = 0;
+    let fail;
+    const failed = new Promise((_, reject) => { fail = reject; });
+    let done;
+    const all = new Promise((resolve) => { done = resolve; });
+    const sendNext = () => {
+        const i = next++;
+        alice.send({ to: 'bob', body: { n: i }, cid: `m${i}` }).then((r) => {
+            receipts[i] = r;
+            count += 1;
+            onReceipt(count);
+            if (next < n) sendNext();
+            if (count === n) done();
+        }, fail);
+    };
+    while (next < Math.min(window, n)) sendNext();
+    await within(Promise.race([all, failed]), 30000, `${n} receipts`);
+    return receipts;
+}
+
+async function checkDelivery(srv, n, receipts, got) {
+    const ids = receipts.map((r) => r.id);
+    assert.equal(new Set(ids).size, n, 'one distinct message id per send');
+    assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), 'ids grow in send order');
+
+    const stored = await srv.conversation('alice', 'bob');
+    assert.deepEqual(stored.map((m) => m.body.n), [...Array(n).keys()], 'each send stored exactly once');
+    assert.deepEqual(stored.map((m) => m.id), ids, 'the receipts name the stored messages');
+
+    await waitFor(() => got.length >= n, `bob's app to get ${n} messages`, 15000);
+    assert.deepEqual(got.map((m) => m.body.n), [...Array(n).keys()], 'bob sees each message once, in order');
+    assert.deepEqual(got.map((m) => m.id), ids);
+}
+
+test('link resets during a burst of sends: one receipt and one delivery per send, in order',
+    { timeout: 60000 }, async (t) => {
+        const srv = await new Server().start();
+        t.after(() => srv.cleanup());
+        const proxy = await new CuttableProxy(srv.port).listen();
+        t.after(() => proxy.close());
+
+        const bob = newClient(proxy.wsUrl, 'bob');
+        const bobLog = record(bob);
+        await bob.connect();
+        const alice = newClient(proxy.wsUrl, 'alice');
+        const aliceLog = record(alice);
+        await alice.connect();
+        t.after(() => { alice.close(); bob.close(); });
+
+        const N = 300;
+        const cutsAt = new Set([25, 110, 190, 260]);
+        const inFlight = [];
+        const receipts = await sendAll(alice, N, (count) => {
+            if (!cutsAt.has(count)) return;
+            inFlight.push(alice.pendingSends().length);
+            proxy.cut();
+        });
+        assert.ok(inFlight.every((k) => k > 0), `sends were in flight at every cut (${inFlight})`);
+        /* and once more while bob is still catching up */
+        if (bobLog.message.length < N) proxy.cut();
+
+        await checkDelivery(srv, N, receipts, bobLog.message);
+        const reconnects = aliceLog.state.filter((s) => s.state === 'reconnecting').length;
+        assert.ok(reconnects >= cutsAt.size, `alice reconnected after each cut (${reconnects})`);
+        assert.equal(bob.pendingSends().length + alice.pendingSends().length, 0);
+
+        /* bob's acks reached the server: a new connection of his is replayed nothing */
+        await waitFor(async () => (await replayFor(srv.wsUrl, 'bob')).length === 0, 'bob to have acked everything');
+        assert.deepEqual(aliceLog.error.concat(bobLog.error).filter((e) => e.code !== 'handshake_refused'), []);
+    });
+
+test('server killed with SIGKILL and restarted on the same port and database mid-burst',
+    { timeout: 60000 }, async (t) => {
+        const srv = await new Server().start();
+        t.after(() => srv.cleanup());
+
+        const bob = newClient(srv.wsUrl, 'bob');
+        const bobLog = record(bob);
+        await bob.connect();
+        const alice = newClient(srv.wsUrl, 'alice');
+        await alice.connect();
+        t.after(() => { alice.close(); bob.close(); });
+
+        const N = 150;
+        let restarted = null;
+        let inFlight = 0;
+        const receipts = await sendAll(alice, N, (count) => {
+            if (count !== 20) return;
+            inFlight = alice.pendingSends().length;
+            restarted = srv.kill9().then(() => srv.start());
+        });
+        await restarted;
+        assert.ok(inFlight > 0, 'sends were in flight at the kill');
+        assert.match(srv.log(), /server_restart|ended .*sessions|start/i, 'the server was started twice');
+
+        await checkDelivery(srv, N, receipts, bobLog.message);
+        await waitFor(async () => (await replayFor(srv.wsUrl, 'bob')).length === 0, 'bob to have acked everything');
+    });
+
+test('a receipt lost with the link: the resend is answered with the first receipt, stored once',
+    { timeout: 30000 }, async (t) => {
+        const srv = await new Server().start();
+        t.after(() => srv.cleanup());
+        const proxy = await new CuttableProxy(srv.port).listen();
+        t.after(() => proxy.close());
+        const alice = newClient(proxy.wsUrl, 'alice');
+        await alice.connect();
+        t.after(() => alice.close());
+
+        proxy.hold('down');
+        let settled = 0;
+        const sent = alice.send({ to: 'bob', body: 'once', cid: 'lost-receipt' }).finally(() => { settled += 1; });
+        const [stored] = await waitFor(async () => {
+            const h = await srv.conversation('alice', 'bob');
+            return h.length ? h : null;
+        }, 'the server to store the send');
+        assert.equal(settled, 0, 'the receipt did not get through');
+        proxy.cut();
+
+        const receipt = await within(sent, 10000, 'the receipt after the reconnect');
+        assert.deepEqual(receipt, { cid: 'lost-receipt', id: stored.id, ts: stored.ts, duplicate: true });
+        assert.equal(settled, 1);
+        assert.equal((await srv.conversation('alice', 'bob')).length, 1, 'nothing stored twice');
+    });
+
+test('an ack lost with the link: the replayed message reaches the app once, then is acked',
+    { timeout: 30000 }, async (t) => {
+        const srv = await new Server().start();
+        t.after(() => srv.cleanup());
+        const proxy = await new CuttableProxy(srv.port).listen();
+        t.after(() => proxy.close());
+        const bob = newClient(proxy.wsUrl, 'bob');
+        const log = record(bob);
+        await bob.connect();
+        t.after(() => bob.close());
+
+        proxy.hold('up');
+        const { json: pushed } = await srv.api('POST', '/api/v1/push', { to: 'bob', body: 'hello', cid: 'p1' });
+        await waitFor(() => log.message.length === 1, 'bob to get the message');
+        const before = await srv.api('GET', `/api/v1/messages/${pushed.id}`);
+        assert.equal(before.json.state, 'stored', 'the ack was lost');
+
+        proxy.cut();
+        await waitFor(() => log.open.length === 2, 'bob to reconnect');
+        await waitFor(async () => (await srv.api('GET', `/api/v1/messages/${pushed.id}`)).json.state === 'delivered',
+            'the replayed copy to be acked');
+        assert.equal(log.message.length, 1, 'the replayed copy was not given to the app again');
+        assert.equal(log.message[0].id, pushed.id);
+    });
