@@ -32,6 +32,7 @@ const TOKEN_MIN_VALIDITY_MS = 5000;  /* a cached token closer than this to exp i
 const REFRESH_MIN_DELAY_MS = 1000;   /* keeps a provider that hands back the same token from spinning */
 const REFUSAL_BODY_MAX = 1024;
 const PROBE_RID = 'wsproxy.js-probe';
+const SLOWDOWN_SPACING_MS = 500;     /* refusals of one burst halve the pace once, not once each */
 const OPEN = 1;                   /* WebSocket.OPEN in browsers, ws and undici alike */
 
 /* ---------- errors ---------- */
@@ -224,7 +225,7 @@ export class WsproxyClient {
     #timers = { reconnect: null, open: null, refresh: null, probe: null, pump: null, ack: null };
     #ops = new Map();           /* key -> pending call, in call order (sends, queries, joins, leaves) */
     #queue = [];                /* ops and the refresh frame waiting for the pacer */
-    #bucket = { tokens: 0, at: 0, rate: 0 };
+    #bucket = { tokens: 0, at: 0, rate: 0, burst: 0, slowedAt: 0 };   /* rate and burst are learned */
     #seen;
     #ackDirect = [];            /* direct message ids to ack */
     #ackRooms = new Map();      /* room -> newest id to ack */
@@ -275,6 +276,8 @@ export class WsproxyClient {
         this.#opt.token = options.token;
         this.#opt.webSocketOptions = options.webSocketOptions;
         this.#seen = new RecentIds(this.#opt.seenIdsMax);
+        this.#bucket.rate = this.#opt.rate;
+        this.#bucket.burst = this.#opt.burst;
     }
 
     /* ---------- public API ---------- */
@@ -442,7 +445,9 @@ export class WsproxyClient {
         this.#refusal = null;
         ws.onmessage = (ev) => { if (this.#ws === ws) this.#onFrame(ev.data); };
         ws.onclose = (ev) => { if (this.#ws === ws) this.#onSocketEnd(ev.code, ev.reason || ''); };
-        ws.onerror = () => {};   /* the close event that always follows is what we act on */
+        /* A browser follows an error with a close, but not every implementation does (undici in
+         * Node 20 stays CONNECTING after a refused handshake): an error ends the socket here. */
+        ws.onerror = () => { if (this.#ws === ws) this.#dropSocket('socket error'); };
         this.#watchRefusal(ws);
         this.#timers.open = setTimeout(() => this.#dropSocket('no welcome in time'),
             this.#opt.connectTimeoutMs);
@@ -497,7 +502,8 @@ export class WsproxyClient {
         this.#attempt = 0;
         this.#failuresBeforeOpen = 0;
         this.#rooms = new Set(Array.isArray(f.rooms) ? f.rooms : []);
-        this.#bucket = { tokens: this.#opt.burst, at: Date.now(), rate: this.#opt.rate };
+        this.#bucket.tokens = this.#bucket.burst;
+        this.#bucket.at = Date.now();
         /* Everything unanswered goes (again) in call order: a send with its same cid, so one that was
          * stored before the drop just gets its first receipt back. */
         this.#queue = Array.from(this.#ops.values());
@@ -527,6 +533,7 @@ export class WsproxyClient {
             return;
         }
         if (code === 1008 && reason === 'token expired') this.#token = null;
+        if (code === 1008 && reason === 'rate limited') this.#slowDown();
         this.#retry(code, reason);
     }
 
@@ -543,10 +550,10 @@ export class WsproxyClient {
     #dropSocket(reason) {
         const ws = this.#ws;
         if (!ws) return;
+        this.#onSocketEnd(1006, reason);   /* first: the socket's own last events are then ignored */
         try {
             if (typeof ws.terminate === 'function') ws.terminate(); else ws.close();
         } catch (e) { /* already closing */ }
-        this.#onSocketEnd(1006, reason);
     }
 
     /* Per-socket state goes; the ops stay for the next socket. */
@@ -556,6 +563,7 @@ export class WsproxyClient {
         if (ws) {
             ws.onmessage = null;
             ws.onclose = null;
+            ws.onerror = () => {};   /* ws throws on an 'error' nobody listens to */
         }
         this.#welcomed = false;
         this.#replayed = false;
@@ -798,7 +806,7 @@ export class WsproxyClient {
         if (!this.#welcomed || !ws || ws.readyState !== OPEN) return;
         const b = this.#bucket;
         const now = Date.now();
-        b.tokens = Math.min(this.#opt.burst, b.tokens + (now - b.at) * b.rate / 1000);
+        b.tokens = Math.min(b.burst, b.tokens + (now - b.at) * b.rate / 1000);
         b.at = now;
         while (this.#queue.length && b.tokens >= 1) {
             const op = this.#queue.shift();
@@ -816,12 +824,21 @@ export class WsproxyClient {
     /* The server dropped one of our frames without saying which: slow down and send every unanswered
      * call again (sends by cid and queries are idempotent; a second answer is ignored). */
     #onRateLimited() {
-        const b = this.#bucket;
-        b.rate = Math.max(1, b.rate / 2);
-        b.tokens = 0;
-        b.at = Date.now();
+        this.#slowDown();
+        this.#bucket.tokens = 0;
+        this.#bucket.at = Date.now();
         this.#queue = (this.#refreshOp ? [this.#refreshOp] : []).concat(Array.from(this.#ops.values()));
         this.#pump();
+    }
+
+    /* The server is configured tighter than our pace: halve it, for this client's lifetime. */
+    #slowDown() {
+        const b = this.#bucket;
+        const now = Date.now();
+        if (now - b.slowedAt < SLOWDOWN_SPACING_MS) return;
+        b.slowedAt = now;
+        b.rate = Math.max(1, b.rate / 2);
+        b.burst = Math.max(1, Math.floor(b.burst / 2));
     }
 
     /* ---------- acks: after the app's listeners have run, batched per event-loop turn ---------- */

@@ -1,10 +1,12 @@
 /* helpers.mjs -- what the client test files share: a client wired to the test server's tokens, a
  * recorder of its events, a deadline around a promise, and a look at what a fresh connection of a
  * user would be replayed. */
+import assert from 'node:assert/strict';
+
 import WebSocket from 'ws';
 
 import { WsproxyClient } from '../../../clients/js/wsproxy.js';
-import { makeToken } from './server.mjs';
+import { makeToken, waitFor } from './server.mjs';
 
 /* Fast reconnects and no pacing to speak of: the tests are about correctness, not politeness. */
 export const FAST = Object.freeze({
@@ -12,15 +14,18 @@ export const FAST = Object.freeze({
     rate: 10000, burst: 10000,
 });
 
-/** A client for user on url; token() mints a fresh one-hour token unless options.token says else. */
-export function newClient(url, user, options = {}) {
-    return new WsproxyClient({
+/** A client for user on url, closed when test t ends; its token() mints a one-hour token unless
+ * options.token says else. */
+export function newClient(t, url, user, options = {}) {
+    const client = new WsproxyClient({
         url,
         WebSocket,
         token: async () => makeToken(user),
         ...FAST,
         ...options,
     });
+    t.after(() => client.close());
+    return client;
 }
 
 /** Records every event of a client, by type, in order. */
@@ -61,4 +66,43 @@ export function replayFor(wsUrl, user) {
         });
         ws.on('error', reject);
     }), 5000, `the replay of ${user}`);
+}
+
+/* alice sends n messages to bob, keeping `window` of them unanswered at any time (a receipt lets the
+ * next one go), so a break always finds sends in flight. onReceipt(count) may break things. */
+export async function sendAll(alice, n, onReceipt, window = 40) {
+    const receipts = new Array(n);
+    let next = 0;
+    let count = 0;
+    let fail;
+    const failed = new Promise((_, reject) => { fail = reject; });
+    let done;
+    const all = new Promise((resolve) => { done = resolve; });
+    const sendNext = () => {
+        const i = next++;
+        alice.send({ to: 'bob', body: { n: i }, cid: `m${i}` }).then((r) => {
+            receipts[i] = r;
+            count += 1;
+            onReceipt(count);
+            if (next < n) sendNext();
+            if (count === n) done();
+        }, fail);
+    };
+    while (next < Math.min(window, n)) sendNext();
+    await within(Promise.race([all, failed]), 30000, `${n} receipts`);
+    return receipts;
+}
+
+export async function checkDelivery(srv, n, receipts, got) {
+    const ids = receipts.map((r) => r.id);
+    assert.equal(new Set(ids).size, n, 'one distinct message id per send');
+    assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), 'ids grow in send order');
+
+    const stored = await srv.conversation('alice', 'bob');
+    assert.deepEqual(stored.map((m) => m.body.n), [...Array(n).keys()], 'each send stored exactly once');
+    assert.deepEqual(stored.map((m) => m.id), ids, 'the receipts name the stored messages');
+
+    await waitFor(() => got.length >= n, `bob's app to get ${n} messages`, 15000);
+    assert.deepEqual(got.map((m) => m.body.n), [...Array(n).keys()], 'bob sees each message once, in order');
+    assert.deepEqual(got.map((m) => m.id), ids);
 }

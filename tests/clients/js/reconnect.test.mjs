@@ -5,46 +5,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { CuttableProxy, Server, waitFor } from './server.mjs';
-import { newClient, record, replayFor, within } from './helpers.mjs';
-
-/* alice sends n messages to bob, keeping `window` of them unanswered at any time (a receipt lets the
- * next one go), so a break always finds sends in flight. onReceipt(count) may break things. */
-async function sendAll(alice, n, onReceipt, window = 40) {
-    const receipts = new Array(n);
-    let next = 0;
-    let count = 0;
-    let fail;
-    const failed = new Promise((_, reject) => { fail = reject; });
-    let done;
-    const all = new Promise((resolve) => { done = resolve; });
-    const sendNext = () => {
-        const i = next++;
-        alice.send({ to: 'bob', body: { n: i }, cid: `m${i}` }).then((r) => {
-            receipts[i] = r;
-            count += 1;
-            onReceipt(count);
-            if (next < n) sendNext();
-            if (count === n) done();
-        }, fail);
-    };
-    while (next < Math.min(window, n)) sendNext();
-    await within(Promise.race([all, failed]), 30000, `${n} receipts`);
-    return receipts;
-}
-
-async function checkDelivery(srv, n, receipts, got) {
-    const ids = receipts.map((r) => r.id);
-    assert.equal(new Set(ids).size, n, 'one distinct message id per send');
-    assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), 'ids grow in send order');
-
-    const stored = await srv.conversation('alice', 'bob');
-    assert.deepEqual(stored.map((m) => m.body.n), [...Array(n).keys()], 'each send stored exactly once');
-    assert.deepEqual(stored.map((m) => m.id), ids, 'the receipts name the stored messages');
-
-    await waitFor(() => got.length >= n, `bob's app to get ${n} messages`, 15000);
-    assert.deepEqual(got.map((m) => m.body.n), [...Array(n).keys()], 'bob sees each message once, in order');
-    assert.deepEqual(got.map((m) => m.id), ids);
-}
+import { checkDelivery, newClient, record, replayFor, sendAll, within } from './helpers.mjs';
 
 test('link resets during a burst of sends: one receipt and one delivery per send, in order',
     { timeout: 60000 }, async (t) => {
@@ -53,13 +14,12 @@ test('link resets during a burst of sends: one receipt and one delivery per send
         const proxy = await new CuttableProxy(srv.port).listen();
         t.after(() => proxy.close());
 
-        const bob = newClient(proxy.wsUrl, 'bob');
+        const bob = newClient(t, proxy.wsUrl, 'bob');
         const bobLog = record(bob);
         await bob.connect();
-        const alice = newClient(proxy.wsUrl, 'alice');
+        const alice = newClient(t, proxy.wsUrl, 'alice');
         const aliceLog = record(alice);
         await alice.connect();
-        t.after(() => { alice.close(); bob.close(); });
 
         const N = 300;
         const cutsAt = new Set([25, 110, 190, 260]);
@@ -88,12 +48,11 @@ test('server killed with SIGKILL and restarted on the same port and database mid
         const srv = await new Server().start();
         t.after(() => srv.cleanup());
 
-        const bob = newClient(srv.wsUrl, 'bob');
+        const bob = newClient(t, srv.wsUrl, 'bob');
         const bobLog = record(bob);
         await bob.connect();
-        const alice = newClient(srv.wsUrl, 'alice');
+        const alice = newClient(t, srv.wsUrl, 'alice');
         await alice.connect();
-        t.after(() => { alice.close(); bob.close(); });
 
         const N = 150;
         let restarted = null;
@@ -117,9 +76,8 @@ test('a receipt lost with the link: the resend is answered with the first receip
         t.after(() => srv.cleanup());
         const proxy = await new CuttableProxy(srv.port).listen();
         t.after(() => proxy.close());
-        const alice = newClient(proxy.wsUrl, 'alice');
+        const alice = newClient(t, proxy.wsUrl, 'alice');
         await alice.connect();
-        t.after(() => alice.close());
 
         proxy.hold('down');
         let settled = 0;
@@ -143,10 +101,9 @@ test('an ack lost with the link: the replayed message reaches the app once, then
         t.after(() => srv.cleanup());
         const proxy = await new CuttableProxy(srv.port).listen();
         t.after(() => proxy.close());
-        const bob = newClient(proxy.wsUrl, 'bob');
+        const bob = newClient(t, proxy.wsUrl, 'bob');
         const log = record(bob);
         await bob.connect();
-        t.after(() => bob.close());
 
         proxy.hold('up');
         const { json: pushed } = await srv.api('POST', '/api/v1/push', { to: 'bob', body: 'hello', cid: 'p1' });

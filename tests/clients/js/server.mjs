@@ -141,6 +141,13 @@ export class Server {
         return { status: res.status, json: text ? JSON.parse(text) : null };
     }
 
+    /** The value of one sample of /metrics, e.g. 'wsproxy_messages_in_total{kind="send"}' (0 if absent). */
+    async metric(sample) {
+        const text = await (await fetch(this.apiUrl + '/metrics')).text();
+        const line = text.split('\n').find((l) => l.startsWith(sample + ' '));
+        return line ? Number(line.slice(sample.length + 1)) : 0;
+    }
+
     /** Every message of the conversation a<->b, oldest first, paging through the API. */
     async conversation(a, b) {
         const all = [];
