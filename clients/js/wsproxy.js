@@ -312,6 +312,14 @@ export class WsproxyClient {
         return waiting;
     }
 
+    /** While waiting to reconnect, tries now (a "Retry" button, the browser's 'online' event). */
+    reconnectNow() {
+        if (this.#state !== 'reconnecting') return;
+        clearTimeout(this.#timers.reconnect);
+        this.#timers.reconnect = null;
+        this.#openSocket();
+    }
+
     /** Closes for good: no reconnect; pending calls reject with code 'closed'. connect() again is allowed. */
     close() {
         if (this.#state === 'idle' || this.#state === 'closed') return;

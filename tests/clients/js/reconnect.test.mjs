@@ -118,3 +118,35 @@ test('an ack lost with the link: the replayed message reaches the app once, then
         assert.equal(log.message.length, 1, 'the replayed copy was not given to the app again');
         assert.equal(log.message[0].id, pushed.id);
     });
+
+test('reconnectNow() skips the backoff wait', { timeout: 15000 }, async (t) => {
+    const srv = await new Server().start();
+    t.after(() => srv.cleanup());
+    const proxy = await new CuttableProxy(srv.port).listen();
+    t.after(() => proxy.close());
+    const ivy = newClient(t, proxy.wsUrl, 'ivy', { backoffBaseMs: 60000, backoffMaxMs: 60000 });
+    const log = record(ivy);
+    await ivy.connect();
+    proxy.cut();
+    await waitFor(() => ivy.state === 'reconnecting', 'the drop');
+    assert.ok(log.state[log.state.length - 1].delayMs >= 30000, 'a long wait was planned');
+    ivy.reconnectNow();
+    await waitFor(() => log.open.length === 2, 'the reconnect', 5000);
+});
+
+test('a silently dead link is found by a probe and replaced', { timeout: 15000 }, async (t) => {
+    /* the server pings after 1 s of silence but waits long for the answer: the client must act first */
+    const srv = await new Server({ heartbeat: { ping_interval: '1s', pong_timeout: '60s' } }).start();
+    t.after(() => srv.cleanup());
+    const proxy = await new CuttableProxy(srv.port).listen();
+    t.after(() => proxy.close());
+    const jo = newClient(t, proxy.wsUrl, 'jo', { probeTimeoutMs: 500 });
+    const log = record(jo);
+    await jo.connect();
+    proxy.hold('down');
+    const sent = jo.send({ to: 'kim', body: 'into the void' });
+    await waitFor(() => log.open.length === 2, 'the probe to give up on the link', 10000);
+    const drop = log.state.find((s) => s.state === 'reconnecting');
+    assert.equal(drop.reason, 'no answer to a probe');
+    assert.equal((await within(sent, 5000, 'the receipt on the new link')).id > 0, true);
+});

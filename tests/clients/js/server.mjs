@@ -167,8 +167,7 @@ export class Server {
 export class CuttableProxy {
     constructor(targetPort) {
         this.targetPort = targetPort;
-        this.sockets = new Set();
-        this.held = { up: false, down: false };
+        this.links = new Set();     /* {client, upstream, held: {up, down}} */
         this.server = net.createServer((client) => this.#relay(client));
     }
 
@@ -181,28 +180,33 @@ export class CuttableProxy {
     get wsUrl() { return `ws://127.0.0.1:${this.port}/ws`; }
 
     #relay(client) {
-        const upstream = net.connect(this.targetPort, '127.0.0.1');
-        for (const s of [client, upstream]) {
-            this.sockets.add(s);
-            s.on('close', () => this.sockets.delete(s));
+        const link = { client, upstream: net.connect(this.targetPort, '127.0.0.1'), held: { up: false, down: false } };
+        this.links.add(link);
+        const { upstream } = link;
+        client.on('data', (d) => { if (!link.held.up) upstream.write(d); });
+        upstream.on('data', (d) => { if (!link.held.down) client.write(d); });
+        for (const [s, other] of [[client, upstream], [upstream, client]]) {
             s.on('error', () => {});
+            s.on('close', () => {
+                other.destroy();
+                this.links.delete(link);
+            });
         }
-        client.on('data', (d) => { if (!this.held.up) upstream.write(d); });
-        upstream.on('data', (d) => { if (!this.held.down) client.write(d); });
-        client.on('close', () => upstream.destroy());
-        upstream.on('close', () => client.destroy());
     }
 
-    /** From now on bytes going 'up' (client to server) or 'down' are lost, as on a dying link. */
+    /** On the connections open now, bytes going 'up' (client to server) or 'down' are lost from
+     * here on, as on a dying link. Later connections flow. */
     hold(direction) {
-        this.held[direction] = true;
+        for (const link of this.links) link.held[direction] = true;
     }
 
-    /** Resets every connection now, as a dropped link or a crashed middlebox would; new ones flow. */
+    /** Resets every connection now, as a dropped link or a crashed middlebox would. */
     cut() {
-        for (const s of this.sockets) s.resetAndDestroy();
-        this.sockets.clear();
-        this.held = { up: false, down: false };
+        for (const link of this.links) {
+            link.client.resetAndDestroy();
+            link.upstream.resetAndDestroy();
+        }
+        this.links.clear();
     }
 
     close() {
