@@ -30,6 +30,7 @@ const HISTORY_LIMIT_MAX = 100;
 const PRESENCE_USERS_MAX = 100;
 const TOKEN_MIN_VALIDITY_MS = 5000;  /* a cached token closer than this to exp is not used to connect */
 const REFRESH_MIN_DELAY_MS = 1000;   /* keeps a provider that hands back the same token from spinning */
+const TIMER_MAX_MS = 2 ** 31 - 1;    /* setTimeout fires at once past this (~24.8 days): refresh early */
 const REFUSAL_BODY_MAX = 1024;
 const PROBE_RID = 'wsproxy.js-probe';
 const SLOWDOWN_SPACING_MS = 500;     /* refusals of one burst halve the pace once, not once each */
@@ -303,7 +304,10 @@ export class WsproxyClient {
      */
     connect() {
         if (this.#state === 'open') return Promise.resolve(this.#welcome);
-        const waiting = new Promise((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+        const waiter = {};
+        const waiting = new Promise((resolve, reject) => Object.assign(waiter, { resolve, reject }));
+        waiter.promise = waiting;
+        this.#connectWaiters.push(waiter);
         if (this.#state === 'idle' || this.#state === 'closed') {
             this.#attempt = 0;
             this.#failuresBeforeOpen = 0;
@@ -600,12 +604,18 @@ export class WsproxyClient {
         }
         clearTimeout(this.#timers.reconnect);
         this.#timers.reconnect = null;
+        /* A caller that awaits still gets the rejection; one that fired and forgot does not get an
+         * unhandled rejection (fatal in Node) just because the client was closed. */
         for (const op of this.#ops.values()) {
             clearTimeout(op.timer);
+            op.promise.catch(() => {});
             op.reject(err);
         }
         this.#ops.clear();
-        for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+        for (const w of this.#connectWaiters.splice(0)) {
+            w.promise.catch(() => {});
+            w.reject(err);
+        }
         this.#setState('closed', { code, reason });
     }
 
@@ -887,7 +897,8 @@ export class WsproxyClient {
         if (!exp) return;
         const left = exp - Date.now();
         const ahead = Math.min(this.#opt.refreshAheadMs, left / 3);
-        this.#timers.refresh = setTimeout(() => this.#refresh(), Math.max(REFRESH_MIN_DELAY_MS, left - ahead));
+        this.#timers.refresh = setTimeout(() => this.#refresh(),
+            Math.min(TIMER_MAX_MS, Math.max(REFRESH_MIN_DELAY_MS, left - ahead)));
     }
 
     async #refresh() {
