@@ -93,16 +93,21 @@ export async function sendAll(alice, n, onReceipt, window = 40) {
     return receipts;
 }
 
-export async function checkDelivery(srv, n, receipts, got) {
+/**
+ * Each send was stored exactly once under the id of its receipt, and bob's app got every message
+ * once, in id order. With inSendOrder the ids also follow the order of the sends: that holds unless
+ * the server dropped frames for its rate limit (then a refused send is stored after later ones).
+ */
+export async function checkDelivery(srv, n, receipts, got, { inSendOrder = true } = {}) {
     const ids = receipts.map((r) => r.id);
     assert.equal(new Set(ids).size, n, 'one distinct message id per send');
-    assert.ok(ids.every((id, i) => i === 0 || id > ids[i - 1]), 'ids grow in send order');
+    const byId = (a, b) => a - b;
+    if (inSendOrder) assert.deepEqual(ids, ids.slice().sort(byId), 'ids grow in send order');
 
     const stored = await srv.conversation('alice', 'bob');
-    assert.deepEqual(stored.map((m) => m.body.n), [...Array(n).keys()], 'each send stored exactly once');
-    assert.deepEqual(stored.map((m) => m.id), ids, 'the receipts name the stored messages');
+    assert.deepEqual(stored.map((m) => m.id), ids.slice().sort(byId), 'the receipts name the stored messages');
+    assert.deepEqual(stored.map((m) => m.body.n), stored.map((m) => ids.indexOf(m.id)), 'each send stored once, as sent');
 
     await waitFor(() => got.length >= n, `bob's app to get ${n} messages`, 15000);
-    assert.deepEqual(got.map((m) => m.body.n), [...Array(n).keys()], 'bob sees each message once, in order');
-    assert.deepEqual(got.map((m) => m.id), ids);
+    assert.deepEqual(got.map((m) => m.id), stored.map((m) => m.id), 'bob sees each message once, in id order');
 }

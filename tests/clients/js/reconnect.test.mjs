@@ -64,7 +64,7 @@ test('server killed with SIGKILL and restarted on the same port and database mid
         });
         await restarted;
         assert.ok(inFlight > 0, 'sends were in flight at the kill');
-        assert.match(srv.log(), /server_restart|ended .*sessions|start/i, 'the server was started twice');
+        assert.match(srv.log(), /sessions left open by a previous run/, 'the second run found the first killed');
 
         await checkDelivery(srv, N, receipts, bobLog.message);
         await waitFor(async () => (await replayFor(srv.wsUrl, 'bob')).length === 0, 'bob to have acked everything');
