@@ -6,7 +6,8 @@ set -euo pipefail
 RUN_PKGS=(gcc make pkg-config libc6-dev libevent-dev libssl-dev libsqlite3-dev libjansson-dev
           libjwt-dev libinih-dev uthash-dev zlib1g-dev)
 TEST_PKGS=(libcmocka-dev python3 python3-websockets python3-pytest curl openssl nginx sqlite3
-           clang libclang-rt-14-dev procps util-linux chromium python3-cryptography systemd)
+           clang libclang-rt-14-dev procps util-linux chromium python3-cryptography systemd
+           php-cli php-curl)
 
 want=("${RUN_PKGS[@]}")
 [ "${1:-run}" = test ] && want+=("${TEST_PKGS[@]}")
@@ -33,8 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${1:-run}" = test ]; then
-    # Node packages for the `ws` client and the browser test, from the committed lock files.
-    for d in tests/integration/node tests/browser; do
+    # Node packages for the `ws` client, the browser test and the client-library tests, from the
+    # committed lock files.
+    for d in tests/integration/node tests/browser tests/clients; do
         if [ -f "$d/package-lock.json" ] && [ ! -d "$d/node_modules" ]; then
             echo "deps: npm ci in $d"
             (cd "$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

@@ -1,0 +1,234 @@
+<?php
+
+/*
+ * run.php -- tests of clients/php (Wsproxy\Client) against the real wsproxy.
+ * php tests/clients/php/run.php   (WSP_BIN: the server binary, default build/wsproxy)
+ * Delivery is checked from both ends: a chat connection (listen.mjs) that gets and acks the frames,
+ * and the API's own history and receipts. Ends with "N passed, N failed".
+ */
+
+declare(strict_types=1);
+
+require __DIR__ . '/harness.php';
+
+use Wsproxy\Client;
+use Wsproxy\Exception\ApiException;
+use Wsproxy\Exception\BadRequestException;
+use Wsproxy\Exception\BatchPushException;
+use Wsproxy\Exception\ConnectionException;
+use Wsproxy\Exception\InvalidArgumentException;
+use Wsproxy\Exception\NotFoundException;
+use Wsproxy\Exception\PayloadTooLargeException;
+use Wsproxy\Exception\TimeoutException;
+use Wsproxy\Exception\UnauthorizedException;
+use Wsproxy\Exception\WsproxyException;
+
+$bin = getenv('WSP_BIN') ?: 'build/wsproxy';
+$bin = str_starts_with($bin, '/') ? $bin : ROOT . '/' . $bin;
+$srv = new WspServer();
+register_shutdown_function(fn () => $srv->stop());   /* also after a fatal error */
+$srv->start($bin);
+$api = new Client($srv->apiUrl(), API_KEY, connectTimeout: 1.0, timeout: 5.0);
+$t = new Runner();
+
+$t->test('push to an offline user: stored, replayed on connect, delivered once acked', function (Runner $t) use ($srv, $api) {
+    $r = $api->pushToUser('alice', ['text' => 'Your order shipped'], cid: 'order-1-shipped', from: 'shop');
+    same([0, false], [$r->live, $r->duplicate], 'nobody was connected');
+    check($r->id > 0 && $r->ts > 1e12, 'an id and a time in ms');
+
+    $m = $api->message($r->id);
+    same(['shop', 'alice', ['text' => 'Your order shipped'], 'order-1-shipped', 'stored', null],
+        [$m['from'], $m['to'], $m['body'], $m['cid'], $m['state'], $m['delivered_at']], 'the stored message');
+    $page = $api->conversation('alice', 'shop');
+    same([$r->id], array_column($page->items, 'id'), 'the history of alice and shop');
+
+    $alice = new Listener($srv, 'alice');
+    $t->defer(fn () => $alice->stop());
+    $f = $alice->frame(fn ($f) => $f['type'] === 'msg', 'the replayed push');
+    same([$r->id, true, 'shop'], [$f['id'], $f['replay'], $f['from']], 'the replay');
+    $m = wait_for(function () use ($api, $r) {
+        $m = $api->message($r->id);
+        return $m['state'] === 'delivered' ? $m : null;
+    }, 'the ack');
+    check(is_int($m['delivered_by']) && $m['delivered_at'] >= $r->ts, 'who acked, and when');
+    same('alice', $api->session($m['delivered_by'])['user'], 'the acking session is alice\'s');
+});
+
+$t->test('push to a live user reaches the connection at once', function (Runner $t) use ($srv, $api) {
+    $bob = new Listener($srv, 'bob');
+    $t->defer(fn () => $bob->stop());
+    $r = $api->pushToUser('bob', 'ping');
+    same(1, $r->live, 'one live connection');
+    $f = $bob->frame(fn ($f) => $f['type'] === 'msg', 'the push');
+    same([$r->id, 'system', 'bob', 'ping', false], [$f['id'], $f['from'], $f['to'], $f['body'], isset($f['replay'])],
+        'the msg frame');
+});
+
+$t->test('a cid makes a push idempotent', function () use ($api) {
+    $first = $api->pushToUser('carol', ['n' => 1], cid: 'invoice-7');
+    $again = $api->pushToUser('carol', ['n' => 2], cid: 'invoice-7');
+    same([$first->id, $first->ts, true, 0], [$again->id, $again->ts, $again->duplicate, $again->live], 'the first receipt');
+    same(1, count($api->conversation('carol', 'system')->items), 'stored once');
+    same(['n' => 1], $api->message($first->id)['body'], 'the first body stays');
+});
+
+$t->test('push to several users over one connection, idempotent as a whole', function () use ($srv, $api) {
+    $client = new Client($srv->apiUrl(), API_KEY);
+    $users = ['dan', 'eve', 'fay'];
+    $first = $client->pushToUsers($users, 'sale', cid: 'sale-1');
+    same($users, array_keys($first), 'one result per user');
+    same(3, count(array_unique(array_map(fn ($r) => $r->id, $first))), 'one message each');
+    same(['requests' => 3, 'connects' => 1], $client->stats(), 'three pushes, one connection');
+    same('sale-1/eve', $api->message($first['eve']->id)['cid'], 'a cid per user');
+
+    $again = $client->pushToUsers($users, 'sale', cid: 'sale-1');
+    same(array_map(fn ($r) => [$r->id, true], $first), array_map(fn ($r) => [$r->id, $r->duplicate], $again),
+        'a retry stores nothing new');
+
+    $e = throws(BatchPushException::class, fn () => $client->pushToUsers(['gus', "bad\nname", 'hal'], 'x', cid: 'sale-2'),
+        'one bad user id');
+    same(['gus', 'hal'], array_keys($e->getResults()), 'the others were pushed');
+    same(["bad\nname"], array_keys($e->getErrors()), 'the failure by user');
+    check($e->getErrors()["bad\nname"] instanceof BadRequestException, 'with its API error');
+    same([], $e->getNotAttempted(), 'nothing skipped');
+    $long = str_repeat('x', 126);
+    $r = $client->pushToUsers(['ivy'], 1, cid: $long)['ivy'];
+    same('sha256:' . hash('sha256', "$long\0ivy"), $api->message($r->id)['cid'], 'a long cid is hashed');
+});
+
+$t->test('push to a room: live members get it, history pages it', function (Runner $t) use ($srv, $api) {
+    $dora = new Listener($srv, 'dora', ['news']);
+    $t->defer(fn () => $dora->stop());
+    $ids = [];
+    foreach (['one', 'two', 'three'] as $text) {
+        $r = $api->pushToRoom('news', $text, cid: "news-$text", from: 'editor');
+        same(1, $r->live, "dora is live for $text");
+        $ids[] = $r->id;
+    }
+    $f = $dora->frame(fn ($f) => $f['type'] === 'msg' && $f['body'] === 'three', 'the third');
+    same(['news', 'editor'], [$f['room'], $f['from']], 'a room message');
+    $p1 = $api->roomHistory('news', limit: 2);
+    same([[$ids[2], $ids[1]], true, $ids[1]], [array_column($p1->items, 'id'), $p1->more, $p1->nextBefore], 'page 1');
+    $p2 = $api->roomHistory('news', before: $p1->nextBefore, limit: 2);
+    same([[$ids[0]], false, null], [array_column($p2->items, 'id'), $p2->more, $p2->nextBefore], 'page 2');
+});
+
+$t->test('broadcast reaches every live connection', function (Runner $t) use ($srv, $api) {
+    $gil = new Listener($srv, 'gil');
+    $t->defer(fn () => $gil->stop());
+    $live = $api->broadcast(['reload' => true], cid: 'deploy-42');
+    check($live >= 1, "reached $live connections");
+    $f = $gil->frame(fn ($f) => $f['type'] === 'broadcast', 'the broadcast');
+    same([['reload' => true], 'deploy-42', 'system'], [$f['body'], $f['cid'], $f['from']], 'the broadcast frame');
+});
+
+$t->test('sessions: list, get, kick, and kicking again', function (Runner $t) use ($srv, $api) {
+    $hank = new Listener($srv, 'hank');
+    $t->defer(fn () => $hank->stop());
+    $page = $api->sessions(user: 'hank', state: 'active');
+    same(1, count($page->sessions), 'one live session');
+    $id = $page->sessions[0]['id'];
+    same(['hank', 'active'], [$api->session($id)['user'], $api->session($id)['state']], 'the session');
+
+    $api->kick($id);
+    $closed = $hank->frame(fn ($f) => $f['type'] === 'closed', 'the close');
+    same([1008, 'kicked'], [$closed['code'], $closed['reason']], 'the close frame');
+    same(['ended', 'kicked'], [$api->session($id)['state'], $api->session($id)['end_reason']], 'the row');
+    $e = throws(NotFoundException::class, fn () => $api->kick($id), 'a second kick');
+    same([404, 'not_live'], [$e->getStatus(), $e->getErrorCode()], 'nothing left to kick');
+    $e = throws(NotFoundException::class, fn () => $api->session(987654321), 'an unknown session');
+    same([404, 'not_found'], [$e->getStatus(), $e->getErrorCode()], 'unknown session');
+
+    $older = $api->sessions(limit: 1);
+    check($older->nextBefore !== null, 'a full page has a next one');
+    $next = $api->sessions(limit: 1, before: $older->nextBefore);
+    check($next->sessions[0]['id'] < $older->sessions[0]['id'], 'older sessions on the next page');
+});
+
+$t->test('presence of online and unknown users', function (Runner $t) use ($srv, $api) {
+    $ida = new Listener($srv, 'ida');
+    $t->defer(fn () => $ida->stop());
+    $users = $api->presence(['ida', 'nobody']);
+    same([['ida', 'online', 1], ['nobody', 'offline', 0, null]],
+        [[$users[0]['user'], $users[0]['state'], $users[0]['connections']],
+         [$users[1]['user'], $users[1]['state'], $users[1]['connections'], $users[1]['last_seen']]], 'presence');
+    throws(InvalidArgumentException::class, fn () => $api->presence(['a,b']), 'a comma in a user id');
+});
+
+$t->test('API errors become typed exceptions with the status and the JSON code', function () use ($srv, $api) {
+    $bad = new Client($srv->apiUrl(), 'wrong-key');
+    $e = throws(UnauthorizedException::class, fn () => $bad->pushToUser('alice', 1), 'a wrong key');
+    same([401, 'unauthorized'], [$e->getStatus(), $e->getErrorCode()], 'wrong key');
+    check($e instanceof ApiException && $e instanceof WsproxyException && $e->getCode() === 401, 'the hierarchy');
+
+    $e = throws(BadRequestException::class, fn () => $api->pushToUser('', 1), 'an empty user id');
+    same([400, 'bad_request'], [$e->getStatus(), $e->getErrorCode()], 'bad body');
+    check($e->getMessage() !== '', 'the API\'s message');
+    $e = throws(BadRequestException::class, fn () => $api->sessions(state: 'sleeping'), 'a bad parameter');
+    same(400, $e->getStatus(), 'bad parameter');
+    $e = throws(PayloadTooLargeException::class, fn () => $api->pushToUser('alice', str_repeat('x', 70000)), 'a big body');
+    same([413, 'too_large'], [$e->getStatus(), $e->getErrorCode()], 'too large');
+    $e = throws(NotFoundException::class, fn () => $api->message(987654321), 'an unknown message');
+    same('not_found', $e->getErrorCode(), 'unknown message');
+
+    throws(InvalidArgumentException::class, fn () => $api->pushToUser('alice', NAN), 'a body JSON cannot hold');
+    throws(InvalidArgumentException::class, fn () => $api->message(0), 'id 0');
+    throws(InvalidArgumentException::class, fn () => new Client('127.0.0.1:8081', 'k'), 'a base URL without scheme');
+});
+
+$t->test('keep-alive: one connection for many calls', function () use ($srv) {
+    $client = new Client($srv->apiUrl(), API_KEY);
+    for ($i = 0; $i < 10; $i++) {
+        $client->pushToUser('jay', $i);
+        $client->presence(['jay']);
+    }
+    same(['requests' => 20, 'connects' => 1], $client->stats(), 'calls and connections');
+});
+
+$t->test('no server: ConnectionException', function () {
+    $client = new Client('http://127.0.0.1:' . free_port(), API_KEY);
+    $e = throws(ConnectionException::class, fn () => $client->presence(['a']), 'a refused connection');
+    same(CURLE_COULDNT_CONNECT, $e->getCurlError(), 'curl error');
+});
+
+$t->test('a server that never answers: the total timeout', function () {
+    /* a listening socket nobody accepts from: the kernel completes the handshake, nothing answers */
+    $silent = stream_socket_server('tcp://127.0.0.1:0');
+    $client = new Client('http://' . stream_socket_get_name($silent, false), API_KEY, connectTimeout: 1.0, timeout: 0.4);
+    $started = microtime(true);
+    $e = throws(TimeoutException::class, fn () => $client->pushToUser('a', 1, cid: 'c'), 'no answer');
+    $took = microtime(true) - $started;
+    check($took >= 0.35 && $took < 3, sprintf('gave up after the timeout (%.2fs)', $took));
+    same(false, $e->isConnectTimeout(), 'the request had gone out');
+    fclose($silent);
+});
+
+$t->test('a server that never accepts: the connect timeout', function () {
+    /* backlog 0 and already full: the kernel drops further SYNs, so connect() never completes */
+    $ctx = stream_context_create(['socket' => ['backlog' => 0]]);
+    $full = stream_socket_server('tcp://127.0.0.1:0', $errno, $errstr, STREAM_SERVER_BIND | STREAM_SERVER_LISTEN, $ctx);
+    $addr = stream_socket_get_name($full, false);
+    $fillers = [];
+    for ($i = 0; $i < 3; $i++) {
+        $fillers[] = @stream_socket_client("tcp://$addr", $errno, $errstr, 0.2, STREAM_CLIENT_CONNECT | STREAM_CLIENT_ASYNC_CONNECT);
+    }
+    $client = new Client("http://$addr", API_KEY, connectTimeout: 0.3, timeout: 5.0);
+    $started = microtime(true);
+    $e = throws(TimeoutException::class, fn () => $client->presence(['a']), 'no connection');
+    check(microtime(true) - $started < 2, 'gave up after the connect timeout');
+    same(true, $e->isConnectTimeout(), 'never connected');
+    fclose($full);
+});
+
+$t->test('a timeout on a reused keep-alive connection is not a connect timeout', function (Runner $t) {
+    $stall = new Child(['node', __DIR__ . '/stall_after_first.mjs']);
+    $t->defer(fn () => $stall->stop());
+    $port = (int) $stall->readLine(microtime(true) + 5);
+    $client = new Client("http://127.0.0.1:$port", API_KEY, connectTimeout: 1.0, timeout: 0.4);
+    same([], $client->presence(['a']), 'the first call is answered');
+    $e = throws(TimeoutException::class, fn () => $client->presence(['a']), 'the second is not');
+    same(false, $e->isConnectTimeout(), 'the request had gone out on the kept connection');
+    same(['requests' => 2, 'connects' => 1], $client->stats(), 'both on one connection');
+});
+
+exit($t->finish());
