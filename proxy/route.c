@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/utf8.h"
 #include "chat/chat.h"
 #include "net/conn.h"
 #include "net/loop.h"
@@ -89,12 +90,10 @@ void route_request(void *arg, struct conn *c, const struct http_req *req)
     }
     if (!conn_admit(c))
         return;
+    /* Stored and shown by the API and wsctl: valid UTF-8, no controls, cut on a character. */
     const struct http_header *ua = http_req_header(req, "User-Agent");
     char ua_buf[UA_MAX + 1] = "";
-    if (ua) {
-        size_t n = ua->value_len < UA_MAX ? ua->value_len : UA_MAX;
-        memcpy(ua_buf, ua->value, n);
-        ua_buf[n] = '\0';
-    }
+    if (ua)
+        utf8_sanitize(ua->value, ua->value_len, ua_buf, sizeof(ua_buf));
     chat_accept(r->chat, c, &hs, &id, ua_buf);
 }

@@ -130,6 +130,8 @@ static struct store *open_store(const struct px_config *cfg)
         log_error("store: %s", err);
         return NULL;
     }
+    /* Open and migrations could wait busy_timeout; the running loop never waits that long. */
+    store_set_lock_wait(st, (int)cfg->store_lock_wait_ms);
     return st;
 }
 
@@ -185,6 +187,7 @@ int server_init(struct server *srv, const struct px_config *cfg)
         goto fail;
     }
     srv->pool.on_empty = pool_empty_cb;
+    srv->pool.count_late = &srv->auth.trusted;
     srv->pool.empty_arg = srv;
     loop_set_flush(&srv->loop, conn_pool_flush, &srv->pool);
     route_init(&srv->router, &srv->loop, &srv->auth, srv->chat);

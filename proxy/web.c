@@ -130,11 +130,32 @@ static void demo_token(const struct auth *auth, struct conn *c, const struct htt
                     false);
 }
 
+/*
+ * Whether path, with every symlink resolved, is still under root (also resolved): a link inside
+ * static_dir to /etc/passwd must not publish it. What is missing counts as inside (404 follows).
+ */
+static bool inside_root(const char *root, const char *path)
+{
+    char real_root[PATH_MAX], real[PATH_MAX];
+    if (!realpath(root, real_root))
+        return false;
+    if (!realpath(path, real))
+        return errno == ENOENT;
+    size_t n = strlen(real_root);
+    return strncmp(real, real_root, n) == 0 && (real[n] == '/' || real[n] == '\0');
+}
+
 static void static_file(struct conn *c, const struct http_req *req, bool head)
 {
     const char *root = c->lp->cfg->static_dir;
     char path[PATH_MAX];
     if (web_resolve_path(root, req->path, req->path_len, path, sizeof(path)) != 0) {
+        reply_text(c, 404, "not found\n");
+        return;
+    }
+    if (!c->lp->cfg->static_follow_symlinks && !inside_root(root, path)) {
+        log_warn("conn %llu %s: %s leads outside static_dir through a symlink; refused "
+                 "([server] static_follow_symlinks)", (unsigned long long)c->id, c->addr, path);
         reply_text(c, 404, "not found\n");
         return;
     }

@@ -86,6 +86,10 @@ if [ -f tests/browser/chat.test.js ]; then
     echo "== browser test (headless Chromium)"
     run_check browser bash tests/browser/run.sh
 fi
+if [ -f tests/clients/run.sh ]; then
+    echo "== client libraries (PHP and JS against the real server)"
+    run_check clients env WSP_BIN=build/wsproxy bash tests/clients/run.sh
+fi
 if [ -f tests/fuzz/run.sh ]; then
     echo "== fuzz smoke"
     run_check fuzz-smoke env FUZZ_RUNS=20000 bash tests/fuzz/run.sh

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 
 #include "migrations.h"
@@ -204,6 +205,37 @@ int store_each_name(struct store *st, sqlite3_stmt *s, store_name_fn *cb, void *
 }
 
 /* ---- Transactions ---- */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* SQLite's busy handler with a bound on the wait and a back-off once the bound was hit. */
+static int lock_busy_cb(void *arg, int count)
+{
+    struct store *st = arg;
+    int64_t now = mono_ms();
+    if (count == 0)
+        st->busy_since_ms = now;
+    if (now < st->locked_until_ms)
+        return 0;
+    if (now - st->busy_since_ms >= st->lock_wait_ms) {
+        st->locked_until_ms = now + STORE_LOCKED_BACKOFF_MS;
+        return 0;
+    }
+    sqlite3_sleep(1);
+    return 1;
+}
+
+void store_set_lock_wait(struct store *st, int ms)
+{
+    st->lock_wait_ms = ms > 0 ? ms : 0;
+    st->locked_until_ms = 0;
+    sqlite3_busy_handler(st->db, lock_busy_cb, st);
+}
 
 int store_begin(struct store *st)
 {

@@ -50,6 +50,9 @@ struct store_opts {
  * the hot index pages of a few million messages stay in memory. */
 #define STORE_CACHE_MIB_DEFAULT 32
 
+/* After a call gave up on a lock, how long later calls fail at once instead of waiting again. */
+#define STORE_LOCKED_BACKOFF_MS 100
+
 /* Static text for a STORE_ERR_* code ("not found", ...). */
 const char *store_strerror(int err);
 
@@ -69,6 +72,13 @@ const char *store_strerror(int err);
  */
 int store_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
                size_t errlen);
+
+/*
+ * Bound how long one call on st may wait for another process's write lock (the event loop's handle
+ * must never sleep long): after ms of waiting the call fails with STORE_ERR_BUSY, and for the next
+ * STORE_LOCKED_BACKOFF_MS every call that meets the lock fails at once. Replaces busy_timeout.
+ */
+void store_set_lock_wait(struct store *st, int ms);
 
 /* Finalize everything and close. An open transaction is rolled back. store_close(NULL) is a no-op. */
 void store_close(struct store *st);

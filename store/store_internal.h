@@ -83,6 +83,9 @@ struct store {
     bool txn; /* inside store_begin .. store_commit/rollback */
     int schema_version;
     int last_rc; /* SQLite code of the last store_fail, to explain failures at open */
+    int lock_wait_ms;         /* store_set_lock_wait; 0: SQLite's busy_timeout */
+    int64_t busy_since_ms;    /* monotonic: when the current wait for a lock began */
+    int64_t locked_until_ms;  /* monotonic: until then, a lock fails a call at once */
     sqlite3_stmt *stmt[STMT_COUNT];
     char err[512];
 };

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/utf8.h"
 #include "wsctl.h"
 
 void fmt_ago(char *out, size_t cap, int64_t then_ms, int64_t now_ms)
@@ -152,7 +153,7 @@ void table_add(struct table *t, const char *const *row)
     }
     char **dst = t->cells + t->nrows * t->ncols;
     for (size_t i = 0; i < t->ncols; i++) {
-        dst[i] = strdup(row[i] ? row[i] : "-");
+        dst[i] = fmt_safe(row[i] ? row[i] : "-");
         if (!dst[i]) {
             while (i--)
                 free(dst[i]);
@@ -203,4 +204,13 @@ void table_release(struct table *t)
     free(t->cells);
     t->cells = NULL;
     t->nrows = t->cap = 0;
+}
+
+char *fmt_safe(const char *s)
+{
+    size_t n = strlen(s);
+    char *out = malloc(3 * n + 1); /* each byte may become U+FFFD */
+    if (out)
+        utf8_sanitize(s, n, out, 3 * n + 1);
+    return out;
 }

@@ -64,9 +64,18 @@ static json_t *int_or_null(int64_t v)
     return v ? json_integer(v) : json_null();
 }
 
+/* Stored text may hold any byte (a User-Agent): JSON gets it as valid UTF-8, never dropped. */
+static json_t *safe_string(const char *s)
+{
+    char *clean = fmt_safe(s);
+    json_t *v = clean ? json_string(clean) : NULL;
+    free(clean);
+    return v ? v : json_string("");
+}
+
 static json_t *str_or_null(const char *s)
 {
-    return s ? json_string(s) : json_null();
+    return s ? safe_string(s) : json_null();
 }
 
 /* Key/value lines aligned on the value column, for one record or for stats. */
@@ -76,8 +85,12 @@ static void print_kv(FILE *out, const char *const *keys, const char *const *vals
     for (size_t i = 0; i < n; i++)
         if (fmt_width(keys[i]) > width)
             width = fmt_width(keys[i]);
-    for (size_t i = 0; i < n; i++)
-        fprintf(out, "%s%*s  %s\n", keys[i], (int)(width - fmt_width(keys[i])), "", vals[i]);
+    for (size_t i = 0; i < n; i++) {
+        /* Control bytes in stored text must not reach the terminal (a C1 escape, ANSI codes). */
+        char *v = fmt_safe(vals[i]);
+        fprintf(out, "%s%*s  %s\n", keys[i], (int)(width - fmt_width(keys[i])), "", v ? v : "?");
+        free(v);
+    }
 }
 
 static int query_failed(struct wsctl *w, struct store *st, const char *what)
@@ -95,7 +108,7 @@ static json_t *session_json(const struct store_session *s)
     json_object_set_new(o, "id", json_integer(s->id));
     json_object_set_new(o, "user", json_string(s->user));
     json_object_set_new(o, "state", json_string(s->ended ? "ended" : "active"));
-    json_object_set_new(o, "remote_addr", json_string(s->remote_addr));
+    json_object_set_new(o, "remote_addr", safe_string(s->remote_addr));
     json_object_set_new(o, "user_agent", str_or_null(s->user_agent));
     json_object_set_new(o, "subprotocol", str_or_null(s->subprotocol));
     json_object_set_new(o, "connected_at", json_integer(s->connected_at));

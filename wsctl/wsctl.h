@@ -92,6 +92,11 @@ void fmt_clip(char *out, size_t cap, const char *s, size_t max);
 
 /* Display width of UTF-8 text: code points, not bytes (no East Asian wide handling). */
 size_t fmt_width(const char *s);
+/*
+ * A copy of s safe for a terminal and for JSON: valid UTF-8, control characters (C0, DEL, C1) and
+ * invalid bytes replaced by U+FFFD. Caller frees; NULL when out of memory.
+ */
+char *fmt_safe(const char *s);
 
 /* An aligned table: headers, then rows of ncols copied strings. */
 struct table {

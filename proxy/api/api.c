@@ -16,6 +16,7 @@
 #include "api/api_internal.h"
 #include "proto/http1.h"
 #include "base/log.h"
+#include "base/registry.h"
 #include "base/metrics.h"
 #include "base/sbuf.h"
 #include "net/loop.h"
@@ -292,6 +293,13 @@ static void on_head(struct api_conn *ac)
         ac->keep_alive = conn && http_token_list_has(conn->value, conn->value_len, "keep-alive");
     if (api->stopping)
         ac->keep_alive = false;
+    /*
+     * Stop reading while this request is handled: pipelined bytes wait in the socket. Left enabled
+     * with the input at its high-water mark, libevent 2.1 re-runs the read callback after every
+     * callback to let it drain (bufferevent_inbuf_wm_check), which spun the loop at full speed and
+     * starved the group commit: one request followed by ~16 KiB wedged every write.
+     */
+    bufferevent_disable(ac->bev, EV_READ);
     ac->state = AC_BUSY;
 
     if (r->version_major != 1) {
@@ -342,9 +350,27 @@ static void on_head(struct api_conn *ac)
         strncasecmp(expect->value, "100-continue", 12) == 0)
         evbuffer_add_printf(bufferevent_get_output(ac->bev), "HTTP/1.1 100 Continue\r\n\r\n");
     ac->state = AC_BODY;
+    bufferevent_enable(ac->bev, EV_READ);
     /* Stop reading once the body is buffered; the rest of a pipeline waits in the socket. */
     bufferevent_setwatermark(ac->bev, EV_READ, 0,
                              ac->body_len > API_HEAD_MAX ? ac->body_len : API_HEAD_MAX);
+}
+
+/*
+ * A request must arrive whole within [api] request_timeout of its first byte: a head trickled a byte
+ * at a time would otherwise reset the idle timeout forever (slowloris) and hold a connection slot.
+ */
+static void req_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct api_conn *ac = arg;
+    if (ac->state != AC_HEAD && ac->state != AC_BODY)
+        return;
+    log_info("api %s: request not complete within [api] request_timeout", ac->peer);
+    ac->keep_alive = false;
+    ac->state = AC_BUSY;
+    api_reply_error(ac, 408, "request_timeout", "the request did not arrive in time");
 }
 
 static void ac_process(struct api_conn *ac)
@@ -352,6 +378,11 @@ static void ac_process(struct api_conn *ac)
     struct evbuffer *in = bufferevent_get_input(ac->bev);
     while (ac->state == AC_HEAD || ac->state == AC_BODY) {
         size_t len = evbuffer_get_length(in);
+        if (len && !evtimer_pending(ac->req_timer, NULL)) {
+            int64_t ms = ac->api->lp->cfg->api_request_timeout_ms;
+            struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+            evtimer_add(ac->req_timer, &tv);
+        }
         if (ac->state == AC_BODY) {
             if (len < ac->body_len)
                 return;
@@ -362,6 +393,8 @@ static void ac_process(struct api_conn *ac)
             }
             evbuffer_remove(in, ac->body, ac->body_len);
             ac->body[ac->body_len] = '\0';
+            evtimer_del(ac->req_timer);
+            bufferevent_disable(ac->bev, EV_READ); /* see on_head */
             api_dispatch(ac);
             continue;
         }
@@ -375,6 +408,7 @@ static void ac_process(struct api_conn *ac)
             return;
         if (rc < 0) {
             ac->keep_alive = false;
+            bufferevent_disable(ac->bev, EV_READ);
             ac->state = AC_BUSY;
             if (rc == HTTP_PARSE_TOO_LARGE)
                 api_reply_error(ac, 431, "header_too_large", "request head is too large");
@@ -391,6 +425,8 @@ static void ac_process(struct api_conn *ac)
         evbuffer_remove(in, ac->head, (size_t)rc);
         ac->head[rc] = '\0';
         http_req_parse(&ac->req, ac->head, (size_t)rc, API_HEAD_MAX);
+        if (api_body_length(&ac->req) <= 0)
+            evtimer_del(ac->req_timer); /* complete; a body keeps the clock running */
         on_head(ac);
     }
 }
@@ -462,6 +498,8 @@ static void ac_free(struct api_conn *ac)
     if (ac->next)
         ac->next->prev = ac->prev;
     api->num_conns--;
+    registry_counter_add(api->ip_counts, ac->ip, -1);
+    event_free(ac->req_timer);
     bufferevent_free(ac->bev);
     request_reset(ac);
     free(ac);
@@ -472,19 +510,36 @@ static void ac_free(struct api_conn *ac)
 static void accept_cb(void *arg, struct bufferevent *bev, const struct sockaddr *sa)
 {
     struct api *api = arg;
-    char peer[64];
+    const struct px_config *cfg = api->lp->cfg;
+    char peer[64], ip[64];
     listener_addr_str(sa, true, peer, sizeof(peer));
-    if (api->num_conns >= API_MAX_CONNS) {
-        log_warn("api: %zu connections open, refusing %s", api->num_conns, peer);
+    listener_addr_str(sa, false, ip, sizeof(ip));
+    if (api->num_conns >= cfg->api_max_connections) {
+        log_warn("api: %zu connections open ([api] max_connections), refusing %s", api->num_conns,
+                 peer);
+        bufferevent_free(bev);
+        return;
+    }
+    if (registry_counter_get(api->ip_counts, ip) >= cfg->api_max_connections_per_ip) {
+        log_warn("api: %s has %llu connections open ([api] max_connections_per_ip), refusing %s",
+                 ip, (unsigned long long)cfg->api_max_connections_per_ip, peer);
         bufferevent_free(bev);
         return;
     }
     struct api_conn *ac = calloc(1, sizeof(*ac));
-    if (!ac) {
+    if (ac && !(ac->req_timer = evtimer_new(api->lp->base, req_timeout_cb, ac))) {
+        free(ac);
+        ac = NULL;
+    }
+    if (!ac || registry_counter_add(api->ip_counts, ip, +1) == (size_t)-1) {
         log_error("api: out of memory accepting %s", peer);
+        if (ac)
+            event_free(ac->req_timer);
+        free(ac);
         bufferevent_free(bev);
         return;
     }
+    snprintf(ac->ip, sizeof(ac->ip), "%s", ip);
     ac->api = api;
     ac->bev = bev;
     ac->state = AC_HEAD;
@@ -515,9 +570,15 @@ int api_start(struct api **out, struct loop *lp, struct conn_pool *pool, struct 
     api->lp = lp;
     api->pool = pool;
     api->chat = ch;
+    if (!(api->ip_counts = registry_counter_new())) {
+        log_error("api: out of memory");
+        free(api);
+        return -1;
+    }
     api->keys = calloc(cfg->api_keys.n ? cfg->api_keys.n : 1, sizeof(*api->keys));
     if (!api->keys) {
         log_error("api: out of memory");
+        registry_counter_free(api->ip_counts);
         free(api);
         return -1;
     }
@@ -534,6 +595,7 @@ int api_start(struct api **out, struct loop *lp, struct conn_pool *pool, struct 
     if (listener_open(&api->listener, lp, "api", cfg->api_listen, NULL, 128, accept_cb, api, err,
                       sizeof(err)) != 0) {
         log_error("[api] listen: %s", err);
+        registry_counter_free(api->ip_counts);
         free(api->keys);
         free(api);
         return -1;
@@ -573,6 +635,7 @@ void api_free(struct api *api)
     while (api->conns)
         ac_free(api->conns);
     listener_release(&api->listener);
+    registry_counter_free(api->ip_counts);
     free(api->keys);
     free(api);
 }

@@ -15,12 +15,13 @@
 #include "net/listener.h"
 
 struct bufferevent;
+struct event;
+struct registry_counter;
 struct chat;
 struct conn_pool;
 struct loop;
 
 #define API_HEAD_MAX         16384 /* request line + headers */
-#define API_MAX_CONNS        512   /* concurrent API connections; more are refused at accept */
 #define API_IDLE_TIMEOUT_S   30    /* read (head, body, keep-alive idle) and write timeout */
 #define API_LINGER_TIMEOUT_S 2     /* after a final answer: how long unread input is drained */
 #define API_LINGER_MAX       (64u << 20) /* and how much of it, before the socket is just closed */
@@ -41,7 +42,9 @@ struct api_conn {
     struct bufferevent *bev;
     struct api_conn *prev, *next;
     enum ac_state state;
-    char peer[64];
+    char peer[64];   /* "host:port", for logs */
+    char ip[64];     /* host only: the per-peer connection count's key */
+    struct event *req_timer; /* [api] request_timeout, from a request's first byte to its end */
     char *head; /* the current request head (owned); req points into it */
     struct http_req req;
     char *body; /* owned, NUL-terminated */
@@ -61,6 +64,7 @@ struct api {
     struct listener listener;
     struct api_conn *conns;
     size_t num_conns;
+    struct registry_counter *ip_counts; /* peer address -> open API connections */
     bool stopping;
     unsigned char (*keys)[KEY_DIGEST_LEN]; /* SHA-256 of each [api] key */
     size_t num_keys;

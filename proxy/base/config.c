@@ -52,6 +52,8 @@ static const struct opt opts[] = {
       "After sending a close frame, how long to wait for the peer's close before dropping TCP."),
     O("server", "drain_timeout", OPT_DURATION, drain_timeout_ms, "10s",
       "On SIGTERM/SIGINT, how long clients get to finish the closing handshake before exit."),
+    O("server", "static_follow_symlinks", OPT_BOOL, static_follow_symlinks, "false",
+      "Serve files of static_dir that are symlinks to places outside it (off: they are 404)."),
     O("tls", "cert", OPT_STR, tls_cert, "",
       "PEM certificate chain; TLS (wss) is on when cert and key are both set."),
     O("tls", "key", OPT_STR, tls_key, "", "PEM private key for cert."),
@@ -61,9 +63,15 @@ static const struct opt opts[] = {
     O("store", "synchronous", OPT_STR, store_synchronous, "normal",
       "normal: a commit survives a crash of wsproxy; full: also a power loss (slower)."),
     O("store", "busy_timeout", OPT_DURATION, store_busy_timeout_ms, "5s",
-      "How long a write waits for a lock held by another process (e.g. wsctl)."),
+      "How long opening the database, migrations and the checkpointer wait for another process's lock."),
+    O("store", "lock_wait", OPT_DURATION, store_lock_wait_ms, "20ms",
+      "Longest the event loop waits for another process's write lock; then the write fails and is retried."),
     O("store", "max_replay", OPT_UINT, store_max_replay, "1000",
       "Room messages replayed per room on connect; beyond it a 'truncated' notice is sent."),
+    O("store", "commit_delay", OPT_DURATION, store_commit_delay_ms, "20ms",
+      "Longest a group commit waits behind other work, whatever the input rate (receipts wait for it)."),
+    O("store", "commit_batch", OPT_UINT, store_commit_batch, "10000",
+      "Writes after which the group commit runs at once instead of at the end of the loop iteration."),
     O("auth", "mode", OPT_STR, auth_mode, "token",
       "token (JWT), query (?user= from a trusted proxy) or token,query."),
     O("auth", "jwt_alg", OPT_STR, jwt_alg, "HS256", "HS256, RS256 or ES256; tokens must use exactly this."),
@@ -85,6 +93,9 @@ static const struct opt opts[] = {
     O("limits", "rate", OPT_UINT, rate, "50",
       "Messages per second a connection may send (token bucket); 0 = unlimited."),
     O("limits", "rate_burst", OPT_UINT, rate_burst, "100", "Bucket size for rate."),
+    O("limits", "ack_rate", OPT_UINT, ack_rate, "1000",
+      "Acks per second a connection may send (own bucket: catching up acks many at once); 0 = unlimited."),
+    O("limits", "ack_burst", OPT_UINT, ack_burst, "2000", "Bucket size for ack_rate."),
     O("limits", "max_body", OPT_SIZE, max_body, "64KiB",
       "Largest chat message body (as JSON text); larger gets error too_large."),
     O("limits", "presence_fanout_max", OPT_UINT, presence_fanout_max, "1000",
@@ -98,6 +109,12 @@ static const struct opt opts[] = {
     O("api", "keys", OPT_LIST, api_keys, "",
       "API keys (comma separated) accepted as Authorization: Bearer KEY."),
     O("api", "max_body", OPT_SIZE, api_max_body, "1MiB", "Largest API request body; larger gets 413."),
+    O("api", "request_timeout", OPT_DURATION, api_request_timeout_ms, "10s",
+      "Time a request's head and body have to arrive once started (slowloris guard)."),
+    O("api", "max_connections", OPT_UINT, api_max_connections, "512",
+      "Open API connections in total; more are refused at accept."),
+    O("api", "max_connections_per_ip", OPT_UINT, api_max_connections_per_ip, "128",
+      "Open API connections per peer address; more are refused at accept."),
     O("demo", "enabled", OPT_BOOL, demo_enabled, "false",
       "Serve GET /demo/token?user=NAME (HS256 tokens for the demo page). Never in production."),
     O("demo", "token_ttl", OPT_DURATION, demo_token_ttl_ms, "1h", "Lifetime of demo tokens."),
@@ -406,6 +423,11 @@ static void validate(struct load_ctx *lc)
     check(lc, !strcasecmp(c->store_synchronous, "normal") || !strcasecmp(c->store_synchronous, "full"),
           "[store] synchronous: '%s' is not normal or full", c->store_synchronous);
     check(lc, c->store_max_replay >= 1, "[store] max_replay: must be >= 1%s", "");
+    check(lc, c->store_lock_wait_ms >= 0 && c->store_lock_wait_ms <= 1000,
+          "[store] lock_wait: must be 0 to 1s%s", "");
+    check(lc, c->store_commit_delay_ms >= 1 && c->store_commit_delay_ms <= 1000,
+          "[store] commit_delay: must be 1ms to 1s%s", "");
+    check(lc, c->store_commit_batch >= 1, "[store] commit_batch: must be >= 1%s", "");
     check(lc,
           !strcmp(c->auth_mode, "token") || !strcmp(c->auth_mode, "query") ||
               !strcmp(c->auth_mode, "token,query") || !strcmp(c->auth_mode, "query,token"),
@@ -416,6 +438,7 @@ static void validate(struct load_ctx *lc)
           "[heartbeat] pong_timeout: must be > 0 when pings are on%s", "");
     check(lc, c->send_queue >= 4096, "[limits] send_queue: must be at least 4KiB%s", "");
     check(lc, c->rate == 0 || c->rate_burst >= 1, "[limits] rate_burst: must be >= 1%s", "");
+    check(lc, c->ack_rate == 0 || c->ack_burst >= 1, "[limits] ack_burst: must be >= 1%s", "");
     check(lc, c->max_connections >= 1, "[limits] max_connections: must be >= 1%s", "");
     check(lc, c->max_connections_per_ip >= 1, "[limits] max_connections_per_ip: must be >= 1%s", "");
     if (c->api_listen[0]) {
@@ -425,6 +448,9 @@ static void validate(struct load_ctx *lc)
               "[api] listen: '%s' must differ from [server] listen", c->api_listen);
     }
     check(lc, c->api_max_body >= 1024, "[api] max_body: must be at least 1KiB%s", "");
+    check(lc, c->api_request_timeout_ms > 0, "[api] request_timeout: must be > 0%s", "");
+    check(lc, c->api_max_connections >= 1, "[api] max_connections: must be >= 1%s", "");
+    check(lc, c->api_max_connections_per_ip >= 1, "[api] max_connections_per_ip: must be >= 1%s", "");
     check(lc, !c->demo_enabled || !strcmp(c->jwt_alg, "HS256"),
           "[demo] enabled: needs [auth] jwt_alg = HS256 (demo tokens are signed with jwt_secret)%s", "");
     check(lc, c->demo_token_ttl_ms > 0, "[demo] token_ttl: must be > 0%s", "");

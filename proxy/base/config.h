@@ -28,6 +28,7 @@ struct px_config {
     char *static_dir; /* "" disables */
     int64_t close_timeout_ms;
     int64_t drain_timeout_ms;
+    bool static_follow_symlinks;
     /* [tls] */
     char *tls_cert;
     char *tls_key;
@@ -37,7 +38,10 @@ struct px_config {
     char *store_path;
     char *store_synchronous;
     int64_t store_busy_timeout_ms;
+    int64_t store_lock_wait_ms; /* the event loop's bound on waiting for another process's lock */
     uint64_t store_max_replay;
+    int64_t store_commit_delay_ms; /* the longest a group commit may wait behind other work */
+    uint64_t store_commit_batch;   /* writes after which it commits at once */
     /* [auth] */
     char *auth_mode;
     char *jwt_alg;
@@ -53,6 +57,8 @@ struct px_config {
     uint64_t send_queue;
     uint64_t rate;       /* messages per second per connection; 0 = unlimited */
     uint64_t rate_burst;
+    uint64_t ack_rate; /* acks per second per connection (their own bucket); 0 = unlimited */
+    uint64_t ack_burst;
     uint64_t max_body;
     uint64_t presence_fanout_max;
     uint64_t max_connections;
@@ -61,6 +67,9 @@ struct px_config {
     char *api_listen; /* "" disables the API listener */
     struct str_list api_keys;
     uint64_t api_max_body;
+    int64_t api_request_timeout_ms; /* a request head and body must arrive within this */
+    uint64_t api_max_connections;
+    uint64_t api_max_connections_per_ip;
     /* [demo] */
     bool demo_enabled;
     int64_t demo_token_ttl_ms;

@@ -2,6 +2,7 @@
  * sbuf.c -- growable buffer; starts in an inline 512-byte array so most frames never touch malloc.
  */
 #include "base/sbuf.h"
+#include "base/utf8.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -104,6 +105,18 @@ void sbuf_add_json_str(struct sbuf *b, const char *s)
     const char *run = s;
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
+        if (ch >= 0x80) {
+            /* Only valid UTF-8 goes out: a stored header value may hold any byte. */
+            size_t len = utf8_char_len((const uint8_t *)s, strnlen(s, 4));
+            if (len) {
+                s += len - 1;
+                continue;
+            }
+            sbuf_add(b, run, (size_t)(s - run));
+            run = s + 1;
+            sbuf_add(b, "\\ufffd", 6);
+            continue;
+        }
         if (ch >= 0x20 && ch != '"' && ch != '\\')
             continue;
         sbuf_add(b, run, (size_t)(s - run));

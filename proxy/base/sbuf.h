@@ -24,7 +24,10 @@ void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
 void sbuf_addf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_add_i64(struct sbuf *b, int64_t v);
-/* Append s as a JSON string literal, quotes included (control chars escaped as \u00XX). */
+/*
+ * Append s as a JSON string literal, quotes included: control chars escaped as \u00XX, and any byte
+ * that is not part of valid UTF-8 replaced by \ufffd, so the output is always valid JSON text.
+ */
 void sbuf_add_json_str(struct sbuf *b, const char *s);
 
 #endif

@@ -251,14 +251,25 @@ static void on_leave(struct chat_conn *cc, json_t *req)
 struct history_ctx {
     struct sbuf *b;
     int n;
+    size_t budget; /* bytes an answer may take: half the send queue */
+    bool cut;      /* stopped at the budget: there is more */
 };
 
+/*
+ * One page item. A page stops early at the byte budget (never before its first item, so paging with
+ * "before" always moves): 100 items of a large body would otherwise overrun the send queue with one
+ * answer, and a client asking for many pages at once would hold that much each.
+ */
 static int history_item(void *ctx, const struct store_msg *m)
 {
     struct history_ctx *h = ctx;
     if (h->n++)
         sbuf_adds(h->b, ",");
     chat_build_msg(h->b, m, false, false);
+    if (h->b->len > h->budget) {
+        h->cut = true;
+        return 1;
+    }
     return 0;
 }
 
@@ -312,11 +323,12 @@ static void on_history(struct chat_conn *cc, json_t *req)
     sbuf_adds(&b, room ? ",\"room\":" : ",\"with\":");
     sbuf_add_json_str(&b, name);
     sbuf_adds(&b, ",\"items\":[");
-    struct history_ctx h = {&b, 0};
+    struct history_ctx h = {&b, 0, ch->cfg->send_queue / 2, false};
     bool more = false;
     int rc = room ? store_history_room(ch->store, name, before, limit, history_item, &h, &more)
                   : store_history_direct(ch->store, cc->user, name, before, limit,
                                          history_item, &h, &more);
+    more = more || h.cut;
     if (rc < 0) {
         sbuf_release(&b);
         chat_store_failed(cc, "history", "rid", rid);
@@ -480,15 +492,19 @@ static const struct {
     {"members", on_members, MK_MEMBERS},  {"refresh", on_refresh, MK_REFRESH},
 };
 
-/* Take a rate-limit token; false (after answering or closing) when the connection is over its rate. */
-bool chat_rate_ok(struct chat_conn *cc)
+bool chat_rate_ok(struct chat_conn *cc, bool ack)
 {
     struct chat *ch = cc->chat;
-    if (ratelimit_take(&cc->rl, loop_now_ms(ch->lp), ch->cfg->rate, ch->cfg->rate_burst)) {
-        cc->strikes = 0;
+    int64_t now = loop_now_ms(ch->lp);
+    /* Each bucket counts its own strikes: acks going through do not forgive a send flood. */
+    unsigned *strikes = ack ? &cc->ack_strikes : &cc->strikes;
+    bool ok = ack ? ratelimit_take(&cc->ack_rl, now, ch->cfg->ack_rate, ch->cfg->ack_burst)
+                  : ratelimit_take(&cc->rl, now, ch->cfg->rate, ch->cfg->rate_burst);
+    if (ok) {
+        *strikes = 0;
         return true;
     }
-    if (++cc->strikes >= RATE_STRIKES_MAX)
+    if (++*strikes >= RATE_STRIKES_MAX)
         conn_close(cc->conn, WS_CLOSE_POLICY, "rate limited", END_RATE_LIMITED);
     else
         chat_send_error(cc, "rate_limited", "too many messages; slow down", NULL, NULL);
@@ -506,7 +522,7 @@ static void dispatch(struct chat_conn *cc, uint8_t opcode, const uint8_t *data, 
     struct chat *ch = cc->chat;
     if (opcode != WS_OP_TEXT) {
         ch->lp->metrics.msgs_in[MK_OTHER]++;
-        if (chat_rate_ok(cc))
+        if (chat_rate_ok(cc, false))
             chat_send_error(cc, "bad_request", "binary frames are not accepted here; send JSON text", NULL,
                        NULL);
         return;
@@ -517,10 +533,11 @@ static void dispatch(struct chat_conn *cc, uint8_t opcode, const uint8_t *data, 
     json_t *req = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
     const char *type = json_string_value(json_object_get(req, "type"));
     /*
-     * Acks are exempt from the rate limit: a client catching up acks hundreds of replayed messages at
-     * once, and an ack only moves a delivery state forward. Everything else pays one token.
+     * Acks have a bucket of their own ([limits] ack_rate, ack_burst): a client catching up acks
+     * hundreds of replayed messages at once, but an endless stream of them must not be free either
+     * (each is a store write). Everything else pays one token of rate.
      */
-    if (!(type && strcmp(type, "ack") == 0) && !chat_rate_ok(cc)) {
+    if (!chat_rate_ok(cc, type && strcmp(type, "ack") == 0)) {
         json_decref(req);
         return;
     }

@@ -20,7 +20,8 @@ static bool fast_ack(struct chat_conn *cc, const char *buf, const struct json_to
     if (id <= 0)
         return false;
     cc->chat->lp->metrics.msgs_in[MK_ACK]++;
-    chat_ack_commit(cc, id);
+    if (chat_rate_ok(cc, true))
+        chat_ack_commit(cc, id);
     return true;
 }
 
@@ -45,7 +46,7 @@ static bool fast_send(struct chat_conn *cc, const char *buf, const struct json_t
         free(text);
         return false;
     }
-    if (chat_rate_ok(cc)) {
+    if (chat_rate_ok(cc, false)) {
         ch->lp->metrics.msgs_in[MK_SEND]++;
         chat_send_commit(cc, t->to.present ? target : NULL, t->room.present ? target : NULL, text,
                     t->cid.present ? cid : NULL);

@@ -25,6 +25,17 @@ struct reg_member;
 struct registry_map;
 struct store_msg;
 
+/* A session end written but not yet known to be durable, or waiting to be written again. */
+struct chat_end {
+    struct chat *chat;
+    struct chat_end *next;
+    int64_t session_id;
+    int64_t ended_at;
+    int64_t seen;
+    enum end_reason why;
+    char user[AUTH_USER_MAX + 1];
+};
+
 struct chat {
     struct loop *lp;
     const struct px_config *cfg;
@@ -35,6 +46,15 @@ struct chat {
     struct chat_conn *sessions; /* every live session, for broadcast and kick */
     uint64_t presence_seq;      /* numbers presence events, to tell each connection once */
     bool draining;
+    /*
+     * Session ends the store did not take (a failed write or commit: disk full, read-only, locked).
+     * They are written again on a timer until a commit holds them, so an outage never leaves a
+     * session active or a user online for good.
+     */
+    struct chat_end *ends_retry;
+    size_t ends_unsettled; /* written or waiting: not yet known durable */
+    struct event *retry_ev;
+    int64_t retry_ms;      /* current back-off */
 };
 
 enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
@@ -49,9 +69,11 @@ struct chat_conn {
     struct reg_member *user_mem;
     struct reg_member *rooms; /* this connection's room memberships, linked through ->link */
     struct event *expiry;
-    struct ratelimit rl;
+    struct ratelimit rl;     /* every frame but acks */
+    struct ratelimit ack_rl; /* acks */
     uint64_t presence_seen; /* last presence event sent here (dedup across shared rooms) */
-    unsigned strikes;
+    unsigned strikes;     /* rate-limited frames in a row */
+    unsigned ack_strikes; /* rate-limited acks in a row */
     enum replay_phase phase;
     int64_t replay_after;   /* direct phase: last id replayed */
     char **replay_rooms;    /* rooms not yet fully replayed; the last one is in progress */
@@ -81,8 +103,11 @@ void chat_store_failed(struct chat_conn *cc, const char *what, const char *id_ke
                        const char *id_val);
 /* A msg frame (with_type) or history item for m; replay adds "replay":true. */
 void chat_build_msg(struct sbuf *b, const struct store_msg *m, bool replay, bool with_type);
-/* Take a rate-limit token; false (after answering or closing) when over the rate. */
-bool chat_rate_ok(struct chat_conn *cc);
+/*
+ * Take a token from the connection's bucket ([limits] rate, or ack_rate for an ack); false (after
+ * answering rate_limited, or closing with 1008 after repeated strikes) when over it.
+ */
+bool chat_rate_ok(struct chat_conn *cc, bool ack);
 /* After validation, shared with the fast path: membership, chat_post, receipt. */
 void chat_send_commit(struct chat_conn *cc, const char *to, const char *room, const char *text,
                       const char *cid);

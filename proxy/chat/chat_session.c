@@ -25,6 +25,105 @@ const struct conn_handler chat_handler = {
     .on_close = chat_on_close,
 };
 
+/* ---- session ends that must reach the store ---- */
+
+#define ENDS_RETRY_FIRST_MS 250
+#define ENDS_RETRY_MAX_MS 5000
+
+/*
+ * Write one end: the row's last_seen and end, and the user's presence as the registry says now (a
+ * retry must not mark offline a user who came back meanwhile). 0, or -1 when a statement failed.
+ */
+static int end_write(struct chat *ch, const struct chat_end *e)
+{
+    loop_tx_begin(ch->lp);
+    size_t live = registry_count(ch->users, e->user);
+    int rc = store_session_touch(ch->store, e->session_id, e->seen);
+    if (rc == 0 || rc == STORE_ERR_NOTFOUND)
+        rc = store_session_end(ch->store, e->session_id, e->ended_at, end_reason_name(e->why));
+    if (rc != 0 && rc != STORE_ERR_NOTFOUND) { /* NOTFOUND: already ended; the first end wins */
+        log_error("store: end session %lld: %s", (long long)e->session_id,
+                  store_last_error(ch->store));
+        return -1;
+    }
+    if (store_presence_set(ch->store, e->user, live > 0, (int)live, e->seen) != 0) {
+        log_error("store: presence of %s: %s", e->user, store_last_error(ch->store));
+        return -1;
+    }
+    return 0;
+}
+
+static void ends_retry_later(struct chat *ch, struct chat_end *e)
+{
+    e->next = ch->ends_retry;
+    ch->ends_retry = e;
+    if (!evtimer_pending(ch->retry_ev, NULL)) {
+        ch->retry_ms = ch->retry_ms ? ch->retry_ms : ENDS_RETRY_FIRST_MS;
+        struct timeval tv = {.tv_sec = ch->retry_ms / 1000, .tv_usec = (ch->retry_ms % 1000) * 1000};
+        evtimer_add(ch->retry_ev, &tv);
+    }
+}
+
+static void end_committed_cb(void *arg, bool ok);
+
+/* Write e and settle it after the commit; a failure queues it for the retry timer. */
+static void end_store(struct chat *ch, struct chat_end *e)
+{
+    if (end_write(ch, e) != 0) {
+        ends_retry_later(ch, e);
+        return;
+    }
+    loop_after_commit(ch->lp, end_committed_cb, e);
+}
+
+static void end_committed_cb(void *arg, bool ok)
+{
+    struct chat_end *e = arg;
+    struct chat *ch = e->chat;
+    if (!ok) {
+        ends_retry_later(ch, e);
+        return;
+    }
+    ch->ends_unsettled--;
+    ch->retry_ms = 0; /* the store answers again */
+    free(e);
+}
+
+static void ends_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct chat *ch = arg;
+    struct chat_end *list = ch->ends_retry;
+    ch->ends_retry = NULL;
+    log_info("store: writing %zu session ends again", ch->ends_unsettled);
+    ch->retry_ms = ch->retry_ms * 2 < ENDS_RETRY_MAX_MS ? ch->retry_ms * 2 : ENDS_RETRY_MAX_MS;
+    while (list) {
+        struct chat_end *e = list;
+        list = e->next;
+        end_store(ch, e);
+    }
+}
+
+/* Record the end of cc's session; it reaches the store now or, after an outage, by the retries. */
+static void session_end(struct chat_conn *cc, enum end_reason why, int64_t now, int64_t seen)
+{
+    struct chat *ch = cc->chat;
+    struct chat_end *e = calloc(1, sizeof(*e));
+    if (!e) {
+        log_error("out of memory ending session %lld", (long long)cc->session_id);
+        return;
+    }
+    e->chat = ch;
+    e->session_id = cc->session_id;
+    e->ended_at = now;
+    e->seen = seen;
+    e->why = why;
+    snprintf(e->user, sizeof(e->user), "%s", cc->user);
+    ch->ends_unsettled++;
+    end_store(ch, e);
+}
+
 struct chat *chat_new(struct loop *lp, const struct auth *auth)
 {
     struct chat *ch = calloc(1, sizeof(*ch));
@@ -36,7 +135,8 @@ struct chat *chat_new(struct loop *lp, const struct auth *auth)
     ch->auth = auth;
     ch->users = registry_map_new();
     ch->rooms = registry_map_new();
-    if (!ch->users || !ch->rooms) {
+    ch->retry_ev = evtimer_new(lp->base, ends_retry_cb, ch);
+    if (!ch->users || !ch->rooms || !ch->retry_ev) {
         chat_free(ch);
         return NULL;
     }
@@ -48,6 +148,16 @@ void chat_free(struct chat *ch)
     if (!ch)
         return;
     assert(!ch->sessions);
+    if (ch->ends_unsettled)
+        log_warn("store: %zu session ends could not be stored; the next start ends them as "
+                 "server_restart", ch->ends_unsettled);
+    while (ch->ends_retry) {
+        struct chat_end *e = ch->ends_retry;
+        ch->ends_retry = e->next;
+        free(e);
+    }
+    if (ch->retry_ev)
+        event_free(ch->retry_ev);
     registry_map_free(ch->users);
     registry_map_free(ch->rooms);
     free(ch);
@@ -263,14 +373,7 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
     cc->user_mem = NULL;
 
     if (cc->session_id != 0) {
-        loop_tx_begin(ch->lp);
-        store_session_touch(ch->store, cc->session_id, seen);
-        int rc = store_session_end(ch->store, cc->session_id, now, end_reason_name(why));
-        if (rc != 0 && rc != STORE_ERR_NOTFOUND) /* NOTFOUND: already ended; the first end wins */
-            log_error("store: end session %lld: %s", (long long)cc->session_id,
-                      store_last_error(ch->store));
-        if (store_presence_set(ch->store, cc->user, left > 0, (int)left, seen) != 0)
-            log_error("store: presence of %s: %s", cc->user, store_last_error(ch->store));
+        session_end(cc, why, now, seen);
         log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)cc->conn->id,
                  cc->conn->addr, (long long)cc->session_id, cc->user, end_reason_name(why));
     }

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "base/cidr.h"
 #include "base/log.h"
 #include "base/registry.h"
 #include "net/listener.h"
@@ -115,6 +116,18 @@ void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     timer_arm_ms(c, cfg_of(c)->handshake_timeout_ms);
     log_debug("conn %llu accepted from %s", (unsigned long long)c->id, peer);
+    if (!p->count_late || !cidr_list_match(p->count_late, peer)) {
+        /* Connections that never finish a handshake count against the address too. */
+        if (registry_counter_get(p->ip_counts, peer) >= cfg_of(c)->max_connections_per_ip) {
+            conn_http_text(c, 503, "Retry-After: 5\r\n", "too many connections from this address");
+            return;
+        }
+        if (registry_counter_add(p->ip_counts, peer, +1) == (size_t)-1) {
+            conn_http_text(c, 503, NULL, "out of memory");
+            return;
+        }
+        c->peer_counted = true;
+    }
 }
 
 /* ---- writing ---- */
@@ -190,8 +203,11 @@ static void dirty_unlink(struct conn *c)
  */
 static struct evbuffer *commit_ordered_output(struct conn *c)
 {
+    /* Held frames count against send_queue like written ones: both are this client's memory. */
+    if (!conn_check_backpressure(c))
+        return NULL;
     if (!loop_tx_open(c->lp) && !c->dirty)
-        return conn_check_backpressure(c) ? bufferevent_get_output(c->bev) : NULL;
+        return bufferevent_get_output(c->bev);
     if (!c->held && !(c->held = evbuffer_new())) {
         conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
         return NULL;
@@ -209,11 +225,9 @@ void conn_send_text(struct conn *c, const void *data, size_t len)
         add_frame(c, out, WS_OP_TEXT, data, len);
 }
 
-bool conn_check_backpressure(struct conn *c)
+/* Close with 1013 when queued is over send_queue; false then. */
+static bool within_send_queue(struct conn *c, size_t queued)
 {
-    if (!conn_is_open(c))
-        return false;
-    size_t queued = output_len(c);
     if (queued > cfg_of(c)->send_queue) {
         log_warn("conn %llu %s: send queue %zu bytes over %llu, closing as slow consumer",
                  (unsigned long long)c->id, c->addr, queued,
@@ -223,6 +237,11 @@ bool conn_check_backpressure(struct conn *c)
         return false;
     }
     return true;
+}
+
+bool conn_check_backpressure(struct conn *c)
+{
+    return conn_is_open(c) && within_send_queue(c, conn_pending_len(c));
 }
 
 void conn_pool_flush(void *pool, bool ok)
@@ -242,8 +261,22 @@ void conn_pool_flush(void *pool, bool ok)
              */
             if (c->held)
                 evbuffer_drain(c->held, evbuffer_get_length(c->held));
-            conn_fail(c, WS_CLOSE_INTERNAL, "store error", END_INTERNAL_ERROR);
-        } else if (c->held && conn_check_backpressure(c)) {
+            if (c->close_held) {
+                /* the close that waited behind them went too: say why now */
+                uint8_t payload[WS_MAX_CTRL_PAYLOAD];
+                size_t plen = ws_close_payload(payload, WS_CLOSE_INTERNAL, "store error");
+                add_frame(c, bufferevent_get_output(c->bev), WS_OP_CLOSE, payload, plen);
+                c->close_code = WS_CLOSE_INTERNAL;
+                c->close_held = false;
+            } else {
+                conn_fail(c, WS_CLOSE_INTERNAL, "store error", END_INTERNAL_ERROR);
+            }
+        } else if (c->held && c->close_held) {
+            /* A close waits at the end: everything before it goes out (each add was bounded). */
+            evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+            c->close_held = false;
+        } else if (c->held && conn_is_open(c) && within_send_queue(c, output_len(c))) {
+            /* Each held frame was checked as it was queued: only the output may have grown. */
             evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
         } else if (c->held) {
             evbuffer_drain(c->held, evbuffer_get_length(c->held));
@@ -360,13 +393,15 @@ bool conn_admit(struct conn *c)
         conn_http_text(c, 503, "Retry-After: 5\r\n", "server is at max_connections");
         return false;
     }
-    if (registry_counter_get(p->ip_counts, c->addr) >= cfg_of(c)->max_connections_per_ip) {
-        conn_http_text(c, 503, "Retry-After: 5\r\n", "too many connections from this address");
-        return false;
-    }
-    if (registry_counter_add(p->ip_counts, c->addr, +1) == (size_t)-1) {
-        conn_http_text(c, 503, NULL, "out of memory");
-        return false;
+    if (!c->peer_counted) {
+        if (registry_counter_get(p->ip_counts, c->addr) >= cfg_of(c)->max_connections_per_ip) {
+            conn_http_text(c, 503, "Retry-After: 5\r\n", "too many connections from this address");
+            return false;
+        }
+        if (registry_counter_add(p->ip_counts, c->addr, +1) == (size_t)-1) {
+            conn_http_text(c, 503, NULL, "out of memory");
+            return false;
+        }
     }
     p->num_ws++;
     c->counted = true;
@@ -498,7 +533,11 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
             on_data(c, ev);
         break;
     case WS_EV_PING:
-        if (!c->close_sent)
+        /*
+         * A pong is output like any other: a peer that pings and never reads is a slow consumer
+         * (1013) once send_queue is full, instead of growing the server without bound.
+         */
+        if (conn_check_backpressure(c))
             add_frame(c, bufferevent_get_output(c->bev), WS_OP_PONG, ev->data, ev->len);
         break;
     case WS_EV_PONG:
@@ -699,7 +738,13 @@ static void send_close(struct conn *c, uint16_t code, const char *reason, enum e
     if (!c->close_sent) {
         uint8_t payload[WS_MAX_CTRL_PAYLOAD];
         size_t plen = ws_close_payload(payload, code, reason);
-        add_frame(c, bufferevent_get_output(c->bev), WS_OP_CLOSE, payload, plen);
+        /*
+         * Frames held for the commit (receipts, the error that explains this close) go first: the
+         * close waits behind them. A slow consumer's held frames are what it cannot take: not them.
+         */
+        c->close_held = c->dirty && c->held && why != END_SLOW_CONSUMER;
+        add_frame(c, c->close_held ? c->held : bufferevent_get_output(c->bev), WS_OP_CLOSE, payload,
+                  plen);
         c->close_sent = true;
         c->close_code = code;
         c->end_reason = why;
@@ -748,10 +793,15 @@ static void conn_release_state(struct conn *c)
 {
     struct conn_pool *p = c->pool;
     end_app(c, c->end_reason);
+    if (c->peer_counted) {
+        c->peer_counted = false;
+        registry_counter_add(p->ip_counts, c->peer, -1);
+    } else if (c->counted) {
+        registry_counter_add(p->ip_counts, c->addr, -1);
+    }
     if (c->counted) {
         assert(p->num_ws > 0);
         c->counted = false;
-        registry_counter_add(p->ip_counts, c->addr, -1);
         p->num_ws--;
         c->lp->metrics.closes_by_code[metrics_close_index(c->close_code ? c->close_code : 1006)]++;
         c->lp->metrics.closes_by_reason[c->end_reason]++;

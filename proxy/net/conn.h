@@ -18,6 +18,7 @@
 #include "proto/ws_parser.h"
 
 struct bufferevent;
+struct cidr_list;
 struct evbuffer;
 struct event;
 struct http_req;
@@ -72,7 +73,13 @@ struct conn_pool {
     size_t num_conns;        /* TCP connections (any state) */
     size_t num_ws;           /* WebSockets counted against max_connections */
     uint64_t next_id;
-    struct registry_counter *ip_counts; /* client address -> counted WebSockets */
+    struct registry_counter *ip_counts; /* client address -> its connections (see conn_admit) */
+    /*
+     * Peers whose connections are counted per client address only once the head names the client
+     * (trusted proxies: X-Forwarded-For); every other peer is counted from accept, so connections
+     * that never finish a handshake are bounded per address too. May be NULL.
+     */
+    const struct cidr_list *count_late;
     struct conn *dirty;      /* connections with output held for the group commit */
 };
 
@@ -89,7 +96,8 @@ struct conn {
     uint8_t msg_opcode;
     char addr[64];        /* client address: peer, or X-Forwarded-For when the peer is a trusted proxy */
     char peer[64];        /* TCP peer address */
-    bool counted;         /* holds a slot in the pool's connection counts */
+    bool counted;         /* holds a max_connections slot (an admitted WebSocket) */
+    bool peer_counted;    /* counted under its peer address since accept (not a trusted proxy) */
     bool close_sent;
     bool close_received;
     bool failed;          /* RFC 6455 §7.1.7: the stream is unusable; drop once the close is written */
@@ -104,6 +112,7 @@ struct conn {
     bool ping_outstanding;
     /* frames held until the loop's open store transaction commits (group commit, net/loop.h) */
     struct evbuffer *held;
+    bool close_held;         /* our close frame waits at the end of held */
     struct conn *dirty_next; /* in the pool's list of connections with held output */
     bool dirty;
     struct conn *prev, *next; /* in the pool */
@@ -128,8 +137,9 @@ void conn_pool_flush(void *pool, bool ok);
 void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa);
 
 /*
- * Take a slot against max_connections / max_connections_per_ip (by c->addr). false: the request was
- * answered 503 and nothing more may be done with it.
+ * Take a slot against max_connections and max_connections_per_ip (by c->addr; a peer that is not a
+ * trusted proxy was counted at accept already, handshake or not). false: the request was answered
+ * 503 and nothing more may be done with it.
  */
 bool conn_admit(struct conn *c);
 

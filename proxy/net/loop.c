@@ -45,6 +45,12 @@ int loop_init(struct loop *lp, const struct px_config *cfg, struct store *store)
         return -1;
     }
     event_priority_set(lp->_commit_ev, 2);
+    lp->_commit_timer = evtimer_new(lp->base, commit_cb, lp);
+    if (!lp->_commit_timer) {
+        loop_release(lp);
+        return -1;
+    }
+    event_priority_set(lp->_commit_timer, 0);
     return 0;
 }
 
@@ -52,6 +58,8 @@ void loop_release(struct loop *lp)
 {
     if (lp->_commit_ev)
         event_free(lp->_commit_ev);
+    if (lp->_commit_timer)
+        event_free(lp->_commit_timer);
     free(lp->_after);
     if (lp->base)
         event_base_free(lp->base);
@@ -76,7 +84,13 @@ double loop_mono_s(void)
 void loop_tx_begin(struct loop *lp)
 {
     lp->_tx_writes++;
-    if (lp->_tx_open || !lp->store)
+    if (lp->_tx_open) {
+        /* A flood of writes (an ack stream) must not hold every receipt: commit now. */
+        if (lp->_tx_writes == lp->cfg->store_commit_batch)
+            event_active(lp->_commit_timer, EV_TIMEOUT, 0);
+        return;
+    }
+    if (!lp->store)
         return;
     if (store_begin(lp->store) != 0) {
         lp->metrics.store_errors++;
@@ -87,6 +101,10 @@ void loop_tx_begin(struct loop *lp)
     lp->_tx_writes = 1;
     /* Lowest priority: runs after every read callback of this loop iteration has been served. */
     event_active(lp->_commit_ev, EV_TIMEOUT, 0);
+    /* ... but never later than commit_delay, however busy the iteration is. */
+    int64_t ms = lp->cfg->store_commit_delay_ms;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(lp->_commit_timer, &tv);
 }
 
 bool loop_tx_open(const struct loop *lp)
@@ -123,6 +141,8 @@ void loop_commit(struct loop *lp)
 {
     if (!lp->_tx_open)
         return;
+    evtimer_del(lp->_commit_timer);
+    event_del(lp->_commit_ev);
     double t0 = loop_mono_s();
     int rc = store_commit(lp->store);
     double dt = loop_mono_s() - t0;

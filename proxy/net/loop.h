@@ -30,7 +30,8 @@ struct loop {
     /* Group commit; private to loop.c (read through loop_tx_open). */
     bool _tx_open;
     uint64_t _tx_writes;
-    struct event *_commit_ev;
+    struct event *_commit_ev;    /* lowest priority: after this iteration's I/O callbacks */
+    struct event *_commit_timer; /* highest priority: the commit_delay / commit_batch bound */
     struct loop_after *_after; /* waiting for the commit, in order */
     size_t _num_after, _cap_after;
     /*
@@ -61,6 +62,9 @@ double loop_mono_s(void);
  * Call before a store write: opens the iteration's transaction if none is open and schedules its
  * commit after all pending I/O callbacks. Without a transaction (BEGIN failed) each statement
  * autocommits: slower, still durable.
+ * The commit is bounded whatever the input rate: at the latest [store] commit_delay after the
+ * transaction opened, or at once after [store] commit_batch writes, it runs at the highest priority
+ * between two I/O callbacks (the loop checks for it every 10 ms or 1024 callbacks).
  */
 void loop_tx_begin(struct loop *lp);
 

@@ -21,7 +21,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "proto/utf8.h"
+#include "base/utf8.h"
 
 #define KEY_FILE_MAX (64 * 1024) /* a public key PEM is a few KiB at most */
 #define JWT_HEADER_MAX 1024      /* base64url text of the JOSE header we are willing to look at */

@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "proto/utf8.h"
+#include "base/utf8.h"
 
 #define WS_B0_FIN    0x80
 #define WS_B0_RSV    0x70

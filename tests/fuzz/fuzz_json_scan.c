@@ -1,13 +1,13 @@
 /* fuzz_json_scan.c -- differential fuzzing of json_scan against jansson: whenever the scanner says OK,
  * jansson must accept the same bytes and agree on every field the chat fast path uses. */
-/* fuzz-deps: proxy/proto/json_scan.c proxy/proto/utf8.c -ljansson */
+/* fuzz-deps: proxy/proto/json_scan.c proxy/base/utf8.c -ljansson */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/json_scan.h"
-#include "proto/utf8.h"
+#include "base/utf8.h"
 
 static void check_string(const uint8_t *data, json_t *root, const char *key,
                          const struct json_field *f)

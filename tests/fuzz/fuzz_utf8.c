@@ -1,4 +1,4 @@
-/* fuzz-deps: proxy/proto/utf8.c */
+/* fuzz-deps: proxy/base/utf8.c */
 /*
  * fuzz_utf8.c -- libFuzzer target: utf8_feed over chunks sized by the first byte must end in the same
  * state as feeding one byte at a time (no ASCII fast path), and agree with utf8_valid.
@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "proto/utf8.h"
+#include "base/utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

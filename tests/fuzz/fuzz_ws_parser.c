@@ -1,4 +1,4 @@
-/* fuzz-deps: proxy/proto/ws_parser.c proxy/proto/utf8.c */
+/* fuzz-deps: proxy/proto/ws_parser.c proxy/base/utf8.c */
 /*
  * fuzz_ws_parser.c -- libFuzzer target: the input fed whole and in chunks sized by its first byte must
  * give the same messages, control frames and errors, with DATA chunks joined per message.

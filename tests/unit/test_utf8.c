@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "proto/utf8.h"
+#include "base/utf8.h"
 
 struct utf8_vec {
     const char *name;

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/utf8.h"
+#include "base/utf8.h"
 #include "proto/ws_parser.h"
 
 /* ---- Building client frames ---- */

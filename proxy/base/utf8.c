@@ -2,7 +2,7 @@
  * utf8.c -- incremental UTF-8 validator: a byte-class table feeding a 9-state DFA (after
  * Hoehrmann's design, tables written for this project). Validates only; never decodes code points.
  */
-#include "proto/utf8.h"
+#include "base/utf8.h"
 
 #include <string.h>
 
@@ -134,4 +134,48 @@ bool utf8_valid(const uint8_t *s, size_t n)
     uint32_t st = UTF8_ACCEPT;
 
     return utf8_feed(&st, s, n) == UTF8_ACCEPT;
+}
+
+size_t utf8_char_len(const uint8_t *s, size_t n)
+{
+    uint32_t state = UTF8_ACCEPT;
+    for (size_t i = 0; i < n && i < 4; i++) {
+        utf8_feed(&state, s + i, 1);
+        if (state == UTF8_ACCEPT)
+            return i + 1;
+        if (state == UTF8_REJECT)
+            return 0;
+    }
+    return 0; /* truncated sequence */
+}
+
+static bool is_control(const uint8_t *p, size_t len)
+{
+    if (len == 1)
+        return p[0] < 0x20 || p[0] == 0x7f;
+    return len == 2 && p[0] == 0xc2 && p[1] < 0xa0; /* U+0080..U+009F */
+}
+
+size_t utf8_sanitize(const char *s, size_t n, char *out, size_t cap)
+{
+    static const char fffd[] = "\xef\xbf\xbd";
+    const uint8_t *p = (const uint8_t *)s;
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t len = utf8_char_len(p + i, n - i);
+        const char *src = (const char *)p + i;
+        size_t take = len ? len : 1;
+        size_t put = len;
+        if (!len || is_control(p + i, len)) {
+            src = fffd;
+            put = 3;
+        }
+        if (o + put >= cap)
+            break;
+        memcpy(out + o, src, put);
+        o += put;
+        i += take;
+    }
+    out[o] = '\0';
+    return o;
 }

@@ -22,4 +22,15 @@ uint32_t utf8_feed(uint32_t *state, const uint8_t *s, size_t n);
 /* Whole-buffer check: true if s[0..n) is complete, valid UTF-8. */
 bool utf8_valid(const uint8_t *s, size_t n);
 
+/* Length (1-4) of the one valid UTF-8 character that starts s[0..n), or 0 if none does (n > 0). */
+size_t utf8_char_len(const uint8_t *s, size_t n);
+
+/*
+ * Copy s[0..n) into out (cap >= 1 bytes, always NUL-terminated) as valid UTF-8 for text that came
+ * from the network and will be shown or sent as JSON (a User-Agent): every byte that is not part of
+ * a valid character, and every control character (C0, DEL, C1), becomes U+FFFD; the copy is cut on a
+ * character boundary when it does not fit. Returns the length written (< cap).
+ */
+size_t utf8_sanitize(const char *s, size_t n, char *out, size_t cap);
+
 #endif
