@@ -85,6 +85,33 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     server_shutdown(arg);
 }
 
+/*
+ * SIGHUP: load [tls] cert and key again (a renewed certificate) for the connections accepted from
+ * now on; open connections keep theirs, nobody is dropped. A file that does not load keeps the
+ * running certificate. Logs go to stderr (journald), so there is no log file to reopen.
+ */
+static void reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct server *srv = arg;
+    log_info("received SIGHUP");
+    if (!srv->ssl_ctx) {
+        log_info("reload: no [tls] configured, nothing to reload");
+        return;
+    }
+    struct ssl_ctx_st *ctx = listener_tls_new(srv->cfg->tls_cert, srv->cfg->tls_key);
+    if (!ctx) {
+        log_error("reload: keeping the certificate in use");
+        return;
+    }
+    listener_set_tls(&srv->listener, ctx);
+    SSL_CTX_free(srv->ssl_ctx);
+    srv->ssl_ctx = ctx;
+    log_info("reload: [tls] cert %s and key %s loaded for new connections", srv->cfg->tls_cert,
+             srv->cfg->tls_key);
+}
+
 /* ---- init / run / release ---- */
 
 int server_check(const struct px_config *cfg)
@@ -195,7 +222,8 @@ int server_init(struct server *srv, const struct px_config *cfg)
     /* Before any port is bound: a SIGTERM from a supervisor must always mean a graceful stop. */
     srv->sig_term = evsignal_new(srv->loop.base, SIGTERM, signal_cb, srv);
     srv->sig_int = evsignal_new(srv->loop.base, SIGINT, signal_cb, srv);
-    if (!srv->sig_term || !srv->sig_int) {
+    srv->sig_hup = evsignal_new(srv->loop.base, SIGHUP, reload_cb, srv);
+    if (!srv->sig_term || !srv->sig_int || !srv->sig_hup) {
         log_error("cannot install signal handlers");
         goto fail;
     }
@@ -203,6 +231,7 @@ int server_init(struct server *srv, const struct px_config *cfg)
     event_priority_set(srv->sig_int, 0);
     evsignal_add(srv->sig_term, NULL);
     evsignal_add(srv->sig_int, NULL);
+    evsignal_add(srv->sig_hup, NULL);
 
     /* Sessions a crashed or killed process left open are over; presence must say so. */
     int64_t ended = 0;
@@ -219,6 +248,7 @@ int server_init(struct server *srv, const struct px_config *cfg)
         log_error("[server] listen: %s", err);
         goto fail;
     }
+    srv->listener.sniff_timeout_ms = cfg->handshake_timeout_ms;
     log_listening(srv);
     if (cfg->api_listen[0] && api_start(&srv->api, &srv->loop, &srv->pool, srv->chat) != 0)
         goto fail;
@@ -251,6 +281,8 @@ void server_release(struct server *srv)
         event_free(srv->sig_term);
     if (srv->sig_int)
         event_free(srv->sig_int);
+    if (srv->sig_hup)
+        event_free(srv->sig_hup);
     if (srv->drain_timer)
         event_free(srv->drain_timer);
     struct store *st = srv->loop.store;

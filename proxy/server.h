@@ -30,7 +30,7 @@ struct server {
     struct router router;
     struct listener listener;
     struct api *api;
-    struct event *sig_term, *sig_int, *drain_timer;
+    struct event *sig_term, *sig_int, *sig_hup, *drain_timer;
     bool draining;
     int exit_code;
 };

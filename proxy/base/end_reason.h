@@ -16,6 +16,7 @@ enum end_reason {
     END_SERVER_RESTART,
     END_RATE_LIMITED,
     END_INTERNAL_ERROR, /* the server failed (store, memory), not the peer */
+    END_CONNECTION_LOST, /* TCP went away without a close frame (1006): a dropped network */
     END_NUM
 };
 

@@ -667,8 +667,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         if (c->state == CONN_OPEN) {
-            /* TCP went away without a close handshake (1006). */
-            c->end_reason = c->close_sent ? c->end_reason : END_CLIENT_CLOSE;
+            /* TCP went away without a close handshake (1006): not a logout, a dropped link. */
+            c->end_reason = c->close_sent ? c->end_reason : END_CONNECTION_LOST;
             if (!c->close_sent)
                 c->close_code = WS_CLOSE_ABNORMAL;
             log_info("conn %llu %s: connection lost (%s)", (unsigned long long)c->id, c->addr,

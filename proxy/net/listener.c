@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -91,17 +92,11 @@ int listener_port(const struct listener *l)
     return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
-static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
-                      int socklen, void *arg)
+/* Wrap fd in a bufferevent (TLS when tls is set) and hand it up; closes fd on failure. */
+static void hand_up(struct listener *l, evutil_socket_t fd, const struct sockaddr *sa, bool tls)
 {
-    (void)evl;
-    (void)socklen;
-    struct listener *l = arg;
-    /* Frames are written whole, one write each: Nagle would only add latency. */
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct bufferevent *bev;
-    if (l->tls) {
+    if (tls) {
         SSL *ssl = SSL_new(l->tls);
         bev = ssl ? bufferevent_openssl_socket_new(l->lp->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                    BEV_OPT_CLOSE_ON_FREE)
@@ -119,6 +114,115 @@ static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         return;
     }
     l->on_accept(l->arg, bev, sa);
+}
+
+/* ---- TLS port: a TLS hello or a plain HTTP request? ---- */
+
+struct listener_sniff {
+    struct listener *l;
+    evutil_socket_t fd;
+    struct event *ev;
+    struct sockaddr_storage sa;
+    struct listener_sniff *prev, *next;
+};
+
+static void sniff_free(struct listener_sniff *s, bool close_fd)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->l->sniffs = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    event_free(s->ev);
+    if (close_fd)
+        evutil_closesocket(s->fd);
+    free(s);
+}
+
+/*
+ * Plain HTTP on the TLS port gets a readable answer, as nginx gives one, instead of a failed TLS
+ * handshake that browsers and curl show as an empty reply. The request already read is drained
+ * first, so closing does not turn into a reset that destroys the answer.
+ */
+static void answer_plain_http(struct listener_sniff *s)
+{
+    static const char body[] = "This port speaks TLS: use https:// or wss://.\n";
+    char msg[256];
+    int n = snprintf(msg, sizeof(msg),
+                     "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    char sink[4096];
+    while (recv(s->fd, sink, sizeof(sink), MSG_DONTWAIT) > 0)
+        ;
+    if (n > 0 && send(s->fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n)
+        shutdown(s->fd, SHUT_WR);
+    char peer[64];
+    listener_addr_str((struct sockaddr *)&s->sa, true, peer, sizeof(peer));
+    log_info("%s: plain HTTP from %s on the TLS port: answered 400", s->l->name, peer);
+}
+
+static void sniff_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct listener_sniff *s = arg;
+    struct listener *l = s->l;
+    unsigned char first;
+    ssize_t n = (what & EV_READ) ? recv(fd, &first, 1, MSG_PEEK) : -1;
+    if (n == 1 && first == 0x16) { /* TLS record type 22: handshake */
+        struct sockaddr_storage sa = s->sa;
+        sniff_free(s, false);
+        hand_up(l, fd, (struct sockaddr *)&sa, true);
+        return;
+    }
+    if (n == 1 && first >= 'A' && first <= 'Z') /* an HTTP method */
+        answer_plain_http(s);
+    sniff_free(s, true); /* timed out, closed, or neither: nothing to serve */
+}
+
+static void sniff_start(struct listener *l, evutil_socket_t fd, const struct sockaddr *sa,
+                        int socklen)
+{
+    struct listener_sniff *s = calloc(1, sizeof(*s));
+    if (s)
+        s->ev = event_new(l->lp->base, fd, EV_READ, sniff_cb, s);
+    if (!s || !s->ev) {
+        free(s);
+        evutil_closesocket(fd);
+        return;
+    }
+    s->l = l;
+    s->fd = fd;
+    memcpy(&s->sa, sa, (size_t)socklen < sizeof(s->sa) ? (size_t)socklen : sizeof(s->sa));
+    s->next = l->sniffs;
+    if (l->sniffs)
+        l->sniffs->prev = s;
+    l->sniffs = s;
+    int64_t ms = l->sniff_timeout_ms > 0 ? l->sniff_timeout_ms : 10000;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    event_add(s->ev, &tv);
+}
+
+static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+    (void)evl;
+    struct listener *l = arg;
+    /* Frames are written whole, one write each: Nagle would only add latency. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (l->tls)
+        sniff_start(l, fd, sa, socklen);
+    else
+        hand_up(l, fd, sa, false);
+}
+
+void listener_set_tls(struct listener *l, struct ssl_ctx_st *ctx)
+{
+    SSL_CTX_up_ref(ctx);
+    if (l->tls)
+        SSL_CTX_free(l->tls);
+    l->tls = ctx;
 }
 
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -149,7 +253,8 @@ int listener_open(struct listener *l, struct loop *lp, const char *name, const c
     memset(l, 0, sizeof(*l));
     l->lp = lp;
     l->name = name;
-    l->tls = tls;
+    if (tls)
+        listener_set_tls(l, tls);
     l->on_accept = fn;
     l->arg = arg;
     struct sockaddr_storage ss;
@@ -193,6 +298,11 @@ void listener_close(struct listener *l)
 void listener_release(struct listener *l)
 {
     listener_close(l);
+    while (l->sniffs)
+        sniff_free(l->sniffs, true);
+    if (l->tls)
+        SSL_CTX_free(l->tls);
+    l->tls = NULL;
     if (l->resume_ev)
         event_free(l->resume_ev);
     l->resume_ev = NULL;

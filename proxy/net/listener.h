@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct bufferevent;
 struct evconnlistener;
@@ -20,15 +21,20 @@ struct ssl_ctx_st;
 /* A new connection: takes ownership of bev (BEV_OPT_CLOSE_ON_FREE). sa is the peer's address. */
 typedef void listener_accept_fn(void *arg, struct bufferevent *bev, const struct sockaddr *sa);
 
+struct listener_sniff;
+
 struct listener {
     struct loop *lp;
     const char *name; /* "main", "api": logs */
     struct evconnlistener *evl;
-    struct ssl_ctx_st *tls; /* borrowed; NULL for plain TCP */
+    struct ssl_ctx_st *tls; /* a reference of its own (listener_set_tls); NULL for plain TCP */
     listener_accept_fn *on_accept;
     void *arg;
     struct event *resume_ev; /* re-enables accepting after a back-off */
     bool paused;             /* disabled by listener_pause: the back-off must not re-enable it */
+    /* TLS: sockets whose first byte is awaited, to tell a TLS hello from plain HTTP */
+    struct listener_sniff *sniffs;
+    int64_t sniff_timeout_ms; /* how long a silent new socket is kept; set by the caller */
 };
 
 /*
@@ -38,6 +44,12 @@ struct listener {
 int listener_open(struct listener *l, struct loop *lp, const char *name, const char *spec,
                   struct ssl_ctx_st *tls, int backlog, listener_accept_fn *fn, void *arg, char *err,
                   size_t errcap);
+
+/*
+ * Use ctx for the connections accepted from now on (a renewed certificate); connections already
+ * open keep theirs. The listener takes a reference: the caller frees its own.
+ */
+void listener_set_tls(struct listener *l, struct ssl_ctx_st *ctx);
 
 /* Stop accepting, keeping the socket (new connections wait in the backlog). */
 void listener_pause(struct listener *l);

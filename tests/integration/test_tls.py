@@ -107,7 +107,8 @@ def test_tls_port_does_not_speak_plain_http(tls_server):
                 data += chunk
         except (ConnectionResetError, socket.timeout):
             pass
-        assert b"HTTP/" not in data and b"101" not in data
+        # never served as plain HTTP: a readable 400 that says the port speaks TLS, as nginx gives
+        assert data.startswith(b"HTTP/1.1 400 ") and b"101" not in data and b"TLS" in data, data
     finally:
         s.close()
 

@@ -378,7 +378,7 @@ static void test_conn_peer_gone_ends_once(void **state)
     f->client = -1;
     pump(f);
     assert_int_equal(f->rec.closes, 1);
-    assert_int_equal(f->rec.why, END_CLIENT_CLOSE);
+    assert_int_equal(f->rec.why, END_CONNECTION_LOST);
     assert_int_equal(f->pool.num_conns, 0);
 }
 
