@@ -36,7 +36,8 @@ const struct store_sql store_sql_core[] = {
 };
 
 static const struct store_sql *const sql_tables[] = {
-    store_sql_core, store_sql_session, store_sql_presence, store_sql_msg, store_sql_room,
+    store_sql_core, store_sql_session, store_sql_presence, store_sql_msg,
+    store_sql_room, store_sql_conv,
 };
 
 /* ---- Errors ---- */
@@ -165,6 +166,7 @@ void store_msg_from_row(sqlite3_stmt *s, int col0, struct store_msg *m)
     m->body = store_col_text(s, col0 + 4);
     m->cid = store_col_text(s, col0 + 5);
     m->created_at = sqlite3_column_int64(s, col0 + 6);
+    m->via = store_col_text(s, col0 + 7);
 }
 
 int store_each_msg(struct store *st, sqlite3_stmt *s, int emit, store_msg_fn *cb, void *ctx,

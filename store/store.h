@@ -221,6 +221,7 @@ struct store_msg {
     const char *body;    /* JSON text, stored as given */
     const char *cid;     /* client id for idempotent sends; may be NULL */
     int64_t created_at;
+    const char *via;     /* "api" for a backend push (a marker clients cannot set); else NULL */
 };
 
 typedef int store_msg_fn(void *ctx, const struct store_msg *m);
@@ -270,6 +271,7 @@ struct store_msg_info {
     bool delivered;          /* direct only: acked by a connection of the recipient */
     int64_t delivered_at;    /* 0 unless delivered */
     int64_t delivered_by;    /* session id of the first ack; 0 unless delivered (or unknown) */
+    bool deleted;            /* a tombstone: deleted through the API (body is null) */
     char *owned_;            /* the block the strings live in */
 };
 
@@ -286,6 +288,67 @@ typedef int store_name_fn(void *ctx, const char *name);
  * keeps the member's cursor and joined_at. *joined (may be NULL) = this call added the member.
  */
 int store_room_join(struct store *st, const char *room, const char *user, int64_t now, bool *joined);
+
+/* How a membership was granted: a join (open room), a join the token's claim allowed, the backend. */
+enum store_via { STORE_VIA_JOIN, STORE_VIA_CLAIM, STORE_VIA_API };
+
+/* store_room_join recording how it was granted (a repeated join changes nothing, the first stays). */
+int store_room_join_via(struct store *st, const char *room, const char *user, int64_t now,
+                        enum store_via via, bool *joined);
+
+/* ---- rooms administration and conversation lists (store_conv.c) ---- */
+
+/*
+ * The backend adds user to room: a new member (cursor at the room's newest message, *added true) or
+ * an existing one whose grant becomes STORE_VIA_API (so a token refresh cannot remove it).
+ */
+int store_room_add(struct store *st, const char *room, const char *user, int64_t now, bool *added);
+
+/* How user's membership of room was granted; STORE_ERR_NOTFOUND if user is not a member. */
+int store_room_member_via(struct store *st, const char *room, const char *user, enum store_via *via);
+
+/*
+ * Delete a room: every membership and the room's row go, its messages become tombstones (gone from
+ * history, ids kept). cb (may be NULL) gets each member removed, before the rows go.
+ */
+int store_room_delete(struct store *st, const char *room, int64_t now, store_name_fn *cb, void *ctx);
+
+struct store_room_info {
+    const char *name;
+    int64_t created_at;
+    int64_t last_id; /* newest message, 0: none */
+    int64_t members;
+};
+typedef int store_room_fn(void *ctx, const struct store_room_info *r);
+/* Rooms in name order after `after` ("" = from the first), at most limit; *more if others follow. */
+int store_rooms_list(struct store *st, const char *after, int limit, store_room_fn *cb, void *ctx,
+                     bool *more);
+/* Members of a room (0 when it does not exist). */
+int store_room_member_count(struct store *st, const char *room, int64_t *count);
+
+/* One entry of a user's conversation list. */
+struct store_conversation {
+    bool is_room;
+    const char *peer;       /* the room, or the other user */
+    struct store_msg last;  /* the newest message (deleted ones keep their place: body "null") */
+    bool last_deleted;
+    int64_t unread;         /* room: others' messages after the member's cursor; direct: not acked.
+                             * Counted up to STORE_UNREAD_MAX. */
+};
+#define STORE_UNREAD_MAX 1000
+typedef int store_conversation_fn(void *ctx, const struct store_conversation *c);
+
+/*
+ * user's rooms (with at least one message) and direct conversations, newest last message first,
+ * those with last message id < before_id (0: from the newest), at most limit; *more if others
+ * follow (page on with before_id = the last one's last.id). Reads state kept by the message insert
+ * and one index range per entry: never all messages.
+ */
+int store_user_conversations(struct store *st, const char *user, int64_t before_id, int limit,
+                             store_conversation_fn *cb, void *ctx, bool *more);
+
+/* Tombstone message id (body becomes null, gone from history and replay; the id stays used). */
+int store_msg_delete(struct store *st, int64_t id, int64_t now);
 
 /* Leave (the cursor is forgotten; a later join starts at the newest message). NOTFOUND if not a member. */
 int store_room_leave(struct store *st, const char *room, const char *user);

@@ -55,6 +55,21 @@ enum store_stmt_id {
     STMT_USERS_SHARING,
     STMT_ROOM_REPLAY_FLOOR,
     STMT_ROOM_REPLAY,
+
+    STMT_ROOM_TOUCH,
+    STMT_DM_TOUCH,
+    STMT_ROOM_ADD,
+    STMT_ROOM_VIA,
+    STMT_ROOM_DELETE_MEMBERS,
+    STMT_ROOM_DELETE,
+    STMT_ROOM_TOMBSTONE,
+    STMT_ROOMS_LIST,
+    STMT_ROOM_MEMBER_COUNT,
+    STMT_CONV_ROOMS,
+    STMT_CONV_DMS,
+    STMT_UNREAD_ROOM,
+    STMT_UNREAD_DM,
+    STMT_MSG_DELETE,
     STMT_COUNT
 };
 
@@ -70,6 +85,7 @@ extern const struct store_sql store_sql_session[];
 extern const struct store_sql store_sql_presence[];
 extern const struct store_sql store_sql_msg[];
 extern const struct store_sql store_sql_room[];
+extern const struct store_sql store_sql_conv[];
 
 /* WAL size (frames = pages) after a commit at which the checkpoint thread is woken: 16 MiB. */
 #define STORE_CKPT_FRAMES 4096
@@ -90,8 +106,18 @@ struct store {
     char err[512];
 };
 
+/* The conversation list's state for a new message (store_conv.c): the room's or both sides' last id. */
+int store_conv_touch(struct store *st, const struct store_msg *m, int64_t id);
+
+/* A rooms row for room (created now if missing). */
+int store_room_ensure(struct store *st, const char *room, int64_t now);
+
+/* "join", "claim" or "api". */
+const char *store_via_name(enum store_via via);
+
 /* The columns store_msg_from_row reads, in its order. */
-#define STORE_MSG_COLS "id, sender, to_user, room, body, cid, created_at"
+#define STORE_MSG_COLS "id, sender, to_user, room, body, cid, created_at, via"
+#define STORE_MSG_NCOLS 8
 
 /* Record sqlite's error for rc ("what: message") and return the matching STORE_ERR_*. */
 int store_fail(struct store *st, int rc, const char *what);

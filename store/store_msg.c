@@ -14,8 +14,8 @@ const struct store_sql store_sql_msg[] = {
      * NULL): one statement, so atomic with no savepoint. No RETURNING: it stages every row in a temp
      * b-tree and cost ~40 % of an insert (measured); the id is sqlite3_last_insert_rowid. */
     {STMT_MSG_INSERT, false,
-     "INSERT INTO messages (sender, to_user, room, body, cid, created_at)"
-     " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sender, cid) DO NOTHING"},
+     "INSERT INTO messages (sender, to_user, room, body, cid, created_at, via)"
+     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (sender, cid) DO NOTHING"},
     {STMT_MSG_BY_CID, false, "SELECT id, created_at FROM messages WHERE sender = ?1 AND cid = ?2"},
     {STMT_MSG_TARGET, false, "SELECT to_user FROM messages WHERE id = ?1"},
     /* the hot ack path in one statement; "IS NULL" keeps the first ack's time and session */
@@ -24,20 +24,22 @@ const struct store_sql store_sql_msg[] = {
      " WHERE id = ?1 AND to_user = ?2 AND delivered_at IS NULL"},
     {STMT_MSG_PENDING, false,
      "SELECT " STORE_MSG_COLS " FROM messages"
-     " WHERE to_user = ?1 AND delivered_at IS NULL AND id > ?2 ORDER BY id LIMIT ?3"},
+     " WHERE to_user = ?1 AND delivered_at IS NULL AND id > ?2 AND deleted_at IS NULL"
+     " ORDER BY id LIMIT ?3"},
     /* Two index ranges (one per direction) merged newest first; "?1 <> ?2" keeps notes to self
      * from showing twice. ?4 is limit + 1: the extra row only tells that more exist. */
     {STMT_MSG_HISTORY_DIRECT, false,
      "SELECT " STORE_MSG_COLS " FROM messages WHERE to_user = ?2 AND sender = ?1 AND id < ?3"
+     " AND deleted_at IS NULL"
      " UNION ALL"
      " SELECT " STORE_MSG_COLS " FROM messages WHERE to_user = ?1 AND sender = ?2 AND id < ?3"
-     " AND ?1 <> ?2"
+     " AND ?1 <> ?2 AND deleted_at IS NULL"
      " ORDER BY 1 DESC LIMIT ?4"},
     {STMT_MSG_HISTORY_ROOM, false,
-     "SELECT " STORE_MSG_COLS " FROM messages WHERE room = ?1 AND id < ?2"
+     "SELECT " STORE_MSG_COLS " FROM messages WHERE room = ?1 AND id < ?2 AND deleted_at IS NULL"
      " ORDER BY id DESC LIMIT ?3"},
     {STMT_MSG_GET, false,
-     "SELECT " STORE_MSG_COLS ", to_user IS NOT NULL, delivered_at, delivered_by"
+     "SELECT " STORE_MSG_COLS ", to_user IS NOT NULL, delivered_at, delivered_by, deleted_at"
      " FROM messages WHERE id = ?1"},
     {STMT_COUNT, false, NULL},
 };
@@ -79,13 +81,17 @@ int store_msg_insert(struct store *st, const struct store_msg *m, struct store_r
         return rc;
     if (store_bind_text(s, 1, m->sender) || store_bind_text(s, 2, m->to_user) ||
         store_bind_text(s, 3, m->room) || store_bind_text(s, 4, m->body) ||
-        store_bind_text(s, 5, m->cid) || sqlite3_bind_int64(s, 6, m->created_at))
+        store_bind_text(s, 5, m->cid) || sqlite3_bind_int64(s, 6, m->created_at) ||
+        store_bind_text(s, 7, m->via))
         return store_bind_fail(st, s, "message insert");
     if ((rc = store_exec_stmt(st, s, "message insert")) < 0)
         return rc;
     if (sqlite3_changes(st->db) == 0) /* DO NOTHING: this cid was used before */
         return find_by_cid(st, m->sender, m->cid, out);
     out->id = sqlite3_last_insert_rowid(st->db);
+    /* The conversation list's state moves in the same transaction as the message. */
+    if ((rc = store_conv_touch(st, m, out->id)) < 0)
+        return rc;
     out->created_at = m->created_at;
     out->duplicate = false;
     return 0;
@@ -197,9 +203,9 @@ int store_history_room(struct store *st, const char *room, int64_t before_id, in
 /* Copy m's strings into one block owned by out. */
 static int msg_copy(struct store_msg_info *out, const struct store_msg *m)
 {
-    const char *const in[] = {m->sender, m->to_user, m->room, m->body, m->cid};
+    const char *const in[] = {m->sender, m->to_user, m->room, m->body, m->cid, m->via};
     const char **dst[] = {&out->msg.sender, &out->msg.to_user, &out->msg.room, &out->msg.body,
-                          &out->msg.cid};
+                          &out->msg.cid,    &out->msg.via};
     size_t total = 0, n = sizeof in / sizeof in[0];
     char *p;
 
@@ -235,10 +241,11 @@ int store_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         store_msg_from_row(s, 0, &m);
-        out->direct = sqlite3_column_int(s, 7) != 0;
-        out->delivered = sqlite3_column_type(s, 8) != SQLITE_NULL;
-        out->delivered_at = sqlite3_column_int64(s, 8);
-        out->delivered_by = sqlite3_column_int64(s, 9);
+        out->direct = sqlite3_column_int(s, STORE_MSG_NCOLS) != 0;
+        out->delivered = sqlite3_column_type(s, STORE_MSG_NCOLS + 1) != SQLITE_NULL;
+        out->delivered_at = sqlite3_column_int64(s, STORE_MSG_NCOLS + 1);
+        out->delivered_by = sqlite3_column_int64(s, STORE_MSG_NCOLS + 2);
+        out->deleted = sqlite3_column_type(s, STORE_MSG_NCOLS + 3) != SQLITE_NULL;
         rc = msg_copy(out, &m) == 0 ? 0 : store_failf(st, STORE_ERR_NOMEM, "message get: no memory");
     } else if (rc == SQLITE_DONE) {
         rc = store_failf(st, STORE_ERR_NOTFOUND, "no message %" PRId64, id);

@@ -11,8 +11,8 @@ const struct store_sql store_sql_room[] = {
     /* The cursor starts at the room's newest message: a new member gets live traffic, not the backlog.
      * DO NOTHING: joining again keeps the cursor. */
     {STMT_ROOM_JOIN, false,
-     "INSERT INTO room_members (room, user, joined_at, cursor) VALUES (?1, ?2, ?3,"
-     " coalesce((SELECT id FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT 1), 0))"
+     "INSERT INTO room_members (room, user, joined_at, cursor, via) VALUES (?1, ?2, ?3,"
+     " coalesce((SELECT id FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT 1), 0), ?4)"
      " ON CONFLICT (room, user) DO NOTHING"},
     {STMT_ROOM_LEAVE, false, "DELETE FROM room_members WHERE room = ?1 AND user = ?2"},
     {STMT_ROOM_CURSOR, false, "SELECT cursor FROM room_members WHERE room = ?1 AND user = ?2"},
@@ -29,7 +29,8 @@ const struct store_sql store_sql_room[] = {
     {STMT_ROOM_REPLAY_FLOOR, false,
      "SELECT id FROM messages WHERE room = ?1 AND id > ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3"},
     {STMT_ROOM_REPLAY, false,
-     "SELECT " STORE_MSG_COLS " FROM messages WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3"},
+     "SELECT " STORE_MSG_COLS " FROM messages WHERE room = ?1 AND id > ?2 AND deleted_at IS NULL"
+     " ORDER BY id LIMIT ?3"},
     {STMT_COUNT, false, NULL},
 };
 
@@ -45,12 +46,21 @@ static int bind_room_user(struct store *st, sqlite3_stmt *s, const char *room, c
 
 int store_room_join(struct store *st, const char *room, const char *user, int64_t now, bool *joined)
 {
+    return store_room_join_via(st, room, user, now, STORE_VIA_JOIN, joined);
+}
+
+int store_room_join_via(struct store *st, const char *room, const char *user, int64_t now,
+                        enum store_via via, bool *joined)
+{
     sqlite3_stmt *s = st->stmt[STMT_ROOM_JOIN];
     int rc;
 
-    if ((rc = store_write_check(st)) < 0 || (rc = bind_room_user(st, s, room, user, "join")) < 0)
+    if ((rc = store_write_check(st)) < 0 || (rc = store_room_ensure(st, room, now)) < 0 ||
+        (rc = bind_room_user(st, s, room, user, "join")) < 0)
         return rc;
     sqlite3_bind_int64(s, 3, now);
+    if (store_bind_text(s, 4, store_via_name(via)))
+        return store_bind_fail(st, s, "join");
     if ((rc = store_exec_stmt(st, s, "join")) < 0)
         return rc;
     if (joined)
