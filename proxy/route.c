@@ -88,6 +88,11 @@ void route_request(void *arg, struct conn *c, const struct http_req *req)
         conn_http_text(c, 401, NULL, why);
         return;
     }
+    if (str_list_has(&cfg->reserved_users, id.user)) {
+        /* the API's senders: a user claiming one could pass for the backend */
+        conn_http_text(c, 401, NULL, "user name is reserved ([auth] reserved_users)");
+        return;
+    }
     if (!conn_admit(c))
         return;
     /* Stored and shown by the API and wsctl: valid UTF-8, no controls, cut on a character. */

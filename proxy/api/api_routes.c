@@ -153,7 +153,7 @@ static void push_broadcast(struct api_conn *ac, const char *from, const char *bo
     struct loop *lp = ac->api->lp;
     struct sbuf f;
     sbuf_init(&f);
-    sbuf_adds(&f, "{\"type\":\"broadcast\",\"from\":");
+    sbuf_adds(&f, "{\"type\":\"broadcast\",\"via\":\"api\",\"from\":");
     sbuf_add_json_str(&f, from);
     sbuf_adds(&f, ",\"body\":");
     sbuf_adds(&f, body);
@@ -267,6 +267,7 @@ static void route_push(struct api_conn *ac)
         .body = text,
         .cid = cid,
         .created_at = loop_now_ms(lp),
+        .via = "api",
     };
     struct store_receipt r;
     size_t live = 0;

@@ -84,6 +84,10 @@ static const struct opt opts[] = {
       "Cookie name to read the token from (besides ?token= and Authorization: Bearer); empty = none."),
     O("auth", "trusted_proxies", OPT_STR, trusted_proxies, "",
       "CIDR list of fronts (nginx) whose X-Forwarded-For/X-Real-IP and ?user= are believed."),
+    O("auth", "reserved_users", OPT_LIST, reserved_users, "system",
+      "User names no token or ?user= may claim: the senders the API uses (default sender: system)."),
+    O("rooms", "open", OPT_LIST, rooms_open, "",
+      "Open rooms (names and prefix* patterns, * = all): anyone may join. Others are closed: only members the API added, or a token's rooms claim."),
     O("heartbeat", "ping_interval", OPT_DURATION, ping_interval_ms, "25s",
       "Idle time after which the server pings; keep it below nginx's proxy_read_timeout. 0 disables."),
     O("heartbeat", "pong_timeout", OPT_DURATION, pong_timeout_ms, "10s",
@@ -109,6 +113,8 @@ static const struct opt opts[] = {
     O("api", "keys", OPT_LIST, api_keys, "",
       "API keys (comma separated) accepted as Authorization: Bearer KEY."),
     O("api", "max_body", OPT_SIZE, api_max_body, "1MiB", "Largest API request body; larger gets 413."),
+    O("api", "max_recipients", OPT_UINT, api_max_recipients, "100",
+      "Users in one push's \"to\" list, and pushes in one batch request."),
     O("api", "request_timeout", OPT_DURATION, api_request_timeout_ms, "10s",
       "Time a request's head and body have to arrive once started (slowloris guard)."),
     O("api", "max_connections", OPT_UINT, api_max_connections, "512",
@@ -448,6 +454,8 @@ static void validate(struct load_ctx *lc)
               "[api] listen: '%s' must differ from [server] listen", c->api_listen);
     }
     check(lc, c->api_max_body >= 1024, "[api] max_body: must be at least 1KiB%s", "");
+    check(lc, c->api_max_recipients >= 1 && c->api_max_recipients <= 10000,
+          "[api] max_recipients: must be 1 to 10000%s", "");
     check(lc, c->api_request_timeout_ms > 0, "[api] request_timeout: must be > 0%s", "");
     check(lc, c->api_max_connections >= 1, "[api] max_connections: must be >= 1%s", "");
     check(lc, c->api_max_connections_per_ip >= 1, "[api] max_connections_per_ip: must be >= 1%s", "");

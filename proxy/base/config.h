@@ -50,6 +50,9 @@ struct px_config {
     int64_t jwt_leeway_ms;
     char *jwt_cookie;
     char *trusted_proxies;
+    struct str_list reserved_users; /* names no token or ?user= may claim (the API's senders) */
+    /* [rooms] */
+    struct str_list rooms_open;     /* open rooms: names and "prefix*" patterns; the rest are closed */
     /* [heartbeat] */
     int64_t ping_interval_ms; /* 0 disables pings */
     int64_t pong_timeout_ms;
@@ -67,6 +70,7 @@ struct px_config {
     char *api_listen; /* "" disables the API listener */
     struct str_list api_keys;
     uint64_t api_max_body;
+    uint64_t api_max_recipients; /* users in one push's "to" list, pushes in one batch */
     int64_t api_request_timeout_ms; /* a request head and body must arrive within this */
     uint64_t api_max_connections;
     uint64_t api_max_connections_per_ip;

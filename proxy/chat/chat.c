@@ -101,7 +101,7 @@ void chat_send_commit(struct chat_conn *cc, const char *to, const char *room, co
             return;
         }
         if (!member) {
-            chat_send_error(cc, "not_member", "join the room before sending to it", "cid", cid);
+            chat_not_member(cc, room, "send to it", "cid", cid);
             return;
         }
     }
@@ -210,42 +210,52 @@ static const char *room_arg(struct chat_conn *cc, json_t *req, const char *rid)
 
 static void on_join(struct chat_conn *cc, json_t *req)
 {
-    struct chat *ch = cc->chat;
     const char *room = room_arg(cc, req, NULL);
-    if (!room)
-        return;
-    loop_tx_begin(ch->lp);
-    bool joined = false;
-    if (store_room_join(ch->store, room, cc->user, loop_now_ms(ch->lp), &joined) != 0) {
-        chat_store_failed(cc, "join", NULL, NULL);
-        return;
-    }
-    /* Told before the joiner's own connections are in the room: they get "joined" instead. */
-    if (joined)
-        chat_member_event(ch, room, cc->user, "joined", cc);
-    chat_user_room_change(ch, cc->user, room, true);
-    chat_room_event_all(ch, cc->user, "joined", room);
+    if (room)
+        chat_room_join(cc, room);
 }
 
 static void on_leave(struct chat_conn *cc, json_t *req)
 {
-    struct chat *ch = cc->chat;
     const char *room = room_arg(cc, req, NULL);
-    if (!room)
-        return;
-    loop_tx_begin(ch->lp);
-    int rc = store_room_leave(ch->store, room, cc->user);
-    if (rc == STORE_ERR_NOTFOUND) {
-        chat_send_error(cc, "not_member", "not a member of this room", NULL, NULL);
+    if (room)
+        chat_room_leave(cc, room);
+}
+
+/* {"type":"conversations","before":ID,"limit":N,"rid":..}: rooms and DMs, newest first. */
+static void on_conversations(struct chat_conn *cc, json_t *req)
+{
+    struct chat *ch = cc->chat;
+    const char *rid;
+    if (!opt_id(req, "rid", &rid)) {
+        chat_send_error(cc, "bad_request", "rid must be a string of 1-128 bytes", NULL, NULL);
         return;
     }
-    if (rc != 0) {
-        chat_store_failed(cc, "leave", NULL, NULL);
+    json_t *jb = json_object_get(req, "before");
+    json_t *jl = json_object_get(req, "limit");
+    if ((jb && (!json_is_integer(jb) || json_integer_value(jb) < 0)) ||
+        (jl && (!json_is_integer(jl) || json_integer_value(jl) < 1 ||
+                json_integer_value(jl) > CHAT_HISTORY_MAX))) {
+        chat_send_error(cc, "bad_request", "before must be an id >= 0 and limit 1-100", "rid", rid);
         return;
     }
-    chat_user_room_change(ch, cc->user, room, false);
-    chat_member_event(ch, room, cc->user, "left", cc);
-    chat_room_event_all(ch, cc->user, "left", room);
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"type\":\"conversations\",");
+    if (rid) {
+        sbuf_adds(&b, "\"rid\":");
+        sbuf_add_json_str(&b, rid);
+        sbuf_adds(&b, ",");
+    }
+    if (chat_conversations_json(ch, cc->user, jb ? json_integer_value(jb) : 0,
+                                jl ? (int)json_integer_value(jl) : CHAT_HISTORY_DEFAULT, &b) < 0) {
+        sbuf_release(&b);
+        chat_store_failed(cc, "conversations", "rid", rid);
+        return;
+    }
+    sbuf_adds(&b, "}");
+    chat_send_sbuf(cc, &b, MK_OTHER);
+    sbuf_release(&b);
 }
 
 struct history_ctx {
@@ -309,7 +319,7 @@ static void on_history(struct chat_conn *cc, json_t *req)
             return;
         }
         if (!member) {
-            chat_send_error(cc, "not_member", "join the room to read its history", "rid", rid);
+            chat_not_member(cc, name, "read its history", "rid", rid);
             return;
         }
     }
@@ -425,7 +435,7 @@ static void on_members(struct chat_conn *cc, json_t *req)
         return;
     }
     if (!member) {
-        chat_send_error(cc, "not_member", "join the room to see its members", "rid", rid);
+        chat_not_member(cc, room, "see its members", "rid", rid);
         return;
     }
     struct sbuf b;
@@ -469,6 +479,13 @@ static void on_refresh(struct chat_conn *cc, json_t *req)
     }
     cc->exp_ms = id.exp_ms;
     chat_arm_expiry(cc);
+    if (chat_claim_set(cc, &id) != 0) {
+        chat_send_error(cc, "internal", "out of memory", NULL, NULL);
+        return;
+    }
+    chat_claim_revoke(cc); /* the new token decides which claimed rooms stay */
+    if (cc->ended)
+        return;
     struct sbuf b;
     sbuf_init(&b);
     sbuf_adds(&b, "{\"type\":\"refreshed\",\"exp\":");
@@ -490,6 +507,7 @@ static const struct {
     {"join", on_join, MK_JOIN},           {"leave", on_leave, MK_LEAVE},
     {"history", on_history, MK_HISTORY},  {"presence", on_presence, MK_PRESENCE},
     {"members", on_members, MK_MEMBERS},  {"refresh", on_refresh, MK_REFRESH},
+    {"conversations", on_conversations, MK_OTHER},
 };
 
 bool chat_rate_ok(struct chat_conn *cc, bool ack)

@@ -71,4 +71,32 @@ size_t chat_users_online(const struct chat *ch);
 /* A valid user id or room name (1-64 bytes of UTF-8, no controls). */
 bool chat_name_valid(const char *s);
 
+/* ---- rooms (chat_rooms.c): the backend's side. Writes join the loop's transaction. ---- */
+
+/* Whether [rooms] open lets anyone in. */
+bool chat_room_is_open(const struct chat *ch, const char *room);
+/*
+ * Add user to room (the API): a new member's live connections get "joined" (reason "added") and
+ * receive the room at once; an existing member's grant becomes the backend's. 0 with *added, or a
+ * STORE_ERR_*.
+ */
+int chat_room_add(struct chat *ch, const char *room, const char *user, bool *added);
+/* Remove user: live connections get "left" ("removed") and stop receiving now. STORE_ERR_NOTFOUND
+ * when user is not a member. */
+int chat_room_remove(struct chat *ch, const char *room, const char *user);
+/* Delete a room: every member leaves ("deleted"), its messages become tombstones. */
+int chat_room_delete(struct chat *ch, const char *room);
+/* Live connections in room. */
+size_t chat_room_live(struct chat *ch, const char *room);
+/* Tombstone message id; live holders get {"type":"deleted","id":..}. STORE_ERR_NOTFOUND if none. */
+int chat_message_delete(struct chat *ch, int64_t id);
+/*
+ * Append `"items":[...],"more":..,"next_before":..` (no braces) of user's conversation list to b:
+ * rooms and direct conversations, newest first, each with its last message (a bounded preview) and
+ * the unread count. Returns 0 or a STORE_ERR_*.
+ */
+struct sbuf;
+int chat_conversations_json(struct chat *ch, const char *user, int64_t before, int limit,
+                            struct sbuf *b);
+
 #endif

@@ -79,6 +79,24 @@ static size_t deliver(struct chat *ch, const struct store_msg *m, struct chat_co
     return n;
 }
 
+size_t chat_send_to_target(struct chat *ch, const struct store_msg *m, struct sbuf *b)
+{
+    struct shared_frame *f = b->oom ? NULL : shared_frame_new(WS_OP_TEXT, b->p, b->len);
+    if (!f)
+        return 0;
+    size_t n;
+    if (m->to_user) {
+        n = send_to_user(ch, m->to_user, f, NULL, HOLD_NONE);
+        if (strcmp(m->sender, m->to_user) != 0)
+            n += send_to_user(ch, m->sender, f, NULL, HOLD_NONE);
+    } else {
+        n = send_to_group(registry_find(ch->rooms, m->room), f, NULL, HOLD_NONE, NULL);
+    }
+    shared_frame_unref(f);
+    ch->lp->metrics.msgs_out[MK_OTHER] += n;
+    return n;
+}
+
 int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct store_receipt *r,
               size_t *live)
 {
@@ -178,25 +196,30 @@ void chat_member_event(struct chat *ch, const char *room, const char *user, cons
     shared_frame_unref(f);
 }
 
-static void send_room_event(struct chat_conn *cc, const char *type, const char *room)
+static void send_room_event(struct chat_conn *cc, const char *type, const char *room,
+                            const char *reason)
 {
     struct sbuf b;
     sbuf_init(&b);
     sbuf_addf(&b, "{\"type\":\"%s\",\"room\":", type);
     sbuf_add_json_str(&b, room);
+    /* the user's own join/leave needs no reason (the frames stay as before access control) */
+    if (strcmp(reason, "join") != 0 && strcmp(reason, "leave") != 0)
+        sbuf_addf(&b, ",\"reason\":\"%s\"", reason);
     sbuf_adds(&b, "}");
     chat_send_sbuf(cc, &b, MK_OTHER);
     sbuf_release(&b);
 }
 
 /* joined/left go to every device of the user: they all receive (or stop receiving) the room. */
-void chat_room_event_all(struct chat *ch, const char *user, const char *type, const char *room)
+void chat_room_event_all(struct chat *ch, const char *user, const char *type, const char *room,
+                         const char *reason)
 {
     struct reg_group *g = registry_find(ch->users, user);
     struct reg_member *next;
     for (struct reg_member *m = g ? g->head : NULL; m; m = next) {
         next = m->next;
-        send_room_event(m->item, type, room);
+        send_room_event(m->item, type, room, reason);
     }
 }
 
@@ -229,7 +252,7 @@ static bool conn_in_room(struct chat_conn *cc, const char *room)
     return false;
 }
 
-void chat_room_add(struct chat_conn *cc, const char *room)
+void chat_index_add(struct chat_conn *cc, const char *room)
 {
     if (conn_in_room(cc, room))
         return;
@@ -266,7 +289,7 @@ void chat_user_room_change(struct chat *ch, const char *user, const char *room, 
     struct reg_group *g = registry_find(ch->users, user);
     for (struct reg_member *m = g ? g->head : NULL; m; m = m->next) {
         if (add)
-            chat_room_add(m->item, room);
+            chat_index_add(m->item, room);
         else
             room_remove(m->item, room);
     }

@@ -69,6 +69,8 @@ struct chat_conn {
     struct reg_member *user_mem;
     struct reg_member *rooms; /* this connection's room memberships, linked through ->link */
     struct event *expiry;
+    char (*claim)[AUTH_USER_MAX + 2]; /* the token's rooms claim (NULL: none); see chat_rooms.c */
+    size_t num_claim;
     struct ratelimit rl;     /* every frame but acks */
     struct ratelimit ack_rl; /* acks */
     uint64_t presence_seen; /* last presence event sent here (dedup across shared rooms) */
@@ -130,14 +132,38 @@ void chat_presence_event(struct chat *ch, struct chat_conn *cc, bool online, int
 /* Tell the room's other live connections that user joined/left (bounded by presence_fanout_max). */
 void chat_member_event(struct chat *ch, const char *room, const char *user, const char *event,
                        struct chat_conn *skip);
-/* "joined"/"left" to every live connection of user. */
-void chat_room_event_all(struct chat *ch, const char *user, const char *type, const char *room);
+/*
+ * "joined"/"left" to every live connection of user, with why: "join"/"leave" (the user's own frame),
+ * "added"/"removed" (the backend), "deleted" (the room went), "revoked" (a refreshed token's claim
+ * no longer allows it).
+ */
+void chat_room_event_all(struct chat *ch, const char *user, const char *type, const char *room,
+                         const char *reason);
 /* Add/remove every live connection of user to/from a room's live index. */
 void chat_user_room_change(struct chat *ch, const char *user, const char *room, bool add);
 /* Add one connection to a room's live index (idempotent). */
-void chat_room_add(struct chat_conn *cc, const char *room);
+void chat_index_add(struct chat_conn *cc, const char *room);
 /* Leave every room of the live index (at the end of a session). */
 void chat_rooms_leave_all(struct chat_conn *cc);
+
+/* Send a built frame (not stored) to every live connection that could hold m: its room's members,
+ * or both sides of a direct message. Returns connections reached. */
+size_t chat_send_to_target(struct chat *ch, const struct store_msg *m, struct sbuf *b);
+
+/* chat_rooms.c */
+enum chat_access { CHAT_ACCESS_NONE, CHAT_ACCESS_OPEN, CHAT_ACCESS_CLAIM };
+/* Whether cc's user may join room without the backend: an open room, or its token's claim. */
+enum chat_access chat_room_access(const struct chat_conn *cc, const char *room);
+/* Answer a non-member: "forbidden" on a closed room, "not_member" on an open one. doing: "send"... */
+void chat_not_member(struct chat_conn *cc, const char *room, const char *doing, const char *id_key,
+                     const char *id_val);
+/* Keep the identity's rooms claim (a copy, only when there is one). 0, or -1 out of memory. */
+int chat_claim_set(struct chat_conn *cc, const struct auth_identity *id);
+/* After a refresh: end the memberships the claim granted and no longer allows ("revoked"). */
+void chat_claim_revoke(struct chat_conn *cc);
+/* The client's own join/leave frames, with the access rules. */
+void chat_room_join(struct chat_conn *cc, const char *room);
+void chat_room_leave(struct chat_conn *cc, const char *room);
 
 /* chat_replay.c */
 /* Whether a live delivery to cc must wait for its replay (room NULL: a direct message). */

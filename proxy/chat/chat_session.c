@@ -170,6 +170,7 @@ void chat_shutdown(struct chat *ch)
 
 static void conn_free_state(struct chat_conn *cc)
 {
+    free(cc->claim);
     if (cc->expiry)
         event_free(cc->expiry);
     chat_replay_free(cc);
@@ -225,7 +226,7 @@ void chat_arm_expiry(struct chat_conn *cc)
 static int collect_room(void *ctx, const char *room)
 {
     struct chat_conn *cc = ctx;
-    chat_room_add(cc, room);
+    chat_index_add(cc, room);
     char **grown = realloc(cc->replay_rooms, (cc->num_replay_rooms + 1) * sizeof(*grown));
     if (!grown)
         return 1;
@@ -311,6 +312,13 @@ void chat_accept(struct chat *ch, struct conn *c, const struct ws_handshake_resu
     cc->conn = c;
     snprintf(cc->user, sizeof(cc->user), "%s", id->user);
     cc->exp_ms = id->exp_ms;
+    if (chat_claim_set(cc, id) != 0) {
+        free(cc);
+        log_error("conn %llu %s: out of memory opening a chat session", (unsigned long long)c->id,
+                  c->addr);
+        conn_http_text(c, 503, "Retry-After: 5\r\n", "out of memory");
+        return;
+    }
     cc->next = ch->sessions;
     if (ch->sessions)
         ch->sessions->prev = cc;

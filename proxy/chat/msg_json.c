@@ -23,4 +23,7 @@ void msg_json_fields(struct sbuf *b, const struct store_msg *m)
     sbuf_adds(b, m->body);
     sbuf_adds(b, ",\"ts\":");
     sbuf_add_i64(b, m->created_at);
+    /* stored by the server, never taken from a client: a push cannot be forged by a user */
+    if (m->via)
+        sbuf_adds(b, ",\"via\":\"api\"");
 }

@@ -442,12 +442,61 @@ static int check_claims(const struct auth *a, json_t *claims, int64_t now_ms,
         set_msg(why, whylen, "token not yet valid");
         return -1;
     }
+    json_t *rooms = json_object_get(claims, "rooms");
+    if (rooms != NULL) {
+        size_t i;
+        json_t *r;
+        if (!json_is_array(rooms) || json_array_size(rooms) > AUTH_ROOMS_MAX) {
+            set_msg(why, whylen, "token rooms claim must be a list of at most 32 room patterns");
+            return -1;
+        }
+        json_array_foreach(rooms, i, r)
+        {
+            const char *p = json_string_value(r);
+            size_t plen = p ? json_string_length(r) : 0;
+            /* a name, or a name's prefix followed by one '*' */
+            size_t base = plen && p[plen - 1] == '*' ? plen - 1 : plen;
+            if (!p || plen == 0 || plen > AUTH_USER_MAX + 1 ||
+                (base > 0 && !auth_user_valid(p, base)) || memchr(p, '*', base)) {
+                set_msg(why, whylen, "token rooms claim has an invalid room pattern");
+                return -1;
+            }
+            memcpy(out->rooms[i], p, plen);
+            out->rooms[i][plen] = '\0';
+        }
+        out->has_rooms = true;
+        out->num_rooms = json_array_size(rooms);
+    }
     memcpy(out->user, json_string_value(sub), len);
     out->user[len] = '\0';
     /* 0 means "no exp"; a real exp of 0 or less was refused above for any sane now */
     out->exp_ms = exp != NULL ? (exp_ms > 0 ? exp_ms : 1) : 0;
     out->method = AUTH_BY_TOKEN;
     return 0;
+}
+
+bool auth_room_pattern_match(const char *const *patterns, size_t n, const char *room)
+{
+    size_t rlen = strlen(room);
+    for (size_t i = 0; i < n; i++) {
+        const char *p = patterns[i];
+        size_t plen = strlen(p);
+        if (plen && p[plen - 1] == '*') {
+            if (rlen >= plen - 1 && memcmp(room, p, plen - 1) == 0)
+                return true;
+        } else if (plen == rlen && memcmp(room, p, rlen) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool auth_rooms_allow(const struct auth_identity *id, const char *room)
+{
+    const char *list[AUTH_ROOMS_MAX];
+    for (size_t i = 0; i < id->num_rooms; i++)
+        list[i] = id->rooms[i];
+    return id->has_rooms && auth_room_pattern_match(list, id->num_rooms, room);
 }
 
 int auth_verify_token(const struct auth *a, const char *token, int64_t now_ms,

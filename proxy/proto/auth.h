@@ -56,11 +56,25 @@ enum auth_method {
     AUTH_BY_QUERY
 };
 
+#define AUTH_ROOMS_MAX 32 /* patterns in a token's rooms claim */
+
 struct auth_identity {
     char user[AUTH_USER_MAX + 1]; /* NUL-terminated; valid per auth_user_valid */
     int64_t exp_ms;               /* token's exp in ms since the epoch (no leeway added); 0 = none */
     enum auth_method method;
+    /*
+     * The token's "rooms" claim: room names and prefix patterns ("team-*"; "*" is every room) the
+     * backend lets this user join. has_rooms is false without the claim (query identities too).
+     */
+    bool has_rooms;
+    size_t num_rooms;
+    char rooms[AUTH_ROOMS_MAX][AUTH_USER_MAX + 2];
 };
+
+/* Whether room matches one of the patterns: equal, or a "prefix*" it starts with ("*": all). */
+bool auth_room_pattern_match(const char *const *patterns, size_t n, const char *room);
+/* The same over an identity's claim (false without one). */
+bool auth_rooms_allow(const struct auth_identity *id, const char *room);
 
 /* "token", "query", "token,query" (also "query,token", spaces allowed) -> enum auth_mode bits, or -1. */
 int auth_mode_parse(const char *s);

@@ -625,7 +625,7 @@ def test_api_history_direct_and_room_with_paging(server):
     j = api(server, "GET", "/api/v1/history?with=alice&user=bob").json()
     assert [m["id"] for m in j["items"]] == ids[::-1] and j["more"] is False
     assert j["items"][0] == {"id": ids[-1], "from": "bob", "to": "alice", "body": "back",
-                             "ts": j["items"][0]["ts"], "cid": None}
+                             "ts": j["items"][0]["ts"], "cid": None, "via": "api"}
     j = api(server, "GET", "/api/v1/history?user=alice&with=bob&limit=2").json()
     assert [m["id"] for m in j["items"]] == ids[:-3:-1] and j["more"] is True
     j = api(server, "GET", f"/api/v1/history?user=alice&with=bob&limit=2&before={ids[-2]}").json()
