@@ -20,6 +20,7 @@ import zlib
 import pytest
 import websockets
 
+from conftest import assert_clean_log
 from wsp import (API_KEY, Server, frame, raw_connect, read_http_response, sanitized_build,
                  upgrade_request, RawWS)
 
@@ -40,6 +41,7 @@ def srv(tmp_path_factory):
                limits={"max_connections_per_ip": "5000", "max_connections": "5000"}).start()
     yield s
     s.stop()
+    assert_clean_log(s)
 
 
 @pytest.fixture
@@ -56,6 +58,7 @@ def start_server(tmp_path):
     yield factory
     for s in made:
         s.stop()
+        assert_clean_log(s)
 
 
 def metrics(srv):
