@@ -138,6 +138,13 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
                "wsproxy_deflate_bytes_out_total{form=\"raw\"} %llu\n"
                "wsproxy_deflate_bytes_out_total{form=\"wire\"} %llu\n",
             (unsigned long long)m->deflate_out_raw, (unsigned long long)m->deflate_out_wire);
+    fprintf(f, "# HELP wsproxy_deflate_compressions_total Compressor runs (a fan-out message counts "
+               "once per window), by result: smaller (sent compressed) or not_smaller (sent plain).\n"
+               "# TYPE wsproxy_deflate_compressions_total counter\n"
+               "wsproxy_deflate_compressions_total{result=\"smaller\"} %llu\n"
+               "wsproxy_deflate_compressions_total{result=\"not_smaller\"} %llu\n",
+            (unsigned long long)(m->deflate_runs - m->deflate_runs_plain),
+            (unsigned long long)m->deflate_runs_plain);
     fprintf(f, "# HELP wsproxy_deflate_connections_open WebSocket connections with permessage-deflate.\n"
                "# TYPE wsproxy_deflate_connections_open gauge\nwsproxy_deflate_connections_open %llu\n",
             (unsigned long long)g->deflate_conns);

@@ -51,6 +51,8 @@ struct metrics {
     uint64_t deflate_in_raw;      /* what they inflated to */
     uint64_t deflate_out_raw;     /* payload bytes of messages sent compressed, before compression */
     uint64_t deflate_out_wire;    /* their compressed payload bytes, per recipient */
+    uint64_t deflate_runs;        /* messages compressed (a fan-out counts once per window) */
+    uint64_t deflate_runs_plain;  /* of which sent plain: compressing did not make them smaller */
 };
 
 /* Values read at render time rather than counted. */

@@ -204,7 +204,9 @@ static int deflate_payload(struct conn_pool *p, const struct ws_deflate_params *
                            const void *data, size_t len, struct ws_deflate_buf *zb)
 {
     int rc = ws_deflate_compress(conn_compressor(p, dp), data, len, len, ws_deflate_buf_sink, zb);
+    p->lp->metrics.deflate_runs++;
     if (rc != 0) {
+        p->lp->metrics.deflate_runs_plain++;
         if (rc != WS_DEFLATE_ERR_TOO_BIG)
             log_warn("deflate: %s: message sent uncompressed", ws_deflate_strerror(rc));
         ws_deflate_buf_release(zb);

@@ -80,6 +80,12 @@ def deflate_out(srv):
             m['wsproxy_deflate_bytes_out_total{form="wire"}'])
 
 
+def compressions(srv):
+    m = metrics(srv)
+    return (m['wsproxy_deflate_compressions_total{result="smaller"}']
+            + m['wsproxy_deflate_compressions_total{result="not_smaller"}'])
+
+
 def text_of_len(n):
     unit = "aé€😀"  # 1 + 2 + 3 + 4 bytes
     s = unit * (n // 10)
@@ -274,16 +280,22 @@ def test_compression_chat_send_receive(srv):
         for ws in (alice, bob, carol):
             await ws.send(json.dumps({"type": "join", "room": "zroom"}))
             await expect(ws, "joined")
+        dave = await chat_connect(srv, "dave")
+        await dave.send(json.dumps({"type": "join", "room": "zroom"}))
+        await expect(dave, "joined")
         raw0, wire0 = deflate_out(srv)
+        runs0 = compressions(srv)
         text = "the quick brown fox jumps over the lazy dog; " * 40
         await alice.send(json.dumps({"type": "send", "room": "zroom", "body": {"text": text},
                                      "cid": "z1"}))
         sent = await expect(alice, "sent")
-        for ws in (bob, carol):  # compressed for bob, plain for carol: the same message
+        for ws in (bob, carol, dave):  # compressed for bob and dave, plain for carol
             m = await expect(ws, "msg")
             assert m["id"] == sent["id"] and m["body"] == {"text": text} and m["from"] == "alice"
         raw1, wire1 = deflate_out(srv)
         assert raw1 > raw0 and wire1 - wire0 < (raw1 - raw0) / 4  # bob's copy went compressed
+        # compressed once for both compressed recipients (the "sent" receipt is under min_size)
+        assert compressions(srv) == runs0 + 1
         # a small one stays plain, and compressed input from the client is read too
         await bob.send(json.dumps({"type": "send", "room": "zroom", "body": "hi", "cid": "z2"}))
         await expect(bob, "sent")
@@ -295,7 +307,7 @@ def test_compression_chat_send_receive(srv):
         for ws in (alice, carol):
             h = await expect(ws, "history")
             assert [i["body"] for i in h["items"]] == ["hi", {"text": text}]
-        for ws in (alice, bob, carol):
+        for ws in (alice, bob, carol, dave):
             await ws.close()
         # the stored body is the JSON the client sent, uncompressed
         rows = srv.db_rows("SELECT body FROM messages WHERE cid = 'z1'")
