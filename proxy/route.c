@@ -29,6 +29,13 @@ void route_init(struct router *r, struct loop *lp, const struct auth *auth, stru
     r->policy.num_origins = cfg->origins.n;
     r->policy.subprotocols = (const char *const *)cfg->subprotocols.items;
     r->policy.num_subprotocols = cfg->subprotocols.n;
+    /* RFC 7692: our window and the client window we ask for; client_no_context_takeover asked. */
+    ws_deflate_policy_init(&r->deflate);
+    r->deflate.enabled = cfg->compression_on;
+    r->deflate.server_max_window_bits = (uint8_t)cfg->compression_window_bits;
+    r->deflate.client_max_window_bits = (uint8_t)cfg->compression_window_bits;
+    r->deflate.client_no_context_takeover = true;
+    r->policy.deflate = &r->deflate;
 }
 
 static bool path_is(const struct http_req *req, const char *path)

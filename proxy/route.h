@@ -20,7 +20,8 @@ struct router {
     struct loop *lp;
     const struct auth *auth;
     struct chat *chat;
-    struct ws_handshake_policy policy; /* origins and subprotocols from the config */
+    struct ws_handshake_policy policy; /* origins, subprotocols and deflate from the config */
+    struct ws_deflate_policy deflate;  /* permessage-deflate ([server] compression*) */
     bool draining;              /* new upgrades are refused with 503 */
 };
 

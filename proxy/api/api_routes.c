@@ -126,6 +126,10 @@ static void route_metrics(struct api_conn *ac)
         .conns_open = api->pool->num_conns,
         .ws_open = api->pool->num_ws,
         .users_online = chat_users_online(api->chat),
+        .deflate_conns = api->pool->deflate.conns,
+        .deflate_mem_in_use = api->pool->deflate.mem.in_use,
+        .deflate_mem_peak = api->pool->deflate.mem.peak,
+        .deflate_mem_reserved = api->pool->deflate.mem.reserved,
     };
     size_t len = 0;
     char *text = metrics_render(&lp->metrics, &g, &len);

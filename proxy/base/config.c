@@ -54,6 +54,19 @@ static const struct opt opts[] = {
       "On SIGTERM/SIGINT, how long clients get to finish the closing handshake before exit."),
     O("server", "static_follow_symlinks", OPT_BOOL, static_follow_symlinks, "false",
       "Serve files of static_dir that are symlinks to places outside it (off: they are 404)."),
+    O("server", "compression", OPT_STR, compression, "off",
+      "permessage-deflate (RFC 7692): off, or on to accept clients' offers (docs/compression.md)."),
+    O("server", "compression_min_size", OPT_SIZE, compression_min_size, "256B",
+      "Messages shorter than this are sent uncompressed (small ones barely shrink)."),
+    O("server", "compression_level", OPT_UINT, compression_level, "1",
+      "zlib level (1..9) of the shared compressor; 1 is fast and nearly as small on JSON."),
+    O("server", "compression_window_bits", OPT_UINT, compression_window_bits, "12",
+      "Deflate window (9..15): ours, and the client's when it allows us to choose."),
+    O("server", "compression_mem_level", OPT_UINT, compression_mem_level, "5",
+      "zlib memLevel (1..9) of the shared compressor(s)."),
+    O("server", "compression_memory_budget", OPT_SIZE, compression_memory_budget, "64MiB",
+      "Ceiling for all zlib memory (inflate states reserved per connection, shared compressors); "
+      "connections that do not fit run uncompressed."),
     O("tls", "cert", OPT_STR, tls_cert, "",
       "PEM certificate chain; TLS (wss) is on when cert and key are both set."),
     O("tls", "key", OPT_STR, tls_key, "", "PEM private key for cert."),
@@ -421,6 +434,19 @@ static void validate(struct load_ctx *lc)
     check(lc, c->handshake_timeout_ms > 0, "[server] handshake_timeout: must be > 0%s", "");
     check(lc, c->close_timeout_ms > 0, "[server] close_timeout: must be > 0%s", "");
     check(lc, c->drain_timeout_ms > 0, "[server] drain_timeout: must be > 0%s", "");
+    c->compression_on = !strcasecmp(c->compression, "on");
+    check(lc, c->compression_on || !strcasecmp(c->compression, "off"),
+          "[server] compression: '%s' is not off or on", c->compression);
+    check(lc, c->compression_level >= 1 && c->compression_level <= 9,
+          "[server] compression_level: must be 1 to 9%s", "");
+    check(lc, c->compression_window_bits >= 9 && c->compression_window_bits <= 15,
+          "[server] compression_window_bits: must be 9 to 15 (zlib cannot deflate with 8)%s", "");
+    check(lc, c->compression_mem_level >= 1 && c->compression_mem_level <= 9,
+          "[server] compression_mem_level: must be 1 to 9%s", "");
+    check(lc, c->compression_min_size <= c->max_message_size,
+          "[server] compression_min_size: must not exceed max_message_size%s", "");
+    check(lc, c->compression_memory_budget >= (1u << 20),
+          "[server] compression_memory_budget: must be at least 1MiB%s", "");
     check(lc, (c->tls_cert[0] == '\0') == (c->tls_key[0] == '\0'),
           "[tls] cert and key must be set together%s", "");
     check(lc, log_level_parse(c->log_level) >= 0,

@@ -29,6 +29,13 @@ struct px_config {
     int64_t close_timeout_ms;
     int64_t drain_timeout_ms;
     bool static_follow_symlinks;
+    char *compression;                  /* "off" or "on" (permessage-deflate, docs/compression.md) */
+    bool compression_on;                /* compression == "on", set by validation */
+    uint64_t compression_min_size;      /* messages shorter than this go out uncompressed */
+    uint64_t compression_level;         /* zlib level 1..9 of the shared compressor */
+    uint64_t compression_window_bits;   /* 9..15: our window, and the client window asked for */
+    uint64_t compression_mem_level;     /* zlib memLevel 1..9 of the shared compressor(s) */
+    uint64_t compression_memory_budget; /* ceiling for all zlib memory of the event loop */
     /* [tls] */
     char *tls_cert;
     char *tls_key;

@@ -126,6 +126,37 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
                "# TYPE wsproxy_bytes_out_total counter\nwsproxy_bytes_out_total %llu\n",
             (unsigned long long)m->bytes_out);
 
+    fprintf(f, "# HELP wsproxy_deflate_bytes_in_total Payload bytes of compressed messages received "
+               "(permessage-deflate), by form: wire (compressed) or raw (inflated).\n"
+               "# TYPE wsproxy_deflate_bytes_in_total counter\n"
+               "wsproxy_deflate_bytes_in_total{form=\"wire\"} %llu\n"
+               "wsproxy_deflate_bytes_in_total{form=\"raw\"} %llu\n",
+            (unsigned long long)m->deflate_in_wire, (unsigned long long)m->deflate_in_raw);
+    fprintf(f, "# HELP wsproxy_deflate_bytes_out_total Payload bytes of messages sent compressed, by "
+               "form: raw (before compression) or wire (compressed), per recipient.\n"
+               "# TYPE wsproxy_deflate_bytes_out_total counter\n"
+               "wsproxy_deflate_bytes_out_total{form=\"raw\"} %llu\n"
+               "wsproxy_deflate_bytes_out_total{form=\"wire\"} %llu\n",
+            (unsigned long long)m->deflate_out_raw, (unsigned long long)m->deflate_out_wire);
+    fprintf(f, "# HELP wsproxy_deflate_compressions_total Compressor runs (a fan-out message counts "
+               "once per window), by result: smaller (sent compressed) or not_smaller (sent plain).\n"
+               "# TYPE wsproxy_deflate_compressions_total counter\n"
+               "wsproxy_deflate_compressions_total{result=\"smaller\"} %llu\n"
+               "wsproxy_deflate_compressions_total{result=\"not_smaller\"} %llu\n",
+            (unsigned long long)(m->deflate_runs - m->deflate_runs_plain),
+            (unsigned long long)m->deflate_runs_plain);
+    fprintf(f, "# HELP wsproxy_deflate_connections_open WebSocket connections with permessage-deflate.\n"
+               "# TYPE wsproxy_deflate_connections_open gauge\nwsproxy_deflate_connections_open %llu\n",
+            (unsigned long long)g->deflate_conns);
+    fprintf(f, "# HELP wsproxy_deflate_memory_bytes zlib memory: in_use now, peak so far, reserved "
+               "(worst case promised, bounded by compression_memory_budget).\n"
+               "# TYPE wsproxy_deflate_memory_bytes gauge\n"
+               "wsproxy_deflate_memory_bytes{kind=\"in_use\"} %llu\n"
+               "wsproxy_deflate_memory_bytes{kind=\"peak\"} %llu\n"
+               "wsproxy_deflate_memory_bytes{kind=\"reserved\"} %llu\n",
+            (unsigned long long)g->deflate_mem_in_use, (unsigned long long)g->deflate_mem_peak,
+            (unsigned long long)g->deflate_mem_reserved);
+
     fprintf(f, "# HELP wsproxy_store_commit_seconds Duration of group commits.\n"
                "# TYPE wsproxy_store_commit_seconds histogram\n");
     uint64_t cum = 0;

@@ -46,6 +46,13 @@ struct metrics {
     uint64_t slow_consumers;
     uint64_t api_requests[METRICS_API_STATUS];
     uint64_t store_errors;
+    /* permessage-deflate: payload bytes of compressed messages, on the wire and inflated/raw */
+    uint64_t deflate_in_wire;     /* compressed payload bytes received */
+    uint64_t deflate_in_raw;      /* what they inflated to */
+    uint64_t deflate_out_raw;     /* payload bytes of messages sent compressed, before compression */
+    uint64_t deflate_out_wire;    /* their compressed payload bytes, per recipient */
+    uint64_t deflate_runs;        /* messages compressed (a fan-out counts once per window) */
+    uint64_t deflate_runs_plain;  /* of which sent plain: compressing did not make them smaller */
 };
 
 /* Values read at render time rather than counted. */
@@ -53,6 +60,10 @@ struct metrics_gauges {
     uint64_t conns_open;     /* TCP connections */
     uint64_t ws_open;        /* open WebSockets */
     uint64_t users_online;
+    uint64_t deflate_conns;        /* open WebSockets with permessage-deflate */
+    uint64_t deflate_mem_in_use;   /* bytes zlib holds now */
+    uint64_t deflate_mem_peak;     /* highest deflate_mem_in_use so far */
+    uint64_t deflate_mem_reserved; /* worst case promised to connections and compressors */
 };
 
 enum metrics_status metrics_status_index(int status);

@@ -20,6 +20,7 @@
 #include "base/cidr.h"
 #include "base/log.h"
 #include "base/registry.h"
+#include "base/utf8.h"
 #include "net/listener.h"
 #include "net/loop.h"
 #include "proto/heartbeat.h"
@@ -58,6 +59,12 @@ int conn_pool_init(struct conn_pool *p, struct loop *lp, conn_request_fn *on_req
     p->on_request = on_request;
     p->request_arg = arg;
     p->ip_counts = registry_counter_new();
+    /* permessage-deflate: accounting and budget; compressors allocate at their first message. */
+    const struct px_config *cfg = lp->cfg;
+    p->deflate.mem.budget = (size_t)cfg->compression_memory_budget;
+    for (unsigned i = 0; i < CONN_DEFLATE_WINDOWS; i++)
+        ws_deflate_compressor_init(&p->deflate.comp[i], (int)cfg->compression_level, 9 + i,
+                                   (unsigned)cfg->compression_mem_level, &p->deflate.mem);
     return p->ip_counts ? 0 : -1;
 }
 
@@ -67,6 +74,13 @@ void conn_pool_release(struct conn_pool *p)
         conn_abort(p->conns, END_SERVER_SHUTDOWN);
     registry_counter_free(p->ip_counts);
     p->ip_counts = NULL;
+    for (unsigned i = 0; i < CONN_DEFLATE_WINDOWS; i++) {
+        ws_deflate_compressor_release(&p->deflate.comp[i]);
+        if (p->deflate.comp_reserved[i])
+            ws_deflate_mem_unreserve(&p->deflate.mem,
+                                     ws_deflate_deflate_worst(9 + i, p->deflate.comp[i].mem_level));
+        p->deflate.comp_reserved[i] = false;
+    }
 }
 
 void conn_pool_shutdown(struct conn_pool *p)
@@ -147,11 +161,13 @@ bool conn_is_open(const struct conn *c)
     return c->state == CONN_OPEN && !c->close_sent;
 }
 
-static void add_frame(struct conn *c, struct evbuffer *out, enum ws_opcode op, const void *data,
-                      size_t len)
+static void add_frame_rsv(struct conn *c, struct evbuffer *out, enum ws_opcode op, bool rsv1,
+                          const void *data, size_t len)
 {
     uint8_t hdr[WS_MAX_HDR];
     size_t hlen = ws_frame_header(hdr, true, op, len);
+    if (rsv1)
+        hdr[0] |= WS_DEFLATE_RSV1; /* RFC 7692 §6: a compressed message */
     /* Header and payload in one reserve+commit: one chain, one write() for small frames. */
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, hlen + len, &v, 1) == 1 && v.iov_len >= hlen + len) {
@@ -167,11 +183,70 @@ static void add_frame(struct conn *c, struct evbuffer *out, enum ws_opcode op, c
     c->lp->metrics.bytes_out += hlen + len;
 }
 
+static void add_frame(struct conn *c, struct evbuffer *out, enum ws_opcode op, const void *data,
+                      size_t len)
+{
+    add_frame_rsv(c, out, op, false, data, len);
+}
+
+/* The shared compressor for a connection's agreed window (server_no_context_takeover). */
+static struct ws_deflate_compressor *conn_compressor(struct conn_pool *p,
+                                                     const struct ws_deflate_params *dp)
+{
+    return &p->deflate.comp[dp->server_max_window_bits - 9];
+}
+
+/*
+ * Compress a whole message payload into zb with the compressor for dp. 0 when zb holds a payload
+ * smaller than the message; nonzero when it did not pay (or no memory): send it plain then.
+ */
+static int deflate_payload(struct conn_pool *p, const struct ws_deflate_params *dp,
+                           const void *data, size_t len, struct ws_deflate_buf *zb)
+{
+    int rc = ws_deflate_compress(conn_compressor(p, dp), data, len, len, ws_deflate_buf_sink, zb);
+    p->lp->metrics.deflate_runs++;
+    if (rc != 0) {
+        p->lp->metrics.deflate_runs_plain++;
+        if (rc != WS_DEFLATE_ERR_TOO_BIG)
+            log_warn("deflate: %s: message sent uncompressed", ws_deflate_strerror(rc));
+        ws_deflate_buf_release(zb);
+    }
+    return rc;
+}
+
+static bool worth_compressing(const struct conn *c, enum ws_opcode op, size_t len)
+{
+    return c->deflate && ws_deflate_worth_compressing(op, len, cfg_of(c)->compression_min_size);
+}
+
+/*
+ * A whole data message for this connection alone: compressed (RSV1) when the connection
+ * negotiated permessage-deflate and the message is worth it, else as is.
+ */
+static void add_data_frame(struct conn *c, struct evbuffer *out, enum ws_opcode op, const void *data,
+                           size_t len)
+{
+    if (worth_compressing(c, op, len)) {
+        struct ws_deflate_buf zb = {0};
+        if (deflate_payload(c->pool, &c->deflate_params, data, len, &zb) == 0) {
+            add_frame_rsv(c, out, op, true, zb.p, zb.len);
+            c->lp->metrics.deflate_out_raw += len;
+            c->lp->metrics.deflate_out_wire += zb.len;
+            ws_deflate_buf_release(&zb);
+            return;
+        }
+    }
+    add_frame(c, out, op, data, len);
+}
+
 void conn_send_frame(struct conn *c, enum ws_opcode op, const void *data, size_t len)
 {
     if (!conn_is_open(c))
         return;
-    add_frame(c, bufferevent_get_output(c->bev), op, data, len);
+    if (op == WS_OP_TEXT || op == WS_OP_BINARY)
+        add_data_frame(c, bufferevent_get_output(c->bev), op, data, len);
+    else
+        add_frame(c, bufferevent_get_output(c->bev), op, data, len);
 }
 
 static void dirty_link(struct conn *c)
@@ -222,7 +297,7 @@ void conn_send_text(struct conn *c, const void *data, size_t len)
         return;
     struct evbuffer *out = commit_ordered_output(c);
     if (out)
-        add_frame(c, out, WS_OP_TEXT, data, len);
+        add_data_frame(c, out, WS_OP_TEXT, data, len);
 }
 
 /* Close with 1013 when queued is over send_queue; false then. */
@@ -294,6 +369,10 @@ struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, si
         return NULL;
     f->refs = 1;
     f->len = hlen + len;
+    f->hlen = hlen;
+    f->opcode = (uint8_t)op;
+    f->deflate_tried = 0;
+    memset(f->deflated, 0, sizeof(f->deflated));
     memcpy(f->data, hdr, hlen);
     if (len)
         memcpy(f->data + hlen, payload, len);
@@ -302,8 +381,38 @@ struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, si
 
 void shared_frame_unref(struct shared_frame *f)
 {
-    if (f && --f->refs == 0)
+    if (f && --f->refs == 0) {
+        for (unsigned i = 0; i < CONN_DEFLATE_WINDOWS; i++)
+            shared_frame_unref(f->deflated[i]);
         free(f);
+    }
+}
+
+/*
+ * The compressed variant of f for c's window, made at the first recipient that needs it (so a
+ * fan-out is compressed once per window, normally once); NULL when f goes out as is.
+ */
+static struct shared_frame *shared_frame_for(struct conn *c, struct shared_frame *f)
+{
+    size_t plen = f->len - f->hlen;
+    if (!worth_compressing(c, (enum ws_opcode)f->opcode, plen))
+        return NULL;
+    unsigned w = c->deflate_params.server_max_window_bits - 9u;
+    if (!(f->deflate_tried & (1u << w))) {
+        f->deflate_tried |= (uint8_t)(1u << w);
+        struct ws_deflate_buf zb = {0};
+        if (deflate_payload(c->pool, &c->deflate_params, f->data + f->hlen, plen, &zb) == 0) {
+            f->deflated[w] = shared_frame_new((enum ws_opcode)f->opcode, zb.p, zb.len);
+            if (f->deflated[w])
+                f->deflated[w]->data[0] |= WS_DEFLATE_RSV1;
+            ws_deflate_buf_release(&zb);
+        }
+    }
+    if (f->deflated[w]) {
+        c->lp->metrics.deflate_out_raw += plen;
+        c->lp->metrics.deflate_out_wire += f->deflated[w]->len - f->deflated[w]->hlen;
+    }
+    return f->deflated[w];
 }
 
 static void shared_frame_cleanup_cb(const void *data, size_t len, void *arg)
@@ -320,6 +429,9 @@ void conn_send_shared(struct conn *c, struct shared_frame *f)
     struct evbuffer *out = commit_ordered_output(c);
     if (!out)
         return;
+    struct shared_frame *z = shared_frame_for(c, f);
+    if (z)
+        f = z;
     /* Referenced, not copied: one encoding of a fan-out frame serves every member. */
     f->refs++;
     if (evbuffer_add_reference(out, f->data, f->len, shared_frame_cleanup_cb, f) != 0) {
@@ -363,12 +475,42 @@ void conn_http_text(struct conn *c, int status, const char *extra, const char *b
 
 static void process_frames(struct conn *c);
 
+/*
+ * Reserve what an accepted permessage-deflate offer may cost against the budget: the shared
+ * compressor of its window (once, kept until the pool goes) and this connection's worst-case
+ * inflate state (given back at close). false: it does not fit, decline the offer.
+ */
+static bool deflate_reserve(struct conn *c, const struct ws_deflate_params *dp)
+{
+    struct conn_deflate *d = &c->pool->deflate;
+    unsigned w = dp->server_max_window_bits - 9u;
+    if (w >= CONN_DEFLATE_WINDOWS)
+        return false;
+    if (!d->comp_reserved[w]) {
+        if (!ws_deflate_mem_reserve(&d->mem, ws_deflate_deflate_worst(9 + w, d->comp[w].mem_level)))
+            goto declined;
+        d->comp_reserved[w] = true;
+    }
+    size_t need = ws_deflate_inflate_worst(dp->client_max_window_bits);
+    if (!ws_deflate_mem_reserve(&d->mem, need))
+        goto declined;
+    c->deflate_reserved = need;
+    return true;
+declined:
+    log_warn("conn %llu %s: compression_memory_budget reached: permessage-deflate declined",
+             (unsigned long long)c->id, c->addr);
+    return false;
+}
+
 void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const struct conn_handler *h,
                   void *data)
 {
     assert(c->state == CONN_HTTP && c->counted && h && h->on_close);
+    struct ws_handshake_result r = *hs;
+    if (r.deflate && !deflate_reserve(c, &r.deflate_params))
+        r.deflate = false; /* declined: the 101 omits the extension */
     char buf[512];
-    size_t n = ws_handshake_101(buf, sizeof(buf), hs);
+    size_t n = ws_handshake_101(buf, sizeof(buf), &r);
     bufferevent_write(c->bev, buf, n);
     c->lp->metrics.handshakes[MS_101]++;
     c->lp->metrics.ws_total++;
@@ -376,6 +518,15 @@ void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const st
     c->handler = h;
     c->data = data;
     ws_parser_init(&c->parser, cfg_of(c)->max_message_size);
+    if (r.deflate) {
+        c->deflate = true;
+        c->deflate_params = r.deflate_params;
+        c->pool->deflate.conns++;
+        /* The inflated size of a message is bounded like an uncompressed one's. */
+        ws_deflate_inflater_init(&c->inflater, &r.deflate_params, cfg_of(c)->max_message_size,
+                                 &c->pool->deflate.mem);
+        ws_parser_set_deflate(&c->parser, true);
+    }
     bufferevent_setwatermark(c->bev, EV_READ, 0, WS_READ_HIGH_WATER);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     /* Low-water 0: the write callback means "all written", used for drain and replay pacing. */
@@ -459,8 +610,79 @@ static void deliver_message(struct conn *c, uint8_t opcode, const uint8_t *data,
         c->handler->on_message(c, c->data, opcode, data, len);
 }
 
+static void finish_message(struct conn *c);
+
+enum { INFLATE_ERR_OOM = 1, INFLATE_ERR_UTF8 = 2 };
+
+/* ws_deflate_sink_fn: inflated bytes of the message being received, UTF-8 checked as they come. */
+static int inflate_sink(void *arg, const uint8_t *p, size_t n)
+{
+    struct conn *c = arg;
+    if (c->msg_opcode == WS_OP_TEXT && utf8_feed(&c->inflate_utf8, p, n) == UTF8_REJECT) {
+        c->inflate_err = INFLATE_ERR_UTF8;
+        return 1;
+    }
+    if (evbuffer_add(c->msg, p, n) != 0) {
+        c->inflate_err = INFLATE_ERR_OOM;
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * A chunk of a compressed message (RSV1): inflated into c->msg as it arrives, bounded by
+ * max_message_size (1009 the moment it would be exceeded), its text checked for UTF-8 (1007).
+ */
+static void on_compressed_data(struct conn *c, const struct ws_event *ev)
+{
+    if (ev->msg_start) {
+        c->msg_opcode = ev->opcode;
+        c->inflate_utf8 = UTF8_ACCEPT;
+        c->inflate_err = 0;
+    }
+    if (!c->msg && !(c->msg = evbuffer_new())) {
+        conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
+        return;
+    }
+    c->lp->metrics.deflate_in_wire += ev->len;
+    size_t before = evbuffer_get_length(c->msg);
+    int rc = ws_deflate_inflater_feed(&c->inflater, ev->data, ev->len, ev->msg_end, inflate_sink, c);
+    c->lp->metrics.deflate_in_raw += evbuffer_get_length(c->msg) - before;
+    if (rc == WS_DEFLATE_OK && ev->msg_end && c->msg_opcode == WS_OP_TEXT &&
+        c->inflate_utf8 != UTF8_ACCEPT) {
+        rc = WS_DEFLATE_ERR_SINK;
+        c->inflate_err = INFLATE_ERR_UTF8;
+    }
+    if (rc != WS_DEFLATE_OK) {
+        uint16_t code = WS_CLOSE_INTERNAL;
+        const char *why = ws_deflate_strerror(rc);
+        if (rc == WS_DEFLATE_ERR_TOO_BIG) {
+            code = WS_CLOSE_TOO_BIG;
+            why = "message too big";
+        } else if (rc == WS_DEFLATE_ERR_DATA) {
+            code = WS_CLOSE_BAD_DATA;
+            why = "invalid compressed data";
+        } else if (rc == WS_DEFLATE_ERR_SINK && c->inflate_err == INFLATE_ERR_UTF8) {
+            code = WS_CLOSE_BAD_DATA;
+            why = "invalid UTF-8 in text message";
+        } else if (rc == WS_DEFLATE_ERR_SINK || rc == WS_DEFLATE_ERR_NOMEM) {
+            why = "out of memory";
+        }
+        log_info("conn %llu %s: inflate: %s (close %u)", (unsigned long long)c->id, c->addr, why,
+                 code);
+        conn_fail(c, code, why, code == WS_CLOSE_INTERNAL ? END_INTERNAL_ERROR : END_PROTOCOL_ERROR);
+        return;
+    }
+    if (ev->msg_end)
+        finish_message(c);
+}
+
 static void on_data(struct conn *c, const struct ws_event *ev)
 {
+    if (ev->compressed) {
+        on_compressed_data(c, ev);
+        return;
+    }
     if (ev->msg_start && ev->msg_end) {
         deliver_message(c, ev->opcode, ev->data, ev->len); /* whole message in one chunk: no copy */
         return;
@@ -473,10 +695,18 @@ static void on_data(struct conn *c, const struct ws_event *ev)
     }
     if (ev->len)
         evbuffer_add(c->msg, ev->data, ev->len);
-    if (!ev->msg_end)
-        return;
+    if (ev->msg_end)
+        finish_message(c);
+}
+
+/* c->msg holds a whole message (reassembled or inflated): hand it up, then free it. */
+static void finish_message(struct conn *c)
+{
     size_t len = evbuffer_get_length(c->msg);
-    if (c->handler == &conn_echo_handler) {
+    if (c->handler == &conn_echo_handler && worth_compressing(c, c->msg_opcode, len)) {
+        const uint8_t *data = evbuffer_pullup(c->msg, -1);
+        deliver_message(c, c->msg_opcode, data, len); /* echo_on_message compresses it */
+    } else if (c->handler == &conn_echo_handler) {
         if (conn_check_backpressure(c)) {
             /* Echo a reassembled message by moving its chains: no copy of a large payload. */
             uint8_t hdr[WS_MAX_HDR];
@@ -809,6 +1039,14 @@ static void conn_release_state(struct conn *c)
                  end_reason_name(c->end_reason), c->close_code ? c->close_code : 1006);
     }
     dirty_unlink(c);
+    if (c->deflate) {
+        c->deflate = false;
+        ws_deflate_inflater_release(&c->inflater);
+        ws_deflate_mem_unreserve(&p->deflate.mem, c->deflate_reserved);
+        c->deflate_reserved = 0;
+        assert(p->deflate.conns > 0);
+        p->deflate.conns--;
+    }
     if (c->msg) {
         evbuffer_free(c->msg);
         c->msg = NULL;

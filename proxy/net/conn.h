@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "base/end_reason.h"
+#include "proto/ws_deflate.h"
 #include "proto/ws_parser.h"
 
 struct bufferevent;
@@ -62,6 +63,21 @@ extern const struct conn_handler conn_echo_handler;
 /* A complete request head on a connection not yet upgraded: answer it or upgrade it. */
 typedef void conn_request_fn(void *arg, struct conn *c, const struct http_req *req);
 
+/* Shared compressors by window (9..15): a recipient that asked for a smaller window needs its own. */
+#define CONN_DEFLATE_WINDOWS 7
+
+/*
+ * permessage-deflate state of the pool (one event loop): zlib memory accounting with the budget,
+ * one shared compressor per window in use (server_no_context_takeover, so a message is compressed
+ * once for every recipient), and the connections that negotiated the extension.
+ */
+struct conn_deflate {
+    struct ws_deflate_mem mem;
+    struct ws_deflate_compressor comp[CONN_DEFLATE_WINDOWS]; /* index: window bits - 9 */
+    bool comp_reserved[CONN_DEFLATE_WINDOWS];
+    size_t conns; /* open connections with compression */
+};
+
 /* Every connection of the main listener, and the transport's share of the server's state. */
 struct conn_pool {
     struct loop *lp;
@@ -81,6 +97,7 @@ struct conn_pool {
      */
     const struct cidr_list *count_late;
     struct conn *dirty;      /* connections with output held for the group commit */
+    struct conn_deflate deflate;
 };
 
 struct conn {
@@ -92,6 +109,13 @@ struct conn {
     const struct conn_handler *handler; /* NULL until upgraded */
     void *data;                         /* the handler's; NULL once on_close ran */
     struct ws_parser parser;
+    /* permessage-deflate (RFC 7692), when negotiated */
+    bool deflate;
+    struct ws_deflate_params deflate_params;
+    struct ws_deflate_inflater inflater; /* holds zlib memory only while a message is received */
+    size_t deflate_reserved;            /* budget reserved for this connection's inflate state */
+    uint32_t inflate_utf8;              /* UTF-8 state of the inflated text message */
+    int inflate_err;                    /* why the inflate sink stopped */
     struct evbuffer *msg; /* message being reassembled from several chunks; allocated on first need */
     uint8_t msg_opcode;
     char addr[64];        /* client address: peer, or X-Forwarded-For when the peer is a trusted proxy */
@@ -145,7 +169,10 @@ bool conn_admit(struct conn *c);
 
 /*
  * Answer 101 (hs from ws_hs_check) and serve the connection as a WebSocket with handler h; data is
- * handed back to every callback. Call from on_request, after conn_admit.
+ * handed back to every callback. Call from on_request, after conn_admit. When hs accepted a
+ * permessage-deflate offer, the connection's worst-case inflate state (and the shared compressor
+ * of its window) is reserved against [server] compression_memory_budget; if it does not fit, the
+ * extension is declined (the 101 omits it) and the connection runs uncompressed.
  */
 void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const struct conn_handler *h,
                   void *data);
@@ -176,12 +203,25 @@ void conn_send_text(struct conn *c, const void *data, size_t len);
  */
 struct shared_frame {
     unsigned refs;
-    size_t len;
+    size_t len;  /* header + payload */
+    size_t hlen; /* header bytes: the payload starts at data + hlen */
+    uint8_t opcode;
+    /*
+     * permessage-deflate: the RSV1 frame of the same message, compressed at the first recipient
+     * that negotiated the extension, once per window (bit w - 9 of deflate_tried: done; deflated
+     * stays NULL when compressing did not make it smaller). Freed with this frame.
+     */
+    uint8_t deflate_tried;
+    struct shared_frame *deflated[CONN_DEFLATE_WINDOWS];
     uint8_t data[];
 };
 struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, size_t len);
 void shared_frame_unref(struct shared_frame *f);
-/* Like conn_send_text (held while a transaction is open), for a shared frame. */
+/*
+ * Like conn_send_text (held while a transaction is open), for a shared frame; a connection with
+ * permessage-deflate gets the frame's compressed variant (made once) when the message is at least
+ * compression_min_size and compressing made it smaller.
+ */
 void conn_send_shared(struct conn *c, struct shared_frame *f);
 
 /* Bytes waiting for the client: the output buffer plus frames held for the commit. */

@@ -109,6 +109,7 @@ int ws_handshake_check(const struct http_req *req, const struct ws_handshake_pol
     result->message = NULL;
     result->accept[0] = '\0';
     result->subprotocol = NULL;
+    result->deflate = false;
 
     /* methods are case-sensitive (RFC 7231 §4.1) */
     if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0)
@@ -146,6 +147,18 @@ int ws_handshake_check(const struct http_req *req, const struct ws_handshake_pol
         if (http_req_has_token(req, "Sec-WebSocket-Protocol", pol->subprotocols[i], false))
             result->subprotocol = pol->subprotocols[i];
     }
+    /*
+     * RFC 7692 §5: each header line is a list of offers; trying the lines in order finds the first
+     * acceptable offer of the joined value without copying it.
+     */
+    if (pol->deflate && pol->deflate->enabled) {
+        for (i = 0; i < req->num_headers && !result->deflate; i++) {
+            const struct http_header *e = &req->headers[i];
+            if (http_ieq(e->name, e->name_len, "Sec-WebSocket-Extensions"))
+                result->deflate = ws_deflate_negotiate(pol->deflate, e->value, e->value_len,
+                                                       &result->deflate_params);
+        }
+    }
     result->status = 101;
     result->message = "switching protocols";
     return 101;
@@ -161,18 +174,23 @@ static size_t fit(int n, size_t cap)
 size_t ws_handshake_101(char *out, size_t cap, const struct ws_handshake_result *result)
 {
     const char *sp = result->subprotocol;
+    char ext[WS_DEFLATE_RESPONSE_MAX] = "";
 
     if (result->status != 101 || strlen(result->accept) != 28)
         return 0;
+    if (result->deflate)
+        ws_deflate_response(&result->deflate_params, ext);
     return fit(snprintf(out, cap,
                         "HTTP/1.1 101 Switching Protocols\r\n"
                         "Upgrade: websocket\r\n"
                         "Connection: Upgrade\r\n"
                         "Sec-WebSocket-Accept: %s\r\n"
                         "%s%s%s"
+                        "%s%s%s"
                         "\r\n",
                         result->accept, sp != NULL ? "Sec-WebSocket-Protocol: " : "",
-                        sp != NULL ? sp : "", sp != NULL ? "\r\n" : ""),
+                        sp != NULL ? sp : "", sp != NULL ? "\r\n" : "",
+                        ext[0] ? "Sec-WebSocket-Extensions: " : "", ext, ext[0] ? "\r\n" : ""),
                cap);
 }
 

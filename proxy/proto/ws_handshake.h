@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "proto/http1.h"
+#include "proto/ws_deflate.h"
 
 /* What the server accepts, taken from config. */
 struct ws_handshake_policy {
@@ -16,6 +17,7 @@ struct ws_handshake_policy {
     size_t num_origins;
     const char *const *subprotocols; /* server preference order */
     size_t num_subprotocols;
+    const struct ws_deflate_policy *deflate; /* permessage-deflate; NULL or disabled: never offered */
 };
 
 struct ws_handshake_result {
@@ -23,6 +25,8 @@ struct ws_handshake_result {
     const char *message; /* short human text for the error body and logs */
     char accept[29];     /* Sec-WebSocket-Accept when status == 101, NUL-terminated */
     const char *subprotocol; /* chosen subprotocol (points into policy) or NULL */
+    bool deflate;            /* a permessage-deflate offer was accepted: the 101 carries it */
+    struct ws_deflate_params deflate_params; /* what was agreed, when deflate */
 };
 
 /*
@@ -36,7 +40,12 @@ struct ws_handshake_result {
  * browser; the attacks the list stops need one, and browsers always send it), a present one must match
  * an entry exactly but for ASCII case, and two Origin headers are 403.
  * Subprotocol: the first entry of pol->subprotocols that any Sec-WebSocket-Protocol header lists, compared
- * case-sensitively (browsers check the echo exactly); NULL if none. On 405/426 the caller adds
+ * case-sensitively (browsers check the echo exactly); NULL if none.
+ * Extensions: every Sec-WebSocket-Extensions line, in order, goes to ws_deflate_negotiate under
+ * pol->deflate until one yields an accepted offer (lines are list elements, so this is the first
+ * acceptable offer of the joined value); a malformed or unacceptable offer is declined, never an
+ * error. The caller may still clear result->deflate (memory budget) before ws_handshake_101.
+ * On 405/426 the caller adds
  * "Allow: GET" / "Sec-WebSocket-Version: 13" to the error answer.
  */
 int ws_handshake_check(const struct http_req *req, const struct ws_handshake_policy *pol,
@@ -49,7 +58,8 @@ int ws_handshake_check(const struct http_req *req, const struct ws_handshake_pol
 void ws_handshake_accept_key(const char *key, size_t key_len, char out[29]);
 
 /*
- * The switching-protocols answer for a successful check, written into out (cap bytes, NUL-terminated).
+ * The switching-protocols answer for a successful check, written into out (cap bytes, NUL-terminated),
+ * with Sec-WebSocket-Extensions (ws_deflate_response) when result->deflate.
  * Returns its length, or 0 if it did not fit or result->status is not 101.
  */
 size_t ws_handshake_101(char *out, size_t cap, const struct ws_handshake_result *result);

@@ -7,9 +7,11 @@
 #include <string.h>
 
 #include "base/utf8.h"
+#include "proto/ws_deflate.h"
 
 #define WS_B0_FIN    0x80
 #define WS_B0_RSV    0x70
+#define WS_B0_RSV1   0x40
 #define WS_B0_OPCODE 0x0F
 #define WS_B1_MASK   0x80
 #define WS_B1_LEN    0x7F
@@ -25,6 +27,11 @@ void ws_parser_init(struct ws_parser *p, uint64_t max_message_size)
     p->max_message_size = max_message_size;
     p->hdr_need = 2;
     p->utf8_state = UTF8_ACCEPT;
+}
+
+void ws_parser_set_deflate(struct ws_parser *p, bool negotiated)
+{
+    p->deflate = negotiated;
 }
 
 static size_t ws_fail(struct ws_parser *p, struct ws_event *ev, uint16_t code, const char *why,
@@ -74,9 +81,15 @@ static const char *ws_check_start(const struct ws_parser *p, uint16_t *code)
     uint8_t op = b0 & WS_B0_OPCODE;
 
     *code = WS_CLOSE_PROTOCOL;
-    /* RFC 6455 §5.2: RSV bits MUST be 0 unless an extension says otherwise; we negotiate none. */
-    if (b0 & WS_B0_RSV)
+    /*
+     * RFC 6455 §5.2: RSV bits MUST be 0 unless an extension says otherwise. The only one we
+     * negotiate is permessage-deflate, whose RSV1 marks a compressed message on its first frame
+     * (RFC 7692 §6): never on continuation or control frames.
+     */
+    if (b0 & (WS_B0_RSV & ~WS_B0_RSV1))
         return "reserved bits set";
+    if ((b0 & WS_B0_RSV1) && !ws_deflate_rsv1_allowed(p->deflate, op))
+        return p->deflate ? "RSV1 on a control or continuation frame" : "reserved bits set";
     if (op > WS_OP_BINARY && op != WS_OP_CLOSE && op != WS_OP_PING && op != WS_OP_PONG)
         return "reserved opcode";
     /* RFC 6455 §5.1: the server MUST close the connection upon receiving an unmasked frame. */
@@ -148,6 +161,7 @@ static const char *ws_start_frame(struct ws_parser *p, uint16_t *code)
         p->msg_opcode = p->opcode;
         p->msg_size = 0;
         p->utf8_state = UTF8_ACCEPT;
+        p->msg_compressed = (p->hdr[0] & WS_B0_RSV1) != 0;
     }
     /* Checked here, before any payload is read, so a huge announced frame costs us nothing. */
     if (p->max_message_size && len > p->max_message_size - p->msg_size) {
@@ -210,7 +224,8 @@ static size_t ws_data_chunk(struct ws_parser *p, struct ws_event *ev, uint8_t *d
     p->mask_offset += n;
     p->remaining -= n;
     end = p->fin && p->remaining == 0;
-    if (p->msg_opcode == WS_OP_TEXT) {
+    /* A compressed message's text is checked by the caller, after inflating. */
+    if (p->msg_opcode == WS_OP_TEXT && !p->msg_compressed) {
         if (utf8_feed(&p->utf8_state, d, n) == UTF8_REJECT)
             return ws_fail(p, ev, WS_CLOSE_BAD_DATA, "invalid UTF-8 in text message", consumed);
         if (end && p->utf8_state != UTF8_ACCEPT)
@@ -221,6 +236,7 @@ static size_t ws_data_chunk(struct ws_parser *p, struct ws_event *ev, uint8_t *d
     ev->opcode = p->msg_opcode;
     ev->msg_start = delivered == 0;
     ev->msg_end = end;
+    ev->compressed = p->msg_compressed;
     ev->data = d;
     ev->len = n;
     if (p->remaining == 0) {

@@ -50,6 +50,9 @@ struct ws_event {
     uint8_t opcode;      /* DATA: the message's opcode (WS_OP_TEXT or WS_OP_BINARY), never CONT */
     bool msg_start;      /* DATA: these are the first bytes of a new message */
     bool msg_end;        /* DATA: the message is complete after these bytes (final fragment fully read) */
+    bool compressed;     /* DATA: the message's first frame had RSV1 (permessage-deflate): the bytes
+                            are compressed and their UTF-8 was not checked (the caller inflates and
+                            checks the inflated text) */
     const uint8_t *data; /* DATA: unmasked bytes inside the caller's buffer; PING/PONG: payload;
                             CLOSE: reason (UTF-8, validated). Valid until the next ws_parser_feed call. */
     size_t len;
@@ -77,6 +80,8 @@ struct ws_parser {
     uint8_t msg_opcode;
     uint64_t msg_size;
     uint32_t utf8_state;
+    bool msg_compressed; /* the current message had RSV1 */
+    bool deflate;        /* permessage-deflate negotiated: RSV1 allowed on a message's first frame */
     /* control frame payloads are collected here so the event is whole */
     uint8_t ctrl[WS_MAX_CTRL_PAYLOAD];
     uint8_t ctrl_len;
@@ -84,6 +89,14 @@ struct ws_parser {
 };
 
 void ws_parser_init(struct ws_parser *p, uint64_t max_message_size);
+
+/*
+ * permessage-deflate was negotiated (RFC 7692): from now on RSV1 is accepted on the first frame of a
+ * text or binary message (ws_deflate_rsv1_allowed), and such a message's DATA events say
+ * `compressed`: their UTF-8 is left to the caller, and max_message_size bounds the compressed size.
+ * RSV1 on a control or continuation frame, and RSV2/RSV3 always, still fail with 1002.
+ */
+void ws_parser_set_deflate(struct ws_parser *p, bool negotiated);
 
 /*
  * Feed bytes received from the client. Payload bytes are unmasked in place, so buf must be writable.

@@ -2,7 +2,7 @@
  * fuzz_http1.c -- libFuzzer driver: request-head parser (http1), upgrade checks and the 101 builder
  * (ws_handshake). Aborts when a result breaks the contract in their headers (lengths, pointers).
  */
-/* fuzz-deps: proxy/proto/http1.c proxy/proto/ws_handshake.c */
+/* fuzz-deps: proxy/proto/http1.c proxy/proto/ws_handshake.c proxy/proto/ws_deflate.c -lz */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +18,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const char *const origins[] = {"https://app.example.com", "http://localhost:8080"};
     static const char *const protos[] = {"v2.chat", "v1.chat"};
-    static const struct ws_handshake_policy pol = {origins, 2, protos, 2};
+    static const struct ws_deflate_policy deflate = {.enabled = true,
+                                                     .server_max_window_bits = 12,
+                                                     .client_max_window_bits = 12,
+                                                     .client_no_context_takeover = true};
+    static const struct ws_handshake_policy pol = {origins, 2, protos, 2, &deflate};
     const char *buf = (const char *)data, *end;
     struct http_req req;
     struct ws_handshake_result res;
@@ -57,6 +61,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(strlen(res.accept) == 28);
         n = ws_handshake_101(out, sizeof(out), &res);
         CHECK(n > 0 && n < sizeof(out) && strlen(out) == n);
+        /* the extension is answered exactly when an offer was accepted */
+        CHECK((strstr(out, "Sec-WebSocket-Extensions: permessage-deflate; ") != NULL) == res.deflate);
     } else {
         CHECK(rc == 400 || rc == 403 || rc == 405 || rc == 426);
         CHECK(res.message != NULL && ws_handshake_101(out, sizeof(out), &res) == 0);

@@ -1,4 +1,4 @@
-/* fuzz-deps: proxy/proto/ws_parser.c proxy/base/utf8.c */
+/* fuzz-deps: proxy/proto/ws_parser.c proxy/base/utf8.c proxy/proto/ws_deflate.c -lz */
 /*
  * fuzz_ws_parser.c -- libFuzzer target: the input fed whole and in chunks sized by its first byte must
  * give the same messages, control frames and errors, with DATA chunks joined per message.
@@ -40,6 +40,8 @@ static void run(const uint8_t *data, size_t size, bool chunked, struct out *o)
 
     memcpy(buf, data, size);
     ws_parser_init(&p, 64 * 1024);
+    /* the first byte's top bit: permessage-deflate negotiated (RSV1 allowed on first frames) */
+    ws_parser_set_deflate(&p, size > 0 && (data[0] & 0x80));
     for (size_t k = 0, end; off < size; k++) {
         end = chunked ? off + 1 + (k * 31 + data[0]) % maxc : size;
         for (end = end > size ? size : end; off < end;) {
@@ -51,10 +53,15 @@ static void run(const uint8_t *data, size_t size, bool chunked, struct out *o)
                 break;
             if (used == 0 || (ev.type == WS_EV_DATA && ev.msg_start == open))
                 abort();
+            /* compressed only with deflate negotiated, and never a control event */
+            if (ev.compressed && (!p.deflate || ev.type != WS_EV_DATA))
+                abort();
             if (ev.type == WS_EV_DATA) {
                 if (ev.len)
                     memcpy(o->msg + o->msg_len, ev.data, ev.len);
-                o->msg_len += ev.len, op = ev.opcode, open = !ev.msg_end;
+                /* RSV1 (compressed) is part of what both runs must agree on */
+                o->msg_len += ev.len, op = (uint8_t)(ev.opcode | (ev.compressed ? 0x40 : 0));
+                open = !ev.msg_end;
                 if (ev.msg_end)
                     put(o, WS_EV_DATA, op, 0, o->msg, o->msg_len), o->msg_len = 0;
                 continue;

@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 import websockets
@@ -260,6 +261,33 @@ def test_nginx_chat_records_forwarded_client_address(front, cert, trusted, expec
     assert rows == [("alice", expect), ("bob", expect)]
     assert "203.0.113.9" not in srv.log()
     wait_until(lambda: f"{expect}: closed" in srv.log(), what="close logged with the client address")
+
+
+def test_nginx_passes_permessage_deflate(front, cert):
+    # nginx forwards Sec-WebSocket-Extensions both ways and then relays frames (RSV1 included) as is
+    srv, ngx = front(server={"compression": "on"})
+    text = "compressed through nginx " * 100
+
+    async def chat():
+        async with ws_connect(ngx, cert, "token=" + make_token("alice")) as alice, \
+                ws_connect(ngx, cert, "token=" + make_token("bob")) as bob:
+            for ws in (alice, bob):
+                assert ws.response_headers["Sec-WebSocket-Extensions"].startswith(
+                    "permessage-deflate; server_no_context_takeover")
+                await recv_type(ws, "replayed")
+            await alice.send(json.dumps({"type": "send", "to": "bob", "body": text, "cid": "z"}))
+            sent = await recv_type(alice, "sent")
+            msg = await recv_type(bob, "msg")
+            assert (msg["body"], msg["id"]) == (text, sent["id"])
+
+    run(chat())
+    assert "permessage-deflate declined" not in srv.log()
+    req = urllib.request.Request(f"{srv.api_url}/metrics",
+                                 headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        m = r.read().decode()
+    wire = re.search(r'wsproxy_deflate_bytes_out_total\{form="wire"\} (\d+)', m)
+    assert wire and 0 < int(wire.group(1)) < len(text)  # bob's copy went out compressed
 
 
 # ---- idle connections: nginx's proxy_read_timeout vs the server's pings ----

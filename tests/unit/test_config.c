@@ -119,6 +119,13 @@ static void test_config_defaults(void **state)
     assert_string_equal(cfg.origins.items[0], "*");
     assert_int_equal(cfg.subprotocols.n, 0);
     assert_false(cfg.demo_enabled);
+    assert_false(cfg.compression_on);
+    assert_string_equal(cfg.compression, "off");
+    assert_int_equal(cfg.compression_min_size, 256);
+    assert_int_equal(cfg.compression_level, 1);
+    assert_int_equal(cfg.compression_window_bits, 12);
+    assert_int_equal(cfg.compression_mem_level, 5);
+    assert_int_equal(cfg.compression_memory_budget, 64 << 20);
     free(err);
     config_release(&cfg);
 }
@@ -129,12 +136,13 @@ static void test_config_file_and_overrides(void **state)
     struct px_config cfg;
     int rc;
     struct config_overrides ov = {.listen = "127.0.0.1:9999", .db = "/tmp/o.db"};
-    char *err = load_err("[server]\nlisten = 127.0.0.1:1234\nsubprotocols = chat.v2, chat.v1 ,\n"
+    char *err = load_err("[server]\nlisten = 127.0.0.1:1234\ncompression = on\nsubprotocols = chat.v2, chat.v1 ,\n"
                          "origins = https://a.example,https://b.example\n[store]\npath = /tmp/f.db\n",
                          &rc, &cfg, &ov);
     assert_int_equal(rc, 0);
     assert_string_equal(cfg.listen, "127.0.0.1:9999");
     assert_string_equal(cfg.store_path, "/tmp/o.db");
+    assert_true(cfg.compression_on);
     assert_int_equal(cfg.subprotocols.n, 2);
     assert_string_equal(cfg.subprotocols.items[0], "chat.v2");
     assert_string_equal(cfg.subprotocols.items[1], "chat.v1");
@@ -166,6 +174,14 @@ static void test_config_errors_name_the_key(void **state)
         {"[demo]\nenabled = maybe\n", "[demo] enabled"},
         {"[demo]\nenabled = true\n[auth]\njwt_alg = RS256\n", "[demo] enabled"},
         {"[api]\nlisten = 127.0.0.1:8080\n", "[api] listen"},
+        {"[server]\ncompression = yes\n", "[server] compression"},
+        {"[server]\ncompression_level = 0\n", "[server] compression_level"},
+        {"[server]\ncompression_level = 10\n", "[server] compression_level"},
+        {"[server]\ncompression_window_bits = 8\n", "[server] compression_window_bits"},
+        {"[server]\ncompression_window_bits = 16\n", "[server] compression_window_bits"},
+        {"[server]\ncompression_mem_level = 0\n", "[server] compression_mem_level"},
+        {"[server]\ncompression_min_size = 2MiB\n", "[server] compression_min_size"},
+        {"[server]\ncompression_memory_budget = 1000\n", "[server] compression_memory_budget"},
         {"this is not ini\n", "syntax error"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -775,6 +775,79 @@ static void test_http1_response_101(void **state)
     assert_int_equal(ws_handshake_101(out, sizeof(out), &res), 0);
 }
 
+/*
+ * permessage-deflate at the handshake: every Sec-WebSocket-Extensions line is tried in order, the
+ * first acceptable offer wins, malformed ones are declined (never a handshake error), and the 101
+ * carries exactly the response ws_deflate_response gives.
+ */
+static void test_http1_deflate_negotiation(void **state)
+{
+    static const struct {
+        const char *ext; /* header lines, each "\r\n"-terminated; "" = none */
+        bool enabled;
+        const char *want; /* the Sec-WebSocket-Extensions answer; NULL = none */
+    } cases[] = {
+        {"", true, NULL},
+        {"Sec-WebSocket-Extensions: permessage-deflate\r\n", false, NULL},
+        {"Sec-WebSocket-Extensions: permessage-deflate\r\n", true,
+         "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+         "server_max_window_bits=12"},
+        {"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n", true,
+         "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+         "server_max_window_bits=12; client_max_window_bits=12"},
+        /* malformed or unacceptable offers: declined, the handshake still succeeds */
+        {"Sec-WebSocket-Extensions: permessage-deflate; bogus=1\r\n", true, NULL},
+        {"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=8\r\n", true, NULL},
+        {"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits\r\n", true, NULL},
+        {"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=16\r\n", true, NULL},
+        {"Sec-WebSocket-Extensions: ;;=,\"\r\n", true, NULL},
+        {"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n", true, NULL},
+        /* the second line holds the first acceptable offer */
+        {"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=8\r\n"
+         "Sec-WebSocket-Extensions: foo, permessage-deflate; server_max_window_bits=10\r\n",
+         true,
+         "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+         "server_max_window_bits=10"},
+    };
+    struct ws_deflate_policy dp;
+    struct ws_handshake_policy pol = {0};
+    char head[1024], out[512], want[512];
+
+    (void)state;
+    pol.deflate = &dp;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_req req;
+        struct ws_handshake_result res;
+        int n = snprintf(head, sizeof head, "GET /ws HTTP/1.1\r\n" GOOD_HDRS "%s\r\n", cases[i].ext);
+
+        print_message("case %zu\n", i);
+        ws_deflate_policy_init(&dp);
+        dp.enabled = cases[i].enabled;
+        dp.server_max_window_bits = dp.client_max_window_bits = 12;
+        assert_int_equal(http_req_parse(&req, head, (size_t)n, MAX_HEAD), n);
+        assert_int_equal(ws_handshake_check(&req, &pol, &res), 101);
+        assert_int_equal(res.deflate, cases[i].want != NULL);
+        assert_true(ws_handshake_101(out, sizeof out, &res) > 0);
+        snprintf(want, sizeof want, "\r\nSec-WebSocket-Extensions: %s\r\n",
+                 cases[i].want ? cases[i].want : "");
+        if (cases[i].want)
+            assert_non_null(strstr(out, want));
+        else
+            assert_null(strstr(out, "Sec-WebSocket-Extensions"));
+    }
+    /* no deflate policy at all: never offered */
+    pol.deflate = NULL;
+    {
+        struct http_req req;
+        struct ws_handshake_result res;
+        int n = snprintf(head, sizeof head, "GET /ws HTTP/1.1\r\n" GOOD_HDRS "%s\r\n",
+                         cases[2].ext);
+        assert_int_equal(http_req_parse(&req, head, (size_t)n, MAX_HEAD), n);
+        assert_int_equal(ws_handshake_check(&req, &pol, &res), 101);
+        assert_false(res.deflate);
+    }
+}
+
 static void test_http1_status_text(void **state)
 {
     static const struct {
@@ -828,6 +901,7 @@ int main(void)
         cmocka_unit_test(test_http1_check_plain_get_message),
         cmocka_unit_test(test_http1_accept_key),
         cmocka_unit_test(test_http1_response_101),
+        cmocka_unit_test(test_http1_deflate_negotiation),
         cmocka_unit_test(test_http1_status_text),
     };
 

@@ -36,6 +36,7 @@ struct want {
     const char *data;
     size_t len;
     bool partial; /* DATA: the message was still open when the input ran out or a CLOSE came */
+    bool compressed; /* DATA: every chunk of the message said compressed (RSV1, permessage-deflate) */
 };
 
 struct vector {
@@ -57,6 +58,10 @@ struct vector {
 #define CLOSE(c, s) \
     {.type = WS_EV_CLOSE, .opcode = WS_OP_CLOSE, .code = (c), .data = (s), .len = sizeof(s) - 1}
 #define ERR(c) {.type = WS_EV_ERROR, .code = (c)}
+#define ZTEXT(s) {.type = WS_EV_DATA, .opcode = WS_OP_TEXT, .data = (s), .len = sizeof(s) - 1, \
+                  .compressed = true}
+#define ZBIN(s) {.type = WS_EV_DATA, .opcode = WS_OP_BINARY, .data = (s), .len = sizeof(s) - 1, \
+                 .compressed = true}
 /* clang-format on */
 
 static size_t unhex(const char *s, uint8_t *out)
@@ -135,6 +140,7 @@ struct log {
     uint8_t *msg; /* the open message's bytes so far */
     size_t msg_len;
     uint8_t msg_op;
+    bool msg_z; /* the open message's chunks say compressed */
     bool open;
     bool ended; /* CLOSE or ERROR seen */
 };
@@ -182,13 +188,16 @@ static void log_event(struct log *lg, const struct ws_event *ev)
             lg->open = true;
             lg->msg_op = ev->opcode;
             lg->msg_len = 0;
+            lg->msg_z = ev->compressed;
         }
         assert_int_equal(ev->opcode, lg->msg_op);
+        assert_int_equal(ev->compressed, lg->msg_z); /* RSV1 of the first frame holds throughout */
         if (ev->len)
             memcpy(lg->msg + lg->msg_len, ev->data, ev->len);
         lg->msg_len += ev->len;
         if (ev->msg_end) {
             log_add(lg, WS_EV_DATA, lg->msg_op, 0, lg->msg, lg->msg_len, false);
+            lg->ev[lg->n - 1].compressed = lg->msg_z;
             lg->open = false;
         }
         break;
@@ -215,10 +224,15 @@ static void log_event(struct log *lg, const struct ws_event *ev)
 
 static void log_finish(struct log *lg)
 {
-    if (lg->open)
+    if (lg->open) {
         log_add(lg, WS_EV_DATA, lg->msg_op, 0, lg->msg, lg->msg_len, true);
+        lg->ev[lg->n - 1].compressed = lg->msg_z;
+    }
     lg->open = false;
 }
+
+/* Whether the parsers of the vectors being checked negotiated permessage-deflate. */
+static bool g_deflate;
 
 /*
  * Feeds buf to a fresh parser in the chunks listed (sizes summing to n), checking the calling
@@ -235,6 +249,7 @@ static void feed_chunks(struct log *lg, uint64_t max, const uint8_t *in, size_t 
     assert_non_null(buf);
     memcpy(buf, in, n);
     ws_parser_init(&p, max);
+    ws_parser_set_deflate(&p, g_deflate);
     log_init(lg, n);
     for (size_t c = 0; c < nchunks; c++) {
         size_t left = chunks[c];
@@ -272,7 +287,7 @@ static void assert_same(const struct want *got, size_t ngot, const struct want *
     for (size_t i = 0; i < nwant; i++) {
         if (got[i].type != want[i].type || got[i].opcode != want[i].opcode ||
             got[i].code != want[i].code || got[i].len != want[i].len ||
-            got[i].partial != want[i].partial ||
+            got[i].partial != want[i].partial || got[i].compressed != want[i].compressed ||
             (want[i].len && memcmp(got[i].data, want[i].data, want[i].len) != 0))
             fail_msg("%s: event %zu: got type %d op %d code %u len %zu partial %d; "
                      "want type %d op %d code %u len %zu partial %d",
@@ -472,6 +487,50 @@ static void test_ws_parser_errors(void **state)
 {
     (void)state;
     check_vectors(error_vectors, NVEC(error_vectors));
+}
+
+/*
+ * RFC 7692 §6 with permessage-deflate negotiated: RSV1 marks a compressed message on its first
+ * frame only; never on continuation or control frames (1002); RSV2/RSV3 stay errors. A compressed
+ * message's bytes are not UTF-8 checked (they are DEFLATE data), the wire size is still bounded.
+ */
+static const struct vector deflate_vectors[] = {
+    {"compressed text, bytes not UTF-8", 0, NULL, {FR(0xc1, "\xf2\x48\xcd\xc9\xc9\x07\x00")},
+     {ZTEXT("\xf2\x48\xcd\xc9\xc9\x07\x00")}},
+    {"compressed binary", 0, NULL, {FR(0xc2, "\x00")}, {ZBIN("\x00")}},
+    {"compressed empty text", 0, NULL, {FR(0xc1, "")}, {ZTEXT("")}},
+    {"compressed, fragmented: RSV1 on the first frame only", 0, NULL,
+     {FR(0x41, "\xff"), FR(0x00, "\xfe"), FR(0x80, "\xfd")}, {ZTEXT("\xff\xfe\xfd")}},
+    {"ping between compressed fragments", 0, NULL,
+     {FR(0x41, "\xff"), FR(0x89, "p"), FR(0x80, "\xfe")}, {PING("p"), ZTEXT("\xff\xfe")}},
+    {"plain text still checked after a compressed one", 0, NULL,
+     {FR(0xc1, "\xff"), FR(0x81, "ok"), FR(0x81, "\xff")},
+     {ZTEXT("\xff"), TEXT("ok"), ERR(1007)}},
+    {"RSV1 on a continuation frame", 0, NULL, {FR(0x41, "a"), FR(0xc0, "b")}, {ERR(1002)}},
+    {"RSV1 on a continuation of a plain message", 0, NULL, {FR(0x01, "a"), FR(0xc0, "b")},
+     {ERR(1002)}},
+    {"RSV1 on a ping", 0, NULL, {FR(0xc9, "")}, {ERR(1002)}},
+    {"RSV1 on a pong", 0, NULL, {FR(0xca, "")}, {ERR(1002)}},
+    {"RSV1 on a close", 0, NULL, {FR(0xc8, "\x03\xe8")}, {ERR(1002)}},
+    {"RSV2 with deflate", 0, NULL, {FR(0xa1, "x")}, {ERR(1002)}},
+    {"RSV3 with deflate", 0, NULL, {FR(0x91, "x")}, {ERR(1002)}},
+    {"RSV1+RSV2 with deflate", 0, NULL, {FR(0xe1, "x")}, {ERR(1002)}},
+    {"compressed frame over max_message_size", 4, NULL, {FR(0xc2, "12345")}, {ERR(1009)}},
+};
+
+static void test_ws_parser_deflate_rsv1(void **state)
+{
+    (void)state;
+    g_deflate = true;
+    check_vectors(deflate_vectors, NVEC(deflate_vectors));
+    g_deflate = false;
+    /* Not negotiated: RSV1 is a reserved bit like the others. */
+    static const struct vector off[] = {
+        {"RSV1 without deflate", 0, NULL, {FR(0xc1, "x")}, {ERR(1002)}},
+        {"RSV1 on a continuation without deflate", 0, NULL, {FR(0x01, "a"), FR(0xc0, "b")},
+         {ERR(1002)}},
+    };
+    check_vectors(off, NVEC(off));
 }
 
 static void test_ws_parser_reserved_opcodes(void **state)
@@ -812,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_ws_parser_close_frames),
         cmocka_unit_test(test_ws_parser_errors),
         cmocka_unit_test(test_ws_parser_reserved_opcodes),
+        cmocka_unit_test(test_ws_parser_deflate_rsv1),
         cmocka_unit_test(test_ws_parser_close_codes),
         cmocka_unit_test(test_ws_parser_long_frames),
         cmocka_unit_test(test_ws_parser_empty_message_is_one_event),

@@ -1,11 +1,14 @@
 // echo_client.js -- drives wsproxy's echo endpoint with node's `ws` package, a second third-party client.
-// Usage: node echo_client.js ws://127.0.0.1:PORT/echo
+// Usage: node echo_client.js ws://127.0.0.1:PORT/echo [deflate]
+// With "deflate" the client offers permessage-deflate (threshold 0: every message compressed) and
+// checks that the server accepted it.
 // Prints one JSON line {ok, checks, errors, closeCode} and exits 0 only when every check passed.
 'use strict';
 
 const WebSocket = require('ws');
 
 const url = process.argv[2];
+const deflate = process.argv[3] === 'deflate';
 const SIZES = [0, 125, 126, 65535, 65536, 1024 * 1024];
 const STEP_TIMEOUT_MS = 5000;
 const TOTAL_TIMEOUT_MS = 30000;
@@ -51,7 +54,10 @@ function check(name, cond, detail) {
 }
 
 async function main() {
-    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: STEP_TIMEOUT_MS });
+    const ws = new WebSocket(url, {
+        perMessageDeflate: deflate ? { threshold: 0 } : false,
+        handshakeTimeout: STEP_TIMEOUT_MS,
+    });
     const inbox = [];
     let waiter = null;
     ws.on('message', (data, isBinary) => {
@@ -75,6 +81,9 @@ async function main() {
         ws.once('error', reject);
     }), 'open');
     check('open', ws.readyState === WebSocket.OPEN);
+    if (deflate)
+        check('permessage-deflate negotiated', /^permessage-deflate/.test(ws.extensions),
+              `extensions "${ws.extensions}"`);
 
     for (const n of SIZES) {
         const text = textOfBytes(n);
