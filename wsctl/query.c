@@ -31,8 +31,15 @@ static int open_db(struct wsctl *w, struct store **st)
     struct stat sb;
     if (stat(path, &sb) != 0) {
         /* Read-only open would fail too; say it plainly rather than in SQLite's words. */
-        if (errno == ENOENT)
-            wsctl_errorf(w, "database %s does not exist (use --db or --config)", path);
+        if (errno == ENOENT && !w->db_path && !w->cfg.source)
+            wsctl_errorf(w,
+                         "database %s does not exist; no config file either (looked for "
+                         "./wsproxy.ini and " CONFIG_SYSTEM_PATH "): use --config or --db",
+                         path);
+        else if (errno == ENOENT)
+            wsctl_errorf(w, "database %s does not exist (%s%s; use --db or --config)", path,
+                         w->db_path ? "from --db" : "[store] path of ",
+                         w->db_path ? "" : w->cfg.source);
         else
             wsctl_errorf(w, "database %s: %s", path, strerror(errno));
         return -1;

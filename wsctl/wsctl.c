@@ -60,8 +60,9 @@ static const struct wsctl_cmd commands[] = {
 
 static const char common_help[] =
     "Options (before or after the command):\n"
-    "  -c, --config FILE  wsproxy config for the database path and API (default: wsproxy.ini\n"
-    "                     when it exists, else built-in defaults)\n"
+    "  -c, --config FILE  wsproxy config for the database path and API (default, as for the\n"
+    "                     server: ./wsproxy.ini, else " CONFIG_SYSTEM_PATH ", else built-in\n"
+    "                     defaults)\n"
     "      --db PATH      database file (overrides [store] path); opened read-only\n"
     "      --api URL      API base URL, e.g. http://127.0.0.1:8081 (overrides [api] listen)\n"
     "      --key KEY      API key (default: $WSCTL_API_KEY, then the first [api] keys entry)\n"
@@ -176,7 +177,7 @@ int wsctl_config(struct wsctl *w)
         return 0;
     if (config_load(&w->cfg, w->config_path, NULL, w->err) != 0) {
         wsctl_errorf(w, "cannot use configuration %s",
-                     w->config_path ? w->config_path : "wsproxy.ini");
+                     w->cfg.source ? w->cfg.source : "(defaults)");
         config_release(&w->cfg);
         return -1;
     }

@@ -484,3 +484,83 @@ def test_wsctl_global_help_and_version():
         assert f"\n  {cmd}" in r.stdout
     r = run("--version")
     assert r.returncode == 0 and r.stdout.startswith("wsctl ")
+
+
+# ---- where the config is: the same rule as the server ----
+
+def _in_private_etc(ini_text, cwd, *argv):
+    """Run argv with a private, empty /etc (tmpfs in a mount namespace) holding only
+    /etc/wsproxy/wsproxy.ini = ini_text: the machine's /etc is never touched."""
+    script = ('mount -t tmpfs none /etc && mkdir /etc/wsproxy && cat > /etc/wsproxy/wsproxy.ini && '
+              'exec "$@"')
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *argv], input=ini_text,
+                          capture_output=True, text=True, cwd=cwd, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"),
+                    reason="needs root and unshare for a private /etc")
+def test_wsctl_and_server_find_the_config_by_the_same_rule(filled, tmp_path):
+    from wsp import BIN
+    srv, info = filled
+    system_ini = f"[store]\npath = {srv.db}\n"
+    # no --config, no ./wsproxy.ini: /etc/wsproxy/wsproxy.ini
+    r = _in_private_etc(system_ini, str(tmp_path), WSCTL, "stats", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["database"] == srv.db
+    r = _in_private_etc("[server]\nbogus = 1\n", str(tmp_path), BIN, "--check")
+    assert r.returncode == 2 and "config /etc/wsproxy/wsproxy.ini:2: unknown key [server] bogus" in r.stderr
+    r = _in_private_etc("[server]\nbogus = 1\n", str(tmp_path), WSCTL, "stats")
+    assert r.returncode == 2 and "/etc/wsproxy/wsproxy.ini:2: unknown key" in r.stderr
+    # ./wsproxy.ini comes first, for both
+    (tmp_path / "wsproxy.ini").write_text(f"[store]\npath = {tmp_path / 'other.db'}\n")
+    r = _in_private_etc(system_ini, str(tmp_path), WSCTL, "stats")
+    assert r.returncode == 2 and str(tmp_path / "other.db") in r.stderr and "[store] path of wsproxy.ini" in r.stderr
+    (tmp_path / "wsproxy.ini").write_text("[server]\nalso_bogus = 1\n")
+    r = _in_private_etc(system_ini, str(tmp_path), BIN, "--check")
+    assert r.returncode == 2 and "config wsproxy.ini:2: unknown key [server] also_bogus" in r.stderr
+    # none at all: the error says where it looked
+    os.unlink(tmp_path / "wsproxy.ini")
+    r = run("stats", cwd=str(tmp_path))
+    assert r.returncode == 2
+    assert "looked for ./wsproxy.ini and /etc/wsproxy/wsproxy.ini" in r.stderr, r.stderr
+
+
+def test_make_run_prints_a_wsctl_command_that_works(tmp_path):
+    import shutil
+    from wsp import BIN, free_port
+    out = subprocess.run(["make", "-n", "-C", ROOT, "run"], capture_output=True, text=True,
+                         timeout=60).stdout
+    lines = [ln for ln in out.splitlines() if "wsctl -c wsproxy.example.ini" in ln]
+    assert len(lines) == 1, out
+    cmd = lines[0].split(": ", 1)[1].rstrip('"').split()
+    assert cmd[0] == "./build/wsctl" and cmd[1:3] == ["-c", "wsproxy.example.ini"], cmd
+    # the same layout as the checkout: the example config, run from the directory it is in
+    shutil.copy(os.path.join(ROOT, "wsproxy.example.ini"), tmp_path)
+    port, api_port = free_port(), free_port()
+    p = subprocess.Popen([BIN, "--config", "wsproxy.example.ini", "--listen", f"127.0.0.1:{port}",
+                          "--api-listen", f"127.0.0.1:{api_port}"], cwd=str(tmp_path),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(tmp_path / "var" / "wsproxy.db") and time.time() < deadline:
+            time.sleep(0.05)
+        import configparser
+        cp = configparser.ConfigParser()
+        cp.read(tmp_path / "wsproxy.example.ini")
+        secret = cp["auth"]["jwt_secret"]
+        ws = None
+        while ws is None and time.time() < deadline:
+            try:
+                ws = raw_ws(port, f"/ws?token={make_token('maker', secret=secret)}")
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        r = subprocess.run([WSCTL, *cmd[1:]], capture_output=True, text=True, cwd=str(tmp_path),
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        head, rows = table(r.stdout)
+        assert head == SESSION_COLS and rows[0][1] == "maker" and rows[0][2] == "active", r.stdout
+        ws.close()
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
