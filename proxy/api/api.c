@@ -324,9 +324,13 @@ static void on_head(struct api_conn *ac)
                            h ? h->value : NULL, h ? h->value_len : 0)) {
             if (len > 0)
                 ac->keep_alive = false; /* the body is not read */
+            /* A key sent without its scheme is the common mistake: say what is expected. */
+            bool no_scheme = h && (h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0);
             api_reply_error_h(
                 ac, 401, "unauthorized",
-                h ? "invalid API key" : "Authorization: Bearer KEY is required",
+                !h          ? "Authorization: Bearer KEY is required"
+                : no_scheme ? "Authorization must be \"Bearer KEY\" (the Bearer scheme is missing)"
+                            : "invalid API key",
                 h ? "WWW-Authenticate: Bearer realm=\"wsproxy\", error=\"invalid_token\"\r\n"
                   : "WWW-Authenticate: Bearer realm=\"wsproxy\"\r\n");
             return;
