@@ -8,9 +8,9 @@
 
 #include "base/config.h"
 #include "base/log.h"
+#include "base/version.h"
 #include "server.h"
 
-#define WSPROXY_VERSION "0.1.0"
 
 static void usage(FILE *out)
 {

@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/api_internal.h"
 #include "proto/http1.h"
@@ -572,6 +573,7 @@ int api_start(struct api **out, struct loop *lp, struct conn_pool *pool, struct 
         return -1;
     }
     api->lp = lp;
+    api->started_s = (int64_t)time(NULL);
     api->pool = pool;
     api->chat = ch;
     if (!(api->ip_counts = registry_counter_new())) {

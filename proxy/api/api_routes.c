@@ -8,6 +8,7 @@
 
 #include "api/api_internal.h"
 #include "base/log.h"
+#include "base/version.h"
 #include "chat/chat.h"
 #include "chat/msg_json.h"
 #include "net/loop.h"
@@ -171,6 +172,8 @@ static void route_metrics(struct api_conn *ac)
         .conns_open = api->pool->num_conns,
         .ws_open = api->pool->num_ws,
         .users_online = chat_users_online(api->chat),
+        .version = WSPROXY_VERSION,
+        .start_time_s = api->started_s,
     };
     size_t len = 0;
     char *text = metrics_render(&lp->metrics, &g, &len);

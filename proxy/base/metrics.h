@@ -53,6 +53,8 @@ struct metrics_gauges {
     uint64_t conns_open;     /* TCP connections */
     uint64_t ws_open;        /* open WebSockets */
     uint64_t users_online;
+    const char *version;     /* wsproxy_build_info{version=...}; NULL: not rendered */
+    int64_t start_time_s;    /* process start, Unix seconds; 0: not rendered */
 };
 
 enum metrics_status metrics_status_index(int status);
