@@ -22,7 +22,8 @@ directory of `[store] path` (with its parents) if it is missing.
 
 **Errors.** Every problem is listed in one round, one line each, as
 `config FILE[:LINE]: [section] key: message`, and the exit status is 2, both at start and under
-`--check`: an unknown key, a bad value, a key set twice (both lines named), a syntax error, and what a
+`--check`: an unknown key, a bad value, a key set twice (both lines named), a syntax error (an indented
+continuation line included: a value is on one line), a line over 197 bytes (libinih's limit), and what a
 start would only find later: an empty `jwt_secret` with HS256 or one shorter than 32 bytes, a missing
 or unreadable `jwt_public_key`, `[tls] cert` or `key`, bad `trusted_proxies`; then (once the list is
 empty) the key and certificate files are loaded as a start loads them. A `static_dir` that is not a

@@ -207,3 +207,10 @@ def test_wsproxy_ini_in_the_working_directory_is_read_without_config(tmp_path):
     r = run("--check", cwd=str(tmp_path))
     assert r.returncode == 2 and "config wsproxy.ini:2: unknown key [server] bogus" in r.stderr
     assert "/etc/wsproxy/wsproxy.ini" in run("--help").stdout
+
+
+def test_a_line_over_the_parser_limit_is_an_error_not_a_cut_value(tmp_path):
+    keys = ", ".join(f"key-{i:02d}-" + "k" * 30 for i in range(6))  # > 197 bytes on one line
+    r = run("--check", "--config",
+            write(tmp_path, "[auth]\njwt_secret = " + SECRET + "\n[api]\nkeys = " + keys + "\n"))
+    assert r.returncode == 2 and ":4: line longer than 197 bytes" in r.stderr, r.stderr
