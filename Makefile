@@ -73,6 +73,7 @@ run:
 	@bash scripts/deps.sh run
 	@$(MAKE) --no-print-directory all
 	@mkdir -p var
+	@echo "admin CLI for this server (another terminal): ./$(B)/wsctl -c wsproxy.example.ini sessions"
 	./$(B)/wsproxy --config wsproxy.example.ini
 
 deps:

@@ -121,7 +121,7 @@ int server_check(const struct px_config *cfg)
     struct auth_settings as;
     auth_settings_from_config(&as, cfg);
     if (auth_init(&auth, &as, err, sizeof(err)) != 0) {
-        log_error("auth: %s", err);
+        fprintf(stderr, "config %s: [auth] %s\n", cfg->source ? cfg->source : "(defaults)", err);
         return -1;
     }
     auth_release(&auth);
@@ -136,13 +136,13 @@ int server_check(const struct px_config *cfg)
 
 static struct store *open_store(const struct px_config *cfg)
 {
-    /* The default path lives under var/; create the directory rather than fail on a fresh checkout. */
+    /* The server creates the store's directory (with its parents), as it does on a fresh checkout. */
     char *dir = strdup(cfg->store_path);
-    char *slash = dir ? strrchr(dir, '/') : NULL;
-    if (slash && slash != dir) {
-        *slash = '\0';
+    for (char *p = dir ? strchr(dir + 1, '/') : NULL; p; p = strchr(p + 1, '/')) {
+        *p = '\0';
         if (mkdir(dir, 0750) == 0)
             log_info("store: created directory %s", dir);
+        *p = '/';
     }
     free(dir);
     struct store_opts so = {
@@ -193,10 +193,6 @@ int server_init(struct server *srv, const struct px_config *cfg)
         log_error("auth: %s", err);
         return -1;
     }
-    if (srv->auth.alg == AUTH_ALG_HS256 && (srv->auth.modes & AUTH_MODE_TOKEN) &&
-        strlen(cfg->jwt_secret) < AUTH_SECRET_MIN_RECOMMENDED)
-        log_warn("[auth] jwt_secret is shorter than %d bytes; use a long random secret",
-                 AUTH_SECRET_MIN_RECOMMENDED);
     if (cfg->tls_cert[0] && !(srv->ssl_ctx = listener_tls_new(cfg->tls_cert, cfg->tls_key)))
         goto fail;
 

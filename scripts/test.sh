@@ -2,21 +2,39 @@
 # `make test`: installs what the tests need, then runs every suite -- unit, integration (real binary,
 # real clients, nginx, Chromium), fuzz and bench smoke runs -- and the unit + integration suites again
 # under AddressSanitizer + UndefinedBehaviorSanitizer. Ends with one summary line; exit 1 on any failure.
+# Sourced (`source scripts/test.sh`), it only defines the functions (a test checks the summary's
+# parsing that way).
 set -u
-cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
 LOGS=var/test-logs
-mkdir -p "$LOGS"
 
-bash scripts/deps.sh test || { echo "test: installing dependencies failed"; exit 1; }
+total_pass=0 total_fail=0 summary=() skips=()
+# -rfEs: failures, errors and skips with their reasons in pytest's short summary.
+PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfEs)
 
-total_pass=0 total_fail=0 summary=()
-PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider -rfE)
-
-record() { # name pass fail
+record() { # name pass fail [skipped]
     total_pass=$((total_pass + $2))
     total_fail=$((total_fail + $3))
-    summary+=("$(printf '%-28s %4d passed, %d failed' "$1" "$2" "$3")")
+    local s=${4:-0}
+    summary+=("$(printf '%-28s %4d passed, %d failed%s' "$1" "$2" "$3" \
+        "$([ "$s" -gt 0 ] && printf ', %d skipped' "$s")")")
+}
+
+# pytest's output on stdin -> "PASSED FAILED SKIPPED" (errors count as failed).
+pytest_counts() {
+    local out last p f e s
+    out=$(cat)
+    last=$(echo "$out" | grep -E '[0-9]+ (passed|failed|skipped|error)' | tail -1)
+    p=$(echo "$last" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
+    f=$(echo "$last" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
+    e=$(echo "$last" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
+    s=$(echo "$last" | grep -oE '[0-9]+ skipped' | grep -oE '[0-9]+')
+    echo "${p:-0} $(( ${f:-0} + ${e:-0} )) ${s:-0}"
+}
+
+# pytest's output on stdin -> one line per skip reason: "N× reason (file:line)".
+pytest_skip_reasons() {
+    sed -n 's/^SKIPPED \[\([0-9]*\)\] \([^:]*:[0-9]*\): \(.*\)$/\1x \3 (\2)/p'
 }
 
 run_unit() { # name builddir
@@ -37,14 +55,13 @@ run_pytest() { # name bin
     out=$(cd tests/integration && WSP_BIN="$PWD/../../$2" timeout 1500 "${PYTEST[@]}" . 2>&1)
     rc=$?
     echo "$out" | tee "$LOGS/$1.log" | tail -40
-    local last p f e
-    last=$(echo "$out" | grep -E '[0-9]+ (passed|failed)' | tail -1)
-    p=$(echo "$last" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
-    f=$(echo "$last" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
-    e=$(echo "$last" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
-    f=$(( ${f:-0} + ${e:-0} ))
+    local p f s reason
+    read -r p f s < <(echo "$out" | pytest_counts)
     [ $rc -ne 0 ] && [ "$f" -eq 0 ] && f=1
-    record "$1" "${p:-0}" "$f"
+    record "$1" "$p" "$f" "$s"
+    while IFS= read -r reason; do
+        [ -n "$reason" ] && skips+=("$1: $reason")
+    done < <(echo "$out" | pytest_skip_reasons)
 }
 
 run_check() { # name command...  (a suite that passes or fails as a whole)
@@ -58,6 +75,12 @@ run_check() { # name command...  (a suite that passes or fails as a whole)
         record "$name" 0 1
     fi
 }
+
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
+
+cd "$(dirname "$0")/.."
+mkdir -p "$LOGS"
+bash scripts/deps.sh test || { echo "test: installing dependencies failed"; exit 1; }
 
 echo "== layering"
 run_check layers bash scripts/check-layers.sh
@@ -102,5 +125,9 @@ fi
 echo
 echo "== summary (logs in $LOGS/)"
 printf '%s\n' "${summary[@]}"
+if [ ${#skips[@]} -gt 0 ]; then
+    echo "skipped (not failures; each with its reason):"
+    printf '  %s\n' "${skips[@]}"
+fi
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]

@@ -107,6 +107,13 @@ bool store_in_transaction(const struct store *st);
 /* Trivial query for /healthz: 0 when the database answers. */
 int store_ping(struct store *st);
 
+/*
+ * Copy the whole database into dest_path (created, or an existing empty file) with SQLite's online
+ * backup API: one consistent committed state, while the server keeps writing. Works on a read-only
+ * handle. *pages (may be NULL) gets the number of pages copied. Returns 0 or a STORE_ERR_*.
+ */
+int store_backup(struct store *st, const char *dest_path, int64_t *pages);
+
 struct store_stats {
     int64_t sessions_active;
     int64_t sessions_total;

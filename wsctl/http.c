@@ -158,9 +158,10 @@ int wsctl_http_request(const char *url, const char *key, const char *method, con
     char *req = NULL;
     int n = asprintf(&req,
                      "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: wsctl\r\n"
-                     "Authorization: Bearer %s\r\nAccept: application/json\r\n"
+                     "%s%s%sAccept: application/json\r\n"
                      "%sContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                     method, path, v6 ? "[" : "", host, v6 ? "]" : "", port, key,
+                     method, path, v6 ? "[" : "", host, v6 ? "]" : "", port,
+                     key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "",
                      body ? "Content-Type: application/json\r\n" : "", blen);
     if (n < 0) {
         close(fd);

@@ -13,12 +13,12 @@
 #define STDIN_BODY_MAX (16u << 20)
 
 /* Where the API is and which key to use: --api/--key, $WSCTL_API_KEY, then the config file. */
-static int api_target(struct wsctl *w, char *url, size_t cap, const char **key)
+static int api_target(struct wsctl *w, char *url, size_t cap, const char **key, bool need_key)
 {
     *key = w->api_key ? w->api_key : getenv("WSCTL_API_KEY");
     if (*key && !**key)
         *key = NULL;
-    if ((!w->api_url || !*key) && wsctl_config(w) != 0)
+    if ((!w->api_url || (!*key && need_key)) && wsctl_config(w) != 0)
         return -1;
     if (w->api_url) {
         snprintf(url, cap, "%s", w->api_url);
@@ -43,7 +43,7 @@ static int api_target(struct wsctl *w, char *url, size_t cap, const char **key)
     }
     if (!*key && w->cfg_loaded && w->cfg.api_keys.n > 0)
         *key = w->cfg.api_keys.items[0];
-    if (!*key) {
+    if (!*key && need_key) {
         wsctl_errorf(w,
                      "no API key: pass --key, set WSCTL_API_KEY or add [api] keys to the config");
         return -1;
@@ -70,7 +70,7 @@ static int call(struct wsctl *w, const char *method, const char *path, const cha
 {
     const char *key;
     char err[512];
-    if (api_target(w, url, cap, &key) != 0)
+    if (api_target(w, url, cap, &key, true) != 0)
         return -1;
     if (wsctl_http_request(url, key, method, path, body, r, err, sizeof(err)) != 0) {
         wsctl_errorf(w, "%s", err);
@@ -248,11 +248,208 @@ int cmd_push(struct wsctl *w, int argc, char **argv)
         else if (json_is_true(json_object_get(j, "duplicate")))
             fprintf(w->out, "already pushed as message %lld (same cid); nothing stored\n",
                     (long long)id);
+        else if (room && json_integer_value(json_object_get(j, "members")) == 0 &&
+                 json_object_get(j, "members"))
+            fprintf(w->out, "message %lld stored; room %s has no members, nobody will get it\n",
+                    (long long)id, room);
         else
             fprintf(w->out, "message %lld stored, delivered live to %lld connection%s\n",
                     (long long)id, (long long)live, s);
         json_decref(j);
     }
     free(r.body);
+    return WSCTL_OK;
+}
+
+/* ---- status: up or down, from /healthz and /metrics (no key needed) ---- */
+
+/* The value of a sample "NAME VALUE" or "NAME{...} VALUE" in Prometheus text; -1 when absent. */
+static double metric_value(const char *text, const char *name, char *label, size_t label_cap)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, name, n) != 0 || (p[n] != ' ' && p[n] != '{'))
+            continue;
+        const char *v = p + n;
+        if (*v == '{') {
+            const char *q = strchr(v, '"'), *e = q ? strchr(q + 1, '"') : NULL;
+            if (label && q && e && (size_t)(e - q - 1) < label_cap)
+                snprintf(label, label_cap, "%.*s", (int)(e - q - 1), q + 1);
+            v = strchr(v, '}');
+            if (!v)
+                return -1;
+            v++;
+        }
+        return strtod(v, NULL);
+    }
+    return -1;
+}
+
+int cmd_status(struct wsctl *w, int argc, char **argv)
+{
+    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
+        if (opt == 'h')
+            return wsctl_help(w, argv[0]);
+        if (!wsctl_common_opt(w, opt, optarg))
+            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
+                                     argv[optind - 1]);
+    }
+    if (optind < argc)
+        return wsctl_usage_error(w, argv[0], "unexpected argument '%s'", argv[optind]);
+    char url[300], err[512];
+    const char *key;
+    if (api_target(w, url, sizeof(url), &key, false) != 0)
+        return WSCTL_ERROR;
+    /* The listeners as configured (the API does not report them). */
+    bool have_cfg = w->cfg_loaded || wsctl_config(w) == 0;
+    const char *listen = have_cfg ? w->cfg.listen : NULL;
+    bool tls = have_cfg && w->cfg.tls_cert[0];
+
+    struct http_reply h, m = {0};
+    const char *state = "up", *why = NULL;
+    char reason[600] = "";
+    if (wsctl_http_request(url, NULL, "GET", "/healthz", NULL, &h, err, sizeof(err)) != 0) {
+        state = "down";
+        snprintf(reason, sizeof(reason), "%s", err);
+        why = reason;
+    } else {
+        if (h.status != 200) {
+            state = "failing";
+            snprintf(reason, sizeof(reason), "/healthz answered %d", h.status);
+            why = reason;
+        }
+        free(h.body);
+        if (wsctl_http_request(url, NULL, "GET", "/metrics", NULL, &m, err, sizeof(err)) != 0 ||
+            m.status != 200) {
+            free(m.body);
+            m.body = NULL;
+        }
+    }
+    char version[64] = "";
+    double start = -1, conns = -1, ws = -1, users = -1;
+    if (m.body) {
+        metric_value(m.body, "wsproxy_build_info", version, sizeof(version));
+        start = metric_value(m.body, "wsproxy_start_time_seconds", NULL, 0);
+        conns = metric_value(m.body, "wsproxy_connections_open", NULL, 0);
+        ws = metric_value(m.body, "wsproxy_websockets_open", NULL, 0);
+        users = metric_value(m.body, "wsproxy_users_online", NULL, 0);
+    }
+    free(m.body);
+    int64_t uptime_ms = start > 0 ? w->now_ms - (int64_t)start * 1000 : -1;
+    if (w->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "state", json_string(state));
+        json_object_set_new(o, "reason", why ? json_string(why) : json_null());
+        json_object_set_new(o, "api", json_string(url));
+        json_object_set_new(o, "listen", listen ? json_string(listen) : json_null());
+        json_object_set_new(o, "tls", json_boolean(tls));
+        json_object_set_new(o, "version", version[0] ? json_string(version) : json_null());
+        json_object_set_new(o, "uptime_ms", uptime_ms >= 0 ? json_integer(uptime_ms) : json_null());
+        json_object_set_new(o, "connections", conns >= 0 ? json_integer((json_int_t)conns) : json_null());
+        json_object_set_new(o, "websockets", ws >= 0 ? json_integer((json_int_t)ws) : json_null());
+        json_object_set_new(o, "users_online", users >= 0 ? json_integer((json_int_t)users) : json_null());
+        json_dumpf(o, w->out, JSON_COMPACT);
+        fputc('\n', w->out);
+        json_decref(o);
+    } else {
+        fprintf(w->out, "state         %s%s%s%s\n", state, why ? " (" : "", why ? why : "", why ? ")" : "");
+        fprintf(w->out, "api           %s\n", url);
+        if (listen)
+            fprintf(w->out, "listen        %s%s (configured)\n", listen, tls ? " TLS" : "");
+        if (version[0])
+            fprintf(w->out, "version       %s\n", version);
+        if (uptime_ms >= 0) {
+            char d[32], t[40];
+            fmt_duration(d, sizeof(d), uptime_ms);
+            fmt_time(t, sizeof(t), (int64_t)start * 1000);
+            fprintf(w->out, "uptime        %s (since %s)\n", d, t);
+        }
+        if (conns >= 0)
+            fprintf(w->out, "connections   %.0f\nwebsockets    %.0f\nusers online  %.0f\n", conns, ws,
+                    users);
+    }
+    return strcmp(state, "up") == 0 ? WSCTL_OK : WSCTL_NOTFOUND;
+}
+
+/* ---- message ID: the receipt ---- */
+
+int cmd_message(struct wsctl *w, int argc, char **argv)
+{
+    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
+        if (opt == 'h')
+            return wsctl_help(w, argv[0]);
+        if (!wsctl_common_opt(w, opt, optarg))
+            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
+                                     argv[optind - 1]);
+    }
+    int64_t id;
+    if (argc - optind != 1)
+        return wsctl_usage_error(w, argv[0], argc - optind ? "one ID only" : "missing ID");
+    if (wsctl_parse_int(argv[optind], 1, INT64_MAX, &id) != 0)
+        return wsctl_usage_error(w, argv[0], "'%s' is not a message id", argv[optind]);
+    char path[64], url[300];
+    snprintf(path, sizeof(path), "/api/v1/messages/%lld", (long long)id);
+    struct http_reply r;
+    if (call(w, "GET", path, NULL, &r, url, sizeof(url)) != 0)
+        return WSCTL_ERROR;
+    if (r.status != 200) {
+        api_error(w, url, &r);
+        free(r.body);
+        return r.status == 404 ? WSCTL_NOTFOUND : WSCTL_ERROR;
+    }
+    json_t *j = json_loadb(r.body, r.body_len, 0, NULL);
+    free(r.body);
+    if (!j) {
+        wsctl_errorf(w, "API %s answered something that is not JSON", url);
+        return WSCTL_ERROR;
+    }
+    if (w->json) {
+        json_dumpf(j, w->out, JSON_INDENT(2));
+        fputc('\n', w->out);
+        json_decref(j);
+        return WSCTL_OK;
+    }
+    const char *to = json_string_value(json_object_get(j, "to"));
+    const char *room = json_string_value(json_object_get(j, "room"));
+    const char *cid = json_string_value(json_object_get(j, "cid"));
+    char *body = json_dumps(json_object_get(j, "body"), JSON_COMPACT | JSON_ENCODE_ANY);
+    char sent[64], ago[32], delivered[96] = "-", by[32] = "-";
+    int64_t ts = json_integer_value(json_object_get(j, "ts"));
+    fmt_time(sent, sizeof(sent), ts);
+    fmt_ago(ago, sizeof(ago), ts, w->now_ms);
+    json_int_t dat = json_integer_value(json_object_get(j, "delivered_at"));
+    if (dat) {
+        char t[40], a[32];
+        fmt_time(t, sizeof(t), dat);
+        fmt_ago(a, sizeof(a), dat, w->now_ms);
+        snprintf(delivered, sizeof(delivered), "%s (%s)", t, a);
+    }
+    json_int_t dby = json_integer_value(json_object_get(j, "delivered_by"));
+    if (dby)
+        snprintf(by, sizeof(by), "session %lld", (long long)dby);
+    char target[80];
+    snprintf(target, sizeof(target), "%s%s", room ? "#" : "", room ? room : to ? to : "?");
+    const char *state = json_string_value(json_object_get(j, "state"));
+    char *cells[] = {fmt_safe(json_string_value(json_object_get(j, "from"))), fmt_safe(target),
+                     fmt_safe(cid ? cid : "-"), fmt_safe(body ? body : "?")};
+    fprintf(w->out, "id            %lld\n", (long long)json_integer_value(json_object_get(j, "id")));
+    fprintf(w->out, "from          %s\nto            %s\n", cells[0] ? cells[0] : "?",
+            cells[1] ? cells[1] : "?");
+    fprintf(w->out, "state         %s%s\n", state ? state : "?",
+            room ? " (room messages have no per-message receipt)" : "");
+    fprintf(w->out, "sent          %s (%s)\ndelivered     %s\ndelivered by  %s\n", sent, ago,
+            delivered, by);
+    fprintf(w->out, "cid           %s\nbody          %s\n", cells[2] ? cells[2] : "?",
+            cells[3] ? cells[3] : "?");
+    for (size_t i = 0; i < 4; i++)
+        free(cells[i]);
+    free(body);
+    json_decref(j);
     return WSCTL_OK;
 }

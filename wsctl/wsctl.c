@@ -8,9 +8,10 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "base/version.h"
 #include "wsctl.h"
 
-#define WSCTL_VERSION "0.1.0"
+#define WSCTL_VERSION WSPROXY_VERSION
 
 struct wsctl_cmd {
     const char *name;
@@ -44,6 +45,19 @@ static const struct wsctl_cmd commands[] = {
      ""},
     {"kick", cmd_kick, "ID",
      "close a live session through the API (1008 \"kicked\"; exit 1 if it is not live)", ""},
+    {"status", cmd_status, "",
+     "is the server up: /healthz and /metrics of the API (version, uptime, connections); exit 1 if "
+     "down",
+     ""},
+    {"message", cmd_message, "ID",
+     "a message's receipt through the API: delivered or stored (exit 1 if there is none)", ""},
+    {"token", cmd_token, "USER [--ttl DUR]",
+     "mint a test token for USER, signed with the config's HS256 jwt_secret",
+     "  -t, --ttl DUR     lifetime (default 1h; 1s to 366d)\n"
+     "                    RS256/ES256 configs are refused: the private key is not wsproxy's\n"},
+    {"backup", cmd_backup, "FILE",
+     "online, consistent copy of the database into FILE (SQLite backup API; never overwrites)",
+     ""},
     {"push", cmd_push, "(--to U | --room R | --broadcast) [--from F] [--cid C] [--text] BODY",
      "push a message through the API (stored and delivered like a chat message)",
      "  -t, --to U        a direct message to user U (kept until one of U's connections acks it)\n"
@@ -60,8 +74,9 @@ static const struct wsctl_cmd commands[] = {
 
 static const char common_help[] =
     "Options (before or after the command):\n"
-    "  -c, --config FILE  wsproxy config for the database path and API (default: wsproxy.ini\n"
-    "                     when it exists, else built-in defaults)\n"
+    "  -c, --config FILE  wsproxy config for the database path and API (default, as for the\n"
+    "                     server: ./wsproxy.ini, else " CONFIG_SYSTEM_PATH ", else built-in\n"
+    "                     defaults)\n"
     "      --db PATH      database file (overrides [store] path); opened read-only\n"
     "      --api URL      API base URL, e.g. http://127.0.0.1:8081 (overrides [api] listen)\n"
     "      --key KEY      API key (default: $WSCTL_API_KEY, then the first [api] keys entry)\n"
@@ -72,14 +87,58 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: wsctl [options] COMMAND [args]\n\n"
                  "Inspect and manage a wsproxy server. Queries read its SQLite database read-only\n"
-                 "(while it runs or not); kick and push go through its HTTP API.\n\nCommands:\n");
+                 "(while it runs or not); status, message, kick and push go through its HTTP API.\n\nCommands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(out, "  %s%s%s\n      %s\n", commands[i].name, commands[i].synopsis[0] ? " " : "",
                 commands[i].synopsis, commands[i].summary);
     fprintf(out,
             "\n%s      --version      print the version\n\n"
-            "Exit status: 0 ok, 1 not found, 2 usage, configuration, database or API error.\n",
+            "Exit status: 0 ok, 1 not found (status: down), 2 usage, configuration, database or API\n"
+            "error.\n",
             common_help);
+}
+
+/* Edit distance (insertions, deletions, substitutions, adjacent swaps), capped for long input. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 32 || lb > 32)
+        return 99;
+    size_t d[33][33];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[la][lb];
+}
+
+/* The command a mistyped name most likely meant, or NULL when none is close. */
+static const char *did_you_mean(const char *name)
+{
+    const char *best = NULL, *prefix = NULL;
+    size_t best_d = 3; /* at most 2 edits */
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        size_t d = edit_distance(name, commands[i].name);
+        if (d < best_d) {
+            best_d = d;
+            best = commands[i].name;
+        }
+        if (!prefix && strlen(name) >= 3 && strncmp(name, commands[i].name, strlen(name)) == 0)
+            prefix = commands[i].name;
+    }
+    return best ? best : prefix;
 }
 
 static const struct wsctl_cmd *find_cmd(const char *name)
@@ -176,7 +235,7 @@ int wsctl_config(struct wsctl *w)
         return 0;
     if (config_load(&w->cfg, w->config_path, NULL, w->err) != 0) {
         wsctl_errorf(w, "cannot use configuration %s",
-                     w->config_path ? w->config_path : "wsproxy.ini");
+                     w->cfg.source ? w->cfg.source : "(defaults)");
         config_release(&w->cfg);
         return -1;
     }
@@ -226,7 +285,11 @@ int main(int argc, char **argv)
     }
     const struct wsctl_cmd *c = find_cmd(name);
     if (!c) {
-        fprintf(stderr, "wsctl: unknown command '%s'\n", name);
+        const char *guess = did_you_mean(name);
+        if (guess)
+            fprintf(stderr, "wsctl: unknown command '%s'; did you mean '%s'?\n", name, guess);
+        else
+            fprintf(stderr, "wsctl: unknown command '%s'\n", name);
         usage(stderr);
         return WSCTL_ERROR;
     }

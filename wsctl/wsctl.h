@@ -54,6 +54,10 @@ int cmd_history(struct wsctl *w, int argc, char **argv);
 int cmd_stats(struct wsctl *w, int argc, char **argv);
 int cmd_kick(struct wsctl *w, int argc, char **argv);
 int cmd_push(struct wsctl *w, int argc, char **argv);
+int cmd_status(struct wsctl *w, int argc, char **argv);
+int cmd_message(struct wsctl *w, int argc, char **argv);
+int cmd_token(struct wsctl *w, int argc, char **argv);
+int cmd_backup(struct wsctl *w, int argc, char **argv);
 
 /*
  * Options every command accepts besides its own (so `wsctl sessions --json` works as well as
@@ -125,7 +129,7 @@ struct http_reply {
 
 /*
  * One blocking HTTP/1.1 request to url ("http://host:port", optional trailing path ignored) with
- * Authorization: Bearer key; body (may be NULL) is sent as application/json. Returns 0 and fills
+ * Authorization: Bearer key (none when key is NULL); body (may be NULL) is sent as application/json. Returns 0 and fills
  * *r (free r->body), or -1 with a reason in err (connection refused, timeout, bad URL, ...).
  */
 int wsctl_http_request(const char *url, const char *key, const char *method, const char *path,

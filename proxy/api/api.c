@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/api_internal.h"
 #include "proto/http1.h"
@@ -324,9 +325,13 @@ static void on_head(struct api_conn *ac)
                            h ? h->value : NULL, h ? h->value_len : 0)) {
             if (len > 0)
                 ac->keep_alive = false; /* the body is not read */
+            /* A key sent without its scheme is the common mistake: say what is expected. */
+            bool no_scheme = h && (h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0);
             api_reply_error_h(
                 ac, 401, "unauthorized",
-                h ? "invalid API key" : "Authorization: Bearer KEY is required",
+                !h          ? "Authorization: Bearer KEY is required"
+                : no_scheme ? "Authorization must be \"Bearer KEY\" (the Bearer scheme is missing)"
+                            : "invalid API key",
                 h ? "WWW-Authenticate: Bearer realm=\"wsproxy\", error=\"invalid_token\"\r\n"
                   : "WWW-Authenticate: Bearer realm=\"wsproxy\"\r\n");
             return;
@@ -568,6 +573,7 @@ int api_start(struct api **out, struct loop *lp, struct conn_pool *pool, struct 
         return -1;
     }
     api->lp = lp;
+    api->started_s = (int64_t)time(NULL);
     api->pool = pool;
     api->chat = ch;
     if (!(api->ip_counts = registry_counter_new())) {

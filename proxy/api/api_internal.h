@@ -68,6 +68,7 @@ struct api {
     bool stopping;
     unsigned char (*keys)[KEY_DIGEST_LEN]; /* SHA-256 of each [api] key */
     size_t num_keys;
+    int64_t started_s; /* wall clock at api_start: /metrics' start time */
 };
 
 /* Write one complete answer (every answer goes through here) and log/count it. */

@@ -8,6 +8,7 @@
 
 #include "api/api_internal.h"
 #include "base/log.h"
+#include "base/version.h"
 #include "chat/chat.h"
 #include "chat/msg_json.h"
 #include "net/loop.h"
@@ -52,6 +53,51 @@ static int query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t h
     }
     *out = v;
     return 1;
+}
+
+/*
+ * Only the parameters a GET route knows (a typo such as ?usr= would otherwise be ignored and answer
+ * something else): true, or false after a 400 naming the first unknown one. allowed is
+ * comma-separated ("" = none).
+ */
+static bool query_known(struct api_conn *ac, const char *allowed)
+{
+    const char *q = ac->req.query;
+    size_t qlen = q ? ac->req.query_len : 0;
+    size_t i = 0;
+    while (i < qlen) {
+        size_t start = i;
+        while (i < qlen && q[i] != '&')
+            i++;
+        size_t seg = i - start, nlen = 0;
+        while (nlen < seg && q[start + nlen] != '=')
+            nlen++;
+        i++; /* past '&' */
+        if (nlen == 0 && seg == 0)
+            continue;
+        bool known = false;
+        for (const char *a = allowed; *a && nlen > 0;) {
+            const char *comma = strchr(a, ',');
+            size_t alen = comma ? (size_t)(comma - a) : strlen(a);
+            if (alen == nlen && memcmp(a, q + start, nlen) == 0)
+                known = true;
+            a = comma ? comma + 1 : a + alen;
+        }
+        if (known)
+            continue;
+        /* The name as sent, bounded; the JSON writer escapes it. */
+        char name[72];
+        size_t n = nlen < 64 ? nlen : 64;
+        memcpy(name, q + start, n);
+        strcpy(name + n, nlen > 64 ? "..." : "");
+        char msg[256];
+        snprintf(msg, sizeof(msg), "unknown query parameter \"%s\" (%s%s)", name,
+                 allowed[0] ? "parameters: " : "this endpoint takes none",
+                 allowed[0] ? allowed : "");
+        api_reply_error(ac, 400, "bad_request", msg);
+        return false;
+    }
+    return true;
 }
 
 /* ---- JSON building ---- */
@@ -130,6 +176,8 @@ static void route_metrics(struct api_conn *ac)
         .deflate_mem_in_use = api->pool->deflate.mem.in_use,
         .deflate_mem_peak = api->pool->deflate.mem.peak,
         .deflate_mem_reserved = api->pool->deflate.mem.reserved,
+        .version = WSPROXY_VERSION,
+        .start_time_s = api->started_s,
     };
     size_t len = 0;
     char *text = metrics_render(&lp->metrics, &g, &len);
@@ -273,6 +321,14 @@ static void route_push(struct api_conn *ac)
         .created_at = loop_now_ms(lp),
         .via = "api",
     };
+    /* A room nobody joined takes the message (history) but delivers it to no one: say so. */
+    int64_t members = 0;
+    if (room && store_room_member_count(lp->store, m.room, &members) < 0) {
+        api_reply_store_error(ac, "room members");
+        free(text);
+        json_decref(req);
+        return;
+    }
     struct store_receipt r;
     size_t live = 0;
     /* Frames are held until the commit, like a chat send's; so is the 202. */
@@ -287,6 +343,8 @@ static void route_push(struct api_conn *ac)
     sbuf_add_i64(&ac->pending, r.id);
     sbuf_addf(&ac->pending, ",\"live\":%zu,\"ts\":", live);
     sbuf_add_i64(&ac->pending, r.created_at);
+    if (room)
+        sbuf_addf(&ac->pending, ",\"members\":%lld", (long long)members);
     if (r.duplicate)
         sbuf_adds(&ac->pending, ",\"duplicate\":true");
     sbuf_adds(&ac->pending, "}");
@@ -566,33 +624,33 @@ void api_dispatch(struct api_conn *ac)
     } else if (api_path_is(r, "/api/v1/sessions")) {
         if (!get)
             method_not_allowed(ac, "GET, HEAD");
-        else
+        else if (query_known(ac, "user,state,limit,before"))
             route_sessions(ac);
     } else if ((rc = api_path_id(r, "/api/v1/sessions/", &id)) != 0) {
         if (!get && !api_method_is(r, "DELETE"))
             method_not_allowed(ac, "GET, HEAD, DELETE");
         else if (rc < 0)
             api_reply_error(ac, 400, "bad_request", "session ids are positive integers");
-        else if (get)
-            route_session_get(ac, id);
-        else
+        else if (!get)
             route_session_kick(ac, id);
+        else if (query_known(ac, ""))
+            route_session_get(ac, id);
     } else if ((rc = api_path_id(r, "/api/v1/messages/", &id)) != 0) {
         if (!get)
             method_not_allowed(ac, "GET, HEAD");
         else if (rc < 0)
             api_reply_error(ac, 400, "bad_request", "message ids are positive integers");
-        else
+        else if (query_known(ac, ""))
             route_message(ac, id);
     } else if (api_path_is(r, "/api/v1/presence")) {
         if (!get)
             method_not_allowed(ac, "GET, HEAD");
-        else
+        else if (query_known(ac, "users"))
             route_presence(ac);
     } else if (api_path_is(r, "/api/v1/history")) {
         if (!get)
             method_not_allowed(ac, "GET, HEAD");
-        else
+        else if (query_known(ac, "with,user,room,before,limit"))
             route_history(ac);
     } else {
         api_reply_error(ac, 404, "not_found", "no such endpoint");

@@ -12,8 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/cidr.h"
 #include "base/log.h"
 
 enum opt_type { OPT_STR, OPT_BOOL, OPT_DURATION, OPT_SIZE, OPT_UINT, OPT_LIST };
@@ -72,7 +74,7 @@ static const struct opt opts[] = {
     O("tls", "key", OPT_STR, tls_key, "", "PEM private key for cert."),
     O("log", "level", OPT_STR, log_level, "info", "error, warn, info or debug."),
     O("store", "path", OPT_STR, store_path, "var/wsproxy.db",
-      "SQLite database file (WAL mode); its directory must exist."),
+      "SQLite database file (WAL mode); the server creates its directory."),
     O("store", "synchronous", OPT_STR, store_synchronous, "normal",
       "normal: a commit survives a crash of wsproxy; full: also a power loss (slower)."),
     O("store", "busy_timeout", OPT_DURATION, store_busy_timeout_ms, "5s",
@@ -88,7 +90,8 @@ static const struct opt opts[] = {
     O("auth", "mode", OPT_STR, auth_mode, "token",
       "token (JWT), query (?user= from a trusted proxy) or token,query."),
     O("auth", "jwt_alg", OPT_STR, jwt_alg, "HS256", "HS256, RS256 or ES256; tokens must use exactly this."),
-    O("auth", "jwt_secret", OPT_STR, jwt_secret, "", "Shared secret for HS256."),
+    O("auth", "jwt_secret", OPT_STR, jwt_secret, "",
+      "Shared secret for HS256, at least 32 bytes (openssl rand -hex 32)."),
     O("auth", "jwt_public_key", OPT_STR, jwt_public_key, "",
       "PEM public key file for RS256/ES256."),
     O("auth", "jwt_leeway", OPT_DURATION, jwt_leeway_ms, "30s",
@@ -140,6 +143,7 @@ static const struct opt opts[] = {
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
+_Static_assert(NOPTS <= CONFIG_MAX_KEYS, "raise CONFIG_MAX_KEYS");
 
 /* ---- value parsers ---- */
 
@@ -312,11 +316,21 @@ int config_split_hostport(const char *s, char *host, size_t cap, int *port)
 
 /* ---- loading ---- */
 
+/*
+ * Every problem has one shape: "config FILE[:LINE]: [section] key: message" (LINE when the value came
+ * from that line of the file), so an operator reads one list, whatever found the problem.
+ */
 struct load_ctx {
     struct px_config *cfg;
     FILE *err;
     const char *path;
     int errors;
+    int line; /* line the reader returned last */
+};
+
+struct line_reader {
+    FILE *f;
+    struct load_ctx *lc;
 };
 
 static const struct opt *opt_find(const char *section, const char *key)
@@ -325,6 +339,40 @@ static const struct opt *opt_find(const char *section, const char *key)
         if (!strcmp(opts[i].section, section) && !strcmp(opts[i].key, key))
             return &opts[i];
     return NULL;
+}
+
+static void report(struct load_ctx *lc, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void report(struct load_ctx *lc, int line, const char *fmt, ...)
+{
+    va_list ap;
+    if (line > 0)
+        fprintf(lc->err, "config %s:%d: ", lc->path, line);
+    else
+        fprintf(lc->err, "config %s: ", lc->path);
+    va_start(ap, fmt);
+    vfprintf(lc->err, fmt, ap);
+    va_end(ap);
+    fputc('\n', lc->err);
+    lc->errors++;
+}
+
+/* One line per call (the handler then knows its line number); an over-long line is an error. */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct line_reader *r = stream;
+    if (!fgets(str, num, r->f))
+        return NULL;
+    r->lc->line++;
+    size_t n = strlen(str);
+    if (n > 0 && str[n - 1] != '\n' && !feof(r->f)) {
+        int c;
+        while ((c = fgetc(r->f)) != EOF && c != '\n')
+            ;
+        report(r->lc, r->lc->line, "line longer than %d bytes", num - 3);
+        str[0] = '\0'; /* skipped as blank */
+    }
+    return str;
 }
 
 static int opt_set(struct px_config *cfg, const struct opt *o, const char *raw)
@@ -382,23 +430,37 @@ static const char *type_hint(enum opt_type t)
     }
 }
 
+static bool opt_is_secret(const struct opt *o)
+{
+    return o->offset == offsetof(struct px_config, jwt_secret) ||
+           o->offset == offsetof(struct px_config, api_keys);
+}
+
 static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
 {
     struct load_ctx *lc = user;
     const struct opt *o = opt_find(section, name);
     if (!o) {
-        fprintf(lc->err, "config %s: unknown key [%s] %s\n", lc->path, section, name);
-        lc->errors++;
+        report(lc, lc->line, "unknown key [%s] %s", section, name);
         return 1; /* keep going: report every problem at once */
     }
-    if (opt_set(lc->cfg, o, value) != 0) {
-        fprintf(lc->err, "config %s: [%s] %s: bad value '%s'%s\n", lc->path, section, name, value,
-                type_hint(o->type));
-        lc->errors++;
+    size_t i = (size_t)(o - opts);
+    if (lc->cfg->key_line[i]) {
+        report(lc, lc->line, "[%s] %s: set twice, at line %d and line %d (keep one)", section, name,
+               lc->cfg->key_line[i], lc->line);
+        return 1;
     }
+    lc->cfg->key_line[i] = lc->line;
+    if (opt_set(lc->cfg, o, value) != 0)
+        report(lc, lc->line, "[%s] %s: bad value '%s'%s", section, name,
+               opt_is_secret(o) ? "***" : value, type_hint(o->type));
     return 1;
 }
 
+/*
+ * A validation problem; msg starts with "[section] key" when it is about one key, and then names
+ * the line that set it (a value from a flag or the default has none).
+ */
 static void check(struct load_ctx *lc, bool ok, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -406,13 +468,19 @@ static void check(struct load_ctx *lc, bool ok, const char *fmt, ...)
 {
     if (ok)
         return;
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(lc->err, "config: ");
-    vfprintf(lc->err, fmt, ap);
-    fputc('\n', lc->err);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    lc->errors++;
+    char sec[32], key[64];
+    int line = 0;
+    if (sscanf(msg, "[%31[^]]] %63[a-z_]", sec, key) == 2) {
+        const struct opt *o = opt_find(sec, key);
+        if (o)
+            line = lc->cfg->key_line[o - opts];
+    }
+    report(lc, line, "%s", msg);
 }
 
 static void validate(struct load_ctx *lc)
@@ -490,6 +558,39 @@ static void validate(struct load_ctx *lc)
     check(lc, c->demo_token_ttl_ms > 0, "[demo] token_ttl: must be > 0%s", "");
 }
 
+static void parse_file(struct load_ctx *lc, const char *path)
+{
+    struct stat sb;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        report(lc, 0, "cannot open: %s", strerror(errno));
+        return;
+    }
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        report(lc, 0, "is a directory, not a configuration file");
+        fclose(f);
+        return;
+    }
+    /* An indented line continuing the previous value would silently replace it: a syntax error. */
+    ini_allow_multiline = false;
+    struct line_reader r = {.f = f, .lc = lc};
+    int rc = ini_parse_stream(read_line, &r, on_ini_entry, lc);
+    if (ferror(f))
+        report(lc, 0, "cannot read: %s", strerror(errno));
+    else if (rc > 0)
+        report(lc, rc, "syntax error (want [section] or key = value)");
+    fclose(f);
+}
+
+const char *config_find_default(void)
+{
+    if (access("wsproxy.ini", F_OK) == 0)
+        return "wsproxy.ini";
+    if (access(CONFIG_SYSTEM_PATH, F_OK) == 0)
+        return CONFIG_SYSTEM_PATH;
+    return NULL;
+}
+
 int config_load(struct px_config *cfg, const char *path, const struct config_overrides *ov, FILE *err)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -500,18 +601,12 @@ int config_load(struct px_config *cfg, const char *path, const struct config_ove
             return -1;
         }
 
-    if (!path && access("wsproxy.ini", F_OK) == 0)
-        path = "wsproxy.ini";
+    if (!path)
+        path = config_find_default();
     if (path) {
         lc.path = path;
-        int rc = ini_parse(path, on_ini_entry, &lc);
-        if (rc < 0) {
-            fprintf(err, "config %s: cannot open: %s\n", path, strerror(errno));
-            lc.errors++;
-        } else if (rc > 0) {
-            fprintf(err, "config %s:%d: syntax error\n", path, rc);
-            lc.errors++;
-        }
+        cfg->source = strdup(path);
+        parse_file(&lc, path);
     }
     if (ov) {
         static const struct {
@@ -521,18 +616,78 @@ int config_load(struct px_config *cfg, const char *path, const struct config_ove
                    {"--api-listen", "api", "listen"},
                    {"--log-level", "log", "level"}};
         const char *vals[] = {ov->listen, ov->db, ov->api_listen, ov->log_level};
-        for (size_t i = 0; i < 4; i++)
-            if (vals[i] && opt_set(cfg, opt_find(map[i].section, map[i].key), vals[i]) != 0) {
-                fprintf(err, "%s: bad value '%s'\n", map[i].flag, vals[i]);
-                lc.errors++;
-            }
+        for (size_t i = 0; i < 4; i++) {
+            if (!vals[i])
+                continue;
+            const struct opt *o = opt_find(map[i].section, map[i].key);
+            cfg->key_line[o - opts] = 0; /* the flag wins over the file's line */
+            if (opt_set(cfg, o, vals[i]) != 0)
+                report(&lc, 0, "%s: bad value '%s'", map[i].flag, vals[i]);
+        }
     }
     validate(&lc);
     return lc.errors ? -1 : 0;
 }
 
+static bool readable_file(struct load_ctx *lc, const char *what, const char *path)
+{
+    struct stat sb;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        check(lc, false, "%s: cannot read %s: %s", what, path, strerror(errno));
+        return false;
+    }
+    bool ok = fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode);
+    fclose(f);
+    check(lc, ok, "%s: %s is not a regular file", what, path);
+    return ok;
+}
+
+int config_check_start(const struct px_config *c, FILE *err)
+{
+    struct load_ctx lc = {.cfg = (struct px_config *)c, .err = err,
+                          .path = c->source ? c->source : "(defaults)"};
+    bool token = strstr(c->auth_mode, "token") != NULL;
+    size_t slen = strlen(c->jwt_secret);
+    if (!strcmp(c->jwt_alg, "HS256") && (token || c->demo_enabled))
+        check(&lc, slen > 0,
+              "[auth] jwt_secret: empty; HS256 tokens need a secret of at least %d bytes "
+              "(e.g. openssl rand -hex 32)",
+              CONFIG_SECRET_MIN);
+    check(&lc, slen == 0 || slen >= CONFIG_SECRET_MIN,
+          "[auth] jwt_secret: %zu bytes, use at least %d (e.g. openssl rand -hex 32)", slen,
+          CONFIG_SECRET_MIN);
+    if (strcmp(c->jwt_alg, "HS256") != 0 && token) {
+        check(&lc, c->jwt_public_key[0] != '\0', "[auth] jwt_public_key: needed for jwt_alg %s",
+              c->jwt_alg);
+        if (c->jwt_public_key[0])
+            readable_file(&lc, "[auth] jwt_public_key", c->jwt_public_key);
+    }
+    struct cidr_list trusted;
+    char why[256] = "";
+    int bad_cidr = cidr_list_parse(&trusted, c->trusted_proxies, why, sizeof(why));
+    check(&lc, bad_cidr == 0, "[auth] trusted_proxies: %s", why);
+    check(&lc, bad_cidr != 0 || !strstr(c->auth_mode, "query") || trusted.n > 0,
+          "[auth] mode: query needs trusted_proxies (the proxies that set ?user=)%s", "");
+    if (c->tls_cert[0] && c->tls_key[0]) {
+        readable_file(&lc, "[tls] cert", c->tls_cert);
+        readable_file(&lc, "[tls] key", c->tls_key);
+    }
+    struct stat sb;
+    check(&lc, stat(c->store_path, &sb) != 0 || S_ISREG(sb.st_mode),
+          "[store] path: %s is not a regular file", c->store_path);
+    int errors = lc.errors;
+    if (c->static_dir[0] && (stat(c->static_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+        fprintf(err, "config %s: warning: [server] static_dir: %s is not a directory (relative to %s); "
+                     "pages under / will answer 404\n",
+                lc.path, c->static_dir, c->static_dir[0] == '/' ? "/" : "the working directory");
+    return errors;
+}
+
 void config_release(struct px_config *cfg)
 {
+    free(cfg->source);
+    cfg->source = NULL;
     for (size_t i = 0; i < NOPTS; i++) {
         void *field = (char *)cfg + opts[i].offset;
         if (opts[i].type == OPT_STR) {
@@ -554,5 +709,79 @@ void config_print_reference(FILE *out)
             fprintf(out, "\n[%s]\n", section);
         }
         fprintf(out, "; %s\n%s = %s\n", opts[i].help, opts[i].key, opts[i].def);
+    }
+}
+
+/* The shortest exact spelling: 90000 -> "90s", 1500 -> "1500ms", 3600000 -> "1h". */
+static void fmt_duration_exact(char *out, size_t cap, int64_t ms)
+{
+    static const struct {
+        int64_t ms;
+        const char *unit;
+    } units[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (ms != 0 && ms % units[i].ms == 0) {
+            snprintf(out, cap, "%lld%s", (long long)(ms / units[i].ms), units[i].unit);
+            return;
+        }
+    snprintf(out, cap, ms == 0 ? "0s" : "%lldms", (long long)ms);
+}
+
+static void fmt_size_exact(char *out, size_t cap, uint64_t n)
+{
+    static const struct {
+        uint64_t mult;
+        const char *unit;
+    } units[] = {{1ull << 30, "GiB"}, {1u << 20, "MiB"}, {1u << 10, "KiB"}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (n != 0 && n % units[i].mult == 0) {
+            snprintf(out, cap, "%llu%s", (unsigned long long)(n / units[i].mult), units[i].unit);
+            return;
+        }
+    snprintf(out, cap, "%llu", (unsigned long long)n);
+}
+
+void config_print_effective(const struct px_config *cfg, FILE *out)
+{
+    const char *section = "";
+    fprintf(out, "; wsproxy effective configuration (%s, then command-line flags); secrets masked.\n",
+            cfg->source ? cfg->source : "built-in defaults");
+    for (size_t i = 0; i < NOPTS; i++) {
+        const struct opt *o = &opts[i];
+        const void *field = (const char *)cfg + o->offset;
+        if (strcmp(section, o->section) != 0) {
+            section = o->section;
+            fprintf(out, "\n[%s]\n", section);
+        }
+        fprintf(out, "%s = ", o->key);
+        char buf[64];
+        switch (o->type) {
+        case OPT_STR: {
+            const char *v = *(char *const *)field;
+            fputs(opt_is_secret(o) && v[0] ? "***" : v, out);
+            break;
+        }
+        case OPT_BOOL:
+            fputs(*(const bool *)field ? "true" : "false", out);
+            break;
+        case OPT_DURATION:
+            fmt_duration_exact(buf, sizeof(buf), *(const int64_t *)field);
+            fputs(buf, out);
+            break;
+        case OPT_SIZE:
+            fmt_size_exact(buf, sizeof(buf), *(const uint64_t *)field);
+            fputs(buf, out);
+            break;
+        case OPT_UINT:
+            fprintf(out, "%llu", (unsigned long long)*(const uint64_t *)field);
+            break;
+        case OPT_LIST: {
+            const struct str_list *l = field;
+            for (size_t k = 0; k < l->n; k++)
+                fprintf(out, "%s%s", k ? ", " : "", opt_is_secret(o) ? "***" : l->items[k]);
+            break;
+        }
+        }
+        fputc('\n', out);
     }
 }

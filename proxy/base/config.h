@@ -15,7 +15,13 @@ struct str_list {
     size_t n;
 };
 
+#define CONFIG_SYSTEM_PATH "/etc/wsproxy/wsproxy.ini" /* after ./wsproxy.ini, for server and wsctl */
+#define CONFIG_SECRET_MIN  32                          /* bytes of an HS256 jwt_secret, at least */
+#define CONFIG_MAX_KEYS    64
+
 struct px_config {
+    char *source;                  /* the file read; NULL: built-in defaults only */
+    int key_line[CONFIG_MAX_KEYS]; /* per key of the table: the file's line that set it, 0 if none */
     /* [server] */
     char *listen;
     char *ws_path;
@@ -95,15 +101,33 @@ struct config_overrides {
 };
 
 /*
- * Fill cfg from built-in defaults, then the INI file at path (NULL: "wsproxy.ini" if it exists, else
- * defaults only), then the overrides, then validate. Every problem is printed to err, one line each,
- * naming the section and key. Returns 0, or -1 after printing. cfg owns its strings: config_release().
+ * The file used when none is given: "wsproxy.ini" in the working directory if it exists, else
+ * CONFIG_SYSTEM_PATH if it exists, else NULL (built-in defaults). The server and wsctl both use it.
+ */
+const char *config_find_default(void);
+
+/*
+ * Fill cfg from built-in defaults, then the INI file at path (NULL: config_find_default()), then
+ * the overrides, then validate values. Every problem is printed to err, one line each, as
+ * "config FILE[:LINE]: [section] key: message" (unknown keys, bad values, a key set twice, syntax).
+ * Returns 0, or -1 after printing. cfg owns its strings: config_release(). Relative paths in the
+ * file are relative to the working directory (as for the flags), not to the file.
  */
 int config_load(struct px_config *cfg, const char *path, const struct config_overrides *ov, FILE *err);
 void config_release(struct px_config *cfg);
 
+/*
+ * What a start needs beyond valid values, in the same format: the HS256 secret (present, at least
+ * CONFIG_SECRET_MIN bytes), readable key and certificate files, trusted_proxies; a missing
+ * static_dir is a warning. Returns the number of errors (warnings do not count).
+ */
+int config_check_start(const struct px_config *cfg, FILE *err);
+
 /* Write every key with its default and help text, as an annotated INI file. */
 void config_print_reference(FILE *out);
+
+/* Write every key with its value in cfg (sizes and durations normalized, secrets as ***). */
+void config_print_effective(const struct px_config *cfg, FILE *out);
 
 /* Value parsers, exposed for tests and for wsctl's --since. Return 0 or -1. */
 int config_parse_duration(const char *s, int64_t *out_ms);

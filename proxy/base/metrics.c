@@ -66,6 +66,14 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
     if (!f)
         return NULL;
 
+    if (g->version)
+        fprintf(f, "# HELP wsproxy_build_info The running version (value 1).\n"
+                   "# TYPE wsproxy_build_info gauge\nwsproxy_build_info{version=\"%s\"} 1\n",
+                g->version);
+    if (g->start_time_s)
+        fprintf(f, "# HELP wsproxy_start_time_seconds When the server started, Unix time.\n"
+                   "# TYPE wsproxy_start_time_seconds gauge\nwsproxy_start_time_seconds %lld\n",
+                (long long)g->start_time_s);
     fprintf(f, "# HELP wsproxy_connections_open TCP connections open on the main listener.\n"
                "# TYPE wsproxy_connections_open gauge\nwsproxy_connections_open %llu\n",
             (unsigned long long)g->conns_open);

@@ -64,6 +64,8 @@ struct metrics_gauges {
     uint64_t deflate_mem_in_use;   /* bytes zlib holds now */
     uint64_t deflate_mem_peak;     /* highest deflate_mem_in_use so far */
     uint64_t deflate_mem_reserved; /* worst case promised to connections and compressors */
+    const char *version;     /* wsproxy_build_info{version=...}; NULL: not rendered */
+    int64_t start_time_s;    /* process start, Unix seconds; 0: not rendered */
 };
 
 enum metrics_status metrics_status_index(int status);

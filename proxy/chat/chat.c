@@ -573,8 +573,28 @@ static void dispatch(struct chat_conn *cc, uint8_t opcode, const uint8_t *data, 
             return;
         }
     ch->lp->metrics.msgs_in[MK_OTHER]++;
-    chat_send_error(cc, "unknown_type", type ? "unknown message type" : "type must be a string", NULL,
-               NULL);
+    if (!type) {
+        chat_send_error(cc, "unknown_type",
+                        json_object_get(req, "type") ? "type must be a string" : "type is missing",
+                        NULL, NULL);
+        json_decref(req);
+        return;
+    }
+    /* Name what came (at most 32 bytes, cut on a UTF-8 boundary; the JSON writer escapes it). */
+    size_t n = strlen(type);
+    size_t cut = n > 32 ? 32 : n;
+    while (cut > 0 && cut < n && ((unsigned char)type[cut] & 0xC0) == 0x80)
+        cut--;
+    struct sbuf msg;
+    sbuf_init(&msg);
+    sbuf_adds(&msg, "unknown message type \"");
+    sbuf_add(&msg, type, cut);
+    sbuf_adds(&msg, cut < n ? "...\" (types:" : "\" (types:");
+    for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++)
+        sbuf_addf(&msg, "%s %s", i ? "," : "", handlers[i].type);
+    sbuf_add(&msg, ")", 2); /* with its NUL */
+    chat_send_error(cc, "unknown_type", msg.oom ? "unknown message type" : msg.p, NULL, NULL);
+    sbuf_release(&msg);
     json_decref(req);
 }
 

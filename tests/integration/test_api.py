@@ -265,6 +265,15 @@ def test_api_auth_scheme_case_and_spaces(server):
         assert r.status == 200, value
 
 
+def test_api_key_without_the_bearer_scheme_says_bearer_is_expected(server):
+    for value in (API_KEY, "Token " + API_KEY):
+        r = api(server, "GET", "/api/v1/sessions", key=None, headers={"Authorization": value})
+        err = assert_error(r, 401, "unauthorized")
+        assert 'Bearer KEY' in err["message"] and "missing" in err["message"], err
+    err = assert_error(api(server, "GET", "/api/v1/sessions", key="wrong"), 401, "unauthorized")
+    assert err["message"] == "invalid API key"
+
+
 def test_api_every_key_works_and_unknown_api_paths_need_auth_first(make_server):
     srv = make_server(api={"keys": "first-key-000000, second-key-11111"}).start()
     assert api(srv, "GET", "/api/v1/sessions", key="first-key-000000").status == 200
@@ -362,7 +371,7 @@ def test_api_push_to_room_reaches_members_and_history(server):
         await join(a, "lobby")
         await join(b, "lobby")
         r = await call(push, server, room="lobby", body={"notice": "maintenance at 5"})
-        assert r.status == 202 and r.json()["live"] == 2
+        assert r.status == 202 and r.json()["live"] == 2 and r.json()["members"] == 2
         for ws in (a, b):
             m = await recv_type(ws, "msg")
             assert m["room"] == "lobby" and m["from"] == "system"
@@ -760,3 +769,46 @@ def test_api_stops_accepting_on_shutdown(server):
     assert server.proc.poll() is None, "still draining the WebSocket client"
     ws.close()
     server.proc.wait(timeout=10)
+
+
+# ---- strict query parameters ----
+
+@pytest.mark.parametrize("path,name", [
+    ("/api/v1/sessions?usr=alice", "usr"),
+    ("/api/v1/sessions?user=alice&limit=5&sate=active", "sate"),
+    ("/api/v1/history?room=lobby&limt=5", "limt"),
+    ("/api/v1/presence?users=a&user=b", "user"),
+    ("/api/v1/sessions/1?verbose=1", "verbose"),
+    ("/api/v1/messages/1?x", "x"),
+    ("/api/v1/sessions?=1", ""),
+])
+def test_api_get_rejects_unknown_query_parameters(server, path, name):
+    for method in ("GET", "HEAD"):
+        r = api(server, method, path)
+        assert r.status == 400, (method, path, r.status)
+    err = assert_error(api(server, "GET", path), 400, "bad_request")
+    assert f'unknown query parameter "{name}"' in err["message"], err
+
+
+def test_api_unknown_query_parameter_name_is_bounded_and_escaped(server):
+    err = assert_error(api(server, "GET", "/api/v1/sessions?" + "a" * 300 + "=1"), 400, "bad_request")
+    assert '"' + "a" * 64 + '..."' in err["message"] and len(err["message"]) < 200
+    r = api(server, "GET", '/api/v1/sessions?a"b\\c=1')
+    err = assert_error(r, 400, "bad_request")
+    assert 'a"b\\c' in err["message"]
+    assert b'a\\"b' in r.body  # JSON-escaped in the body
+
+
+def test_api_known_query_parameters_still_work(server):
+    assert api(server, "GET", "/api/v1/sessions?user=alice&state=any&limit=5&before=10&").status == 200
+    assert api(server, "GET", "/api/v1/history?with=a&user=b&limit=1&before=5").status == 200
+    assert api(server, "GET", "/api/v1/presence?users=a,b").status == 200
+    assert api(server, "GET", "/healthz?probe=1", key=None).status == 200  # probes add cache busters
+
+
+def test_api_push_to_a_room_without_members_says_so(server):
+    r = push(server, room="empty-room", body="anyone?")
+    assert r.status == 202, r.body
+    j = r.json()
+    assert j["members"] == 0 and j["live"] == 0 and j["id"] > 0
+    assert "members" not in push(server, to="alice", body="x").json()

@@ -941,3 +941,27 @@ def test_chat_refresh_to_a_shorter_token_moves_the_deadline(start_server):
         assert exp - 0.3 <= time.time() <= exp + 1.5
 
     run(body())
+
+
+@pytest.mark.parametrize("type_,want", [
+    ("shout", 'unknown message type "shout" (types: send,'),
+    ("SEND", 'unknown message type "SEND"'),
+    ('say"\n\\', 'unknown message type "say"\n\\"'),
+    ("é" * 40, 'unknown message type "' + "é" * 16 + '..." (types:'),
+    (7, "type must be a string"),
+    (None, "type is missing"),
+])
+def test_chat_unknown_type_names_the_type_it_got(bad_srv, type_, want):
+    async def body():
+        alice = await connect(bad_srv, "alice")
+        frame = {"to": "bob", "body": 1}
+        if type_ is not None:
+            frame["type"] = type_
+        await alice.send_raw(json.dumps(frame))
+        e = await alice.recv()
+        assert e["type"] == "error" and e["code"] == "unknown_type", e
+        assert want in e["message"], e
+        assert len(e["message"].encode()) < 200
+        await alice.close()
+
+    run(body())

@@ -109,6 +109,15 @@ def test_deploy_ini_is_a_production_config():
             assert key in known, f"[{sec}] {key} is not a wsproxy key"
 
 
+def test_nginx_error_log_level_shows_upstream_timeouts():
+    # nginx logs "upstream timed out ... while proxying upgraded connection" at level info; at the
+    # default level (error) the one line that explains a cut idle chat would be missing.
+    logs = re.findall(r"^\s*error_log\s+(\S+)(?:\s+(\w+))?\s*;", "".join(nginx_active_lines()), re.M)
+    assert logs, "no error_log in the site config"
+    for path, level in logs:
+        assert level in ("info", "debug"), (path, level or "error (the default)")
+
+
 def test_deploy_files_agree_on_ports_paths_and_timeouts():
     cp = load_ini()
     unit = load_unit()["Service"]

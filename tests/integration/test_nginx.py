@@ -78,7 +78,8 @@ def render_site(d, *, ws_port, api_port, https_port, http_port, cert, key, read_
     text = sub(text, "/etc/letsencrypt/live/chat.example.com/privkey.pem", key)
     text = sub(text, "/var/log/nginx/wsproxy.access.log", os.path.join(d, "access.log"))
     # info: nginx logs a timed-out client side of an upgraded connection at that level
-    text = sub(text, "/var/log/nginx/wsproxy.error.log;", os.path.join(d, "error.log") + " info;")
+    # the shipped level (info) is what shows "upstream timed out" (test_nginx_idle_connection_cut...)
+    text = sub(text, "/var/log/nginx/wsproxy.error.log info;", os.path.join(d, "error.log") + " info;")
     text = sub(text, "root /usr/share/wsproxy/web;", f"root {os.path.join(ROOT, 'web')};")
     # The token /ws block and the variant each carry one copy (only the variant is left in query mode).
     copies = 1 if variant == "query" else 2

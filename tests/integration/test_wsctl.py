@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import struct
 import subprocess
 import time
@@ -419,6 +420,9 @@ def test_wsctl_push_to_user_room_and_broadcast(make_server):
     # offline user: stored, delivered later
     r = ok("push", "--to", "zoe", "later", srv=srv)
     assert "delivered live to 0 connections" in r.stdout
+    r = ok("push", "--room", "nobody-here", "hello?", srv=srv)
+    assert re.fullmatch(r"message \d+ stored; room nobody-here has no members, nobody will get it\n",
+                        r.stdout), r.stdout
     bob.ws.close()
 
 
@@ -461,6 +465,9 @@ def test_wsctl_api_disabled_in_config(make_server):
     ["history", "--room", "r", "--limit", "1001"], ["stats", "extra"], ["kick"], ["kick", "abc"],
     ["kick", "1", "2"], ["push", "hi"], ["push", "--to", "a", "--room", "b", "x"], ["push", "--to", "a"],
     ["push", "--to", "a", "x", "y"], ["push", "--broadcast", "--cid", "", "x"],
+    ["status", "extra"], ["message"], ["message", "x"], ["message", "1", "2"], ["token"],
+    ["token", "a", "b"], ["token", "bad\x01name"], ["token", "a", "--ttl", "soon"],
+    ["token", "a", "--ttl", "0s"], ["backup"], ["backup", "a", "b"],
 ])
 def test_wsctl_bad_usage_exits_2_with_usage(argv):
     r = run(*argv)
@@ -469,7 +476,11 @@ def test_wsctl_bad_usage_exits_2_with_usage(argv):
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize("cmd", ["sessions", "session", "presence", "history", "stats", "kick", "push"])
+ALL_COMMANDS = ["sessions", "session", "presence", "history", "stats", "status", "message", "token",
+                "backup", "kick", "push"]
+
+
+@pytest.mark.parametrize("cmd", ALL_COMMANDS)
 def test_wsctl_help_on_every_subcommand(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and r.stdout.startswith(f"usage: wsctl {cmd}")
@@ -480,7 +491,192 @@ def test_wsctl_help_on_every_subcommand(cmd):
 def test_wsctl_global_help_and_version():
     r = run("--help")
     assert r.returncode == 0 and "Commands:" in r.stdout and "Exit status" in r.stdout
-    for cmd in ("sessions", "session", "presence", "history", "stats", "kick", "push"):
+    for cmd in ALL_COMMANDS:
         assert f"\n  {cmd}" in r.stdout
     r = run("--version")
     assert r.returncode == 0 and r.stdout.startswith("wsctl ")
+
+
+# ---- where the config is: the same rule as the server ----
+
+def _in_private_etc(ini_text, cwd, *argv):
+    """Run argv with a private, empty /etc (tmpfs in a mount namespace) holding only
+    /etc/wsproxy/wsproxy.ini = ini_text: the machine's /etc is never touched."""
+    script = ('mount -t tmpfs none /etc && mkdir /etc/wsproxy && cat > /etc/wsproxy/wsproxy.ini && '
+              'exec "$@"')
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *argv], input=ini_text,
+                          capture_output=True, text=True, cwd=cwd, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"),
+                    reason="needs root and unshare for a private /etc")
+def test_wsctl_and_server_find_the_config_by_the_same_rule(filled, tmp_path):
+    from wsp import BIN
+    srv, info = filled
+    system_ini = f"[store]\npath = {srv.db}\n"
+    # no --config, no ./wsproxy.ini: /etc/wsproxy/wsproxy.ini
+    r = _in_private_etc(system_ini, str(tmp_path), WSCTL, "stats", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["database"] == srv.db
+    r = _in_private_etc("[server]\nbogus = 1\n", str(tmp_path), BIN, "--check")
+    assert r.returncode == 2 and "config /etc/wsproxy/wsproxy.ini:2: unknown key [server] bogus" in r.stderr
+    r = _in_private_etc("[server]\nbogus = 1\n", str(tmp_path), WSCTL, "stats")
+    assert r.returncode == 2 and "/etc/wsproxy/wsproxy.ini:2: unknown key" in r.stderr
+    # ./wsproxy.ini comes first, for both
+    (tmp_path / "wsproxy.ini").write_text(f"[store]\npath = {tmp_path / 'other.db'}\n")
+    r = _in_private_etc(system_ini, str(tmp_path), WSCTL, "stats")
+    assert r.returncode == 2 and str(tmp_path / "other.db") in r.stderr and "[store] path of wsproxy.ini" in r.stderr
+    (tmp_path / "wsproxy.ini").write_text("[server]\nalso_bogus = 1\n")
+    r = _in_private_etc(system_ini, str(tmp_path), BIN, "--check")
+    assert r.returncode == 2 and "config wsproxy.ini:2: unknown key [server] also_bogus" in r.stderr
+    # none at all: the error says where it looked
+    os.unlink(tmp_path / "wsproxy.ini")
+    r = run("stats", cwd=str(tmp_path))
+    assert r.returncode == 2
+    assert "looked for ./wsproxy.ini and /etc/wsproxy/wsproxy.ini" in r.stderr, r.stderr
+
+
+def test_make_run_prints_a_wsctl_command_that_works(tmp_path):
+    import shutil
+    from wsp import BIN, free_port
+    out = subprocess.run(["make", "-n", "-C", ROOT, "run"], capture_output=True, text=True,
+                         timeout=60).stdout
+    lines = [ln for ln in out.splitlines() if "wsctl -c wsproxy.example.ini" in ln]
+    assert len(lines) == 1, out
+    cmd = lines[0].split(": ", 1)[1].rstrip('"').split()
+    assert cmd[0] == "./build/wsctl" and cmd[1:3] == ["-c", "wsproxy.example.ini"], cmd
+    # the same layout as the checkout: the example config, run from the directory it is in
+    shutil.copy(os.path.join(ROOT, "wsproxy.example.ini"), tmp_path)
+    port, api_port = free_port(), free_port()
+    p = subprocess.Popen([BIN, "--config", "wsproxy.example.ini", "--listen", f"127.0.0.1:{port}",
+                          "--api-listen", f"127.0.0.1:{api_port}"], cwd=str(tmp_path),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(tmp_path / "var" / "wsproxy.db") and time.time() < deadline:
+            time.sleep(0.05)
+        import configparser
+        cp = configparser.ConfigParser()
+        cp.read(tmp_path / "wsproxy.example.ini")
+        secret = cp["auth"]["jwt_secret"]
+        ws = None
+        while ws is None and time.time() < deadline:
+            try:
+                ws = raw_ws(port, f"/ws?token={make_token('maker', secret=secret)}")
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        r = subprocess.run([WSCTL, *cmd[1:]], capture_output=True, text=True, cwd=str(tmp_path),
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        head, rows = table(r.stdout)
+        assert head == SESSION_COLS and rows[0][1] == "maker" and rows[0][2] == "active", r.stdout
+        ws.close()
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+
+# ---- status, message, token, backup, did you mean ----
+
+def test_wsctl_status_up_and_down(make_server):
+    srv = make_server().start()
+    wait_api(srv)
+    c = Chat(srv, "alice")
+    r = ok("status", srv=srv)
+    st = kv(r.stdout)
+    assert st["state"] == "up" and st["api"] == srv.api_url
+    assert st["listen"] == f"127.0.0.1:{srv.port} (configured)"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", st["version"])
+    assert re.fullmatch(r"\d+(ms|s) \(since \d{4}-\d\d-\d\dT[\d:]+Z\)", st["uptime"]), st["uptime"]
+    assert st["websockets"] == "1" and st["users online"] == "1" and int(st["connections"]) >= 1
+    j = json.loads(ok("status", "--json", srv=srv).stdout)
+    assert j["state"] == "up" and j["reason"] is None and j["websockets"] == 1
+    assert j["version"] == st["version"] and 0 <= j["uptime_ms"] < 60000
+    # no API key needed: /healthz and /metrics are open
+    assert run("status", "--api", srv.api_url, "--db", "/nonexistent").returncode == 0
+    c.close()
+    srv.stop()
+    r = run("status", srv=srv)
+    assert r.returncode == 1, r.stderr
+    st = kv(r.stdout)
+    assert st["state"].startswith("down (") and "refused" in st["state"]
+    assert json.loads(run("status", "--json", srv=srv).stdout)["state"] == "down"
+
+
+def test_wsctl_message_receipt_direct_room_and_missing(make_server):
+    srv = make_server(heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    mid = json.loads(ok("push", "--to", "bob", "--cid", "c-1", "--json", '{"n":1}', srv=srv).stdout)["id"]
+    st = kv(ok("message", str(mid), srv=srv).stdout)
+    assert st["state"] == "stored" and st["delivered"] == "-" and st["from"] == "system"
+    assert st["to"] == "bob" and st["cid"] == "c-1" and st["body"] == '{"n":1}'
+    bob = Chat(srv, "bob")
+    bob.send({"type": "ack", "id": mid})
+    time.sleep(0.3)
+    st = kv(ok("message", str(mid), srv=srv).stdout)
+    assert st["state"] == "delivered" and st["delivered by"] == f"session {bob.session}"
+    assert re.match(r"\d{4}-\d\d-\d\dT", st["delivered"])
+    j = json.loads(ok("message", "--json", str(mid), srv=srv).stdout)
+    assert j["id"] == mid and j["state"] == "delivered" and j["delivered_by"] == bob.session
+    rid = json.loads(ok("push", "--room", "ops", "--json", "x", srv=srv).stdout)["id"]
+    st = kv(ok("message", str(rid), srv=srv).stdout)
+    assert st["to"] == "#ops" and st["state"].startswith("stored (room messages")
+    r = run("message", "999999", srv=srv)
+    assert r.returncode == 1 and "not_found" in r.stderr and r.stdout == ""
+    bob.close()
+
+
+def test_wsctl_token_is_accepted_by_the_server_and_refused_for_asymmetric_algs(make_server, tmp_path):
+    srv = make_server(heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    tok = ok("token", "carol", "--ttl", "5m", srv=srv).stdout.strip()
+    ws = raw_ws(srv.port, f"/ws?token={tok}")
+    ws.close()
+    j = json.loads(ok("token", "--json", "dave", srv=srv).stdout)
+    assert j["user"] == "dave" and abs(j["exp"] - (time.time() + 3600)) < 5
+    time.sleep(0.2)
+    users = {s["user"] for s in json.loads(ok("sessions", "--json", srv=srv).stdout)["sessions"]}
+    assert "carol" in users
+    conf = tmp_path / "es.ini"
+    conf.write_text("[auth]\njwt_alg = ES256\njwt_public_key = /etc/x.pem\n")
+    r = run("--config", str(conf), "token", "alice")
+    assert r.returncode == 2 and "ES256" in r.stderr and "private key" in r.stderr and r.stdout == ""
+    conf.write_text("[auth]\nmode = token\n")
+    r = run("--config", str(conf), "token", "alice")
+    assert r.returncode == 2 and "no [auth] jwt_secret" in r.stderr
+
+
+def test_wsctl_backup_is_an_online_consistent_copy(make_server, tmp_path):
+    srv = make_server(heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    c = Chat(srv, "alice")
+    for i in range(50):
+        c.send({"type": "send", "to": "bob", "body": {"i": i}, "cid": f"b{i}"})
+        c.until("sent")
+    dest = tmp_path / "copy.db"
+    r = ok("backup", str(dest), srv=srv)  # the server is running and holds the database open
+    assert r.stdout.startswith(f"backed up {srv.db} to {dest} (")
+    con = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert con.execute("SELECT count(*) FROM messages").fetchone() == (50,)
+    con.close()
+    # the copy is a database wsctl (and the server) can use
+    assert json.loads(ok("--db", str(dest), "stats", "--json").stdout)["messages"] == 50
+    # never over an existing file
+    r = run("backup", str(dest), srv=srv)
+    assert r.returncode == 2 and "never overwrites" in r.stderr
+    j = json.loads(ok("backup", "--json", str(tmp_path / "b2.db"), srv=srv).stdout)
+    assert j["pages"] > 0 and j["bytes"] == os.path.getsize(tmp_path / "b2.db")
+    r = run("backup", str(tmp_path / "no" / "dir.db"), srv=srv)
+    assert r.returncode == 2 and "No such file" in r.stderr
+    c.close()
+
+
+@pytest.mark.parametrize("typo,meant", [("sesions", "sessions"), ("stat", "stats"), ("bakup", "backup"),
+                                        ("mesage", "message"), ("tokn", "token"), ("pres", "presence")])
+def test_wsctl_did_you_mean(typo, meant):
+    r = run(typo)
+    assert r.returncode == 2 and f"unknown command '{typo}'; did you mean '{meant}'?" in r.stderr
+    assert "did you mean" not in run("xyzzy").stderr

@@ -183,6 +183,11 @@ static void test_config_errors_name_the_key(void **state)
         {"[server]\ncompression_min_size = 2MiB\n", "[server] compression_min_size"},
         {"[server]\ncompression_memory_budget = 1000\n", "[server] compression_memory_budget"},
         {"this is not ini\n", "syntax error"},
+        {"[server]\nlisten = 127.0.0.1:1\n\nlisten = 127.0.0.1:2\n",
+         ":4: [server] listen: set twice, at line 2 and line 4"},
+        {"[server]\norigins = a,\n  b\n", ":3: syntax error"},
+        {"[auth]\njwt_secret = x\n[x]\njwt_secret = y\n", "unknown key [x] jwt_secret"},
+        {"[server]\n\nws_path = ws\n", ":3: [server] ws_path: 'ws' must start with /"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct px_config cfg;
@@ -211,6 +216,33 @@ static void test_config_reference_lists_every_section(void **state)
     free(buf);
 }
 
+static void test_config_print_effective_normalizes_and_masks(void **state)
+{
+    (void)state;
+    struct px_config cfg;
+    int rc;
+    char *err = load_err("[server]\nmax_message_size = 2097152\nhandshake_timeout = 1500ms\n"
+                         "drain_timeout = 120s\n[auth]\njwt_secret = s3cr3t-s3cr3t\n"
+                         "[api]\nkeys = a, b\n",
+                         &rc, &cfg, NULL);
+    assert_int_equal(rc, 0);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    config_print_effective(&cfg, f);
+    fclose(f);
+    assert_non_null(strstr(buf, "\nmax_message_size = 2MiB\n"));
+    assert_non_null(strstr(buf, "\nhandshake_timeout = 1500ms\n"));
+    assert_non_null(strstr(buf, "\ndrain_timeout = 2m\n"));
+    assert_non_null(strstr(buf, "\nmax_header_size = 8KiB\n"));
+    assert_non_null(strstr(buf, "\njwt_secret = ***\n"));
+    assert_non_null(strstr(buf, "\nkeys = ***, ***\n"));
+    assert_null(strstr(buf, "s3cr3t"));
+    free(buf);
+    free(err);
+    config_release(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -220,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_config_defaults),
         cmocka_unit_test(test_config_file_and_overrides),
         cmocka_unit_test(test_config_errors_name_the_key),
+        cmocka_unit_test(test_config_print_effective_normalizes_and_masks),
         cmocka_unit_test(test_config_reference_lists_every_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
