@@ -59,8 +59,8 @@ function nameProblem(s, what) {
     if (!s) return `Enter a ${what}.`;
     if (/[\u0000-\u001f\u007f]/.test(s)) return `A ${what} cannot contain control characters.`;
     if (byteLength(s) > NAME_MAX_BYTES) {
-        return `A ${what} is at most 64 characters, and accented letters count as 2, emoji as 4: ` +
-            `this one counts as ${byteLength(s)}.`;
+        return `A ${what} is at most 64 characters, where accented letters and other non-Latin ` +
+            `characters count as 2 to 4 (emoji as 4): this one counts as ${byteLength(s)}.`;
     }
     return null;
 }

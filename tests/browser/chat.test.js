@@ -320,6 +320,25 @@ test('the page serves the same client library as clients/js', () => {
         'web/wsproxy.js differs from clients/js/wsproxy.js: cp clients/js/wsproxy.js web/wsproxy.js');
 });
 
+test('the name rule is stated in characters', { skip: !BASE && 'WSP_URL is not set', timeout: 60000 },
+    async () => {
+        const browser = await launch();
+        try {
+            /* 33 characters, 66 bytes of UTF-8: over the server's 64-byte rule */
+            const { page } = await login(browser, BASE, 'é'.repeat(33));
+            await page.waitForSelector('#login-error:not([hidden])');
+            const msg = await page.textContent('#login-error');
+            assert.match(msg, /at most 64 characters/);
+            assert.match(msg, /counts as 66/);
+            assert.doesNotMatch(msg, /bytes/);
+            assert.match(await page.textContent('#name-rule'), /64 characters/);
+            assert.equal(await page.inputValue('#name'), 'é'.repeat(33), 'the name is not cut');
+            assert.equal(await page.isVisible('#state'), false);
+        } finally {
+            await browser.close();
+        }
+    });
+
 test('a server that refuses the page\'s Origin is reported, not retried in a loop',
     { skip: !REFUSED && 'WSP_REFUSED_URL is not set', timeout: 60000 }, async () => {
         const browser = await launch();
