@@ -266,8 +266,9 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
                 });
                 const header = await a.textContent('#conv-sub');
                 const side = await a.textContent('#online-count');
-                assert.match(header, /^2 members · 2 online$/);
-                assert.match(side, /^2 of 2 online$/);
+                /* alice and bob are online; a reused database may hold older, offline members */
+                assert.match(header, /^\d+ members · 2 online$/);
+                assert.match(side, /^2 of \d+ online$/);
             });
 
             await step('on a 390 px screen the sidebar is a drawer; long messages are refused, not cut', async () => {
