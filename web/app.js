@@ -1,1131 +1,1132 @@
-/* wsproxy demo chat client: demo login, one WebSocket with backoff reconnect, rooms, direct
- * messages, history paging, offline-replay marking and acks. No framework, no build step; user
- * data only ever reaches the DOM through textContent and dataset, never innerHTML. */
-'use strict';
+/* wsproxy demo chat page: the UI only. Every protocol matter (connecting and reconnecting, resending
+ * with the same cid, acks, de-duplication, token refresh on the open connection, history paging,
+ * pacing) is done by WsproxyClient from ./wsproxy.js, the reference client (clients/js/README.md).
+ * No framework, no build step; user data only reaches the DOM through textContent and dataset. */
+import { WsproxyClient, HandshakeError, ServerError } from './wsproxy.js';
 
-(function () {
-    const BACKOFF_BASE_MS = 1000;
-    const BACKOFF_CAP_MS = 30000;
-    const HISTORY_PAGE = 50;
-    const TOKEN_REFRESH_AHEAD_MS = 60000;   /* renew the demo token this long before it expires */
-    const WATCHDOG_GRACE_MS = 10000;        /* a probe unanswered this long means a dead link */
-    const ACK_RATE = 20;                    /* acks per second, well under the server's default 50 */
-    const ACK_BURST = 40;
-    const DEFAULT_ROOM = 'lobby';
-    const NAME_MAX_BYTES = 64;              /* the server's rule for user and room names */
+const HISTORY_PAGE = 50;
+const DEFAULT_ROOM = 'lobby';
+const NAME_MAX_BYTES = 64;          /* the server's rule for user and room names (UTF-8 bytes) */
+const MAX_BODY_BYTES = 64 * 1024;   /* the server's default [limits] max_body, as compact JSON */
+const REFUSED_AFTER = 3;            /* failed handshakes in a row before the page says "refused" */
+const SERVICE_SENDER = 'system';    /* the API's default sender of pushes and broadcasts */
+const ANNOUNCEMENTS_MAX = 3;
 
-    const $ = (id) => document.getElementById(id);
-    const el = {};
-    [
-        'me', 'state', 'state-text', 'retry', 'logout', 'login-view', 'login-form', 'name', 'login',
-        'login-error', 'chat-view', 'rooms', 'join-form', 'join-room', 'dms', 'dm-form', 'dm-user',
-        'people', 'online-count', 'conv-title', 'conv-sub', 'leave', 'messages', 'compose-form',
-        'compose', 'send', 'toast',
-    ].forEach((id) => { el[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id); });
+const $ = (id) => document.getElementById(id);
+const el = {};
+[
+    'me', 'state', 'state-text', 'retry', 'logout', 'menu', 'menu-unread', 'login-view', 'login-form',
+    'name', 'login', 'login-error', 'chat-view', 'sidebar', 'scrim', 'rooms', 'join-form', 'join-room',
+    'dms', 'dm-form', 'dm-user', 'people', 'online-count', 'services-section', 'services', 'notice',
+    'notice-title', 'notice-text', 'notice-retry', 'announcements', 'conv-title', 'conv-sub', 'leave',
+    'messages', 'compose-form', 'compose', 'send', 'compose-limit', 'toast',
+].forEach((id) => { el[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id); });
 
-    /* One object holds the session so logout can drop it whole. */
-    function freshSession() {
-        return {
-            me: null,
-            token: null,
-            exp: 0,
-            ws: null,
-            welcomed: false,
-            stopped: true,          /* logged out: never reconnect */
-            attempt: 0,             /* failed connects since the last welcome */
-            needToken: false,       /* fetch a new token before the next connect */
-            retryTimer: null,
-            tickTimer: null,
-            retryAt: 0,
-            refreshTimer: null,
-            watchdog: null,
-            lastFrameAt: 0,
-            pingMs: 25000,
-            replayCount: 0,
-            convs: new Map(),       /* "room:NAME" | "dm:NAME" -> conversation */
-            active: null,
-            users: new Map(),       /* name -> {state, lastSeen} */
-            members: new Map(),     /* room -> Set of names */
-            seen: new Map(),        /* message id -> element: at-least-once delivery, show once */
-            acked: new Set(),       /* direct message ids acked on the current connection */
-            ackQueue: [],           /* direct message ids waiting for their turn */
-            roomAckDue: new Map(),  /* room -> newest id shown, not acked yet */
-            roomAcked: new Map(),   /* room -> newest id acked on the current connection */
-            ackTimer: null,
-            ackBucket: { tokens: ACK_BURST, at: 0, rate: ACK_RATE },
-            pending: new Map(),     /* cid -> {frame, conv, node, sent} */
-            requests: new Map(),    /* rid -> callback for history/members/presence answers */
-            seq: 0,
-            /* cids must not repeat across page loads: the server dedupes sends by (user, cid) */
-            tab: Date.now().toString(36) + Math.random().toString(36).slice(2, 8),
-        };
+const encoder = new TextEncoder();
+
+/* One object holds the session so logout can drop it whole; callbacks of an old one check S. */
+function freshSession() {
+    return {
+        me: null,
+        chat: null,
+        online: false,
+        refused: false,         /* the server refused REFUSED_AFTER handshakes in a row */
+        tickTimer: null,
+        replayCount: 0,
+        tokenFetches: 0,
+        refreshes: 0,
+        convs: new Map(),       /* "room:NAME" | "dm:NAME" -> conversation */
+        active: null,
+        users: new Map(),       /* name -> {state, lastSeen, service} */
+        members: new Map(),     /* room -> Set of names */
+        seen: new Map(),        /* message id -> element: history and live traffic overlap */
+        pending: new Map(),     /* cid -> {conv, node, body, target} */
+        seq: 0,
+        /* cids must not repeat across page loads: the server dedupes sends by (user, cid) */
+        tab: Date.now().toString(36) + Math.random().toString(36).slice(2, 8),
+    };
+}
+let S = freshSession();
+
+/* ---------- small helpers ---------- */
+
+function byteLength(s) {
+    return encoder.encode(s).length;
+}
+
+/* The server counts UTF-8 bytes; people count characters, so the page says it in characters. */
+function nameProblem(s, what) {
+    if (!s) return `Enter a ${what}.`;
+    if (/[\u0000-\u001f\u007f]/.test(s)) return `A ${what} cannot contain control characters.`;
+    if (byteLength(s) > NAME_MAX_BYTES) {
+        return `A ${what} is at most 64 characters, where accented letters and other non-Latin ` +
+            `characters count as 2 to 4 (emoji as 4): this one counts as ${byteLength(s)}.`;
     }
-    let S = freshSession();
+    return null;
+}
 
-    /* ---------- small helpers ---------- */
+function node(tag, cls, text) {
+    const n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text !== undefined && text !== null) n.textContent = text;
+    return n;
+}
 
-    function validName(s) {
-        return typeof s === 'string' && s.length > 0 && !/[\u0000-\u001f\u007f]/.test(s) &&
-            new TextEncoder().encode(s).length <= NAME_MAX_BYTES;
+/* A body is any JSON value. {"text": "..."} (the docs' own push) shows its text; other values show
+ * as compact JSON, marked as data. */
+function bodyView(body) {
+    if (typeof body === 'string') return { text: body, json: false };
+    if (body && typeof body === 'object' && !Array.isArray(body) && typeof body.text === 'string') {
+        return { text: body.text, json: false };
     }
+    let text;
+    try { text = JSON.stringify(body); } catch (e) { text = String(body); }
+    return { text: text === undefined ? String(body) : text, json: true };
+}
 
-    function node(tag, cls, text) {
-        const n = document.createElement(tag);
-        if (cls) n.className = cls;
-        if (text !== undefined && text !== null) n.textContent = text;
-        return n;
-    }
+function bodyNode(body) {
+    const v = bodyView(body);
+    const n = node('div', v.json ? 'body json' : 'body', v.text);
+    return n;
+}
 
-    function nextId(prefix) {
-        S.seq += 1;
-        return prefix + S.tab + '-' + S.seq;
-    }
+function fmtTime(ts) {
+    if (!ts) return '';
+    const d = new Date(ts);
+    const now = new Date();
+    const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    if (d.toDateString() === now.toDateString()) return hm;
+    return d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + hm;
+}
 
-    function bodyText(body) {
-        if (typeof body === 'string') return body;
-        try { return JSON.stringify(body); } catch (e) { return String(body); }
-    }
+function fmtAgo(ts) {
+    if (!ts) return '';
+    const s = Math.max(0, Math.round((Date.now() - ts) / 1000));
+    if (s < 60) return 'just now';
+    if (s < 3600) return Math.round(s / 60) + ' min ago';
+    if (s < 86400) return Math.round(s / 3600) + ' h ago';
+    return new Date(ts).toLocaleDateString();
+}
 
-    function fmtTime(ts) {
-        if (!ts) return '';
-        const d = new Date(ts);
-        const now = new Date();
-        const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-        if (d.toDateString() === now.toDateString()) return hm;
-        return d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + hm;
-    }
+let toastTimer = null;
+function toast(text, kind) {
+    el.toast.textContent = text;
+    el.toast.dataset.kind = kind || 'info';
+    el.toast.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { el.toast.hidden = true; }, 5000);
+}
 
-    function fmtAgo(ts) {
-        if (!ts) return '';
-        const s = Math.max(0, Math.round((Date.now() - ts) / 1000));
-        if (s < 60) return 'just now';
-        if (s < 3600) return Math.round(s / 60) + ' min ago';
-        if (s < 86400) return Math.round(s / 3600) + ' h ago';
-        return new Date(ts).toLocaleDateString();
-    }
+function narrow() {
+    return window.matchMedia('(max-width: 700px)').matches;
+}
 
-    let toastTimer = null;
-    function toast(text, kind) {
-        el.toast.textContent = text;
-        el.toast.dataset.kind = kind || 'info';
-        el.toast.hidden = false;
-        clearTimeout(toastTimer);
-        toastTimer = setTimeout(() => { el.toast.hidden = true; }, 5000);
-    }
+/* ---------- connection state ---------- */
 
-    function roomsKey() { return 'wsp.rooms.' + S.me; }
+function setState(state, text) {
+    el.state.dataset.state = state;
+    el.stateText.textContent = text;
+    el.retry.hidden = state !== 'reconnecting';     /* a refusal has its own notice and button */
+    el.compose.placeholder = state === 'online' ? 'Write a message…'
+        : 'Write a message… (sent when back online)';
+    if (state !== 'online') delete el.state.dataset.replayed;
+}
 
-    function savedRooms() {
-        try {
-            const v = JSON.parse(localStorage.getItem(roomsKey()) || '[]');
-            return Array.isArray(v) ? v.filter(validName) : [];
-        } catch (e) {
-            return [];
-        }
-    }
+function showNotice(title, text) {
+    el.noticeTitle.textContent = title;
+    el.noticeText.textContent = text;
+    el.notice.hidden = false;
+}
 
-    function saveRooms() {
-        const rooms = [];
-        S.convs.forEach((c) => { if (c.kind === 'room' && c.joined) rooms.push(c.name); });
-        try { localStorage.setItem(roomsKey(), JSON.stringify(rooms)); } catch (e) { /* private mode */ }
-    }
+function hideNotice() {
+    el.notice.hidden = true;
+}
 
-    /* ---------- connection state ---------- */
-
-    function setState(state, text) {
-        el.state.dataset.state = state;
-        el.stateText.textContent = text;
-        el.retry.hidden = state !== 'reconnecting';
-        el.compose.placeholder = state === 'online' ? 'Write a message…'
-            : 'Write a message… (sent when back online)';
-    }
-
-    function isOnline() {
-        return S.ws && S.ws.readyState === WebSocket.OPEN && S.welcomed;
-    }
-
-    function sendFrame(frame) {
-        if (!S.ws || S.ws.readyState !== WebSocket.OPEN) return false;
-        S.ws.send(JSON.stringify(frame));
-        return true;
-    }
-
-    /* Presence answers come one frame per user asked, so a request may expect several. */
-    function request(frame, onReply, answers) {
-        frame.rid = nextId('r');
-        S.requests.set(frame.rid, { cb: onReply, left: answers || 1 });
-        if (!sendFrame(frame)) {
-            S.requests.delete(frame.rid);
-            return false;
-        }
-        return true;
-    }
-
-    async function fetchToken(name) {
-        const res = await fetch('/demo/token?user=' + encodeURIComponent(name), { cache: 'no-store' });
-        if (!res.ok) {
-            const why = res.status === 404 ? 'Demo login is disabled on this server.'
-                : res.status === 400 ? 'That name is not allowed.'
-                    : 'Login failed (HTTP ' + res.status + ').';
-            const err = new Error(why);
-            err.status = res.status;
-            throw err;
-        }
-        const j = await res.json();
-        if (!j || typeof j.token !== 'string') throw new Error('Login failed: bad token reply.');
-        S.token = j.token;
-        S.exp = typeof j.exp === 'number' ? j.exp : 0;
-        S.needToken = false;
-        scheduleTokenRefresh();
-        return j;
-    }
-
-    /* Renew before expiry so a long session is not cut with 1008 "token expired". */
-    function scheduleTokenRefresh() {
-        clearTimeout(S.refreshTimer);
-        if (!S.exp || S.stopped) return;
-        const delay = Math.max(5000, S.exp - Date.now() - TOKEN_REFRESH_AHEAD_MS);
-        S.refreshTimer = setTimeout(async () => {
-            try {
-                await fetchToken(S.me);
-                if (isOnline()) sendFrame({ type: 'refresh', token: S.token });
-            } catch (e) {
-                S.refreshTimer = setTimeout(scheduleTokenRefresh, 30000);
-            }
-        }, delay);
-    }
-
-    function wsUrl() {
-        const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-        return proto + '//' + location.host + '/ws?token=' + encodeURIComponent(S.token);
-    }
-
-    function connect() {
-        clearTimeout(S.retryTimer);
-        clearInterval(S.tickTimer);
-        S.retryTimer = null;
-        setState('connecting', S.attempt ? 'Reconnecting…' : 'Connecting…');
-        let ws;
-        try {
-            ws = new WebSocket(wsUrl());
-        } catch (e) {
-            scheduleReconnect();
-            return;
-        }
-        S.ws = ws;
-        S.welcomed = false;
-        ws.onmessage = (ev) => {
-            if (S.ws !== ws) return;
-            S.lastFrameAt = Date.now();
-            let f;
-            try { f = JSON.parse(ev.data); } catch (e) { return; }
-            if (f && typeof f === 'object') dispatch(f);
-        };
-        ws.onclose = (ev) => {
-            if (S.ws !== ws) return;
-            onClosed(ev);
-        };
-    }
-
-    function onClosed(ev) {
-        const wasWelcomed = S.welcomed;
-        S.ws = null;
-        S.welcomed = false;
-        delete el.state.dataset.replayed;
-        clearInterval(S.watchdog);
-        resetAcks();
-        S.requests.clear();
-        S.convs.forEach((c) => {
-            if (c.history === 'loading') c.history = 'none';
-            c.loadingOlder = false;
-            renderLoadOlder(c);
-        });
-        /* Sent but never receipted: it may or may not be stored. The server keeps one message per
-         * (sender, cid), so sending it again with the same cid after reconnecting is safe. */
-        S.pending.forEach((p) => {
-            if (!p.sent) return;
-            p.sent = false;
-            p.node.querySelector('.label').textContent = 'waiting for connection…';
-        });
-        if (S.stopped) {
-            setState('offline', 'Offline');
-            return;
-        }
-        if (ev.code === 1008 && /token expired/i.test(ev.reason || '')) {
-            S.needToken = true;
-            toast('Session token expired, getting a new one…');
-        } else if (!wasWelcomed) {
-            /* A refused upgrade (401) shows up as 1006 with no reason; a new token costs little. */
-            S.needToken = true;
-        }
-        if (ev.code === 1008 && ev.reason && !/token expired/i.test(ev.reason)) {
-            toast('Disconnected by the server: ' + ev.reason, 'error');
-        }
-        scheduleReconnect();
-    }
-
-    /* Exponential backoff with jitter, capped; the attempt count resets on welcome. */
-    function scheduleReconnect() {
-        if (S.stopped) return;
-        const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, S.attempt));
-        const delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
-        S.attempt += 1;
-        S.retryAt = Date.now() + delay;
-        clearTimeout(S.retryTimer);
-        clearInterval(S.tickTimer);
-        S.retryTimer = setTimeout(reconnectNow, delay);
-        const tick = () => {
-            const left = Math.max(1, Math.ceil((S.retryAt - Date.now()) / 1000));
-            setState('reconnecting', 'Reconnecting in ' + left + 's');
-        };
-        tick();
-        S.tickTimer = setInterval(tick, 1000);
-    }
-
-    async function reconnectNow() {
-        clearTimeout(S.retryTimer);
-        clearInterval(S.tickTimer);
-        S.retryTimer = null;
-        if (S.stopped || S.ws) return;
-        if (S.needToken || (S.exp && S.exp - Date.now() < 30000)) {
-            setState('connecting', 'Renewing login…');
-            try {
-                await fetchToken(S.me);
-            } catch (e) {
-                if (e.status === 400 || e.status === 404) {
-                    S.stopped = true;
-                    setState('offline', 'Offline');
-                    toast(e.message, 'error');
-                    return;
-                }
-                scheduleReconnect();
-                return;
-            }
-            if (S.stopped || S.ws) return;
-        }
-        connect();
-    }
-
-    /* Browsers cannot see server pings, so a silently dead link is noticed by probing it. */
-    function startWatchdog() {
-        clearInterval(S.watchdog);
-        let probeAt = 0;
-        S.watchdog = setInterval(() => {
-            if (!isOnline()) return;
-            const now = Date.now();
-            if (probeAt && S.lastFrameAt < probeAt && now - probeAt > WATCHDOG_GRACE_MS) {
-                probeAt = 0;
-                S.ws.close();
-                return;
-            }
-            if (!probeAt && now - S.lastFrameAt > S.pingMs) {
-                probeAt = now;
-                request({ type: 'presence', users: [S.me] }, () => { probeAt = 0; });
-            } else if (probeAt && S.lastFrameAt >= probeAt) {
-                probeAt = 0;
-            }
-        }, 2000);
-    }
-
-    /* ---------- incoming frames ---------- */
-
-    function dispatch(f) {
-        if (typeof f.rid === 'string' && S.requests.has(f.rid)) {
-            const r = S.requests.get(f.rid);
-            r.left -= 1;
-            if (r.left <= 0 || f.type === 'error') S.requests.delete(f.rid);
-            r.cb(f);
-            if (f.type === 'error') onError(f);
-            return;
-        }
-        switch (f.type) {
-        case 'welcome': onWelcome(f); break;
-        case 'msg': onMsg(f); break;
-        case 'replayed': onReplayed(); break;
-        case 'sent': onSent(f); break;
-        case 'joined': onJoined(f.room); break;
-        case 'left': onLeft(f.room); break;
-        case 'presence': onPresence(f); break;
-        case 'members': onMembers(f); break;
-        case 'truncated': onTruncated(f); break;
-        case 'error': onError(f); break;
-        case 'member': onMember(f); break;
-        case 'broadcast': toast(typeof f.body === 'string' ? f.body : JSON.stringify(f.body)); break;
-        default: break;
-        }
-    }
-
-    function onWelcome(f) {
-        S.welcomed = true;
-        S.attempt = 0;
-        S.replayCount = 0;
-        resetAcks();
-        delete el.state.dataset.replayed;
-        if (typeof f.user === 'string') S.me = f.user;
-        if (typeof f.ping_interval === 'number' && f.ping_interval > 0) S.pingMs = f.ping_interval * 1000;
-        S.lastFrameAt = Date.now();
-        el.me.textContent = S.me;
-        el.me.hidden = false;
+function onClientState(s) {
+    clearInterval(S.tickTimer);
+    S.tickTimer = null;
+    const wasOnline = S.online;
+    S.online = s.state === 'open';
+    if (wasOnline !== S.online) renderPeople();
+    if (s.state === 'open') {
+        el.state.dataset.session = s.session;
         setState('online', 'Online');
-        startWatchdog();
-
-        const rooms = new Set([DEFAULT_ROOM].concat(savedRooms()));
-        S.convs.forEach((c) => { if (c.kind === 'room' && c.joined) rooms.add(c.name); });
-        rooms.forEach((r) => sendFrame({ type: 'join', room: r }));
-
-        const peers = [];
-        S.convs.forEach((c) => { if (c.kind === 'dm') peers.push(c.name); });
-        if (peers.length) request({ type: 'presence', users: peers }, onPresence, peers.length);
-
-        /* messages typed while offline go out now, in order */
-        S.pending.forEach((p) => { if (!p.sent && !p.failed) transmit(p); });
-
-        const active = S.convs.get(S.active);
-        if (active && active.kind === 'dm' && active.history === 'none') loadHistory(active);
-    }
-
-    function convKeyOf(m) {
-        if (typeof m.room === 'string') return 'room:' + m.room;
-        const peer = m.from === S.me ? m.to : m.from;
-        return 'dm:' + peer;
-    }
-
-    function onMsg(f) {
-        if (typeof f.id !== 'number') return;
-        if (typeof f.room !== 'string' && (typeof f.from !== 'string' || typeof f.to !== 'string')) return;
-        const conv = ensureConv(convKeyOf(f));
-        if (conv.kind === 'room' && !conv.joined) {
-            conv.joined = true;     /* only members get room traffic */
-            saveRooms();
+        hideNotice();
+    } else if (s.state === 'connecting') {
+        if (S.refused) setState('refused', 'Refused by server');
+        else setState('connecting', s.attempt ? 'Reconnecting…' : 'Connecting…');
+    } else if (s.state === 'reconnecting') {
+        el.state.dataset.drops = String(Number(el.state.dataset.drops || 0) + 1);
+        if (s.code === 1008 && s.reason && s.reason !== 'token expired') {
+            toast('Disconnected by the server: ' + s.reason, 'error');
         }
-        if (f.from !== S.me) noteUser(f.from);
-        if (f.from === S.me && typeof f.cid === 'string' && S.pending.has(f.cid)) {
-            confirmPending(f.cid, f.id, f.ts);
-        }
-        if (S.seen.has(f.id)) {
-            ack(f);     /* a redelivery: ack again so it is not replayed once more */
-            return;
-        }
-        if (f.replay) S.replayCount += 1;
-        const n = renderMsg(f, !!f.replay);
-        placeMsg(conv, n, f.id);
-        ack(f);
-        conv.lastActivity = f.ts || Date.now();
-        if (f.from !== S.me && (S.active !== conv.key || document.hidden)) {
-            conv.unread += 1;
-            renderConvItem(conv);
-            renderTitle();
-        }
-        if (conv.kind === 'dm') bumpDm(conv);
-    }
-
-    function onReplayed() {
-        el.state.dataset.replayed = 'yes';
-        if (S.replayCount > 0) {
-            toast(S.replayCount === 1 ? '1 message arrived while you were offline.'
-                : S.replayCount + ' messages arrived while you were offline.');
-        }
-        S.replayCount = 0;
-    }
-
-    function onSent(f) {
-        if (typeof f.cid !== 'string' || typeof f.id !== 'number') return;
-        const p = S.pending.get(f.cid);
-        confirmPending(f.cid, f.id, f.ts);
-        /* our own room message is displayed too: move the room cursor past it */
-        if (p && p.conv.kind === 'room') ack({ id: f.id, room: p.conv.name });
-    }
-
-    function onJoined(room) {
-        if (typeof room !== 'string') return;
-        const conv = ensureConv('room:' + room);
-        conv.joined = true;
-        saveRooms();
-        request({ type: 'members', room: room }, onMembers);
-        if (!S.active) openConv(conv.key);
-        else if (S.active === conv.key && conv.history === 'none') loadHistory(conv);
-        if (S.active === conv.key) renderHeader();
-    }
-
-    function onLeft(room) {
-        if (typeof room !== 'string') return;
-        const conv = S.convs.get('room:' + room);
-        if (!conv) return;
-        conv.joined = false;
-        saveRooms();
-        removeConv(conv);
-    }
-
-    function onPresence(f) {
-        if (f.type !== 'presence' || typeof f.user !== 'string') return;
-        const u = noteUser(f.user);
-        const was = u.state;
-        u.state = f.state === 'online' ? 'online' : 'offline';
-        if (typeof f.last_seen === 'number') u.lastSeen = f.last_seen;
-        if (was !== u.state) renderPeople();
-    }
-
-    function onMember(f) {
-        if (typeof f.room !== 'string' || typeof f.user !== 'string') return;
-        const set = S.members.get(f.room) || new Set();
-        if (f.event === 'joined') {
-            set.add(f.user);
-            noteUser(f.user).state = 'online';
+        if (S.refused) {
+            setState('refused', 'Refused by server');
         } else {
-            set.delete(f.user);
+            const at = Date.now() + s.delayMs;
+            const tick = () => {
+                const left = Math.max(1, Math.ceil((at - Date.now()) / 1000));
+                setState('reconnecting', 'Reconnecting in ' + left + 's');
+            };
+            tick();
+            S.tickTimer = setInterval(tick, 1000);
         }
-        S.members.set(f.room, set);
+    } else if (s.state === 'closed') {
+        setState('offline', 'Offline');
+        if (s.reason === 'kicked') {
+            showNotice('Signed out by an operator.', 'This session was ended on the server. Log out and in again to continue.');
+        }
+    }
+    S.pending.forEach((p) => {
+        if (!p.failed) p.node.querySelector('.label').textContent = S.online ? 'sending…' : 'waiting for connection…';
+    });
+}
+
+function onClientError(e) {
+    if (e instanceof HandshakeError) {
+        /* A browser is never shown the HTTP answer to a refused upgrade (403 for an Origin outside
+         * [server] origins, 401, 503): it only sees the socket fail. The token fetch before each
+         * attempt worked, so the server is up and refusing. The client keeps retrying with backoff. */
+        S.refused = true;
+        setState('refused', 'Refused by server');
+        showNotice('The server refused the connection.',
+            `${e.attempts} attempts in a row were turned away, and a browser is not told why: this ` +
+            'page\'s address may not be among the server\'s allowed origins, or the server is full. ' +
+            'Still trying, less and less often.');
+        return;
+    }
+    if (e.code === 'token_provider') {
+        const status = e.cause && e.cause.status;
+        if (status === 400 || status === 404) {
+            const msg = e.cause.message;
+            logout();
+            showLogin(msg);
+        }
+        return;     /* the server is unreachable: the state already says "Reconnecting" */
+    }
+    if (e instanceof ServerError) {
+        toast('Server: ' + (e.message || e.code), 'error');
+        return;
+    }
+    toast(e.message || String(e), 'error');
+}
+
+async function fetchToken(name) {
+    S.tokenFetches += 1;
+    el.state.dataset.tokenFetches = String(S.tokenFetches);
+    const res = await fetch('/demo/token?user=' + encodeURIComponent(name), { cache: 'no-store' });
+    if (!res.ok) {
+        const why = res.status === 404 ? 'Demo login is disabled on this server.'
+            : res.status === 400 ? 'That name is not allowed.'
+                : 'Login failed (HTTP ' + res.status + ').';
+        const err = new Error(why);
+        err.status = res.status;
+        throw err;
+    }
+    const j = await res.json();
+    if (!j || typeof j.token !== 'string') throw new Error('Login failed: bad token reply.');
+    return { token: j.token, exp: typeof j.exp === 'number' ? j.exp : undefined };
+}
+
+function startClient(name, firstToken) {
+    const sess = S;
+    let prefetched = firstToken;     /* the login's token serves the first connect: one fetch, not two */
+    const chat = new WsproxyClient({
+        url: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws',
+        token: () => {
+            if (prefetched) {
+                const t = prefetched;
+                prefetched = null;
+                return Promise.resolve(t);
+            }
+            return fetchToken(name);
+        },
+        handshakeFailureLimit: REFUSED_AFTER,
+    });
+    S.chat = chat;
+    const on = (type, fn) => chat.on(type, (v) => { if (S === sess) fn(v); });
+    on('state', onClientState);
+    on('error', onClientError);
+    on('open', onOpen);
+    on('message', onMsg);
+    on('replayed', onReplayed);
+    on('joined', (f) => onJoined(f.room));
+    on('left', (f) => onLeft(f.room));
+    on('presence', onPresence);
+    on('member', onMember);
+    on('truncated', onTruncated);
+    on('broadcast', onBroadcast);
+    on('refreshed', () => {
+        S.refreshes += 1;
+        el.state.dataset.refreshes = String(S.refreshes);
+    });
+    chat.connect().catch(() => {});
+}
+
+/* ---------- events from the client ---------- */
+
+function onOpen(f) {
+    S.refused = false;
+    S.replayCount = 0;
+    if (typeof f.user === 'string') S.me = f.user;
+    el.me.textContent = S.me;
+    el.me.hidden = false;
+    /* The server remembers memberships (welcome.rooms); a first visit lands in the lobby. */
+    const rooms = Array.isArray(f.rooms) ? f.rooms : [];
+    rooms.forEach((r) => { if (typeof r === 'string') markJoined(r); });
+    if (!rooms.length) joinRoom(DEFAULT_ROOM);
+    /* a room left on another device while this one was away */
+    Array.from(S.convs.values()).forEach((c) => {
+        if (c.kind === 'room' && c.joined && !rooms.includes(c.name) && c.name !== DEFAULT_ROOM) removeConv(c);
+    });
+    const peers = [];
+    S.users.forEach((u, n) => { if (n !== S.me) peers.push(n); });
+    if (peers.length) askPresence(peers);
+    S.convs.forEach((c) => { if (c.kind === 'room' && c.joined) loadMembers(c.name); });
+    if (!S.active) {
+        const first = S.convs.get('room:' + DEFAULT_ROOM) || S.convs.values().next().value;
+        if (first) openConv(first.key);
+    }
+    const active = S.convs.get(S.active);
+    if (active && active.history === 'none' && (active.kind === 'dm' || active.joined)) loadHistory(active);
+    renderPeople();
+}
+
+function convKeyOf(m) {
+    if (typeof m.room === 'string') return 'room:' + m.room;
+    return 'dm:' + (m.from === S.me ? m.to : m.from);
+}
+
+function onMsg(f) {
+    if (typeof f.room !== 'string' && (typeof f.from !== 'string' || typeof f.to !== 'string')) return;
+    const conv = ensureConv(convKeyOf(f));
+    if (conv.kind === 'room' && !conv.joined) markJoined(conv.name);   /* only members get room traffic */
+    if (f.from !== S.me) noteSender(f.from);
+    if (S.seen.has(f.id)) return;   /* already shown through history */
+    if (f.replay) S.replayCount += 1;
+    placeMsg(conv, renderMsg(f, !!f.replay), f.id);
+    conv.lastActivity = f.ts || Date.now();
+    if (f.from !== S.me && (S.active !== conv.key || document.hidden)) {
+        conv.unread += 1;
+        renderConvItem(conv);
+        renderTitle();
+    }
+    if (conv.kind === 'dm') bumpDm(conv);
+}
+
+function onReplayed() {
+    el.state.dataset.replayed = 'yes';
+    if (S.replayCount > 0) {
+        toast(S.replayCount === 1 ? '1 message arrived while you were offline.'
+            : S.replayCount + ' messages arrived while you were offline.');
+    }
+    S.replayCount = 0;
+}
+
+/* A broadcast is the backend speaking to everyone: an announcement above the conversation, kept
+ * until dismissed (not stored by the server, so it is gone after a reload). */
+function onBroadcast(f) {
+    const box = node('div', 'announce');
+    box.dataset.from = typeof f.from === 'string' ? f.from : SERVICE_SENDER;
+    const icon = node('span', 'announce-icon', '!');
+    icon.setAttribute('aria-hidden', 'true');
+    const main = node('div', 'announce-main');
+    const meta = node('div', 'meta');
+    meta.append(node('span', 'announce-title', 'Announcement'), node('time', 'time', fmtTime(f.ts)));
+    main.append(meta, bodyNode(f.body));
+    const close = node('button', 'link-btn announce-close', '×');
+    close.type = 'button';
+    close.setAttribute('aria-label', 'Dismiss announcement');
+    close.addEventListener('click', () => box.remove());
+    box.append(icon, main, close);
+    el.announcements.prepend(box);
+    while (el.announcements.children.length > ANNOUNCEMENTS_MAX) el.announcements.lastElementChild.remove();
+}
+
+function markJoined(room) {
+    const conv = ensureConv('room:' + room);
+    conv.joined = true;
+    return conv;
+}
+
+function onJoined(room) {
+    if (typeof room !== 'string') return;
+    const conv = markJoined(room);
+    loadMembers(room);
+    if (!S.active) openConv(conv.key);
+    else if (S.active === conv.key && conv.history === 'none') loadHistory(conv);
+    if (S.active === conv.key) renderHeader();
+}
+
+function onLeft(room) {
+    if (typeof room !== 'string') return;
+    const conv = S.convs.get('room:' + room);
+    S.members.delete(room);
+    if (conv) removeConv(conv);
+    renderPeople();
+}
+
+function onPresence(f) {
+    if (typeof f.user !== 'string') return;
+    const u = noteUser(f.user);
+    const was = u.state + u.service;
+    u.state = f.state === 'online' ? 'online' : 'offline';
+    if (typeof f.last_seen === 'number') u.lastSeen = f.last_seen;
+    /* A sender the chat has never seen connected is not a chat user: a backend pushing through
+     * the API with its own "from". (The msg frame itself is the same for both.) */
+    if (u.sender) u.service = f.user === SERVICE_SENDER || f.last_seen === null;
+    if (was !== u.state + u.service) {
+        markServiceMessages(f.user, u.service);
         renderPeople();
     }
+}
 
-    function onMembers(f) {
-        if (f.type !== 'members' || typeof f.room !== 'string' || !Array.isArray(f.users)) return;
+function onMember(f) {
+    if (typeof f.room !== 'string' || typeof f.user !== 'string') return;
+    const set = S.members.get(f.room) || new Set();
+    if (f.event === 'joined') {
+        set.add(f.user);
+        noteUser(f.user).state = 'online';
+    } else {
+        set.delete(f.user);
+    }
+    S.members.set(f.room, set);
+    renderPeople();
+}
+
+function onTruncated(f) {
+    if (typeof f.room !== 'string') return;
+    const conv = ensureConv('room:' + f.room);
+    conv.more = true;
+    renderLoadOlder(conv);
+    toast('Some older messages in #' + f.room + ' were skipped; use "Load older" to see them.');
+}
+
+/* ---------- calls through the client ---------- */
+
+function joinRoom(room) {
+    const sess = S;
+    S.chat.join(room).catch((e) => {
+        if (S !== sess || e.code === 'closed') return;
+        toast('Cannot join #' + room + ': ' + e.message, 'error');
+    });
+}
+
+function loadMembers(room) {
+    const sess = S;
+    S.chat.members(room).then((users) => {
+        if (S !== sess) return;
         const set = new Set();
-        f.users.forEach((m) => {
+        users.forEach((m) => {
             if (!m || typeof m.user !== 'string') return;
             set.add(m.user);
-            const u = noteUser(m.user);
+            const u = noteUser(m.user, true);
             u.state = m.state === 'online' ? 'online' : 'offline';
             if (typeof m.last_seen === 'number') u.lastSeen = m.last_seen;
         });
-        S.members.set(f.room, set);
+        S.members.set(room, set);
         renderPeople();
-    }
+    }).catch(() => {});
+}
 
-    function onTruncated(f) {
-        if (typeof f.room !== 'string') return;
-        const conv = ensureConv('room:' + f.room);
-        conv.more = true;
+function askPresence(names) {
+    const sess = S;
+    for (let i = 0; i < names.length; i += 100) {
+        S.chat.presence(names.slice(i, i + 100)).then((list) => {
+            if (S === sess) list.forEach(onPresence);
+        }).catch(() => {});
+    }
+}
+
+/* ---------- users: chat users and push senders ---------- */
+
+function noteUser(name, quiet) {
+    let u = S.users.get(name);
+    if (!u) {
+        u = { state: 'unknown', lastSeen: 0, service: name === SERVICE_SENDER, sender: false };
+        S.users.set(name, u);
+        if (name !== S.me && !quiet) {
+            renderPeople();
+            if (S.online) askPresence([name]);
+        }
+    }
+    return u;
+}
+
+/* A user who sent us a message: a chat user, or a backend pushing through the API. */
+function noteSender(name) {
+    const u = noteUser(name);
+    if (!u.sender) {
+        u.sender = true;
+        if (u.lastSeen || u.state === 'online') u.service = false;
+        else if (S.online && u.state !== 'unknown') askPresence([name]);
+    }
+    return u;
+}
+
+function markServiceMessages(name, service) {
+    el.messages.querySelectorAll('.msg').forEach((n) => {
+        if (n.dataset.from !== name) return;
+        n.classList.toggle('service', service);
+        const lbl = n.querySelector('.service-label');
+        if (lbl) lbl.hidden = !service;
+    });
+    const c = S.convs.get('dm:' + name);
+    if (c) renderConvItem(c);
+    if (S.active === 'dm:' + name) renderHeader();
+}
+
+function isService(name) {
+    const u = S.users.get(name);
+    return name === SERVICE_SENDER || !!(u && u.service);
+}
+
+function isOnline(name) {
+    if (name === S.me) return S.online;
+    const u = S.users.get(name);
+    return !!u && u.state === 'online';
+}
+
+/* ---------- conversations ---------- */
+
+function ensureConv(key) {
+    let c = S.convs.get(key);
+    if (c) return c;
+    const sep = key.indexOf(':');
+    c = {
+        key,
+        kind: key.slice(0, sep),
+        name: key.slice(sep + 1),
+        unread: 0,
+        joined: false,
+        history: 'none',    /* none | loading | loaded */
+        more: true,
+        nextBefore: null,
+        loadingOlder: false,
+        lastActivity: 0,
+        thread: node('div', 'thread'),
+        list: node('div', 'msg-list'),
+        older: node('button', 'load-older', 'Load older messages'),
+        empty: node('div', 'empty', 'No messages yet. Say hello!'),
+        item: node('li', 'conv'),
+    };
+    c.thread.dataset.conv = key;
+    c.thread.hidden = true;
+    c.older.type = 'button';
+    c.older.hidden = true;
+    c.older.addEventListener('click', () => loadOlder(c));
+    c.thread.append(c.older, c.empty, c.list);
+    el.messages.append(c.thread);
+
+    c.item.dataset.conv = key;
+    c.item.tabIndex = 0;
+    c.item.setAttribute('role', 'button');
+    if (c.kind === 'dm') c.item.append(node('span', 'dot'));
+    else c.item.append(node('span', 'hash', '#'));
+    c.item.append(node('span', 'conv-name', c.name), node('span', 'unread'));
+    c.item.addEventListener('click', () => openConv(key));
+    c.item.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openConv(key); }
+    });
+    S.convs.set(key, c);
+    if (c.kind === 'room') insertSorted(el.rooms, c.item, c.name);
+    else {
+        el.dms.prepend(c.item);
+        noteUser(c.name);
+    }
+    renderConvItem(c);
+    return c;
+}
+
+function insertSorted(list, item, name) {
+    const after = Array.from(list.children).find((li) => {
+        const other = li.querySelector('.conv-name');
+        return other && other.textContent.localeCompare(name) > 0;
+    });
+    list.insertBefore(item, after || null);
+}
+
+function bumpDm(conv) {
+    if (el.dms.firstChild !== conv.item) el.dms.prepend(conv.item);
+}
+
+function removeConv(conv) {
+    conv.item.remove();
+    conv.thread.remove();
+    S.convs.delete(conv.key);
+    if (S.active === conv.key) {
+        S.active = null;
+        const next = S.convs.get('room:' + DEFAULT_ROOM) || S.convs.values().next().value;
+        if (next) openConv(next.key);
+        else renderHeader();
+    }
+    renderTitle();
+}
+
+function openConv(key) {
+    const conv = S.convs.get(key);
+    if (!conv) return;
+    const prev = S.convs.get(S.active);
+    if (prev) {
+        prev.thread.hidden = true;
+        prev.item.classList.remove('active');
+    }
+    S.active = key;
+    conv.thread.hidden = false;
+    conv.item.classList.add('active');
+    conv.unread = 0;
+    renderConvItem(conv);
+    renderTitle();
+    renderHeader();
+    scrollToBottom();
+    setDrawer(false);
+    if (conv.history === 'none' && (conv.kind === 'dm' || conv.joined)) loadHistory(conv);
+    if (conv.kind === 'room' && conv.joined && S.online) loadMembers(conv.name);
+    if (window.matchMedia('(pointer: fine)').matches) el.compose.focus();
+}
+
+function historyQuery(conv, before) {
+    const q = conv.kind === 'room' ? { room: conv.name } : { with: conv.name };
+    q.limit = HISTORY_PAGE;
+    if (before) q.before = before;
+    return q;
+}
+
+function loadHistory(conv) {
+    if (!S.online || conv.history === 'loading') return;
+    const sess = S;
+    conv.history = 'loading';
+    conv.thread.dataset.history = 'loading';
+    S.chat.history(historyQuery(conv)).then((page) => {
+        if (S !== sess) return;
+        conv.history = 'loaded';
+        addHistory(conv, page);
+        conv.thread.dataset.history = 'loaded';
+        if (S.active === conv.key) scrollToBottom();
+    }, () => {
+        if (S !== sess) return;
+        conv.history = 'none';
+        delete conv.thread.dataset.history;
+    });
+}
+
+function loadOlder(conv) {
+    if (!S.online || conv.loadingOlder) return;
+    const sess = S;
+    const first = conv.list.querySelector('.msg[data-id]');
+    const before = first ? Number(first.dataset.id) : conv.nextBefore;
+    conv.loadingOlder = true;
+    renderLoadOlder(conv);
+    const box = el.messages;
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    S.chat.history(historyQuery(conv, before)).then((page) => {
+        if (S !== sess) return;
+        addHistory(conv, page);
+    }, () => {}).finally(() => {
+        if (S !== sess) return;
+        conv.loadingOlder = false;
         renderLoadOlder(conv);
-        toast('Some older messages in #' + f.room + ' were skipped; use "Load older" to see them.');
+        /* keep the message the user was looking at in place */
+        if (S.active === conv.key) box.scrollTop = box.scrollHeight - fromBottom;
+    });
+}
+
+function addHistory(conv, page) {
+    page.items.forEach((m) => {
+        if (!m || typeof m.id !== 'number') return;
+        if (m.from !== S.me) noteSender(m.from);
+        if (S.seen.has(m.id)) return;
+        placeMsg(conv, renderMsg(m, false), m.id);
+    });
+    conv.more = page.more;
+    conv.nextBefore = page.nextBefore;
+    renderLoadOlder(conv);
+}
+
+/* ---------- messages ---------- */
+
+function renderMsg(m, offline) {
+    const n = node('div', 'msg');
+    const mine = m.from === S.me;
+    if (mine) n.classList.add('mine');
+    if (offline) n.classList.add('offline');
+    const service = !mine && isService(m.from);
+    if (service) n.classList.add('service');
+    n.dataset.id = String(m.id);
+    n.dataset.from = m.from;
+    if (typeof m.ts === 'number') n.dataset.ts = String(m.ts);
+    if (typeof m.cid === 'string' && mine) n.dataset.cid = m.cid;
+    const meta = node('div', 'meta');
+    meta.append(node('span', 'from', mine ? 'You' : m.from));
+    if (!mine) {
+        const lbl = node('span', 'label service-label', 'via API');
+        lbl.title = 'Sent by a backend through the push API, not by a chat user';
+        lbl.hidden = !service;
+        meta.append(lbl);
     }
-
-    function onError(f) {
-        if (f.code === 'rate_limited') {
-            /* a server configured tighter than our pace: halve it and let the bucket drain */
-            S.ackBucket.rate = Math.max(1, S.ackBucket.rate / 2);
-            S.ackBucket.tokens = 0;
-            return;
-        }
-        if (typeof f.cid === 'string' && S.pending.has(f.cid)) {
-            markFailed(S.pending.get(f.cid), f.code === 'not_member' ? 'not a member' : 'not sent');
-        }
-        const msg = typeof f.message === 'string' && f.message ? f.message : f.code;
-        toast('Server: ' + msg, 'error');
+    const t = node('time', 'time', fmtTime(m.ts));
+    if (m.ts) {
+        t.dateTime = new Date(m.ts).toISOString();
+        t.title = new Date(m.ts).toLocaleString();
     }
+    meta.append(t);
+    if (offline) meta.append(node('span', 'label offline-label', 'received while you were offline'));
+    n.append(meta, bodyNode(m.body));
+    return n;
+}
 
-    /* Acks count against the server's per-connection rate limit like any frame, and a long replay
-     * would trip it, so they are paced. A room cursor only moves forward (max), so per room only
-     * the newest id shown needs acking. A direct message is acked by its recipient alone: our own
-     * DMs echoed from another device of ours are not ours to ack (the server answers an error). */
-    function ack(m) {
-        if (typeof m.id !== 'number') return;
-        if (typeof m.room === 'string') {
-            if (m.id <= (S.roomAcked.get(m.room) || 0) || m.id <= (S.roomAckDue.get(m.room) || 0)) return;
-            S.roomAckDue.set(m.room, m.id);
-        } else if (m.to === S.me) {
-            if (S.acked.has(m.id)) return;
-            S.acked.add(m.id);
-            S.ackQueue.push(m.id);
-        } else {
-            return;
-        }
-        if (!S.ackTimer) S.ackTimer = setTimeout(flushAcks, 20);
+/* Keep each thread ordered by id: history and replay may arrive around live traffic. */
+function placeMsg(conv, n, id) {
+    S.seen.set(id, n);
+    const box = el.messages;
+    const stick = S.active === conv.key && box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+    const items = conv.list.children;
+    let before = null;
+    for (let i = items.length - 1; i >= 0; i -= 1) {
+        const other = items[i];
+        if (!other.dataset.id) { before = other; continue; }   /* pending ones stay last */
+        if (Number(other.dataset.id) > id) before = other; else break;
     }
+    conv.list.insertBefore(n, before);
+    conv.empty.hidden = true;
+    regroup(n);
+    if (n.nextElementSibling) regroup(n.nextElementSibling);
+    if (stick) scrollToBottom();
+}
 
-    function flushAcks() {
-        S.ackTimer = null;
-        if (!isOnline()) return;    /* unacked ones come back in the next replay and are acked then */
-        const now = Date.now();
-        const b = S.ackBucket;
-        b.tokens = Math.min(ACK_BURST, b.tokens + (now - b.at) * b.rate / 1000);
-        b.at = now;
-        while (b.tokens >= 1 && (S.ackQueue.length || S.roomAckDue.size)) {
-            let id;
-            if (S.roomAckDue.size) {
-                const [room, max] = S.roomAckDue.entries().next().value;
-                S.roomAckDue.delete(room);
-                S.roomAcked.set(room, max);
-                id = max;
-            } else {
-                id = S.ackQueue.shift();
-            }
-            sendFrame({ type: 'ack', id: id });
-            b.tokens -= 1;
-        }
-        if (S.ackQueue.length || S.roomAckDue.size) {
-            S.ackTimer = setTimeout(flushAcks, Math.ceil(1000 / b.rate));
-        }
+/* A run of messages from one sender within a few minutes shows its name and time once. */
+function regroup(n) {
+    const prev = n.previousElementSibling;
+    const ts = Number(n.dataset.ts || Date.now());
+    const same = prev && prev.dataset.from === n.dataset.from &&
+        prev.classList.contains('offline') === n.classList.contains('offline') &&
+        Math.abs(ts - Number(prev.dataset.ts || Date.now())) < 5 * 60000;
+    n.classList.toggle('cont', !!same);
+}
+
+/* The server refuses a body over [limits] max_body (compact JSON); say so here, keep the text. */
+function bodyTooLarge(text) {
+    const bytes = byteLength(JSON.stringify(text));
+    return bytes > MAX_BODY_BYTES ? bytes : 0;
+}
+
+function showComposeLimit(bytes) {
+    if (!bytes) {
+        el.composeLimit.hidden = true;
+        el.compose.removeAttribute('aria-invalid');
+        return;
     }
+    el.composeLimit.textContent = `This message is too long to send: ${Math.ceil(bytes / 1024)} KiB, and the ` +
+        'server takes at most 64 KiB. Shorten it or split it in parts; nothing was sent or cut.';
+    el.composeLimit.hidden = false;
+    el.compose.setAttribute('aria-invalid', 'true');
+}
 
-    function resetAcks() {
-        clearTimeout(S.ackTimer);
-        S.ackTimer = null;
-        S.acked.clear();
-        S.ackQueue = [];
-        S.roomAckDue.clear();
-        S.roomAcked.clear();
+function sendMessage(text) {
+    const conv = S.convs.get(S.active);
+    if (!conv) return;
+    S.seq += 1;
+    const cid = 'p' + S.tab + '-' + S.seq;
+    const target = conv.kind === 'room' ? { room: conv.name } : { to: conv.name };
+    const n = node('div', 'msg mine pending');
+    n.dataset.cid = cid;
+    n.dataset.from = S.me;
+    const meta = node('div', 'meta');
+    meta.append(node('span', 'from', 'You'), node('time', 'time', ''),
+        node('span', 'label pending-label', S.online ? 'sending…' : 'waiting for connection…'));
+    n.append(meta, bodyNode(text));
+    const p = { conv, node: n, body: text, target, cid, failed: false };
+    S.pending.set(cid, p);
+    conv.list.append(n);
+    regroup(n);
+    conv.empty.hidden = true;
+    conv.lastActivity = Date.now();
+    if (conv.kind === 'dm') bumpDm(conv);
+    scrollToBottom();
+    transmit(p);
+}
+
+/* The client keeps a send until the server stored it, across reconnects, with the same cid. */
+function transmit(p) {
+    const sess = S;
+    p.failed = false;
+    p.node.classList.remove('failed');
+    p.node.classList.add('pending');
+    const lbl = p.node.querySelector('.label');
+    lbl.className = 'label pending-label';
+    lbl.textContent = S.online ? 'sending…' : 'waiting for connection…';
+    const retry = p.node.querySelector('.retry');
+    if (retry) retry.remove();
+    S.chat.send({ ...p.target, body: p.body, cid: p.cid }).then((r) => {
+        if (S === sess) confirmPending(p.cid, r.id, r.ts);
+    }, (e) => {
+        if (S !== sess) return;
+        markFailed(p, e.code === 'not_member' ? 'not a member'
+            : e.code === 'too_large' ? 'too large for this server' : 'not sent');
+        if (e.code !== 'closed') toast('Not sent: ' + e.message, 'error');
+    });
+}
+
+function markFailed(p, why) {
+    p.failed = true;
+    p.node.classList.remove('pending');
+    p.node.classList.add('failed');
+    const lbl = p.node.querySelector('.label');
+    lbl.className = 'label failed-label';
+    lbl.textContent = why;
+    if (!p.node.querySelector('.retry')) {
+        const b = node('button', 'retry link-btn', 'Retry');
+        b.type = 'button';
+        b.addEventListener('click', () => transmit(p));
+        p.node.querySelector('.meta').append(b);
     }
+}
 
-    /* ---------- users ---------- */
-
-    function noteUser(name) {
-        let u = S.users.get(name);
-        if (!u) {
-            u = { state: 'unknown', lastSeen: 0 };
-            S.users.set(name, u);
-            if (name !== S.me) {
-                renderPeople();
-                if (isOnline()) request({ type: 'presence', users: [name] }, onPresence);
-            }
-        }
-        return u;
-    }
-
-    /* ---------- conversations ---------- */
-
-    function ensureConv(key) {
-        let c = S.convs.get(key);
-        if (c) return c;
-        const sep = key.indexOf(':');
-        c = {
-            key: key,
-            kind: key.slice(0, sep),
-            name: key.slice(sep + 1),
-            unread: 0,
-            joined: false,
-            history: 'none',    /* none | loading | loaded */
-            more: true,
-            loadingOlder: false,
-            lastActivity: 0,
-            thread: node('div', 'thread'),
-            list: node('div', 'msg-list'),
-            older: node('button', 'load-older', 'Load older messages'),
-            empty: node('div', 'empty', 'No messages yet. Say hello!'),
-            item: node('li', 'conv'),
-        };
-        c.thread.dataset.conv = key;
-        c.thread.hidden = true;
-        c.older.type = 'button';
-        c.older.hidden = true;
-        c.older.addEventListener('click', () => loadOlder(c));
-        c.thread.append(c.older, c.empty, c.list);
-        el.messages.append(c.thread);
-
-        c.item.dataset.conv = key;
-        c.item.tabIndex = 0;
-        c.item.setAttribute('role', 'button');
-        if (c.kind === 'dm') c.item.append(node('span', 'dot'));
-        else c.item.append(node('span', 'hash', '#'));
-        c.item.append(node('span', 'conv-name', c.name), node('span', 'unread'));
-        c.item.addEventListener('click', () => openConv(key));
-        c.item.addEventListener('keydown', (e) => {
-            if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openConv(key); }
-        });
-        S.convs.set(key, c);
-        if (c.kind === 'room') insertSorted(el.rooms, c.item, c.name);
-        else {
-            el.dms.prepend(c.item);
-            noteUser(c.name);
-        }
-        renderConvItem(c);
-        return c;
-    }
-
-    function insertSorted(list, item, name) {
-        const after = Array.from(list.children).find((li) => {
-            const other = li.querySelector('.conv-name');
-            return other && other.textContent.localeCompare(name) > 0;
-        });
-        list.insertBefore(item, after || null);
-    }
-
-    function bumpDm(conv) {
-        if (el.dms.firstChild !== conv.item) el.dms.prepend(conv.item);
-    }
-
-    function removeConv(conv) {
-        conv.item.remove();
-        conv.thread.remove();
-        S.convs.delete(conv.key);
-        if (S.active === conv.key) {
-            S.active = null;
-            const next = S.convs.get('room:' + DEFAULT_ROOM) || S.convs.values().next().value;
-            if (next) openConv(next.key);
-            else renderHeader();
-        }
-        renderTitle();
-    }
-
-    function openConv(key) {
-        const conv = S.convs.get(key);
-        if (!conv) return;
-        const prev = S.convs.get(S.active);
-        if (prev) {
-            prev.thread.hidden = true;
-            prev.item.classList.remove('active');
-        }
-        S.active = key;
-        conv.thread.hidden = false;
-        conv.item.classList.add('active');
-        conv.unread = 0;
-        renderConvItem(conv);
-        renderTitle();
-        renderHeader();
-        scrollToBottom();
-        if (conv.history === 'none' && (conv.kind === 'dm' || conv.joined)) loadHistory(conv);
-        /* the protocol has no join events, so refresh the member list whenever a room is opened */
-        if (conv.kind === 'room' && conv.joined && isOnline()) {
-            request({ type: 'members', room: conv.name }, onMembers);
-        }
-        if (window.matchMedia('(pointer: fine)').matches) el.compose.focus();
-    }
-
-    function loadHistory(conv) {
-        if (!isOnline() || conv.history === 'loading') return;
-        conv.history = 'loading';
-        conv.thread.dataset.history = 'loading';
-        const frame = { type: 'history', limit: HISTORY_PAGE };
-        if (conv.kind === 'room') frame.room = conv.name; else frame.with = conv.name;
-        request(frame, (f) => {
-            if (f.type === 'error') {
-                conv.history = 'none';
-                delete conv.thread.dataset.history;
-                return;
-            }
-            conv.history = 'loaded';
-            addHistory(conv, f);
-            conv.thread.dataset.history = 'loaded';
-            if (S.active === conv.key) scrollToBottom();
-        });
-    }
-
-    function loadOlder(conv) {
-        if (!isOnline() || conv.loadingOlder) return;
-        const before = oldestId(conv);
-        const frame = { type: 'history', limit: HISTORY_PAGE };
-        if (conv.kind === 'room') frame.room = conv.name; else frame.with = conv.name;
-        if (before !== null) frame.before = before;
-        conv.loadingOlder = true;
-        renderLoadOlder(conv);
-        const box = el.messages;
-        const fromBottom = box.scrollHeight - box.scrollTop;
-        request(frame, (f) => {
-            conv.loadingOlder = false;
-            if (f.type !== 'error') addHistory(conv, f);
-            renderLoadOlder(conv);
-            /* keep the message the user was looking at in place */
-            if (S.active === conv.key) box.scrollTop = box.scrollHeight - fromBottom;
-        });
-    }
-
-    function addHistory(conv, f) {
-        if (f.type !== 'history' || !Array.isArray(f.items)) return;
-        f.items.forEach((m) => {
-            if (!m || typeof m.id !== 'number') return;
-            if (m.from !== S.me) noteUser(m.from);
-            /* a DM to us that was never acked would come back on every connect */
-            if (typeof m.room !== 'string' && m.to === S.me && m.from !== S.me) ack(m);
-            if (S.seen.has(m.id)) return;
-            placeMsg(conv, renderMsg(m, false), m.id);
-        });
-        conv.more = !!f.more;
-        renderLoadOlder(conv);
-    }
-
-    function oldestId(conv) {
-        const first = conv.list.querySelector('.msg[data-id]');
-        return first ? Number(first.dataset.id) : null;
-    }
-
-    /* ---------- messages ---------- */
-
-    function renderMsg(m, offline) {
-        const n = node('div', 'msg');
-        const mine = m.from === S.me;
-        if (mine) n.classList.add('mine');
-        if (offline) n.classList.add('offline');
-        n.dataset.id = String(m.id);
-        n.dataset.from = m.from;
-        if (typeof m.ts === 'number') n.dataset.ts = String(m.ts);
-        if (typeof m.cid === 'string' && mine) n.dataset.cid = m.cid;
-        const meta = node('div', 'meta');
-        meta.append(node('span', 'from', mine ? 'You' : m.from));
-        const t = node('time', 'time', fmtTime(m.ts));
-        if (m.ts) {
-            t.dateTime = new Date(m.ts).toISOString();
-            t.title = new Date(m.ts).toLocaleString();
-        }
-        meta.append(t);
-        if (offline) {
-            const lbl = node('span', 'label offline-label', 'received while you were offline');
-            meta.append(lbl);
-        }
-        n.append(meta, node('div', 'body', bodyText(m.body)));
-        return n;
-    }
-
-    /* Keep each thread ordered by id: history and replay may arrive around live traffic. */
-    function placeMsg(conv, n, id) {
-        S.seen.set(id, n);
-        const box = el.messages;
-        const stick = S.active === conv.key && box.scrollHeight - box.scrollTop - box.clientHeight < 80;
-        const items = conv.list.children;
-        let before = null;
-        for (let i = items.length - 1; i >= 0; i -= 1) {
-            const other = items[i];
-            if (!other.dataset.id) { before = other; continue; }   /* pending ones stay last */
-            if (Number(other.dataset.id) > id) before = other; else break;
-        }
-        conv.list.insertBefore(n, before);
-        conv.empty.hidden = true;
-        regroup(n);
-        if (n.nextElementSibling) regroup(n.nextElementSibling);
-        if (stick) scrollToBottom();
-    }
-
-    /* A run of messages from one sender within a few minutes shows its name and time once. */
-    function regroup(n) {
-        const prev = n.previousElementSibling;
-        const ts = Number(n.dataset.ts || Date.now());
-        const same = prev && prev.dataset.from === n.dataset.from &&
-            prev.classList.contains('offline') === n.classList.contains('offline') &&
-            Math.abs(ts - Number(prev.dataset.ts || Date.now())) < 5 * 60000;
-        n.classList.toggle('cont', !!same);
-    }
-
-    function sendMessage(text) {
-        const conv = S.convs.get(S.active);
-        if (!conv) return;
-        const cid = nextId('c');
-        const frame = { type: 'send', body: text, cid: cid };
-        if (conv.kind === 'room') frame.room = conv.name; else frame.to = conv.name;
-        const n = node('div', 'msg mine pending');
-        n.dataset.cid = cid;
-        n.dataset.from = S.me;
-        const meta = node('div', 'meta');
-        meta.append(node('span', 'from', 'You'), node('time', 'time', ''),
-            node('span', 'label pending-label', 'sending…'));
-        n.append(meta, node('div', 'body', text));
-        const p = { frame: frame, conv: conv, node: n, sent: false, failed: false };
-        S.pending.set(cid, p);
-        conv.list.append(n);
-        regroup(n);
-        conv.empty.hidden = true;
-        conv.lastActivity = Date.now();
-        if (conv.kind === 'dm') bumpDm(conv);
-        scrollToBottom();
-        if (isOnline()) transmit(p);
-        else n.querySelector('.pending-label').textContent = 'waiting for connection…';
-    }
-
-    function transmit(p) {
-        p.failed = false;
-        p.node.classList.remove('failed');
-        p.node.classList.add('pending');
-        const lbl = p.node.querySelector('.label');
-        lbl.className = 'label pending-label';
-        lbl.textContent = 'sending…';
-        const retry = p.node.querySelector('.retry');
-        if (retry) retry.remove();
-        p.sent = sendFrame(p.frame);
-    }
-
-    function markFailed(p, why) {
-        p.sent = false;
-        p.failed = true;
-        p.node.classList.remove('pending');
-        p.node.classList.add('failed');
-        const lbl = p.node.querySelector('.label');
-        lbl.className = 'label failed-label';
-        lbl.textContent = why;
-        if (!p.node.querySelector('.retry')) {
-            const b = node('button', 'retry link-btn', 'Retry');
-            b.type = 'button';
-            b.addEventListener('click', () => {
-                if (isOnline()) {
-                    transmit(p);
-                    return;
-                }
-                /* queued: onWelcome sends every unsent, unfailed message */
-                p.failed = false;
-                b.remove();
-                p.node.classList.replace('failed', 'pending');
-                lbl.className = 'label pending-label';
-                lbl.textContent = 'waiting for connection…';
-            });
-            p.node.querySelector('.meta').append(b);
-        }
-    }
-
-    function confirmPending(cid, id, ts) {
-        const p = S.pending.get(cid);
-        if (!p) return;
-        S.pending.delete(cid);
-        const n = p.node;
-        if (S.seen.has(id)) {           /* the echo got here first and is already shown */
-            n.remove();
-            return;
-        }
-        n.classList.remove('pending', 'failed');
-        const lbl = n.querySelector('.label');
-        if (lbl) lbl.remove();
-        const retry = n.querySelector('.retry');
-        if (retry) retry.remove();
-        n.dataset.id = String(id);
-        const t = n.querySelector('.time');
-        const when = typeof ts === 'number' ? ts : Date.now();
-        n.dataset.ts = String(when);
-        t.textContent = fmtTime(when);
-        t.dateTime = new Date(when).toISOString();
-        t.title = new Date(when).toLocaleString();
-        const next = n.nextElementSibling;
+function confirmPending(cid, id, ts) {
+    const p = S.pending.get(cid);
+    if (!p) return;
+    S.pending.delete(cid);
+    const n = p.node;
+    if (S.seen.has(id)) {           /* history got here first and shows it already */
         n.remove();
-        if (next) regroup(next);
-        placeMsg(p.conv, n, id);
+        return;
     }
+    n.classList.remove('pending', 'failed');
+    const lbl = n.querySelector('.label');
+    if (lbl) lbl.remove();
+    const retry = n.querySelector('.retry');
+    if (retry) retry.remove();
+    n.dataset.id = String(id);
+    /* Stored by the server. Whether a direct message reached the recipient is not told to the
+     * sender by the protocol, so the page does not claim it. */
+    n.title = 'Stored by the server';
+    const t = n.querySelector('.time');
+    const when = typeof ts === 'number' ? ts : Date.now();
+    n.dataset.ts = String(when);
+    t.textContent = fmtTime(when);
+    t.dateTime = new Date(when).toISOString();
+    t.title = new Date(when).toLocaleString();
+    const next = n.nextElementSibling;
+    n.remove();
+    if (next) regroup(next);
+    placeMsg(p.conv, n, id);
+}
 
-    /* ---------- rendering ---------- */
+/* ---------- rendering ---------- */
 
-    function renderConvItem(c) {
-        const badge = c.item.querySelector('.unread');
-        badge.textContent = c.unread > 99 ? '99+' : String(c.unread);
-        badge.hidden = c.unread === 0;
-        c.item.dataset.unread = String(c.unread);
-        c.item.classList.toggle('has-unread', c.unread > 0);
-        if (c.kind === 'dm') {
-            const u = S.users.get(c.name);
-            c.item.dataset.presence = u ? u.state : 'unknown';
-        }
+function renderConvItem(c) {
+    const badge = c.item.querySelector('.unread');
+    badge.textContent = c.unread > 99 ? '99+' : String(c.unread);
+    badge.hidden = c.unread === 0;
+    c.item.dataset.unread = String(c.unread);
+    c.item.classList.toggle('has-unread', c.unread > 0);
+    if (c.kind === 'dm') {
+        const u = S.users.get(c.name);
+        c.item.dataset.presence = u ? u.state : 'unknown';
+        c.item.classList.toggle('service', isService(c.name));
     }
+}
 
-    function renderTitle() {
-        let total = 0;
-        S.convs.forEach((c) => { total += c.unread; });
-        document.title = (total ? '(' + total + ') ' : '') + 'wsproxy chat';
+function renderTitle() {
+    let total = 0;
+    S.convs.forEach((c) => { total += c.unread; });
+    document.title = (total ? '(' + total + ') ' : '') + 'wsproxy chat';
+    el.menuUnread.textContent = total > 99 ? '99+' : String(total);
+    el.menuUnread.hidden = total === 0;
+}
+
+function renderLoadOlder(c) {
+    const show = c.history === 'loaded' && c.more;
+    c.older.hidden = !show && !c.loadingOlder;
+    c.older.disabled = c.loadingOlder;
+    c.older.textContent = c.loadingOlder ? 'Loading…' : 'Load older messages';
+    if (c.history === 'loaded' && !c.more && c.list.children.length) c.thread.dataset.start = 'yes';
+    else delete c.thread.dataset.start;
+}
+
+/* Members of one room, you included, and how many of them are online: the header and the sidebar
+ * count the same way. */
+function roomCounts(room) {
+    const set = S.members.get(room);
+    if (!set) return null;
+    const all = new Set(set);
+    if (S.me) all.add(S.me);
+    let on = 0;
+    all.forEach((n) => { if (isOnline(n)) on += 1; });
+    return { members: all.size, online: on };
+}
+
+function renderHeader() {
+    const c = S.convs.get(S.active);
+    el.composeForm.hidden = !c;
+    if (!c) {
+        el.convTitle.textContent = 'No conversation';
+        el.convSub.textContent = 'Join a room or message someone to start.';
+        el.leave.hidden = true;
+        return;
     }
-
-    function renderLoadOlder(c) {
-        const show = c.history === 'loaded' && c.more;
-        c.older.hidden = !show && !c.loadingOlder;
-        c.older.disabled = c.loadingOlder;
-        c.older.textContent = c.loadingOlder ? 'Loading…' : 'Load older messages';
-        if (c.history === 'loaded' && !c.more && c.list.children.length) c.thread.dataset.start = 'yes';
-        else delete c.thread.dataset.start;
+    el.convTitle.textContent = c.kind === 'room' ? '# ' + c.name : c.name;
+    el.leave.hidden = c.kind !== 'room';
+    if (c.kind === 'room') {
+        const n = roomCounts(c.name);
+        el.convSub.textContent = !n ? (c.joined ? 'Room' : 'Joining…')
+            : n.members + (n.members === 1 ? ' member' : ' members') + ' · ' + n.online + ' online';
+    } else if (isService(c.name)) {
+        el.convSub.textContent = 'Notifications (not a chat user: replies are stored but nobody reads them)';
+    } else {
+        const u = S.users.get(c.name);
+        el.convSub.textContent = !u || u.state === 'unknown' ? 'Direct message'
+            : u.state === 'online' ? 'Online'
+                : 'Offline' + (u.lastSeen ? ' · last seen ' + fmtAgo(u.lastSeen) : '');
     }
+}
 
-    function renderHeader() {
-        const c = S.convs.get(S.active);
-        el.composeForm.hidden = !c;
-        if (!c) {
-            el.convTitle.textContent = 'No conversation';
-            el.convSub.textContent = 'Join a room or message someone to start.';
-            el.leave.hidden = true;
-            return;
-        }
-        el.convTitle.textContent = c.kind === 'room' ? '# ' + c.name : c.name;
-        el.leave.hidden = c.kind !== 'room';
-        if (c.kind === 'room') {
-            const set = S.members.get(c.name);
-            if (!set) {
-                el.convSub.textContent = c.joined ? 'Room' : 'Joining…';
-            } else {
-                let on = 0;
-                set.forEach((n) => { const u = S.users.get(n); if (n === S.me || (u && u.state === 'online')) on += 1; });
-                el.convSub.textContent = set.size + (set.size === 1 ? ' member' : ' members') + ' · ' + on + ' online';
-            }
-        } else {
-            const u = S.users.get(c.name);
-            el.convSub.textContent = !u || u.state === 'unknown' ? 'Direct message'
-                : u.state === 'online' ? 'Online'
-                    : 'Offline' + (u.lastSeen ? ' · last seen ' + fmtAgo(u.lastSeen) : '');
-        }
+function personItem(n, u, you) {
+    const li = node('li', 'person');
+    li.dataset.user = n;
+    li.dataset.presence = you ? (S.online ? 'online' : 'offline') : u.state;
+    li.append(node('span', 'dot'), node('span', 'person-name', n));
+    if (you) {
+        li.classList.add('you');
+        li.append(node('span', 'seen', 'you'));
+        return li;
     }
-
-    function renderPeople() {
-        const names = Array.from(S.users.keys()).filter((n) => n !== S.me);
-        names.sort((a, b) => {
-            const sa = S.users.get(a).state === 'online' ? 0 : 1;
-            const sb = S.users.get(b).state === 'online' ? 0 : 1;
-            return sa - sb || a.localeCompare(b);
-        });
-        const frag = document.createDocumentFragment();
-        let online = 0;
-        names.forEach((n) => {
-            const u = S.users.get(n);
-            if (u.state === 'online') online += 1;
-            const li = node('li', 'person');
-            li.dataset.user = n;
-            li.dataset.presence = u.state;
-            li.tabIndex = 0;
-            li.setAttribute('role', 'button');
-            li.title = u.state === 'online' ? 'Online — click to message'
-                : u.lastSeen ? 'Last seen ' + fmtAgo(u.lastSeen) : 'Offline';
-            li.append(node('span', 'dot'), node('span', 'person-name', n));
-            if (u.state !== 'online' && u.lastSeen) li.append(node('span', 'seen', fmtAgo(u.lastSeen)));
-            li.addEventListener('click', () => openConv(ensureConv('dm:' + n).key));
-            li.addEventListener('keydown', (e) => {
-                if (e.key === 'Enter') openConv(ensureConv('dm:' + n).key);
-            });
-            frag.append(li);
-        });
-        if (!names.length) frag.append(node('li', 'muted', 'Nobody else here yet.'));
-        el.people.replaceChildren(frag);
-        el.onlineCount.textContent = online ? online + ' online' : '';
-        S.convs.forEach((c) => { if (c.kind === 'dm') renderConvItem(c); });
-        renderHeader();
-    }
-
-    function scrollToBottom() {
-        el.messages.scrollTop = el.messages.scrollHeight;
-    }
-
-    /* ---------- login / logout ---------- */
-
-    function showChat() {
-        el.loginView.hidden = true;
-        el.chatView.hidden = false;
-        el.logout.hidden = false;
-        renderPeople();
-        renderHeader();
-    }
-
-    function showLogin(msg) {
-        el.chatView.hidden = true;
-        el.loginView.hidden = false;
-        el.logout.hidden = true;
-        el.me.hidden = true;
-        el.login.disabled = false;
-        el.loginError.hidden = !msg;
-        el.loginError.textContent = msg || '';
-        el.name.focus();
-    }
-
-    async function login(name) {
-        el.login.disabled = true;
-        el.loginError.hidden = true;
-        setState('connecting', 'Logging in…');
-        S.me = name;
-        S.stopped = false;
-        try {
-            await fetchToken(name);
-        } catch (e) {
-            S.stopped = true;
-            setState('offline', 'Offline');
-            showLogin(e.status ? e.message : 'Cannot reach the server.');
-            return;
-        }
-        try {
-            localStorage.setItem('wsp.lastName', name);
-            sessionStorage.setItem('wsp.name', name);
-        } catch (e) { /* storage disabled */ }
-        showChat();
-        renderHeader();
-        connect();
-    }
-
-    function logout() {
-        S.stopped = true;
-        clearTimeout(S.retryTimer);
-        clearInterval(S.tickTimer);
-        clearTimeout(S.refreshTimer);
-        clearInterval(S.watchdog);
-        resetAcks();
-        const ws = S.ws;
-        S.ws = null;
-        if (ws) ws.close(1000, 'logout');
-        try { sessionStorage.removeItem('wsp.name'); } catch (e) { /* storage disabled */ }
-        S = freshSession();
-        el.rooms.replaceChildren();
-        el.dms.replaceChildren();
-        el.people.replaceChildren();
-        el.messages.replaceChildren();
-        renderTitle();
-        setState('offline', 'Offline');
-        showLogin('');
-    }
-
-    /* ---------- UI wiring ---------- */
-
-    el.loginForm.addEventListener('submit', (e) => {
-        e.preventDefault();
-        const name = el.name.value.trim();
-        if (!validName(name)) {
-            showLogin('Pick a name of 1 to 64 bytes, without control characters.');
-            return;
-        }
-        login(name);
+    li.tabIndex = 0;
+    li.setAttribute('role', 'button');
+    li.title = u.state === 'online' ? 'Online — click to message'
+        : u.lastSeen ? 'Last seen ' + fmtAgo(u.lastSeen) : 'Offline';
+    if (u.state !== 'online' && u.lastSeen) li.append(node('span', 'seen', fmtAgo(u.lastSeen)));
+    li.addEventListener('click', () => openConv(ensureConv('dm:' + n).key));
+    li.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') openConv(ensureConv('dm:' + n).key);
     });
+    return li;
+}
 
-    el.joinForm.addEventListener('submit', (e) => {
-        e.preventDefault();
-        const room = el.joinRoom.value.trim().replace(/^#/, '');
-        if (!validName(room)) { toast('A room name is 1 to 64 bytes, without control characters.', 'error'); return; }
-        el.joinRoom.value = '';
-        const conv = ensureConv('room:' + room);
-        openConv(conv.key);
-        if (isOnline()) sendFrame({ type: 'join', room: room });
-        else { conv.joined = true; saveRooms(); }
+/* PEOPLE: you and the members of your rooms, then other chat users you talk to. "Notifications
+ * from": senders that are not chat users (the backend's pushes). */
+function renderPeople() {
+    const members = new Set();
+    S.convs.forEach((c) => {
+        if (c.kind === 'room' && c.joined) (S.members.get(c.name) || []).forEach((n) => members.add(n));
     });
-
-    el.dmForm.addEventListener('submit', (e) => {
-        e.preventDefault();
-        const user = el.dmUser.value.trim().replace(/^@/, '');
-        if (!validName(user)) { toast('A user name is 1 to 64 bytes, without control characters.', 'error'); return; }
-        el.dmUser.value = '';
-        openConv(ensureConv('dm:' + user).key);
+    const people = [];
+    const services = [];
+    S.users.forEach((u, n) => {
+        if (n === S.me) return;
+        if (isService(n) && !members.has(n)) services.push(n);
+        else if (members.has(n) || S.convs.has('dm:' + n)) people.push(n);
     });
-
-    el.leave.addEventListener('click', () => {
-        const c = S.convs.get(S.active);
-        if (!c || c.kind !== 'room') return;
-        if (isOnline()) sendFrame({ type: 'leave', room: c.name });
-        else { c.joined = false; saveRooms(); removeConv(c); }
-    });
-
-    el.composeForm.addEventListener('submit', (e) => {
-        e.preventDefault();
-        const text = el.compose.value;
-        if (!text.trim()) return;
-        el.compose.value = '';
-        autosize();
-        sendMessage(text);
-        el.compose.focus();
-    });
-
-    el.compose.addEventListener('keydown', (e) => {
-        if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
-            e.preventDefault();
-            el.composeForm.requestSubmit();
-        }
-    });
-
-    function autosize() {
-        el.compose.style.height = 'auto';
-        el.compose.style.height = Math.min(el.compose.scrollHeight, 160) + 'px';
+    const online = (n) => (isOnline(n) ? 0 : 1);
+    people.sort((a, b) => online(a) - online(b) || a.localeCompare(b));
+    services.sort((a, b) => a.localeCompare(b));
+    const frag = document.createDocumentFragment();
+    let on = 0;
+    if (S.me) {
+        frag.append(personItem(S.me, null, true));
+        if (S.online) on += 1;
     }
-    el.compose.addEventListener('input', autosize);
-
-    el.retry.addEventListener('click', () => { S.attempt = Math.max(0, S.attempt - 1); reconnectNow(); });
-    el.logout.addEventListener('click', logout);
-    window.addEventListener('online', () => { if (S.retryTimer) reconnectNow(); });
-    document.addEventListener('visibilitychange', () => {
-        const c = S.convs.get(S.active);
-        if (!document.hidden && c && c.unread) {
-            c.unread = 0;
-            renderConvItem(c);
-            renderTitle();
-        }
+    people.forEach((n) => {
+        if (isOnline(n)) on += 1;
+        frag.append(personItem(n, S.users.get(n), false));
     });
-    /* refresh "last seen 5 min ago" texts */
-    setInterval(() => { if (!S.stopped) renderPeople(); }, 60000);
+    if (!people.length) frag.append(node('li', 'muted', 'Nobody else here yet.'));
+    el.people.replaceChildren(frag);
+    el.onlineCount.textContent = S.me ? on + ' of ' + (people.length + 1) + ' online' : '';
+    const sfrag = document.createDocumentFragment();
+    services.forEach((n) => {
+        const li = node('li', 'person service');
+        li.dataset.user = n;
+        li.tabIndex = 0;
+        li.setAttribute('role', 'button');
+        li.title = 'Messages pushed by a backend, not a chat user';
+        const icon = node('span', 'service-icon');
+        icon.setAttribute('aria-hidden', 'true');
+        li.append(icon, node('span', 'person-name', n));
+        li.addEventListener('click', () => openConv(ensureConv('dm:' + n).key));
+        sfrag.append(li);
+    });
+    el.services.replaceChildren(sfrag);
+    el.servicesSection.hidden = services.length === 0;
+    S.convs.forEach((c) => { if (c.kind === 'dm') renderConvItem(c); });
+    renderHeader();
+}
 
-    setState('offline', 'Offline');
-    let remembered = '';
+function scrollToBottom() {
+    el.messages.scrollTop = el.messages.scrollHeight;
+}
+
+/* On a narrow screen the sidebar is a drawer behind the menu button. */
+function setDrawer(open) {
+    el.chatView.classList.toggle('side-open', open);
+    el.menu.setAttribute('aria-expanded', String(open));
+    el.scrim.hidden = !open;
+}
+
+/* ---------- login / logout ---------- */
+
+function showChat() {
+    el.loginView.hidden = true;
+    el.chatView.hidden = false;
+    el.logout.hidden = false;
+    el.state.hidden = false;
+    el.menu.hidden = false;
+    renderPeople();
+    renderHeader();
+}
+
+function showLogin(msg) {
+    el.chatView.hidden = true;
+    el.loginView.hidden = false;
+    el.logout.hidden = true;
+    el.me.hidden = true;
+    el.state.hidden = true;     /* "Offline" means nothing before a login */
+    el.menu.hidden = true;
+    el.retry.hidden = true;
+    el.login.disabled = false;
+    el.loginError.hidden = !msg;
+    el.loginError.textContent = msg || '';
+    el.name.focus();
+}
+
+async function login(name) {
+    el.login.disabled = true;
+    el.loginError.hidden = true;
+    S.me = name;
+    let first;
     try {
-        remembered = sessionStorage.getItem('wsp.name') || '';
-        el.name.value = remembered || localStorage.getItem('wsp.lastName') || '';
+        first = await fetchToken(name);
+    } catch (e) {
+        showLogin(e.status ? e.message : 'Cannot reach the server.');
+        return;
+    }
+    try {
+        localStorage.setItem('wsp.lastName', name);
+        sessionStorage.setItem('wsp.name', name);
     } catch (e) { /* storage disabled */ }
-    if (validName(remembered)) login(remembered);
-    else showLogin('');
-}());
+    showChat();
+    startClient(name, first);
+}
+
+function logout() {
+    clearInterval(S.tickTimer);
+    if (S.chat) S.chat.close();
+    try { sessionStorage.removeItem('wsp.name'); } catch (e) { /* storage disabled */ }
+    S = freshSession();
+    el.rooms.replaceChildren();
+    el.dms.replaceChildren();
+    el.people.replaceChildren();
+    el.services.replaceChildren();
+    el.messages.replaceChildren();
+    el.announcements.replaceChildren();
+    for (const k of ['session', 'drops', 'refreshes', 'tokenFetches', 'replayed']) delete el.state.dataset[k];
+    hideNotice();
+    renderTitle();
+    setState('offline', 'Offline');
+    setDrawer(false);
+    showLogin('');
+}
+
+/* ---------- UI wiring ---------- */
+
+el.loginForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = el.name.value.trim();
+    const problem = nameProblem(name, 'name');
+    if (problem) {
+        showLogin(problem);
+        return;
+    }
+    login(name);
+});
+
+el.joinForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const room = el.joinRoom.value.trim().replace(/^#/, '');
+    const problem = nameProblem(room, 'room name');
+    if (problem) { toast(problem, 'error'); return; }
+    el.joinRoom.value = '';
+    const conv = ensureConv('room:' + room);
+    openConv(conv.key);
+    joinRoom(room);
+});
+
+el.dmForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const user = el.dmUser.value.trim().replace(/^@/, '');
+    const problem = nameProblem(user, 'user name');
+    if (problem) { toast(problem, 'error'); return; }
+    el.dmUser.value = '';
+    openConv(ensureConv('dm:' + user).key);
+});
+
+el.leave.addEventListener('click', () => {
+    const c = S.convs.get(S.active);
+    if (!c || c.kind !== 'room') return;
+    const sess = S;
+    S.chat.leave(c.name).catch((e) => {
+        if (S !== sess || e.code === 'closed') return;
+        if (e.code === 'not_member') removeConv(c);
+        else toast('Cannot leave #' + c.name + ': ' + e.message, 'error');
+    });
+});
+
+el.composeForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = el.compose.value;
+    if (!text.trim()) return;
+    const over = bodyTooLarge(text);
+    showComposeLimit(over);
+    if (over) return;
+    el.compose.value = '';
+    autosize();
+    sendMessage(text);
+    el.compose.focus();
+});
+
+el.compose.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        el.composeForm.requestSubmit();
+    }
+});
+
+function autosize() {
+    el.compose.style.height = 'auto';
+    el.compose.style.height = Math.min(el.compose.scrollHeight, 160) + 'px';
+}
+el.compose.addEventListener('input', () => {
+    autosize();
+    if (!el.composeLimit.hidden) showComposeLimit(bodyTooLarge(el.compose.value));
+});
+
+const retryNow = () => {
+    if (S.chat) S.chat.reconnectNow();
+};
+el.retry.addEventListener('click', retryNow);
+el.noticeRetry.addEventListener('click', retryNow);
+el.menu.addEventListener('click', () => setDrawer(!el.chatView.classList.contains('side-open')));
+el.scrim.addEventListener('click', () => setDrawer(false));
+el.logout.addEventListener('click', logout);
+window.addEventListener('online', retryNow);
+document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && narrow()) setDrawer(false);
+});
+document.addEventListener('visibilitychange', () => {
+    const c = S.convs.get(S.active);
+    if (!document.hidden && c && c.unread) {
+        c.unread = 0;
+        renderConvItem(c);
+        renderTitle();
+    }
+});
+/* refresh "last seen 5 min ago" texts */
+setInterval(() => { if (S.chat) renderPeople(); }, 60000);
+
+let remembered = '';
+try {
+    remembered = sessionStorage.getItem('wsp.name') || '';
+    el.name.value = remembered || localStorage.getItem('wsp.lastName') || '';
+} catch (e) { /* storage disabled */ }
+if (remembered && !nameProblem(remembered, 'name')) login(remembered);
+else showLogin('');

@@ -1,6 +1,8 @@
-/* Browser test of the chat page (web/) in Debian's headless Chromium against a running wsproxy:
- * two users, offline direct messages replayed once and in order, a room message, acks that stick.
- * Needs WSP_URL (server base URL); writes screenshots to WSP_ARTIFACTS (default /tmp). */
+/* Browser test of the chat page (web/) in Debian's headless Chromium against running wsproxy servers:
+ * two users, offline direct messages replayed once and in order, a room message, acks that stick,
+ * pushes and broadcasts through the API, the layout at 390 px; a server that refuses the page's
+ * Origin; a token refreshed in place. Needs WSP_URL (server base URL); the others are optional (see
+ * README.md). Writes screenshots to WSP_ARTIFACTS (default /tmp). */
 'use strict';
 
 const { test } = require('node:test');
@@ -10,7 +12,12 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 const { chromium } = require('playwright-core');
 
-const BASE = (process.env.WSP_URL || '').replace(/\/+$/, '');
+const trim = (u) => (u || '').replace(/\/+$/, '');
+const BASE = trim(process.env.WSP_URL);
+const API = trim(process.env.WSP_API_URL);
+const API_KEY = process.env.WSP_API_KEY || '';
+const REFUSED = trim(process.env.WSP_REFUSED_URL);
+const SHORT = trim(process.env.WSP_SHORT_URL);
 const ARTIFACTS = process.env.WSP_ARTIFACTS || '/tmp';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT_MS = 10000;
@@ -22,6 +29,39 @@ const BOB = 'bob' + RUN;
 const DM1 = `hello ${BOB}, first while you were away <b>${RUN}</b>`;
 const DM2 = `second one & still away ${RUN}`;
 const ROOM_MSG = `lobby news ${RUN}`;
+const PUSH_TEXT = `Your order shipped ${RUN}`;
+const SHOP = 'shop' + RUN;
+const ANNOUNCEMENT = `Maintenance at 22:00 ${RUN}`;
+const REPO = path.join(__dirname, '..', '..');
+
+/* POST /api/v1/push on the API listener. */
+async function push(frame) {
+    const res = await fetch(API + '/api/v1/push', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + API_KEY },
+        body: JSON.stringify(frame),
+    });
+    const text = await res.text();
+    assert.equal(res.status, 202, `push answered ${res.status}: ${text}`);
+    return JSON.parse(text);
+}
+
+function launch() {
+    return chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
+}
+
+/* Opens the page on base, checks the login view says nothing about a connection, logs in. */
+async function login(browser, base, name, viewport) {
+    const context = await browser.newContext({ viewport: viewport || { width: 1200, height: 760 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(WAIT_MS);
+    await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
+    await page.waitForSelector('#login-view:not([hidden])');
+    assert.equal(await page.isVisible('#state'), false, 'no connection state before a login');
+    await page.fill('#name', name);
+    await page.click('#login');
+    return { context, page };
+}
 
 const LAUNCH_ARGS = [
     '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
@@ -56,15 +96,15 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
     async (t) => {
         assert.ok(fs.existsSync(CHROMIUM), `no browser at ${CHROMIUM} (apt-get install chromium)`);
         fs.mkdirSync(ARTIFACTS, { recursive: true });
-        const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
+        const browser = await launch();
         const pageErrors = [];
         const pages = {};
         let broken = false;
 
         async function step(name, fn) {
-            await t.test(name, { skip: broken && 'an earlier step failed' }, async () => {
+            await t.test(name, { skip: broken && 'an earlier step failed' }, async (st) => {
                 try {
-                    await fn();
+                    await fn(st);
                 } catch (e) {
                     broken = true;
                     throw e;
@@ -72,14 +112,9 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
             });
         }
 
-        async function open(name) {
-            const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
-            const page = await context.newPage();
-            page.setDefaultTimeout(WAIT_MS);
+        async function open(name, viewport) {
+            const { context, page } = await login(browser, BASE, name, viewport);
             page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
-            await page.goto(BASE + '/', { waitUntil: 'domcontentloaded' });
-            await page.fill('#name', name);
-            await page.click('#login');
             await page.waitForSelector('#state[data-state="online"]');
             await attached(page, '#state[data-replayed="yes"]');
             await attached(page, '.thread[data-conv="room:lobby"][data-history="loaded"]');
@@ -180,7 +215,90 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
                 assert.deepEqual(got.map((m) => [m.body, m.offline]), [[DM1, false], [DM2, false]]);
             });
 
-            await step('no script errors in either page', async () => {
+            await step('a pushed {"text": ...} body shows its text, marked as from the API', async (sub) => {
+                if (!API) return sub.skip('WSP_API_URL is not set');
+                const b = pages.bob.page;
+                await push({ to: BOB, body: { text: PUSH_TEXT }, cid: 'order-' + RUN });
+                await push({ to: BOB, from: SHOP, body: { order: 1234, state: 'shipped' } });
+                await waitForBody(b, 'dm:system', PUSH_TEXT);
+                await waitForBody(b, `dm:${SHOP}`, '{"order":1234,"state":"shipped"}');
+                const sys = await b.$eval('.thread[data-conv="dm:system"] .msg', (n) => ({
+                    service: n.classList.contains('service'),
+                    label: n.querySelector('.service-label').hidden ? null : n.querySelector('.service-label').textContent,
+                    json: n.querySelector('.body').classList.contains('json'),
+                }));
+                assert.deepEqual(sys, { service: true, label: 'via API', json: false });
+                /* shop never connected to the chat: once its presence is known it is a push sender */
+                await b.waitForSelector(`.thread[data-conv="dm:${SHOP}"] .msg.service`, { state: 'attached' });
+                assert.ok(await b.$eval(`.thread[data-conv="dm:${SHOP}"] .msg .body`, (n) => n.classList.contains('json')));
+                await b.waitForSelector(`#services .person[data-user="${SHOP}"]`, { state: 'attached' });
+                const people = await b.$$eval('#people .person', (els) => els.map((e) => e.dataset.user));
+                const services = await b.$$eval('#services .person', (els) => els.map((e) => e.dataset.user));
+                assert.deepEqual(services.sort(), ['system', SHOP].sort(), 'push senders apart');
+                assert.ok(people.includes(ALICE) && people.includes(BOB), `people: ${people}`);
+                assert.ok(!people.includes('system') && !people.includes(SHOP), `no push sender among people: ${people}`);
+            });
+
+            await step('a broadcast is an announcement on every page, not an error', async (sub) => {
+                if (!API) return sub.skip('WSP_API_URL is not set');
+                await push({ broadcast: true, body: { text: ANNOUNCEMENT } });
+                for (const p of [pages.alice.page, pages.bob.page]) {
+                    await p.waitForSelector('#announcements .announce');
+                    assert.equal(await p.textContent('#announcements .announce .body'), ANNOUNCEMENT);
+                    assert.equal(await p.textContent('#announcements .announce-title'), 'Announcement');
+                    const toast = await p.$eval('#toast', (n) => ({ hidden: n.hidden, kind: n.dataset.kind, text: n.textContent }));
+                    assert.ok(toast.hidden || !toast.text.includes(ANNOUNCEMENT), 'not a toast');
+                }
+                await pages.bob.page.click('.conv[data-conv="dm:system"]');
+                await pages.bob.page.screenshot({ path: path.join(ARTIFACTS, 'chat-announcement.png') });
+                await pages.alice.page.click('#announcements .announce-close');
+                assert.equal(await pages.alice.page.$$eval('#announcements .announce', (e) => e.length), 0);
+            });
+
+            await step('the header and the sidebar count the same people online', async () => {
+                const a = pages.alice.page;
+                await a.click('.conv[data-conv="room:lobby"]');
+                await a.waitForFunction(() => /members/.test(document.getElementById('conv-sub').textContent));
+                await a.waitForFunction(() => {
+                    const h = document.getElementById('conv-sub').textContent.match(/(\d+) online/);
+                    const s = document.getElementById('online-count').textContent.match(/^(\d+) of/);
+                    return h && s && h[1] === s[1];
+                });
+                const header = await a.textContent('#conv-sub');
+                const side = await a.textContent('#online-count');
+                /* alice and bob are online; a reused database may hold older, offline members */
+                assert.match(header, /^\d+ members · 2 online$/);
+                assert.match(side, /^2 of \d+ online$/);
+            });
+
+            await step('on a 390 px screen the sidebar is a drawer; long messages are refused, not cut', async () => {
+                pages.carol = await open('carol' + RUN, { width: 390, height: 844 });
+                const c = pages.carol.page;
+                assert.equal(await c.isVisible('#sidebar'), false, 'sidebar collapsed');
+                assert.ok(await c.isVisible('#menu'), 'menu button shown');
+                const box = await c.$eval('#messages', (n) => n.getBoundingClientRect().width);
+                assert.ok(box > 380, `the conversation takes the width (${box} px)`);
+                await c.screenshot({ path: path.join(ARTIFACTS, 'chat-390.png') });
+                await c.click('#menu');
+                await c.waitForSelector('#sidebar', { state: 'visible' });
+                await c.waitForTimeout(300);   /* the drawer slides in */
+                await c.screenshot({ path: path.join(ARTIFACTS, 'chat-390-drawer.png') });
+                await c.click('.conv[data-conv="room:lobby"]');
+                await c.waitForSelector('#sidebar', { state: 'hidden' });
+
+                const long = 'x'.repeat(70000);
+                await c.fill('#compose', long);
+                await c.click('#send');
+                await c.waitForSelector('#compose-limit', { state: 'visible' });
+                assert.match(await c.textContent('#compose-limit'), /too long.*64 KiB/);
+                assert.equal((await c.inputValue('#compose')).length, long.length, 'the text is kept whole');
+                assert.equal(await c.$$eval('.msg.mine', (e) => e.length), 0, 'nothing sent');
+                await c.screenshot({ path: path.join(ARTIFACTS, 'chat-390-too-long.png') });
+                await c.fill('#compose', '');
+                t.diagnostic(`screenshots: ${path.join(ARTIFACTS, 'chat-390*.png')}`);
+            });
+
+            await step('no script errors in any page', async () => {
                 assert.deepEqual(pageErrors, []);
             });
         } finally {
@@ -192,6 +310,92 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
                         .catch(() => {});
                 }
             }
+            await browser.close();
+        }
+    });
+
+test('the page serves the same client library as clients/js', () => {
+    const canonical = fs.readFileSync(path.join(REPO, 'clients', 'js', 'wsproxy.js'), 'utf8');
+    const served = fs.readFileSync(path.join(REPO, 'web', 'wsproxy.js'), 'utf8');
+    assert.ok(served === canonical,
+        'web/wsproxy.js differs from clients/js/wsproxy.js: cp clients/js/wsproxy.js web/wsproxy.js');
+});
+
+test('the name rule is stated in characters', { skip: !BASE && 'WSP_URL is not set', timeout: 60000 },
+    async () => {
+        const browser = await launch();
+        try {
+            /* 33 characters, 66 bytes of UTF-8: over the server's 64-byte rule */
+            const { page } = await login(browser, BASE, 'é'.repeat(33));
+            await page.waitForSelector('#login-error:not([hidden])');
+            const msg = await page.textContent('#login-error');
+            assert.match(msg, /at most 64 characters/);
+            assert.match(msg, /counts as 66/);
+            assert.doesNotMatch(msg, /bytes/);
+            assert.match(await page.textContent('#name-rule'), /64 characters/);
+            assert.equal(await page.inputValue('#name'), 'é'.repeat(33), 'the name is not cut');
+            assert.equal(await page.isVisible('#state'), false);
+        } finally {
+            await browser.close();
+        }
+    });
+
+test('a server that refuses the page\'s Origin is reported, not retried in a loop',
+    { skip: !REFUSED && 'WSP_REFUSED_URL is not set', timeout: 60000 }, async () => {
+        const browser = await launch();
+        try {
+            const { page } = await login(browser, REFUSED, 'dave' + RUN);
+            const errors = [];
+            page.on('pageerror', (e) => errors.push(e.message));
+            await page.waitForSelector('#state[data-state="refused"]', { timeout: 20000 });
+            assert.equal(await page.textContent('#state-text'), 'Refused by server');
+            assert.ok(await page.isVisible('#notice'));
+            assert.match(await page.textContent('#notice-title'), /refused the connection/);
+            assert.ok(await page.isVisible('#notice-retry'));
+            /* it keeps saying so while it retries in the background */
+            for (let i = 0; i < 6; i += 1) {
+                await page.waitForTimeout(500);
+                assert.doesNotMatch(await page.textContent('#state-text'), /Reconnecting/);
+            }
+            await page.screenshot({ path: path.join(ARTIFACTS, 'chat-refused.png') });
+            assert.deepEqual(errors, []);
+        } finally {
+            await browser.close();
+        }
+    });
+
+test('a short-lived token is refreshed on the open connection',
+    { skip: !SHORT && 'WSP_SHORT_URL is not set', timeout: 60000 }, async () => {
+        const browser = await launch();
+        try {
+            const context = await browser.newContext();
+            const page = await context.newPage();
+            page.setDefaultTimeout(WAIT_MS);
+            const errors = [];
+            let tokenRequests = 0;
+            let sockets = 0;
+            page.on('pageerror', (e) => errors.push(e.message));
+            page.on('request', (r) => { if (new URL(r.url()).pathname === '/demo/token') tokenRequests += 1; });
+            page.on('websocket', () => { sockets += 1; });
+            await page.goto(SHORT + '/', { waitUntil: 'domcontentloaded' });
+            await page.fill('#name', 'erin' + RUN);
+            await page.click('#login');
+            await page.waitForSelector('#state[data-state="online"]');
+            const session = await page.getAttribute('#state', 'data-session');
+            const since = Date.now();
+            /* tokens live 6 s and the server allows 1 s of leeway: without a refresh the server
+             * closes the connection at 7 s with "token expired" */
+            await page.waitForFunction(() => Number(document.getElementById('state').dataset.refreshes || 0) >= 2,
+                null, { timeout: 25000 });
+            if (Date.now() - since < 9000) await page.waitForTimeout(9000 - (Date.now() - since));
+            const refreshes = Number(await page.getAttribute('#state', 'data-refreshes'));
+            assert.equal(await page.getAttribute('#state', 'data-session'), session, 'same session');
+            assert.equal(await page.getAttribute('#state', 'data-drops'), null, 'never disconnected');
+            assert.equal(await page.textContent('#state-text'), 'Online');
+            assert.equal(sockets, 1, 'one WebSocket');
+            assert.equal(tokenRequests, refreshes + 1, 'one token fetch per refresh, plus the login');
+            assert.deepEqual(errors, []);
+        } finally {
             await browser.close();
         }
     });

@@ -1,35 +1,71 @@
 #!/usr/bin/env bash
-# Starts wsproxy (demo login on, chat page from web/) on a free loopback port with a temp database, runs
-# the headless-Chromium test against it, stops the server. Screenshots go to var/test-artifacts/.
+# Starts three wsproxy servers (demo login on, chat page from web/) on free loopback ports with temp
+# databases, runs the headless-Chromium test against them, stops them. Screenshots go to
+# var/test-artifacts/.
+#   main     the chat, with the push API (broadcasts, pushes through the API)
+#   refused  [server] origins does not list the page's origin: every upgrade is refused with 403
+#   short    [demo] token_ttl = 6s and jwt_leeway = 1s: the page must refresh its token in place
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${WSP_BIN:-build/wsproxy}
 ART=${WSP_ARTIFACTS:-$PWD/var/test-artifacts}
+API_KEY=browser-test-api-key-0123456789
 mkdir -p "$ART"
 tmp=$(mktemp -d)
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$tmp/wsproxy.ini" <<INI
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# start NAME PORT EXTRA-INI: one server with its own config, database and log in $tmp/NAME.
+start() {
+    local name=$1 port=$2 extra=$3
+    mkdir -p "$tmp/$name"
+    cat > "$tmp/$name/wsproxy.ini" <<INI
 [server]
 listen = 127.0.0.1:$port
 static_dir = $PWD/web
 [auth]
 jwt_secret = browser-test-secret-0123456789abcdef0123
 [store]
-path = $tmp/wsproxy.db
-[api]
-listen =
+path = $tmp/$name/wsproxy.db
 [demo]
 enabled = true
+$extra
 INI
-"$BIN" --config "$tmp/wsproxy.ini" > "$tmp/server.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-    sleep 0.05
-done
+    "$BIN" --config "$tmp/$name/wsproxy.ini" > "$tmp/$name/server.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return 0
+        sleep 0.05
+    done
+    echo "server $name did not start"; cat "$tmp/$name/server.log"; return 1
+}
+main=$(free_port) api=$(free_port) refused=$(free_port) short=$(free_port)
+# A section named twice is merged by the INI reader, so extra lines can add [api], [demo] keys.
+start main "$main" "[api]
+listen = 127.0.0.1:$api
+keys = $API_KEY"
+start refused "$refused" "[api]
+listen =
+[server]
+origins = https://chat.example.com"
+start short "$short" "token_ttl = 6s
+[auth]
+jwt_leeway = 1s
+[api]
+listen ="
 [ -d tests/browser/node_modules ] || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 rc=0
-WSP_URL="http://127.0.0.1:$port" WSP_ARTIFACTS="$ART" timeout 180 node --test tests/browser/ || rc=$?
-[ $rc -eq 0 ] || { echo "--- server log"; tail -50 "$tmp/server.log"; }
+WSP_URL="http://127.0.0.1:$main" WSP_API_URL="http://127.0.0.1:$api" WSP_API_KEY="$API_KEY" \
+    WSP_REFUSED_URL="http://127.0.0.1:$refused" WSP_SHORT_URL="http://127.0.0.1:$short" \
+    WSP_ARTIFACTS="$ART" timeout 240 node --test tests/browser/ || rc=$?
+if [ $rc -ne 0 ]; then
+    for name in main refused short; do echo "--- $name server log"; tail -30 "$tmp/$name/server.log"; done
+fi
 exit $rc

@@ -56,6 +56,8 @@ static void test_web_content_types(void **state)
     (void)state;
     assert_string_equal(web_content_type("web/index.html"), "text/html; charset=utf-8");
     assert_string_equal(web_content_type("web/app.js"), "text/javascript; charset=utf-8");
+    /* ES modules: a browser refuses a module script served as anything but JavaScript */
+    assert_string_equal(web_content_type("web/wsproxy.mjs"), "text/javascript; charset=utf-8");
     assert_string_equal(web_content_type("web/style.css"), "text/css; charset=utf-8");
     assert_string_equal(web_content_type("web/logo.svg"), "image/svg+xml");
     assert_string_equal(web_content_type("web/blob"), "application/octet-stream");
