@@ -354,6 +354,14 @@ typedef int store_conversation_fn(void *ctx, const struct store_conversation *c)
 int store_user_conversations(struct store *st, const char *user, int64_t before_id, int limit,
                              store_conversation_fn *cb, void *ctx, bool *more);
 
+/*
+ * Make the writes between these two all-or-nothing: a SAVEPOINT inside an open transaction, else a
+ * transaction of its own (*own_txn). store_atomic_end keeps them when rc == 0, else undoes them;
+ * it returns rc, or the error of keeping them.
+ */
+int store_atomic_begin(struct store *st, bool *own_txn);
+int store_atomic_end(struct store *st, bool own_txn, int rc);
+
 /* Tombstone message id (body becomes null, gone from history and replay; the id stays used). */
 int store_msg_delete(struct store *st, int64_t id, int64_t now);
 

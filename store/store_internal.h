@@ -145,10 +145,7 @@ int store_write_check(struct store *st);
 /* Run a write statement with no result rows to completion; done either way. */
 int store_exec_stmt(struct store *st, sqlite3_stmt *s, const char *what);
 
-/* Several statements as one unit: BEGIN IMMEDIATE in autocommit, a SAVEPOINT inside a transaction.
- * store_atomic_end commits/releases when rc == 0, else rolls back; returns rc (or the commit error). */
-int store_atomic_begin(struct store *st, bool *own_txn);
-int store_atomic_end(struct store *st, bool own_txn, int rc);
+
 
 /* Fill m from columns col0.. in STORE_MSG_COLS order (borrowed strings). */
 void store_msg_from_row(sqlite3_stmt *s, int col0, struct store_msg *m);

@@ -94,4 +94,26 @@ bool api_is_json_type(const char *v, size_t len);
 /* Route a complete request (api_routes.c). */
 void api_dispatch(struct api_conn *ac);
 
+/* Query parameter helpers (api_routes.c); each answers the 400 itself when it fails. */
+/* A name (user or room): 1 ok, 0 absent, -1 invalid. */
+int api_query_name(struct api_conn *ac, const char *key, char *out, size_t cap);
+/* An integer in [lo, hi]: 1 ok, 0 absent (out = def), -1 invalid. */
+int api_query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t hi, int64_t def,
+                  int64_t *out);
+/* Only the comma-separated allowed parameters: false after a 400 naming an unknown one. */
+bool api_query_known(struct api_conn *ac, const char *allowed);
+/* 405 with an Allow header. */
+void api_method_not_allowed(struct api_conn *ac, const char *allow);
+
+/* Rooms, members, conversations, message deletion (api_rooms.c): true when the path was one of its. */
+bool api_rooms_dispatch(struct api_conn *ac);
+/* api_batch.c: a push whose "to" is a list (one message per user, cid "CID/USER"); the batch. */
+struct json_t;
+void api_push_to_list(struct api_conn *ac, struct json_t *to, const char *from, const char *text,
+                      const char *cid);
+void api_route_push_batch(struct api_conn *ac);
+
+/* DELETE /api/v1/messages/ID: a tombstone, withdrawn from live holders; 204 after the commit. */
+void api_route_message_delete(struct api_conn *ac, int64_t id);
+
 #endif

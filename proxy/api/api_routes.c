@@ -17,7 +17,7 @@
 /* ---- request arguments ---- */
 
 /* Query parameter as a name (user or room): 1 ok, 0 absent, -1 invalid (answered 400). */
-static int query_name(struct api_conn *ac, const char *key, char *out, size_t cap)
+int api_query_name(struct api_conn *ac, const char *key, char *out, size_t cap)
 {
     const struct http_req *r = &ac->req;
     int n = http_query_param(r->query, r->query_len, key, out, cap);
@@ -34,7 +34,7 @@ static int query_name(struct api_conn *ac, const char *key, char *out, size_t ca
 }
 
 /* Query parameter as an integer in [lo, hi]: 1 ok, 0 absent (out = def), -1 invalid (answered). */
-static int query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t hi, int64_t def,
+int api_query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t hi, int64_t def,
                      int64_t *out)
 {
     const struct http_req *r = &ac->req;
@@ -60,7 +60,7 @@ static int query_int(struct api_conn *ac, const char *key, int64_t lo, int64_t h
  * something else): true, or false after a 400 naming the first unknown one. allowed is
  * comma-separated ("" = none).
  */
-static bool query_known(struct api_conn *ac, const char *allowed)
+bool api_query_known(struct api_conn *ac, const char *allowed)
 {
     const char *q = ac->req.query;
     size_t qlen = q ? ac->req.query_len : 0;
@@ -272,8 +272,8 @@ static void route_push(struct api_conn *ac)
         err = "push needs exactly one of to, room and broadcast";
     else if (bc && !json_is_true(bc))
         err = "broadcast must be true";
-    else if (to && !chat_name_valid(json_string_value(to)))
-        err = "to must be a valid user id (1-64 bytes of UTF-8, no controls)";
+    else if (to && !json_is_array(to) && !chat_name_valid(json_string_value(to)))
+        err = "to must be a valid user id (1-64 bytes of UTF-8, no controls) or a list of them";
     else if (room && !chat_name_valid(json_string_value(room)))
         err = "room must be a valid name (1-64 bytes of UTF-8, no controls)";
     else if (!body)
@@ -306,8 +306,11 @@ static void route_push(struct api_conn *ac)
         json_decref(req);
         return;
     }
-    if (bc) {
-        push_broadcast(ac, from, text, cid);
+    if (bc || json_is_array(to)) {
+        if (bc)
+            push_broadcast(ac, from, text, cid);
+        else
+            api_push_to_list(ac, to, from, text, cid);
         free(text);
         json_decref(req);
         return;
@@ -375,7 +378,7 @@ static void route_sessions(struct api_conn *ac)
     char user[256], state[16];
     struct store_session_filter f = {0};
     int64_t limit, before;
-    int rc = query_name(ac, "user", user, sizeof(user));
+    int rc = api_query_name(ac, "user", user, sizeof(user));
     if (rc < 0)
         return;
     f.user = rc ? user : NULL;
@@ -390,8 +393,8 @@ static void route_sessions(struct api_conn *ac)
         api_reply_error(ac, 400, "bad_request", "state must be active, ended or any");
         return;
     }
-    if (query_int(ac, "limit", 1, SESSIONS_MAX, SESSIONS_DEFAULT, &limit) < 0 ||
-        query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0)
+    if (api_query_int(ac, "limit", 1, SESSIONS_MAX, SESSIONS_DEFAULT, &limit) < 0 ||
+        api_query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0)
         return;
     f.limit = (int)limit;
     f.before_id = before;
@@ -557,13 +560,13 @@ static void route_history(struct api_conn *ac)
 {
     struct loop *lp = ac->api->lp;
     char with[256], user[256], room[256];
-    int has_with = query_name(ac, "with", with, sizeof(with));
+    int has_with = api_query_name(ac, "with", with, sizeof(with));
     if (has_with < 0)
         return;
-    int has_user = query_name(ac, "user", user, sizeof(user));
+    int has_user = api_query_name(ac, "user", user, sizeof(user));
     if (has_user < 0)
         return;
-    int has_room = query_name(ac, "room", room, sizeof(room));
+    int has_room = api_query_name(ac, "room", room, sizeof(room));
     if (has_room < 0)
         return;
     if (has_room ? (has_with || has_user) : !(has_with && has_user)) {
@@ -571,8 +574,8 @@ static void route_history(struct api_conn *ac)
         return;
     }
     int64_t before, limit;
-    if (query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0 ||
-        query_int(ac, "limit", 1, CHAT_HISTORY_MAX, CHAT_HISTORY_DEFAULT, &limit) < 0)
+    if (api_query_int(ac, "before", 1, INT64_MAX, 0, &before) < 0 ||
+        api_query_int(ac, "limit", 1, CHAT_HISTORY_MAX, CHAT_HISTORY_DEFAULT, &limit) < 0)
         return;
     struct sbuf b;
     sbuf_init(&b);
@@ -593,7 +596,7 @@ static void route_history(struct api_conn *ac)
     sbuf_release(&b);
 }
 
-static void method_not_allowed(struct api_conn *ac, const char *allow)
+void api_method_not_allowed(struct api_conn *ac, const char *allow)
 {
     char extra[64];
     snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
@@ -611,48 +614,55 @@ void api_dispatch(struct api_conn *ac)
 
     if (api_path_is(r, "/healthz") || api_path_is(r, "/metrics")) {
         if (!get)
-            method_not_allowed(ac, "GET, HEAD");
+            api_method_not_allowed(ac, "GET, HEAD");
         else if (api_path_is(r, "/healthz"))
             route_healthz(ac);
         else
             route_metrics(ac);
     } else if (api_path_is(r, "/api/v1/push")) {
         if (!api_method_is(r, "POST"))
-            method_not_allowed(ac, "POST");
+            api_method_not_allowed(ac, "POST");
         else
             route_push(ac);
+    } else if (api_path_is(r, "/api/v1/push/batch")) {
+        if (!api_method_is(r, "POST"))
+            api_method_not_allowed(ac, "POST");
+        else
+            api_route_push_batch(ac);
     } else if (api_path_is(r, "/api/v1/sessions")) {
         if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else if (query_known(ac, "user,state,limit,before"))
+            api_method_not_allowed(ac, "GET, HEAD");
+        else if (api_query_known(ac, "user,state,limit,before"))
             route_sessions(ac);
     } else if ((rc = api_path_id(r, "/api/v1/sessions/", &id)) != 0) {
         if (!get && !api_method_is(r, "DELETE"))
-            method_not_allowed(ac, "GET, HEAD, DELETE");
+            api_method_not_allowed(ac, "GET, HEAD, DELETE");
         else if (rc < 0)
             api_reply_error(ac, 400, "bad_request", "session ids are positive integers");
         else if (!get)
             route_session_kick(ac, id);
-        else if (query_known(ac, ""))
+        else if (api_query_known(ac, ""))
             route_session_get(ac, id);
     } else if ((rc = api_path_id(r, "/api/v1/messages/", &id)) != 0) {
-        if (!get)
-            method_not_allowed(ac, "GET, HEAD");
+        if (!get && !api_method_is(r, "DELETE"))
+            api_method_not_allowed(ac, "GET, HEAD, DELETE");
         else if (rc < 0)
             api_reply_error(ac, 400, "bad_request", "message ids are positive integers");
-        else if (query_known(ac, ""))
+        else if (!get)
+            api_route_message_delete(ac, id);
+        else if (api_query_known(ac, ""))
             route_message(ac, id);
     } else if (api_path_is(r, "/api/v1/presence")) {
         if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else if (query_known(ac, "users"))
+            api_method_not_allowed(ac, "GET, HEAD");
+        else if (api_query_known(ac, "users"))
             route_presence(ac);
     } else if (api_path_is(r, "/api/v1/history")) {
         if (!get)
-            method_not_allowed(ac, "GET, HEAD");
-        else if (query_known(ac, "with,user,room,before,limit"))
+            api_method_not_allowed(ac, "GET, HEAD");
+        else if (api_query_known(ac, "with,user,room,before,limit"))
             route_history(ac);
-    } else {
+    } else if (!api_rooms_dispatch(ac)) {
         api_reply_error(ac, 404, "not_found", "no such endpoint");
     }
 }

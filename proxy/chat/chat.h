@@ -51,6 +51,14 @@ void chat_accept(struct chat *ch, struct conn *c, const struct ws_handshake_resu
 int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct store_receipt *r,
               size_t *live);
 
+/*
+ * chat_post for several messages at once, all or nothing: every insert of the request is undone if one
+ * fails (a savepoint), and only then is anything queued to live recipients. rs and lives have n
+ * entries. 0, or a STORE_ERR_* (nothing stored, nothing sent).
+ */
+int chat_post_many(struct chat *ch, struct store_msg *ms, size_t n, struct store_receipt *rs,
+                   size_t *lives);
+
 /* Send a JSON text (not stored) to every live chat session. Returns the sessions reached. */
 size_t chat_broadcast(struct chat *ch, const char *json, size_t len);
 

@@ -79,6 +79,26 @@ static size_t deliver(struct chat *ch, const struct store_msg *m, struct chat_co
     return n;
 }
 
+int chat_post_many(struct chat *ch, struct store_msg *ms, size_t n, struct store_receipt *rs,
+                   size_t *lives)
+{
+    loop_tx_begin(ch->lp);
+    bool own = false;
+    int rc = store_atomic_begin(ch->store, &own);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = store_msg_insert(ch->store, &ms[i], &rs[i]);
+    if ((rc = store_atomic_end(ch->store, own, rc)) != 0)
+        return rc; /* nothing of the request stored, nothing queued to anyone */
+    for (size_t i = 0; i < n; i++) {
+        lives[i] = 0;
+        if (!rs[i].duplicate) {
+            ms[i].id = rs[i].id;
+            lives[i] = deliver(ch, &ms[i], NULL);
+        }
+    }
+    return 0;
+}
+
 size_t chat_send_to_target(struct chat *ch, const struct store_msg *m, struct sbuf *b)
 {
     struct shared_frame *f = b->oom ? NULL : shared_frame_new(WS_OP_TEXT, b->p, b->len);

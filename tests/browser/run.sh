@@ -34,6 +34,8 @@ static_dir = $PWD/web
 jwt_secret = browser-test-secret-0123456789abcdef0123
 [store]
 path = $tmp/$name/wsproxy.db
+[rooms]
+open = *
 [demo]
 enabled = true
 $extra

@@ -64,6 +64,7 @@ export class Server {
             store: { path: path.join(this.dir, 'wsproxy.db') },
             api: { listen: `127.0.0.1:${this.apiPort}`, keys: API_KEY },
             limits: { rate: '0' },
+            rooms: { open: '*' }, // access control has its own tests (tests/integration/test_rooms.py)
             log: { level: 'info' },
         };
         for (const [sec, kv] of Object.entries(this.sections)) conf[sec] = { ...(conf[sec] || {}), ...kv };

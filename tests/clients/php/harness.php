@@ -156,6 +156,7 @@ final class WspServer
             'store' => ['path' => $this->dir . '/wsproxy.db'],
             'api' => ['listen' => "127.0.0.1:{$this->apiPort}", 'keys' => API_KEY],
             'limits' => ['rate' => '0'],
+            'rooms' => ['open' => '*'], // access control: tests/integration/test_rooms.py
             'log' => ['level' => 'info'],
         ];
         foreach ($sections as $sec => $kv) {
