@@ -97,6 +97,8 @@ synchronous = $1
 mode = token
 jwt_alg = HS256
 jwt_secret = $SECRET
+[rooms]
+open = *
 [heartbeat]
 ping_interval = 0
 [limits]

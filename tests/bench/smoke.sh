@@ -39,6 +39,8 @@ level = warn
 path = $TMP/db/wsproxy.db
 [auth]
 jwt_secret = $SECRET
+[rooms]
+open = *
 [heartbeat]
 ping_interval = 0
 [limits]
