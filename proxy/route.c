@@ -73,6 +73,16 @@ void route_request(void *arg, struct conn *c, const struct http_req *req)
         const char *extra = hs.status == 426   ? "Sec-WebSocket-Version: 13\r\n"
                             : hs.status == 405 ? "Allow: GET\r\n"
                                                : NULL;
+        if (hs.status == 403) {
+            /* Say which Origin and which key: the operator's fix is one line of config. */
+            const struct http_header *o = http_req_header(req, "Origin");
+            char origin[128] = "", msg[256];
+            if (o)
+                utf8_sanitize(o->value, o->value_len, origin, sizeof(origin));
+            snprintf(msg, sizeof(msg), "origin %s not allowed: add it to [server] origins", origin);
+            conn_http_text(c, 403, NULL, msg);
+            return;
+        }
         conn_http_text(c, hs.status, extra, hs.message);
         return;
     }

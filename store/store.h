@@ -256,6 +256,9 @@ int store_msg_insert(struct store *st, const struct store_msg *m, struct store_r
  */
 int store_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
                   int64_t now);
+/* The same; *first is true when this ack delivered a direct message (its first ack). */
+int store_msg_ack_first(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
+                        int64_t now, bool *first);
 
 /* Undelivered direct messages to user with id > after_id, in id order, at most limit (>= 1). */
 int store_pending_direct(struct store *st, const char *user, int64_t after_id, int limit,

@@ -100,10 +100,18 @@ int store_msg_insert(struct store *st, const struct store_msg *m, struct store_r
 int store_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
                   int64_t now)
 {
+    bool first;
+    return store_msg_ack_first(st, user, msg_id, session_id, now, &first);
+}
+
+int store_msg_ack_first(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
+                        int64_t now, bool *first)
+{
     sqlite3_stmt *s = st->stmt[STMT_MSG_DELIVERED];
     bool mine = false;
     int rc;
 
+    *first = false;
     if (!store_name_ok(user))
         return store_failf(st, STORE_ERR_INVALID, "ack: no user");
     if ((rc = store_write_check(st)) < 0)
@@ -117,8 +125,10 @@ int store_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t se
         sqlite3_bind_int64(s, 4, session_id);
     if ((rc = store_exec_stmt(st, s, "ack")) < 0)
         return rc;
-    if (sqlite3_changes(st->db) > 0)
+    if (sqlite3_changes(st->db) > 0) {
+        *first = true; /* the first ack of a direct message: delivered now */
         return 0;
+    }
 
     /* A room message user is a member of? (no row changes for direct messages: room is NULL) */
     s = st->stmt[STMT_ROOM_ACK];

@@ -181,11 +181,15 @@ void chat_ack_commit(struct chat_conn *cc, int64_t id)
 {
     struct chat *ch = cc->chat;
     loop_tx_begin(ch->lp);
-    int rc = store_msg_ack(ch->store, cc->user, id, cc->session_id, loop_now_ms(ch->lp));
+    bool first = false;
+    int64_t now = loop_now_ms(ch->lp);
+    int rc = store_msg_ack_first(ch->store, cc->user, id, cc->session_id, now, &first);
     if (rc == STORE_ERR_NOTFOUND)
         chat_send_error(cc, "bad_request", "no such message for you", NULL, NULL);
     else if (rc != 0)
         chat_store_failed(cc, "ack", NULL, NULL);
+    else if (first)
+        chat_delivered_receipt(ch, id, cc->user, now);
 }
 
 static void on_ack(struct chat_conn *cc, json_t *req)

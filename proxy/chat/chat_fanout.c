@@ -99,6 +99,37 @@ int chat_post_many(struct chat *ch, struct store_msg *ms, size_t n, struct store
     return 0;
 }
 
+void chat_delivered_receipt(struct chat *ch, int64_t id, const char *recipient, int64_t ts)
+{
+    struct store_msg_info info;
+    if (store_msg_get(ch->store, id, &info) != 0)
+        return;
+    /* only the sender's live connections care, and a note to self needs no receipt */
+    if (strcmp(info.msg.sender, recipient) != 0 && registry_count(ch->users, info.msg.sender) > 0) {
+        struct sbuf b;
+        sbuf_init(&b);
+        sbuf_adds(&b, "{\"type\":\"delivered\",\"id\":");
+        sbuf_add_i64(&b, id);
+        sbuf_adds(&b, ",\"to\":");
+        sbuf_add_json_str(&b, recipient);
+        sbuf_adds(&b, ",\"ts\":");
+        sbuf_add_i64(&b, ts);
+        if (info.msg.cid) {
+            sbuf_adds(&b, ",\"cid\":");
+            sbuf_add_json_str(&b, info.msg.cid);
+        }
+        sbuf_adds(&b, "}");
+        struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+        if (f) {
+            ch->lp->metrics.msgs_out[MK_OTHER] +=
+                send_to_user(ch, info.msg.sender, f, NULL, HOLD_NONE);
+            shared_frame_unref(f);
+        }
+        sbuf_release(&b);
+    }
+    store_msg_info_release(&info);
+}
+
 size_t chat_send_to_target(struct chat *ch, const struct store_msg *m, struct sbuf *b)
 {
     struct shared_frame *f = b->oom ? NULL : shared_frame_new(WS_OP_TEXT, b->p, b->len);

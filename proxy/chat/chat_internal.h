@@ -146,6 +146,12 @@ void chat_index_add(struct chat_conn *cc, const char *room);
 /* Leave every room of the live index (at the end of a session). */
 void chat_rooms_leave_all(struct chat_conn *cc);
 
+/*
+ * A direct message id was just delivered (its first ack, by recipient): tell the sender's live
+ * connections {"type":"delivered","id","to","ts"[,"cid"]}, held for the commit like the ack.
+ */
+void chat_delivered_receipt(struct chat *ch, int64_t id, const char *recipient, int64_t ts);
+
 /* Send a built frame (not stored) to every live connection that could hold m: its room's members,
  * or both sides of a direct message. Returns connections reached. */
 size_t chat_send_to_target(struct chat *ch, const struct store_msg *m, struct sbuf *b);

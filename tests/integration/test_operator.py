@@ -127,3 +127,18 @@ def test_sighup_reloads_certificate_live_connection_survives(tmp_path):
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+def test_refused_origin_is_named_with_the_key(tmp_path):
+    srv = Server(str(tmp_path), server={"origins": "https://chat.example.com"}).start()
+    try:
+        from wsp import raw_connect, read_http_response, upgrade_request
+        s = raw_connect(srv.port)
+        s.sendall(upgrade_request(f"/ws?token={make_token('a')}",
+                                  extra="Origin: https://evil.example\r\n"))
+        status, _, body = read_http_response(s)
+        s.close()
+        assert status == 403
+        assert "https://evil.example" in srv.log() and "[server] origins" in srv.log()
+    finally:
+        srv.stop()

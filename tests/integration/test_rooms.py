@@ -289,3 +289,16 @@ def test_upgrade_from_first_schema_keeps_data(tmp_path):
         bob.close()
     finally:
         srv.stop()
+
+
+def test_sender_told_when_a_direct_message_is_delivered(srv):
+    alice, bob = Client(srv, "alice"), Client(srv, "bob")
+    sent = alice.dm("bob", "are you there?", "q1")
+    m = bob.until(lambda m: m["type"] == "msg")
+    bob.send(type="ack", id=m["id"])
+    d = alice.until(lambda m: m["type"] == "delivered")
+    assert d["id"] == sent["id"] and d["to"] == "bob" and d["cid"] == "q1"
+    bob.send(type="ack", id=m["id"])  # a second ack delivers nothing new: no second receipt
+    assert alice.ask(type="presence", users=["bob"])["type"] == "presence"
+    alice.close()
+    bob.close()
