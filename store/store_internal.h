@@ -55,6 +55,19 @@ enum store_stmt_id {
     STMT_USERS_SHARING,
     STMT_ROOM_REPLAY_FLOOR,
     STMT_ROOM_REPLAY,
+    /* store_outbox.c */
+    STMT_OUTBOX_ADD,
+    STMT_OUTBOX_SPAN,
+    STMT_OUTBOX_SCAN,
+    STMT_OUTBOX_LEASE,
+    STMT_OUTBOX_DELIVERED,
+    STMT_OUTBOX_RETRY,
+    STMT_OUTBOX_EXPIRE,
+    STMT_OUTBOX_PRUNE,
+    STMT_OUTBOX_DEAD_LIST,
+    STMT_OUTBOX_REPLAY_ONE,
+    STMT_OUTBOX_REPLAY_ALL,
+    STMT_OUTBOX_COUNTS,
     STMT_COUNT
 };
 
@@ -70,6 +83,7 @@ extern const struct store_sql store_sql_session[];
 extern const struct store_sql store_sql_presence[];
 extern const struct store_sql store_sql_msg[];
 extern const struct store_sql store_sql_room[];
+extern const struct store_sql store_sql_outbox[];
 
 /* WAL size (frames = pages) after a commit at which the checkpoint thread is woken: 16 MiB. */
 #define STORE_CKPT_FRAMES 4096
