@@ -5,6 +5,7 @@
 #ifndef WSP_METRICS_H
 #define WSP_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,12 @@ struct metrics {
     uint64_t slow_consumers;
     uint64_t api_requests[METRICS_API_STATUS];
     uint64_t store_errors;
+    /* events to the app backend (proxy/chat/events.c) */
+    uint64_t events_queued;    /* recorded into the outbox */
+    uint64_t events_delivered; /* taken by the backend */
+    uint64_t events_retried;   /* deliveries failed and scheduled again (per event) */
+    uint64_t events_dead;      /* moved to the dead letters (max age) */
+    uint64_t events_dropped;   /* not recorded: outbox full or a store error */
 };
 
 /* Values read at render time rather than counted. */
@@ -53,6 +60,10 @@ struct metrics_gauges {
     uint64_t conns_open;     /* TCP connections */
     uint64_t ws_open;        /* open WebSockets */
     uint64_t users_online;
+    bool events_on;               /* the gauges below are rendered only when events are configured */
+    uint64_t events_outbox;       /* queued now (refreshed every few seconds) */
+    uint64_t events_dead_letters; /* dead now */
+    double events_oldest_age_s;   /* age of the oldest queued event; 0 when none */
 };
 
 enum metrics_status metrics_status_index(int status);
