@@ -127,6 +127,7 @@ static void route_metrics(struct api_conn *ac)
         .ws_open = api->pool->num_ws,
         .users_online = chat_users_online(api->chat),
     };
+    chat_events_gauges(api->chat, &g);
     size_t len = 0;
     char *text = metrics_render(&lp->metrics, &g, &len);
     if (!text) {
