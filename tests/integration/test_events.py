@@ -1,0 +1,400 @@
+"""Events to the app backend ([events], docs/events.md) against real receivers: a Python HTTP server
+started here (records batches, checks signatures, fails or stalls on demand) and Debian's php-fpm on
+a unix socket with a PHP script that checks the signature and appends the events to a file."""
+import asyncio
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import websockets
+
+from test_api import api, metric, metrics, push
+from wsp import BIN, Server
+
+EV_SECRET = "events-secret-0123456789"
+
+
+class Receiver:
+    """An HTTP backend: mode "ok" answers 204, "fail" 500, "stall" holds the request (no answer)."""
+
+    def __init__(self, secret=EV_SECRET):
+        self.secret = secret
+        self.batches = []  # (arrival time, body dict, headers)
+        self.bad_signatures = 0
+        self.mode = "ok"
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        rec = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers["Content-Length"])
+                body = self.rfile.read(n)
+                ts = self.headers["X-Wsproxy-Timestamp"]
+                want = hmac.new(rec.secret.encode(), ts.encode() + b"." + body,
+                                hashlib.sha256).hexdigest()
+                mode = rec.mode
+                with rec.lock:
+                    if want != self.headers["X-Wsproxy-Signature"]:
+                        rec.bad_signatures += 1
+                    rec.batches.append((time.time(), json.loads(body), dict(self.headers), mode))
+                if mode == "stall":
+                    rec.release.wait(30)
+                    return
+                code = 204 if mode == "ok" else 500
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/hooks/wsproxy"
+
+    def stop(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def delivered(self):
+        """Events of batches answered 2xx, in arrival order."""
+        with self.lock:
+            return [e for _, b, _, m in self.batches if m == "ok" for e in b["events"]]
+
+    def all_events(self):
+        with self.lock:
+            return [e for _, b, _, _ in self.batches for e in b["events"]]
+
+
+def events_server(tmp_path, target, **events):
+    conf = {"target": target, "secret": EV_SECRET, "offline_delay": "300ms",
+            "retry_initial": "100ms", "retry_max": "400ms", "timeout": "1s",
+            "types": "session.opened,session.closed,user.online,user.offline,message.direct,"
+                     "message.push,message.unacked,member.added,member.removed"}
+    conf.update(events)
+    return Server(str(tmp_path), events=conf)
+
+
+def wait_for(pred, timeout=10, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def chat_client(srv, user):
+    ws = await websockets.connect(srv.chat_url(user))
+    while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "replayed":
+        pass
+    return ws
+
+
+def check_per_user_order(events):
+    """Ids grow per user in first-delivery order (a redelivery repeats an id, never reorders)."""
+    last = {}
+    seen = set()
+    for e in events:
+        if e["id"] in seen:
+            continue
+        seen.add(e["id"])
+        assert e["id"] > last.get(e["user"], 0), (e, last)
+        last[e["user"]] = e["id"]
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def test_events_http_signed_batches_in_order(tmp_path, receiver):
+    srv = events_server(tmp_path, receiver.url).start()
+    try:
+        async def body():
+            alice = await chat_client(srv, "alice")
+            bob = await chat_client(srv, "bob")
+            for i in range(5):
+                await alice.send(json.dumps({"type": "send", "to": "bob", "body": {"n": i},
+                                             "cid": f"c{i}"}))
+            for _ in range(5):
+                while json.loads(await asyncio.wait_for(bob.recv(), 5))["type"] != "msg":
+                    pass
+            await alice.close()
+            await bob.close()
+        asyncio.run(body())
+        assert push(srv, to="carol", body={"hello": 1}).status == 202
+        types = lambda: [e["type"] for e in receiver.delivered()]
+        wait_for(lambda: types().count("user.offline") == 2 and "message.push" in types(),
+                 what="offline events")
+        ev = receiver.delivered()
+        assert receiver.bad_signatures == 0
+        check_per_user_order(ev)
+        by = lambda u: [e["type"] for e in ev if e["user"] == u]
+        assert by("alice") == ["session.opened", "user.online", "session.closed", "user.offline"]
+        assert by("bob")[:2] == ["session.opened", "user.online"]
+        assert by("bob").count("message.direct") == 5
+        assert by("bob")[-2:] == ["session.closed", "user.offline"]
+        direct = [e for e in ev if e["type"] == "message.direct"]
+        assert [d["data"]["body"]["n"] for d in direct] == list(range(5))
+        assert direct[0]["data"]["from"] == "alice" and direct[0]["data"]["to"] == "bob"
+        closed = [e for e in ev if e["type"] == "session.closed"][0]
+        assert closed["data"]["reason"] == "client_close"
+        _, batch, headers, _ = receiver.batches[0]
+        assert isinstance(batch["time_ms"], int) and headers["Content-Type"] == "application/json"
+        assert len({e["id"] for e in ev}) == len(ev)
+        s = metrics(srv)
+        assert metric(s, "wsproxy_events_total", outcome="delivered") >= len(ev)
+    finally:
+        srv.stop()
+
+
+def test_events_offline_delay_cancelled_by_a_reload(tmp_path, receiver):
+    srv = events_server(tmp_path, receiver.url, offline_delay="1s").start()
+    try:
+        async def body():
+            a = await chat_client(srv, "alice")
+            await a.close()
+            a = await chat_client(srv, "alice")  # a page reload
+            await asyncio.sleep(1.5)
+            types = [e["type"] for e in receiver.delivered()]
+            assert types.count("user.online") == 1 and "user.offline" not in types
+            await a.close()
+        asyncio.run(body())
+        wait_for(lambda: "user.offline" in [e["type"] for e in receiver.delivered()],
+                 what="user.offline")
+    finally:
+        srv.stop()
+
+
+def test_events_retry_with_backoff_then_delivered(tmp_path, receiver):
+    receiver.mode = "fail"
+    srv = events_server(tmp_path, receiver.url).start()
+    try:
+        for i in range(3):
+            assert push(srv, to="dave", body={"i": i}).status == 202
+        wait_for(lambda: len(receiver.batches) >= 4, what="4 failed attempts")
+        times = [t for t, _, _, _ in receiver.batches[:4]]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        # 100 ms, 200 ms, 400 ms (capped): each wait at least the backoff, and growing
+        assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and gaps[2] >= 0.36, gaps
+        # the first attempt may hold only the first push; dave's later events wait behind it
+        ids = lambda b: [e["id"] for e in b["events"]]
+        first_ids = ids(receiver.batches[3][1])
+        assert len(first_ids) == 3
+        assert ids(receiver.batches[0][1]) == first_ids[:len(ids(receiver.batches[0][1]))]
+        assert receiver.batches[3][1]["events"][0]["attempt"] == 4
+        receiver.mode = "ok"
+        wait_for(lambda: len(receiver.delivered()) == 3, what="delivery after the backend recovered")
+        assert [e["id"] for e in receiver.delivered()] == first_ids  # the same ids, once delivered
+        s = metrics(srv)
+        assert metric(s, "wsproxy_events_total", outcome="retried") >= 9
+        assert "delivery of 3 events failed (HTTP 500" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_events_backend_down_loses_nothing(tmp_path):
+    rec = Receiver()
+    port = rec.port
+    rec.stop()  # nobody listens: connections are refused
+    srv = events_server(tmp_path, f"http://127.0.0.1:{port}/hooks").start()
+    try:
+        for i in range(20):
+            assert push(srv, to=f"u{i % 4}", body={"i": i}).status == 202
+        # the gauges are refreshed every 2 s
+        wait_for(lambda: metric(metrics(srv), "wsproxy_events_outbox", state="queued") == 20
+                 and metric(metrics(srv), "wsproxy_events_oldest_age_seconds") > 0.5,
+                 what="outbox gauges")
+        assert "connect/IO" in srv.log() or "connection closed" in srv.log()
+        # the chat keeps working meanwhile
+        assert push(srv, to="u0", body="still fine").status == 202
+        # the backend comes back on the same port
+        back = ReceiverOnPort(port)
+        try:
+            wait_for(lambda: len(back.delivered()) == 21, timeout=15, what="all 21 events")
+            ev = back.delivered()
+            assert sorted(e["data"]["body"].get("i", -1) if isinstance(e["data"]["body"], dict)
+                          else -1 for e in ev) == [-1] + list(range(20))
+            check_per_user_order(ev)
+        finally:
+            back.stop()
+    finally:
+        srv.stop()
+
+
+class ReceiverOnPort(Receiver):
+    def __init__(self, port):
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        orig = http.server.ThreadingHTTPServer.__init__
+
+        def init(self_, addr, handler, *a, **kw):
+            orig(self_, ("127.0.0.1", port), handler, *a, **kw)
+        http.server.ThreadingHTTPServer.__init__ = init
+        try:
+            super().__init__()
+        finally:
+            http.server.ThreadingHTTPServer.__init__ = orig
+
+
+def test_events_dead_letters_list_and_replay(tmp_path, receiver):
+    receiver.mode = "fail"
+    srv = events_server(tmp_path, receiver.url, max_age="1s").start()
+    try:
+        assert push(srv, to="erin", body={"x": 1}).status == 202
+        wait_for(lambda: api(srv, "GET", "/api/v1/events").json()["dead"] == 1, what="a dead letter")
+        dead = api(srv, "GET", "/api/v1/events/dead").json()
+        assert len(dead["events"]) == 1 and dead["next_after"] is None
+        d = dead["events"][0]
+        assert d["type"] == "message.push" and d["user"] == "erin" and "HTTP 500" in d["last_error"]
+        assert metric(metrics(srv), "wsproxy_events_total", outcome="failed") == 1
+        receiver.mode = "ok"
+        assert api(srv, "POST", f"/api/v1/events/replay?id={d['id'] + 1000}").status == 404
+        r = api(srv, "POST", "/api/v1/events/replay")
+        assert r.status == 200 and r.json() == {"replayed": 1}
+        wait_for(lambda: receiver.delivered(), what="the replayed event")
+        assert receiver.delivered()[0]["id"] == d["id"]
+        assert api(srv, "GET", "/api/v1/events").json()["dead"] == 0
+    finally:
+        srv.stop()
+
+
+def test_events_kill9_in_flight_redelivered_after_restart(tmp_path, receiver):
+    receiver.mode = "stall"
+    srv = events_server(tmp_path, receiver.url, timeout="5s").start()
+    ids = []
+    for i in range(10):
+        r = push(srv, to=f"k{i % 3}", body={"i": i})
+        assert r.status == 202
+    wait_for(lambda: receiver.batches, what="a batch in flight")
+    srv.kill9()
+    committed = [row[0] for row in srv.db_rows("SELECT id FROM outbox ORDER BY id")]
+    assert len(committed) == 10
+    receiver.mode = "ok"
+    receiver.release.set()
+    srv.start()
+    try:
+        # the lease of the batch in flight runs out (timeout + 1 s), then everything is delivered
+        wait_for(lambda: {e["id"] for e in receiver.delivered()} >= set(committed), timeout=20,
+                 what="every committed event after the restart")
+        stalled = {e["id"] for _, b, _, m in receiver.batches if m == "stall" for e in b["events"]}
+        assert stalled and stalled <= set(committed)  # the same ids again: at least once
+        check_per_user_order(receiver.delivered())
+    finally:
+        srv.stop()
+
+
+# ---- php-fpm ----
+
+PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
+
+PHP_SCRIPT = r"""<?php
+$secret = getenv('EV_SECRET') ?: '%s';
+$body = file_get_contents('php://input');
+$ts = $_SERVER['HTTP_X_WSPROXY_TIMESTAMP'] ?? '';
+$sig = $_SERVER['HTTP_X_WSPROXY_SIGNATURE'] ?? '';
+if (!hash_equals(hash_hmac('sha256', $ts . '.' . $body, $secret), $sig)) {
+    http_response_code(401);
+    exit;
+}
+if (file_exists(__DIR__ . '/fail')) { http_response_code(503); exit; }
+$batch = json_decode($body, true);
+foreach ($batch['events'] as $e) {
+    file_put_contents(__DIR__ . '/events.log', json_encode($e) . "\n", FILE_APPEND | LOCK_EX);
+}
+http_response_code(204);
+""" % EV_SECRET
+
+
+@pytest.fixture
+def php_fpm(tmp_path):
+    if not os.path.exists(PHP_FPM):
+        pytest.skip("php8.2-fpm is not installed (scripts/deps.sh test installs it)")
+    d = tmp_path / "fpm"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    sock = d / "fpm.sock"
+    (d / "events.php").write_text(PHP_SCRIPT)
+    conf = d / "php-fpm.conf"
+    conf.write_text(f"""[global]
+pid = {d}/fpm.pid
+error_log = {d}/fpm.log
+daemonize = no
+[events]
+listen = {sock}
+pm = static
+pm.max_children = 2
+clear_env = yes
+catch_workers_output = yes
+""")
+    proc = subprocess.Popen([PHP_FPM, "-n", "-y", str(conf), "-R", "-F"],
+                            stdout=open(d / "stdout.log", "wb"), stderr=subprocess.STDOUT)
+    wait_for(lambda: sock.exists(), what="php-fpm socket")
+    yield d
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def php_events(d):
+    p = d / "events.log"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines()]
+
+
+def test_events_fastcgi_to_php_fpm(tmp_path, php_fpm):
+    d = php_fpm
+    srv = events_server(tmp_path, f"fastcgi:unix:{d}/fpm.sock:{d}/events.php", pool="2").start()
+    try:
+        for i in range(30):
+            assert push(srv, to=f"p{i % 5}", body={"i": i}).status == 202
+        wait_for(lambda: len(php_events(d)) == 30, what="30 events through php-fpm")
+        ev = php_events(d)
+        check_per_user_order(ev)
+        assert sorted(e["data"]["body"]["i"] for e in ev) == list(range(30))
+        # 503 from the script is a retry; the kept connections are reused afterwards
+        (d / "fail").write_text("")
+        assert push(srv, to="p0", body={"i": 30}).status == 202
+        wait_for(lambda: "Status 503" in srv.log(), what="a 503 retry")
+        (d / "fail").unlink()
+        wait_for(lambda: len(php_events(d)) == 31, what="the retried event")
+        assert metric(metrics(srv), "wsproxy_events_total", outcome="delivered") == 31
+    finally:
+        srv.stop()
+
+
+def test_events_config_errors(tmp_path):
+    srv = Server(str(tmp_path), events={"target": "ftp://x/y", "batch_count": "0",
+                                        "types": "session.opened,bogus"})
+    r = subprocess.run([BIN, "--config", srv.config_path, "--check"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode != 0
+    err = r.stderr + r.stdout
+    assert "[events] target: 'ftp://x/y'" in err
+    assert "[events] secret: required" in err
+    assert "[events] batch_count: must be 1 to 10000" in err
+    assert "[events] types: 'bogus' is not an event type" in err
