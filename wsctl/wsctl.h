@@ -54,6 +54,7 @@ int cmd_history(struct wsctl *w, int argc, char **argv);
 int cmd_stats(struct wsctl *w, int argc, char **argv);
 int cmd_kick(struct wsctl *w, int argc, char **argv);
 int cmd_push(struct wsctl *w, int argc, char **argv);
+int cmd_events(struct wsctl *w, int argc, char **argv);
 
 /*
  * Options every command accepts besides its own (so `wsctl sessions --json` works as well as

@@ -20,6 +20,7 @@ from test_api import api, metric, metrics, push
 from wsp import BIN, Server
 
 EV_SECRET = "events-secret-0123456789"
+WSCTL = os.environ.get("WSCTL_BIN", os.path.join(os.path.dirname(BIN), "wsctl"))
 
 
 class Receiver:
@@ -270,14 +271,23 @@ def test_events_dead_letters_list_and_replay(tmp_path, receiver):
         assert d["type"] == "message.push" and d["user"] == "erin" and "HTTP 500" in d["last_error"]
         assert metric(metrics(srv), "wsproxy_events_total", outcome="failed") == 1
         receiver.mode = "ok"
+        out = wsctl(srv, "events")
+        assert out.returncode == 0 and "1 dead" in out.stdout and "message.push" in out.stdout
+        assert "HTTP 500" in out.stdout
+        assert wsctl(srv, "events", "replay", str(d["id"] + 1000)).returncode == 1
         assert api(srv, "POST", f"/api/v1/events/replay?id={d['id'] + 1000}").status == 404
-        r = api(srv, "POST", "/api/v1/events/replay")
-        assert r.status == 200 and r.json() == {"replayed": 1}
+        out = wsctl(srv, "--json", "events", "replay", "--all")
+        assert out.returncode == 0 and json.loads(out.stdout) == {"replayed": 1}, out
         wait_for(lambda: receiver.delivered(), what="the replayed event")
         assert receiver.delivered()[0]["id"] == d["id"]
         assert api(srv, "GET", "/api/v1/events").json()["dead"] == 0
     finally:
         srv.stop()
+
+
+def wsctl(srv, *args):
+    return subprocess.run([WSCTL, "--config", srv.config_path, *args], capture_output=True,
+                          text=True, timeout=10)
 
 
 def test_events_kill9_in_flight_redelivered_after_restart(tmp_path, receiver):
