@@ -113,8 +113,8 @@ int backend_parse_target(const char *s, struct backend_target *t, char *err, siz
         snprintf(err, errlen, "no host");
         return -1;
     }
-    snprintf(t->host, sizeof(t->host), "%s", h);
-    snprintf(t->path, sizeof(t->path), "%s", slash);
+    memcpy(t->host, h, strlen(h) + 1); /* fits: checked above */
+    memcpy(t->path, slash, strlen(slash) + 1);
     return 0;
 }
 
