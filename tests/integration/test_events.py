@@ -16,6 +16,7 @@ import time
 import pytest
 import websockets
 
+from conftest import assert_clean_log
 from test_api import api, metric, metrics, push
 from wsp import BIN, Server
 
@@ -169,6 +170,7 @@ def test_events_http_signed_batches_in_order(tmp_path, receiver):
         assert metric(s, "wsproxy_events_total", outcome="delivered") >= len(ev)
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 def test_events_offline_delay_cancelled_by_a_reload(tmp_path, receiver):
@@ -187,6 +189,7 @@ def test_events_offline_delay_cancelled_by_a_reload(tmp_path, receiver):
                  what="user.offline")
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 def test_events_retry_with_backoff_then_delivered(tmp_path, receiver):
@@ -214,6 +217,7 @@ def test_events_retry_with_backoff_then_delivered(tmp_path, receiver):
         assert "delivery of 3 events failed (HTTP 500" in srv.log()
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 def test_events_backend_down_loses_nothing(tmp_path):
@@ -243,6 +247,7 @@ def test_events_backend_down_loses_nothing(tmp_path):
             back.stop()
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 class ReceiverOnPort(Receiver):
@@ -283,6 +288,7 @@ def test_events_dead_letters_list_and_replay(tmp_path, receiver):
         assert api(srv, "GET", "/api/v1/events").json()["dead"] == 0
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 def wsctl(srv, *args):
@@ -313,6 +319,7 @@ def test_events_kill9_in_flight_redelivered_after_restart(tmp_path, receiver):
         check_per_user_order(receiver.delivered())
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 # ---- php-fpm ----
@@ -395,6 +402,7 @@ def test_events_fastcgi_to_php_fpm(tmp_path, php_fpm):
         assert metric(metrics(srv), "wsproxy_events_total", outcome="delivered") == 31
     finally:
         srv.stop()
+        assert_clean_log(srv)
 
 
 def test_events_config_errors(tmp_path):
