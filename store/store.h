@@ -354,7 +354,10 @@ struct store_outbox_take {
 int store_outbox_take(struct store *st, int64_t now, const struct store_outbox_take *lim,
                       store_event_fn *cb, void *ctx, int *taken);
 
-/* The backend took these events: state delivered (kept until store_outbox_prune). */
+/*
+ * The backend took these events: state delivered (kept until store_outbox_prune). A dead event is
+ * delivered too (max age passed while its batch was in flight: the backend has it after all).
+ */
 int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n, int64_t now);
 
 /*

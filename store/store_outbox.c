@@ -23,7 +23,7 @@ const struct store_sql store_sql_outbox[] = {
      "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 AND state = 'queued'"},
     {STMT_OUTBOX_DELIVERED, false,
      "UPDATE outbox SET state = 'delivered', delivered_at = ?2, last_error = NULL"
-     " WHERE id = ?1 AND state = 'queued'"},
+     " WHERE id = ?1 AND state <> 'delivered'"},
     {STMT_OUTBOX_RETRY, false,
      "UPDATE outbox SET next_at = ?2, last_error = ?3,"
      " state = CASE WHEN queued_at < ?4 THEN 'dead' ELSE 'queued' END"

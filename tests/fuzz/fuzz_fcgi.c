@@ -1,13 +1,14 @@
 /*
- * fuzz_fcgi.c -- libFuzzer driver: the FastCGI record parser (whole input and split at a point taken
- * from the input must agree) and the CGI Status reader. Aborts when a result breaks fcgi.h's contract.
+ * fuzz_fcgi.c -- what the events client reads: FastCGI records (whole vs split must agree), the
+ * CGI Status and the HTTP status line (http_resp_status); aborts when a contract breaks.
  */
-/* fuzz-deps: proxy/proto/fcgi.c */
+/* fuzz-deps: proxy/proto/fcgi.c proxy/proto/http1.c */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/fcgi.h"
+#include "proto/http1.h"
 
 #define CHECK(c) ((c) ? (void)0 : abort())
 
@@ -64,5 +65,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(rc == 0 || rc == FCGI_NEED_MORE || rc == FCGI_ERR_HEAD);
     if (rc == 0)
         CHECK(st >= 100 && st <= 599 && hl >= 1 && hl <= size);
+
+    st = 0;
+    rc = http_resp_status((const char *)data, size, &st);
+    CHECK(rc >= -1 && (size_t)(rc > 0 ? rc : 0) <= size);
+    if (rc > 0)
+        CHECK(st >= 100 && st <= 599 && data[rc - 1] == '\n');
+    if (rc == 0)
+        CHECK(size < 1024);
     return 0;
 }

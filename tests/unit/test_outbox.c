@@ -244,8 +244,17 @@ static void test_outbox_delivered_prune(void **state)
     assert_int_equal(n, 1);
     assert_int_equal(store_outbox_prune(f->st, T0 + 11, 100, &n), 0);
     assert_int_equal(n, 1);
+    /* An event that went dead while its batch was in flight is delivered all the same. */
+    int64_t a3 = add(f->st, "alice", T0 + 20);
+    take(f->st, T0 + 20, 10, 1 << 20, &s);
+    assert_int_equal(store_outbox_expire(f->st, T0 + 21, 10, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_outbox_delivered(f->st, &a3, 1, T0 + 30), 0);
+    store_outbox_counts(f->st, &c);
+    assert_int_equal(c.dead, 0);
+    assert_int_equal(c.delivered, 1);
     /* Ids are never reused, even after the newest row was pruned. */
-    assert_true(add(f->st, "alice", T0) > a2);
+    assert_true(add(f->st, "alice", T0) > a3);
 }
 
 static void test_outbox_size_bound(void **state)
