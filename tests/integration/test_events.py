@@ -192,6 +192,25 @@ def test_events_offline_delay_cancelled_by_a_reload(tmp_path, receiver):
         assert_clean_log(srv)
 
 
+def test_events_clean_shutdown_tells_offline_at_once(tmp_path, receiver):
+    srv = events_server(tmp_path, receiver.url, offline_delay="1h").start()
+    try:
+        async def body():
+            await chat_client(srv, "alice")  # still connected when the server stops
+            wait_for(lambda: "user.online" in [e["type"] for e in receiver.delivered()],
+                     what="user.online")
+            assert srv.stop() == 0
+        asyncio.run(body())
+        srv.start()
+        wait_for(lambda: [e["type"] for e in receiver.delivered() if e["user"] == "alice"][-2:]
+                 == ["session.closed", "user.offline"], what="offline at shutdown")
+        closed = [e for e in receiver.delivered() if e["type"] == "session.closed"][0]
+        assert closed["data"]["reason"] == "server_shutdown"
+    finally:
+        srv.stop()
+        assert_clean_log(srv)
+
+
 def test_events_retry_with_backoff_then_delivered(tmp_path, receiver):
     receiver.mode = "fail"
     srv = events_server(tmp_path, receiver.url).start()
@@ -337,6 +356,7 @@ if (!hash_equals(hash_hmac('sha256', $ts . '.' . $body, $secret), $sig)) {
 }
 if (file_exists(__DIR__ . '/fail')) { http_response_code(503); exit; }
 $batch = json_decode($body, true);
+file_put_contents(__DIR__ . '/batches.log', strlen($body) . "\n", FILE_APPEND | LOCK_EX);
 foreach ($batch['events'] as $e) {
     file_put_contents(__DIR__ . '/events.log', json_encode($e) . "\n", FILE_APPEND | LOCK_EX);
 }
@@ -399,7 +419,18 @@ def test_events_fastcgi_to_php_fpm(tmp_path, php_fpm):
         wait_for(lambda: "Status 503" in srv.log(), what="a 503 retry")
         (d / "fail").unlink()
         wait_for(lambda: len(php_events(d)) == 31, what="the retried event")
-        assert metric(metrics(srv), "wsproxy_events_total", outcome="delivered") == 31
+        # a batch bigger than one FastCGI record (STDIN split at 65535 bytes)
+        # (the script fails until both are queued, so the retry carries them in one batch)
+        big = "x" * 50000
+        (d / "fail").write_text("")
+        assert push(srv, to="p1", body={"big": big}).status == 202
+        assert push(srv, to="p1", body={"big": big + "y"}).status == 202
+        time.sleep(0.3)
+        (d / "fail").unlink()
+        wait_for(lambda: len(php_events(d)) == 33, what="a 100 KB batch through php-fpm")
+        assert [e["data"]["body"]["big"] for e in php_events(d)[31:]] == [big, big + "y"]
+        assert max(int(n) for n in (d / "batches.log").read_text().split()) > 100000
+        assert metric(metrics(srv), "wsproxy_events_total", outcome="delivered") == 33
     finally:
         srv.stop()
         assert_clean_log(srv)
