@@ -90,7 +90,7 @@ def events_server(tmp_path, target, **events):
     conf = {"target": target, "secret": EV_SECRET, "offline_delay": "300ms",
             "retry_initial": "100ms", "retry_max": "400ms", "timeout": "1s",
             "types": "session.opened,session.closed,user.online,user.offline,message.direct,"
-                     "message.push,message.unacked,member.added,member.removed"}
+                     "message.room,message.push,message.unacked,member.added,member.removed"}
     conf.update(events)
     return Server(str(tmp_path), events=conf)
 
@@ -143,6 +143,11 @@ def test_events_http_signed_batches_in_order(tmp_path, receiver):
             for _ in range(5):
                 while json.loads(await asyncio.wait_for(bob.recv(), 5))["type"] != "msg":
                     pass
+            await alice.send(json.dumps({"type": "join", "room": "lobby"}))
+            await alice.send(json.dumps({"type": "send", "room": "lobby", "body": "hi all",
+                                         "cid": "r1"}))
+            while json.loads(await asyncio.wait_for(alice.recv(), 5))["type"] != "sent":
+                pass
             await alice.close()
             await bob.close()
         asyncio.run(body())
@@ -154,7 +159,10 @@ def test_events_http_signed_batches_in_order(tmp_path, receiver):
         assert receiver.bad_signatures == 0
         check_per_user_order(ev)
         by = lambda u: [e["type"] for e in ev if e["user"] == u]
-        assert by("alice") == ["session.opened", "user.online", "session.closed", "user.offline"]
+        assert by("alice") == ["session.opened", "user.online", "message.room", "session.closed",
+                               "user.offline"]
+        room = [e for e in ev if e["type"] == "message.room"][0]["data"]
+        assert room["room"] == "lobby" and room["from"] == "alice" and room["body"] == "hi all"
         assert by("bob")[:2] == ["session.opened", "user.online"]
         assert by("bob").count("message.direct") == 5
         assert by("bob")[-2:] == ["session.closed", "user.offline"]
@@ -187,6 +195,35 @@ def test_events_offline_delay_cancelled_by_a_reload(tmp_path, receiver):
         asyncio.run(body())
         wait_for(lambda: "user.offline" in [e["type"] for e in receiver.delivered()],
                  what="user.offline")
+    finally:
+        srv.stop()
+        assert_clean_log(srv)
+
+
+def test_events_unacked_direct_message(tmp_path, receiver):
+    srv = events_server(tmp_path, receiver.url, unacked_delay="1s").start()
+    try:
+        async def body():
+            alice = await chat_client(srv, "alice")
+            acked = push(srv, to="alice", body="read me").json()["id"]
+            while True:
+                f = json.loads(await asyncio.wait_for(alice.recv(), 5))
+                if f["type"] == "msg":
+                    await alice.send(json.dumps({"type": "ack", "id": f["id"]}))
+                    break
+            unread = push(srv, to="zed", body="nobody home").json()["id"]
+            await asyncio.sleep(0.5)
+            assert "message.unacked" not in [e["type"] for e in receiver.delivered()]
+            ev = wait_for(lambda: [e for e in receiver.delivered() if e["type"] == "message.unacked"],
+                          what="message.unacked")
+            assert len(ev) == 1 and ev[0]["user"] == "zed"
+            assert ev[0]["data"]["id"] == str(unread) and ev[0]["data"]["from"] == "system"
+            await asyncio.sleep(0.8)  # alice's acked message is never reported
+            assert [e["data"]["id"] for e in receiver.delivered()
+                    if e["type"] == "message.unacked"] == [str(unread)]
+            assert acked != unread
+            await alice.close()
+        asyncio.run(body())
     finally:
         srv.stop()
         assert_clean_log(srv)
