@@ -78,6 +78,12 @@ size_t chat_users_online(const struct chat *ch);
 void chat_event_member(struct chat *ch, const char *room, const char *user, bool added,
                        const char *reason);
 
+/*
+ * At start, before store_session_end_orphans and in the same loop transaction: session.closed
+ * (reason server_restart) for every session a crash left open and user.offline for their users.
+ */
+void chat_events_orphans(struct chat *ch, int64_t now);
+
 /* Take and post due event batches now (after an API replay); a no-op when events are off. */
 void chat_events_kick(struct chat *ch);
 

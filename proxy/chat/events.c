@@ -329,6 +329,76 @@ void chat_event_member(struct chat *ch, const char *room, const char *user, bool
     sbuf_release(&b);
 }
 
+/* ---- After a crash ---- */
+
+struct orphan {
+    int64_t id;
+    char *user;
+};
+
+struct orphans {
+    struct orphan *v;
+    size_t n, cap;
+    bool oom;
+};
+
+static int collect_orphan(void *ctx, const struct store_session *s)
+{
+    struct orphans *o = ctx;
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 64;
+        struct orphan *v = realloc(o->v, cap * sizeof(*v));
+        if (!v) {
+            o->oom = true;
+            return 1;
+        }
+        o->v = v;
+        o->cap = cap;
+    }
+    if (!(o->v[o->n].user = strdup(s->user))) {
+        o->oom = true;
+        return 1;
+    }
+    o->v[o->n++].id = s->id;
+    return 0;
+}
+
+static int by_user(const void *a, const void *b)
+{
+    return strcmp(((const struct orphan *)a)->user, ((const struct orphan *)b)->user);
+}
+
+void chat_events_orphans(struct chat *ch, int64_t now)
+{
+    struct events *ev = ch->events;
+    if (!on(ev, EV_SESSION_CLOSED) && !on(ev, EV_USER_OFFLINE))
+        return;
+    struct orphans o = {0};
+    struct store_session_filter f = {.state = STORE_SESSIONS_ACTIVE, .limit = 1000};
+    int rc;
+    do { /* newest first, a page at a time */
+        size_t before = o.n;
+        rc = store_session_list(ch->store, &f, collect_orphan, &o);
+        if (rc != 0 || o.n == before)
+            break;
+        f.before_id = o.v[o.n - 1].id;
+    } while (o.n % 1000 == 0);
+    if (rc < 0 || o.oom)
+        log_error("events: listing sessions left open: %s",
+                  o.oom ? "out of memory" : store_last_error(ch->store));
+    /* oldest first, so each user's session.closed events keep their order */
+    for (size_t i = o.n; i-- > 0;)
+        events_session_closed(ch, o.v[i].id, o.v[i].user, "server_restart", now);
+    qsort(o.v, o.n, sizeof(*o.v), by_user);
+    for (size_t i = 0; i < o.n; i++) {
+        if (i == 0 || strcmp(o.v[i].user, o.v[i - 1].user) != 0)
+            presence_event(ev, o.v[i].user, false);
+    }
+    for (size_t i = 0; i < o.n; i++)
+        free(o.v[i].user);
+    free(o.v);
+}
+
 /* ---- Sender ---- */
 
 static void batch_free(struct batch *bt)

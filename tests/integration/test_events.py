@@ -248,6 +248,31 @@ def test_events_clean_shutdown_tells_offline_at_once(tmp_path, receiver):
         assert_clean_log(srv)
 
 
+def test_events_after_a_crash_sessions_left_open_are_closed(tmp_path, receiver):
+    srv = events_server(tmp_path, receiver.url).start()
+    try:
+        async def body():
+            a1 = await chat_client(srv, "alice")
+            a2 = await chat_client(srv, "alice")
+            await chat_client(srv, "bob")
+            wait_for(lambda: len([e for e in receiver.delivered() if e["type"] == "user.online"]) == 2,
+                     what="both online")
+            srv.kill9()
+            srv.start()
+            return a1, a2
+        asyncio.run(body())
+        want = lambda u: [e["type"] for e in receiver.delivered() if e["user"] == u]
+        wait_for(lambda: want("alice")[-3:] == ["session.closed"] * 2 + ["user.offline"]
+                 and want("bob")[-2:] == ["session.closed", "user.offline"], what="orphan events")
+        reasons = {e["data"]["reason"] for e in receiver.delivered() if e["type"] == "session.closed"}
+        assert reasons == {"server_restart"}
+        check_per_user_order(receiver.delivered())
+        assert "ended 3 sessions left open by a previous run" in srv.log()
+    finally:
+        srv.stop()
+        assert_clean_log(srv)
+
+
 def test_events_retry_with_backoff_then_delivered(tmp_path, receiver):
     receiver.mode = "fail"
     srv = events_server(tmp_path, receiver.url).start()
