@@ -464,8 +464,9 @@ static void posted_cb(void *arg, bool ok, int status, const char *error)
             log_error("events: scheduling a retry: %s", store_last_error(ch->store));
         ch->lp->metrics.events_retried += bt->n - (size_t)dead;
         ch->lp->metrics.events_dead += (size_t)dead;
-        log_warn("events: delivery of %zu events failed (%s, attempt %d); retry in %" PRId64
-                 " ms%s", bt->n, error ? error : "error", bt->max_attempts, backoff,
+        log_warn("events: delivery of %zu event%s failed (%s, attempt %d); retry in %" PRId64
+                 " ms%s", bt->n, bt->n == 1 ? "" : "s", error ? error : "error", bt->max_attempts,
+                 backoff,
                  dead ? ", some reached max_age and are dead letters" : "");
     }
     batch_free(bt);

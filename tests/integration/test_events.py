@@ -301,6 +301,24 @@ def test_events_retry_with_backoff_then_delivered(tmp_path, receiver):
         assert_clean_log(srv)
 
 
+def test_events_timeout_is_a_retry(tmp_path, receiver):
+    receiver.mode = "stall"
+    srv = events_server(tmp_path, receiver.url, timeout="500ms").start()
+    try:
+        assert push(srv, to="tim", body=1).status == 202
+        wait_for(lambda: receiver.batches, what="the stalled attempt")
+        t0 = receiver.batches[0][0]
+        receiver.mode = "ok"
+        wait_for(lambda: receiver.delivered(), what="the retry after the timeout")
+        t1 = [t for t, _, _, m in receiver.batches if m == "ok"][0]
+        assert t1 - t0 >= 0.5
+        assert "delivery of 1 event failed (timeout" in srv.log()
+        assert receiver.delivered()[0]["id"] == receiver.batches[0][1]["events"][0]["id"]
+    finally:
+        srv.stop()
+        assert_clean_log(srv)
+
+
 def test_events_backend_down_loses_nothing(tmp_path):
     rec = Receiver()
     port = rec.port
