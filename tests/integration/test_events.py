@@ -349,6 +349,24 @@ def test_events_backend_down_loses_nothing(tmp_path):
         assert_clean_log(srv)
 
 
+def test_events_outbox_bound(tmp_path):
+    rec = Receiver()
+    port = rec.port
+    rec.stop()
+    srv = events_server(tmp_path, f"http://127.0.0.1:{port}/hooks", max_outbox="5").start()
+    try:
+        for i in range(8):  # the chat goes on; only the events beyond the bound are dropped
+            assert push(srv, to="full", body=i).status == 202
+        s = metrics(srv)
+        assert metric(s, "wsproxy_events_total", outcome="queued") == 5
+        assert metric(s, "wsproxy_events_total", outcome="dropped") == 3
+        assert "outbox full: 5 events queued (max_outbox 5)" in srv.log()
+        assert srv.log().count("outbox full") == 1  # logged at most every 10 s
+    finally:
+        srv.stop()
+        assert_clean_log(srv)
+
+
 class ReceiverOnPort(Receiver):
     def __init__(self, port):
         http.server.ThreadingHTTPServer.allow_reuse_address = True
