@@ -281,12 +281,14 @@ static int write_http(struct slot *s, const char *body, size_t len, const char *
 {
     const struct backend_target *t = &s->b->t;
     struct evbuffer *out = bufferevent_get_output(s->bev);
+    bool v6 = strchr(t->host, ':') != NULL; /* RFC 7230 5.4: an IPv6 literal in brackets */
     if (evbuffer_add_printf(out,
-                            "POST %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: wsproxy\r\n"
+                            "POST %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: wsproxy\r\n"
                             "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                             "X-Wsproxy-Timestamp: %s\r\nX-Wsproxy-Signature: %s\r\n"
                             "Connection: close\r\n\r\n",
-                            t->path, t->host, t->port, len, ts, sig) < 0 ||
+                            t->path, v6 ? "[" : "", t->host, v6 ? "]" : "", t->port, len, ts,
+                            sig) < 0 ||
         evbuffer_add(out, body, len) != 0)
         return -1;
     return 0;
