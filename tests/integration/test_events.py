@@ -464,6 +464,18 @@ http_response_code(204);
 
 @pytest.fixture
 def php_fpm(tmp_path):
+    yield from start_php_fpm(tmp_path, None)
+
+
+@pytest.fixture
+def php_fpm_tcp(tmp_path):
+    from wsp import free_port
+    port = free_port()
+    for d in start_php_fpm(tmp_path, port):
+        yield d, port
+
+
+def start_php_fpm(tmp_path, port):
     if not os.path.exists(PHP_FPM):
         pytest.skip("php8.2-fpm is not installed (scripts/deps.sh test installs it)")
     d = tmp_path / "fpm"
@@ -477,7 +489,7 @@ pid = {d}/fpm.pid
 error_log = {d}/fpm.log
 daemonize = no
 [events]
-listen = {sock}
+listen = {f"127.0.0.1:{port}" if port else sock}
 pm = static
 pm.max_children = 2
 clear_env = yes
@@ -485,7 +497,11 @@ catch_workers_output = yes
 """)
     proc = subprocess.Popen([PHP_FPM, "-n", "-y", str(conf), "-R", "-F"],
                             stdout=open(d / "stdout.log", "wb"), stderr=subprocess.STDOUT)
-    wait_for(lambda: sock.exists(), what="php-fpm socket")
+    if port:
+        import socket as so
+        wait_for(lambda: so.socket().connect_ex(("127.0.0.1", port)) == 0, what="php-fpm port")
+    else:
+        wait_for(lambda: sock.exists(), what="php-fpm socket")
     yield d
     proc.send_signal(signal.SIGTERM)
     try:
@@ -529,6 +545,19 @@ def test_events_fastcgi_to_php_fpm(tmp_path, php_fpm):
         assert [e["data"]["body"]["big"] for e in php_events(d)[31:]] == [big, big + "y"]
         assert max(int(n) for n in (d / "batches.log").read_text().split()) > 100000
         assert metric(metrics(srv), "wsproxy_events_total", outcome="delivered") == 33
+    finally:
+        srv.stop()
+        assert_clean_log(srv)
+
+
+def test_events_fastcgi_over_tcp(tmp_path, php_fpm_tcp):
+    d, port = php_fpm_tcp
+    srv = events_server(tmp_path, f"fastcgi://127.0.0.1:{port}{d}/events.php").start()
+    try:
+        for i in range(5):
+            assert push(srv, to="t", body={"i": i}).status == 202
+        wait_for(lambda: len(php_events(d)) == 5, what="5 events over FastCGI/TCP")
+        assert [e["data"]["body"]["i"] for e in php_events(d)] == list(range(5))
     finally:
         srv.stop()
         assert_clean_log(srv)
