@@ -389,7 +389,8 @@ void chat_events_orphans(struct chat *ch, int64_t now)
     /* oldest first, so each user's session.closed events keep their order */
     for (size_t i = o.n; i-- > 0;)
         events_session_closed(ch, o.v[i].id, o.v[i].user, "server_restart", now);
-    qsort(o.v, o.n, sizeof(*o.v), by_user);
+    if (o.n > 1)
+        qsort(o.v, o.n, sizeof(*o.v), by_user);
     for (size_t i = 0; i < o.n; i++) {
         if (i == 0 || strcmp(o.v[i].user, o.v[i - 1].user) != 0)
             presence_event(ev, o.v[i].user, false);
