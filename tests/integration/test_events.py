@@ -27,7 +27,7 @@ WSCTL = os.environ.get("WSCTL_BIN", os.path.join(os.path.dirname(BIN), "wsctl"))
 class Receiver:
     """An HTTP backend: mode "ok" answers 204, "fail" 500, "stall" holds the request (no answer)."""
 
-    def __init__(self, secret=EV_SECRET):
+    def __init__(self, secret=EV_SECRET, port=0):
         self.secret = secret
         self.batches = []  # (arrival time, body dict, headers)
         self.bad_signatures = 0
@@ -61,7 +61,7 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -335,7 +335,7 @@ def test_events_backend_down_loses_nothing(tmp_path):
         # the chat keeps working meanwhile
         assert push(srv, to="u0", body="still fine").status == 202
         # the backend comes back on the same port
-        back = ReceiverOnPort(port)
+        back = Receiver(port=port)
         try:
             wait_for(lambda: len(back.delivered()) == 21, timeout=15, what="all 21 events")
             ev = back.delivered()
@@ -365,20 +365,6 @@ def test_events_outbox_bound(tmp_path):
     finally:
         srv.stop()
         assert_clean_log(srv)
-
-
-class ReceiverOnPort(Receiver):
-    def __init__(self, port):
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        orig = http.server.ThreadingHTTPServer.__init__
-
-        def init(self_, addr, handler, *a, **kw):
-            orig(self_, ("127.0.0.1", port), handler, *a, **kw)
-        http.server.ThreadingHTTPServer.__init__ = init
-        try:
-            super().__init__()
-        finally:
-            http.server.ThreadingHTTPServer.__init__ = orig
 
 
 def test_events_dead_letters_list_and_replay(tmp_path, receiver):
