@@ -230,12 +230,18 @@ int server_init(struct server *srv, const struct px_config *cfg)
     evsignal_add(srv->sig_hup, NULL);
 
     /* Sessions a crashed or killed process left open are over; presence must say so. */
-    int64_t ended = 0;
-    if (store_session_end_orphans(st, loop_now_ms(&srv->loop), "server_restart", &ended) != 0) {
+    /* Their events (session.closed, user.offline) commit with the ends, in one transaction. */
+    int64_t ended = 0, now = loop_now_ms(&srv->loop);
+    loop_tx_begin(&srv->loop);
+    chat_events_orphans(srv->chat, now);
+    if (store_session_end_orphans(st, now, "server_restart", &ended) != 0) {
         log_error("store: cannot end sessions left open by a previous run: %s",
                   store_last_error(st));
+        store_rollback(st);     /* none of the events either */
+        loop_commit(&srv->loop); /* closes the loop's side of the transaction */
         goto fail;
     }
+    loop_commit(&srv->loop);
     if (ended)
         log_warn("ended %lld sessions left open by a previous run (server_restart)", (long long)ended);
 

@@ -37,7 +37,7 @@ const struct store_sql store_sql_core[] = {
 
 static const struct store_sql *const sql_tables[] = {
     store_sql_core, store_sql_session, store_sql_presence, store_sql_msg,
-    store_sql_room, store_sql_conv,
+    store_sql_room, store_sql_conv, store_sql_outbox,
 };
 
 /* ---- Errors ---- */
@@ -56,6 +56,7 @@ const char *store_strerror(int err)
     case STORE_ERR_NOMEM: return "out of memory";
     case STORE_ERR_MISUSE: return "store used out of order";
     case STORE_ERR_OPEN: return "cannot open database";
+    case STORE_ERR_FULL: return "outbox full";
     }
     return "unknown store error";
 }

@@ -1,6 +1,6 @@
 /*
  * store.h -- wsproxy's durable state behind a small C API: sessions, presence, messages with their
- * delivery state, and room memberships, in one SQLite file (WAL). No SQLite types leak out of here.
+ * delivery state, room memberships and the events outbox, in one SQLite file (WAL). No SQLite types leak out of here.
  */
 #ifndef WSP_STORE_H
 #define WSP_STORE_H
@@ -34,7 +34,8 @@ enum store_err {
     STORE_ERR_INVALID = -7,    /* bad argument (NULL/empty name, both or neither recipient, limit < 1) */
     STORE_ERR_NOMEM = -8,
     STORE_ERR_MISUSE = -9,     /* store_begin inside a transaction, store_commit outside one */
-    STORE_ERR_OPEN = -10       /* the file could not be opened, or is not an SQLite database */
+    STORE_ERR_OPEN = -10,      /* the file could not be opened, or is not an SQLite database */
+    STORE_ERR_FULL = -11       /* a bounded table (the events outbox) is at its configured size */
 };
 
 enum store_sync { STORE_SYNC_NORMAL, STORE_SYNC_FULL };
@@ -391,5 +392,87 @@ int store_users_sharing_room(struct store *st, const char *user, store_name_fn *
  */
 int store_room_replay(struct store *st, const char *room, const char *user, int limit,
                       store_msg_fn *cb, void *ctx, bool *truncated);
+
+/* ---- Events outbox: events for the app backend, delivered by the sender (proxy/chat/events.c) ---- */
+
+struct store_event {
+    int64_t id;          /* unique, never reused; also the delivery order of a user's events */
+    const char *user;    /* whose event: delivery is in id order per user */
+    const char *type;    /* "session.opened", ... */
+    int64_t created_at;
+    const char *payload; /* JSON object text */
+    int attempts;        /* deliveries tried so far (a take counts one) */
+    int64_t queued_at;   /* entered the queue (a replay restarts it); max age counts from here */
+    int64_t next_at;
+    const char *state;      /* "queued", "delivered", "dead" */
+    const char *last_error; /* why the last attempt failed; NULL if none */
+};
+
+typedef int store_event_fn(void *ctx, const struct store_event *e);
+
+/*
+ * Queue an event (inside the caller's transaction: the change it describes commits with it).
+ * max_queued > 0 bounds the queue: STORE_ERR_FULL when the span from the oldest queued id to the
+ * newest id already reaches it (an upper bound of the queued count, exact while delivery keeps up;
+ * two index lookups). *id (may be NULL) = the new event's id.
+ */
+int store_outbox_add(struct store *st, const char *user, const char *type, const char *payload,
+                     int64_t now, int64_t max_queued, int64_t *id);
+
+struct store_outbox_take {
+    int max_count;      /* events per batch, >= 1 */
+    size_t max_bytes;   /* payload bytes per batch; the first event is taken whatever its size */
+    int max_scan;       /* queued rows looked at, >= max_count (bounds the query's cost) */
+    int64_t lease_until; /* taken events are not due again before this (the batch's timeout) */
+};
+
+/*
+ * Take a batch: queued events with next_at <= now, oldest first, such that no event is taken while
+ * an earlier queued event of its user is not (not due, in flight, or over the batch's bounds). Each
+ * taken event gets attempts + 1 and next_at = lease_until, so a crash mid-delivery only delays it.
+ * cb sees each taken event (borrowed strings); *taken (may be NULL) = how many. A write.
+ */
+int store_outbox_take(struct store *st, int64_t now, const struct store_outbox_take *lim,
+                      store_event_fn *cb, void *ctx, int *taken);
+
+/*
+ * The backend took these events: state delivered (kept until store_outbox_prune). A dead event is
+ * delivered too (max age passed while its batch was in flight: the backend has it after all).
+ */
+int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n, int64_t now);
+
+/*
+ * Delivery failed: each queued event of ids is due again at next_at with error as last_error, or goes
+ * dead when it was queued before dead_before. *dead (may be NULL) = events that went dead.
+ */
+int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t next_at,
+                       int64_t dead_before, const char *error, int *dead);
+
+/* Queued events queued before dead_before go dead (at most limit, oldest first). *count = moved. */
+int store_outbox_expire(struct store *st, int64_t dead_before, int limit, int64_t *count);
+
+/* Delete delivered events delivered before `before` (at most limit). *count = deleted. */
+int store_outbox_prune(struct store *st, int64_t before, int limit, int64_t *count);
+
+/* Dead events with id > after_id, oldest first, at most limit (>= 1). */
+int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_event_fn *cb,
+                           void *ctx);
+
+/*
+ * Queue dead events again (attempts 0, due now, max age restarts): the one with id (NOTFOUND unless
+ * it is dead), or with id 0 the oldest limit dead ones. Same ids, so a backend can de-duplicate.
+ * *count (may be NULL) = events queued again.
+ */
+int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count);
+
+struct store_outbox_counts {
+    int64_t queued;
+    int64_t dead;
+    int64_t delivered;       /* still kept (not pruned) */
+    int64_t oldest_queued_at; /* 0 when nothing is queued */
+};
+
+/* Counts by state (each an index count: O(rows), for /metrics and wsctl, not per event). */
+int store_outbox_counts(struct store *st, struct store_outbox_counts *out);
 
 #endif

@@ -70,6 +70,19 @@ enum store_stmt_id {
     STMT_UNREAD_ROOM,
     STMT_UNREAD_DM,
     STMT_MSG_DELETE,
+    /* store_outbox.c */
+    STMT_OUTBOX_ADD,
+    STMT_OUTBOX_SPAN,
+    STMT_OUTBOX_SCAN,
+    STMT_OUTBOX_LEASE,
+    STMT_OUTBOX_DELIVERED,
+    STMT_OUTBOX_RETRY,
+    STMT_OUTBOX_EXPIRE,
+    STMT_OUTBOX_PRUNE,
+    STMT_OUTBOX_DEAD_LIST,
+    STMT_OUTBOX_REPLAY_ONE,
+    STMT_OUTBOX_REPLAY_ALL,
+    STMT_OUTBOX_COUNTS,
     STMT_COUNT
 };
 
@@ -86,6 +99,7 @@ extern const struct store_sql store_sql_presence[];
 extern const struct store_sql store_sql_msg[];
 extern const struct store_sql store_sql_room[];
 extern const struct store_sql store_sql_conv[];
+extern const struct store_sql store_sql_outbox[];
 
 /* WAL size (frames = pages) after a commit at which the checkpoint thread is woken: 16 MiB. */
 #define STORE_CKPT_FRAMES 4096

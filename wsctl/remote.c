@@ -453,3 +453,135 @@ int cmd_message(struct wsctl *w, int argc, char **argv)
     json_decref(j);
     return WSCTL_OK;
 }
+
+/* ---- events [replay (ID | --all)] ---- */
+
+static int events_show(struct wsctl *w, int64_t after, int64_t limit)
+{
+    char path[96], url[300];
+    struct http_reply c, d;
+    if (call(w, "GET", "/api/v1/events", NULL, &c, url, sizeof(url)) != 0)
+        return WSCTL_ERROR;
+    if (c.status != 200) {
+        api_error(w, url, &c);
+        free(c.body);
+        return WSCTL_ERROR;
+    }
+    snprintf(path, sizeof(path), "/api/v1/events/dead?after=%lld&limit=%lld", (long long)after,
+             (long long)limit);
+    if (call(w, "GET", path, NULL, &d, url, sizeof(url)) != 0) {
+        free(c.body);
+        return WSCTL_ERROR;
+    }
+    int rc = WSCTL_OK;
+    json_t *cj = json_loadb(c.body, c.body_len, 0, NULL), *dj = json_loadb(d.body, d.body_len, 0, NULL);
+    if (d.status != 200 || !cj || !dj) {
+        api_error(w, url, &d);
+        rc = WSCTL_ERROR;
+    } else if (w->json) {
+        json_object_set(cj, "dead_events", json_object_get(dj, "events"));
+        json_object_set(cj, "next_after", json_object_get(dj, "next_after"));
+        char *s = json_dumps(cj, JSON_COMPACT);
+        fprintf(w->out, "%s\n", s ? s : "{}");
+        free(s);
+    } else {
+        fprintf(w->out, "events %s: %lld queued, %lld dead, %lld delivered (kept 1h)\n",
+                json_is_true(json_object_get(cj, "enabled")) ? "on" : "off",
+                (long long)json_integer_value(json_object_get(cj, "queued")),
+                (long long)json_integer_value(json_object_get(cj, "dead")),
+                (long long)json_integer_value(json_object_get(cj, "delivered")));
+        json_t *list = json_object_get(dj, "events"), *e;
+        size_t i;
+        if (json_array_size(list) > 0) {
+            static const char *const head[] = {"ID", "TYPE", "USER", "TIME", "ATTEMPTS", "LAST ERROR"};
+            struct table t;
+            table_init(&t, 6, head);
+            json_array_foreach(list, i, e)
+            {
+                char id[24], tm[40], at[16], user[80], err[80];
+                snprintf(id, sizeof(id), "%lld", (long long)json_integer_value(json_object_get(e, "id")));
+                fmt_time(tm, sizeof(tm), json_integer_value(json_object_get(e, "time_ms")));
+                snprintf(at, sizeof(at), "%lld",
+                         (long long)json_integer_value(json_object_get(e, "attempts")));
+                fmt_clip(user, sizeof(user), json_string_value(json_object_get(e, "user")), 24);
+                const char *le = json_string_value(json_object_get(e, "last_error"));
+                fmt_clip(err, sizeof(err), le ? le : "-", 40);
+                const char *row[] = {id, json_string_value(json_object_get(e, "type")), user, tm, at,
+                                     err};
+                table_add(&t, row);
+            }
+            table_print(&t, w->out);
+            table_release(&t);
+        }
+        json_t *next = json_object_get(dj, "next_after");
+        if (json_is_integer(next))
+            fprintf(w->out, "more: wsctl events --after %lld\n", (long long)json_integer_value(next));
+    }
+    json_decref(cj);
+    json_decref(dj);
+    free(c.body);
+    free(d.body);
+    return rc;
+}
+
+int cmd_events(struct wsctl *w, int argc, char **argv)
+{
+    static const struct option opts[] = {WSCTL_COMMON_OPTS,
+                                         {"all", no_argument, NULL, 'A'},
+                                         {"after", required_argument, NULL, 'a'},
+                                         {"limit", required_argument, NULL, 'n'},
+                                         {NULL, 0, NULL, 0}};
+    int opt;
+    bool all = false;
+    int64_t after = 0, limit = 50;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT "Aa:n:", opts, NULL)) != -1) {
+        if (opt == 'h')
+            return wsctl_help(w, argv[0]);
+        if (opt == 'A')
+            all = true;
+        else if (opt == 'a' && wsctl_parse_int(optarg, 0, INT64_MAX, &after) == 0)
+            ;
+        else if (opt == 'n' && wsctl_parse_int(optarg, 1, 1000, &limit) == 0)
+            ;
+        else if (!wsctl_common_opt(w, opt, optarg))
+            return wsctl_usage_error(w, argv[0], "unknown option or bad value: %s",
+                                     argv[optind - 1]);
+    }
+    if (optind == argc) {
+        if (all)
+            return wsctl_usage_error(w, argv[0], "--all goes with replay");
+        return events_show(w, after, limit);
+    }
+    if (strcmp(argv[optind], "replay") != 0)
+        return wsctl_usage_error(w, argv[0], "unknown subcommand '%s'", argv[optind]);
+    int64_t id = 0;
+    int rest = argc - optind - 1;
+    if (all == (rest == 1) || rest > 1)
+        return wsctl_usage_error(w, argv[0], "replay takes one ID or --all");
+    if (rest == 1 && wsctl_parse_int(argv[optind + 1], 1, INT64_MAX, &id) != 0)
+        return wsctl_usage_error(w, argv[0], "'%s' is not an event id", argv[optind + 1]);
+    char path[96], url[300];
+    if (id)
+        snprintf(path, sizeof(path), "/api/v1/events/replay?id=%lld", (long long)id);
+    else
+        snprintf(path, sizeof(path), "/api/v1/events/replay?limit=10000");
+    struct http_reply r;
+    if (call(w, "POST", path, NULL, &r, url, sizeof(url)) != 0)
+        return WSCTL_ERROR;
+    int rc = WSCTL_OK;
+    if (r.status == 200) {
+        json_t *j = json_loadb(r.body, r.body_len, 0, NULL);
+        long long n = (long long)json_integer_value(json_object_get(j, "replayed"));
+        if (w->json)
+            fprintf(w->out, "{\"replayed\":%lld}\n", n);
+        else
+            fprintf(w->out, "%lld dead event%s queued again (same ids)\n", n, n == 1 ? "" : "s");
+        json_decref(j);
+    } else {
+        api_error(w, url, &r);
+        rc = r.status == 404 ? WSCTL_NOTFOUND : WSCTL_ERROR;
+    }
+    free(r.body);
+    return rc;
+}

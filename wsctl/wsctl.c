@@ -68,6 +68,12 @@ static const struct wsctl_cmd commands[] = {
      "  -T, --text        send BODY as a JSON string even if it parses as JSON\n"
      "  BODY              JSON (e.g. '{\"text\":\"hi\"}'); text that is not JSON is sent as a\n"
      "                    string; - reads it from standard input\n"},
+    {"events", cmd_events, "[--after ID] [--limit N] | replay (ID | --all)",
+     "events to the app backend through the API: counts and dead letters, or queue dead ones again",
+     "  -a, --after ID    dead events with ids above ID (the next page)\n"
+     "  -n, --limit N     at most N dead events (default 50, at most 1000)\n"
+     "  replay ID         queue dead event ID again (same id: the backend can de-duplicate)\n"
+     "  replay --all      queue every dead event again (up to 10000 per call)\n"},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

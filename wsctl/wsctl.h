@@ -58,6 +58,7 @@ int cmd_status(struct wsctl *w, int argc, char **argv);
 int cmd_message(struct wsctl *w, int argc, char **argv);
 int cmd_token(struct wsctl *w, int argc, char **argv);
 int cmd_backup(struct wsctl *w, int argc, char **argv);
+int cmd_events(struct wsctl *w, int argc, char **argv);
 
 /*
  * Options every command accepts besides its own (so `wsctl sessions --json` works as well as

@@ -179,6 +179,7 @@ static void route_metrics(struct api_conn *ac)
         .version = WSPROXY_VERSION,
         .start_time_s = api->started_s,
     };
+    chat_events_gauges(api->chat, &g);
     size_t len = 0;
     char *text = metrics_render(&lp->metrics, &g, &len);
     if (!text) {
@@ -596,6 +597,101 @@ static void route_history(struct api_conn *ac)
     sbuf_release(&b);
 }
 
+/* ---- Events outbox: counts, dead letters, replay (docs/events.md) ---- */
+
+static void route_events(struct api_conn *ac)
+{
+    struct store_outbox_counts c;
+    if (store_outbox_counts(ac->api->lp->store, &c) != 0) {
+        api_reply_store_error(ac, "events");
+        return;
+    }
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_addf(&b, "{\"enabled\":%s,\"queued\":%lld,\"dead\":%lld,\"delivered\":%lld,"
+                  "\"oldest_queued_at\":",
+              ac->api->lp->cfg->events_target[0] ? "true" : "false", (long long)c.queued,
+              (long long)c.dead, (long long)c.delivered);
+    add_i64_or_null(&b, c.oldest_queued_at);
+    sbuf_adds(&b, "}");
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+struct dead_ctx {
+    struct sbuf *b;
+    int n;
+    int64_t last;
+};
+
+static int dead_item(void *ctx, const struct store_event *e)
+{
+    struct dead_ctx *dc = ctx;
+    if (dc->n++)
+        sbuf_adds(dc->b, ",");
+    sbuf_addf(dc->b, "{\"id\":%lld,\"type\":", (long long)e->id);
+    sbuf_add_json_str(dc->b, e->type);
+    sbuf_adds(dc->b, ",\"user\":");
+    sbuf_add_json_str(dc->b, e->user);
+    sbuf_addf(dc->b, ",\"time_ms\":%lld,\"attempts\":%d,\"queued_at\":%lld,\"last_error\":",
+              (long long)e->created_at, e->attempts, (long long)e->queued_at);
+    add_str_or_null(dc->b, e->last_error);
+    sbuf_adds(dc->b, ",\"data\":");
+    sbuf_adds(dc->b, e->payload);
+    sbuf_adds(dc->b, "}");
+    dc->last = e->id;
+    return 0;
+}
+
+static void route_events_dead(struct api_conn *ac)
+{
+    int64_t after, limit;
+    if (api_query_int(ac, "after", 0, INT64_MAX, 0, &after) < 0 ||
+        api_query_int(ac, "limit", 1, 1000, 100, &limit) < 0)
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"events\":[");
+    struct dead_ctx dc = {&b, 0, 0};
+    if (store_outbox_dead_list(ac->api->lp->store, after, (int)limit, dead_item, &dc) < 0) {
+        sbuf_release(&b);
+        api_reply_store_error(ac, "dead events");
+        return;
+    }
+    sbuf_adds(&b, "],\"next_after\":");
+    if (dc.n == limit)
+        sbuf_add_i64(&b, dc.last);
+    else
+        sbuf_adds(&b, "null");
+    sbuf_adds(&b, "}");
+    api_reply_json(ac, 200, &b);
+    sbuf_release(&b);
+}
+
+/* POST /api/v1/events/replay?id=N (one) or ?limit=N (the oldest dead ones, default 1000). */
+static void route_events_replay(struct api_conn *ac)
+{
+    struct loop *lp = ac->api->lp;
+    int64_t id, limit, count = 0;
+    if (api_query_int(ac, "id", 1, INT64_MAX, 0, &id) < 0 ||
+        api_query_int(ac, "limit", 1, 10000, 1000, &limit) < 0)
+        return;
+    loop_tx_begin(lp);
+    int rc = store_outbox_replay(lp->store, id, (int)limit, loop_now_ms(lp), &count);
+    if (rc == STORE_ERR_NOTFOUND) {
+        api_reply_error(ac, 404, "not_found", "no dead event with this id");
+        return;
+    }
+    if (rc < 0) {
+        api_reply_store_error(ac, "replay events");
+        return;
+    }
+    sbuf_reset(&ac->pending);
+    sbuf_addf(&ac->pending, "{\"replayed\":%lld}", (long long)count);
+    chat_events_kick(ac->api->chat);
+    api_reply_after_commit(ac, 200);
+}
+
 void api_method_not_allowed(struct api_conn *ac, const char *allow)
 {
     char extra[64];
@@ -662,7 +758,22 @@ void api_dispatch(struct api_conn *ac)
             api_method_not_allowed(ac, "GET, HEAD");
         else if (api_query_known(ac, "with,user,room,before,limit"))
             route_history(ac);
-    } else if (!api_rooms_dispatch(ac)) {
+    } else if (api_path_is(r, "/api/v1/events")) {
+        if (!get)
+            api_method_not_allowed(ac, "GET, HEAD");
+        else if (api_query_known(ac, ""))
+            route_events(ac);
+    } else if (api_path_is(r, "/api/v1/events/dead")) {
+        if (!get)
+            api_method_not_allowed(ac, "GET, HEAD");
+        else if (api_query_known(ac, "after,limit"))
+            route_events_dead(ac);
+    } else if (api_path_is(r, "/api/v1/events/replay")) {
+        if (!api_method_is(r, "POST"))
+            api_method_not_allowed(ac, "POST");
+        else
+            route_events_replay(ac);
+        } else if (!api_rooms_dispatch(ac)) {
         api_reply_error(ac, 404, "not_found", "no such endpoint");
     }
 }

@@ -137,6 +137,33 @@ static const struct opt opts[] = {
       "Open API connections in total; more are refused at accept."),
     O("api", "max_connections_per_ip", OPT_UINT, api_max_connections_per_ip, "128",
       "Open API connections per peer address; more are refused at accept."),
+    O("events", "target", OPT_STR, events_target, "",
+      "Where events go: http://HOST:PORT/PATH (a signed JSON POST), fastcgi://HOST:PORT/SCRIPT.php or "
+      "fastcgi:unix:/SOCKET:/SCRIPT.php (php-fpm directly). Empty: no events are recorded."),
+    O("events", "secret", OPT_STR, events_secret, "",
+      "HMAC-SHA256 key of X-Wsproxy-Signature; required when target is set."),
+    O("events", "types", OPT_LIST, events_types,
+      "session.opened,session.closed,user.online,user.offline,message.unacked,member.added,"
+      "member.removed",
+      "Events recorded (docs/events.md); message.direct, message.room, message.push are opt-in."),
+    O("events", "offline_delay", OPT_DURATION, events_offline_delay_ms, "3s",
+      "user.offline waits this long after the last connection ends; a reconnect meanwhile cancels it."),
+    O("events", "unacked_delay", OPT_DURATION, events_unacked_delay_ms, "60s",
+      "message.unacked for a direct message no connection of the recipient acked within this."),
+    O("events", "batch_count", OPT_UINT, events_batch_count, "100", "Events per delivery at most."),
+    O("events", "batch_bytes", OPT_SIZE, events_batch_bytes, "256KiB",
+      "Payload bytes per delivery at most (one larger event still goes alone)."),
+    O("events", "retry_initial", OPT_DURATION, events_retry_initial_ms, "1s",
+      "Backoff after a failed delivery; doubles per attempt of the batch's events."),
+    O("events", "retry_max", OPT_DURATION, events_retry_max_ms, "60s", "Longest backoff."),
+    O("events", "max_age", OPT_DURATION, events_max_age_ms, "1h",
+      "An event queued longer than this goes to the dead letters (list and replay them via the API)."),
+    O("events", "max_outbox", OPT_UINT, events_max_outbox, "100000",
+      "Queued events at most; at the bound new events are dropped with a log line and a metric."),
+    O("events", "pool", OPT_UINT, events_pool, "4",
+      "Deliveries in flight at most (connections: php-fpm takes one request per connection)."),
+    O("events", "timeout", OPT_DURATION, events_timeout_ms, "10s",
+      "A delivery must be answered within this, else it is retried."),
     O("demo", "enabled", OPT_BOOL, demo_enabled, "false",
       "Serve GET /demo/token?user=NAME (HS256 tokens for the demo page). Never in production."),
     O("demo", "token_ttl", OPT_DURATION, demo_token_ttl_ms, "1h", "Lifetime of demo tokens."),
@@ -553,6 +580,37 @@ static void validate(struct load_ctx *lc)
     check(lc, c->api_request_timeout_ms > 0, "[api] request_timeout: must be > 0%s", "");
     check(lc, c->api_max_connections >= 1, "[api] max_connections: must be >= 1%s", "");
     check(lc, c->api_max_connections_per_ip >= 1, "[api] max_connections_per_ip: must be >= 1%s", "");
+    if (c->events_target[0]) {
+        check(lc,
+              !strncmp(c->events_target, "http://", 7) || !strncmp(c->events_target, "fastcgi://", 10) ||
+                  !strncmp(c->events_target, "fastcgi:unix:", 13),
+              "[events] target: '%s' is not http://HOST:PORT/PATH, fastcgi://HOST:PORT/SCRIPT or "
+              "fastcgi:unix:/SOCKET:/SCRIPT", c->events_target);
+        check(lc, c->events_secret[0] != '\0',
+              "[events] secret: required when target is set (the backend checks the signature)%s", "");
+    }
+    static const char *const event_types[] = {
+        "session.opened", "session.closed", "user.online", "user.offline", "message.direct",
+        "message.room", "message.push", "message.unacked", "member.added", "member.removed"};
+    for (size_t i = 0; i < c->events_types.n; i++) {
+        bool known = false;
+        for (size_t k = 0; k < sizeof(event_types) / sizeof(event_types[0]); k++)
+            known = known || !strcmp(c->events_types.items[i], event_types[k]);
+        check(lc, known, "[events] types: '%s' is not an event type (see docs/events.md)",
+              c->events_types.items[i]);
+    }
+    check(lc, c->events_offline_delay_ms >= 0, "[events] offline_delay: must be >= 0%s", "");
+    check(lc, c->events_unacked_delay_ms >= 1000, "[events] unacked_delay: must be at least 1s%s", "");
+    check(lc, c->events_batch_count >= 1 && c->events_batch_count <= 10000,
+          "[events] batch_count: must be 1 to 10000%s", "");
+    check(lc, c->events_batch_bytes >= 1024, "[events] batch_bytes: must be at least 1KiB%s", "");
+    check(lc, c->events_retry_initial_ms >= 10, "[events] retry_initial: must be at least 10ms%s", "");
+    check(lc, c->events_retry_max_ms >= c->events_retry_initial_ms,
+          "[events] retry_max: must be >= retry_initial%s", "");
+    check(lc, c->events_max_age_ms >= 1000, "[events] max_age: must be at least 1s%s", "");
+    check(lc, c->events_max_outbox >= 1, "[events] max_outbox: must be >= 1%s", "");
+    check(lc, c->events_pool >= 1 && c->events_pool <= 256, "[events] pool: must be 1 to 256%s", "");
+    check(lc, c->events_timeout_ms >= 100, "[events] timeout: must be at least 100ms%s", "");
     check(lc, !c->demo_enabled || !strcmp(c->jwt_alg, "HS256"),
           "[demo] enabled: needs [auth] jwt_alg = HS256 (demo tokens are signed with jwt_secret)%s", "");
     check(lc, c->demo_token_ttl_ms > 0, "[demo] token_ttl: must be > 0%s", "");

@@ -17,7 +17,7 @@ struct str_list {
 
 #define CONFIG_SYSTEM_PATH "/etc/wsproxy/wsproxy.ini" /* after ./wsproxy.ini, for server and wsctl */
 #define CONFIG_SECRET_MIN  32                          /* bytes of an HS256 jwt_secret, at least */
-#define CONFIG_MAX_KEYS    64
+#define CONFIG_MAX_KEYS    128
 
 struct px_config {
     char *source;                  /* the file read; NULL: built-in defaults only */
@@ -87,6 +87,20 @@ struct px_config {
     int64_t api_request_timeout_ms; /* a request head and body must arrive within this */
     uint64_t api_max_connections;
     uint64_t api_max_connections_per_ip;
+    /* [events] */
+    char *events_target; /* "" disables; http://... or fastcgi://... or fastcgi:unix:... */
+    char *events_secret;
+    struct str_list events_types;
+    int64_t events_offline_delay_ms;
+    int64_t events_unacked_delay_ms;
+    uint64_t events_batch_count;
+    uint64_t events_batch_bytes;
+    int64_t events_retry_initial_ms;
+    int64_t events_retry_max_ms;
+    int64_t events_max_age_ms;
+    uint64_t events_max_outbox;
+    uint64_t events_pool;
+    int64_t events_timeout_ms;
     /* [demo] */
     bool demo_enabled;
     int64_t demo_token_ttl_ms;

@@ -197,6 +197,28 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
     fprintf(f, "# HELP wsproxy_store_errors_total Store operations that failed.\n"
                "# TYPE wsproxy_store_errors_total counter\nwsproxy_store_errors_total %llu\n",
             (unsigned long long)m->store_errors);
+    if (g->events_on) {
+        fprintf(f, "# HELP wsproxy_events_total Backend events by outcome (queued = recorded).\n"
+                   "# TYPE wsproxy_events_total counter\n");
+        fprintf(f, "wsproxy_events_total{outcome=\"queued\"} %llu\n",
+                (unsigned long long)m->events_queued);
+        fprintf(f, "wsproxy_events_total{outcome=\"delivered\"} %llu\n",
+                (unsigned long long)m->events_delivered);
+        fprintf(f, "wsproxy_events_total{outcome=\"retried\"} %llu\n",
+                (unsigned long long)m->events_retried);
+        fprintf(f, "wsproxy_events_total{outcome=\"failed\"} %llu\n",
+                (unsigned long long)m->events_dead);
+        fprintf(f, "wsproxy_events_total{outcome=\"dropped\"} %llu\n",
+                (unsigned long long)m->events_dropped);
+        fprintf(f, "# HELP wsproxy_events_outbox Events waiting in the outbox, by state.\n"
+                   "# TYPE wsproxy_events_outbox gauge\n"
+                   "wsproxy_events_outbox{state=\"queued\"} %llu\n"
+                   "wsproxy_events_outbox{state=\"dead\"} %llu\n",
+                (unsigned long long)g->events_outbox, (unsigned long long)g->events_dead_letters);
+        fprintf(f, "# HELP wsproxy_events_oldest_age_seconds Age of the oldest queued event.\n"
+                   "# TYPE wsproxy_events_oldest_age_seconds gauge\n"
+                   "wsproxy_events_oldest_age_seconds %.3f\n", g->events_oldest_age_s);
+    }
     fprintf(f, "# HELP wsproxy_heartbeat_timeouts_total Connections closed for not answering pings.\n"
                "# TYPE wsproxy_heartbeat_timeouts_total counter\nwsproxy_heartbeat_timeouts_total %llu\n",
             (unsigned long long)m->heartbeat_timeouts);

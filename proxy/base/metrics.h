@@ -5,6 +5,7 @@
 #ifndef WSP_METRICS_H
 #define WSP_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,12 @@ struct metrics {
     uint64_t deflate_out_wire;    /* their compressed payload bytes, per recipient */
     uint64_t deflate_runs;        /* messages compressed (a fan-out counts once per window) */
     uint64_t deflate_runs_plain;  /* of which sent plain: compressing did not make them smaller */
+    /* events to the app backend (proxy/chat/events.c) */
+    uint64_t events_queued;    /* recorded into the outbox */
+    uint64_t events_delivered; /* taken by the backend */
+    uint64_t events_retried;   /* deliveries failed and scheduled again (per event) */
+    uint64_t events_dead;      /* moved to the dead letters (max age) */
+    uint64_t events_dropped;   /* not recorded: outbox full or a store error */
 };
 
 /* Values read at render time rather than counted. */
@@ -66,6 +73,10 @@ struct metrics_gauges {
     uint64_t deflate_mem_reserved; /* worst case promised to connections and compressors */
     const char *version;     /* wsproxy_build_info{version=...}; NULL: not rendered */
     int64_t start_time_s;    /* process start, Unix seconds; 0: not rendered */
+    bool events_on;               /* the gauges below are rendered only when events are configured */
+    uint64_t events_outbox;       /* queued now (refreshed every few seconds) */
+    uint64_t events_dead_letters; /* dead now */
+    double events_oldest_age_s;   /* age of the oldest queued event; 0 when none */
 };
 
 enum metrics_status metrics_status_index(int status);

@@ -76,6 +76,28 @@ void chat_presence(struct chat *ch, const char *user, struct chat_presence *out)
 /* Users with at least one live connection. */
 size_t chat_users_online(const struct chat *ch);
 
+/*
+ * Events to the app backend (docs/events.md). For the rooms code (issue 13): call this where a
+ * membership changes, after the store write and in the same loop transaction (it calls
+ * loop_tx_begin), so the member.added / member.removed event commits with the change. reason is a
+ * short free text ("api", "join", "kicked", ...) or NULL. A no-op when events are off or the type is
+ * not in [events] types; never fails the caller (a full outbox drops the event, counted and logged).
+ */
+void chat_event_member(struct chat *ch, const char *room, const char *user, bool added,
+                       const char *reason);
+
+/*
+ * At start, before store_session_end_orphans and in the same loop transaction: session.closed
+ * (reason server_restart) for every session a crash left open and user.offline for their users.
+ */
+void chat_events_orphans(struct chat *ch, int64_t now);
+
+/* Take and post due event batches now (after an API replay); a no-op when events are off. */
+void chat_events_kick(struct chat *ch);
+
+/* Fill the events gauges of /metrics (unchanged when events are off). */
+void chat_events_gauges(struct chat *ch, struct metrics_gauges *g);
+
 /* A valid user id or room name (1-64 bytes of UTF-8, no controls). */
 bool chat_name_valid(const char *s);
 

@@ -159,6 +159,7 @@ int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct st
     /* Deliveries (and the caller's receipt) are held until the group commit makes the row durable. */
     if (!r->duplicate) {
         m->id = r->id;
+        events_msg_stored(ch, m, skip == NULL);
         struct chat_conn *self = skip && skip->handler == &chat_handler ? skip->data : NULL;
         n = deliver(ch, m, self);
     }

@@ -55,6 +55,7 @@ struct chat {
     size_t ends_unsettled; /* written or waiting: not yet known durable */
     struct event *retry_ev;
     int64_t retry_ms;      /* current back-off */
+    struct events *events; /* events to the app backend; NULL when [events] target is empty */
 };
 
 enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
@@ -170,6 +171,18 @@ void chat_claim_revoke(struct chat_conn *cc);
 /* The client's own join/leave frames, with the access rules. */
 void chat_room_join(struct chat_conn *cc, const char *room);
 void chat_room_leave(struct chat_conn *cc, const char *room);
+/* events.c: producers write into the loop's transaction; no-ops when events are off */
+int events_new(struct chat *ch); /* 0 (also when off), -1 after logging why */
+void events_free(struct chat *ch);
+void events_session_opened(struct chat *ch, int64_t session_id, const char *user,
+                           const char *remote_addr, const char *user_agent);
+void events_session_closed(struct chat *ch, int64_t session_id, const char *user, const char *reason,
+                           int64_t ended_at);
+/* First connection of user / its last one ended (user.offline after [events] offline_delay). */
+void events_user_online(struct chat *ch, const char *user);
+void events_user_offline(struct chat *ch, const char *user);
+/* A new message (not a duplicate) was stored; push: it came from the API. */
+void events_msg_stored(struct chat *ch, const struct store_msg *m, bool push);
 
 /* chat_replay.c */
 /* Whether a live delivery to cc must wait for its replay (room NULL: a direct message). */

@@ -70,6 +70,8 @@ int chat_claim_set(struct chat_conn *cc, const struct auth_identity *id)
 static void member_in(struct chat *ch, const char *room, const char *user, bool newly,
                       const char *reason, struct chat_conn *skip)
 {
+    if (newly) /* to the backend too (events.c; a no-op when events are off) */
+        chat_event_member(ch, room, user, true, reason);
     /* Told before the joiner's own connections are in the room: they get "joined" instead. */
     if (newly)
         chat_member_event(ch, room, user, "joined", skip);
@@ -80,6 +82,7 @@ static void member_in(struct chat *ch, const char *room, const char *user, bool 
 static void member_out(struct chat *ch, const char *room, const char *user, const char *reason,
                        struct chat_conn *skip)
 {
+    chat_event_member(ch, room, user, false, reason);
     chat_user_room_change(ch, user, room, false);
     chat_member_event(ch, room, user, "left", skip);
     chat_room_event_all(ch, user, "left", room, reason);
@@ -182,6 +185,7 @@ int chat_room_delete(struct chat *ch, const char *room)
     int rc = store_room_delete(ch->store, room, loop_now_ms(ch->lp), collect_name, &members);
     if (rc == 0) {
         for (size_t i = 0; i < members.n; i++) {
+            chat_event_member(ch, room, members.v[i], false, "deleted");
             chat_user_room_change(ch, members.v[i], room, false);
             chat_room_event_all(ch, members.v[i], "left", room, "deleted");
         }

@@ -46,6 +46,8 @@ static int end_write(struct chat *ch, const struct chat_end *e)
                   store_last_error(ch->store));
         return -1;
     }
+    if (rc == 0) /* in the same transaction as the end: once per session */
+        events_session_closed(ch, e->session_id, e->user, end_reason_name(e->why), e->ended_at);
     if (store_presence_set(ch->store, e->user, live > 0, (int)live, e->seen) != 0) {
         log_error("store: presence of %s: %s", e->user, store_last_error(ch->store));
         return -1;
@@ -136,7 +138,7 @@ struct chat *chat_new(struct loop *lp, const struct auth *auth)
     ch->users = registry_map_new();
     ch->rooms = registry_map_new();
     ch->retry_ev = evtimer_new(lp->base, ends_retry_cb, ch);
-    if (!ch->users || !ch->rooms || !ch->retry_ev) {
+    if (!ch->users || !ch->rooms || !ch->retry_ev || events_new(ch) != 0) {
         chat_free(ch);
         return NULL;
     }
@@ -158,6 +160,7 @@ void chat_free(struct chat *ch)
     }
     if (ch->retry_ev)
         event_free(ch->retry_ev);
+    events_free(ch);
     registry_map_free(ch->users);
     registry_map_free(ch->rooms);
     free(ch);
@@ -277,6 +280,7 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
         cc->session_id = 0; /* no row to end */
         return -1;
     }
+    events_session_opened(ch, cc->session_id, cc->user, cc->conn->addr, user_agent);
     cc->user_mem = registry_join(ch->users, cc->user, cc);
     if (!cc->user_mem)
         return -1;
@@ -289,8 +293,10 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
 
     if (store_user_rooms(ch->store, cc->user, collect_room, cc) < 0)
         log_error("store: rooms of %s: %s", cc->user, store_last_error(ch->store));
-    if (devices == 1)
+    if (devices == 1) {
         chat_presence_event(ch, cc, true, now);
+        events_user_online(ch, cc->user);
+    }
     send_welcome(cc);
     chat_arm_expiry(cc);
     cc->phase = REPLAY_DIRECT;
@@ -372,6 +378,7 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
     int64_t now = loop_now_ms(ch->lp);
     int64_t seen = cc->conn->last_rx_ms > 0 ? cc->conn->last_rx_ms : now;
     size_t left = cc->user_mem ? cc->user_mem->group->count - 1 : 0;
+    bool last = left == 0 && cc->user_mem;
     /* Told while this connection is still in its rooms: they say who shares one with the user. */
     if (left == 0 && cc->user_mem)
         chat_presence_event(ch, cc, false, seen);
@@ -380,8 +387,11 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
         registry_leave(ch->users, cc->user_mem);
     cc->user_mem = NULL;
 
-    if (cc->session_id != 0) {
+    if (cc->session_id != 0)
         session_end(cc, why, now, seen);
+    if (last)
+        events_user_offline(ch, cc->user); /* after session.closed; delayed by offline_delay */
+    if (cc->session_id != 0) {
         log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)cc->conn->id,
                  cc->conn->addr, (long long)cc->session_id, cc->user, end_reason_name(why));
     }

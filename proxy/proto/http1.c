@@ -453,3 +453,24 @@ const char *http_status_text(int status)
     }
     return "Unknown";
 }
+
+int http_resp_status(const char *buf, size_t len, int *status)
+{
+    const char *lf = memchr(buf, '\n', len < 1024 ? len : 1024);
+    if (!lf)
+        return len < 1024 ? 0 : -1;
+    size_t n = (size_t)(lf - buf);
+    /* "HTTP/1.x NNN" at least, then a space or the end of the line */
+    if (n < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[7] < '0' || buf[7] > '9' || buf[8] != ' ')
+        return -1;
+    for (int i = 9; i < 12; i++)
+        if (buf[i] < '0' || buf[i] > '9')
+            return -1;
+    if (n > 12 && buf[12] != ' ' && buf[12] != '\r')
+        return -1;
+    int st = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+    if (st < 100 || st > 599)
+        return -1;
+    *status = st;
+    return (int)n + 1;
+}

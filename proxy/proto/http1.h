@@ -93,4 +93,11 @@ int http_cookie_value(const char *cookie, size_t len, const char *name, char *ou
 /* Reason phrase for a status code ("Bad Request"); "Unknown" for codes it does not know. */
 const char *http_status_text(int status);
 
+/*
+ * The status of an HTTP/1.x response from its status line ("HTTP/1.1 204 No Content\r\n"), for the
+ * events client. Returns the line's length with its CRLF (*status set), 0 while no LF is in buf[0..len)
+ * (and len < 1024), or -1 for anything else (not HTTP/1.x, a status outside 100-599, too long).
+ */
+int http_resp_status(const char *buf, size_t len, int *status);
+
 #endif

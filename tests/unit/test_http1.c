@@ -883,6 +883,21 @@ static void test_http1_status_text(void **state)
         assert_string_equal(http_status_text(cases[i].status), cases[i].text);
 }
 
+static void test_http1_resp_status(void **state)
+{
+    int st = 0;
+    (void)state;
+    assert_int_equal(http_resp_status("HTTP/1.1 204 No Content\r\nX: y", 30, &st), 25);
+    assert_int_equal(st, 204);
+    assert_int_equal(http_resp_status("HTTP/1.0 500\r\n", 14, &st), 14);
+    assert_int_equal(st, 500);
+    assert_int_equal(http_resp_status("HTTP/1.1 200 O", 14, &st), 0);
+    assert_int_equal(http_resp_status("HTTP/2 200 OK\r\n", 15, &st), -1);
+    assert_int_equal(http_resp_status("HTTP/1.1 2x0 OK\r\n", 17, &st), -1);
+    assert_int_equal(http_resp_status("HTTP/1.1 099 X\r\n", 16, &st), -1);
+    assert_int_equal(http_resp_status("HTTP/1.1 2000\r\n", 15, &st), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -903,6 +918,7 @@ int main(void)
         cmocka_unit_test(test_http1_response_101),
         cmocka_unit_test(test_http1_deflate_negotiation),
         cmocka_unit_test(test_http1_status_text),
+        cmocka_unit_test(test_http1_resp_status),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

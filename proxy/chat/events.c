@@ -1,0 +1,666 @@
+/*
+ * events.c -- events to the app backend: the producers (session, presence with a debounced offline,
+ * messages, unacked direct messages, room membership) write into the store's outbox inside the loop's
+ * transaction, and the sender takes batches from it (a short indexed query), posts them through
+ * net/backend after they are committed, and records the outcome: delivered, or retried with
+ * exponential backoff until [events] max_age, then dead. Nothing here waits on a socket or blocks
+ * chat delivery; a backend that is down only grows the outbox, up to max_outbox.
+ */
+#include <event2/event.h>
+#include <inttypes.h>
+#include <openssl/hmac.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+#include "base/log.h"
+#include "base/sbuf.h"
+#include "chat/chat_internal.h"
+#include "net/backend.h"
+#include "store.h"
+
+#define EVENTS_TICK_MS 100
+#define EVENTS_HOUSEKEEP_MS 2000
+#define EVENTS_KEEP_DELIVERED_MS (3600 * 1000) /* delivered rows kept an hour, for inspection */
+#define EVENTS_HOUSEKEEP_ROWS 1000             /* rows expired or pruned per housekeeping pass */
+#define EVENTS_UNACKED_MAX 100000              /* unacked checks waiting at most (memory bound) */
+#define EVENTS_FULL_LOG_MS 10000               /* "outbox full" logged at most this often */
+
+/* A user whose last connection ended: user.offline waits for offline_delay. */
+struct offline_wait {
+    struct events *ev;
+    struct event *timer;
+    UT_hash_handle hh;
+    char user[AUTH_USER_MAX + 1];
+};
+
+struct unacked {
+    int64_t id;
+    int64_t due;
+};
+
+struct batch {
+    struct events *ev;
+    int64_t *ids;
+    size_t n, cap;
+    int max_attempts;
+    struct sbuf body;
+};
+
+struct events {
+    struct chat *ch;
+    const struct px_config *cfg;
+    struct backend *be;
+    bool types[10];
+    struct event *tick;      /* periodic: take due batches, housekeeping */
+    struct event *kick;      /* soon after new events */
+    struct event *unacked_ev;
+    struct offline_wait *offline; /* uthash by user */
+    struct unacked *uq;           /* ring of unacked checks in due order (the delay is constant) */
+    size_t uq_head, uq_len;
+    size_t committing;            /* batches taken, waiting for their commit before the post */
+    int64_t last_housekeep, last_full_log;
+    struct store_outbox_counts counts;
+    bool stopping;
+    bool final; /* events_free: writes autocommit */
+};
+
+static const char *const type_names[] = {
+    "session.opened", "session.closed", "user.online",     "user.offline", "message.direct",
+    "message.room",   "message.push",   "message.unacked", "member.added", "member.removed"};
+
+enum {
+    EV_SESSION_OPENED, EV_SESSION_CLOSED, EV_USER_ONLINE, EV_USER_OFFLINE, EV_MESSAGE_DIRECT,
+    EV_MESSAGE_ROOM, EV_MESSAGE_PUSH, EV_MESSAGE_UNACKED, EV_MEMBER_ADDED, EV_MEMBER_REMOVED
+};
+
+static bool on(const struct events *ev, int type)
+{
+    return ev && !ev->stopping && ev->types[type];
+}
+
+/*
+ * Queue one event in the loop's transaction (or on its own when none can open). data is the JSON
+ * object text of the event's "data". A full outbox or a store error drops the event: counted and
+ * logged, never failing the change it describes.
+ */
+static void add(struct events *ev, int type, const char *user, struct sbuf *data)
+{
+    struct chat *ch = ev->ch;
+    if (data->oom) {
+        ch->lp->metrics.events_dropped++;
+        return;
+    }
+    sbuf_add(data, "", 1); /* NUL-terminate for the store */
+    if (!ev->final) /* at exit nothing commits the loop's transaction: autocommit instead */
+        loop_tx_begin(ch->lp);
+    int64_t now = loop_now_ms(ch->lp);
+    int rc = store_outbox_add(ch->store, user, type_names[type], data->p, now,
+                              (int64_t)ev->cfg->events_max_outbox, NULL);
+    if (rc == 0) {
+        ch->lp->metrics.events_queued++;
+        if (!evtimer_pending(ev->kick, NULL)) {
+            struct timeval tv = {0, 0};
+            evtimer_add(ev->kick, &tv);
+        }
+        return;
+    }
+    ch->lp->metrics.events_dropped++;
+    if (rc != STORE_ERR_FULL || now - ev->last_full_log >= EVENTS_FULL_LOG_MS) {
+        ev->last_full_log = rc == STORE_ERR_FULL ? now : ev->last_full_log;
+        log_error("events: %s for %s dropped: %s", type_names[type], user,
+                  store_last_error(ch->store));
+    }
+}
+
+/* ---- Producers ---- */
+
+void events_session_opened(struct chat *ch, int64_t session_id, const char *user,
+                           const char *remote_addr, const char *user_agent)
+{
+    struct events *ev = ch->events;
+    if (!on(ev, EV_SESSION_OPENED))
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_addf(&b, "{\"session\":\"%" PRId64 "\",\"user\":", session_id);
+    sbuf_add_json_str(&b, user);
+    sbuf_adds(&b, ",\"remote_addr\":");
+    sbuf_add_json_str(&b, remote_addr);
+    if (user_agent && user_agent[0]) {
+        sbuf_adds(&b, ",\"user_agent\":");
+        sbuf_add_json_str(&b, user_agent);
+    }
+    sbuf_adds(&b, "}");
+    add(ev, EV_SESSION_OPENED, user, &b);
+    sbuf_release(&b);
+}
+
+void events_session_closed(struct chat *ch, int64_t session_id, const char *user, const char *reason,
+                           int64_t ended_at)
+{
+    struct events *ev = ch->events;
+    if (!on(ev, EV_SESSION_CLOSED))
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_addf(&b, "{\"session\":\"%" PRId64 "\",\"user\":", session_id);
+    sbuf_add_json_str(&b, user);
+    sbuf_adds(&b, ",\"reason\":");
+    sbuf_add_json_str(&b, reason);
+    sbuf_addf(&b, ",\"ended_at\":%" PRId64 "}", ended_at);
+    add(ev, EV_SESSION_CLOSED, user, &b);
+    sbuf_release(&b);
+}
+
+static void presence_event(struct events *ev, const char *user, bool online)
+{
+    int type = online ? EV_USER_ONLINE : EV_USER_OFFLINE;
+    if (!on(ev, type))
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"user\":");
+    sbuf_add_json_str(&b, user);
+    sbuf_adds(&b, "}");
+    add(ev, type, user, &b);
+    sbuf_release(&b);
+}
+
+static void offline_free(struct events *ev, struct offline_wait *w)
+{
+    HASH_DEL(ev->offline, w);
+    event_free(w->timer);
+    free(w);
+}
+
+static void offline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct offline_wait *w = arg;
+    struct events *ev = w->ev;
+    presence_event(ev, w->user, false);
+    offline_free(ev, w);
+}
+
+void events_user_online(struct chat *ch, const char *user)
+{
+    struct events *ev = ch->events;
+    if (!ev)
+        return;
+    struct offline_wait *w = NULL;
+    HASH_FIND_STR(ev->offline, user, w);
+    if (w) { /* back within offline_delay (a reload): neither offline nor online is told */
+        offline_free(ev, w);
+        return;
+    }
+    presence_event(ev, user, true);
+}
+
+void events_user_offline(struct chat *ch, const char *user)
+{
+    struct events *ev = ch->events;
+    if (!on(ev, EV_USER_OFFLINE) && !on(ev, EV_USER_ONLINE))
+        return;
+    struct offline_wait *w = NULL;
+    HASH_FIND_STR(ev->offline, user, w);
+    if (w)
+        return;
+    if (ev->cfg->events_offline_delay_ms == 0 || ch->draining) {
+        presence_event(ev, user, false);
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (!w || !(w->timer = evtimer_new(ch->lp->base, offline_cb, w))) {
+        free(w);
+        presence_event(ev, user, false);
+        return;
+    }
+    w->ev = ev;
+    snprintf(w->user, sizeof(w->user), "%s", user);
+    HASH_ADD_STR(ev->offline, user, w);
+    int64_t ms = ev->cfg->events_offline_delay_ms;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(w->timer, &tv);
+}
+
+static void add_msg_fields(struct sbuf *b, const struct store_msg *m)
+{
+    sbuf_addf(b, "{\"id\":\"%" PRId64 "\",\"from\":", m->id);
+    sbuf_add_json_str(b, m->sender);
+    if (m->to_user) {
+        sbuf_adds(b, ",\"to\":");
+        sbuf_add_json_str(b, m->to_user);
+    } else {
+        sbuf_adds(b, ",\"room\":");
+        sbuf_add_json_str(b, m->room);
+    }
+    sbuf_addf(b, ",\"created_at\":%" PRId64, m->created_at);
+}
+
+static void unacked_arm(struct events *ev)
+{
+    if (ev->uq_len == 0 || evtimer_pending(ev->unacked_ev, NULL))
+        return;
+    int64_t in = ev->uq[ev->uq_head].due - loop_now_ms(ev->ch->lp);
+    if (in < 0)
+        in = 0;
+    struct timeval tv = {.tv_sec = in / 1000, .tv_usec = (in % 1000) * 1000};
+    evtimer_add(ev->unacked_ev, &tv);
+}
+
+static void unacked_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct events *ev = arg;
+    struct chat *ch = ev->ch;
+    int64_t now = loop_now_ms(ch->lp);
+    /* Bounded per pass so a burst of due checks never holds the loop. */
+    for (int k = 0; k < 1000 && ev->uq_len && ev->uq[ev->uq_head].due <= now; k++) {
+        int64_t id = ev->uq[ev->uq_head].id;
+        ev->uq_head = (ev->uq_head + 1) % EVENTS_UNACKED_MAX;
+        ev->uq_len--;
+        struct store_msg_info info = {0};
+        if (store_msg_get(ch->store, id, &info) == 0 && info.direct && !info.delivered &&
+            on(ev, EV_MESSAGE_UNACKED)) {
+            struct sbuf b;
+            sbuf_init(&b);
+            add_msg_fields(&b, &info.msg);
+            sbuf_adds(&b, "}");
+            add(ev, EV_MESSAGE_UNACKED, info.msg.to_user, &b);
+            sbuf_release(&b);
+        }
+        store_msg_info_release(&info);
+    }
+    unacked_arm(ev);
+}
+
+void events_msg_stored(struct chat *ch, const struct store_msg *m, bool push)
+{
+    struct events *ev = ch->events;
+    if (!ev)
+        return;
+    int type = push ? EV_MESSAGE_PUSH : m->to_user ? EV_MESSAGE_DIRECT : EV_MESSAGE_ROOM;
+    if (on(ev, type)) {
+        struct sbuf b;
+        sbuf_init(&b);
+        add_msg_fields(&b, m);
+        sbuf_adds(&b, ",\"body\":");
+        sbuf_adds(&b, m->body); /* stored JSON text, spliced as is */
+        sbuf_adds(&b, "}");
+        add(ev, type, m->to_user ? m->to_user : m->sender, &b);
+        sbuf_release(&b);
+    }
+    if (m->to_user && on(ev, EV_MESSAGE_UNACKED)) {
+        if (ev->uq_len == EVENTS_UNACKED_MAX) {
+            log_warn("events: %d unacked checks waiting; message %" PRId64 " not watched",
+                     EVENTS_UNACKED_MAX, m->id);
+            return;
+        }
+        size_t tail = (ev->uq_head + ev->uq_len) % EVENTS_UNACKED_MAX;
+        ev->uq[tail].id = m->id;
+        ev->uq[tail].due = loop_now_ms(ch->lp) + ev->cfg->events_unacked_delay_ms;
+        ev->uq_len++;
+        unacked_arm(ev);
+    }
+}
+
+void chat_event_member(struct chat *ch, const char *room, const char *user, bool added,
+                       const char *reason)
+{
+    struct events *ev = ch->events;
+    int type = added ? EV_MEMBER_ADDED : EV_MEMBER_REMOVED;
+    if (!on(ev, type) || !chat_name_valid(room) || !chat_name_valid(user))
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_adds(&b, "{\"room\":");
+    sbuf_add_json_str(&b, room);
+    sbuf_adds(&b, ",\"user\":");
+    sbuf_add_json_str(&b, user);
+    if (reason && reason[0]) {
+        sbuf_adds(&b, ",\"reason\":");
+        sbuf_add_json_str(&b, reason);
+    }
+    sbuf_adds(&b, "}");
+    add(ev, type, user, &b);
+    sbuf_release(&b);
+}
+
+/* ---- After a crash ---- */
+
+struct orphan {
+    int64_t id;
+    char *user;
+};
+
+struct orphans {
+    struct orphan *v;
+    size_t n, cap;
+    bool oom;
+};
+
+static int collect_orphan(void *ctx, const struct store_session *s)
+{
+    struct orphans *o = ctx;
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 64;
+        struct orphan *v = realloc(o->v, cap * sizeof(*v));
+        if (!v) {
+            o->oom = true;
+            return 1;
+        }
+        o->v = v;
+        o->cap = cap;
+    }
+    if (!(o->v[o->n].user = strdup(s->user))) {
+        o->oom = true;
+        return 1;
+    }
+    o->v[o->n++].id = s->id;
+    return 0;
+}
+
+static int by_user(const void *a, const void *b)
+{
+    return strcmp(((const struct orphan *)a)->user, ((const struct orphan *)b)->user);
+}
+
+void chat_events_orphans(struct chat *ch, int64_t now)
+{
+    struct events *ev = ch->events;
+    if (!on(ev, EV_SESSION_CLOSED) && !on(ev, EV_USER_OFFLINE))
+        return;
+    struct orphans o = {0};
+    struct store_session_filter f = {.state = STORE_SESSIONS_ACTIVE, .limit = 1000};
+    int rc;
+    do { /* newest first, a page at a time */
+        size_t before = o.n;
+        rc = store_session_list(ch->store, &f, collect_orphan, &o);
+        if (rc != 0 || o.n == before)
+            break;
+        f.before_id = o.v[o.n - 1].id;
+    } while (o.n % 1000 == 0);
+    if (rc < 0 || o.oom)
+        log_error("events: listing sessions left open: %s",
+                  o.oom ? "out of memory" : store_last_error(ch->store));
+    /* oldest first, so each user's session.closed events keep their order */
+    for (size_t i = o.n; i-- > 0;)
+        events_session_closed(ch, o.v[i].id, o.v[i].user, "server_restart", now);
+    if (o.n > 1)
+        qsort(o.v, o.n, sizeof(*o.v), by_user);
+    for (size_t i = 0; i < o.n; i++) {
+        if (i == 0 || strcmp(o.v[i].user, o.v[i - 1].user) != 0)
+            presence_event(ev, o.v[i].user, false);
+    }
+    for (size_t i = 0; i < o.n; i++)
+        free(o.v[i].user);
+    free(o.v);
+}
+
+/* ---- Sender ---- */
+
+static void batch_free(struct batch *bt)
+{
+    sbuf_release(&bt->body);
+    free(bt->ids);
+    free(bt);
+}
+
+static int batch_add(void *ctx, const struct store_event *e)
+{
+    struct batch *bt = ctx;
+    if (bt->n == bt->cap) {
+        size_t cap = bt->cap ? bt->cap * 2 : 16;
+        int64_t *ids = realloc(bt->ids, cap * sizeof(*ids));
+        if (!ids)
+            return 1;
+        bt->ids = ids;
+        bt->cap = cap;
+    }
+    bt->ids[bt->n++] = e->id;
+    if (e->attempts > bt->max_attempts)
+        bt->max_attempts = e->attempts;
+    if (bt->n > 1)
+        sbuf_adds(&bt->body, ",");
+    sbuf_addf(&bt->body, "{\"id\":%" PRId64 ",\"type\":", e->id);
+    sbuf_add_json_str(&bt->body, e->type);
+    sbuf_adds(&bt->body, ",\"user\":");
+    sbuf_add_json_str(&bt->body, e->user);
+    sbuf_addf(&bt->body, ",\"time_ms\":%" PRId64 ",\"attempt\":%d,\"data\":%s}", e->created_at,
+              e->attempts, e->payload);
+    return 0;
+}
+
+static void pump(struct events *ev);
+
+/* The outcome of a post: delivered, or every event of the batch retried (or dead). */
+static void posted_cb(void *arg, bool ok, int status, const char *error)
+{
+    (void)status;
+    struct batch *bt = arg;
+    struct events *ev = bt->ev;
+    struct chat *ch = ev->ch;
+    if (ev->stopping) { /* backend_free at exit: the lease runs out, sent again after restart */
+        batch_free(bt);
+        return;
+    }
+    int64_t now = loop_now_ms(ch->lp);
+    loop_tx_begin(ch->lp);
+    if (ok) {
+        if (store_outbox_delivered(ch->store, bt->ids, bt->n, now) != 0)
+            log_error("events: marking %zu delivered: %s", bt->n, store_last_error(ch->store));
+        ch->lp->metrics.events_delivered += bt->n;
+    } else {
+        int64_t backoff = ev->cfg->events_retry_initial_ms;
+        for (int i = 1; i < bt->max_attempts && backoff < ev->cfg->events_retry_max_ms; i++)
+            backoff *= 2;
+        if (backoff > ev->cfg->events_retry_max_ms)
+            backoff = ev->cfg->events_retry_max_ms;
+        int dead = 0;
+        if (store_outbox_retry(ch->store, bt->ids, bt->n, now + backoff,
+                               now - ev->cfg->events_max_age_ms, error, &dead) != 0)
+            log_error("events: scheduling a retry: %s", store_last_error(ch->store));
+        ch->lp->metrics.events_retried += bt->n - (size_t)dead;
+        ch->lp->metrics.events_dead += (size_t)dead;
+        log_warn("events: delivery of %zu event%s failed (%s, attempt %d); retry in %" PRId64
+                 " ms%s", bt->n, bt->n == 1 ? "" : "s", error ? error : "error", bt->max_attempts,
+                 backoff,
+                 dead ? ", some reached max_age and are dead letters" : "");
+    }
+    batch_free(bt);
+    if (!ev->stopping)
+        pump(ev);
+}
+
+static void hex(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* The batch's lease is durable (or nothing was open): sign and post it. */
+static void committed_cb(void *arg, bool ok)
+{
+    struct batch *bt = arg;
+    struct events *ev = bt->ev;
+    ev->committing--;
+    if (!ok || ev->stopping) { /* the lease is gone with the transaction; the events stay due */
+        batch_free(bt);
+        return;
+    }
+    char ts[24], sig[2 * 32 + 1];
+    snprintf(ts, sizeof(ts), "%" PRId64, loop_now_ms(ev->ch->lp));
+    struct sbuf msg;
+    sbuf_init(&msg);
+    sbuf_adds(&msg, ts);
+    sbuf_adds(&msg, ".");
+    sbuf_add(&msg, bt->body.p, bt->body.len);
+    unsigned char mac[32];
+    unsigned int maclen = 0;
+    const char *key = ev->cfg->events_secret;
+    if (msg.oom || !HMAC(EVP_sha256(), key, (int)strlen(key), (const unsigned char *)msg.p, msg.len,
+                         mac, &maclen)) {
+        sbuf_release(&msg);
+        posted_cb(bt, false, 0, "cannot sign");
+        return;
+    }
+    sbuf_release(&msg);
+    hex(mac, maclen, sig);
+    if (backend_post(ev->be, bt->body.p, bt->body.len, ts, sig, posted_cb, bt) != 0)
+        posted_cb(bt, false, 0, "cannot start a request");
+}
+
+/* Take batches while the pool has room; each is posted after its commit. */
+static void pump(struct events *ev)
+{
+    struct chat *ch = ev->ch;
+    const struct px_config *cfg = ev->cfg;
+    while (!ev->stopping && backend_free_slots(ev->be) > ev->committing) {
+        int64_t now = loop_now_ms(ch->lp);
+        struct batch *bt = calloc(1, sizeof(*bt));
+        if (!bt)
+            return;
+        bt->ev = ev;
+        sbuf_init(&bt->body);
+        sbuf_addf(&bt->body, "{\"time_ms\":%" PRId64 ",\"events\":[", now);
+        struct store_outbox_take lim = {
+            .max_count = (int)cfg->events_batch_count,
+            .max_bytes = cfg->events_batch_bytes,
+            .max_scan = (int)cfg->events_batch_count * 4,
+            /* in flight until the answer or the timeout; a crash only delays the batch */
+            .lease_until = now + cfg->events_timeout_ms + 1000,
+        };
+        int taken = 0;
+        int rc = store_outbox_take(ch->store, now, &lim, batch_add, bt, &taken);
+        sbuf_adds(&bt->body, "]}");
+        if (rc != 0 || taken == 0 || bt->body.oom) {
+            if (rc < 0)
+                log_error("events: reading the outbox: %s", store_last_error(ch->store));
+            batch_free(bt);
+            return;
+        }
+        ev->committing++;
+        loop_after_commit(ch->lp, committed_cb, bt);
+    }
+}
+
+static void housekeep(struct events *ev)
+{
+    struct chat *ch = ev->ch;
+    int64_t now = loop_now_ms(ch->lp), n = 0;
+    ev->last_housekeep = now;
+    if (store_outbox_expire(ch->store, now - ev->cfg->events_max_age_ms, EVENTS_HOUSEKEEP_ROWS,
+                            &n) == 0 && n > 0) {
+        ch->lp->metrics.events_dead += (uint64_t)n;
+        log_warn("events: %" PRId64 " events reached max_age undelivered: dead letters now", n);
+    }
+    store_outbox_prune(ch->store, now - EVENTS_KEEP_DELIVERED_MS, EVENTS_HOUSEKEEP_ROWS, NULL);
+    if (store_outbox_counts(ch->store, &ev->counts) != 0)
+        log_error("events: outbox counts: %s", store_last_error(ch->store));
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct events *ev = arg;
+    if (loop_now_ms(ev->ch->lp) - ev->last_housekeep >= EVENTS_HOUSEKEEP_MS)
+        housekeep(ev);
+    pump(ev);
+}
+
+void chat_events_kick(struct chat *ch)
+{
+    if (ch->events)
+        pump(ch->events);
+}
+
+void chat_events_gauges(struct chat *ch, struct metrics_gauges *g)
+{
+    struct events *ev = ch->events;
+    if (!ev)
+        return;
+    g->events_on = true;
+    g->events_outbox = (uint64_t)ev->counts.queued;
+    g->events_dead_letters = (uint64_t)ev->counts.dead;
+    g->events_oldest_age_s =
+        ev->counts.oldest_queued_at
+            ? (double)(loop_now_ms(ch->lp) - ev->counts.oldest_queued_at) / 1000.0
+            : 0.0;
+}
+
+int events_new(struct chat *ch)
+{
+    const struct px_config *cfg = ch->cfg;
+    if (!cfg->events_target || !cfg->events_target[0])
+        return 0;
+    struct backend_target t;
+    char err[256];
+    if (backend_parse_target(cfg->events_target, &t, err, sizeof(err)) != 0) {
+        log_error("[events] target: %s", err);
+        return -1;
+    }
+    struct events *ev = calloc(1, sizeof(*ev));
+    if (!ev)
+        return -1;
+    ev->ch = ch;
+    ev->cfg = cfg;
+    ch->events = ev;
+    for (size_t i = 0; i < cfg->events_types.n; i++)
+        for (int k = 0; k < (int)(sizeof(type_names) / sizeof(type_names[0])); k++)
+            if (!strcmp(cfg->events_types.items[i], type_names[k]))
+                ev->types[k] = true;
+    ev->be = backend_new(ch->lp->base, &t, cfg->events_pool, cfg->events_timeout_ms, err,
+                         sizeof(err));
+    if (!ev->be) {
+        log_error("[events] target: %s", err);
+        return -1;
+    }
+    ev->tick = event_new(ch->lp->base, -1, EV_PERSIST, tick_cb, ev);
+    ev->kick = evtimer_new(ch->lp->base, tick_cb, ev);
+    ev->unacked_ev = evtimer_new(ch->lp->base, unacked_cb, ev);
+    ev->uq = ev->types[EV_MESSAGE_UNACKED] ? calloc(EVENTS_UNACKED_MAX, sizeof(*ev->uq)) : NULL;
+    if (!ev->tick || !ev->kick || !ev->unacked_ev || (ev->types[EV_MESSAGE_UNACKED] && !ev->uq))
+        return -1;
+    if (!ev->uq)
+        ev->types[EV_MESSAGE_UNACKED] = false;
+    struct timeval tv = {0, EVENTS_TICK_MS * 1000};
+    event_add(ev->tick, &tv);
+    housekeep(ev);
+    log_info("events: delivering to %s (%s)", cfg->events_target,
+             t.kind == BACKEND_HTTP ? "HTTP" : "FastCGI");
+    return 0;
+}
+
+void events_free(struct chat *ch)
+{
+    struct events *ev = ch->events;
+    if (!ev)
+        return;
+    /* Users still waiting for their offline_delay are offline now: tell it (autocommits). */
+    struct offline_wait *w, *tmp;
+    ev->final = true;
+    HASH_ITER(hh, ev->offline, w, tmp)
+    {
+        presence_event(ev, w->user, false);
+        offline_free(ev, w);
+    }
+    ev->stopping = true;
+    backend_free(ev->be); /* in-flight batches: their lease runs out, they are sent after restart */
+    if (ev->tick)
+        event_free(ev->tick);
+    if (ev->kick)
+        event_free(ev->kick);
+    if (ev->unacked_ev)
+        event_free(ev->unacked_ev);
+    free(ev->uq);
+    free(ev);
+    ch->events = NULL;
+}
