@@ -169,7 +169,7 @@ int cmd_rooms(struct wsctl *w, int argc, char **argv)
     struct store *st;
     if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
-    static const char *const head[] = {"NAME", "OPEN", "MEMBERS", "LAST MESSAGE"};
+    static const char *const head[] = {"NAME", "OPEN", "MEMBERS", "LAST_MESSAGE"};
     struct rooms_ctx x = {.w = w, .st = st};
     if (w->json)
         x.list = json_array();
@@ -274,7 +274,7 @@ int cmd_members(struct wsctl *w, int argc, char **argv)
         free(safe);
         return WSCTL_NOTFOUND;
     }
-    static const char *const head[] = {"USER", "VIA", "STATE", "CONNECTIONS", "LAST SEEN"};
+    static const char *const head[] = {"USER", "VIA", "STATE", "CONNECTIONS", "LAST_SEEN"};
     struct table t;
     table_init(&t, 5, head);
     for (size_t i = 0; i < n; i++) {
