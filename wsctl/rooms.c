@@ -18,25 +18,6 @@
 #define CONV_MAX      100
 #define PREVIEW_COLUMNS 50
 
-void wsctl_pct_encode(char *out, size_t cap, const char *s)
-{
-    static const char hexd[] = "0123456789ABCDEF";
-    size_t o = 0;
-    for (; *s && o + 4 <= cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
-            out[o++] = (char)c;
-        } else {
-            out[o++] = '%';
-            out[o++] = hexd[c >> 4];
-            out[o++] = hexd[c & 15];
-        }
-    }
-    if (cap)
-        out[o < cap ? o : cap - 1] = '\0';
-}
-
 /* Options: only the common ones; positional arguments are left at argv[optind...]. */
 static int common_only(struct wsctl *w, int argc, char **argv, bool *done)
 {
@@ -270,7 +251,7 @@ int cmd_members(struct wsctl *w, int argc, char **argv)
     if (n == 0) {
         json_decref(x.list);
         char *safe = fmt_safe(room);
-        wsctl_errorf(w, "room %s has no members (no such room)", safe ? safe : "?");
+        wsctl_errorf(w, "room %s has no members", safe ? safe : "?");
         free(safe);
         return WSCTL_NOTFOUND;
     }

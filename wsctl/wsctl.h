@@ -107,6 +107,10 @@ size_t fmt_width(const char *s);
  */
 char *fmt_safe(const char *s);
 
+/* s %-encoded for one URL path segment or query value: every byte but A-Z a-z 0-9 - . _ ~ becomes
+ * %XX. Stops at whole characters of output when cap is short (3 * strlen + 1 always fits). */
+void wsctl_pct_encode(char *out, size_t cap, const char *s);
+
 /* An aligned table: headers, then rows of ncols copied strings. */
 struct table {
     size_t ncols;
@@ -159,7 +163,5 @@ int wsctl_api_call(struct wsctl *w, const char *method, const char *path, const 
                    struct http_reply *r, char *url, size_t cap);
 /* Print what an API error answer said: its {"error":{code,message}}, else the status. */
 void wsctl_api_error(struct wsctl *w, const char *url, const struct http_reply *r);
-/* s %-encoded for one path segment or query value (all but A-Z a-z 0-9 - . _ ~). */
-void wsctl_pct_encode(char *out, size_t cap, const char *s);
 
 #endif
