@@ -128,6 +128,29 @@ void fmt_clip(char *out, size_t cap, const char *s, size_t max)
     out[o] = '\0';
 }
 
+void wsctl_pct_encode(char *out, size_t cap, const char *s)
+{
+    static const char hexd[] = "0123456789ABCDEF";
+    size_t o = 0;
+    if (cap == 0)
+        return;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        bool keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '.' || c == '_' || c == '~';
+        if (o + (keep ? 1 : 3) + 1 > cap)
+            break;
+        if (keep) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hexd[c >> 4];
+            out[o++] = hexd[c & 15];
+        }
+    }
+    out[o] = '\0';
+}
+
 /* ---- tables ---- */
 
 void table_init(struct table *t, size_t ncols, const char *const *head)

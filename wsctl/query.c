@@ -22,7 +22,7 @@
 #define HISTORY_MAX      1000
 #define BODY_COLUMNS     60
 
-static int open_db(struct wsctl *w, struct store **st)
+int wsctl_open_db(struct wsctl *w, struct store **st)
 {
     const char *path = w->db_path;
     if (!path) {
@@ -56,7 +56,7 @@ static int open_db(struct wsctl *w, struct store **st)
     return 0;
 }
 
-static int print_json(struct wsctl *w, json_t *root)
+int wsctl_print_json(struct wsctl *w, json_t *root)
 {
     if (!root) {
         wsctl_errorf(w, "out of memory");
@@ -216,7 +216,7 @@ int cmd_sessions(struct wsctl *w, int argc, char **argv)
         return wsctl_usage_error(w, argv[0], "unexpected argument '%s'", argv[optind]);
 
     struct store *st;
-    if (open_db(w, &st) != 0)
+    if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
     static const char *const head[] = {"ID",       "USER", "STATE",  "CONNECTED",
                                        "DURATION", "SEEN", "REASON", "ADDRESS"};
@@ -236,7 +236,7 @@ int cmd_sessions(struct wsctl *w, int argc, char **argv)
         json_t *root = json_object();
         json_object_set_new(root, "sessions", sc.list);
         json_object_set_new(root, "next_before", int_or_null(more ? sc.last_id : 0));
-        return print_json(w, root);
+        return wsctl_print_json(w, root);
     }
     if (sc.n == 0)
         fprintf(w->out, "no sessions\n");
@@ -289,7 +289,7 @@ int cmd_session(struct wsctl *w, int argc, char **argv)
     if (one_id_arg(w, argc, argv, &id, &done, &rc) != 0)
         return rc;
     struct store *st;
-    if (open_db(w, &st) != 0)
+    if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
     struct store_session s;
     rc = store_session_get(st, id, &s);
@@ -301,7 +301,7 @@ int cmd_session(struct wsctl *w, int argc, char **argv)
     if (rc != 0)
         return query_failed(w, st, "reading the session");
     if (w->json) {
-        rc = print_json(w, session_json(&s));
+        rc = wsctl_print_json(w, session_json(&s));
     } else {
         char idb[24], conn[96], seen[96], ended[96], dur[32], t[40], ago[32];
         snprintf(idb, sizeof(idb), "%lld", (long long)s.id);
@@ -360,7 +360,7 @@ int cmd_presence(struct wsctl *w, int argc, char **argv)
         if (!auth_user_valid(argv[i], strlen(argv[i])))
             return wsctl_usage_error(w, argv[0], "'%s' is not a valid user id", argv[i]);
     struct store *st;
-    if (open_db(w, &st) != 0)
+    if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
     static const char *const head[] = {"USER", "STATE", "CONNECTIONS", "LAST_SEEN"};
     struct table t;
@@ -404,7 +404,7 @@ int cmd_presence(struct wsctl *w, int argc, char **argv)
     if (list) {
         json_t *root = json_object();
         json_object_set_new(root, "users", list);
-        int prc = print_json(w, root);
+        int prc = wsctl_print_json(w, root);
         table_release(&t);
         return prc != WSCTL_OK ? prc : rc;
     }
@@ -489,7 +489,7 @@ int cmd_history(struct wsctl *w, int argc, char **argv)
         return wsctl_usage_error(w, argv[0], "give --with and --user, or --room");
 
     struct store *st;
-    if (open_db(w, &st) != 0)
+    if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
     struct history_ctx hc = {w, json_array()};
     bool more = false;
@@ -506,7 +506,7 @@ int cmd_history(struct wsctl *w, int argc, char **argv)
         json_t *root = json_object();
         json_object_set_new(root, "items", hc.list);
         json_object_set_new(root, "more", json_boolean(more));
-        return print_json(w, root);
+        return wsctl_print_json(w, root);
     }
     if (n == 0) {
         fprintf(w->out, "no messages\n");
@@ -561,7 +561,7 @@ int cmd_stats(struct wsctl *w, int argc, char **argv)
     if (optind < argc)
         return wsctl_usage_error(w, argv[0], "unexpected argument '%s'", argv[optind]);
     struct store *st;
-    if (open_db(w, &st) != 0)
+    if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
     struct store_stats s;
     if (store_stats(st, &s) != 0)
@@ -582,7 +582,7 @@ int cmd_stats(struct wsctl *w, int argc, char **argv)
         json_object_set_new(o, "schema_version", json_integer(version));
         json_object_set_new(o, "database", json_string(path));
         json_object_set_new(o, "database_bytes", json_integer((json_int_t)size));
-        return print_json(w, o);
+        return wsctl_print_json(w, o);
     }
     char v[8][160], sz[32];
     snprintf(v[0], sizeof(v[0]), "%lld", (long long)s.sessions_active);
@@ -620,7 +620,7 @@ int cmd_backup(struct wsctl *w, int argc, char **argv)
         return wsctl_usage_error(w, argv[0], argc - optind ? "one FILE only" : "missing FILE");
     const char *dest = argv[optind];
     struct store *st;
-    if (open_db(w, &st) != 0)
+    if (wsctl_open_db(w, &st) != 0)
         return WSCTL_ERROR;
     /* Never over an existing file (an older backup, or the database itself). */
     int fd = open(dest, O_WRONLY | O_CREAT | O_EXCL, 0600);
@@ -645,7 +645,7 @@ int cmd_backup(struct wsctl *w, int argc, char **argv)
     if (w->json) {
         json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "database", src, "backup", dest, "pages",
                               (json_int_t)pages, "bytes", (json_int_t)size);
-        return print_json(w, o);
+        return wsctl_print_json(w, o);
     }
     char sz[32];
     fmt_bytes(sz, sizeof(sz), size);

@@ -52,7 +52,7 @@ static int api_target(struct wsctl *w, char *url, size_t cap, const char **key, 
 }
 
 /* Say what an error answer said: {"error":{"code","message"}} when it is ours, else the status. */
-static void api_error(struct wsctl *w, const char *url, const struct http_reply *r)
+void wsctl_api_error(struct wsctl *w, const char *url, const struct http_reply *r)
 {
     json_t *j = json_loadb(r->body, r->body_len, 0, NULL);
     json_t *e = json_object_get(j, "error");
@@ -65,8 +65,8 @@ static void api_error(struct wsctl *w, const char *url, const struct http_reply 
     json_decref(j);
 }
 
-static int call(struct wsctl *w, const char *method, const char *path, const char *body,
-                struct http_reply *r, char *url, size_t cap)
+int wsctl_api_call(struct wsctl *w, const char *method, const char *path, const char *body,
+                   struct http_reply *r, char *url, size_t cap)
 {
     const char *key;
     char err[512];
@@ -79,19 +79,119 @@ static int call(struct wsctl *w, const char *method, const char *path, const cha
     return 0;
 }
 
-/* ---- kick ID ---- */
+/* ---- kick ID, kick --user USER ---- */
+
+/*
+ * Every live session of user: the active ones as the API lists them (the server's view, the one
+ * the DELETEs act on), then one DELETE each. A session that ends between the list and its DELETE
+ * (404 not_live) is not counted and not an error.
+ */
+static int kick_user(struct wsctl *w, const char *user)
+{
+    char enc[3 * AUTH_USER_MAX + 1], path[sizeof(enc) + 96], url[300];
+    wsctl_pct_encode(enc, sizeof(enc), user);
+    char *safe = fmt_safe(user);
+    const char *who = safe ? safe : "?";
+    json_t *ids = json_array();
+    int64_t before = 0;
+    int rc = WSCTL_OK;
+    do { /* pages of up to 1000, newest first */
+        int n = snprintf(path, sizeof(path), "/api/v1/sessions?user=%s&state=active&limit=1000", enc);
+        if (before)
+            snprintf(path + n, sizeof(path) - (size_t)n, "&before=%lld", (long long)before);
+        struct http_reply r;
+        if (wsctl_api_call(w, "GET", path, NULL, &r, url, sizeof(url)) != 0) {
+            rc = WSCTL_ERROR;
+            break;
+        }
+        json_t *j = r.status == 200 ? json_loadb(r.body, r.body_len, 0, NULL) : NULL;
+        json_t *list = json_object_get(j, "sessions");
+        if (r.status != 200 || !json_is_array(list)) {
+            if (r.status != 200)
+                wsctl_api_error(w, url, &r);
+            else
+                wsctl_errorf(w, "API %s answered something that is not a session list", url);
+            json_decref(j);
+            free(r.body);
+            rc = WSCTL_ERROR;
+            break;
+        }
+        size_t i;
+        json_t *s;
+        json_array_foreach(list, i, s) json_array_append(ids, json_object_get(s, "id"));
+        before = json_integer_value(json_object_get(j, "next_before"));
+        json_decref(j);
+        free(r.body);
+    } while (before);
+    if (rc != WSCTL_OK) {
+        json_decref(ids);
+        free(safe);
+        return rc;
+    }
+    json_t *kicked = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(ids, i, v) {
+        snprintf(path, sizeof(path), "/api/v1/sessions/%lld", (long long)json_integer_value(v));
+        struct http_reply r;
+        if (wsctl_api_call(w, "DELETE", path, NULL, &r, url, sizeof(url)) != 0) {
+            rc = WSCTL_ERROR;
+            break;
+        }
+        if (r.status == 204) {
+            json_array_append(kicked, v);
+        } else if (r.status != 404) {
+            wsctl_api_error(w, url, &r);
+            rc = WSCTL_ERROR;
+        }
+        free(r.body);
+    }
+    size_t n = json_array_size(kicked);
+    if (w->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "user", json_string(who));
+        json_object_set_new(o, "kicked", kicked);
+        json_dumpf(o, w->out, JSON_COMPACT);
+        fputc('\n', w->out);
+        json_decref(o);
+    } else {
+        if (n)
+            fprintf(w->out, "kicked %zu session%s of %s\n", n, n == 1 ? "" : "s", who);
+        json_decref(kicked);
+    }
+    if (rc == WSCTL_OK && n == 0) {
+        wsctl_errorf(w, "%s has no live session", who);
+        rc = WSCTL_NOTFOUND;
+    }
+    json_decref(ids);
+    free(safe);
+    return rc;
+}
 
 int cmd_kick(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"user", required_argument, NULL, 'u'}, WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
+    const char *user = NULL;
     int opt;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "u:" WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
         if (opt == 'h')
             return wsctl_help(w, argv[0]);
+        if (opt == 'u') {
+            if (!auth_user_valid(optarg, strlen(optarg)))
+                return wsctl_usage_error(w, argv[0], "--user: '%s' is not a valid user id", optarg);
+            user = optarg;
+            continue;
+        }
         if (!wsctl_common_opt(w, opt, optarg))
             return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
                                      argv[optind - 1]);
+    }
+    if (user) {
+        if (optind < argc)
+            return wsctl_usage_error(w, argv[0], "give an ID or --user, not both");
+        return kick_user(w, user);
     }
     int64_t id;
     if (argc - optind != 1)
@@ -101,7 +201,7 @@ int cmd_kick(struct wsctl *w, int argc, char **argv)
     char path[64], url[300];
     snprintf(path, sizeof(path), "/api/v1/sessions/%lld", (long long)id);
     struct http_reply r;
-    if (call(w, "DELETE", path, NULL, &r, url, sizeof(url)) != 0)
+    if (wsctl_api_call(w, "DELETE", path, NULL, &r, url, sizeof(url)) != 0)
         return WSCTL_ERROR;
     int rc;
     if (r.status == 204) {
@@ -111,7 +211,7 @@ int cmd_kick(struct wsctl *w, int argc, char **argv)
             fprintf(w->out, "session %lld kicked\n", (long long)id);
         rc = WSCTL_OK;
     } else {
-        api_error(w, url, &r);
+        wsctl_api_error(w, url, &r);
         rc = r.status == 404 ? WSCTL_NOTFOUND : WSCTL_ERROR;
     }
     free(r.body);
@@ -227,12 +327,12 @@ int cmd_push(struct wsctl *w, int argc, char **argv)
     }
     struct http_reply r;
     char url[300];
-    int rc = call(w, "POST", "/api/v1/push", payload, &r, url, sizeof(url));
+    int rc = wsctl_api_call(w, "POST", "/api/v1/push", payload, &r, url, sizeof(url));
     free(payload);
     if (rc != 0)
         return WSCTL_ERROR;
     if (r.status != 202) {
-        api_error(w, url, &r);
+        wsctl_api_error(w, url, &r);
         free(r.body);
         return WSCTL_ERROR;
     }
@@ -396,10 +496,10 @@ int cmd_message(struct wsctl *w, int argc, char **argv)
     char path[64], url[300];
     snprintf(path, sizeof(path), "/api/v1/messages/%lld", (long long)id);
     struct http_reply r;
-    if (call(w, "GET", path, NULL, &r, url, sizeof(url)) != 0)
+    if (wsctl_api_call(w, "GET", path, NULL, &r, url, sizeof(url)) != 0)
         return WSCTL_ERROR;
     if (r.status != 200) {
-        api_error(w, url, &r);
+        wsctl_api_error(w, url, &r);
         free(r.body);
         return r.status == 404 ? WSCTL_NOTFOUND : WSCTL_ERROR;
     }

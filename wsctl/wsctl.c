@@ -43,8 +43,24 @@ static const struct wsctl_cmd commands[] = {
      "  -b, --before ID   only messages with ids below ID (older pages)\n"},
     {"stats", cmd_stats, "", "counts from the database: sessions, users online, messages, rooms",
      ""},
-    {"kick", cmd_kick, "ID",
-     "close a live session through the API (1008 \"kicked\"; exit 1 if it is not live)", ""},
+    {"rooms", cmd_rooms, "[--after NAME] [--limit N]",
+     "rooms in name order: open or closed ([rooms] open), members, last message",
+     "  -a, --after NAME  only rooms after NAME (the next page after a listing ending at NAME)\n"
+     "  -n, --limit N     at most N rows (default 100, at most 1000)\n"},
+    {"members", cmd_members, "ROOM",
+     "a room's members: how each was granted (join, claim, api) and presence (exit 1 if none)",
+     ""},
+    {"conversations", cmd_conversations, "USER [--limit N] [--before ID]",
+     "a user's conversation list, newest last message first (rooms and direct, unread counts)",
+     "  -n, --limit N     at most N conversations (default 50, at most 100)\n"
+     "  -b, --before ID   only conversations whose last message id is below ID (older pages)\n"},
+    {"kick", cmd_kick, "(ID | --user USER)",
+     "close a live session, or all of a user's, through the API (1008 \"kicked\"; exit 1 if none)",
+     "  -u, --user USER   every live session of USER (listed by the API, then kicked one by one)\n"},
+    {"add", cmd_add, "ROOM USER",
+     "add USER to ROOM through the API (granted by the API: a closed room's member for good)", ""},
+    {"remove", cmd_remove, "ROOM USER",
+     "remove USER from ROOM through the API (exit 1 if USER is not a member)", ""},
     {"status", cmd_status, "",
      "is the server up: /healthz and /metrics of the API (version, uptime, connections); exit 1 if "
      "down",
@@ -93,7 +109,8 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: wsctl [options] COMMAND [args]\n\n"
                  "Inspect and manage a wsproxy server. Queries read its SQLite database read-only\n"
-                 "(while it runs or not); status, message, kick and push go through its HTTP API.\n\nCommands:\n");
+                 "(while it runs or not); status, message, kick, push, add and remove go through\n"
+                 "its HTTP API.\n\nCommands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(out, "  %s%s%s\n      %s\n", commands[i].name, commands[i].synopsis[0] ? " " : "",
                 commands[i].synopsis, commands[i].summary);

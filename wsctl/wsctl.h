@@ -59,6 +59,11 @@ int cmd_message(struct wsctl *w, int argc, char **argv);
 int cmd_token(struct wsctl *w, int argc, char **argv);
 int cmd_backup(struct wsctl *w, int argc, char **argv);
 int cmd_events(struct wsctl *w, int argc, char **argv);
+int cmd_rooms(struct wsctl *w, int argc, char **argv);
+int cmd_members(struct wsctl *w, int argc, char **argv);
+int cmd_conversations(struct wsctl *w, int argc, char **argv);
+int cmd_add(struct wsctl *w, int argc, char **argv);
+int cmd_remove(struct wsctl *w, int argc, char **argv);
 
 /*
  * Options every command accepts besides its own (so `wsctl sessions --json` works as well as
@@ -103,6 +108,10 @@ size_t fmt_width(const char *s);
  */
 char *fmt_safe(const char *s);
 
+/* s %-encoded for one URL path segment or query value: every byte but A-Z a-z 0-9 - . _ ~ becomes
+ * %XX. Stops at whole characters of output when cap is short (3 * strlen + 1 always fits). */
+void wsctl_pct_encode(char *out, size_t cap, const char *s);
+
 /* An aligned table: headers, then rows of ncols copied strings. */
 struct table {
     size_t ncols;
@@ -138,5 +147,22 @@ int wsctl_http_request(const char *url, const char *key, const char *method, con
 
 /* Split "http://host:port[/...]" into host and port. Returns 0 or -1. */
 int http_parse_url(const char *url, char *host, size_t cap, int *port);
+
+/* ---- shared by the command files ---- */
+
+struct store;
+/* Open the database read-only ([store] path or --db). Returns 0, or -1 after printing why. */
+int wsctl_open_db(struct wsctl *w, struct store **st);
+/* Print root (consumed; NULL means out of memory) indented on w->out; an enum wsctl_exit. */
+struct json_t;
+int wsctl_print_json(struct wsctl *w, struct json_t *root);
+/*
+ * One API request (--api/--key, $WSCTL_API_KEY, the config): 0 with *r filled (free r->body) and
+ * the base URL in url, or -1 after printing why (no key, unreachable, ...).
+ */
+int wsctl_api_call(struct wsctl *w, const char *method, const char *path, const char *body,
+                   struct http_reply *r, char *url, size_t cap);
+/* Print what an API error answer said: its {"error":{code,message}}, else the status. */
+void wsctl_api_error(struct wsctl *w, const char *url, const struct http_reply *r);
 
 #endif

@@ -75,8 +75,8 @@ def sha(path):
 class Chat:
     """A blocking chat client on a raw socket (no event loop to keep alive between tests)."""
 
-    def __init__(self, srv, user):
-        self.ws = raw_ws(srv.port, f"/ws?token={make_token(user)}")
+    def __init__(self, srv, user, extra=None):
+        self.ws = raw_ws(srv.port, f"/ws?token={make_token(user, extra=extra)}")
         self.welcome = self.until("welcome")
         self.session = int(self.welcome["session"])
         self.until("replayed")
@@ -467,7 +467,12 @@ def test_wsctl_api_disabled_in_config(make_server):
     ["push", "--to", "a", "x", "y"], ["push", "--broadcast", "--cid", "", "x"],
     ["status", "extra"], ["message"], ["message", "x"], ["message", "1", "2"], ["token"],
     ["token", "a", "b"], ["token", "bad\x01name"], ["token", "a", "--ttl", "soon"],
-    ["token", "a", "--ttl", "0s"], ["backup"], ["backup", "a", "b"],
+    ["token", "a", "--ttl", "0s"], ["backup"], ["backup", "a", "b"], ["rooms", "extra"],
+    ["rooms", "--limit", "0"], ["rooms", "--limit", "1001"], ["rooms", "--after", ""], ["members"],
+    ["members", "a", "b"], ["members", "bad\x01name"], ["conversations"], ["conversations", "a", "b"],
+    ["conversations", "a", "--limit", "101"], ["conversations", "a", "--before", "x"], ["add"],
+    ["add", "r"], ["add", "r", "u", "x"], ["add", "r", "bad\x01name"], ["remove", "r"],
+    ["remove", "bad\x01room", "u"], ["kick", "1", "--user", "a"], ["kick", "--user", ""],
 ])
 def test_wsctl_bad_usage_exits_2_with_usage(argv):
     r = run(*argv)
@@ -477,7 +482,7 @@ def test_wsctl_bad_usage_exits_2_with_usage(argv):
 
 
 ALL_COMMANDS = ["sessions", "session", "presence", "history", "stats", "status", "message", "token",
-                "backup", "kick", "push"]
+                "backup", "kick", "push", "rooms", "members", "conversations", "add", "remove"]
 
 
 @pytest.mark.parametrize("cmd", ALL_COMMANDS)
@@ -675,8 +680,143 @@ def test_wsctl_backup_is_an_online_consistent_copy(make_server, tmp_path):
 
 
 @pytest.mark.parametrize("typo,meant", [("sesions", "sessions"), ("stat", "stats"), ("bakup", "backup"),
-                                        ("mesage", "message"), ("tokn", "token"), ("pres", "presence")])
+                                        ("mesage", "message"), ("tokn", "token"), ("pres", "presence"),
+                                        ("membres", "members"), ("room", "rooms"),
+                                        ("conversation", "conversations"), ("remvoe", "remove")])
 def test_wsctl_did_you_mean(typo, meant):
     r = run(typo)
     assert r.returncode == 2 and f"unknown command '{typo}'; did you mean '{meant}'?" in r.stderr
     assert "did you mean" not in run("xyzzy").stderr
+
+
+# ---- rooms: rooms, members, add, remove (closed rooms), conversations, kick --user ----
+
+def test_wsctl_rooms_members_add_remove_in_closed_rooms(make_server):
+    srv = make_server(rooms={"open": "lobby"}, heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    alice = Chat(srv, "alice")
+    alice.send({"type": "join", "room": "lobby"})
+    alice.until("joined")
+    carol = Chat(srv, "carol", extra={"rooms": ["team-*"]})
+    carol.send({"type": "join", "room": "team-x"})
+    carol.until("joined")
+    alice.send({"type": "join", "room": "team-x"})  # closed, no claim: refused
+    assert alice.until("error")["code"] == "forbidden"
+    # add through the API: bob never connected; a second add changes nothing but the grant
+    r = ok("add", "team-x", "bob", srv=srv)
+    assert r.stdout == "bob added to room team-x\n"
+    r = ok("add", "team-x", "bob", srv=srv)
+    assert r.stdout == "bob was already a member of room team-x (now granted by the API)\n"
+    assert json.loads(ok("add", "--json", "team-x", "carol", srv=srv).stdout)["added"] is False
+    # names that need %-encoding in the path
+    ok("add", "déjà vu/2", "zoé ?", srv=srv)
+    alice.send({"type": "send", "room": "lobby", "body": "hi", "cid": "l1"})
+    alice.until("sent")
+
+    head, rows = table(ok("rooms", srv=srv).stdout)
+    assert head == ["NAME", "OPEN", "MEMBERS", "LAST_MESSAGE"]
+    by = {r[0]: r for r in rows}
+    assert [r[0] for r in rows] == sorted(by)
+    assert by["lobby"][1:3] == ["yes", "1"] and by["lobby"][3] in ("just now", "1s ago", "2s ago")
+    assert by["team-x"][1:] == ["no", "2", "never"]
+    assert by["déjà vu/2"][1:] == ["no", "1", "never"]
+    j = json.loads(ok("rooms", "--json", srv=srv).stdout)
+    lobby = [x for x in j["rooms"] if x["name"] == "lobby"][0]
+    assert lobby["open"] is True and lobby["members"] == 1 and lobby["last_id"] > 0
+    assert abs(lobby["last_at"] - time.time() * 1000) < 10000 and j["next_after"] is None
+    # paging in name order
+    r = ok("rooms", "--limit", "1", srv=srv)
+    assert len(table(r.stdout)[1]) == 1 and r.stderr == f"(more: --after {rows[0][0]})\n"
+    j = json.loads(ok("rooms", "--json", "--limit", "1", "--after", rows[0][0], srv=srv).stdout)
+    assert [x["name"] for x in j["rooms"]] == [rows[1][0]] and j["next_after"] == rows[1][0]
+
+    head, rows = table(ok("members", "team-x", srv=srv).stdout)
+    assert head == ["USER", "VIA", "STATE", "CONNECTIONS", "LAST_SEEN"]
+    assert rows == [["bob", "api", "unknown", "0", "never"], ["carol", "api", "online", "1", "now"]]
+    j = json.loads(ok("members", "--json", "lobby", srv=srv).stdout)
+    assert j == {"room": "lobby", "members": [{"user": "alice", "via": "join", "state": "online",
+                                               "connections": 1, "last_seen": j["members"][0]["last_seen"]}]}
+    ok("add", "team-y", "dave", srv=srv)
+    dave_claim = Chat(srv, "dave", extra={"rooms": ["team-*"]})
+    dave_claim.send({"type": "join", "room": "team-z"})
+    dave_claim.until("joined")
+    assert table(ok("members", "team-z", srv=srv).stdout)[1][0][:3] == ["dave", "claim", "online"]
+    r = run("members", "nowhere", srv=srv)
+    assert r.returncode == 1 and r.stdout == "" and "room nowhere has no members" in r.stderr
+
+    # remove: 204, then 404 said plainly
+    r = ok("remove", "team-x", "bob", srv=srv)
+    assert r.stdout == "bob removed from room team-x\n"
+    r = run("remove", "team-x", "bob", srv=srv)
+    assert r.returncode == 1 and r.stdout == "" and "bob is not a member of room team-x" in r.stderr
+    r = ok("remove", "--json", "déjà vu/2", "zoé ?", srv=srv)
+    assert json.loads(r.stdout) == {"room": "déjà vu/2", "user": "zoé ?", "removed": True}
+    # carol, online, is told at once
+    r = ok("remove", "team-x", "carol", srv=srv)
+    left = carol.until("left")
+    assert left["room"] == "team-x"
+    # API errors: wrong key is 2
+    r = run("add", "team-x", "bob", "--key", "wrong", srv=srv)
+    assert r.returncode == 2 and "401" in r.stderr
+    for c in (alice, carol, dave_claim):
+        c.close()
+    # reads work with the server down
+    srv.stop()
+    assert "lobby" in ok("rooms", srv=srv).stdout
+    assert table(ok("members", "lobby", srv=srv).stdout)[1][0][:3] == ["alice", "join", "offline"]
+    r = run("add", "lobby", "x", srv=srv)
+    assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+def test_wsctl_conversations(make_server):
+    srv = make_server(heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    alice, bob = Chat(srv, "alice"), Chat(srv, "bob")
+    for c in (alice, bob):
+        c.send({"type": "join", "room": "lobby"})
+        c.until("joined")
+    alice.send({"type": "send", "room": "lobby", "body": {"text": "room \x1b[31mred"}, "cid": "r1"})
+    alice.until("sent")
+    bob.send({"type": "send", "to": "alice", "body": "x" * 200, "cid": "d1"})
+    bob.until("sent")
+    ok("push", "--to", "alice", "--from", "carol", "from carol", srv=srv)
+    head, rows = table(ok("conversations", "alice", srv=srv).stdout)
+    assert head == ["WITH", "LAST", "ID", "FROM", "UNREAD", "PREVIEW"]
+    assert [r[0] for r in rows] == ["carol", "bob", "#lobby"]
+    assert rows[1][3:5] == ["bob", "1"] and rows[1][5].endswith("...") and len(rows[1][5]) == 50
+    assert rows[2][3] == "alice" and "\x1b" not in rows[2][5] and "\\u001B" in rows[2][5]
+    j = json.loads(ok("conversations", "--json", "alice", srv=srv).stdout)
+    assert j["user"] == "alice" and j["more"] is False and j["next_before"] is None
+    assert j["items"][0]["with"] == "carol" and j["items"][0]["last"]["via"] == "api"
+    assert j["items"][2]["room"] == "lobby" and j["items"][2]["last"]["body"] == {"text": "room \x1b[31mred"}
+    # paging
+    r = ok("conversations", "alice", "--limit", "2", srv=srv)
+    assert len(table(r.stdout)[1]) == 2
+    second = j["items"][1]["last"]["id"]
+    assert r.stderr == f"(older: --before {second})\n"
+    j2 = json.loads(ok("conversations", "alice", "--json", "--before", str(second), srv=srv).stdout)
+    assert [x.get("room") for x in j2["items"]] == ["lobby"]
+    assert ok("conversations", "nobody", srv=srv).stdout == "no conversations\n"
+    alice.close()
+    bob.close()
+
+
+def test_wsctl_kick_user_closes_every_live_session(make_server):
+    srv = make_server(heartbeat={"ping_interval": "0"}).start()
+    wait_api(srv)
+    a1, a2, b = Chat(srv, "alice"), Chat(srv, "alice"), Chat(srv, "bob")
+    r = ok("kick", "--user", "alice", srv=srv)
+    assert r.stdout == "kicked 2 sessions of alice\n"
+    for c in (a1, a2):
+        with pytest.raises(EOFError) as e:
+            while True:
+                c.recv()
+        assert e.value.args[0] == 1008
+    # bob is untouched
+    assert json.loads(ok("sessions", "--json", "--active", srv=srv).stdout)["sessions"][0]["user"] == "bob"
+    r = run("kick", "--user", "alice", srv=srv)
+    assert r.returncode == 1 and r.stdout == "" and "alice has no live session" in r.stderr
+    j = json.loads(ok("kick", "--user", "bob", "--json", srv=srv).stdout)
+    assert j == {"user": "bob", "kicked": [b.session]}
+    s = json.loads(ok("sessions", "--json", "--user", "alice", srv=srv).stdout)["sessions"]
+    assert {x["end_reason"] for x in s} == {"kicked"}

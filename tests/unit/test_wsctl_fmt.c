@@ -151,6 +151,20 @@ static void test_wsctl_table_grows(void **state)
     table_release(&t);
 }
 
+static void test_wsctl_pct_encode(void **state)
+{
+    (void)state;
+    char out[64];
+    wsctl_pct_encode(out, sizeof(out), "team-red_1.x~");
+    assert_string_equal(out, "team-red_1.x~");
+    wsctl_pct_encode(out, sizeof(out), "d\xc3\xa9j\xc3\xa0 vu/2?&%#");
+    assert_string_equal(out, "d%C3%A9j%C3%A0%20vu%2F2%3F%26%25%23");
+    wsctl_pct_encode(out, 7, "a/b/c"); /* room for "a%2Fb" and the NUL, never half an escape */
+    assert_string_equal(out, "a%2Fb");
+    wsctl_pct_encode(out, 3, "//");
+    assert_string_equal(out, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -160,6 +174,7 @@ int main(void)
         cmocka_unit_test(test_wsctl_fmt_clip_counts_characters),
         cmocka_unit_test(test_wsctl_table_aligns_columns),
         cmocka_unit_test(test_wsctl_table_grows),
+        cmocka_unit_test(test_wsctl_pct_encode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
