@@ -1,6 +1,6 @@
 /* wsproxy demo chat page: the UI only. Every protocol matter (connecting and reconnecting, resending
- * with the same cid, acks, de-duplication, token refresh on the open connection, history paging,
- * pacing) is done by WsproxyClient from ./wsproxy.js, the reference client (clients/js/README.md).
+ * with the same cid, acks, de-duplication, token refresh on the open connection, history and
+ * conversation-list paging, pacing, typed room access errors) is done by WsproxyClient from ./wsproxy.js, the reference client (clients/js/README.md).
  * No framework, no build step; user data only reaches the DOM through textContent and dataset. */
 import { WsproxyClient, HandshakeError, ServerError, ForbiddenError } from './wsproxy.js';
 
@@ -527,6 +527,7 @@ function ensureConv(key) {
         listUnread: null,       /* {n, upTo}: the server's count, for messages up to id upTo */
         last: null,             /* {id, from, ts, text, deleted, via}: the newest message */
         access: null,           /* null | 'forbidden': a closed room this user is not in */
+        opened: false,          /* the user opened it on this page */
         joined: false,
         history: 'none',    /* none | loading | loaded */
         more: true,
@@ -648,7 +649,8 @@ function applyListItem(item) {
     if (c.kind === 'room') c.joined = true;      /* the list holds only this user's rooms */
     else if (item.last.via === 'api' && item.last.from === name) noteSender(name, true);
     noteLast(c, item.last);
-    if (S.active === c.key && !document.hidden) return;
+    /* opened on this page since the list was asked for: read, whatever the list says */
+    if (c.opened || (S.active === c.key && !document.hidden)) return;
     if (!c.listUnread || c.listUnread.upTo <= item.last.id) {
         c.listUnread = { n: Number(item.unread) || 0, upTo: item.last.id };
         recount(c);
@@ -754,6 +756,7 @@ function openConv(key) {
     S.active = key;
     conv.thread.hidden = false;
     conv.item.classList.add('active');
+    conv.opened = true;
     clearUnread(conv);
     renderTitle();
     renderHeader();

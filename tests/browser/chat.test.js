@@ -392,6 +392,11 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
                 assert.equal(await f.textContent('#leave'), 'Close');
                 await f.click('#leave');
                 await f.waitForSelector(`.conv[data-conv="room:${CLOSED}"]`, { state: 'detached' });
+                /* the backend lets him in: the room comes back, joined, and he is told */
+                assert.equal((await api('POST', `/api/v1/rooms/${CLOSED}/members`, { user: FRANK })).status, 200);
+                await f.waitForSelector('.access-note[data-reason="added"]');
+                assert.equal(await f.textContent('.access-note[data-reason="added"] .body'), `You were added to #${CLOSED}.`);
+                await attached(f, `.conv[data-conv="room:${CLOSED}"]:not([data-access])`);
 
                 assert.equal((await api('DELETE', `/api/v1/rooms/${TEAM}/members/${FRANK}`)).status, 204);
                 await f.waitForSelector('.access-note[data-reason="removed"]');
