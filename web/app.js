@@ -1,10 +1,11 @@
 /* wsproxy demo chat page: the UI only. Every protocol matter (connecting and reconnecting, resending
- * with the same cid, acks, de-duplication, token refresh on the open connection, history paging,
- * pacing) is done by WsproxyClient from ./wsproxy.js, the reference client (clients/js/README.md).
+ * with the same cid, acks, de-duplication, token refresh on the open connection, history and
+ * conversation-list paging, pacing, typed room access errors) is done by WsproxyClient from ./wsproxy.js, the reference client (clients/js/README.md).
  * No framework, no build step; user data only reaches the DOM through textContent and dataset. */
-import { WsproxyClient, HandshakeError, ServerError } from './wsproxy.js';
+import { WsproxyClient, HandshakeError, ServerError, ForbiddenError } from './wsproxy.js';
 
 const HISTORY_PAGE = 50;
+const CONV_PAGE = 30;               /* conversations per page of the sidebar's list */
 const DEFAULT_ROOM = 'lobby';
 const NAME_MAX_BYTES = 64;          /* the server's rule for user and room names (UTF-8 bytes) */
 const MAX_BODY_BYTES = 64 * 1024;   /* the server's default [limits] max_body, as compact JSON */
@@ -19,7 +20,7 @@ const el = {};
     'name', 'login', 'login-error', 'chat-view', 'sidebar', 'scrim', 'rooms', 'join-form', 'join-room',
     'dms', 'dm-form', 'dm-user', 'people', 'online-count', 'services-section', 'services', 'notice',
     'notice-title', 'notice-text', 'notice-retry', 'announcements', 'conv-title', 'conv-sub', 'leave',
-    'messages', 'compose-form', 'compose', 'send', 'compose-limit', 'toast',
+    'messages', 'compose-form', 'compose', 'send', 'compose-limit', 'toast', 'conv-more',
 ].forEach((id) => { el[id.replace(/-(\w)/g, (_, c) => c.toUpperCase())] = $(id); });
 
 const encoder = new TextEncoder();
@@ -40,6 +41,10 @@ function freshSession() {
         users: new Map(),       /* name -> {state, lastSeen, service} */
         members: new Map(),     /* room -> Set of names */
         seen: new Map(),        /* message id -> element: history and live traffic overlap */
+        deleted: new Set(),     /* message ids the backend deleted */
+        list: 'none',           /* the conversation list: none | loading | loaded */
+        listMore: false,
+        listNext: null,
         pending: new Map(),     /* cid -> {conv, node, body, target} */
         seq: 0,
         /* cids must not repeat across page loads: the server dedupes sends by (user, cid) */
@@ -250,8 +255,9 @@ function startClient(name, firstToken) {
     on('open', onOpen);
     on('message', onMsg);
     on('replayed', onReplayed);
-    on('joined', (f) => onJoined(f.room));
-    on('left', (f) => onLeft(f.room));
+    on('joined', (f) => onJoined(f.room, f.reason));
+    on('left', (f) => onLeft(f.room, f.reason));
+    on('deleted', onDeleted);
     on('presence', onPresence);
     on('member', onMember);
     on('truncated', onTruncated);
@@ -269,6 +275,9 @@ function onOpen(f) {
     S.refused = false;
     S.replayCount = 0;
     if (typeof f.user === 'string') S.me = f.user;
+    /* A new device builds its sidebar from the server's list. Asked first thing: the call goes out
+     * before the replay is acked, so its unread counts are what waited for this user. */
+    if (S.list === 'none') loadConversations();
     el.me.textContent = S.me;
     el.me.hidden = false;
     /* The server remembers memberships (welcome.rooms); a first visit lands in the lobby. */
@@ -301,17 +310,17 @@ function onMsg(f) {
     if (typeof f.room !== 'string' && (typeof f.from !== 'string' || typeof f.to !== 'string')) return;
     const conv = ensureConv(convKeyOf(f));
     if (conv.kind === 'room' && !conv.joined) markJoined(conv.name);   /* only members get room traffic */
-    if (f.from !== S.me) noteSender(f.from);
+    if (f.from !== S.me) noteSender(f.from, f.via === 'api');
     if (S.seen.has(f.id)) return;   /* already shown through history */
     if (f.replay) S.replayCount += 1;
     placeMsg(conv, renderMsg(f, !!f.replay), f.id);
     conv.lastActivity = f.ts || Date.now();
     if (f.from !== S.me && (S.active !== conv.key || document.hidden)) {
-        conv.unread += 1;
-        renderConvItem(conv);
+        conv.liveUnread.add(f.id);
+        recount(conv);
         renderTitle();
     }
-    if (conv.kind === 'dm') bumpDm(conv);
+    noteLast(conv, f);
 }
 
 function onReplayed() {
@@ -349,17 +358,26 @@ function markJoined(room) {
     return conv;
 }
 
-function onJoined(room) {
+function onJoined(room, reason) {
     if (typeof room !== 'string') return;
     const conv = markJoined(room);
+    setAccess(conv, null);
+    if (reason === 'added') accessNote('You were added to #' + room + '.', 'added');
     loadMembers(room);
     if (!S.active) openConv(conv.key);
     else if (S.active === conv.key && conv.history === 'none') loadHistory(conv);
     if (S.active === conv.key) renderHeader();
 }
 
-function onLeft(room) {
+const LEFT_REASONS = {
+    removed: (r) => 'You were removed from #' + r + '.',
+    deleted: (r) => '#' + r + ' was deleted.',
+    revoked: (r) => 'Your access to #' + r + ' has ended.',
+};
+
+function onLeft(room, reason) {
     if (typeof room !== 'string') return;
+    if (LEFT_REASONS[reason]) accessNote(LEFT_REASONS[reason](room), reason);
     const conv = S.convs.get('room:' + room);
     S.members.delete(room);
     if (conv) removeConv(conv);
@@ -374,9 +392,9 @@ function onPresence(f) {
     if (typeof f.last_seen === 'number') u.lastSeen = f.last_seen;
     /* A sender the chat has never seen connected is not a chat user: a backend pushing through
      * the API with its own "from". (The msg frame itself is the same for both.) */
-    if (u.sender) u.service = f.user === SERVICE_SENDER || f.last_seen === null;
+    if (u.sender) u.service = u.viaApi || f.user === SERVICE_SENDER || f.last_seen === null;
     if (was !== u.state + u.service) {
-        markServiceMessages(f.user, u.service);
+        markServiceMessages(f.user);
         renderPeople();
     }
 }
@@ -408,6 +426,11 @@ function joinRoom(room) {
     const sess = S;
     S.chat.join(room).catch((e) => {
         if (S !== sess || e.code === 'closed') return;
+        if (e instanceof ForbiddenError) {
+            setAccess(ensureConv('room:' + room), 'forbidden');
+            toast(FORBIDDEN_TEXT, 'error');
+            return;
+        }
         toast('Cannot join #' + room + ': ' + e.message, 'error');
     });
 }
@@ -443,7 +466,7 @@ function askPresence(names) {
 function noteUser(name, quiet) {
     let u = S.users.get(name);
     if (!u) {
-        u = { state: 'unknown', lastSeen: 0, service: name === SERVICE_SENDER, sender: false };
+        u = { state: 'unknown', lastSeen: 0, service: name === SERVICE_SENDER, sender: false, viaApi: false };
         S.users.set(name, u);
         if (name !== S.me && !quiet) {
             renderPeople();
@@ -454,23 +477,25 @@ function noteUser(name, quiet) {
 }
 
 /* A user who sent us a message: a chat user, or a backend pushing through the API. */
-function noteSender(name) {
+function noteSender(name, viaApi) {
     const u = noteUser(name);
+    if (viaApi && !u.viaApi) {   /* the server says the backend sent it: no guessing needed */
+        u.viaApi = true;
+        u.service = true;
+        markServiceMessages(name);
+        renderPeople();
+    }
     if (!u.sender) {
         u.sender = true;
-        if (u.lastSeen || u.state === 'online') u.service = false;
+        if (u.viaApi) u.service = true;
+        else if (u.lastSeen || u.state === 'online') u.service = false;
         else if (S.online && u.state !== 'unknown') askPresence([name]);
     }
     return u;
 }
 
-function markServiceMessages(name, service) {
-    el.messages.querySelectorAll('.msg').forEach((n) => {
-        if (n.dataset.from !== name) return;
-        n.classList.toggle('service', service);
-        const lbl = n.querySelector('.service-label');
-        if (lbl) lbl.hidden = !service;
-    });
+/* Messages carry their own mark (via); this is about the sender's place in the sidebar. */
+function markServiceMessages(name) {
     const c = S.convs.get('dm:' + name);
     if (c) renderConvItem(c);
     if (S.active === 'dm:' + name) renderHeader();
@@ -498,6 +523,11 @@ function ensureConv(key) {
         kind: key.slice(0, sep),
         name: key.slice(sep + 1),
         unread: 0,
+        liveUnread: new Set(),  /* ids of unread messages seen on this page */
+        listUnread: null,       /* {n, upTo}: the server's count, for messages up to id upTo */
+        last: null,             /* {id, from, ts, text, deleted, via}: the newest message */
+        access: null,           /* null | 'forbidden': a closed room this user is not in */
+        opened: false,          /* the user opened it on this page */
         joined: false,
         history: 'none',    /* none | loading | loaded */
         more: true,
@@ -523,31 +553,183 @@ function ensureConv(key) {
     c.item.setAttribute('role', 'button');
     if (c.kind === 'dm') c.item.append(node('span', 'dot'));
     else c.item.append(node('span', 'hash', '#'));
-    c.item.append(node('span', 'conv-name', c.name), node('span', 'unread'));
+    const main = node('span', 'conv-main');
+    c.preview = node('span', 'conv-preview');
+    c.preview.hidden = true;
+    main.append(node('span', 'conv-name', c.name), c.preview);
+    c.item.append(main, node('span', 'unread'));
     c.item.addEventListener('click', () => openConv(key));
     c.item.addEventListener('keydown', (e) => {
         if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openConv(key); }
     });
     S.convs.set(key, c);
-    if (c.kind === 'room') insertSorted(el.rooms, c.item, c.name);
-    else {
-        el.dms.prepend(c.item);
-        noteUser(c.name);
-    }
+    placeItem(c);
+    if (c.kind === 'dm') noteUser(c.name);
     renderConvItem(c);
     return c;
 }
 
-function insertSorted(list, item, name) {
+/* Each list is ordered by its newest message, newest first; conversations without one come last,
+ * by name. */
+function placeItem(c) {
+    const list = c.kind === 'room' ? el.rooms : el.dms;
+    const lastId = c.last ? c.last.id : 0;
     const after = Array.from(list.children).find((li) => {
-        const other = li.querySelector('.conv-name');
-        return other && other.textContent.localeCompare(name) > 0;
+        const other = S.convs.get(li.dataset.conv);
+        if (!other || other === c) return false;
+        const otherId = other.last ? other.last.id : 0;
+        return otherId < lastId || (otherId === lastId && other.name.localeCompare(c.name) > 0);
     });
-    list.insertBefore(item, after || null);
+    if (after) {
+        if (c.item.nextElementSibling !== after) list.insertBefore(c.item, after);
+    } else if (list.lastElementChild !== c.item) {
+        list.append(c.item);
+    }
 }
 
-function bumpDm(conv) {
-    if (el.dms.firstChild !== conv.item) el.dms.prepend(conv.item);
+/* Unread = the server's count from the conversation list (messages up to its last id) plus what
+ * this page saw arrive after that: a replayed message the list already counted is not counted twice. */
+function recount(c) {
+    const upTo = c.listUnread ? c.listUnread.upTo : 0;
+    let n = c.listUnread ? c.listUnread.n : 0;
+    c.liveUnread.forEach((id) => { if (id > upTo) n += 1; });
+    c.unread = n;
+    renderConvItem(c);
+}
+
+function clearUnread(c) {
+    c.liveUnread.clear();
+    c.listUnread = null;
+    recount(c);
+}
+
+/* The newest message of a conversation, shown under its name. m: a msg, a history item or a list
+ * item's "last" ({preview | deleted} instead of a body). */
+function noteLast(c, m) {
+    if (!m || typeof m.id !== 'number' || (c.last && c.last.id >= m.id)) return;
+    const text = typeof m.preview === 'string' ? m.preview : m.body !== undefined ? bodyView(m.body).text : '';
+    c.last = { id: m.id, from: m.from, ts: m.ts, text, deleted: m.deleted === true || S.deleted.has(m.id),
+        via: m.via === 'api' };
+    if (typeof m.ts === 'number') c.lastActivity = Math.max(c.lastActivity, m.ts);
+    renderConvItem(c);
+    placeItem(c);
+}
+
+/* ---------- the conversation list: the server's, paged ---------- */
+
+function loadConversations() {
+    if (S.list === 'loading') return;
+    const sess = S;
+    const first = S.list === 'none';
+    S.list = 'loading';
+    renderConvMore();
+    S.chat.conversations({ limit: CONV_PAGE, before: first ? undefined : S.listNext }).then((page) => {
+        if (S !== sess) return;
+        page.items.forEach(applyListItem);
+        S.list = 'loaded';
+        S.listMore = page.more;
+        S.listNext = page.nextBefore;
+        el.sidebar.dataset.list = 'loaded';
+        renderConvMore();
+        renderTitle();
+        renderPeople();
+    }, (e) => {
+        if (S !== sess) return;
+        S.list = first ? 'none' : 'loaded';
+        renderConvMore();
+        if (e.code !== 'closed') toast('Cannot load your conversations: ' + e.message, 'error');
+    });
+}
+
+function applyListItem(item) {
+    if (!item || !item.last) return;
+    const name = typeof item.room === 'string' ? item.room : item.with;
+    if (typeof name !== 'string') return;
+    const c = ensureConv((typeof item.room === 'string' ? 'room:' : 'dm:') + name);
+    if (c.kind === 'room') c.joined = true;      /* the list holds only this user's rooms */
+    else if (item.last.via === 'api' && item.last.from === name) noteSender(name, true);
+    noteLast(c, item.last);
+    /* opened on this page since the list was asked for: read, whatever the list says */
+    if (c.opened || (S.active === c.key && !document.hidden)) return;
+    if (!c.listUnread || c.listUnread.upTo <= item.last.id) {
+        c.listUnread = { n: Number(item.unread) || 0, upTo: item.last.id };
+        recount(c);
+    }
+}
+
+function renderConvMore() {
+    el.convMore.hidden = !(S.list === 'loading' && S.listNext) && !(S.list === 'loaded' && S.listMore);
+    el.convMore.disabled = S.list === 'loading';
+    el.convMore.textContent = S.list === 'loading' ? 'Loading…' : 'More conversations';
+}
+
+/* ---------- access to rooms ---------- */
+
+const FORBIDDEN_TEXT = 'This room is closed: ask to be added.';
+
+/* A room the server refused (a closed room this user is not in) says so in its own thread. */
+function setAccess(c, access) {
+    if (c.access === access) return;
+    c.access = access;
+    if (access) {
+        c.thread.dataset.access = access;
+        c.empty.textContent = FORBIDDEN_TEXT;
+        c.empty.classList.add('denied');
+        c.empty.hidden = false;
+        c.item.dataset.access = access;
+    } else {
+        delete c.thread.dataset.access;
+        delete c.item.dataset.access;
+        c.empty.textContent = 'No messages yet. Say hello!';
+        c.empty.classList.remove('denied');
+        c.empty.hidden = c.list.children.length > 0;
+    }
+    if (S.active === c.key) renderHeader();
+}
+
+/* Changes to this user's rooms that came from elsewhere (the backend, a token): kept on screen
+ * until dismissed, above the conversation. */
+function accessNote(text, reason) {
+    const box = node('div', 'announce access-note');
+    box.dataset.reason = reason;
+    const icon = node('span', 'announce-icon', '#');
+    icon.setAttribute('aria-hidden', 'true');
+    const main = node('div', 'announce-main');
+    const meta = node('div', 'meta');
+    meta.append(node('span', 'announce-title', 'Rooms'), node('time', 'time', fmtTime(Date.now())));
+    main.append(meta, node('div', 'body', text));
+    const close = node('button', 'link-btn announce-close', '×');
+    close.type = 'button';
+    close.setAttribute('aria-label', 'Dismiss');
+    close.addEventListener('click', () => box.remove());
+    box.append(icon, main, close);
+    el.announcements.prepend(box);
+    while (el.announcements.children.length > ANNOUNCEMENTS_MAX) el.announcements.lastElementChild.remove();
+}
+
+/* The backend deleted a message: it stays in place, marked, without its text. */
+function onDeleted(f) {
+    S.deleted.add(f.id);
+    const n = S.seen.get(f.id);
+    if (n) markDeleted(n);
+    S.convs.forEach((c) => {
+        if (c.liveUnread.delete(f.id)) recount(c);
+        if (c.last && c.last.id === f.id) {
+            c.last.deleted = true;
+            renderConvItem(c);
+        }
+    });
+    renderTitle();
+}
+
+function markDeleted(n) {
+    n.classList.add('deleted');
+    n.dataset.deleted = 'yes';
+    const body = n.querySelector('.body');
+    if (body) {
+        body.className = 'body deleted-body';
+        body.textContent = 'This message was deleted.';
+    }
 }
 
 function removeConv(conv) {
@@ -574,8 +756,8 @@ function openConv(key) {
     S.active = key;
     conv.thread.hidden = false;
     conv.item.classList.add('active');
-    conv.unread = 0;
-    renderConvItem(conv);
+    conv.opened = true;
+    clearUnread(conv);
     renderTitle();
     renderHeader();
     scrollToBottom();
@@ -603,10 +785,11 @@ function loadHistory(conv) {
         addHistory(conv, page);
         conv.thread.dataset.history = 'loaded';
         if (S.active === conv.key) scrollToBottom();
-    }, () => {
+    }, (e) => {
         if (S !== sess) return;
         conv.history = 'none';
         delete conv.thread.dataset.history;
+        if (e instanceof ForbiddenError) setAccess(conv, 'forbidden');
     });
 }
 
@@ -634,10 +817,11 @@ function loadOlder(conv) {
 function addHistory(conv, page) {
     page.items.forEach((m) => {
         if (!m || typeof m.id !== 'number') return;
-        if (m.from !== S.me) noteSender(m.from);
+        if (m.from !== S.me) noteSender(m.from, m.via === 'api');
         if (S.seen.has(m.id)) return;
         placeMsg(conv, renderMsg(m, false), m.id);
     });
+    if (page.items.length) noteLast(conv, page.items[0]);
     conv.more = page.more;
     conv.nextBefore = page.nextBefore;
     renderLoadOlder(conv);
@@ -650,18 +834,19 @@ function renderMsg(m, offline) {
     const mine = m.from === S.me;
     if (mine) n.classList.add('mine');
     if (offline) n.classList.add('offline');
-    const service = !mine && isService(m.from);
+    /* The server marks what the backend pushed ("via": "api"); a chat user cannot forge it. */
+    const service = m.via === 'api';
     if (service) n.classList.add('service');
+    if (service) n.dataset.via = 'api';
     n.dataset.id = String(m.id);
     n.dataset.from = m.from;
     if (typeof m.ts === 'number') n.dataset.ts = String(m.ts);
     if (typeof m.cid === 'string' && mine) n.dataset.cid = m.cid;
     const meta = node('div', 'meta');
     meta.append(node('span', 'from', mine ? 'You' : m.from));
-    if (!mine) {
+    if (service) {
         const lbl = node('span', 'label service-label', 'via API');
         lbl.title = 'Sent by a backend through the push API, not by a chat user';
-        lbl.hidden = !service;
         meta.append(lbl);
     }
     const t = node('time', 'time', fmtTime(m.ts));
@@ -672,6 +857,7 @@ function renderMsg(m, offline) {
     meta.append(t);
     if (offline) meta.append(node('span', 'label offline-label', 'received while you were offline'));
     n.append(meta, bodyNode(m.body));
+    if (S.deleted.has(m.id)) markDeleted(n);
     return n;
 }
 
@@ -741,7 +927,6 @@ function sendMessage(text) {
     regroup(n);
     conv.empty.hidden = true;
     conv.lastActivity = Date.now();
-    if (conv.kind === 'dm') bumpDm(conv);
     scrollToBottom();
     transmit(p);
 }
@@ -761,8 +946,10 @@ function transmit(p) {
         if (S === sess) confirmPending(p.cid, r.id, r.ts);
     }, (e) => {
         if (S !== sess) return;
-        markFailed(p, e.code === 'not_member' ? 'not a member'
-            : e.code === 'too_large' ? 'too large for this server' : 'not sent');
+        if (e instanceof ForbiddenError) setAccess(p.conv, 'forbidden');
+        markFailed(p, e instanceof ForbiddenError ? 'room is closed'
+            : e.code === 'not_member' ? 'not a member'
+                : e.code === 'too_large' ? 'too large for this server' : 'not sent');
         if (e.code !== 'closed') toast('Not sent: ' + e.message, 'error');
     });
 }
@@ -810,6 +997,7 @@ function confirmPending(cid, id, ts) {
     n.remove();
     if (next) regroup(next);
     placeMsg(p.conv, n, id);
+    noteLast(p.conv, { id, from: S.me, ts: when, body: p.body });
 }
 
 /* ---------- rendering ---------- */
@@ -820,6 +1008,16 @@ function renderConvItem(c) {
     badge.hidden = c.unread === 0;
     c.item.dataset.unread = String(c.unread);
     c.item.classList.toggle('has-unread', c.unread > 0);
+    const last = c.last;
+    c.preview.hidden = !last;
+    if (last) {
+        const who = last.from === S.me ? 'You' : c.kind === 'room' || last.from !== c.name ? last.from : '';
+        const text = last.deleted ? 'message deleted' : last.text;
+        c.preview.textContent = (who ? who + ': ' : '') + text;
+        c.preview.classList.toggle('deleted', last.deleted);
+        c.item.dataset.lastId = String(last.id);
+        c.item.title = (last.via ? 'via API · ' : '') + fmtTime(last.ts);
+    }
     if (c.kind === 'dm') {
         const u = S.users.get(c.name);
         c.item.dataset.presence = u ? u.state : 'unknown';
@@ -867,7 +1065,12 @@ function renderHeader() {
     }
     el.convTitle.textContent = c.kind === 'room' ? '# ' + c.name : c.name;
     el.leave.hidden = c.kind !== 'room';
-    if (c.kind === 'room') {
+    /* a closed room this user is not in: nothing to write or leave, only to close */
+    el.composeForm.hidden = c.access === 'forbidden';
+    el.leave.textContent = c.access === 'forbidden' ? 'Close' : 'Leave room';
+    if (c.kind === 'room' && c.access === 'forbidden') {
+        el.convSub.textContent = FORBIDDEN_TEXT;
+    } else if (c.kind === 'room') {
         const n = roomCounts(c.name);
         el.convSub.textContent = !n ? (c.joined ? 'Room' : 'Joining…')
             : n.members + (n.members === 1 ? ' member' : ' members') + ' · ' + n.online + ' online';
@@ -1019,6 +1222,8 @@ function logout() {
     el.services.replaceChildren();
     el.messages.replaceChildren();
     el.announcements.replaceChildren();
+    el.convMore.hidden = true;
+    delete el.sidebar.dataset.list;
     for (const k of ['session', 'drops', 'refreshes', 'tokenFetches', 'replayed']) delete el.state.dataset[k];
     hideNotice();
     renderTitle();
@@ -1063,6 +1268,10 @@ el.dmForm.addEventListener('submit', (e) => {
 el.leave.addEventListener('click', () => {
     const c = S.convs.get(S.active);
     if (!c || c.kind !== 'room') return;
+    if (c.access === 'forbidden') {
+        removeConv(c);
+        return;
+    }
     const sess = S;
     S.chat.leave(c.name).catch((e) => {
         if (S !== sess || e.code === 'closed') return;
@@ -1105,6 +1314,13 @@ const retryNow = () => {
 };
 el.retry.addEventListener('click', retryNow);
 el.noticeRetry.addEventListener('click', retryNow);
+el.convMore.addEventListener('click', () => { if (S.chat && S.listMore) loadConversations(); });
+/* the next page of conversations comes by itself when the sidebar is scrolled to its end */
+el.sidebar.addEventListener('scroll', () => {
+    const side = el.sidebar;
+    if (S.chat && S.online && S.list === 'loaded' && S.listMore &&
+        side.scrollHeight - side.scrollTop - side.clientHeight < 40) loadConversations();
+}, { passive: true });
 el.menu.addEventListener('click', () => setDrawer(!el.chatView.classList.contains('side-open')));
 el.scrim.addEventListener('click', () => setDrawer(false));
 el.logout.addEventListener('click', logout);
@@ -1115,8 +1331,7 @@ document.addEventListener('keydown', (e) => {
 document.addEventListener('visibilitychange', () => {
     const c = S.convs.get(S.active);
     if (!document.hidden && c && c.unread) {
-        c.unread = 0;
-        renderConvItem(c);
+        clearUnread(c);
         renderTitle();
     }
 });

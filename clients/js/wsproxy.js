@@ -14,7 +14,7 @@ const DEFAULTS = Object.freeze({
     backoffBaseMs: 1000,          /* first reconnect waits 0.5-1 s, then doubles ... */
     backoffMaxMs: 30000,          /* ... up to 15-30 s */
     connectTimeoutMs: 15000,      /* socket created -> welcome, else the attempt counts as failed */
-    requestTimeoutMs: 15000,      /* history, presence, members, join, leave */
+    requestTimeoutMs: 15000,      /* history, conversations, presence, members, join, leave */
     refreshAheadMs: 60000,        /* refresh this long before exp (at most a third of what is left) */
     probeTimeoutMs: 10000,        /* after ping_interval of silence a probe must be answered this fast */
     handshakeFailureLimit: 5,     /* failed opens in a row before "handshake refused" is reported */
@@ -55,6 +55,24 @@ export class ServerError extends WsproxyError {
             { frame });
         this.name = 'ServerError';
     }
+}
+
+/**
+ * The server's `forbidden` error: the room is closed and this user is not a member (join, send,
+ * history, members). Only the backend (its API) or the token's "rooms" claim can let the user in.
+ * `room` names the room of the refused call (null if unknown).
+ */
+export class ForbiddenError extends ServerError {
+    constructor(frame, room) {
+        super(frame);
+        this.name = 'ForbiddenError';
+        this.room = typeof room === 'string' ? room : null;
+    }
+}
+
+/* The typed error for an error frame; room is the refused call's, when known. */
+function serverError(frame, room) {
+    return frame.code === 'forbidden' ? new ForbiddenError(frame, room) : new ServerError(frame);
 }
 
 /**
@@ -201,7 +219,10 @@ class RecentIds {
  *   broadcast  {from, body, ts, cid?}
  *   presence   {user, state, last_seen} (events, not answers to presence())
  *   member     {room, user, event: 'joined' | 'left'}
- *   joined     {room}   left {room}   (any device of this user joined or left)
+ *   joined     {room, reason?}   left {room, reason?}   (any device of this user joined or left);
+ *              reason is absent for the user's own join/leave, else 'added' | 'removed' |
+ *              'deleted' | 'revoked' (the backend or a narrower token made the change)
+ *   deleted    {id, room?}   the backend deleted message id: withdraw it from the screen
  *   replayed   {}       the replay on connect is over
  *   truncated  {room}   the replay of that room was cut: page back with history()
  *   refreshed  {exp}    the token was replaced without reconnecting
@@ -360,7 +381,10 @@ export class WsproxyClient {
         return this.#addOp('send', key, frame, 0);
     }
 
-    /** Joins a room (all this user's devices start receiving it). Resolves when the server confirms. */
+    /**
+     * Joins a room (all this user's devices start receiving it). Resolves when the server confirms;
+     * rejects with a ForbiddenError when the room is closed to this user.
+     */
     join(room) {
         if (!validName(room)) return badRequest('room must be 1-64 bytes of UTF-8 without control characters');
         return this.#addOp('join', 'j:' + this.#nextId('j'), { type: 'join', room }, this.#opt.requestTimeoutMs);
@@ -386,6 +410,23 @@ export class WsproxyClient {
         }
         if (limit !== undefined && !isCount(limit, 1, HISTORY_LIMIT_MAX)) return badRequest('limit must be 1 to 100');
         const frame = peer !== undefined ? { type: 'history', with: peer } : { type: 'history', room };
+        if (before) frame.before = before;
+        if (limit !== undefined) frame.limit = limit;
+        return this.#query(frame);
+    }
+
+    /**
+     * One page of this user's conversation list: rooms and direct conversations, the most recent
+     * last message first. Items are {room | with, last: {id, from, ts, preview | deleted, via?},
+     * unread, unread_more?}. Pass nextBefore as `before` for the next page (null on the last).
+     * @returns {Promise<{items: object[], more: boolean, nextBefore: number|null}>}
+     */
+    conversations({ before, limit } = {}) {
+        if (before !== undefined && before !== null && !isCount(before, 0, Number.MAX_SAFE_INTEGER)) {
+            return badRequest('before must be a non-negative integer');
+        }
+        if (limit !== undefined && !isCount(limit, 1, HISTORY_LIMIT_MAX)) return badRequest('limit must be 1 to 100');
+        const frame = { type: 'conversations' };
         if (before) frame.before = before;
         if (limit !== undefined) frame.limit = limit;
         return this.#query(frame);
@@ -637,6 +678,7 @@ export class WsproxyClient {
         case 'sent': this.#onSent(f); break;
         case 'error': this.#onServerError(f); break;
         case 'history':
+        case 'conversations':
         case 'members': this.#onAnswer(f); break;
         case 'presence':
             if (typeof f.rid === 'string') this.#onAnswer(f);
@@ -646,6 +688,9 @@ export class WsproxyClient {
         case 'left': this.#onRoomChange(f); break;
         case 'replayed': this.#onReplayed(f); break;
         case 'refreshed': this.#onRefreshed(f); break;
+        case 'deleted':
+            if (typeof f.id === 'number') this.#events.emit('deleted', f);
+            break;
         case 'member':
         case 'broadcast':
         case 'truncated': this.#events.emit(f.type, f); break;
@@ -699,6 +744,11 @@ export class WsproxyClient {
         } else if (f.type === 'members') {
             this.#finish(op);
             op.resolve(Array.isArray(f.users) ? f.users : []);
+        } else if (f.type === 'conversations') {
+            this.#finish(op);
+            const more = f.more === true;
+            op.resolve({ items: Array.isArray(f.items) ? f.items : [], more,
+                nextBefore: more && typeof f.next_before === 'number' ? f.next_before : null });
         } else {
             this.#finish(op);
             const items = Array.isArray(f.items) ? f.items : [];
@@ -724,9 +774,9 @@ export class WsproxyClient {
     }
 
     #onServerError(f) {
-        const err = new ServerError(f);
         const op = typeof f.cid === 'string' ? this.#ops.get('c:' + f.cid)
             : typeof f.rid === 'string' ? this.#ops.get('r:' + f.rid) : undefined;
+        const err = serverError(f, op ? op.frame.room : null);
         if (op && f.code === 'internal' && op.kind === 'send') {
             /* the store failed on this one: nothing was stored, the same cid goes again later */
             this.#queueLater(op);
@@ -749,7 +799,20 @@ export class WsproxyClient {
             return;
         }
         if (f.code === 'not_member' && this.#answerLeave(err)) return;
+        if (f.code === 'forbidden' && this.#answerJoin(f)) return;
         this.#emitError(err);
+    }
+
+    /* A refused join carries no id: the server answers frames in order, so it belongs to the oldest
+     * join sent and not yet answered (a successful one is answered by its joined). */
+    #answerJoin(f) {
+        for (const op of this.#ops.values()) {
+            if (op.kind !== 'join' || op.transmits === 0) continue;
+            this.#finish(op);
+            op.reject(serverError(f, op.frame.room));
+            return true;
+        }
+        return false;
     }
 
     /* A leave gets not_member when we were not in the room. If it was sent more than once (a resend

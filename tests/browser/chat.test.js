@@ -32,6 +32,12 @@ const ROOM_MSG = `lobby news ${RUN}`;
 const PUSH_TEXT = `Your order shipped ${RUN}`;
 const SHOP = 'shop' + RUN;
 const ANNOUNCEMENT = `Maintenance at 22:00 ${RUN}`;
+const FRANK = 'frank' + RUN;
+const ATRIUM = 'atrium' + RUN;      /* closed rooms (the main server opens only lobby) */
+const TEAM = 'team' + RUN;
+const CLOSED = 'closed' + RUN;
+const OLD_CONVS = 31;               /* more than one page (30) of the sidebar's list */
+const oldPeer = (i) => `old${String(i).padStart(2, '0')}-${RUN}`;
 const REPO = path.join(__dirname, '..', '..');
 
 /* POST /api/v1/push on the API listener. */
@@ -44,6 +50,17 @@ async function push(frame) {
     const text = await res.text();
     assert.equal(res.status, 202, `push answered ${res.status}: ${text}`);
     return JSON.parse(text);
+}
+
+/* Any API call; returns {status, json}. */
+async function api(method, pathAndQuery, body) {
+    const res = await fetch(API + pathAndQuery, {
+        method,
+        headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + API_KEY },
+        body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, json: text ? JSON.parse(text) : null };
 }
 
 function launch() {
@@ -296,6 +313,102 @@ test('two users chat in headless Chromium', { skip: !BASE && 'WSP_URL is not set
                 await c.screenshot({ path: path.join(ARTIFACTS, 'chat-390-too-long.png') });
                 await c.fill('#compose', '');
                 t.diagnostic(`screenshots: ${path.join(ARTIFACTS, 'chat-390*.png')}`);
+            });
+
+            await step('a new device of a user with DMs and rooms gets the conversation list', async (sub) => {
+                if (!API) return sub.skip('WSP_API_URL is not set');
+                /* frank wrote to many people (through the API): nothing of it is replayed to him, only
+                 * the list knows these conversations */
+                const pushes = [];
+                for (let i = 0; i < OLD_CONVS; i += 1) {
+                    pushes.push({ to: oldPeer(i), from: FRANK, body: { text: `old ${i}` } });
+                }
+                const batch = await api('POST', '/api/v1/push/batch', { pushes });
+                assert.ok(batch.status < 300, `batch: ${batch.status} ${JSON.stringify(batch.json)}`);
+                /* alice writes to him twice from the page */
+                const a = pages.alice.page;
+                await a.fill('#dm-user', FRANK);
+                await a.click('#dm');
+                await send(a, `frank 1 ${RUN}`);
+                await waitForBody(a, `dm:${FRANK}`, `frank 1 ${RUN}`);
+                await send(a, `frank 2 ${RUN}`);
+                await waitForBody(a, `dm:${FRANK}`, `frank 2 ${RUN}`);
+                /* the backend puts him in two closed rooms; one gets three messages */
+                for (const room of [ATRIUM, TEAM]) {
+                    const r = await api('POST', `/api/v1/rooms/${room}/members`, { user: FRANK });
+                    assert.equal(r.status, 200, JSON.stringify(r.json));
+                }
+                for (let i = 1; i <= 3; i += 1) await push({ room: TEAM, from: SHOP, body: { text: `team ${i}` } });
+                await push({ to: FRANK, body: { text: `welcome ${RUN}` } });
+
+                const { context, page: f } = await login(browser, BASE, FRANK);
+                pages.frank = { context, page: f };
+                f.on('pageerror', (e) => pageErrors.push(`frank: ${e.message}`));
+                await f.waitForSelector('#state[data-state="online"]');
+                await attached(f, '#sidebar[data-list="loaded"]');
+                await attached(f, '#state[data-replayed="yes"]');
+                await f.waitForTimeout(300);    /* acks and late frames: the counts must not move */
+                const unread = (conv) => f.getAttribute(`.conv[data-conv="${conv}"]`, 'data-unread');
+                assert.equal(await unread('dm:system'), '1');
+                assert.equal(await unread(`dm:${ALICE}`), '2', 'the replay is not counted twice');
+                assert.equal(await unread(`room:${TEAM}`), '3');
+                assert.equal(await unread(`dm:${oldPeer(OLD_CONVS - 1)}`), '0');
+                const order = (list) => f.$$eval(`#${list} .conv`, (els) => els.map((e) => e.dataset.conv));
+                assert.deepEqual((await order('dms')).slice(0, 3), ['dm:system', `dm:${ALICE}`, `dm:${oldPeer(OLD_CONVS - 1)}`],
+                    'newest first');
+                assert.deepEqual(await order('rooms'), [`room:${TEAM}`, `room:${ATRIUM}`]);
+                const preview = (conv) => f.textContent(`.conv[data-conv="${conv}"] .conv-preview`);
+                assert.equal(await preview(`dm:${ALICE}`), `frank 2 ${RUN}`);
+                assert.equal(await preview(`dm:${oldPeer(OLD_CONVS - 1)}`), `You: old ${OLD_CONVS - 1}`);
+                assert.equal(await preview(`room:${TEAM}`), `${SHOP}: team 3`);
+                assert.ok(await f.isVisible(`.conv[data-conv="dm:${ALICE}"] .unread`));
+                assert.equal(await f.$(`.conv[data-conv="dm:${oldPeer(0)}"]`), null, 'the oldest are on the next page');
+                assert.ok(await f.isVisible('#conv-more'), 'a "more" button');
+                await f.screenshot({ path: path.join(ARTIFACTS, 'chat-conversations.png') });
+                await f.click('#conv-more');
+                await attached(f, `.conv[data-conv="dm:${oldPeer(0)}"]`);
+                await f.waitForSelector('#conv-more', { state: 'hidden' });
+                assert.equal((await order('dms')).filter((c) => c.startsWith('dm:old')).length, OLD_CONVS);
+                assert.equal(await preview(`dm:${oldPeer(0)}`), 'You: old 0');
+                /* opening a conversation reads it */
+                await f.click(`.conv[data-conv="room:${TEAM}"]`);
+                await waitForBody(f, `room:${TEAM}`, 'team 3');
+                assert.equal(await unread(`room:${TEAM}`), '0');
+                assert.equal(await f.textContent(`.thread[data-conv="room:${TEAM}"] .msg[data-via="api"] .service-label`), 'via API');
+            });
+
+            await step('room access: a closed room, a removal, a deleted message', async (sub) => {
+                if (!API) return sub.skip('WSP_API_URL is not set');
+                const f = pages.frank.page;
+                await f.fill('#join-room', CLOSED);
+                await f.click('#join');
+                await attached(f, `.thread[data-conv="room:${CLOSED}"][data-access="forbidden"]`);
+                const note = `.thread[data-conv="room:${CLOSED}"] .empty`;
+                assert.ok(await f.isVisible(note));
+                assert.equal(await f.textContent(note), 'This room is closed: ask to be added.');
+                assert.equal(await f.textContent('#conv-sub'), 'This room is closed: ask to be added.');
+                await f.screenshot({ path: path.join(ARTIFACTS, 'chat-forbidden.png') });
+                assert.equal(await f.isVisible('#compose-form'), false, 'nothing to write there');
+                assert.equal(await f.textContent('#leave'), 'Close');
+                await f.click('#leave');
+                await f.waitForSelector(`.conv[data-conv="room:${CLOSED}"]`, { state: 'detached' });
+                /* the backend lets him in: the room comes back, joined, and he is told */
+                assert.equal((await api('POST', `/api/v1/rooms/${CLOSED}/members`, { user: FRANK })).status, 200);
+                await f.waitForSelector('.access-note[data-reason="added"]');
+                assert.equal(await f.textContent('.access-note[data-reason="added"] .body'), `You were added to #${CLOSED}.`);
+                await attached(f, `.conv[data-conv="room:${CLOSED}"]:not([data-access])`);
+
+                assert.equal((await api('DELETE', `/api/v1/rooms/${TEAM}/members/${FRANK}`)).status, 204);
+                await f.waitForSelector('.access-note[data-reason="removed"]');
+                assert.equal(await f.textContent('.access-note[data-reason="removed"] .body'), `You were removed from #${TEAM}.`);
+                assert.equal(await f.$(`.conv[data-conv="room:${TEAM}"]`), null, 'the room left the sidebar');
+
+                const a = pages.alice.page;
+                const id = await a.getAttribute(`.thread[data-conv="dm:${FRANK}"] .msg[data-id]`, 'data-id');
+                assert.equal((await api('DELETE', `/api/v1/messages/${id}`)).status, 204);
+                await f.click(`.conv[data-conv="dm:${ALICE}"]`);
+                await attached(f, `.msg[data-id="${id}"][data-deleted="yes"]`);
+                assert.equal(await f.textContent(`.msg[data-id="${id}"] .body`), 'This message was deleted.');
             });
 
             await step('no script errors in any page', async () => {

@@ -2,7 +2,8 @@
 # Starts three wsproxy servers (demo login on, chat page from web/) on free loopback ports with temp
 # databases, runs the headless-Chromium test against them, stops them. Screenshots go to
 # var/test-artifacts/.
-#   main     the chat, with the push API (broadcasts, pushes through the API)
+#   main     the chat, with the push API (broadcasts, pushes, room members through the API); only
+#            lobby is open: other rooms are closed (join refused with forbidden) unless the API adds
 #   refused  [server] origins does not list the page's origin: every upgrade is refused with 403
 #   short    [demo] token_ttl = 6s and jwt_leeway = 1s: the page must refresh its token in place
 set -euo pipefail
@@ -22,9 +23,10 @@ trap cleanup EXIT
 free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-# start NAME PORT EXTRA-INI: one server with its own config, database and log in $tmp/NAME.
+# start NAME PORT EXTRA-INI [OPEN-ROOMS]: one server with its own config, database and log in
+# $tmp/NAME; [rooms] open is OPEN-ROOMS (default *: every room open).
 start() {
-    local name=$1 port=$2 extra=$3
+    local name=$1 port=$2 extra=$3 open=${4:-*}
     mkdir -p "$tmp/$name"
     cat > "$tmp/$name/wsproxy.ini" <<INI
 [server]
@@ -35,7 +37,7 @@ jwt_secret = browser-test-secret-0123456789abcdef0123
 [store]
 path = $tmp/$name/wsproxy.db
 [rooms]
-open = *
+open = $open
 [demo]
 enabled = true
 $extra
@@ -52,7 +54,7 @@ main=$(free_port) api=$(free_port) refused=$(free_port) short=$(free_port)
 # A section named twice is merged by the INI reader, so extra lines can add [api], [demo] keys.
 start main "$main" "[api]
 listen = 127.0.0.1:$api
-keys = $API_KEY"
+keys = $API_KEY" lobby
 start refused "$refused" "[api]
 listen =
 [server]

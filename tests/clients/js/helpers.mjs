@@ -30,7 +30,7 @@ export function newClient(t, url, user, options = {}) {
 
 /** Records every event of a client, by type, in order. */
 export function record(client, types = ['state', 'open', 'message', 'error', 'replayed', 'refreshed',
-    'presence', 'member', 'joined', 'left', 'truncated', 'broadcast']) {
+    'presence', 'member', 'joined', 'left', 'truncated', 'broadcast', 'deleted']) {
     const log = {};
     for (const type of types) {
         log[type] = [];
