@@ -10,6 +10,7 @@
 declare(strict_types=1);
 
 require __DIR__ . '/harness.php';
+require __DIR__ . '/webhook.php';
 
 use Wsproxy\Client;
 use Wsproxy\Exception\ApiException;
@@ -29,6 +30,7 @@ register_shutdown_function(fn () => $srv->stop());   /* also after a fatal error
 $srv->start($bin);
 $api = new Client($srv->apiUrl(), API_KEY, connectTimeout: 1.0, timeout: 5.0);
 $t = new Runner();
+webhook_tests($t);
 
 $t->test('push to an offline user: stored, replayed on connect, delivered once acked', function (Runner $t) use ($srv, $api) {
     $r = $api->pushToUser('alice', ['text' => 'Your order shipped'], cid: 'order-1-shipped', from: 'shop');
