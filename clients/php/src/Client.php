@@ -83,14 +83,14 @@ final class Client
      */
     public function pushToUsers(array $users, mixed $body, ?string $cid = null, ?string $from = null): array
     {
-        $users = array_values(array_unique($users, SORT_REGULAR));
-        if (!$users) {
-            return [];
-        }
         foreach ($users as $user) {
             if (!is_string($user)) {
                 throw new InvalidArgumentException('pushToUsers takes a list of user ids (strings)');
             }
+        }
+        $users = array_values(array_unique($users, SORT_STRING));
+        if (!$users) {
+            return [];
         }
         $answer = $this->request('POST', '/push', [], self::pushBody(['to' => $users], self::encode($body), $cid, $from));
         $results = [];
@@ -310,13 +310,7 @@ final class Client
     /** @param array<string, mixed> $target */
     private function push(array $target, mixed $body, ?string $cid, ?string $from): PushResult
     {
-        return $this->pushEncoded($target, self::encode($body), $cid, $from);
-    }
-
-    /** @param array<string, mixed> $target */
-    private function pushEncoded(array $target, string $body, ?string $cid, ?string $from): PushResult
-    {
-        $a = $this->request('POST', '/push', [], self::pushBody($target, $body, $cid, $from));
+        $a = $this->request('POST', '/push', [], self::pushBody($target, self::encode($body), $cid, $from));
         return new PushResult((int) $a['id'], (int) $a['live'], (int) $a['ts'], ($a['duplicate'] ?? false) === true,
             isset($a['members']) ? (int) $a['members'] : null, $target['to'] ?? null, $target['room'] ?? null, $cid);
     }
