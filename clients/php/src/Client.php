@@ -76,7 +76,8 @@ final class Client
      * is atomic: an invalid user id (BadRequestException) or a store failure (ServiceUnavailableException)
      * stores nothing for anyone. With a $cid the server gives each user's message the cid "$cid/$user",
      * so a retry of the whole call answers every user with duplicate = true. Repeated users are sent
-     * once; an empty list sends nothing. Returns the results by user, in the order given.
+     * once; an empty list sends nothing. Returns the results by user, in the order given (PHP turns a
+     * numeric id such as "10" into an int key: PushResult::$to has the id as a string).
      *
      * @param list<string> $users
      * @return array<string, PushResult>

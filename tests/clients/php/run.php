@@ -91,8 +91,13 @@ $t->test('push to several users: one atomic request, idempotent as a whole', fun
         'one bad user id');
     same([[], []], [$api->conversation('gus', 'system')->items, $api->conversation('hal', 'system')->items],
         'nothing stored for the others');
+    same(['10', '1e1'], array_values(array_map(fn ($r) => $r->to, $client->pushToUsers(['10', '1e1'], 'x'))),
+        'ids compared as strings (PHP makes the key "10" an int: PushResult::$to keeps the string)');
+    throws(BadRequestException::class, fn () => $client->pushToUsers(array_map(fn ($i) => "many-$i", range(1, 101)), 'x'),
+        'over [api] max_recipients');
+    same([], $api->conversation('many-1', 'system')->items, 'nothing stored for an oversized list');
     same([], $client->pushToUsers([], 'x'), 'no users, no request');
-    same(2, $client->stats()['requests'] - 1, 'the empty call sent nothing');
+    same(5, $client->stats()['requests'], 'the empty call sent nothing');
 });
 
 $t->test('pushBatch: results in order; one invalid push stores nothing', function () use ($api) {
