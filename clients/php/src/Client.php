@@ -6,7 +6,6 @@ namespace Wsproxy;
 
 use Wsproxy\Exception\ApiException;
 use Wsproxy\Exception\BadRequestException;
-use Wsproxy\Exception\BatchPushException;
 use Wsproxy\Exception\ConnectionException;
 use Wsproxy\Exception\InvalidArgumentException;
 use Wsproxy\Exception\NotFoundException;
@@ -29,7 +28,6 @@ final class Client
     public const API_VERSION = '1';
 
     private const PREFIX = '/api/v1';
-    private const CID_MAX_BYTES = 128;
     private const JSON_OUT = JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE
         | JSON_PRESERVE_ZERO_FRACTION;
 
@@ -73,35 +71,60 @@ final class Client
     }
 
     /**
-     * Pushes the same body to several users, one push each over the same connection (the API has no
-     * batch call). With a $cid each user's push gets its own cid derived from it ("$cid/$user", or a
-     * hash of both when that is over 128 bytes), so a retry of the whole call is idempotent too.
-     * Returns the results by user. When some fail: BatchPushException with what was done. API errors
-     * are per user and the others still go; once the API is unreachable the rest are not tried.
+     * Pushes the same body to several users in one request (the API's "to" list, at most [api]
+     * max_recipients, 100 by default): one stored message per user, each with its own id. The request
+     * is atomic: an invalid user id (BadRequestException) or a store failure (ServiceUnavailableException)
+     * stores nothing for anyone. With a $cid the server gives each user's message the cid "$cid/$user",
+     * so a retry of the whole call answers every user with duplicate = true. Repeated users are sent
+     * once; an empty list sends nothing. Returns the results by user, in the order given (PHP turns a
+     * numeric id such as "10" into an int key: PushResult::$to has the id as a string).
      *
      * @param list<string> $users
      * @return array<string, PushResult>
      */
     public function pushToUsers(array $users, mixed $body, ?string $cid = null, ?string $from = null): array
     {
-        $encoded = self::encode($body);
-        $users = array_values(array_unique($users));
-        $results = [];
-        $errors = [];
-        foreach ($users as $i => $user) {
-            try {
-                $results[$user] = $this->pushEncoded(['to' => $user], $encoded, self::userCid($cid, $user), $from);
-            } catch (ApiException $e) {
-                $errors[$user] = $e;
-            } catch (TransportException $e) {
-                $errors[$user] = $e;
-                throw new BatchPushException($results, $errors, array_slice($users, $i + 1));
+        foreach ($users as $user) {
+            if (!is_string($user)) {
+                throw new InvalidArgumentException('pushToUsers takes a list of user ids (strings)');
             }
         }
-        if ($errors) {
-            throw new BatchPushException($results, $errors, []);
+        $users = array_values(array_unique($users, SORT_STRING));
+        if (!$users) {
+            return [];
+        }
+        $answer = $this->request('POST', '/push', [], self::pushBody(['to' => $users], self::encode($body), $cid, $from));
+        $results = [];
+        foreach (self::results($answer) as $result) {
+            $results[(string) $result->to] = $result;
         }
         return $results;
+    }
+
+    /**
+     * Several pushes in one request (POST /api/v1/push/batch, at most [api] max_recipients), each a
+     * direct or room push: ['to' => USER or 'room' => ROOM, 'body' => ANY, 'from' => ?, 'cid' => ?].
+     * Atomic: one invalid push (BadRequestException, its index in the message) or a store failure
+     * (ServiceUnavailableException) stores nothing of the batch. Returns one PushResult per push, in
+     * order, with to or room and cid filled in. No broadcast in a batch.
+     *
+     * @param list<array{to?: string, room?: string, body: mixed, from?: string, cid?: string}> $pushes
+     * @return list<PushResult>
+     */
+    public function pushBatch(array $pushes): array
+    {
+        if (!$pushes) {
+            throw new InvalidArgumentException('pushBatch takes 1 or more pushes');
+        }
+        $items = [];
+        foreach (array_values($pushes) as $i => $push) {
+            if (!is_array($push) || !array_key_exists('body', $push)) {
+                throw new InvalidArgumentException("push $i must be an array with a body");
+            }
+            $items[] = (object) $push;   /* an object even when the array is a list: the API names the error */
+        }
+        $answer = $this->request('POST', '/push/batch', [], self::encode(['pushes' => $items]));
+        return self::results($answer);
     }
 
     /** Pushes a message to a room: stored, sent to every live member, replayed to the others. */
@@ -118,6 +141,84 @@ final class Client
     {
         $answer = $this->request('POST', '/push', [], self::pushBody(['broadcast' => true], self::encode($body), $cid, $from));
         return (int) $answer['live'];
+    }
+
+    /* ---------- rooms, conversations, deletion ---------- */
+
+    /**
+     * Makes $user a member of $room (created if needed): the way into a closed room. Live connections
+     * of the user get "joined" with reason "added" and receive the room at once. Returns false when
+     * the user was a member already (the membership is the backend's from now on).
+     */
+    public function addMember(string $room, string $user): bool
+    {
+        $answer = $this->request('POST', '/rooms/' . self::segment($room, 'room') . '/members', [],
+            self::encode(['user' => $user]));
+        return ($answer['added'] ?? null) === true;
+    }
+
+    /**
+     * Removes $user from $room: the user's connections get "left" with reason "removed" and stop
+     * receiving at once. NotFoundException when the user is not a member.
+     */
+    public function removeMember(string $room, string $user): void
+    {
+        $this->request('DELETE', '/rooms/' . self::segment($room, 'room') . '/members/' . self::segment($user, 'user'));
+    }
+
+    /**
+     * One page of rooms in name order, each {name, open, members, live, created_at, last_id}.
+     *
+     * @param string|null $after the name to page on from (RoomPage::$nextAfter)
+     * @param int|null $limit 1 to 1000, default 100
+     */
+    public function rooms(?string $after = null, ?int $limit = null): RoomPage
+    {
+        $answer = $this->request('GET', '/rooms', ['after' => $after, 'limit' => $limit]);
+        return new RoomPage($answer['rooms'], $answer['next_after']);
+    }
+
+    /**
+     * A room's members with their presence (an unknown room has none).
+     *
+     * @return list<array{user: string, state: string, connections: int, last_seen: int|null}>
+     */
+    public function members(string $room): array
+    {
+        return $this->request('GET', '/rooms/' . self::segment($room, 'room') . '/members')['members'];
+    }
+
+    /**
+     * Deletes a room: every member leaves (reason "deleted"), its messages become tombstones, the
+     * name is free again. NotFoundException when there is no such room.
+     */
+    public function deleteRoom(string $room): void
+    {
+        $this->request('DELETE', '/rooms/' . self::segment($room, 'room'));
+    }
+
+    /**
+     * A user's conversations (rooms with a message, and direct peers), newest last message first:
+     * each {room or with, last: {id, from, ts, preview or deleted [, via]}, unread}.
+     *
+     * @param int|null $before ConversationPage::$nextBefore of the previous page
+     * @param int|null $limit 1 to 100, default 50
+     */
+    public function conversations(string $user, ?int $before = null, ?int $limit = null): ConversationPage
+    {
+        $answer = $this->request('GET', '/users/' . self::segment($user, 'user') . '/conversations',
+            ['before' => $before, 'limit' => $limit]);
+        return new ConversationPage($answer['items'], $answer['more'] === true,
+            isset($answer['next_before']) ? (int) $answer['next_before'] : null);
+    }
+
+    /**
+     * Deletes a message: it leaves history, replay and pending delivery, live connections that may
+     * show it get {"type":"deleted","id":ID}. NotFoundException when there is none (or it is deleted).
+     */
+    public function deleteMessage(int $id): void
+    {
+        $this->request('DELETE', '/messages/' . self::positive($id, 'message id'));
     }
 
     /* ---------- sessions ---------- */
@@ -210,18 +311,32 @@ final class Client
     /** @param array<string, mixed> $target */
     private function push(array $target, mixed $body, ?string $cid, ?string $from): PushResult
     {
-        return $this->pushEncoded($target, self::encode($body), $cid, $from);
-    }
-
-    /** @param array<string, mixed> $target */
-    private function pushEncoded(array $target, string $body, ?string $cid, ?string $from): PushResult
-    {
-        $a = $this->request('POST', '/push', [], self::pushBody($target, $body, $cid, $from));
-        return new PushResult((int) $a['id'], (int) $a['live'], (int) $a['ts'], ($a['duplicate'] ?? false) === true);
+        $a = $this->request('POST', '/push', [], self::pushBody($target, self::encode($body), $cid, $from));
+        return new PushResult((int) $a['id'], (int) $a['live'], (int) $a['ts'], ($a['duplicate'] ?? false) === true,
+            isset($a['members']) ? (int) $a['members'] : null, $target['to'] ?? null, $target['room'] ?? null, $cid);
     }
 
     /**
-     * The body is encoded once and spliced in, so pushToUsers does not re-encode it per user.
+     * The "results" of a "to" list or a batch.
+     *
+     * @param array<string, mixed> $answer
+     * @return list<PushResult>
+     */
+    private static function results(array $answer): array
+    {
+        if (!is_array($answer['results'] ?? null)) {
+            throw new UnexpectedResponseException('a push answer without results', 202, null);
+        }
+        $out = [];
+        foreach ($answer['results'] as $r) {
+            $out[] = new PushResult((int) $r['id'], (int) $r['live'], (int) $r['ts'], ($r['duplicate'] ?? false) === true,
+                null, $r['to'] ?? null, $r['room'] ?? null, $r['cid'] ?? null);
+        }
+        return $out;
+    }
+
+    /**
+     * The body is encoded once and spliced in as it is.
      *
      * @param array<string, mixed> $target
      */
@@ -246,13 +361,13 @@ final class Client
         }
     }
 
-    private static function userCid(?string $cid, string $user): ?string
+    /** A name as one %-encoded path segment (the API decodes it). */
+    private static function segment(string $name, string $what): string
     {
-        if ($cid === null) {
-            return null;
+        if ($name === '') {
+            throw new InvalidArgumentException("the $what name must not be empty");
         }
-        $derived = $cid . '/' . $user;
-        return strlen($derived) <= self::CID_MAX_BYTES ? $derived : 'sha256:' . hash('sha256', $cid . "\0" . $user);
+        return rawurlencode($name);
     }
 
     private static function positive(int $id, string $what): int
@@ -297,6 +412,7 @@ final class Client
             CURLOPT_HTTPHEADER => $headers,
             CURLOPT_RETURNTRANSFER => true,
             CURLOPT_FOLLOWLOCATION => false,
+            CURLOPT_PATH_AS_IS => true,   /* a room named '..' stays a name */
             CURLOPT_PROTOCOLS => CURLPROTO_HTTP | CURLPROTO_HTTPS,
             CURLOPT_CONNECTTIMEOUT_MS => (int) ceil($this->connectTimeout * 1000),
             CURLOPT_TIMEOUT_MS => (int) ceil($this->timeout * 1000),

@@ -108,6 +108,13 @@ final class Child
         return $line;
     }
 
+    /** Writes a line to its stdin. */
+    public function writeLine(string $line): void
+    {
+        fwrite($this->pipes[0], $line . "\n");
+        fflush($this->pipes[0]);
+    }
+
     public function signal(int $sig): void
     {
         proc_terminate($this->proc, $sig);
@@ -252,6 +259,12 @@ final class Listener
                 return $this->frames[$i];
             }
         }
+    }
+
+    /** Sends a chat frame (listen.mjs sends each stdin line). */
+    public function send(array $frame): void
+    {
+        $this->child->writeLine(json_encode($frame));
     }
 
     public function stop(): void

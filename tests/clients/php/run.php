@@ -10,11 +10,11 @@
 declare(strict_types=1);
 
 require __DIR__ . '/harness.php';
+require __DIR__ . '/webhook.php';
 
 use Wsproxy\Client;
 use Wsproxy\Exception\ApiException;
 use Wsproxy\Exception\BadRequestException;
-use Wsproxy\Exception\BatchPushException;
 use Wsproxy\Exception\ConnectionException;
 use Wsproxy\Exception\InvalidArgumentException;
 use Wsproxy\Exception\NotFoundException;
@@ -30,6 +30,7 @@ register_shutdown_function(fn () => $srv->stop());   /* also after a fatal error
 $srv->start($bin);
 $api = new Client($srv->apiUrl(), API_KEY, connectTimeout: 1.0, timeout: 5.0);
 $t = new Runner();
+webhook_tests($t);
 
 $t->test('push to an offline user: stored, replayed on connect, delivered once acked', function (Runner $t) use ($srv, $api) {
     $r = $api->pushToUser('alice', ['text' => 'Your order shipped'], cid: 'order-1-shipped', from: 'shop');
@@ -72,28 +73,58 @@ $t->test('a cid makes a push idempotent', function () use ($api) {
     same(['n' => 1], $api->message($first->id)['body'], 'the first body stays');
 });
 
-$t->test('push to several users over one connection, idempotent as a whole', function () use ($srv, $api) {
+$t->test('push to several users: one atomic request, idempotent as a whole', function () use ($srv, $api) {
     $client = new Client($srv->apiUrl(), API_KEY);
     $users = ['dan', 'eve', 'fay'];
-    $first = $client->pushToUsers($users, 'sale', cid: 'sale-1');
-    same($users, array_keys($first), 'one result per user');
+    $first = $client->pushToUsers([...$users, 'eve'], 'sale', cid: 'sale-1');
+    same($users, array_keys($first), 'one result per user, repeats sent once');
     same(3, count(array_unique(array_map(fn ($r) => $r->id, $first))), 'one message each');
-    same(['requests' => 3, 'connects' => 1], $client->stats(), 'three pushes, one connection');
-    same('sale-1/eve', $api->message($first['eve']->id)['cid'], 'a cid per user');
+    same(['requests' => 1, 'connects' => 1], $client->stats(), 'one request');
+    same(['sale-1/eve', 'sale-1/eve', 'eve'], [$first['eve']->cid, $api->message($first['eve']->id)['cid'], $first['eve']->to],
+        'a cid per user');
 
     $again = $client->pushToUsers($users, 'sale', cid: 'sale-1');
     same(array_map(fn ($r) => [$r->id, true], $first), array_map(fn ($r) => [$r->id, $r->duplicate], $again),
         'a retry stores nothing new');
 
-    $e = throws(BatchPushException::class, fn () => $client->pushToUsers(['gus', "bad\nname", 'hal'], 'x', cid: 'sale-2'),
+    throws(BadRequestException::class, fn () => $client->pushToUsers(['gus', "bad\nname", 'hal'], 'x', cid: 'sale-2'),
         'one bad user id');
-    same(['gus', 'hal'], array_keys($e->getResults()), 'the others were pushed');
-    same(["bad\nname"], array_keys($e->getErrors()), 'the failure by user');
-    check($e->getErrors()["bad\nname"] instanceof BadRequestException, 'with its API error');
-    same([], $e->getNotAttempted(), 'nothing skipped');
-    $long = str_repeat('x', 126);
-    $r = $client->pushToUsers(['ivy'], 1, cid: $long)['ivy'];
-    same('sha256:' . hash('sha256', "$long\0ivy"), $api->message($r->id)['cid'], 'a long cid is hashed');
+    same([[], []], [$api->conversation('gus', 'system')->items, $api->conversation('hal', 'system')->items],
+        'nothing stored for the others');
+    same(['10', '1e1'], array_values(array_map(fn ($r) => $r->to, $client->pushToUsers(['10', '1e1'], 'x'))),
+        'ids compared as strings (PHP makes the key "10" an int: PushResult::$to keeps the string)');
+    throws(BadRequestException::class, fn () => $client->pushToUsers(array_map(fn ($i) => "many-$i", range(1, 101)), 'x'),
+        'over [api] max_recipients');
+    same([], $api->conversation('many-1', 'system')->items, 'nothing stored for an oversized list');
+    same([], $client->pushToUsers([], 'x'), 'no users, no request');
+    same(5, $client->stats()['requests'], 'the empty call sent nothing');
+});
+
+$t->test('pushBatch: results in order; one invalid push stores nothing', function () use ($api) {
+    $rs = $api->pushBatch([
+        ['to' => 'ann', 'body' => ['n' => 1], 'cid' => 'b-1'],
+        ['room' => 'batch-room', 'body' => 'two', 'from' => 'editor'],
+    ]);
+    same([['ann', null, 'b-1'], [null, 'batch-room', null]], array_map(fn ($r) => [$r->to, $r->room, $r->cid], $rs),
+        'one result per push, in order');
+    same(['ann', ['n' => 1], 'b-1', 'api'], array_map(fn ($k) => $api->message($rs[0]->id)[$k] ?? null, ['to', 'body', 'cid', 'via']),
+        'the direct one stored');
+    same(['editor', 'two'], [$api->roomHistory('batch-room')->items[0]['from'], $api->roomHistory('batch-room')->items[0]['body']],
+        'the room one stored');
+    $again = $api->pushBatch([['to' => 'ann', 'body' => ['n' => 1], 'cid' => 'b-1']]);
+    same([$rs[0]->id, true], [$again[0]->id, $again[0]->duplicate], 'a cid makes a batch push idempotent');
+
+    $e = throws(BadRequestException::class, fn () => $api->pushBatch([
+        ['to' => 'kay', 'body' => 'ok'],
+        ['room' => 'batch-room', 'body' => 'ok'],
+        ['to' => "bad\nname", 'body' => 'x'],
+    ]), 'an invalid third push');
+    check(str_contains($e->getMessage(), 'push 2'), 'the message names the push (from 0): ' . $e->getMessage());
+    same([], $api->conversation('kay', 'system')->items, 'nothing stored for kay');
+    same(1, count($api->roomHistory('batch-room')->items), 'nothing stored for the room');
+    throws(BadRequestException::class, fn () => $api->pushBatch([['broadcast' => true, 'body' => 1]]), 'no broadcast in a batch');
+    throws(InvalidArgumentException::class, fn () => $api->pushBatch([]), 'an empty batch');
+    throws(InvalidArgumentException::class, fn () => $api->pushBatch([['to' => 'ann']]), 'a push without a body');
 });
 
 $t->test('push to a room: live members get it, history pages it', function (Runner $t) use ($srv, $api) {
@@ -102,7 +133,7 @@ $t->test('push to a room: live members get it, history pages it', function (Runn
     $ids = [];
     foreach (['one', 'two', 'three'] as $text) {
         $r = $api->pushToRoom('news', $text, cid: "news-$text", from: 'editor');
-        same(1, $r->live, "dora is live for $text");
+        same([1, 1, 'news'], [$r->live, $r->members, $r->room], "dora is live for $text");
         $ids[] = $r->id;
     }
     $f = $dora->frame(fn ($f) => $f['type'] === 'msg' && $f['body'] === 'three', 'the third');
@@ -111,6 +142,114 @@ $t->test('push to a room: live members get it, history pages it', function (Runn
     same([[$ids[2], $ids[1]], true, $ids[1]], [array_column($p1->items, 'id'), $p1->more, $p1->nextBefore], 'page 1');
     $p2 = $api->roomHistory('news', before: $p1->nextBefore, limit: 2);
     same([[$ids[0]], false, null], [array_column($p2->items, 'id'), $p2->more, $p2->nextBefore], 'page 2');
+    same('api', $f['via'], 'a pushed message is marked');
+    same([0, 0], [$api->pushToRoom('nobody-here', 'x')->members, $api->pushToRoom('nobody-here', 'x')->live],
+        'members: 0 tells a room nobody is in');
+    same(null, $api->pushToUser('dora', 'x')->members, 'no members for a direct push');
+});
+
+$t->test('a closed room: an added member gets in, a removed one is forbidden', function (Runner $t) use ($bin) {
+    $srv2 = (new WspServer(['rooms' => ['open' => 'public-*']]))->start($bin);
+    $t->defer(fn () => $srv2->stop());
+    $api2 = new Client($srv2->apiUrl(), API_KEY);
+    $lee = new Listener($srv2, 'lee');
+    $t->defer(fn () => $lee->stop());
+    $lee->send(['type' => 'join', 'room' => 'team']);
+    same('forbidden', $lee->frame(fn ($f) => $f['type'] === 'error', 'the refused join')['code'], 'not a member yet');
+
+    same(true, $api2->addMember('team', 'lee'), 'added');
+    same('added', $lee->frame(fn ($f) => $f['type'] === 'joined' && $f['room'] === 'team', 'joined')['reason'] ?? null,
+        'the live connection is told');
+    same(false, $api2->addMember('team', 'lee'), 'adding again');
+    same(true, $api2->addMember('team', 'kim'), 'kim added while offline');
+    $kim = new Listener($srv2, 'kim', ['team']);   /* waits for "joined": the join is allowed now */
+    $t->defer(fn () => $kim->stop());
+
+    $r = $api2->pushToRoom('team', 'standup');
+    same([2, 2], [$r->members, $r->live], 'both members get it');
+    $kim->frame(fn ($f) => $f['type'] === 'msg' && $f['body'] === 'standup', 'kim gets the room');
+    $members = $api2->members('team');
+    usort($members, fn ($a, $b) => strcmp($a['user'], $b['user']));
+    same([['kim', 'online', 1], ['lee', 'online', 1]], array_map(fn ($m) => [$m['user'], $m['state'], $m['connections']], $members),
+        'members with presence');
+
+    $api2->removeMember('team', 'lee');
+    same('removed', $lee->frame(fn ($f) => $f['type'] === 'left' && $f['room'] === 'team', 'left')['reason'] ?? null, 'lee is told');
+    $lee->send(['type' => 'send', 'room' => 'team', 'body' => 'hi', 'cid' => 'l1']);
+    same('forbidden', $lee->frame(fn ($f) => $f['type'] === 'error' && ($f['cid'] ?? null) === 'l1', 'the refused send')['code'],
+        'a removed member cannot send');
+    $n = count(array_filter($lee->frames, fn ($f) => $f['type'] === 'error' && $f['code'] === 'forbidden' && !isset($f['cid'])));
+    $lee->send(['type' => 'join', 'room' => 'team']);
+    $lee->frame(function ($f) use (&$n) {
+        return $f['type'] === 'error' && $f['code'] === 'forbidden' && !isset($f['cid']) && --$n < 0;
+    }, 'the second refused join');
+    same(['kim'], array_column($api2->members('team'), 'user'), 'kim stays');
+    $e = throws(NotFoundException::class, fn () => $api2->removeMember('team', 'lee'), 'removing again');
+    same('not_found', $e->getErrorCode(), 'its code');
+});
+
+$t->test('rooms: listing and paging, members, %-encoded names, deleting', function () use ($api) {
+    $names = ['zz-a/b c?d#e', 'zz-..', 'zz-%2F ü'];
+    foreach ($names as $name) {
+        same(true, $api->addMember($name, 'uma'), "uma added to $name");
+    }
+    $api->addMember('zz-a/b c?d#e', 'vic');
+    $members = array_column($api->members('zz-a/b c?d#e'), 'user');
+    sort($members);
+    same(['uma', 'vic'], $members, 'the members of a name that needs encoding');
+    same(['offline', 0, null], array_map(fn ($k) => $api->members('zz-..')[0][$k], ['state', 'connections', 'last_seen']),
+        'an offline member never seen');
+
+    $sorted = $names;
+    sort($sorted, SORT_STRING);
+    $p1 = $api->rooms(after: 'zz', limit: 2);
+    same([array_slice($sorted, 0, 2), $sorted[1]], [array_column($p1->rooms, 'name'), $p1->nextAfter], 'page 1');
+    $p2 = $api->rooms(after: $p1->nextAfter, limit: 2);
+    same([[$sorted[2]], null], [array_column($p2->rooms, 'name'), $p2->nextAfter], 'page 2');
+    $room = $p1->rooms[0];
+    same([true, 1], [is_bool($room['open']), $room['members']], 'a room entry');
+
+    foreach ($names as $name) {
+        $api->deleteRoom($name);
+    }
+    same([], $api->rooms(after: 'zz')->rooms, 'gone');
+    same([], $api->members('zz-..'), 'no members');
+    throws(NotFoundException::class, fn () => $api->deleteRoom('zz-..'), 'deleting again');
+    throws(InvalidArgumentException::class, fn () => $api->members(''), 'an empty name');
+    throws(BadRequestException::class, fn () => $api->rooms(limit: 1001), 'a limit over 1000');
+});
+
+$t->test('conversations: rooms and peers, newest first, unread, paging', function () use ($api) {
+    $api->addMember('wes-room', 'wes');
+    $d = $api->pushToUser('wes', ['text' => 'your order'], from: 'shop');
+    $api->pushToUser('wes', 'second', from: 'shop');
+    $r = $api->pushToRoom('wes-room', 'room news', from: 'editor');
+    $all = $api->conversations('wes');
+    same([['wes-room', null, $r->id, 1], [null, 'shop', $d->id + 1, 2]],
+        array_map(fn ($c) => [$c['room'] ?? null, $c['with'] ?? null, $c['last']['id'], $c['unread']], $all->items),
+        'the room first (newest), then the peer');
+    same(['editor', 'api'], [$all->items[0]['last']['from'], $all->items[0]['last']['via'] ?? null], 'the last message');
+    same([false, null], [$all->more, $all->nextBefore], 'one page');
+    $p1 = $api->conversations('wes', limit: 1);
+    same([1, true], [count($p1->items), $p1->more], 'page 1');
+    $p2 = $api->conversations('wes', before: $p1->nextBefore, limit: 1);
+    same(['shop', false], [$p2->items[0]['with'] ?? null, $p2->more], 'page 2');
+    same([], $api->conversations('nobody-at-all')->items, 'a user without any');
+});
+
+$t->test('deleteMessage: gone from history, live connections told, 404 after', function (Runner $t) use ($srv, $api) {
+    $xan = new Listener($srv, 'xan');
+    $t->defer(fn () => $xan->stop());
+    $keep = $api->pushToUser('xan', 'keep');
+    $gone = $api->pushToUser('xan', 'oops');
+    $xan->frame(fn ($f) => $f['type'] === 'msg' && $f['id'] === $gone->id, 'the message');
+    $api->deleteMessage($gone->id);
+    $xan->frame(fn ($f) => $f['type'] === 'deleted' && $f['id'] === $gone->id, 'the deleted frame');
+    same([$keep->id], array_column($api->conversation('xan', 'system')->items, 'id'), 'gone from history');
+    same(true, $api->conversations('xan')->items[0]['last']['deleted'] ?? null, 'the conversation shows a deleted last message');
+    $e = throws(NotFoundException::class, fn () => $api->deleteMessage($gone->id), 'deleting again');
+    same('not_found', $e->getErrorCode(), 'its code');
+    throws(InvalidArgumentException::class, fn () => $api->deleteMessage(0), 'id 0');
 });
 
 $t->test('broadcast reaches every live connection', function (Runner $t) use ($srv, $api) {
