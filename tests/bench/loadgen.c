@@ -1,6 +1,9 @@
 /*
  * loadgen.c -- WebSocket load generator for `make bench`: echo, idle, fanout and persist modes over
  * loopback, one epoll thread, one "result key=value ..." line plus human text. Linux only.
+ * Build: gcc -std=c11 -D_GNU_SOURCE -O2 -Iproxy -o build/bench/loadgen tests/bench/loadgen.c \
+ *            proxy/proto/ws_deflate.c -lcrypto -lz
+ * (-Z offers permessage-deflate and inflates RSV1 frames with the server's own ws_deflate inflater.)
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -30,6 +33,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "proto/ws_deflate.h"
 
 #define WS_GUID          "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define MAX_CONNECTING   128  /* handshakes in flight; more only overflows the listen backlog */
@@ -61,6 +66,8 @@ struct opts {
     const char *room;
     const char *prefix;
     bool binary;
+    bool deflate; /* -Z: offer permessage-deflate, require it in the 101, inflate RSV1 messages */
+    long body;    /* -B: fanout body size in bytes; 0 = the minimal {"t":...} body */
 };
 
 struct conn {
@@ -78,6 +85,8 @@ struct conn {
     char *frag; /* reassembly of a fragmented message */
     size_t frag_len, frag_cap;
     uint8_t frag_op;
+    bool frag_rsv1; /* the fragmented message being reassembled is compressed */
+    struct ws_deflate_inflater *inf; /* -Z: set up once the 101 accepted the offer */
     uint64_t seq;    /* messages sent */
     int64_t last_id; /* newest msg id seen (fanout ack) */
     uint32_t unacked;
@@ -119,6 +128,12 @@ struct lg {
     uint64_t pub_sent; /* "sent" receipts for the publisher */
     uint64_t errors;
     uint64_t closed;
+    /* fanout members, from the window's start to its end: what the sockets delivered (frames with
+       headers, i.e. TCP payload), messages that came compressed, their payload and inflated size */
+    uint64_t rx_bytes;
+    uint64_t rx_compressed;
+    uint64_t rx_z_payload, rx_z_inflated;
+    struct ws_deflate_buf ibuf; /* inflate output, reused for every message */
     int64_t next_pub;
     uint64_t run_nonce;
     uint64_t rng;
@@ -438,6 +453,11 @@ static void conn_release(struct conn *c)
     free(c->out);
     free(c->frag);
     free(c->sent_ns);
+    if (c->inf) {
+        ws_deflate_inflater_release(c->inf);
+        free(c->inf);
+        c->inf = NULL;
+    }
     c->in = c->out = c->frag = NULL;
     c->sent_ns = NULL;
     c->in_len = c->in_cap = c->out_len = c->out_cap = c->frag_len = c->frag_cap = 0;
@@ -558,9 +578,12 @@ static void conn_send_handshake(struct conn *c)
     char req[2048];
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s"
                      "User-Agent: wsproxy-loadgen\r\n\r\n",
-                     target, host, key64);
+                     target, host, key64,
+                     G.o.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                   "client_max_window_bits\r\n"
+                                 : "");
     out_reserve(c, (size_t)n);
     memcpy(c->out + c->out_len, req, (size_t)n);
     c->out_len += (size_t)n;
@@ -574,6 +597,65 @@ static void conn_set_ready(struct conn *c)
         return;
     c->ready = true;
     G.ready++;
+}
+
+/*
+ * Checks the 101's Sec-WebSocket-Extensions answer to our offer (permessage-deflate;
+ * client_max_window_bits): exactly one permessage-deflate with known parameters, window values
+ * 8..15 (RFC 7692 §7.1). Sets *snct when the server promised server_no_context_takeover.
+ */
+static bool deflate_answer_ok(const char *v, size_t n, bool *snct)
+{
+    static const char ext[] = "permessage-deflate";
+    const char *end = v + n, *p = v + sizeof(ext) - 1;
+    bool seen[4] = {false};
+    *snct = false;
+    if (n < sizeof(ext) - 1 || strncasecmp(v, ext, sizeof(ext) - 1) != 0)
+        return false;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p == end)
+            break;
+        if (*p++ != ';')
+            return false; /* a second extension, or junk: we offered one */
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *name = p;
+        while (p < end && *p != ';' && *p != '=' && *p != ' ' && *p != '\t')
+            p++;
+        size_t nl = (size_t)(p - name);
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        long val = -1;
+        if (p < end && *p == '=') {
+            p++;
+            while (p < end && (*p == ' ' || *p == '\t'))
+                p++;
+            bool q = p < end && *p == '"';
+            p += q;
+            val = 0;
+            const char *d = p;
+            while (p < end && isdigit((unsigned char)*p) && p - d < 3)
+                val = val * 10 + (*p++ - '0');
+            if (p == d || (q && (p >= end || *p++ != '"')))
+                return false;
+        }
+        static const char *const names[] = {"server_no_context_takeover",
+                                            "client_no_context_takeover",
+                                            "server_max_window_bits", "client_max_window_bits"};
+        int k = -1;
+        for (int i = 0; i < 4; i++)
+            if (nl == strlen(names[i]) && !strncasecmp(name, names[i], nl))
+                k = i;
+        if (k < 0 || seen[k])
+            return false;
+        seen[k] = true;
+        if (k < 2 ? val != -1 : val < 8 || val > 15)
+            return false;
+    }
+    *snct = seen[0];
+    return true;
 }
 
 /* Returns bytes of the response head consumed, 0 if incomplete, -1 after failing the connection. */
@@ -595,10 +677,22 @@ static long handshake_parse(struct conn *c)
         conn_fail(c, why);
         return -1;
     }
-    bool ok = false;
+    bool ok = false, ext_ok = false, ext_seen = false, snct = false;
     for (char *line = c->in; line < end;) {
         char *eol = memmem(line, (size_t)(end + 2 - line), "\r\n", 2);
         static const char name[] = "sec-websocket-accept:";
+        static const char xname[] = "sec-websocket-extensions:";
+        if ((size_t)(eol - line) > sizeof(xname) - 1 &&
+            !strncasecmp(line, xname, sizeof(xname) - 1)) {
+            char *v = line + sizeof(xname) - 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            char *ve = eol;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            ext_ok = !ext_seen && deflate_answer_ok(v, (size_t)(ve - v), &snct);
+            ext_seen = true;
+        }
         if ((size_t)(eol - line) > sizeof(name) - 1 && !strncasecmp(line, name, sizeof(name) - 1)) {
             char *v = line + sizeof(name) - 1;
             while (*v == ' ' || *v == '\t')
@@ -613,6 +707,26 @@ static long handshake_parse(struct conn *c)
     if (!ok) {
         conn_fail(c, "missing or wrong Sec-WebSocket-Accept");
         return -1;
+    }
+    if (ext_seen && !G.o.deflate) {
+        conn_fail(c, "Sec-WebSocket-Extensions in the 101 but none was offered");
+        return -1;
+    }
+    if (G.o.deflate && !ext_ok) {
+        conn_fail(c, ext_seen ? "bad permessage-deflate answer in the 101"
+                              : "server declined permessage-deflate (compression = off?)");
+        return -1;
+    }
+    if (G.o.deflate) {
+        /* we inflate what the server compressed: its window is at most 15, and without
+           server_no_context_takeover the window carries over between messages */
+        struct ws_deflate_params prm = {.server_max_window_bits = 15,
+                                        .client_max_window_bits = 15,
+                                        .client_no_context_takeover = snct};
+        c->inf = calloc(1, sizeof(*c->inf));
+        if (!c->inf)
+            die("out of memory");
+        ws_deflate_inflater_init(c->inf, &prm, MAX_FRAME, NULL);
     }
     c->state = CS_OPEN;
     G.connecting--;
@@ -730,6 +844,39 @@ static void on_message(struct conn *c, unsigned op, const char *p, size_t len, i
         on_chat(c, p, len, now);
 }
 
+static bool counting(const struct conn *c)
+{
+    return c->role == ROLE_MEMBER && G.window_opened && G.phase != PH_DONE;
+}
+
+/* A whole message; compressed ones (RSV1 on their first frame) are inflated first. */
+static bool message_in(struct conn *c, unsigned op, const char *p, size_t len, bool compressed,
+                       int64_t now)
+{
+    if (compressed) {
+        G.ibuf.len = 0;
+        int err = ws_deflate_inflater_feed(c->inf, (const uint8_t *)p, len, true,
+                                           ws_deflate_buf_sink, &G.ibuf);
+        if (err) {
+            char why[96];
+            snprintf(why, sizeof(why), "inflate: %s", ws_deflate_strerror(err));
+            conn_fail(c, why);
+            return false;
+        }
+        if (counting(c)) {
+            G.rx_compressed++;
+            G.rx_z_payload += len;
+            G.rx_z_inflated += G.ibuf.len;
+        }
+        p = (const char *)G.ibuf.p;
+        len = G.ibuf.len;
+        if (!p)
+            p = "";
+    }
+    on_message(c, op, p, len, now);
+    return true;
+}
+
 /* Parses every complete server frame in c->in; returns false once the connection is gone. */
 static bool frames_parse(struct conn *c, size_t off, int64_t now)
 {
@@ -738,7 +885,12 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
         const unsigned char *h = (const unsigned char *)c->in + off;
         if (avail < 2)
             break;
-        unsigned fin = h[0] & 0x80, op = h[0] & 0x0f;
+        unsigned fin = h[0] & 0x80, op = h[0] & 0x0f, rsv = h[0] & 0x70;
+        /* RSV1 only on the first frame of a compressed data message (RFC 7692 §6) */
+        if (rsv && (rsv != WS_DEFLATE_RSV1 || !ws_deflate_rsv1_allowed(c->inf != NULL, op))) {
+            conn_fail(c, "unexpected RSV bits from server");
+            return false;
+        }
         if (h[1] & 0x80) {
             conn_fail(c, "masked frame from server"); /* RFC 6455 §5.1 */
             return false;
@@ -782,8 +934,10 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
             conn_fail(c, why);
             return false;
         } else if (op == 0x0 || !fin) {
-            if (op != 0x0)
+            if (op != 0x0) {
                 c->frag_op = (uint8_t)op;
+                c->frag_rsv1 = rsv != 0;
+            }
             if (c->frag_len + len > c->frag_cap) {
                 c->frag_cap = (c->frag_len + (size_t)len) * 2;
                 c->frag = xrealloc(c->frag, c->frag_cap);
@@ -791,11 +945,13 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
             memcpy(c->frag + c->frag_len, payload, (size_t)len);
             c->frag_len += (size_t)len;
             if (fin) {
-                on_message(c, c->frag_op, c->frag, c->frag_len, now);
+                size_t fl = c->frag_len;
                 c->frag_len = 0;
+                if (!message_in(c, c->frag_op, c->frag, fl, c->frag_rsv1, now))
+                    return false;
             }
-        } else {
-            on_message(c, op, payload, (size_t)len, now);
+        } else if (!message_in(c, op, payload, (size_t)len, rsv != 0, now)) {
+            return false;
         }
     }
     if (c->state != CS_OPEN)
@@ -826,6 +982,8 @@ static void conn_read(struct conn *c)
             return;
         }
         c->in_len += (size_t)n;
+        if (counting(c))
+            G.rx_bytes += (size_t)n;
         int64_t now = now_ns();
         size_t off = 0;
         if (c->state == CS_HANDSHAKE) {
@@ -915,6 +1073,60 @@ static void window_close(void)
     getrusage(RUSAGE_SELF, &G.ru_end);
 }
 
+/* Chat lines for -B bodies: plain ASCII, no quotes or backslashes (they go into JSON as is). */
+static const char *const chat_lines[] = {
+    "hey, are you around? ",
+    "I just pushed the fix for the login timeout, can you take a look when you have a minute. ",
+    "lunch at noon at the usual place? ",
+    "the deploy to staging went fine, production is scheduled for tomorrow morning. ",
+    "ok, sounds good to me. ",
+    "did anyone else see the alert about disk usage on the second database node? ",
+    "yes, it was the nightly backup, it cleaned up after itself an hour later. ",
+    "can we move the planning meeting to Thursday, half of the team is out on Wednesday. ",
+    "thanks! ",
+    "I will be a bit late today, the train is stuck somewhere outside the city. ",
+    "here are the numbers from last week: signups up 12 percent, churn flat, support tickets down. ",
+    "who owns the billing service these days? ",
+    "I think Maria does, but ask in the platform channel to be sure. ",
+    "the new design for the settings page looks great, only the contrast of the buttons bugs me. ",
+    "let me know if you need anything from me before the release. ",
+    "coffee? ",
+    "the customer from yesterday wrote back, they are happy with the workaround for now. ",
+    "please remember to update the changelog before you merge. ",
+    "I am reviewing your pull request now, a few small comments so far, nothing blocking. ",
+    "good morning everyone! ",
+    "is the office closed on Friday or is that only for the other building? ",
+    "the tests are flaky again on the shared runner, I restarted the job twice. ",
+    "great work on the migration, it went much smoother than last time. ",
+    "see you tomorrow. ",
+};
+
+/* The published body, exactly G.o.body bytes: {"t":NS,"user":...,"text":"...","lang":"en"}, its
+   text drawn from chat_lines by message number, so runs with and without -Z send the same text. */
+static size_t body_make(char *out, size_t cap, int64_t now, uint64_t seq)
+{
+    static const char *const users[] = {"alice", "bob", "carol", "dave", "erin"};
+    int n = snprintf(out, cap, "{\"t\":%" PRId64 ",\"user\":\"%s\",\"text\":\"", now,
+                     users[seq % 5]);
+    static const char tail[] = "\",\"lang\":\"en\"}";
+    size_t len = (size_t)n, want = (size_t)G.o.body, nl = sizeof(chat_lines) / sizeof(*chat_lines);
+    if (want > cap || want < len + sizeof(tail) - 1 + 1)
+        die("-B %ld is too small for the body's fields (at least %zu)", G.o.body,
+            len + sizeof(tail));
+    uint64_t h = seq * 0x9E3779B97F4A7C15ULL + 1;
+    while (len < want - (sizeof(tail) - 1)) {
+        h ^= h >> 29;
+        h *= 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 32;
+        const char *l = chat_lines[h % nl];
+        size_t room = want - (sizeof(tail) - 1) - len, ll = strlen(l);
+        memcpy(out + len, l, ll < room ? ll : room);
+        len += ll < room ? ll : room;
+    }
+    memcpy(out + len, tail, sizeof(tail) - 1);
+    return len + sizeof(tail) - 1;
+}
+
 static void publish(int64_t now)
 {
     struct conn *pub = &G.conns[G.nconns - 1];
@@ -923,10 +1135,20 @@ static void publish(int64_t now)
     int64_t step = (int64_t)(NS_PER_S / G.o.rate);
     while (G.next_pub <= now && G.next_pub < G.t_end) {
         /* the body carries the send time, so members measure publish -> receipt themselves */
-        text_send(pub,
-                  "{\"type\":\"send\",\"room\":\"%s\",\"body\":{\"t\":%" PRId64 "},"
-                  "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
-                  G.o.room, now, G.run_nonce, G.published);
+        if (G.o.body > 0) {
+            static char body[65536], frame[65536 + 256];
+            size_t bl = body_make(body, sizeof(body), now, G.published);
+            int fl = snprintf(frame, sizeof(frame),
+                              "{\"type\":\"send\",\"room\":\"%s\",\"body\":%.*s,"
+                              "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
+                              G.o.room, (int)bl, body, G.run_nonce, G.published);
+            frame_send(pub, 0x1, frame, (size_t)fl);
+        } else {
+            text_send(pub,
+                      "{\"type\":\"send\",\"room\":\"%s\",\"body\":{\"t\":%" PRId64 "},"
+                      "\"cid\":\"%" PRIx64 "-%" PRIu64 "\"}",
+                      G.o.room, now, G.run_nonce, G.published);
+        }
         G.published++;
         G.next_pub += step;
     }
@@ -1011,7 +1233,7 @@ static void report(void)
                 (double)(G.ru_end.ru_utime.tv_usec - G.ru_start.ru_utime.tv_usec) / 1e6 +
                 (double)(G.ru_end.ru_stime.tv_sec - G.ru_start.ru_stime.tv_sec) +
                 (double)(G.ru_end.ru_stime.tv_usec - G.ru_start.ru_stime.tv_usec) / 1e6;
-    char line[1024];
+    char line[2048];
     int n = snprintf(line, sizeof(line), "result mode=%s conns=%ld setup_s=%.2f", names[o->mode],
                      o->conns, (double)(G.t_run - G.t_setup) / 1e9);
 
@@ -1061,13 +1283,25 @@ static void report(void)
     if (o->mode == MODE_FANOUT) {
         uint64_t expected = (uint64_t)o->conns * G.published;
         double pct = expected ? 100.0 * (double)G.msgs / (double)expected : 0;
+        double wire = G.msgs ? (double)G.rx_bytes / (double)G.msgs : 0;
+        double us = G.msgs ? 1e6 * cpu_s / (double)G.msgs : 0;
+        double zr = G.rx_z_inflated ? 100.0 * (double)G.rx_z_payload / (double)G.rx_z_inflated : 0;
         snprintf(line + n, sizeof(line) - (size_t)n,
                  " rate=%.0f published=%" PRIu64 " receipts=%" PRIu64 " expected=%" PRIu64
-                 " delivered_pct=%.3f",
-                 o->rate, G.published, G.pub_sent, expected, pct);
+                 " delivered_pct=%.3f body=%ld deflate=%d rx_bytes=%" PRIu64
+                 " wire_bytes_per_msg=%.1f compressed_msgs=%" PRIu64 " z_payload=%" PRIu64
+                 " z_inflated=%" PRIu64 " z_ratio_pct=%.1f server_cpu_s=%.3f"
+                 " server_cpu_us_per_msg=%.2f",
+                 o->rate, G.published, G.pub_sent, expected, pct, o->body, o->deflate ? 1 : 0,
+                 G.rx_bytes, wire, G.rx_compressed, G.rx_z_payload, G.rx_z_inflated, zr, cpu_s,
+                 us);
         printf("fanout: %ld members, %" PRIu64 " published at %.0f/s -> %" PRIu64 " of %" PRIu64
                " delivered (%.3f%%)\n",
                o->conns, G.published, o->rate, G.msgs, expected, pct);
+        printf("wire: %.1f bytes received per delivery (%" PRIu64 " bytes); %" PRIu64
+               " deliveries came compressed, payload %.1f%% of the inflated size; server %.2f us "
+               "CPU per delivery\n",
+               wire, G.rx_bytes, G.rx_compressed, zr, us);
     }
     printf("%s: %.0f %s/s over %.2f s; latency p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n"
            "server: %.1f%% of a core, %.0f %s per server-core-second; loader %.1f%% of a core; "
@@ -1097,7 +1331,11 @@ static void usage(void)
             "  -k SECRET   sign HS256 tokens with SECRET and pass them as ?token=\n"
             "  -R ROOM     fanout room (default bench)\n"
             "  -u PREFIX   user name prefix (default none)\n"
-            "  -b          echo binary frames instead of text\n");
+            "  -b          echo binary frames instead of text\n"
+            "  -B BYTES    fanout: publish chat-like JSON bodies of exactly BYTES (100..60000;\n"
+            "              default: a minimal {\"t\":...} body)\n"
+            "  -Z          offer permessage-deflate (client_max_window_bits), fail unless the 101\n"
+            "              accepts it, inflate compressed (RSV1) messages\n");
     exit(2);
 }
 
@@ -1174,7 +1412,7 @@ int main(int argc, char **argv)
                        .prefix = ""};
     const char *mode = NULL;
     int ch;
-    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bh")) != -1) {
+    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bB:Zh")) != -1) {
         switch (ch) {
         case 'm':
             mode = optarg;
@@ -1224,6 +1462,12 @@ int main(int argc, char **argv)
         case 'b':
             o->binary = true;
             break;
+        case 'B':
+            o->body = (long)arg_num(optarg, "body size");
+            break;
+        case 'Z':
+            o->deflate = true;
+            break;
         default:
             usage();
         }
@@ -1246,6 +1490,8 @@ int main(int argc, char **argv)
         die("connections must be 1..1000000 and window 1..100000");
     if (o->size < 16 || o->size > 65536)
         die("size must be 16..65536 (the payload starts with a 16-digit timestamp)");
+    if (o->body && (o->body < 100 || o->body > 60000 || o->mode != MODE_FANOUT))
+        die("-B is for fanout and must be 100..60000");
     if (o->port < 1 || o->port > 65535 || o->secs <= 0 || o->rate <= 0)
         die("port, duration and rate must be positive");
     if ((o->mode == MODE_FANOUT || o->mode == MODE_PERSIST) && !o->secret)
@@ -1318,6 +1564,7 @@ int main(int argc, char **argv)
     }
     report();
     fflush(stdout);
+    ws_deflate_buf_release(&G.ibuf);
     for (long i = 0; i < G.nconns; i++)
         conn_abort(&G.conns[i]);
     free(G.conns);

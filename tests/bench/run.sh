@@ -65,7 +65,8 @@ HAVE_WSP=0
 if [ "$FAILED" = 0 ] && [ -x "$B/wsproxy" ]; then
     cp "$B/wsproxy" "$BB/wsproxy.tmp" && mv "$BB/wsproxy.tmp" "$BB/wsproxy" && HAVE_WSP=1
 fi
-gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/loadgen" tests/bench/loadgen.c -lcrypto
+gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iproxy -o "$BB/loadgen" tests/bench/loadgen.c \
+    proxy/proto/ws_deflate.c -lcrypto -lz
 export GOCACHE=${GOCACHE:-$PWD/$BB/.gocache} GOFLAGS=
 for p in echo chat; do
     GO111MODULE=off GOPATH=$GOPATH_DEB go build -o "$BB/gorilla-$p" "./tests/bench/gorilla/$p"
@@ -81,13 +82,14 @@ NCPU=$(nproc)
 if [ "$NCPU" -ge 2 ]; then SRV_CPU=0; LG_CPU=1; else SRV_CPU=0; LG_CPU=0; fi
 
 # ---- servers ----
-write_config() { # $1 = synchronous
+write_config() { # $1 = synchronous, $2 = compression (off|on)
     cat >"$TMP/wsproxy.ini" <<EOF
 [server]
 listen = 127.0.0.1:$PORT_WSP
 ws_path = /ws
 echo_path = /echo
 static_dir =
+compression = ${2:-off}
 [log]
 level = warn
 [store]
@@ -130,13 +132,13 @@ wait_port() { # $1 = port, $2 = pid
 pinned() { exec nice -n "$NICE" taskset -c "$SRV_CPU" "$@"; }
 
 # Starts a fresh server (fresh database for wsproxy) pinned to the server core; sets SERVER_PID.
-server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous (wsproxy)
+server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous, $3 = compression
     local port
     port=$(port_of "$1")
     case $1 in
     wsproxy)
         rm -rf "$TMP/db" && mkdir -p "$TMP/db"
-        write_config "${2:-normal}"
+        write_config "${2:-normal}" "${3:-off}"
         pinned "$BB/wsproxy" --config "$TMP/wsproxy.ini" >"$TMP/server.log" 2>&1 &
         ;;
     gorilla-*) pinned "$BB/$1" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
@@ -186,8 +188,13 @@ spinners_stop() {
     SPINNERS=()
 }
 
-# ---- scenarios: name | servers | loadgen arguments (port and pid are added) ----
+# ---- scenarios: name | servers | loadgen arguments (port and pid are added) [| group] ----
 # The fanout and idle-on-/ws peers of wsproxy's chat path is gorilla-chat; echo ones gorilla-echo.
+# A server is NAME[:synchronous[:compression]] (wsproxy: normal, off by default). Consecutive
+# scenarios with the same group alternate their runs (a1 b1 a2 b2 ...) so background load hits
+# both alike. fanout_plain/_deflate: the same 5,000-member fan-out of 600-byte chat-like bodies
+# with [server] compression off and on (loadgen -Z offers permessage-deflate and inflates).
+FANOUT_Z="-m fanout -c 5000 -r 10 -d 2 -D 3 -B 600 -k $SECRET"
 SCENARIOS=(
     "echo100|wsproxy gorilla-echo|-m echo -c 100 -w 16 -s 32 -d $SECS"
     "echo1|wsproxy gorilla-echo|-m echo -c 1 -w 1 -s 32 -d $SECS"
@@ -196,6 +203,8 @@ SCENARIOS=(
     "idle_ws|wsproxy gorilla-chat|-m idle -U /ws -c 10000 -d 2 -k $SECRET"
     "fanout|wsproxy gorilla-chat|-m fanout -c 5000 -r 100 -d 10 -D 5 -k $SECRET"
     "fanout_light|wsproxy gorilla-chat|-m fanout -c 1000 -r 20 -d 5 -D 3 -k $SECRET"
+    "fanout_plain|wsproxy:normal:off|$FANOUT_Z|deflate"
+    "fanout_deflate|wsproxy:normal:on|$FANOUT_Z -Z|deflate"
     "persist_normal|wsproxy:normal|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
     "persist_full|wsproxy:full|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
 )
@@ -206,37 +215,55 @@ wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 [ "$HAVE_WSP" = 1 ] || echo "run.sh: no fresh $B/wsproxy; wsproxy rows will be empty" >&2
 # Runs alternate between the servers (wsproxy 1, gorilla 1, wsproxy 2, ...) so that load from other
 # processes on a shared machine falls on both alike.
-for sc in "${SCENARIOS[@]}"; do
-    IFS='|' read -r name servers args <<<"$sc"
-    wanted "$name" || continue
+run_one() { # $1 = scenario, $2 = server[:sync[:compression]], $3 = run, $4 = loadgen arguments
+    local name=$1 srv sync comp run=$3 args=$4 t0 port out line
+    IFS=: read -r srv sync comp <<<"$2"
+    sync=${sync:-normal}
+    comp=${comp:-off}
+    if [ "$srv" = wsproxy ] && [ "$HAVE_WSP" = 0 ]; then return 0; fi
+    t0=$SECONDS
+    if ! server_start "$srv" "$sync" "$comp"; then FAILED=1; return 0; fi
+    [[ $name != *_awake ]] || spinners_start
+    port=$(port_of "$srv")
+    # shellcheck disable=SC2086
+    if out=$(nice -n "$NICE" taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" \
+        -p "$SERVER_PID" -u "r$run" 2>"$TMP/loadgen.err"); then
+        line=$(grep '^result ' <<<"$out" || true)
+        echo "scenario=$name server=$srv run=$run ${line#result }" >>"$RAW"
+    else
+        out="loadgen failed"
+        FAILED=1
+    fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "run.sh: $srv died during $name:" >&2
+        tail -5 "$TMP/server.log" >&2
+        FAILED=1
+    fi
+    spinners_stop
+    server_stop
+    log "$name on $srv, run $run/$RUNS ($((SECONDS - t0)) s)"
+    grep -v '^result ' <<<"$out" | sed 's/^/   /' >&2
+    sed 's/^/   /' "$TMP/loadgen.err" | head -5 >&2
+}
+
+i=0
+while [ "$i" -lt ${#SCENARIOS[@]} ]; do
+    IFS='|' read -r _ _ _ grp <<<"${SCENARIOS[$i]}"
+    group=("${SCENARIOS[$i]}")
+    i=$((i + 1))
+    while [ -n "$grp" ] && [ "$i" -lt ${#SCENARIOS[@]} ]; do
+        IFS='|' read -r _ _ _ g2 <<<"${SCENARIOS[$i]}"
+        [ "$g2" = "$grp" ] || break
+        group+=("${SCENARIOS[$i]}")
+        i=$((i + 1))
+    done
     for run in $(seq 1 "$RUNS"); do
-        for srv in $servers; do
-            sync=${srv#*:}; [ "$sync" = "$srv" ] && sync=normal
-            srv=${srv%%:*}
-            if [ "$srv" = wsproxy ] && [ "$HAVE_WSP" = 0 ]; then continue; fi
-            t0=$SECONDS
-            if ! server_start "$srv" "$sync"; then FAILED=1; continue; fi
-            [[ $name != *_awake ]] || spinners_start
-            port=$(port_of "$srv")
-            # shellcheck disable=SC2086
-            if out=$(nice -n "$NICE" taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" \
-                -p "$SERVER_PID" -u "r$run" 2>"$TMP/loadgen.err"); then
-                line=$(grep '^result ' <<<"$out" || true)
-                echo "scenario=$name server=$srv run=$run ${line#result }" >>"$RAW"
-            else
-                out="loadgen failed"
-                FAILED=1
-            fi
-            if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-                echo "run.sh: $srv died during $name:" >&2
-                tail -5 "$TMP/server.log" >&2
-                FAILED=1
-            fi
-            spinners_stop
-            server_stop
-            log "$name on $srv, run $run/$RUNS ($((SECONDS - t0)) s)"
-            grep -v '^result ' <<<"$out" | sed 's/^/   /' >&2
-            sed 's/^/   /' "$TMP/loadgen.err" | head -5 >&2
+        for sc in "${group[@]}"; do
+            IFS='|' read -r name servers args _ <<<"$sc"
+            wanted "$name" || continue
+            for srv in $servers; do
+                run_one "$name" "$srv" "$run" "$args"
+            done
         done
     done
 done
@@ -322,6 +349,36 @@ print("|---|---|--:|--:|--:|---|---|")
 for r in T:
     print("| " + " | ".join(r) + " |")
 
+# Compressed fan-out beside the same scenario uncompressed (issue 17): wsproxy only.
+if any(r["scenario"] in ("fanout_plain", "fanout_deflate") for r in rows):
+    P, Z = "fanout_plain", "fanout_deflate"
+    def pair(key, scale=1.0, unit=""):
+        a, b = med(P, "wsproxy", key), med(Z, "wsproxy", key)
+        a = None if a is None else a * scale
+        b = None if b is None else b * scale
+        return [fmt(a, unit), fmt(b, unit), ratio(b, a)]
+    body = med(P, "wsproxy", "body") or med(Z, "wsproxy", "body")
+    rate = med(P, "wsproxy", "rate") or med(Z, "wsproxy", "rate")
+    conns = med(P, "wsproxy", "conns") or med(Z, "wsproxy", "conns")
+    print(f"\n## Compression: fan-out {fmt(conns)} members × {fmt(rate)} msgs/s, "
+          f"{fmt(body)}-byte chat-like bodies (wsproxy)\n")
+    print("| metric | compression off | compression on | on/off |")
+    print("|---|--:|--:|--:|")
+    C = [("bytes on the wire per delivery", pair("wire_bytes_per_msg")),
+         ("compressed payload, % of inflated", pair("z_ratio_pct", unit="%")),
+         ("server CPU µs per delivery", pair("server_cpu_us_per_msg")),
+         ("deliveries per server-core-second", pair("msgs_per_core_s")),
+         ("server CPU (share of one core)", pair("server_cpu_pct", unit="%")),
+         ("p50 publish→receipt, ms", pair("p50_us", 1 / 1000)),
+         ("p99 publish→receipt, ms", pair("p99_us", 1 / 1000)),
+         ("delivered", pair("delivered_pct", unit="%")),
+         ("loader CPU (inflates when on)", pair("loader_cpu_pct", unit="%"))]
+    for label, v in C:
+        print(f"| {label} | " + " | ".join(v) + " |")
+    print("\nBytes on the wire: what the members' sockets delivered in the window (WebSocket "
+          "frames with headers, not TCP/IP headers) / deliveries; exact. CPU figures: utime + "
+          "stime of the server over the window, noisy on a shared machine.")
+
 print("\n## Details (medians)\n")
 print("| scenario | server | msgs/s | per server-core-s | server CPU | server's core busy "
       "| loader CPU | p50 µs | p99 µs | p99.9 µs | KiB/conn | delivered | setup s | errors |")
@@ -333,7 +390,8 @@ for r in rows:
         seen.append(k)
 for sc, srv in seen:
     m = lambda key, unit="": fmt(med(sc, srv, key), unit)
-    label = srv + (" (sync=full)" if sc == "persist_full" else "")
+    label = srv + (" (sync=full)" if sc == "persist_full" else "") + (
+        " (compression on)" if sc == "fanout_deflate" else "")
     print(f"| {sc} | {label} | {m('msgs_per_s')} | {m('msgs_per_core_s')} "
           f"| {m('server_cpu_pct', '%')} | {m('server_core_busy_pct', '%')} "
           f"| {m('loader_cpu_pct', '%')} | {m('p50_us')} | {m('p99_us')} | {m('p999_us')} | {m('kib_per_conn')} | {m('delivered_pct', '%')} "

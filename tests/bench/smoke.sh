@@ -24,7 +24,8 @@ trap cleanup EXIT
 
 [ -x "$WSP" ] || make -s "$WSP"
 mkdir -p "$B/bench"
-gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -o "$LG" tests/bench/loadgen.c -lcrypto
+gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Iproxy -o "$LG" tests/bench/loadgen.c \
+    proxy/proto/ws_deflate.c -lcrypto -lz
 
 port=29080
 while ss -Htln "sport = :$port" 2>/dev/null | grep -q .; do port=$((port + 1)); done
@@ -33,6 +34,8 @@ cat >"$TMP/wsproxy.ini" <<EOF
 [server]
 listen = 127.0.0.1:$port
 static_dir =
+; only clients that offer permessage-deflate (loadgen -Z) get it; the other checks run plain
+compression = on
 [log]
 level = warn
 [store]
@@ -58,7 +61,9 @@ for _ in $(seq 1 100); do
     sleep 0.05
 done
 
-# check NAME EXPR LOADGEN-ARGS...: runs loadgen, then EXPR, a python boolean over r[key]
+# check NAME EXPR LOADGEN-ARGS...: runs loadgen, then EXPR, a python boolean over r[key];
+# the result line is left in LAST
+LAST=
 check() {
     local name=$1 expr=$2 out line
     shift 2
@@ -69,6 +74,7 @@ check() {
         return
     fi
     line=$(grep '^result ' <<<"$out" || true)
+    LAST=$line
     if python3 -c '
 import sys
 r = {k: float(v) if v.replace(".", "", 1).lstrip("-").isdigit() else v
@@ -92,6 +98,14 @@ if kill -0 "$PID" 2>/dev/null; then
     check idle-ws "r['ready'] == 200 and r['failed'] == 0" -m idle -U /ws -c 200 -d 0.3 -k "$SECRET"
     check fanout "r['delivered_pct'] == 100 and r['published'] == 50 and r['errors'] == 0" \
         -m fanout -c 20 -r 50 -d 1 -D 3 -k "$SECRET"
+    # the same 20-member fanout with 600-byte bodies, plain then permessage-deflate: everything
+    # delivered, every delivery compressed, fewer bytes on the wire (sizes only, no timing)
+    check fanout-body "r['delivered_pct'] == 100 and r['errors'] == 0 and r['compressed_msgs'] == 0 \
+and r['wire_bytes_per_msg'] > 600" -m fanout -c 20 -r 20 -d 0.5 -D 3 -B 600 -k "$SECRET"
+    plain=$(grep -o ' wire_bytes_per_msg=[0-9.]*' <<<"$LAST" | cut -d= -f2)
+    check fanout-deflate "r['delivered_pct'] == 100 and r['errors'] == 0 and r['deflate'] == 1 \
+and r['compressed_msgs'] == r['msgs'] and 0 < r['wire_bytes_per_msg'] < ${plain:-0}" \
+        -m fanout -c 20 -r 20 -d 0.5 -D 3 -B 600 -Z -k "$SECRET"
     check persist "r['msgs_per_s'] > 0 and r['errors'] == 0" \
         -m persist -c 2 -w 8 -d 1 -W 0.2 -k "$SECRET"
     # a bad token must be refused before the upgrade, and loadgen must notice
