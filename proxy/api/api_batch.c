@@ -117,6 +117,13 @@ void api_push_to_list(struct api_conn *ac, json_t *to, const char *from, const c
             many_release(&x);
             return;
         }
+        if (cid && strlen(cid) + 1 + strlen(u) > CHAT_CID_MAX) {
+            /* each recipient's cid is CID/USER, and a cid is at most 128 bytes everywhere */
+            api_reply_error(ac, 400, "bad_request",
+                            "with a \"to\" list, cid + \"/\" + each user must fit in 128 bytes");
+            many_release(&x);
+            return;
+        }
         for (size_t j = 0; j < i; j++)
             if (!strcmp(x.ms[j].to_user, u)) {
                 api_reply_error(ac, 400, "bad_request", "to lists a user twice");
