@@ -560,23 +560,23 @@ static int events_show(struct wsctl *w, int64_t after, int64_t limit)
 {
     char path[96], url[300];
     struct http_reply c, d;
-    if (call(w, "GET", "/api/v1/events", NULL, &c, url, sizeof(url)) != 0)
+    if (wsctl_api_call(w, "GET", "/api/v1/events", NULL, &c, url, sizeof(url)) != 0)
         return WSCTL_ERROR;
     if (c.status != 200) {
-        api_error(w, url, &c);
+        wsctl_api_error(w, url, &c);
         free(c.body);
         return WSCTL_ERROR;
     }
     snprintf(path, sizeof(path), "/api/v1/events/dead?after=%lld&limit=%lld", (long long)after,
              (long long)limit);
-    if (call(w, "GET", path, NULL, &d, url, sizeof(url)) != 0) {
+    if (wsctl_api_call(w, "GET", path, NULL, &d, url, sizeof(url)) != 0) {
         free(c.body);
         return WSCTL_ERROR;
     }
     int rc = WSCTL_OK;
     json_t *cj = json_loadb(c.body, c.body_len, 0, NULL), *dj = json_loadb(d.body, d.body_len, 0, NULL);
     if (d.status != 200 || !cj || !dj) {
-        api_error(w, url, &d);
+        wsctl_api_error(w, url, &d);
         rc = WSCTL_ERROR;
     } else if (w->json) {
         json_object_set(cj, "dead_events", json_object_get(dj, "events"));
@@ -667,7 +667,7 @@ int cmd_events(struct wsctl *w, int argc, char **argv)
     else
         snprintf(path, sizeof(path), "/api/v1/events/replay?limit=10000");
     struct http_reply r;
-    if (call(w, "POST", path, NULL, &r, url, sizeof(url)) != 0)
+    if (wsctl_api_call(w, "POST", path, NULL, &r, url, sizeof(url)) != 0)
         return WSCTL_ERROR;
     int rc = WSCTL_OK;
     if (r.status == 200) {
@@ -679,7 +679,7 @@ int cmd_events(struct wsctl *w, int argc, char **argv)
             fprintf(w->out, "%lld dead event%s queued again (same ids)\n", n, n == 1 ? "" : "s");
         json_decref(j);
     } else {
-        api_error(w, url, &r);
+        wsctl_api_error(w, url, &r);
         rc = r.status == 404 ? WSCTL_NOTFOUND : WSCTL_ERROR;
     }
     free(r.body);
