@@ -142,3 +142,39 @@ def test_refused_origin_is_named_with_the_key(tmp_path):
         assert "https://evil.example" in srv.log() and "[server] origins" in srv.log()
     finally:
         srv.stop()
+
+
+def test_verify_the_deployment_recipe(tmp_path):
+    """deploy/README's smoke test: wsctl status, wsctl token, and the curl upgrade that prints 101
+    and the welcome frame; the session then shows up as connection_lost."""
+    import os
+    import re
+    import subprocess
+    from wsp import BIN
+    srv = Server(str(tmp_path)).start()
+    try:
+        wsctl = os.path.join(os.path.dirname(BIN), "wsctl")
+        cfg = ["-c", srv.config_path]
+        st = subprocess.run([wsctl, *cfg, "status"], capture_output=True, text=True, timeout=10)
+        assert st.returncode == 0 and "up" in st.stdout, st
+        tok = subprocess.run([wsctl, *cfg, "token", "smoketest", "--ttl", "5m"],
+                             capture_output=True, text=True, timeout=10)
+        assert tok.returncode == 0, tok
+        readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "deploy",
+                                   "README.md")).read()
+        headers = re.findall(r"-H '([^']+)'", readme.split("## Verify the deployment")[1])
+        assert len(headers) == 5
+        args = ["curl", "-s", "-i", "-N", "--http1.1", "--max-time", "3"]
+        for h in headers:
+            if not h.startswith("Origin"):
+                args += ["-H", h]
+        args.append(f"http://127.0.0.1:{srv.port}/ws?token={tok.stdout.strip()}")
+        out = subprocess.run(args, capture_output=True, timeout=10).stdout
+        assert out.startswith(b"HTTP/1.1 101 Switching Protocols"), out[:100]
+        assert b'{"type":"welcome"' in out and b'"user":"smoketest"' in out
+        deadline = time.time() + 5
+        while session_reason(srv, "smoketest") is None:
+            assert time.time() < deadline
+        assert session_reason(srv, "smoketest") == "connection_lost"
+    finally:
+        srv.stop()
