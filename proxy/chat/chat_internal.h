@@ -7,6 +7,7 @@
  *   chat_fanout.c  the one insert-and-deliver path, fan-out, presence and member events, room index
  *   chat_fast.c    allocation-free fast path for send and ack
  *   chat_replay.c  the replay on connect, paced by the send queue
+ *   chat_retention.c  the retention timer ([store] retention_age, retention_count)
  */
 #ifndef WSP_CHAT_INTERNAL_H
 #define WSP_CHAT_INTERNAL_H
@@ -55,6 +56,10 @@ struct chat {
     size_t ends_unsettled; /* written or waiting: not yet known durable */
     struct event *retry_ev;
     int64_t retry_ms;      /* current back-off */
+    /* [store] retention: the timer, and rows deleted in the transaction not yet committed */
+    struct event *retention_ev;
+    int64_t retention_pending;
+    bool retention_waiting;
 };
 
 enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
@@ -91,6 +96,7 @@ struct chat_conn {
      * callback frees it.
      */
     bool ended;
+    bool erased; /* the user was erased: the end writes neither the session row nor presence */
     int busy;
 };
 
@@ -164,6 +170,10 @@ void chat_claim_revoke(struct chat_conn *cc);
 /* The client's own join/leave frames, with the access rules. */
 void chat_room_join(struct chat_conn *cc, const char *room);
 void chat_room_leave(struct chat_conn *cc, const char *room);
+
+/* chat_retention.c: the retention timer (none when both limits are 0). 0, or -1 out of memory. */
+int chat_retention_start(struct chat *ch);
+void chat_retention_stop(struct chat *ch);
 
 /* chat_replay.c */
 /* Whether a live delivery to cc must wait for its replay (room NULL: a direct message). */

@@ -136,7 +136,7 @@ struct chat *chat_new(struct loop *lp, const struct auth *auth)
     ch->users = registry_map_new();
     ch->rooms = registry_map_new();
     ch->retry_ev = evtimer_new(lp->base, ends_retry_cb, ch);
-    if (!ch->users || !ch->rooms || !ch->retry_ev) {
+    if (!ch->users || !ch->rooms || !ch->retry_ev || chat_retention_start(ch) != 0) {
         chat_free(ch);
         return NULL;
     }
@@ -158,6 +158,7 @@ void chat_free(struct chat *ch)
     }
     if (ch->retry_ev)
         event_free(ch->retry_ev);
+    chat_retention_stop(ch);
     registry_map_free(ch->users);
     registry_map_free(ch->rooms);
     free(ch);
@@ -380,7 +381,11 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
         registry_leave(ch->users, cc->user_mem);
     cc->user_mem = NULL;
 
-    if (cc->session_id != 0) {
+    if (cc->session_id != 0 && cc->erased) {
+        log_info("conn %llu %s: session %lld of erased user %s ended (%s)",
+                 (unsigned long long)cc->conn->id, cc->conn->addr, (long long)cc->session_id,
+                 cc->user, end_reason_name(why));
+    } else if (cc->session_id != 0) {
         session_end(cc, why, now, seen);
         log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)cc->conn->id,
                  cc->conn->addr, (long long)cc->session_id, cc->user, end_reason_name(why));
