@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "store.h"
 
 #define T0 INT64_C(1700000000000)
@@ -1294,6 +1296,33 @@ static void test_store_retention_age_keeps_newest(void **state)
     assert_int_equal(retain_all(f->st, T0 + 5, 0, 500), 0);
 }
 
+/* A database of schema 2 (before the counts) upgrades with its counts filled from its messages. */
+static void test_store_retention_counts_after_upgrade(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 0; i < 5; i++)
+        send_room(f->st, "a", "r", "m", T0 + i);
+    for (int i = 0; i < 4; i++)
+        send_direct(f->st, i % 2 ? "a" : "b", i % 2 ? "b" : "a", "d", NULL, T0 + i);
+    send_room(f->st, "a", "newest", "n", T0 + 9);
+    store_close(f->st);
+    f->st = NULL;
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "DROP TRIGGER messages_count_delete;"
+                                  "ALTER TABLE rooms DROP COLUMN msg_count;"
+                                  "ALTER TABLE dm_conversations DROP COLUMN msg_count;"
+                                  "PRAGMA user_version = 2;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    f->st = open_path(f->path, false);
+    assert_int_equal(store_schema_version(f->st), store_schema_latest());
+    assert_int_equal(retain_all(f->st, 0, 2, 500), 3 + 2);
+    assert_int_equal(count_messages(f->st), 2 + 2 + 1);
+}
+
 static void test_store_user_erase(void **state)
 {
     struct fixture *f = *state;
@@ -1384,6 +1413,7 @@ int main(void)
         T(test_store_stats),
         T(test_store_retention_count),
         T(test_store_retention_age_keeps_newest),
+        T(test_store_retention_counts_after_upgrade),
         T(test_store_user_erase),
         cmocka_unit_test(test_store_strerror_covers_every_code),
     };
