@@ -4,7 +4,7 @@
  * through the store's own functions with one user in CONV_N conversations (rooms and direct ones)
  * and MSG_N messages spread over them, then the median time of N calls for the first page of 50 and
  * for a later page. Prints one "result key=value ..." line for tests/bench/run.sh. No assertions on
- * times. Build (run.sh does it):
+ * times. CONV_BENCH_KEEP=FILE keeps the database (moved there). Build (run.sh does it):
  *   gcc -std=c11 -D_GNU_SOURCE -O2 -Iproxy -Istore -o build/bench/conv_bench tests/bench/conv_bench.c \
  *       build/libwsp.a $(pkg-config --libs sqlite3 ...) && ./build/bench/conv_bench [calls]
  */
@@ -140,6 +140,12 @@ int main(int argc, char **argv)
            "conv_later_ms=%.3f\n",
            CONV_N, MSG_N, calls, fill, first, later);
     store_close(st);
+    const char *keep = getenv("CONV_BENCH_KEEP"); /* keep the database there, to look at it */
+    if (keep && *keep) {
+        if (rename(path, keep) != 0)
+            perror("conv_bench: CONV_BENCH_KEEP");
+        return 0;
+    }
     unlink(path);
     char side[64];
     snprintf(side, sizeof(side), "%s-wal", path);
