@@ -15,8 +15,12 @@
 
 #include "store_internal.h"
 
-/* Conversations read per slice of the count sweep (rows of rooms / dm_conversations, not messages). */
-#define RET_SLICE 128
+/*
+ * Conversations read per slice of the count sweep: rows of rooms / dm_conversations (small, one index
+ * range), not messages; well under a millisecond. A step reads one slice of each table, so with a
+ * tick a second 1,000,000 direct conversation rows are all visited in about 17 minutes.
+ */
+#define RET_SLICE 1024
 
 const struct store_sql store_sql_retention[] = {
     /* Age: among the budget oldest rows (by id, which follows created_at), those created before the
