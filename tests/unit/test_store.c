@@ -1323,6 +1323,35 @@ static void test_store_retention_counts_after_upgrade(void **state)
     assert_int_equal(count_messages(f->st), 2 + 2 + 1);
 }
 
+/* More conversations than one slice of the sweep: every one is visited, steps resume where they
+ * stopped, the budget holds. */
+static void test_store_retention_many_conversations(void **state)
+{
+    struct fixture *f = *state;
+    char name[32];
+    assert_int_equal(store_begin(f->st), 0);
+    for (int i = 0; i < 1500; i++) {
+        snprintf(name, sizeof name, "room%04d", i);
+        send_room(f->st, "a", name, "old", T0 + i);
+        send_room(f->st, "a", name, "new", T0 + i);
+        snprintf(name, sizeof name, "peer%04d", i);
+        send_direct(f->st, "a", name, "old", NULL, T0 + i);
+        send_direct(f->st, name, "a", "new", NULL, T0 + i);
+    }
+    assert_int_equal(store_commit(f->st), 0);
+    assert_int_equal(retain_all(f->st, 0, 1, 500), 3000);
+    assert_int_equal(count_messages(f->st), 3000);
+    struct seen s = {0};
+    bool more;
+    assert_int_equal(store_history_room(f->st, "room0777", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.body[0], "new");
+    s.n = 0;
+    assert_int_equal(store_history_direct(f->st, "a", "peer1499", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.body[0], "new");
+}
+
 static void test_store_user_erase(void **state)
 {
     struct fixture *f = *state;
@@ -1414,6 +1443,7 @@ int main(void)
         T(test_store_retention_count),
         T(test_store_retention_age_keeps_newest),
         T(test_store_retention_counts_after_upgrade),
+        T(test_store_retention_many_conversations),
         T(test_store_user_erase),
         cmocka_unit_test(test_store_strerror_covers_every_code),
     };
