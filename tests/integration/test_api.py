@@ -658,7 +658,7 @@ def test_api_history_bad_query_is_400(server, query):
     ("DELETE", "/api/v1/push", "POST"),
     ("POST", "/api/v1/sessions", "GET, HEAD"),
     ("PUT", "/api/v1/sessions/1", "GET, HEAD, DELETE"),
-    ("POST", "/api/v1/messages/1", "GET, HEAD"),
+    ("POST", "/api/v1/messages/1", "GET, HEAD, DELETE"),
     ("DELETE", "/api/v1/presence", "GET, HEAD"),
     ("PATCH", "/api/v1/history", "GET, HEAD"),
     ("POST", "/healthz", "GET, HEAD"),
