@@ -363,7 +363,9 @@ int store_user_conversations(struct store *st, const char *user, int64_t before_
  * - cutoff > 0: messages created before cutoff (ms), from the oldest id on;
  * - keep > 0: the oldest messages of each room and direct conversation beyond its newest keep. The
  *   conversations are visited a slice at a time from a position the handle keeps, so a step never
- *   reads them all; a sweep over every conversation takes several steps.
+ *   reads them all; a sweep over every conversation takes several steps. Each conversation's size is
+ *   the msg_count its row keeps; it can only be too low (a room deleted and used again, a user erased
+ *   and written to again: old rows not counted), and then more than keep stay, never fewer.
  * The newest message overall is never deleted: message ids are max(id)+1, so deleting it would let
  * the next message reuse its id. rooms/dm_conversations rows stay (last_id may name a deleted
  * message: store_user_conversations marks it last_gone). Rows are deleted for good, tombstones too.
