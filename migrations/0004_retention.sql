@@ -1,4 +1,4 @@
--- 0003_retention.sql -- retention and erasure: a message count per room and per direct conversation
+-- 0004_retention.sql -- retention and erasure: a message count per room and per direct conversation
 -- (both sides hold the conversation's count), so the retention sweep finds conversations over
 -- [store] retention_count by reading those rows, never by counting messages. Upgrades in place.
 
