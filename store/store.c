@@ -37,7 +37,7 @@ const struct store_sql store_sql_core[] = {
 
 static const struct store_sql *const sql_tables[] = {
     store_sql_core, store_sql_session, store_sql_presence, store_sql_msg,
-    store_sql_room, store_sql_conv, store_sql_outbox,
+    store_sql_room, store_sql_conv, store_sql_outbox, store_sql_retention,
 };
 
 /* ---- Errors ---- */
@@ -721,6 +721,9 @@ void store_close(struct store *st)
     if (st->db && !sqlite3_get_autocommit(st->db))
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
     close_db(st); /* the last connection: SQLite checkpoints all and removes the WAL */
+    free(st->ret_room);
+    free(st->ret_dm_user);
+    free(st->ret_dm_peer);
     free(st);
 }
 

@@ -343,6 +343,8 @@ struct store_conversation {
     const char *peer;       /* the room, or the other user */
     struct store_msg last;  /* the newest message (deleted ones keep their place: body "null") */
     bool last_deleted;
+    bool last_gone;         /* retention deleted the newest message: only last.id is set (strings
+                             * NULL); the conversation keeps its place in the list */
     int64_t unread;         /* room: others' messages after the member's cursor; direct: not acked.
                              * Counted up to STORE_UNREAD_MAX. */
 };
@@ -357,6 +359,32 @@ typedef int store_conversation_fn(void *ctx, const struct store_conversation *c)
  */
 int store_user_conversations(struct store *st, const char *user, int64_t before_id, int limit,
                              store_conversation_fn *cb, void *ctx, bool *more);
+
+/* ---- retention and erasure (store_retention.c) ---- */
+
+/*
+ * One retention step, at most budget (>= 1) rows deleted, each statement short (one index range):
+ * - cutoff > 0: messages created before cutoff (ms), from the oldest id on;
+ * - keep > 0: the oldest messages of each room and direct conversation beyond its newest keep. The
+ *   conversations are visited a slice at a time from a position the handle keeps, so a step never
+ *   reads them all; a sweep over every conversation takes several steps. Each conversation's size is
+ *   the msg_count its row keeps; it can only be too low (a room deleted and used again, a user erased
+ *   and written to again: old rows not counted), and then more than keep stay, never fewer.
+ * The newest message overall is never deleted: message ids are max(id)+1, so deleting it would let
+ * the next message reuse its id. rooms/dm_conversations rows stay (last_id may name a deleted
+ * message: store_user_conversations marks it last_gone). Rows are deleted for good, tombstones too.
+ * *deleted gets the rows deleted. Inside a group commit or on its own, like every write.
+ */
+int store_retention_step(struct store *st, int64_t cutoff, int64_t keep, int budget,
+                         int64_t *deleted);
+
+/*
+ * Erase user: every message they sent (direct or room) or received directly becomes a tombstone
+ * (body null, deleted_at = now; ids kept), and their room memberships, the dm_conversations rows of
+ * both sides of their conversations, their sessions rows and their presence row are deleted. Atomic.
+ * A user the store never saw is no error (nothing to do). *tombstoned (may be NULL) = messages changed.
+ */
+int store_user_erase(struct store *st, const char *user, int64_t now, int64_t *tombstoned);
 
 /*
  * Make the writes between these two all-or-nothing: a SAVEPOINT inside an open transaction, else a

@@ -11,15 +11,20 @@
 #include "store_internal.h"
 
 const struct store_sql store_sql_conv[] = {
-    /* ensure (last_id 0) and touch (a new message) in one upsert; last_id never moves back */
+    /* ensure (last_id 0) and touch (a new message: one more in msg_count) in one upsert; last_id
+     * never moves back */
     {STMT_ROOM_TOUCH, false,
-     "INSERT INTO rooms (name, created_at, last_id) VALUES (?1, ?2, ?3)"
-     " ON CONFLICT (name) DO UPDATE SET last_id = max(last_id, excluded.last_id)"},
-    /* both sides of a direct conversation; a note to self is one row (the second VALUES updates).
+     "INSERT INTO rooms (name, created_at, last_id, msg_count) VALUES (?1, ?2, ?3, ?3 > 0)"
+     " ON CONFLICT (name) DO UPDATE SET last_id = max(last_id, excluded.last_id),"
+     " msg_count = msg_count + excluded.msg_count"},
+    /* both sides of a direct conversation, each counting the message once; a note to self is one
+     * row (the second VALUES updates it and adds 0 to its count).
      * may_scan: the plan's only SCAN is "2 CONSTANT ROWS", the VALUES list itself. */
     {STMT_DM_TOUCH, true,
-     "INSERT INTO dm_conversations (user, peer, last_id) VALUES (?1, ?2, ?3), (?2, ?1, ?3)"
-     " ON CONFLICT (user, peer) DO UPDATE SET last_id = max(last_id, excluded.last_id)"},
+     "INSERT INTO dm_conversations (user, peer, last_id, msg_count)"
+     " VALUES (?1, ?2, ?3, 1), (?2, ?1, ?3, ?1 <> ?2)"
+     " ON CONFLICT (user, peer) DO UPDATE SET last_id = max(last_id, excluded.last_id),"
+     " msg_count = msg_count + excluded.msg_count"},
     {STMT_ROOM_ADD, false,
      "INSERT INTO room_members (room, user, joined_at, cursor, via) VALUES (?1, ?2, ?3,"
      " coalesce((SELECT last_id FROM rooms WHERE name = ?1), 0), 'api')"
@@ -280,8 +285,14 @@ int store_user_conversations(struct store *st, const char *user, int64_t before_
         if ((rc = unread(st, user, &keys[i], &c.unread)) < 0)
             goto done;
         struct store_msg_info info;
-        if ((rc = store_msg_get(st, keys[i].last_id, &info)) < 0)
+        rc = store_msg_get(st, keys[i].last_id, &info);
+        if (rc == STORE_ERR_NOTFOUND) { /* retention deleted it (and maybe all the others) */
+            memset(&info, 0, sizeof(info));
+            info.msg.id = keys[i].last_id;
+            c.last_gone = true;
+        } else if (rc < 0) {
             goto done;
+        }
         c.last = info.msg;
         c.last_deleted = info.deleted;
         int stop = cb(ctx, &c);

@@ -83,6 +83,19 @@ enum store_stmt_id {
     STMT_OUTBOX_REPLAY_ONE,
     STMT_OUTBOX_REPLAY_ALL,
     STMT_OUTBOX_COUNTS,
+    /* store_retention.c */
+    STMT_RET_AGE,
+    STMT_RET_ROOMS,
+    STMT_RET_ROOM_DEL,
+    STMT_RET_DMS,
+    STMT_RET_DM_DEL,
+    STMT_ERASE_SENT,
+    STMT_ERASE_RECEIVED,
+    STMT_ERASE_MEMBERS,
+    STMT_ERASE_DM_PEERS,
+    STMT_ERASE_DMS,
+    STMT_ERASE_SESSIONS,
+    STMT_ERASE_PRESENCE,
     STMT_COUNT
 };
 
@@ -100,6 +113,7 @@ extern const struct store_sql store_sql_msg[];
 extern const struct store_sql store_sql_room[];
 extern const struct store_sql store_sql_conv[];
 extern const struct store_sql store_sql_outbox[];
+extern const struct store_sql store_sql_retention[];
 
 /* WAL size (frames = pages) after a commit at which the checkpoint thread is woken: 16 MiB. */
 #define STORE_CKPT_FRAMES 4096
@@ -117,6 +131,10 @@ struct store {
     int64_t busy_since_ms;    /* monotonic: when the current wait for a lock began */
     int64_t locked_until_ms;  /* monotonic: until then, a lock fails a call at once */
     sqlite3_stmt *stmt[STMT_COUNT];
+    /* store_retention_step's place in the walk over conversations: the last room, the last
+     * (user, peer) of dm_conversations visited; NULL: from the start. */
+    char *ret_room;
+    char *ret_dm_user, *ret_dm_peer;
     char err[512];
 };
 

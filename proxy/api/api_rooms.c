@@ -16,7 +16,7 @@
 #define ROOMS_DEFAULT 100
 #define ROOMS_MAX 1000
 
-/* ---- paths: /api/v1/rooms/NAME[/members[/USER]], /api/v1/users/NAME/conversations ---- */
+/* ---- paths: /api/v1/rooms/NAME[/members[/USER]], /api/v1/users/NAME[/conversations] ---- */
 
 static int hex(int c)
 {
@@ -245,6 +245,19 @@ static void route_conversations(struct api_conn *ac, const char *user)
     sbuf_release(&b);
 }
 
+/* Erasure: tombstones, rows gone, live connections closed; 204 once it is committed. */
+static void route_user_erase(struct api_conn *ac, const char *user)
+{
+    size_t closed = 0;
+    if (chat_user_erase(ac->api->chat, user, &closed) != 0) {
+        api_reply_store_error(ac, "user erase");
+        return;
+    }
+    log_info("api: user %s erased (%zu live connection%s closed)", user, closed,
+             closed == 1 ? "" : "s");
+    api_reply_after_commit(ac, 204);
+}
+
 void api_route_message_delete(struct api_conn *ac, int64_t id)
 {
     int rc = chat_message_delete(ac->api->chat, id);
@@ -276,6 +289,10 @@ bool api_rooms_dispatch(struct api_conn *ac)
         int rc = path_name(&p, end, a, sizeof(a));
         if (rc < 0)
             bad_name(ac, "the user");
+        else if (rc > 0 && p == end && api_method_is(r, "DELETE"))
+            route_user_erase(ac, a);
+        else if (rc > 0 && p == end)
+            api_method_not_allowed(ac, "DELETE");
         else if (rc == 0 || !starts(&p, end, "/conversations") || p != end)
             return false;
         else if (!get)

@@ -489,6 +489,8 @@ static void route_message(struct api_conn *ac, int64_t id)
     add_i64_or_null(&b, mi.direct && mi.delivered ? mi.delivered_at : 0);
     sbuf_adds(&b, ",\"delivered_by\":");
     add_i64_or_null(&b, mi.direct && mi.delivered ? mi.delivered_by : 0);
+    if (mi.deleted) /* a tombstone (DELETE of the message, its room or its user): body is null */
+        sbuf_adds(&b, ",\"deleted\":true");
     sbuf_adds(&b, "}");
     store_msg_info_release(&mi);
     api_reply_json(ac, 200, &b);

@@ -55,6 +55,8 @@ struct px_config {
     uint64_t store_max_replay;
     int64_t store_commit_delay_ms; /* the longest a group commit may wait behind other work */
     uint64_t store_commit_batch;   /* writes after which it commits at once */
+    int64_t store_retention_age_ms; /* delete messages older than this; 0: keep forever */
+    uint64_t store_retention_count; /* keep this many per conversation; 0: no limit */
     /* [auth] */
     char *auth_mode;
     char *jwt_alg;

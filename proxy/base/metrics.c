@@ -219,6 +219,9 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
                    "# TYPE wsproxy_events_oldest_age_seconds gauge\n"
                    "wsproxy_events_oldest_age_seconds %.3f\n", g->events_oldest_age_s);
     }
+    fprintf(f, "# HELP wsproxy_retention_deleted_total Messages deleted by retention.\n"
+               "# TYPE wsproxy_retention_deleted_total counter\nwsproxy_retention_deleted_total %llu\n",
+            (unsigned long long)m->retention_deleted);
     fprintf(f, "# HELP wsproxy_heartbeat_timeouts_total Connections closed for not answering pings.\n"
                "# TYPE wsproxy_heartbeat_timeouts_total counter\nwsproxy_heartbeat_timeouts_total %llu\n",
             (unsigned long long)m->heartbeat_timeouts);

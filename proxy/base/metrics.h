@@ -47,6 +47,7 @@ struct metrics {
     uint64_t slow_consumers;
     uint64_t api_requests[METRICS_API_STATUS];
     uint64_t store_errors;
+    uint64_t retention_deleted; /* messages deleted by [store] retention_age / retention_count */
     /* permessage-deflate: payload bytes of compressed messages, on the wire and inflated/raw */
     uint64_t deflate_in_wire;     /* compressed payload bytes received */
     uint64_t deflate_in_raw;      /* what they inflated to */

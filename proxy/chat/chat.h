@@ -118,6 +118,13 @@ int chat_room_remove(struct chat *ch, const char *room, const char *user);
 int chat_room_delete(struct chat *ch, const char *room);
 /* Live connections in room. */
 size_t chat_room_live(struct chat *ch, const char *room);
+/*
+ * Erase user (store_user_erase: their messages become tombstones, their memberships, conversations,
+ * sessions and presence rows go) in the loop's transaction; the other members of their rooms get
+ * "left", and every live connection of the user is closed with 1008 "kicked" (*closed of them). 0,
+ * or a STORE_ERR_* (nothing changed, nobody closed).
+ */
+int chat_user_erase(struct chat *ch, const char *user, size_t *closed);
 /* Tombstone message id; live holders get {"type":"deleted","id":..}. STORE_ERR_NOTFOUND if none. */
 int chat_message_delete(struct chat *ch, int64_t id);
 /*

@@ -7,6 +7,7 @@
  *   chat_fanout.c  the one insert-and-deliver path, fan-out, presence and member events, room index
  *   chat_fast.c    allocation-free fast path for send and ack
  *   chat_replay.c  the replay on connect, paced by the send queue
+ *   chat_retention.c  the retention timer ([store] retention_age, retention_count)
  */
 #ifndef WSP_CHAT_INTERNAL_H
 #define WSP_CHAT_INTERNAL_H
@@ -56,6 +57,10 @@ struct chat {
     struct event *retry_ev;
     int64_t retry_ms;      /* current back-off */
     struct events *events; /* events to the app backend; NULL when [events] target is empty */
+    /* [store] retention: the timer, and rows deleted in the transaction not yet committed */
+    struct event *retention_ev;
+    int64_t retention_pending;
+    bool retention_waiting;
 };
 
 enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
@@ -92,6 +97,7 @@ struct chat_conn {
      * callback frees it.
      */
     bool ended;
+    bool erased; /* the user was erased: the end writes neither the session row nor presence */
     int busy;
 };
 
@@ -183,6 +189,10 @@ void events_user_online(struct chat *ch, const char *user);
 void events_user_offline(struct chat *ch, const char *user);
 /* A new message (not a duplicate) was stored; push: it came from the API. */
 void events_msg_stored(struct chat *ch, const struct store_msg *m, bool push);
+
+/* chat_retention.c: the retention timer (none when both limits are 0). 0, or -1 out of memory. */
+int chat_retention_start(struct chat *ch);
+void chat_retention_stop(struct chat *ch);
 
 /* chat_replay.c */
 /* Whether a live delivery to cc must wait for its replay (room NULL: a direct message). */

@@ -224,6 +224,57 @@ void chat_claim_revoke(struct chat_conn *cc)
     names_release(&rooms);
 }
 
+/* ---- erasure ---- */
+
+int chat_user_erase(struct chat *ch, const char *user, size_t *closed)
+{
+    struct names rooms = {0};
+    *closed = 0;
+    int rc = store_user_rooms(ch->store, user, collect_name, &rooms);
+    if (rc < 0) {
+        names_release(&rooms);
+        return rc;
+    }
+    loop_tx_begin(ch->lp);
+    if ((rc = store_user_erase(ch->store, user, loop_now_ms(ch->lp), NULL)) != 0) {
+        names_release(&rooms);
+        return rc;
+    }
+    /* the other members see the user leave; the user's own connections close below */
+    for (size_t i = 0; i < rooms.n; i++) {
+        chat_user_room_change(ch, user, rooms.v[i], false);
+        chat_member_event(ch, rooms.v[i], user, "left", NULL);
+    }
+    names_release(&rooms);
+    /* Session ends still to be written would bring back rows the erasure deleted. */
+    for (struct chat_end **pe = &ch->ends_retry; *pe;) {
+        struct chat_end *e = *pe;
+        if (strcmp(e->user, user) != 0) {
+            pe = &e->next;
+            continue;
+        }
+        *pe = e->next;
+        ch->ends_unsettled--;
+        free(e);
+    }
+    struct chat_conn *next;
+    for (struct chat_conn *cc = ch->sessions; cc; cc = next) {
+        next = cc->next;
+        if (strcmp(cc->user, user) != 0 || cc->ended)
+            continue;
+        cc->erased = true; /* its end writes no session row or presence: they are gone */
+        if (!conn_is_open(cc->conn))
+            continue;
+        log_info("conn %llu %s: session %lld closed: user %s erased by the API",
+                 (unsigned long long)cc->conn->id, cc->conn->addr, (long long)cc->session_id, user);
+        chat_conn_enter(cc);
+        conn_close(cc->conn, WS_CLOSE_POLICY, "kicked", END_KICKED);
+        chat_conn_leave(cc);
+        (*closed)++;
+    }
+    return 0;
+}
+
 /* ---- deleted messages ---- */
 
 int chat_message_delete(struct chat *ch, int64_t id)
@@ -285,6 +336,11 @@ static int conv_item(void *ctx, const struct store_conversation *c)
     sbuf_add_json_str(b, c->peer);
     sbuf_adds(b, ",\"last\":{\"id\":");
     sbuf_add_i64(b, c->last.id);
+    if (c->last_gone) { /* retention deleted it: only its id is known */
+        sbuf_addf(b, ",\"gone\":true},\"unread\":%lld}", (long long)c->unread);
+        x->last_id = c->last.id;
+        return 0;
+    }
     sbuf_adds(b, ",\"from\":");
     sbuf_add_json_str(b, c->last.sender);
     sbuf_adds(b, ",\"ts\":");

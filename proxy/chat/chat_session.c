@@ -138,7 +138,8 @@ struct chat *chat_new(struct loop *lp, const struct auth *auth)
     ch->users = registry_map_new();
     ch->rooms = registry_map_new();
     ch->retry_ev = evtimer_new(lp->base, ends_retry_cb, ch);
-    if (!ch->users || !ch->rooms || !ch->retry_ev || events_new(ch) != 0) {
+    if (!ch->users || !ch->rooms || !ch->retry_ev || events_new(ch) != 0 ||
+        chat_retention_start(ch) != 0) {
         chat_free(ch);
         return NULL;
     }
@@ -160,6 +161,7 @@ void chat_free(struct chat *ch)
     }
     if (ch->retry_ev)
         event_free(ch->retry_ev);
+    chat_retention_stop(ch);
     events_free(ch);
     registry_map_free(ch->users);
     registry_map_free(ch->rooms);
@@ -387,11 +389,15 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
         registry_leave(ch->users, cc->user_mem);
     cc->user_mem = NULL;
 
-    if (cc->session_id != 0)
+    if (cc->session_id != 0 && cc->erased) {
+        /* the user's data was erased (API): nothing of this session is written again */
+        log_info("conn %llu %s: session %lld of erased user %s ended (%s)",
+                 (unsigned long long)cc->conn->id, cc->conn->addr, (long long)cc->session_id,
+                 cc->user, end_reason_name(why));
+    } else if (cc->session_id != 0) {
         session_end(cc, why, now, seen);
-    if (last)
-        events_user_offline(ch, cc->user); /* after session.closed; delayed by offline_delay */
-    if (cc->session_id != 0) {
+        if (last)
+            events_user_offline(ch, cc->user); /* after session.closed; delayed by offline_delay */
         log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)cc->conn->id,
                  cc->conn->addr, (long long)cc->session_id, cc->user, end_reason_name(why));
     }

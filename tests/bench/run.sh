@@ -2,7 +2,8 @@
 # run.sh -- `make bench`: wsproxy against gorilla/websocket on loopback, server on core 0 and
 # loader on core 1, each figure the median of BENCH_RUNS runs; prints a markdown table and writes
 # it to var/bench/. Environment: BENCH_RUNS (3), BENCH_SECS (5), BENCH_ONLY (scenario names, see
-# below), BENCH_NICE (0), BENCH_PORT (28080, first of three free ports), BENCH_STOP_GRACE (5).
+# below; conv_list is the conversation-list figure, store only), BENCH_NICE (0), BENCH_PORT (28080,
+# first of three free ports), BENCH_STOP_GRACE (5), BENCH_CONV_CALLS (51).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -267,6 +268,21 @@ while [ "$i" -lt ${#SCENARIOS[@]} ]; do
         done
     done
 done
+# The conversation list on a big store (no server, no gorilla): store_user_conversations for a user
+# with 1,000 conversations and 100,000 messages, the median of BENCH_CONV_CALLS calls per page.
+if wanted conv_list; then
+    if [ "$FAILED" = 0 ] && gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iproxy -Istore \
+        -o "$BB/conv_bench" tests/bench/conv_bench.c "$B/libwsp.a" \
+        $(pkg-config --libs libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib) -lm &&
+        out=$(nice -n "$NICE" "$BB/conv_bench" "${BENCH_CONV_CALLS:-51}"); then
+        line=$(grep '^result ' <<<"$out" || true)
+        echo "scenario=conv_list server=wsproxy run=1 ${line#result }" >>"$RAW"
+        log "conv_list: ${line#result }"
+    else
+        echo "run.sh: conv_bench failed" >&2
+        FAILED=1
+    fi
+fi
 log "all runs took $SECONDS s"
 
 # ---- table ----
@@ -342,6 +358,9 @@ T.append(("persist, synchronous=normal", "durable DMs/s (receipt after commit)",
           "—" if w is None else f"{verdict(w >= 100000)} / {verdict(w >= 50000)}"))
 w = med("persist_full", "wsproxy", "msgs_per_s")
 T.append(("persist, synchronous=full", "durable DMs/s", fmt(w), "n/a", "", "(none)", ""))
+w, g = med("conv_list", "wsproxy", "conv_first_ms"), med("conv_list", "wsproxy", "conv_later_ms")
+T.append(("conversation list: 1,000 conversations, 100,000 messages (store only)",
+          "ms per call: first page of 50 / page 11", f"{fmt(w)} / {fmt(g)}", "n/a", "", "(none)", ""))
 
 print("## Targets (issue 8)\n")
 print("| scenario | metric | wsproxy | gorilla | wsproxy/gorilla | target | met |")
@@ -389,6 +408,8 @@ for r in rows:
     if k not in seen:
         seen.append(k)
 for sc, srv in seen:
+    if sc == "conv_list":
+        continue  # in the targets table; its raw line has the rest
     m = lambda key, unit="": fmt(med(sc, srv, key), unit)
     label = srv + (" (sync=full)" if sc == "persist_full" else "") + (
         " (compression on)" if sc == "fanout_deflate" else "")

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "store.h"
 
 #define T0 INT64_C(1700000000000)
@@ -1187,6 +1189,228 @@ static void test_store_strerror_covers_every_code(void **state)
     assert_string_equal(store_last_error(NULL), "no store");
 }
 
+/* ---- Retention and erasure ---- */
+
+struct convs {
+    int n;
+    char peer[MAX_ROWS][16];
+    int64_t last_id[MAX_ROWS];
+    bool gone[MAX_ROWS];
+};
+
+static int on_conv(void *ctx, const struct store_conversation *c)
+{
+    struct convs *x = ctx;
+    assert_true(x->n < MAX_ROWS);
+    snprintf(x->peer[x->n], sizeof x->peer[0], "%s", c->peer);
+    x->last_id[x->n] = c->last.id;
+    x->gone[x->n] = c->last_gone;
+    if (c->last_gone)
+        assert_null(c->last.sender);
+    x->n++;
+    return 0;
+}
+
+/* Steps until one deletes nothing (a full sweep finds nothing); returns the rows deleted. */
+static int64_t retain_all(struct store *st, int64_t cutoff, int64_t keep, int budget)
+{
+    int64_t total = 0, n;
+    int idle = 0;
+    for (int i = 0; i < 1000 && idle < 3; i++) {
+        assert_int_equal(store_retention_step(st, cutoff, keep, budget, &n), 0);
+        assert_true(n <= budget);
+        total += n;
+        idle = n ? 0 : idle + 1;
+    }
+    return total;
+}
+
+static int64_t count_messages(struct store *st)
+{
+    struct store_stats ss;
+    assert_int_equal(store_stats(st, &ss), 0);
+    return ss.messages;
+}
+
+static void test_store_retention_count(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    bool more;
+    int64_t last = 0;
+    for (int i = 0; i < 10; i++) {
+        send_room(f->st, "a", "r", "m", T0 + i);
+        send_direct(f->st, i % 2 ? "a" : "b", i % 2 ? "b" : "a", "d", NULL, T0 + i);
+        if (i < 5)
+            send_direct(f->st, "c", "c", "self", NULL, T0 + i);
+        last = send_room(f->st, "b", "small", "s", T0 + i);
+    }
+    int64_t before = count_messages(f->st);
+    assert_int_equal(before, 35);
+    /* budget 4: several steps, some ending inside a conversation */
+    assert_int_equal(retain_all(f->st, 0, 3, 4), (10 - 3) * 3 + (5 - 3));
+    assert_int_equal(count_messages(f->st), 3 * 4);
+    assert_int_equal(store_history_room(f->st, "r", 0, 50, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 3);
+    s.n = 0;
+    assert_int_equal(store_history_direct(f->st, "a", "b", 0, 50, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 3);
+    s.n = 0;
+    assert_int_equal(store_history_direct(f->st, "c", "c", 0, 50, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 3);
+    /* the newest is kept, new ids keep growing, and the counts follow new messages */
+    assert_true(send_room(f->st, "a", "r", "new", T0 + 50) > last);
+    assert_int_equal(retain_all(f->st, 0, 3, 500), 1);
+    assert_int_equal(store_retention_step(f->st, 0, 3, 0, &last), STORE_ERR_INVALID);
+}
+
+static void test_store_retention_age_keeps_newest(void **state)
+{
+    struct fixture *f = *state;
+    struct convs c = {0};
+    bool more;
+    assert_int_equal(store_room_join(f->st, "old", "a", T0, NULL), 0);
+    send_room(f->st, "a", "old", "x", T0);
+    int64_t last = 0;
+    for (int i = 0; i < 600; i++)
+        last = send_direct(f->st, "a", "b", "d", NULL, T0 + 1 + i);
+    /* one step takes at most the budget, then the rest; everything is older than the cutoff, but
+     * the newest row overall stays: its id would be given again (max(id)+1) */
+    int64_t n;
+    assert_int_equal(store_retention_step(f->st, T0 + 10000, 0, 500, &n), 0);
+    assert_int_equal(n, 500);
+    assert_int_equal(retain_all(f->st, T0 + 10000, 0, 500), 100);
+    assert_int_equal(count_messages(f->st), 1);
+    struct store_msg_info info;
+    assert_int_equal(store_msg_get(f->st, last, &info), 0);
+    store_msg_info_release(&info);
+    assert_true(send_direct(f->st, "b", "a", "after", NULL, T0 + 20000) == last + 1);
+    /* the room lost every message: still listed, its last message marked gone */
+    assert_int_equal(store_user_conversations(f->st, "a", 0, 10, on_conv, &c, &more), 0);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.peer[0], "b");
+    assert_false(c.gone[0]);
+    assert_string_equal(c.peer[1], "old");
+    assert_true(c.gone[1]);
+    /* young messages are not touched */
+    assert_int_equal(retain_all(f->st, T0 + 5, 0, 500), 0);
+}
+
+/* A database of schema 2 (before the counts) upgrades with its counts filled from its messages. */
+static void test_store_retention_counts_after_upgrade(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 0; i < 5; i++)
+        send_room(f->st, "a", "r", "m", T0 + i);
+    for (int i = 0; i < 4; i++)
+        send_direct(f->st, i % 2 ? "a" : "b", i % 2 ? "b" : "a", "d", NULL, T0 + i);
+    send_room(f->st, "a", "newest", "n", T0 + 9);
+    store_close(f->st);
+    f->st = NULL;
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    /* back to the schema just before the retention migration */
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "DROP TRIGGER messages_count_delete;"
+             "ALTER TABLE rooms DROP COLUMN msg_count;"
+             "ALTER TABLE dm_conversations DROP COLUMN msg_count;"
+             "PRAGMA user_version = %d;",
+             store_schema_latest() - 1);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    f->st = open_path(f->path, false);
+    assert_int_equal(store_schema_version(f->st), store_schema_latest());
+    assert_int_equal(retain_all(f->st, 0, 2, 500), 3 + 2);
+    assert_int_equal(count_messages(f->st), 2 + 2 + 1);
+}
+
+/* More conversations than one slice of the sweep: every one is visited, steps resume where they
+ * stopped, the budget holds. */
+static void test_store_retention_many_conversations(void **state)
+{
+    struct fixture *f = *state;
+    char name[32];
+    assert_int_equal(store_begin(f->st), 0);
+    for (int i = 0; i < 1500; i++) {
+        snprintf(name, sizeof name, "room%04d", i);
+        send_room(f->st, "a", name, "old", T0 + i);
+        send_room(f->st, "a", name, "new", T0 + i);
+        snprintf(name, sizeof name, "peer%04d", i);
+        send_direct(f->st, "a", name, "old", NULL, T0 + i);
+        send_direct(f->st, name, "a", "new", NULL, T0 + i);
+    }
+    assert_int_equal(store_commit(f->st), 0);
+    assert_int_equal(retain_all(f->st, 0, 1, 500), 3000);
+    assert_int_equal(count_messages(f->st), 3000);
+    struct seen s = {0};
+    bool more;
+    assert_int_equal(store_history_room(f->st, "room0777", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.body[0], "new");
+    s.n = 0;
+    assert_int_equal(store_history_direct(f->st, "a", "peer1499", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.body[0], "new");
+}
+
+static void test_store_user_erase(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    struct convs c = {0};
+    struct store_msg_info info;
+    bool more, member;
+    int64_t sid, n = -1;
+    assert_int_equal(store_session_begin(f->st, "a", "127.0.0.1", NULL, NULL, T0, &sid), 0);
+    assert_int_equal(store_presence_set(f->st, "a", true, 1, T0), 0);
+    assert_int_equal(store_room_join(f->st, "r", "a", T0, NULL), 0);
+    assert_int_equal(store_room_join(f->st, "r", "c", T0, NULL), 0);
+    int64_t to_b = send_direct(f->st, "a", "b", "hi", "k1", T0);
+    int64_t from_b = send_direct(f->st, "b", "a", "yo", NULL, T0 + 1);
+    int64_t in_room = send_room(f->st, "a", "r", "mine", T0 + 2);
+    int64_t others = send_room(f->st, "c", "r", "theirs", T0 + 3);
+    int64_t b_c = send_direct(f->st, "b", "c", "keep", NULL, T0 + 4);
+
+    assert_int_equal(store_user_erase(f->st, "a", T0 + 10, &n), 0);
+    assert_int_equal(n, 3);
+    int64_t gone[] = {to_b, from_b, in_room}, kept[] = {others, b_c};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(store_msg_get(f->st, gone[i], &info), 0);
+        assert_true(info.deleted);
+        assert_string_equal(info.msg.body, "null");
+        store_msg_info_release(&info);
+    }
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(store_msg_get(f->st, kept[i], &info), 0);
+        assert_false(info.deleted);
+        store_msg_info_release(&info);
+    }
+    assert_int_equal(store_room_is_member(f->st, "r", "a", &member), 0);
+    assert_false(member);
+    assert_int_equal(store_room_is_member(f->st, "r", "c", &member), 0);
+    assert_true(member);
+    assert_int_equal(store_presence_get(f->st, "a", NULL, NULL, NULL), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_session_get(f->st, sid, &(struct store_session){0}), STORE_ERR_NOTFOUND);
+    assert_int_equal(store_user_conversations(f->st, "a", 0, 10, on_conv, &c, &more), 0);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(store_user_conversations(f->st, "b", 0, 10, on_conv, &c, &more), 0);
+    assert_int_equal(c.n, 1); /* only c: the conversation with a went on both sides */
+    assert_string_equal(c.peer[0], "c");
+    assert_int_equal(store_history_direct(f->st, "a", "b", 0, 10, on_msg, &s, &more), 0);
+    assert_int_equal(s.n, 0);
+    /* the cid stays taken by the tombstone: a resend is not stored again */
+    struct store_msg m = {.sender = "a", .to_user = "b", .body = "hi", .cid = "k1", .created_at = T0};
+    struct store_receipt r;
+    assert_int_equal(store_msg_insert(f->st, &m, &r), 0);
+    assert_true(r.duplicate);
+    /* again, and a user never seen: nothing to do */
+    assert_int_equal(store_user_erase(f->st, "a", T0 + 11, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_user_erase(f->st, "nobody", T0, NULL), 0);
+    assert_int_equal(store_user_erase(f->st, "", T0, NULL), STORE_ERR_INVALID);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1218,6 +1442,11 @@ int main(void)
         T(test_store_room_ack_moves_cursor),
         T(test_store_room_replay),
         T(test_store_stats),
+        T(test_store_retention_count),
+        T(test_store_retention_age_keeps_newest),
+        T(test_store_retention_counts_after_upgrade),
+        T(test_store_retention_many_conversations),
+        T(test_store_user_erase),
         cmocka_unit_test(test_store_strerror_covers_every_code),
     };
 #undef T
