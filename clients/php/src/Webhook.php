@@ -9,7 +9,7 @@ use Wsproxy\Exception\InvalidSignatureException;
 
 /**
  * Verification of the webhooks wsproxy sends to the backend. Each request carries
- * X-Wsproxy-Timestamp (Unix seconds) and X-Wsproxy-Signature, the lowercase hex HMAC-SHA256 of
+ * X-Wsproxy-Timestamp (milliseconds since the epoch, docs/events.md) and X-Wsproxy-Signature, the lowercase hex HMAC-SHA256 of
  * "TIMESTAMP.BODY" keyed with the shared secret. The timestamp is signed, so a captured request
  * cannot be replayed once it is older than the tolerance.
  */
@@ -44,18 +44,18 @@ final class Webhook
             throw new InvalidSignatureException('the ' . ($timestamp === null ? self::TIMESTAMP_HEADER : self::SIGNATURE_HEADER)
                 . ' header is missing (or repeated with different values)');
         }
-        if (!preg_match('/^[0-9]{1,12}$/', $timestamp)) {
-            throw new InvalidSignatureException('the ' . self::TIMESTAMP_HEADER . ' header is not Unix seconds');
+        if (!preg_match('/^[0-9]{1,15}$/', $timestamp)) {
+            throw new InvalidSignatureException('the ' . self::TIMESTAMP_HEADER . ' header is not milliseconds since the epoch');
         }
         $expected = hash_hmac('sha256', $timestamp . '.' . $body, $secret);
         if (!hash_equals($expected, strtolower($signature))) {
             throw new InvalidSignatureException('the signature does not match');
         }
         /* checked after the signature, so an unsigned request learns nothing about the clock */
-        $age = time() - (int) $timestamp;
-        if ($age > $toleranceSeconds || -$age > $toleranceSeconds) {
-            throw new InvalidSignatureException(sprintf('the timestamp is %d s %s, over the tolerance of %d s',
-                abs($age), $age > 0 ? 'old' : 'in the future', $toleranceSeconds));
+        $ageMs = (int) floor(microtime(true) * 1000) - (int) $timestamp;
+        if (abs($ageMs) > $toleranceSeconds * 1000) {
+            throw new InvalidSignatureException(sprintf('the timestamp is %.1f s %s, over the tolerance of %d s',
+                abs($ageMs) / 1000, $ageMs > 0 ? 'old' : 'in the future', $toleranceSeconds));
         }
         $decoded = json_decode($body, true, 512, JSON_BIGINT_AS_STRING);
         if (!is_array($decoded)) {

@@ -11,6 +11,7 @@ declare(strict_types=1);
 
 require __DIR__ . '/harness.php';
 require __DIR__ . '/webhook.php';
+require __DIR__ . '/webhook_e2e.php';
 
 use Wsproxy\Client;
 use Wsproxy\Exception\ApiException;
@@ -31,6 +32,7 @@ $srv->start($bin);
 $api = new Client($srv->apiUrl(), API_KEY, connectTimeout: 1.0, timeout: 5.0);
 $t = new Runner();
 webhook_tests($t);
+webhook_e2e_tests($t, $bin);
 
 $t->test('push to an offline user: stored, replayed on connect, delivered once acked', function (Runner $t) use ($srv, $api) {
     $r = $api->pushToUser('alice', ['text' => 'Your order shipped'], cid: 'order-1-shipped', from: 'shop');

@@ -2,8 +2,8 @@
 
 /*
  * webhook.php -- unit tests of Wsproxy\Webhook::verify(), no server needed: the vectors are computed
- * here from the documented scheme (hex HMAC-SHA256 of "TIMESTAMP.BODY"). The end-to-end check, against
- * a webhook the server really sent, comes with the server's events feature. Included by run.php.
+ * here from the documented scheme (hex HMAC-SHA256 of "TIMESTAMP.BODY", the timestamp in milliseconds).
+ * webhook_e2e.php checks it against webhooks the real server sent. Included by run.php.
  */
 
 declare(strict_types=1);
@@ -16,16 +16,18 @@ use Wsproxy\Webhook;
 function webhook_tests(Runner $t): void
 {
     $secret = 'whsec-test-0123456789';
-    $body = '{"events":[{"type":"connected","user":"alice","session":7,"ts":1767225600000}]}';
+    $body = '{"time_ms":1767225600123,"events":[{"id":41,"type":"user.online","user":"alice","time_ms":1767225600001,'
+        . '"attempt":1,"data":{"user":"alice"}}]}';
+    $nowMs = fn () => (int) floor(microtime(true) * 1000);
     $sign = fn (string $ts, ?string $b = null, ?string $key = null) => hash_hmac('sha256', $ts . '.' . ($b ?? $body), $key ?? $secret);
 
-    $t->test('webhook: a known vector, and the headers in every form', function () use ($secret, $body, $sign) {
+    $t->test('webhook: a known vector, and the headers in every form', function () use ($secret, $body, $sign, $nowMs) {
         /* a fixed vector (computed with Python's hmac), so a change of the scheme on either side shows;
          * its timestamp is long past, hence the wide tolerance */
-        same(['events' => []], Webhook::verify('{"events":[]}', ['X-Wsproxy-Timestamp' => '1767225600',
-            'X-Wsproxy-Signature' => 'fa3f153774c4353c70a43b956bcef6e07274c18a5101c426414ca06cc0aa8b75'], $secret, 2_000_000_000),
+        same(['events' => []], Webhook::verify('{"events":[]}', ['X-Wsproxy-Timestamp' => '1767225600000',
+            'X-Wsproxy-Signature' => '2a99ab474d9794682ab8c106c167218cba909f709f21aceef0d0397184c8ea62'], $secret, 2_000_000_000),
             'the fixed vector');
-        $ts = (string) time();
+        $ts = (string) $nowMs();
         $sig = $sign($ts);
         $want = json_decode($body, true);
         $forms = [
@@ -42,8 +44,8 @@ function webhook_tests(Runner $t): void
         }
     });
 
-    $t->test('webhook: wrong, missing, stale and malformed are refused', function () use ($secret, $body, $sign) {
-        $now = time();
+    $t->test('webhook: wrong, missing, stale and malformed are refused', function () use ($secret, $body, $sign, $nowMs) {
+        $now = $nowMs();
         $ts = (string) $now;
         $h = fn (string $ts, string $sig) => ['X-Wsproxy-Timestamp' => $ts, 'X-Wsproxy-Signature' => $sig];
         $refused = function (string $what, string $b, array $headers, int $tolerance = 300, ?string $key = null) use ($secret) {
@@ -62,14 +64,16 @@ function webhook_tests(Runner $t): void
         $refused('no headers', $body, []);
         $refused('two different signatures', $body, ["X-Wsproxy-Timestamp: $ts", 'X-Wsproxy-Signature: ' . $sign($ts),
             'X-Wsproxy-Signature: ' . str_repeat('0', 64)]);
-        foreach (['', ' ', '-5', '1.5', '1e9', '0x10', (string) ($now * 1000)] as $bad) {
+        foreach (['', ' ', '-5', '1.5', '1e12', '0x10', '1234567890123456'] as $bad) {
             $refused("timestamp '$bad'", $body, $h($bad, $sign($bad)));
         }
-        $old = (string) ($now - 301);
+        $secs = (string) intdiv($now, 1000);
+        check(str_contains($refused('a timestamp in seconds', $body, $h($secs, $sign($secs))), 'old'), 'seconds read as ms: long past');
+        $old = (string) ($now - 301_000);
         check(str_contains($refused('301 s old', $body, $h($old, $sign($old))), 'old'), 'says it is old');
-        $future = (string) ($now + 301);
+        $future = (string) ($now + 301_000);
         check(str_contains($refused('301 s ahead', $body, $h($future, $sign($future))), 'future'), 'says it is ahead');
-        $recent = (string) ($now - 250);
+        $recent = (string) ($now - 250_000);
         same(json_decode($body, true), Webhook::verify($body, $h($recent, $sign($recent)), $secret), '250 s old is fine');
         $refused('250 s old with a 60 s tolerance', $body, $h($recent, $sign($recent)), 60);
         $refused('a signed body that is not JSON', 'hello', $h($ts, $sign($ts, 'hello')));
