@@ -60,6 +60,8 @@ struct events {
     size_t uq_head, uq_len;
     size_t committing;            /* batches taken, waiting for their commit before the post */
     int64_t last_housekeep, last_full_log;
+    int64_t last_uq_log;          /* "unacked checks full" logged at most every EVENTS_FULL_LOG_MS */
+    uint64_t uq_unwatched;        /* messages not watched since that line */
     struct store_outbox_counts counts;
     bool stopping;
     bool final; /* events_free: writes autocommit */
@@ -295,8 +297,17 @@ void events_msg_stored(struct chat *ch, const struct store_msg *m, bool push)
     }
     if (m->to_user && on(ev, EV_MESSAGE_UNACKED)) {
         if (ev->uq_len == EVENTS_UNACKED_MAX) {
-            log_warn("events: %d unacked checks waiting; message %" PRId64 " not watched",
-                     EVENTS_UNACKED_MAX, m->id);
+            /* one line per EVENTS_FULL_LOG_MS, not per message: at chat rates a line per
+             * message was most of the log and a measurable share of the loop's CPU */
+            int64_t now = loop_now_ms(ch->lp);
+            ev->uq_unwatched++;
+            if (now - ev->last_uq_log >= EVENTS_FULL_LOG_MS) {
+                log_warn("events: %d unacked checks waiting; %" PRIu64 " message%s not watched"
+                         " (the latest %" PRId64 ")", EVENTS_UNACKED_MAX, ev->uq_unwatched,
+                         ev->uq_unwatched == 1 ? "" : "s", m->id);
+                ev->last_uq_log = now;
+                ev->uq_unwatched = 0;
+            }
             return;
         }
         size_t tail = (ev->uq_head + ev->uq_len) % EVENTS_UNACKED_MAX;

@@ -24,17 +24,21 @@ next_free_port() {
 PORT_WSP=$(next_free_port "${BENCH_PORT:-28080}")
 PORT_GECHO=$(next_free_port $((PORT_WSP + 1)))
 PORT_GCHAT=$(next_free_port $((PORT_GECHO + 1)))
+PORT_API=$(next_free_port $((PORT_GCHAT + 1)))  # wsproxy's /metrics, events scenarios only
+PORT_HOOK=$(next_free_port $((PORT_API + 1)))   # hookrecv, the events backend
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUTDIR=var/bench
 RESULT_MD=$OUTDIR/results-$STAMP.md
 RAW=$OUTDIR/raw-$STAMP.txt
 TMP=$(mktemp -d /tmp/wsp-bench.XXXXXX)
 SERVER_PID=
+HOOK_PID=
 
 log() { printf '== %s\n' "$*" >&2; }
 
 cleanup() {
     server_stop
+    hook_stop
     spinners_stop
     rm -rf "$TMP"
 }
@@ -68,6 +72,7 @@ if [ "$FAILED" = 0 ] && [ -x "$B/wsproxy" ]; then
 fi
 gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iproxy -o "$BB/loadgen" tests/bench/loadgen.c \
     proxy/proto/ws_deflate.c -lcrypto -lz
+gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/hookrecv" tests/bench/hookrecv.c
 export GOCACHE=${GOCACHE:-$PWD/$BB/.gocache} GOFLAGS=
 for p in echo chat; do
     GO111MODULE=off GOPATH=$GOPATH_DEB go build -o "$BB/gorilla-$p" "./tests/bench/gorilla/$p"
@@ -83,7 +88,11 @@ NCPU=$(nproc)
 if [ "$NCPU" -ge 2 ]; then SRV_CPU=0; LG_CPU=1; else SRV_CPU=0; LG_CPU=0; fi
 
 # ---- servers ----
-write_config() { # $1 = synchronous, $2 = compression (off|on)
+# Events on: every type (message.direct included, so each durable DM writes an event) to hookrecv
+# on loopback, and the API listener for /metrics (read after the window: outbox drained?).
+EV_TYPES=session.opened,session.closed,user.online,user.offline,message.direct,message.room
+EV_TYPES=$EV_TYPES,message.push,message.unacked,member.added,member.removed
+write_config() { # $1 = synchronous, $2 = compression (off|on), $3 = events (off|on)
     cat >"$TMP/wsproxy.ini" <<EOF
 [server]
 listen = 127.0.0.1:$PORT_WSP
@@ -108,9 +117,20 @@ ping_interval = 0
 rate = 0
 max_connections = 100000
 max_connections_per_ip = 100000
-[api]
-listen =
 EOF
+    if [ "${3:-off}" = on ]; then
+        cat >>"$TMP/wsproxy.ini" <<EOF
+[api]
+listen = 127.0.0.1:$PORT_API
+[events]
+target = http://127.0.0.1:$PORT_HOOK/hooks/wsproxy
+secret = bench-events-secret-0123456789
+types = $EV_TYPES
+offline_delay = 1s
+EOF
+    else
+        printf '[api]\nlisten =\n' >>"$TMP/wsproxy.ini"
+    fi
 }
 
 port_of() {
@@ -133,13 +153,14 @@ wait_port() { # $1 = port, $2 = pid
 pinned() { exec nice -n "$NICE" taskset -c "$SRV_CPU" "$@"; }
 
 # Starts a fresh server (fresh database for wsproxy) pinned to the server core; sets SERVER_PID.
-server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous, $3 = compression
+server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous, $3 = compression,
+    # $4 = events
     local port
     port=$(port_of "$1")
     case $1 in
     wsproxy)
         rm -rf "$TMP/db" && mkdir -p "$TMP/db"
-        write_config "${2:-normal}" "${3:-off}"
+        write_config "${2:-normal}" "${3:-off}" "${4:-off}"
         pinned "$BB/wsproxy" --config "$TMP/wsproxy.ini" >"$TMP/server.log" 2>&1 &
         ;;
     gorilla-*) pinned "$BB/$1" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
@@ -172,6 +193,55 @@ server_stop() {
     SERVER_PID=
 }
 
+# hookrecv, the events backend: answers 204 to every POST; on the loader's core (it gets one POST
+# per batch of up to 100 events, so it is light), started before and stopped after each server.
+hook_start() {
+    rm -f "$TMP/hook.counts"
+    nice -n "$NICE" taskset -c "$LG_CPU" "$BB/hookrecv" -P "$PORT_HOOK" -o "$TMP/hook.counts" \
+        >/dev/null 2>"$TMP/hook.err" &
+    HOOK_PID=$!
+    wait_port "$PORT_HOOK" "$HOOK_PID" || { cat "$TMP/hook.err" >&2; return 1; }
+}
+hook_stop() {
+    [ -n "$HOOK_PID" ] || return 0
+    kill "$HOOK_PID" 2>/dev/null || true
+    wait "$HOOK_PID" 2>/dev/null || true
+    HOOK_PID=
+}
+
+metric_val() { # $1 = /metrics text, $2 = series name with labels
+    awk -v k="$2" '$1 == k { print $2; exit }' <<<"$1"
+}
+# After the window of an events-on run: polls /metrics until every queued event is delivered and
+# the outbox gauge (refreshed every 2 s) reads 0, at least 2.5 s (offline_delay is 1 s: the senders'
+# session.closed and user.offline are queued by then), at most 30 s. Prints key=value fields:
+# ev_backlog_end (queued - delivered at the first poll, right after loadgen ended), ev_drain_ms
+# (when delivered last caught up with queued), the counters, and the outbox gauges.
+events_check() {
+    local t0 m q= d= r= f= x= o= od= el backlog= drain=
+    t0=$(date +%s%N)
+    for _ in $(seq 1 300); do
+        m=$(curl -s -m 2 "http://127.0.0.1:$PORT_API/metrics" || true)
+        q=$(metric_val "$m" 'wsproxy_events_total{outcome="queued"}')
+        d=$(metric_val "$m" 'wsproxy_events_total{outcome="delivered"}')
+        o=$(metric_val "$m" 'wsproxy_events_outbox{state="queued"}')
+        el=$((($(date +%s%N) - t0) / 1000000))
+        if [ -n "$q" ] && [ -n "$d" ]; then
+            [ -n "$backlog" ] || backlog=$((q - d))
+            if [ "$q" = "$d" ]; then [ -n "$drain" ] || drain=$el; else drain=; fi
+            [ "$q" != "$d" ] || [ "$o" != 0 ] || [ "$el" -lt 2500 ] || break
+        fi
+        sleep 0.1
+    done
+    r=$(metric_val "$m" 'wsproxy_events_total{outcome="retried"}')
+    f=$(metric_val "$m" 'wsproxy_events_total{outcome="failed"}')
+    x=$(metric_val "$m" 'wsproxy_events_total{outcome="dropped"}')
+    od=$(metric_val "$m" 'wsproxy_events_outbox{state="dead"}')
+    echo "ev_backlog_end=${backlog:--1} ev_drain_ms=${drain:--1} ev_queued=${q:--1}" \
+        "ev_delivered=${d:--1} ev_retried=${r:--1} ev_failed=${f:--1} ev_dropped=${x:--1}" \
+        "ev_outbox_queued=${o:--1} ev_outbox_dead=${od:--1}"
+}
+
 # SCHED_IDLE spinners keep both cores out of the idle state (a halted vCPU can take long to wake)
 # without taking time from anything else; used by the *_awake context scenario only.
 SPINNERS=()
@@ -191,10 +261,12 @@ spinners_stop() {
 
 # ---- scenarios: name | servers | loadgen arguments (port and pid are added) [| group] ----
 # The fanout and idle-on-/ws peers of wsproxy's chat path is gorilla-chat; echo ones gorilla-echo.
-# A server is NAME[:synchronous[:compression]] (wsproxy: normal, off by default). Consecutive
+# A server is NAME[:synchronous[:compression[:events]]] (wsproxy: normal, off, off by default). Consecutive
 # scenarios with the same group alternate their runs (a1 b1 a2 b2 ...) so background load hits
 # both alike. fanout_plain/_deflate: the same 5,000-member fan-out of 600-byte chat-like bodies
 # with [server] compression off and on (loadgen -Z offers permessage-deflate and inflates).
+# persist_events_off/_on: persist_normal's load with [events] off and on (every type, so each DM
+# writes a message.direct event; hookrecv on loopback answers 204; /metrics read after the window).
 FANOUT_Z="-m fanout -c 5000 -r 10 -d 2 -D 3 -B 600 -k $SECRET"
 SCENARIOS=(
     "echo100|wsproxy gorilla-echo|-m echo -c 100 -w 16 -s 32 -d $SECS"
@@ -208,6 +280,8 @@ SCENARIOS=(
     "fanout_deflate|wsproxy:normal:on|$FANOUT_Z -Z|deflate"
     "persist_normal|wsproxy:normal|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
     "persist_full|wsproxy:full|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
+    "persist_events_off|wsproxy:normal:off:off|-m persist -c 16 -w 64 -d $SECS -k $SECRET|events"
+    "persist_events_on|wsproxy:normal:off:on|-m persist -c 16 -w 64 -d $SECS -k $SECRET|events"
 )
 
 wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
@@ -216,21 +290,23 @@ wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 [ "$HAVE_WSP" = 1 ] || echo "run.sh: no fresh $B/wsproxy; wsproxy rows will be empty" >&2
 # Runs alternate between the servers (wsproxy 1, gorilla 1, wsproxy 2, ...) so that load from other
 # processes on a shared machine falls on both alike.
-run_one() { # $1 = scenario, $2 = server[:sync[:compression]], $3 = run, $4 = loadgen arguments
-    local name=$1 srv sync comp run=$3 args=$4 t0 port out line
-    IFS=: read -r srv sync comp <<<"$2"
+run_one() { # $1 = scenario, $2 = server[:sync[:compression[:events]]], $3 = run, $4 = loadgen args
+    local name=$1 srv sync comp evs run=$3 args=$4 t0 port out line= evline=
+    IFS=: read -r srv sync comp evs <<<"$2"
     sync=${sync:-normal}
     comp=${comp:-off}
+    evs=${evs:-off}
     if [ "$srv" = wsproxy ] && [ "$HAVE_WSP" = 0 ]; then return 0; fi
     t0=$SECONDS
-    if ! server_start "$srv" "$sync" "$comp"; then FAILED=1; return 0; fi
+    if [ "$evs" = on ] && ! hook_start; then FAILED=1; return 0; fi
+    if ! server_start "$srv" "$sync" "$comp" "$evs"; then hook_stop; FAILED=1; return 0; fi
     [[ $name != *_awake ]] || spinners_start
     port=$(port_of "$srv")
     # shellcheck disable=SC2086
     if out=$(nice -n "$NICE" taskset -c $LG_CPU "$BB/loadgen" $args -P "$port" \
         -p "$SERVER_PID" -u "r$run" 2>"$TMP/loadgen.err"); then
         line=$(grep '^result ' <<<"$out" || true)
-        echo "scenario=$name server=$srv run=$run ${line#result }" >>"$RAW"
+        [ "$evs" != on ] || evline=$(events_check)
     else
         out="loadgen failed"
         FAILED=1
@@ -242,7 +318,14 @@ run_one() { # $1 = scenario, $2 = server[:sync[:compression]], $3 = run, $4 = lo
     fi
     spinners_stop
     server_stop
+    if [ "$evs" = on ]; then
+        hook_stop
+        evline="$evline $(sed -n 's/^hookrecv //p' "$TMP/hook.counts" 2>/dev/null |
+            sed 's/\([a-z]*\)=/hook_\1=/g')"
+    fi
+    [ -z "$line" ] || echo "scenario=$name server=$srv run=$run ${line#result } $evline" >>"$RAW"
     log "$name on $srv, run $run/$RUNS ($((SECONDS - t0)) s)"
+    [ -z "$evline" ] || echo "   events: $evline" >&2
     grep -v '^result ' <<<"$out" | sed 's/^/   /' >&2
     sed 's/^/   /' "$TMP/loadgen.err" | head -5 >&2
 }
@@ -398,6 +481,51 @@ if any(r["scenario"] in ("fanout_plain", "fanout_deflate") for r in rows):
           "frames with headers, not TCP/IP headers) / deliveries; exact. CPU figures: utime + "
           "stime of the server over the window, noisy on a shared machine.")
 
+# Events on vs off (issue 14): the same durable-DM load, outbox to hookrecv on loopback.
+EOFF, EON = "persist_events_off", "persist_events_on"
+if any(r["scenario"] in (EOFF, EON) for r in rows):
+    def pair(key, scale=1.0, unit=""):
+        a, b = med(EOFF, "wsproxy", key), med(EON, "wsproxy", key)
+        a = None if a is None else a * scale
+        b = None if b is None else b * scale
+        return [fmt(a, unit), fmt(b, unit), ratio(b, a)]
+    a, b = med(EOFF, "wsproxy", "msgs_per_s"), med(EON, "wsproxy", "msgs_per_s")
+    ok = None if a is None or b is None else b >= 0.85 * a
+    print("\n## Events to the backend (issue 14): persist, 16 senders × 64 in flight, events off vs on\n")
+    print("| metric | events off | events on | on/off | target | met |")
+    print("|---|--:|--:|--:|---|---|")
+    print("| durable DMs/s, events on vs off | " + " | ".join(pair("msgs_per_s")) +
+          " | on ≥ 0.85 × off (within 15 %) | " + verdict(ok) + " |")
+    for label, v in [("DMs per server-core-second", pair("msgs_per_core_s")),
+                     ("server CPU (share of one core)", pair("server_cpu_pct", unit="%")),
+                     ("server's core busy", pair("server_core_busy_pct", unit="%")),
+                     ("loader CPU", pair("loader_cpu_pct", unit="%")),
+                     ("p50 send→receipt, ms", pair("p50_us", 1 / 1000)),
+                     ("p99 send→receipt, ms", pair("p99_us", 1 / 1000))]:
+        print(f"| {label} | " + " | ".join(v) + " | | |")
+    runs = lambda sc: " / ".join(fmt(float(r["msgs_per_s"])) for r in rows
+                                 if r["scenario"] == sc and "msgs_per_s" in r)
+    print(f"\nPer run, DMs/s: off {runs(EOFF)}; on {runs(EON)}.")
+    on = [r for r in rows if r["scenario"] == EON and "ev_queued" in r]
+    if on:
+        geti = lambda r, k: int(float(r.get(k, -1)))
+        alldone = all(geti(r, "ev_queued") == geti(r, "ev_delivered") >= 0 and
+                      geti(r, "ev_outbox_queued") == 0 and geti(r, "ev_outbox_dead") == 0 and
+                      geti(r, "ev_dropped") == 0 and geti(r, "ev_failed") == 0 for r in on)
+        print("\nOutbox after each events-on run (wsproxy `/metrics` after the window; hookrecv's "
+              "own counts):\n")
+        print("| run | events queued | delivered | backlog at window end | drained after, ms "
+              "| retried | failed | dropped | outbox queued / dead | hookrecv POSTs | hookrecv events |")
+        print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for r in on:
+            g = lambda k: f"{int(float(r[k])):,}" if k in r else "—"
+            print(f"| {r['run']} | {g('ev_queued')} | {g('ev_delivered')} | {g('ev_backlog_end')} "
+                  f"| {g('ev_drain_ms')} | {g('ev_retried')} | {g('ev_failed')} | {g('ev_dropped')} "
+                  f"| {g('ev_outbox_queued')} / {g('ev_outbox_dead')} | {g('hook_posts')} "
+                  f"| {g('hook_events')} |")
+        print(f"\nAll delivered (queued = delivered, outbox empty, nothing dead or dropped): "
+              f"{verdict(alldone)}.")
+
 print("\n## Details (medians)\n")
 print("| scenario | server | msgs/s | per server-core-s | server CPU | server's core busy "
       "| loader CPU | p50 µs | p99 µs | p99.9 µs | KiB/conn | delivered | setup s | errors |")
@@ -412,6 +540,7 @@ for sc, srv in seen:
         continue  # in the targets table; its raw line has the rest
     m = lambda key, unit="": fmt(med(sc, srv, key), unit)
     label = srv + (" (sync=full)" if sc == "persist_full" else "") + (
+        " (events on)" if sc == EON else "") + (
         " (compression on)" if sc == "fanout_deflate" else "")
     print(f"| {sc} | {label} | {m('msgs_per_s')} | {m('msgs_per_core_s')} "
           f"| {m('server_cpu_pct', '%')} | {m('server_core_busy_pct', '%')} "
