@@ -344,16 +344,10 @@ int cmd_session(struct wsctl *w, int argc, char **argv)
 
 int cmd_presence(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
-        if (opt == 'h')
-            return wsctl_help(w, argv[0]);
-        if (!wsctl_common_opt(w, opt, optarg))
-            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
-                                     argv[optind - 1]);
-    }
+    bool done;
+    int rc = wsctl_common_only(w, argc, argv, &done);
+    if (done)
+        return rc;
     if (optind >= argc)
         return wsctl_usage_error(w, argv[0], "name at least one user");
     for (int i = optind; i < argc; i++)
@@ -366,7 +360,7 @@ int cmd_presence(struct wsctl *w, int argc, char **argv)
     struct table t;
     json_t *list = w->json ? json_array() : NULL;
     table_init(&t, 4, head);
-    int rc = WSCTL_OK;
+    rc = WSCTL_OK;
     for (int i = optind; i < argc; i++) {
         bool online = false;
         int conns = 0;
@@ -548,16 +542,10 @@ int cmd_history(struct wsctl *w, int argc, char **argv)
 
 int cmd_stats(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
-        if (opt == 'h')
-            return wsctl_help(w, argv[0]);
-        if (!wsctl_common_opt(w, opt, optarg))
-            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
-                                     argv[optind - 1]);
-    }
+    bool done;
+    int rc = wsctl_common_only(w, argc, argv, &done);
+    if (done)
+        return rc;
     if (optind < argc)
         return wsctl_usage_error(w, argv[0], "unexpected argument '%s'", argv[optind]);
     struct store *st;
@@ -606,16 +594,10 @@ int cmd_stats(struct wsctl *w, int argc, char **argv)
 
 int cmd_backup(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
-        if (opt == 'h')
-            return wsctl_help(w, argv[0]);
-        if (!wsctl_common_opt(w, opt, optarg))
-            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
-                                     argv[optind - 1]);
-    }
+    bool done;
+    int rc = wsctl_common_only(w, argc, argv, &done);
+    if (done)
+        return rc;
     if (argc - optind != 1)
         return wsctl_usage_error(w, argv[0], argc - optind ? "one FILE only" : "missing FILE");
     const char *dest = argv[optind];

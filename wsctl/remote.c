@@ -387,16 +387,10 @@ static double metric_value(const char *text, const char *name, char *label, size
 
 int cmd_status(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
-        if (opt == 'h')
-            return wsctl_help(w, argv[0]);
-        if (!wsctl_common_opt(w, opt, optarg))
-            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
-                                     argv[optind - 1]);
-    }
+    bool done;
+    int rc = wsctl_common_only(w, argc, argv, &done);
+    if (done)
+        return rc;
     if (optind < argc)
         return wsctl_usage_error(w, argv[0], "unexpected argument '%s'", argv[optind]);
     char url[300], err[512];
@@ -478,16 +472,10 @@ int cmd_status(struct wsctl *w, int argc, char **argv)
 
 int cmd_message(struct wsctl *w, int argc, char **argv)
 {
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
-        if (opt == 'h')
-            return wsctl_help(w, argv[0]);
-        if (!wsctl_common_opt(w, opt, optarg))
-            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
-                                     argv[optind - 1]);
-    }
+    bool done;
+    int rc = wsctl_common_only(w, argc, argv, &done);
+    if (done)
+        return rc;
     int64_t id;
     if (argc - optind != 1)
         return wsctl_usage_error(w, argv[0], argc - optind ? "one ID only" : "missing ID");

@@ -18,24 +18,6 @@
 #define CONV_MAX      100
 #define PREVIEW_COLUMNS 50
 
-/* Options: only the common ones; positional arguments are left at argv[optind...]. */
-static int common_only(struct wsctl *w, int argc, char **argv, bool *done)
-{
-    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
-    int opt;
-    *done = true;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
-        if (opt == 'h')
-            return wsctl_help(w, argv[0]);
-        if (!wsctl_common_opt(w, opt, optarg))
-            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
-                                     argv[optind - 1]);
-    }
-    *done = false;
-    return WSCTL_OK;
-}
-
 static bool valid_name(const char *s)
 {
     return auth_user_valid(s, strlen(s));
@@ -223,7 +205,7 @@ static int member_row(void *ctx, const char *user)
 int cmd_members(struct wsctl *w, int argc, char **argv)
 {
     bool done;
-    int rc = common_only(w, argc, argv, &done);
+    int rc = wsctl_common_only(w, argc, argv, &done);
     if (done)
         return rc;
     if (argc - optind != 1)
@@ -416,7 +398,7 @@ int cmd_conversations(struct wsctl *w, int argc, char **argv)
 static int room_user_args(struct wsctl *w, int argc, char **argv, const char **room,
                           const char **user, bool *done)
 {
-    int rc = common_only(w, argc, argv, done);
+    int rc = wsctl_common_only(w, argc, argv, done);
     if (*done)
         return rc;
     *done = true;

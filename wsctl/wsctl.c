@@ -327,3 +327,21 @@ int main(int argc, char **argv)
         config_release(&w.cfg);
     return rc;
 }
+
+/* Options: only the common ones; positional arguments are left at argv[optind...]. */
+int wsctl_common_only(struct wsctl *w, int argc, char **argv, bool *done)
+{
+    static const struct option opts[] = {WSCTL_COMMON_OPTS, {NULL, 0, NULL, 0}};
+    int opt;
+    *done = true;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, WSCTL_COMMON_SHORT, opts, NULL)) != -1) {
+        if (opt == 'h')
+            return wsctl_help(w, argv[0]);
+        if (!wsctl_common_opt(w, opt, optarg))
+            return wsctl_usage_error(w, argv[0], "unknown option or missing value: %s",
+                                     argv[optind - 1]);
+    }
+    *done = false;
+    return WSCTL_OK;
+}

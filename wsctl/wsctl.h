@@ -39,6 +39,11 @@ int wsctl_config(struct wsctl *w);
 int wsctl_help(struct wsctl *w, const char *cmd);
 
 /* "wsctl CMD: message" and the command's synopsis on w->err; returns WSCTL_ERROR. */
+/*
+ * Parse a command's options when it takes only the common ones (positional arguments stay at
+ * argv[optind...]). *done: --help was shown or the usage was wrong; return the value then.
+ */
+int wsctl_common_only(struct wsctl *w, int argc, char **argv, bool *done);
 int wsctl_usage_error(struct wsctl *w, const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
