@@ -262,6 +262,7 @@ int store_commit(struct store *st)
         return store_failf(st, STORE_ERR_MISUSE, "store_commit: no transaction is open");
     if (sqlite3_get_autocommit(st->db)) {
         st->txn = false;
+        store_outbox_txn_over(st);
         return store_failf(st, STORE_ERR_IO,
                            "commit: the transaction was rolled back after an earlier error");
     }
@@ -276,6 +277,7 @@ int store_commit(struct store *st)
         memcpy(st->err, keep, sizeof keep);
     }
     st->txn = false;
+    store_outbox_txn_over(st);
     return rc;
 }
 
@@ -286,6 +288,7 @@ int store_rollback(struct store *st)
     if (!sqlite3_get_autocommit(st->db))
         rc = store_exec_stmt(st, st->stmt[STMT_ROLLBACK], "rollback");
     st->txn = false;
+    store_outbox_txn_over(st);
     return rc;
 }
 
@@ -313,8 +316,11 @@ int store_atomic_end(struct store *st, bool own_txn, int rc)
     if (rc == 0) {
         rc2 = store_exec_stmt(st, st->stmt[own_txn ? STMT_COMMIT : STMT_RELEASE],
                               own_txn ? "commit" : "release savepoint");
-        if (rc2 == 0)
+        if (rc2 == 0) {
+            if (own_txn)
+                store_outbox_txn_over(st);
             return 0;
+        }
         rc = rc2;
     }
     /* Undo, keeping the first error's text. The transaction may already be gone after I/O errors. */
@@ -327,6 +333,8 @@ int store_atomic_end(struct store *st, bool own_txn, int rc)
             store_exec_stmt(st, st->stmt[STMT_RELEASE], "release savepoint");
         }
     }
+    if (own_txn)
+        store_outbox_txn_over(st);
     memcpy(st->err, keep, sizeof keep);
     return rc;
 }

@@ -429,10 +429,9 @@ struct store_event {
     const char *type;    /* "session.opened", ... */
     int64_t created_at;
     const char *payload; /* JSON object text */
-    int attempts;        /* deliveries tried so far (a take counts one) */
+    int attempts;        /* failed deliveries so far */
     int64_t queued_at;   /* entered the queue (a replay restarts it); max age counts from here */
-    int64_t next_at;
-    const char *state;      /* "queued", "delivered", "dead" */
+    int64_t next_at;     /* queued: due from then on (a retry's backoff); dead: when it died */
     const char *last_error; /* why the last attempt failed; NULL if none */
 };
 
@@ -442,47 +441,50 @@ typedef int store_event_fn(void *ctx, const struct store_event *e);
  * Queue an event (inside the caller's transaction: the change it describes commits with it).
  * max_queued > 0 bounds the queue: STORE_ERR_FULL when the span from the oldest queued id to the
  * newest id already reaches it (an upper bound of the queued count, exact while delivery keeps up;
- * two index lookups). *id (may be NULL) = the new event's id.
+ * two rowid lookups). *id (may be NULL) = the new event's id.
  */
 int store_outbox_add(struct store *st, const char *user, const char *type, const char *payload,
                      int64_t now, int64_t max_queued, int64_t *id);
 
-struct store_outbox_take {
-    int max_count;      /* events per batch, >= 1 */
-    size_t max_bytes;   /* payload bytes per batch; the first event is taken whatever its size */
-    int max_scan;       /* queued rows looked at, >= max_count (bounds the query's cost) */
-    int64_t lease_until; /* taken events are not due again before this (the batch's timeout) */
+/* What a scan callback answers for an event. */
+enum {
+    STORE_SCAN_TAKE = 0, /* taken: go on */
+    STORE_SCAN_SKIP = 1, /* not taken, nor any later event of its user in this scan */
+    STORE_SCAN_STOP = 2  /* not taken: end the scan */
 };
 
 /*
- * Take a batch: queued events with next_at <= now, oldest first, such that no event is taken while
- * an earlier queued event of its user is not (not due, in flight, or over the batch's bounds). Each
- * taken event gets attempts + 1 and next_at = lease_until, so a crash mid-delivery only delays it.
- * cb sees each taken event (borrowed strings); *taken (may be NULL) = how many. A write.
+ * The sender's read: queued events in id order, at most max_rows rows looked at. An event not due
+ * yet (next_at > now, a retry's backoff) is not shown and holds back its user's later events, as
+ * does an event cb answers STORE_SCAN_SKIP for (the sender's own lease: its user has a batch in
+ * flight). Events added in the transaction still open are not shown: what cb sees is committed.
+ * skip (may be NULL) passes over an event by id alone, cheaply (the caller's events in flight; the
+ * caller still answers SKIP for their users' later events). cb gets borrowed strings. Not a write:
+ * the lease is the caller's (a crash only sends again).
  */
-int store_outbox_take(struct store *st, int64_t now, const struct store_outbox_take *lim,
-                      store_event_fn *cb, void *ctx, int *taken);
+int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb,
+                      bool (*skip)(void *ctx, int64_t id), void *ctx);
+
+/* The backend took these events: deleted (from the dead letters too, had one died in flight). */
+int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n);
 
 /*
- * The backend took these events: state delivered (kept until store_outbox_prune). A dead event is
- * delivered too (max age passed while its batch was in flight: the backend has it after all).
+ * Delivery failed: each queued event of ids gets attempts + 1 and is due again at next_at with
+ * error as last_error, or moves to the dead letters (at now) when it was queued before dead_before.
+ * *dead (may be NULL) = events that went dead.
  */
-int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n, int64_t now);
-
-/*
- * Delivery failed: each queued event of ids is due again at next_at with error as last_error, or goes
- * dead when it was queued before dead_before. *dead (may be NULL) = events that went dead.
- */
-int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t next_at,
+int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t now, int64_t next_at,
                        int64_t dead_before, const char *error, int *dead);
 
-/* Queued events queued before dead_before go dead (at most limit, oldest first). *count = moved. */
-int store_outbox_expire(struct store *st, int64_t dead_before, int limit, int64_t *count);
+/*
+ * Queued events queued before dead_before move to the dead letters (at now, "max age"): at most
+ * limit, among the oldest 8 x limit by id (no index on queued_at; events failing their delivery are
+ * caught by store_outbox_retry anyway). *count = moved.
+ */
+int store_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int limit,
+                        int64_t *count);
 
-/* Delete delivered events delivered before `before` (at most limit). *count = deleted. */
-int store_outbox_prune(struct store *st, int64_t before, int limit, int64_t *count);
-
-/* Dead events with id > after_id, oldest first, at most limit (>= 1). */
+/* Dead events with id > after_id, oldest first, at most limit (>= 1); next_at is when it died. */
 int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_event_fn *cb,
                            void *ctx);
 
@@ -496,11 +498,10 @@ int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, in
 struct store_outbox_counts {
     int64_t queued;
     int64_t dead;
-    int64_t delivered;       /* still kept (not pruned) */
-    int64_t oldest_queued_at; /* 0 when nothing is queued */
+    int64_t oldest_queued_at; /* among the 1,000 oldest by id; 0 when nothing is queued */
 };
 
-/* Counts by state (each an index count: O(rows), for /metrics and wsctl, not per event). */
+/* Counts (each walks its table's pages: O(rows), for /metrics and wsctl, not per event). */
 int store_outbox_counts(struct store *st, struct store_outbox_counts *out);
 
 #endif

@@ -74,14 +74,16 @@ enum store_stmt_id {
     STMT_OUTBOX_ADD,
     STMT_OUTBOX_SPAN,
     STMT_OUTBOX_SCAN,
-    STMT_OUTBOX_LEASE,
-    STMT_OUTBOX_DELIVERED,
+    STMT_OUTBOX_DELETE,
+    STMT_OUTBOX_DELETE_RANGE,
+    STMT_OUTBOX_DELETE_DEAD,
     STMT_OUTBOX_RETRY,
-    STMT_OUTBOX_EXPIRE,
-    STMT_OUTBOX_PRUNE,
+    STMT_OUTBOX_BURY,
+    STMT_OUTBOX_EXPIRED,
     STMT_OUTBOX_DEAD_LIST,
     STMT_OUTBOX_REPLAY_ONE,
     STMT_OUTBOX_REPLAY_ALL,
+    STMT_OUTBOX_UNDEAD_ALL,
     STMT_OUTBOX_COUNTS,
     /* store_retention.c */
     STMT_RET_AGE,
@@ -135,8 +137,16 @@ struct store {
      * (user, peer) of dm_conversations visited; NULL: from the start. */
     char *ret_room;
     char *ret_dm_user, *ret_dm_peer;
+    /* The first outbox id added in the open transaction (0: none): scans stop before it, so the
+     * sender never posts an event whose transaction may still roll back. */
+    int64_t outbox_unseen_from;
+    /* Inserts left before store_outbox_add must look at the outbox's span again (its bound). */
+    int64_t outbox_room, outbox_room_bound; /* for this max_queued */
     char err[512];
 };
+
+/* A transaction ended (committed or rolled back): every outbox row left is visible to scans. */
+void store_outbox_txn_over(struct store *st);
 
 /* The conversation list's state for a new message (store_conv.c): the room's or both sides' last id. */
 int store_conv_touch(struct store *st, const struct store_msg *m, int64_t id);

@@ -1,6 +1,12 @@
 /*
  * store_outbox.c -- the events outbox: events queued in the transaction of the change they describe,
- * taken in batches that keep each user's order, delivered, retried with backoff, or dead-lettered.
+ * scanned in id order by the sender (which keeps its own in-memory lease and per-user order), deleted
+ * once delivered, retried with backoff, or moved to the dead letters (outbox_dead).
+ *
+ * The outbox holds only events still to deliver and has no index beyond its rowid: each event costs
+ * one insert and one delete (migrations/0005_outbox_lean.sql). The sender may post what it scans
+ * before the loop's open transaction commits, so a scan never shows an event added in a transaction
+ * that is still open (st->outbox_unseen_from).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -8,47 +14,48 @@
 
 #include "store_internal.h"
 
-#define OUTBOX_COLS "id, user, type, created_at, payload, attempts, queued_at, next_at, state, last_error"
+#define OUTBOX_COLS "id, user, type, created_at, payload, attempts, queued_at, next_at, last_error"
+#define DEAD_COLS "id, user, type, created_at, payload, attempts, queued_at, died_at, last_error"
+/* Expiry looks at this many of the oldest queued events per limit (no index on queued_at). */
+#define EXPIRE_WINDOW 8
 
 const struct store_sql store_sql_outbox[] = {
     {STMT_OUTBOX_ADD, false,
      "INSERT INTO outbox (user, type, created_at, payload, queued_at, next_at)"
      " VALUES (?1, ?2, ?3, ?4, ?3, ?3)"},
-    /* NULL when nothing is queued; else newest id - oldest queued id + 1 (two index lookups) */
-    {STMT_OUTBOX_SPAN, false,
-     "SELECT (SELECT max(id) FROM outbox) - (SELECT min(id) FROM outbox WHERE state = 'queued') + 1"},
+    /* NULL when nothing is queued; else newest id - oldest id + 1 (two rowid lookups) */
+    {STMT_OUTBOX_SPAN, false, "SELECT (SELECT max(id) FROM outbox) - (SELECT min(id) FROM outbox) + 1"},
     {STMT_OUTBOX_SCAN, false,
-     "SELECT " OUTBOX_COLS " FROM outbox WHERE state = 'queued' ORDER BY id LIMIT ?1"},
-    {STMT_OUTBOX_LEASE, false,
-     "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 AND state = 'queued'"},
-    {STMT_OUTBOX_DELIVERED, false,
-     "UPDATE outbox SET state = 'delivered', delivered_at = ?2, last_error = NULL"
-     " WHERE id = ?1 AND state <> 'delivered'"},
+     "SELECT " OUTBOX_COLS " FROM outbox WHERE id < ?2 ORDER BY id LIMIT ?1"},
+    {STMT_OUTBOX_DELETE, false, "DELETE FROM outbox WHERE id = ?1"},
+    {STMT_OUTBOX_DELETE_RANGE, false, "DELETE FROM outbox WHERE id >= ?1 AND id <= ?2"},
+    {STMT_OUTBOX_DELETE_DEAD, false, "DELETE FROM outbox_dead WHERE id = ?1"},
     {STMT_OUTBOX_RETRY, false,
-     "UPDATE outbox SET next_at = ?2, last_error = ?3,"
-     " state = CASE WHEN queued_at < ?4 THEN 'dead' ELSE 'queued' END"
-     " WHERE id = ?1 AND state = 'queued' RETURNING state = 'dead'"},
-    {STMT_OUTBOX_EXPIRE, false,
-     "UPDATE outbox SET state = 'dead', last_error = coalesce(last_error || '; ', '') || 'max age'"
-     " WHERE id IN (SELECT id FROM outbox WHERE state = 'queued' AND queued_at < ?1"
-     " ORDER BY queued_at LIMIT ?2)"},
-    {STMT_OUTBOX_PRUNE, false,
-     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'delivered'"
-     " AND delivered_at < ?1 ORDER BY delivered_at LIMIT ?2)"},
+     "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3"
+     " WHERE id = ?1 RETURNING queued_at < ?4"},
+    {STMT_OUTBOX_BURY, false,
+     "INSERT INTO outbox_dead (" DEAD_COLS ") SELECT id, user, type, created_at, payload, attempts,"
+     " queued_at, ?2, coalesce(?3, last_error) FROM outbox WHERE id = ?1"},
+    /* the oldest queued events by id (a window bounded by ?3), those queued before ?1 */
+    {STMT_OUTBOX_EXPIRED, true,
+     "SELECT id FROM (SELECT id, queued_at FROM outbox ORDER BY id LIMIT ?3)"
+     " WHERE queued_at < ?1 LIMIT ?2"},
     {STMT_OUTBOX_DEAD_LIST, false,
-     "SELECT " OUTBOX_COLS " FROM outbox WHERE state = 'dead' AND id > ?1 ORDER BY id LIMIT ?2"},
+     "SELECT " DEAD_COLS " FROM outbox_dead WHERE id > ?1 ORDER BY id LIMIT ?2"},
     {STMT_OUTBOX_REPLAY_ONE, false,
-     "UPDATE outbox SET state = 'queued', attempts = 0, queued_at = ?2, next_at = ?2"
-     " WHERE id = ?1 AND state = 'dead'"},
-    {STMT_OUTBOX_REPLAY_ALL, false,
-     "UPDATE outbox SET state = 'queued', attempts = 0, queued_at = ?2, next_at = ?2"
-     " WHERE id IN (SELECT id FROM outbox WHERE state = 'dead' ORDER BY id LIMIT ?1)"},
-    /* admin and /metrics only: counts walk the partial indexes */
+     "INSERT INTO outbox (" OUTBOX_COLS ") SELECT id, user, type, created_at, payload, 0, ?2, ?2,"
+     " last_error FROM outbox_dead WHERE id = ?1"},
+    /* the oldest ?1 dead letters: a rowid walk that stops at the LIMIT */
+    {STMT_OUTBOX_REPLAY_ALL, true,
+     "INSERT INTO outbox (" OUTBOX_COLS ") SELECT id, user, type, created_at, payload, 0, ?2, ?2,"
+     " last_error FROM outbox_dead ORDER BY id LIMIT ?1"},
+    {STMT_OUTBOX_UNDEAD_ALL, true,
+     "DELETE FROM outbox_dead WHERE id IN (SELECT id FROM outbox_dead ORDER BY id LIMIT ?1)"},
+    /* admin and /metrics only: the counts walk each table's pages; the oldest looks at 1,000 rows */
     {STMT_OUTBOX_COUNTS, true,
-     "SELECT (SELECT count(*) FROM outbox WHERE state = 'queued'),"
-     " (SELECT count(*) FROM outbox WHERE state = 'dead'),"
-     " (SELECT count(*) FROM outbox WHERE state = 'delivered'),"
-     " coalesce((SELECT min(queued_at) FROM outbox WHERE state = 'queued'), 0)"},
+     "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM outbox_dead),"
+     " coalesce((SELECT min(queued_at) FROM (SELECT queued_at FROM outbox ORDER BY id LIMIT 1000)),"
+     " 0)"},
     {STMT_COUNT, false, NULL},
 };
 
@@ -62,8 +69,12 @@ static void event_from_row(sqlite3_stmt *s, struct store_event *e)
     e->attempts = sqlite3_column_int(s, 5);
     e->queued_at = sqlite3_column_int64(s, 6);
     e->next_at = sqlite3_column_int64(s, 7);
-    e->state = store_col_text(s, 8);
-    e->last_error = store_col_text(s, 9);
+    e->last_error = store_col_text(s, 8);
+}
+
+void store_outbox_txn_over(struct store *st)
+{
+    st->outbox_unseen_from = 0;
 }
 
 int store_outbox_add(struct store *st, const char *user, const char *type, const char *payload,
@@ -76,7 +87,13 @@ int store_outbox_add(struct store *st, const char *user, const char *type, const
         return store_failf(st, STORE_ERR_INVALID, "outbox add: user, type and payload needed");
     if ((rc = store_write_check(st)) < 0)
         return rc;
-    if (max_queued > 0) {
+    /* The span grows by one per insert at most (a replay resets the count): look it up only when
+     * the inserts since the last look could have reached the bound. */
+    if (max_queued != st->outbox_room_bound) {
+        st->outbox_room = 0;
+        st->outbox_room_bound = max_queued;
+    }
+    if (max_queued > 0 && st->outbox_room-- <= 0) {
         s = st->stmt[STMT_OUTBOX_SPAN];
         rc = sqlite3_step(s);
         int64_t span = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
@@ -87,6 +104,7 @@ int store_outbox_add(struct store *st, const char *user, const char *type, const
             return store_failf(st, STORE_ERR_FULL,
                                "outbox full: %lld events queued (max_outbox %lld); the backend "
                                "is not taking events", (long long)span, (long long)max_queued);
+        st->outbox_room = max_queued - span - 1 < 4096 ? max_queued - span - 1 : 4096;
     }
     s = st->stmt[STMT_OUTBOX_ADD];
     if (store_bind_text(s, 1, user) || store_bind_text(s, 2, type) ||
@@ -94,12 +112,14 @@ int store_outbox_add(struct store *st, const char *user, const char *type, const
         return store_bind_fail(st, s, "outbox add");
     if ((rc = store_exec_stmt(st, s, "outbox add")) < 0)
         return rc;
+    int64_t new_id = sqlite3_last_insert_rowid(st->db);
+    /* In an open transaction: hidden from scans until it ends (ids only grow: AUTOINCREMENT). */
+    if (!sqlite3_get_autocommit(st->db) && st->outbox_unseen_from == 0)
+        st->outbox_unseen_from = new_id;
     if (id)
-        *id = sqlite3_last_insert_rowid(st->db);
+        *id = new_id;
     return 0;
 }
-
-/* ---- take: a batch in per-user order ---- */
 
 /* A set of user-name hashes. A collision blocks one more user than needed: a delay, never disorder. */
 struct user_set {
@@ -131,103 +151,108 @@ static void set_add(struct user_set *u, uint64_t h)
     u->slot[i] = h;
 }
 
-int store_outbox_take(struct store *st, int64_t now, const struct store_outbox_take *lim,
-                      store_event_fn *cb, void *ctx, int *taken)
+int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb,
+                      bool (*skip)(void *ctx, int64_t id), void *ctx)
 {
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_SCAN];
-    struct user_set blocked = {0};
-    int64_t *ids = NULL;
-    int n = 0, rc, stop = 0;
-    size_t bytes = 0, cap = 16;
+    struct user_set blocked = {0}; /* users whose later events wait (at most max_rows of them) */
+    size_t cap = 16;
+    int rc;
 
-    if (taken)
-        *taken = 0;
-    if (!lim || lim->max_count < 1 || lim->max_scan < lim->max_count || !cb)
-        return store_failf(st, STORE_ERR_INVALID, "outbox take: max_count >= 1, max_scan >= it");
-    if ((rc = store_write_check(st)) < 0)
-        return rc;
-    while (cap < (size_t)lim->max_scan * 2)
+    if (max_rows < 1 || !cb)
+        return store_failf(st, STORE_ERR_INVALID, "outbox scan: max_rows >= 1 and a callback");
+    while (cap < (size_t)max_rows * 2)
         cap *= 2;
     blocked.mask = cap - 1;
-    blocked.slot = calloc(cap, sizeof(*blocked.slot));
-    ids = malloc((size_t)lim->max_count * sizeof(*ids));
-    if (!blocked.slot || !ids) {
-        free(blocked.slot);
-        free(ids);
-        return store_failf(st, STORE_ERR_NOMEM, "outbox take: out of memory");
-    }
-    sqlite3_bind_int(s, 1, lim->max_scan);
+    if (!(blocked.slot = calloc(cap, sizeof(*blocked.slot))))
+        return store_failf(st, STORE_ERR_NOMEM, "outbox scan: out of memory");
+    sqlite3_bind_int(s, 1, max_rows);
+    /* no transaction open (SQLite may have rolled one back after an error): everything is visible */
+    bool hide = st->outbox_unseen_from > 0 && !sqlite3_get_autocommit(st->db);
+    sqlite3_bind_int64(s, 2, hide ? st->outbox_unseen_from : INT64_MAX);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct store_event e;
+        /* the caller's own (in flight): passed over before any other column is read */
+        if (skip && skip(ctx, sqlite3_column_int64(s, 0)))
+            continue;
         event_from_row(s, &e);
         if (!e.user || !e.payload)
             continue;
         uint64_t h = name_hash(e.user);
         if (set_has(&blocked, h))
             continue;
-        size_t size = strlen(e.payload) + strlen(e.user) + 64;
-        if (e.next_at > now) {
-            set_add(&blocked, h); /* its later events wait for it */
-            continue;
-        }
-        if (n > 0 && bytes + size > lim->max_bytes)
-            break;
-        bytes += size;
-        ids[n++] = e.id;
-        e.attempts++;
-        e.next_at = lim->lease_until;
-        if ((stop = cb(ctx, &e)) != 0 || n == lim->max_count)
+        int verdict = e.next_at > now ? STORE_SCAN_SKIP : cb(ctx, &e);
+        if (verdict == STORE_SCAN_SKIP)
+            set_add(&blocked, h);
+        else if (verdict != STORE_SCAN_TAKE)
             break;
     }
     store_stmt_done(s);
     free(blocked.slot);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        free(ids);
-        return store_fail(st, rc, "outbox take");
-    }
-    /* Lease what the callback saw, atomically, so a partial write never splits a batch. */
-    bool own = false;
-    if (n > 0 && (rc = store_atomic_begin(st, &own)) == 0) {
-        sqlite3_stmt *u = st->stmt[STMT_OUTBOX_LEASE];
-        for (int i = 0; i < n && rc == 0; i++) {
-            sqlite3_bind_int64(u, 1, ids[i]);
-            sqlite3_bind_int64(u, 2, lim->lease_until);
-            rc = store_exec_stmt(st, u, "outbox lease");
-        }
-        rc = store_atomic_end(st, own, rc);
-    }
-    free(ids);
-    if (rc < 0)
-        return rc;
-    if (taken)
-        *taken = n;
-    return stop;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return store_fail(st, rc, "outbox scan");
+    return 0;
 }
 
-static int each_id(struct store *st, enum store_stmt_id sid, const int64_t *ids, size_t n,
-                   int64_t t, const char *what)
+static int exec_id(struct store *st, enum store_stmt_id sid, int64_t id, const char *what)
+{
+    sqlite3_stmt *s = st->stmt[sid];
+    sqlite3_bind_int64(s, 1, id);
+    return store_exec_stmt(st, s, what);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n)
 {
     bool own = false;
+    int64_t *sorted;
     int rc = store_write_check(st);
     if (rc < 0 || n == 0)
         return rc;
-    if ((rc = store_atomic_begin(st, &own)) < 0)
+    if (!(sorted = malloc(n * sizeof(*sorted))))
+        return store_failf(st, STORE_ERR_NOMEM, "outbox delivered: out of memory");
+    memcpy(sorted, ids, n * sizeof(*sorted));
+    qsort(sorted, n, sizeof(*sorted), cmp_id);
+    if ((rc = store_atomic_begin(st, &own)) < 0) {
+        free(sorted);
         return rc;
-    sqlite3_stmt *s = st->stmt[sid];
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        sqlite3_bind_int64(s, 1, ids[i]);
-        sqlite3_bind_int64(s, 2, t);
-        rc = store_exec_stmt(st, s, what);
     }
+    /* One DELETE per run of consecutive ids (a batch is mostly one run): every id of a run is ours. */
+    sqlite3_stmt *s = st->stmt[STMT_OUTBOX_DELETE_RANGE];
+    for (size_t i = 0, j; i < n && rc == 0; i = j) {
+        for (j = i + 1; j < n && sorted[j] == sorted[j - 1] + 1; j++)
+            ;
+        sqlite3_bind_int64(s, 1, sorted[i]);
+        sqlite3_bind_int64(s, 2, sorted[j - 1]);
+        if ((rc = store_exec_stmt(st, s, "outbox delivered")) < 0 ||
+            sqlite3_changes(st->db) == (int)(j - i))
+            continue;
+        /* some went dead while their batch was in flight: the backend has them after all */
+        for (size_t k = i; k < j && rc == 0; k++)
+            rc = exec_id(st, STMT_OUTBOX_DELETE_DEAD, sorted[k], "outbox delivered");
+    }
+    free(sorted);
     return store_atomic_end(st, own, rc);
 }
 
-int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n, int64_t now)
+/* Move a queued event to the dead letters (error: its last error, NULL keeps the one it has). */
+static int bury(struct store *st, int64_t id, int64_t now, const char *error)
 {
-    return each_id(st, STMT_OUTBOX_DELIVERED, ids, n, now, "outbox delivered");
+    sqlite3_stmt *s = st->stmt[STMT_OUTBOX_BURY];
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_int64(s, 2, now);
+    if (store_bind_text(s, 3, error))
+        return store_bind_fail(st, s, "outbox dead");
+    int rc = store_exec_stmt(st, s, "outbox dead");
+    return rc < 0 ? rc : exec_id(st, STMT_OUTBOX_DELETE, id, "outbox dead");
 }
 
-int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t next_at,
+int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t now, int64_t next_at,
                        int64_t dead_before, const char *error, int *dead)
 {
     bool own = false;
@@ -247,14 +272,16 @@ int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t n
             break;
         }
         sqlite3_bind_int64(s, 4, dead_before);
-        int r = sqlite3_step(s);
-        if (r == SQLITE_ROW) {
-            died += sqlite3_column_int(s, 0);
+        int r = sqlite3_step(s), expired = 0;
+        if (r == SQLITE_ROW) { /* no row: it went dead (expiry) while in flight */
+            expired = sqlite3_column_int(s, 0);
             r = sqlite3_step(s);
         }
         store_stmt_done(s);
         if (r != SQLITE_DONE)
             rc = store_fail(st, r, "outbox retry");
+        else if (expired && (rc = bury(st, ids[i], now, NULL)) == 0)
+            died++;
     }
     rc = store_atomic_end(st, own, rc);
     if (rc == 0 && dead)
@@ -262,35 +289,42 @@ int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t n
     return rc;
 }
 
-/* A bounded UPDATE/DELETE with (?1 time, ?2 limit) whose change count is the answer. */
-static int bounded(struct store *st, enum store_stmt_id sid, int64_t t, int limit, int64_t *count,
-                   const char *what)
+int store_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int limit,
+                        int64_t *count)
 {
-    sqlite3_stmt *s = st->stmt[sid];
-    int rc;
+    sqlite3_stmt *s = st->stmt[STMT_OUTBOX_EXPIRED];
+    int64_t *ids;
+    int n = 0, rc;
+    bool own = false;
+
     if (count)
         *count = 0;
     if (limit < 1)
-        return store_failf(st, STORE_ERR_INVALID, "%s: limit >= 1 needed", what);
+        return store_failf(st, STORE_ERR_INVALID, "outbox expire: limit >= 1 needed");
     if ((rc = store_write_check(st)) < 0)
         return rc;
-    sqlite3_bind_int64(s, 1, t);
+    if (!(ids = malloc((size_t)limit * sizeof(*ids))))
+        return store_failf(st, STORE_ERR_NOMEM, "outbox expire: out of memory");
+    sqlite3_bind_int64(s, 1, dead_before);
     sqlite3_bind_int(s, 2, limit);
-    if ((rc = store_exec_stmt(st, s, what)) < 0)
-        return rc;
-    if (count)
-        *count = sqlite3_changes(st->db);
-    return 0;
-}
-
-int store_outbox_expire(struct store *st, int64_t dead_before, int limit, int64_t *count)
-{
-    return bounded(st, STMT_OUTBOX_EXPIRE, dead_before, limit, count, "outbox expire");
-}
-
-int store_outbox_prune(struct store *st, int64_t before, int limit, int64_t *count)
-{
-    return bounded(st, STMT_OUTBOX_PRUNE, before, limit, count, "outbox prune");
+    sqlite3_bind_int64(s, 3, (int64_t)limit * EXPIRE_WINDOW);
+    while (n < limit && (rc = sqlite3_step(s)) == SQLITE_ROW)
+        ids[n++] = sqlite3_column_int64(s, 0);
+    store_stmt_done(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        free(ids);
+        return store_fail(st, rc, "outbox expire");
+    }
+    rc = 0;
+    if (n > 0 && (rc = store_atomic_begin(st, &own)) == 0) {
+        for (int i = 0; i < n && rc == 0; i++)
+            rc = bury(st, ids[i], now, "max age");
+        rc = store_atomic_end(st, own, rc);
+    }
+    free(ids);
+    if (rc == 0 && count)
+        *count = n;
+    return rc;
 }
 
 int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_event_fn *cb,
@@ -317,35 +351,34 @@ int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_
 
 int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count)
 {
+    bool own = false;
+    int64_t n = 0;
     int rc;
+
     if (count)
         *count = 0;
-    if (id == 0) {
-        /* REPLAY_ALL binds (?1 limit, ?2 now): the reverse of bounded()'s order */
-        sqlite3_stmt *s = st->stmt[STMT_OUTBOX_REPLAY_ALL];
-        if (limit < 1)
-            return store_failf(st, STORE_ERR_INVALID, "outbox replay: limit >= 1 needed");
-        if ((rc = store_write_check(st)) < 0)
-            return rc;
-        sqlite3_bind_int(s, 1, limit);
-        sqlite3_bind_int64(s, 2, now);
-        if ((rc = store_exec_stmt(st, s, "outbox replay")) < 0)
-            return rc;
-        if (count)
-            *count = sqlite3_changes(st->db);
-        return 0;
-    }
-    sqlite3_stmt *s = st->stmt[STMT_OUTBOX_REPLAY_ONE];
-    if ((rc = store_write_check(st)) < 0)
+    if (id == 0 && limit < 1)
+        return store_failf(st, STORE_ERR_INVALID, "outbox replay: limit >= 1 needed");
+    if ((rc = store_atomic_begin(st, &own)) < 0)
         return rc;
-    sqlite3_bind_int64(s, 1, id);
+    st->outbox_room = 0; /* old ids come back: the span may jump */
+    /* Copy back with the same ids (below any new one, so visible to scans at once), then delete. */
+    sqlite3_stmt *s = st->stmt[id ? STMT_OUTBOX_REPLAY_ONE : STMT_OUTBOX_REPLAY_ALL];
+    sqlite3_bind_int64(s, 1, id ? id : limit);
     sqlite3_bind_int64(s, 2, now);
-    if ((rc = store_exec_stmt(st, s, "outbox replay")) < 0)
+    if ((rc = store_exec_stmt(st, s, "outbox replay")) == 0) {
+        n = sqlite3_changes(st->db);
+        if (id)
+            rc = exec_id(st, STMT_OUTBOX_DELETE_DEAD, id, "outbox replay");
+        else
+            rc = exec_id(st, STMT_OUTBOX_UNDEAD_ALL, limit, "outbox replay");
+    }
+    if (rc == 0 && id && n == 0)
+        rc = store_failf(st, STORE_ERR_NOTFOUND, "no dead event %lld", (long long)id);
+    if ((rc = store_atomic_end(st, own, rc)) < 0)
         return rc;
-    if (sqlite3_changes(st->db) == 0)
-        return store_failf(st, STORE_ERR_NOTFOUND, "no dead event %lld", (long long)id);
     if (count)
-        *count = 1;
+        *count = n;
     return 0;
 }
 
@@ -356,8 +389,7 @@ int store_outbox_counts(struct store *st, struct store_outbox_counts *out)
     if (rc == SQLITE_ROW) {
         out->queued = sqlite3_column_int64(s, 0);
         out->dead = sqlite3_column_int64(s, 1);
-        out->delivered = sqlite3_column_int64(s, 2);
-        out->oldest_queued_at = sqlite3_column_int64(s, 3);
+        out->oldest_queued_at = sqlite3_column_int64(s, 2);
         rc = 0;
     } else {
         rc = store_fail(st, rc, "outbox counts");

@@ -573,7 +573,8 @@ static int events_show(struct wsctl *w, int64_t after, int64_t limit)
         fprintf(w->out, "%s\n", s ? s : "{}");
         free(s);
     } else {
-        fprintf(w->out, "events %s: %lld queued, %lld dead, %lld delivered (kept 1h)\n",
+        fprintf(w->out,
+                "events %s: %lld queued, %lld dead, %lld delivered since the server started\n",
                 json_is_true(json_object_get(cj, "enabled")) ? "on" : "off",
                 (long long)json_integer_value(json_object_get(cj, "queued")),
                 (long long)json_integer_value(json_object_get(cj, "dead")),

@@ -613,7 +613,7 @@ static void route_events(struct api_conn *ac)
     sbuf_addf(&b, "{\"enabled\":%s,\"queued\":%lld,\"dead\":%lld,\"delivered\":%lld,"
                   "\"oldest_queued_at\":",
               ac->api->lp->cfg->events_target[0] ? "true" : "false", (long long)c.queued,
-              (long long)c.dead, (long long)c.delivered);
+              (long long)c.dead, (long long)ac->api->lp->metrics.events_delivered);
     add_i64_or_null(&b, c.oldest_queued_at);
     sbuf_adds(&b, "}");
     api_reply_json(ac, 200, &b);

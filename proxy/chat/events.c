@@ -21,8 +21,7 @@
 
 #define EVENTS_TICK_MS 100
 #define EVENTS_HOUSEKEEP_MS 2000
-#define EVENTS_KEEP_DELIVERED_MS (3600 * 1000) /* delivered rows kept an hour, for inspection */
-#define EVENTS_HOUSEKEEP_ROWS 1000             /* rows expired or pruned per housekeeping pass */
+#define EVENTS_HOUSEKEEP_ROWS 1000             /* rows expired per housekeeping pass */
 #define EVENTS_UNACKED_MAX 100000              /* unacked checks waiting at most (memory bound) */
 #define EVENTS_FULL_LOG_MS 10000               /* "outbox full" logged at most this often */
 
@@ -39,10 +38,13 @@ struct unacked {
     int64_t due;
 };
 
+/* A batch taken from the outbox; in the in-flight list from its post to its answer (the lease). */
 struct batch {
     struct events *ev;
+    struct batch *next;
     int64_t *ids;
-    size_t n, cap;
+    uint64_t *users; /* hashes of the users of ids, sorted once taken: who is in flight */
+    size_t n, cap, bytes;
     int max_attempts;
     struct sbuf body;
 };
@@ -58,7 +60,9 @@ struct events {
     struct offline_wait *offline; /* uthash by user */
     struct unacked *uq;           /* ring of unacked checks in due order (the delay is constant) */
     size_t uq_head, uq_len;
-    size_t committing;            /* batches taken, waiting for their commit before the post */
+    struct batch *in_flight;      /* posted, not answered: their users' later events wait */
+    bool kick_armed;              /* committed_cb is waiting for the open transaction */
+    size_t in_flight_events;
     int64_t last_housekeep, last_full_log;
     int64_t last_uq_log;          /* "unacked checks full" logged at most every EVENTS_FULL_LOG_MS */
     uint64_t uq_unwatched;        /* messages not watched since that line */
@@ -86,6 +90,18 @@ static bool on(const struct events *ev, int type)
  * object text of the event's "data". A full outbox or a store error drops the event: counted and
  * logged, never failing the change it describes.
  */
+/* The transaction that queued events is over: take them soon (from the loop, not from the commit). */
+static void committed_cb(void *arg, bool ok)
+{
+    (void)ok;
+    struct events *ev = arg;
+    ev->kick_armed = false;
+    if (!ev->stopping && !evtimer_pending(ev->kick, NULL)) {
+        struct timeval tv = {0, 0};
+        evtimer_add(ev->kick, &tv);
+    }
+}
+
 static void add(struct events *ev, int type, const char *user, struct sbuf *data)
 {
     struct chat *ch = ev->ch;
@@ -101,9 +117,9 @@ static void add(struct events *ev, int type, const char *user, struct sbuf *data
                               (int64_t)ev->cfg->events_max_outbox, NULL);
     if (rc == 0) {
         ch->lp->metrics.events_queued++;
-        if (!evtimer_pending(ev->kick, NULL)) {
-            struct timeval tv = {0, 0};
-            evtimer_add(ev->kick, &tv);
+        if (!ev->kick_armed) { /* the sender sees the event once its transaction committed */
+            ev->kick_armed = true;
+            loop_after_commit(ch->lp, committed_cb, ev);
         }
         return;
     }
@@ -413,27 +429,83 @@ void chat_events_orphans(struct chat *ch, int64_t now)
 
 /* ---- Sender ---- */
 
+static uint64_t user_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211u;
+    return h;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A batch in flight holds an event of this user (a hash collision only delays another user). */
+static bool user_in_flight(const struct events *ev, uint64_t h)
+{
+    for (const struct batch *b = ev->in_flight; b; b = b->next)
+        if (bsearch(&h, b->users, b->n, sizeof(h), cmp_u64))
+            return true;
+    return false;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The scan's pass-over: an event of a batch in flight (each batch's ids are in scan order). */
+static bool id_in_flight(void *ctx, int64_t id)
+{
+    const struct batch *bt = ctx;
+    for (const struct batch *b = bt->ev->in_flight; b; b = b->next)
+        if (b->n && id >= b->ids[0] && id <= b->ids[b->n - 1] &&
+            bsearch(&id, b->ids, b->n, sizeof(id), cmp_i64))
+            return true;
+    return false;
+}
+
 static void batch_free(struct batch *bt)
 {
     sbuf_release(&bt->body);
     free(bt->ids);
+    free(bt->users);
     free(bt);
 }
 
+/* The scan's callback: take the event unless its user is in flight or the batch is full. */
 static int batch_add(void *ctx, const struct store_event *e)
 {
     struct batch *bt = ctx;
+    const struct px_config *cfg = bt->ev->cfg;
+    uint64_t h = user_hash(e->user);
+    if (user_in_flight(bt->ev, h))
+        return STORE_SCAN_SKIP;
+    size_t size = strlen(e->payload) + strlen(e->user) + 64;
+    if (bt->n == cfg->events_batch_count || (bt->n > 0 && bt->bytes + size > cfg->events_batch_bytes))
+        return STORE_SCAN_STOP;
     if (bt->n == bt->cap) {
         size_t cap = bt->cap ? bt->cap * 2 : 16;
         int64_t *ids = realloc(bt->ids, cap * sizeof(*ids));
-        if (!ids)
-            return 1;
-        bt->ids = ids;
+        if (ids)
+            bt->ids = ids;
+        uint64_t *users = realloc(bt->users, cap * sizeof(*users));
+        if (users)
+            bt->users = users;
+        if (!ids || !users)
+            return STORE_SCAN_STOP;
         bt->cap = cap;
     }
-    bt->ids[bt->n++] = e->id;
-    if (e->attempts > bt->max_attempts)
-        bt->max_attempts = e->attempts;
+    bt->ids[bt->n] = e->id;
+    bt->users[bt->n++] = h;
+    bt->bytes += size;
+    int attempt = e->attempts + 1;
+    if (attempt > bt->max_attempts)
+        bt->max_attempts = attempt;
     if (bt->n > 1)
         sbuf_adds(&bt->body, ",");
     sbuf_addf(&bt->body, "{\"id\":%" PRId64 ",\"type\":", e->id);
@@ -441,11 +513,21 @@ static int batch_add(void *ctx, const struct store_event *e)
     sbuf_adds(&bt->body, ",\"user\":");
     sbuf_add_json_str(&bt->body, e->user);
     sbuf_addf(&bt->body, ",\"time_ms\":%" PRId64 ",\"attempt\":%d,\"data\":%s}", e->created_at,
-              e->attempts, e->payload);
-    return 0;
+              attempt, e->payload);
+    return STORE_SCAN_TAKE;
 }
 
 static void pump(struct events *ev);
+
+static void in_flight_remove(struct events *ev, struct batch *bt)
+{
+    for (struct batch **p = &ev->in_flight; *p; p = &(*p)->next)
+        if (*p == bt) {
+            *p = bt->next;
+            ev->in_flight_events -= bt->n;
+            return;
+        }
+}
 
 /* The outcome of a post: delivered, or every event of the batch retried (or dead). */
 static void posted_cb(void *arg, bool ok, int status, const char *error)
@@ -454,14 +536,15 @@ static void posted_cb(void *arg, bool ok, int status, const char *error)
     struct batch *bt = arg;
     struct events *ev = bt->ev;
     struct chat *ch = ev->ch;
-    if (ev->stopping) { /* backend_free at exit: the lease runs out, sent again after restart */
+    in_flight_remove(ev, bt);
+    if (ev->stopping) { /* backend_free at exit: sent again (same ids) after the restart */
         batch_free(bt);
         return;
     }
     int64_t now = loop_now_ms(ch->lp);
     loop_tx_begin(ch->lp);
     if (ok) {
-        if (store_outbox_delivered(ch->store, bt->ids, bt->n, now) != 0)
+        if (store_outbox_delivered(ch->store, bt->ids, bt->n) != 0)
             log_error("events: marking %zu delivered: %s", bt->n, store_last_error(ch->store));
         ch->lp->metrics.events_delivered += bt->n;
     } else {
@@ -471,7 +554,7 @@ static void posted_cb(void *arg, bool ok, int status, const char *error)
         if (backoff > ev->cfg->events_retry_max_ms)
             backoff = ev->cfg->events_retry_max_ms;
         int dead = 0;
-        if (store_outbox_retry(ch->store, bt->ids, bt->n, now + backoff,
+        if (store_outbox_retry(ch->store, bt->ids, bt->n, now, now + backoff,
                                now - ev->cfg->events_max_age_ms, error, &dead) != 0)
             log_error("events: scheduling a retry: %s", store_last_error(ch->store));
         ch->lp->metrics.events_retried += bt->n - (size_t)dead;
@@ -482,8 +565,7 @@ static void posted_cb(void *arg, bool ok, int status, const char *error)
                  dead ? ", some reached max_age and are dead letters" : "");
     }
     batch_free(bt);
-    if (!ev->stopping)
-        pump(ev);
+    pump(ev);
 }
 
 static void hex(const unsigned char *in, size_t n, char *out)
@@ -496,16 +578,10 @@ static void hex(const unsigned char *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-/* The batch's lease is durable (or nothing was open): sign and post it. */
-static void committed_cb(void *arg, bool ok)
+/* Sign and post a batch (already in the in-flight list); its answer comes to posted_cb. */
+static void post(struct batch *bt)
 {
-    struct batch *bt = arg;
     struct events *ev = bt->ev;
-    ev->committing--;
-    if (!ok || ev->stopping) { /* the lease is gone with the transaction; the events stay due */
-        batch_free(bt);
-        return;
-    }
     char ts[24], sig[2 * 32 + 1];
     snprintf(ts, sizeof(ts), "%" PRId64, loop_now_ms(ev->ch->lp));
     struct sbuf msg;
@@ -528,12 +604,16 @@ static void committed_cb(void *arg, bool ok)
         posted_cb(bt, false, 0, "cannot start a request");
 }
 
-/* Take batches while the pool has room; each is posted after its commit. */
+/*
+ * Take batches while the pool has room and post each at once. The scan shows only committed events
+ * (the store hides those of the open transaction), and the lease is the in-flight list: a crash
+ * loses it, and the batch is sent again with the same ids after the restart.
+ */
 static void pump(struct events *ev)
 {
     struct chat *ch = ev->ch;
     const struct px_config *cfg = ev->cfg;
-    while (!ev->stopping && backend_free_slots(ev->be) > ev->committing) {
+    while (!ev->stopping && backend_free_slots(ev->be) > 0) {
         int64_t now = loop_now_ms(ch->lp);
         struct batch *bt = calloc(1, sizeof(*bt));
         if (!bt)
@@ -541,24 +621,21 @@ static void pump(struct events *ev)
         bt->ev = ev;
         sbuf_init(&bt->body);
         sbuf_addf(&bt->body, "{\"time_ms\":%" PRId64 ",\"events\":[", now);
-        struct store_outbox_take lim = {
-            .max_count = (int)cfg->events_batch_count,
-            .max_bytes = cfg->events_batch_bytes,
-            .max_scan = (int)cfg->events_batch_count * 4,
-            /* in flight until the answer or the timeout; a crash only delays the batch */
-            .lease_until = now + cfg->events_timeout_ms + 1000,
-        };
-        int taken = 0;
-        int rc = store_outbox_take(ch->store, now, &lim, batch_add, bt, &taken);
+        /* the rows in flight are looked at again (and skipped): scan past them */
+        int max_rows = (int)(cfg->events_batch_count * 4 + ev->in_flight_events);
+        int rc = store_outbox_scan(ch->store, now, max_rows, batch_add, id_in_flight, bt);
         sbuf_adds(&bt->body, "]}");
-        if (rc != 0 || taken == 0 || bt->body.oom) {
+        if (rc != 0 || bt->n == 0 || bt->body.oom) {
             if (rc < 0)
                 log_error("events: reading the outbox: %s", store_last_error(ch->store));
             batch_free(bt);
             return;
         }
-        ev->committing++;
-        loop_after_commit(ch->lp, committed_cb, bt);
+        qsort(bt->users, bt->n, sizeof(*bt->users), cmp_u64);
+        bt->next = ev->in_flight;
+        ev->in_flight = bt;
+        ev->in_flight_events += bt->n;
+        post(bt);
     }
 }
 
@@ -567,12 +644,11 @@ static void housekeep(struct events *ev)
     struct chat *ch = ev->ch;
     int64_t now = loop_now_ms(ch->lp), n = 0;
     ev->last_housekeep = now;
-    if (store_outbox_expire(ch->store, now - ev->cfg->events_max_age_ms, EVENTS_HOUSEKEEP_ROWS,
+    if (store_outbox_expire(ch->store, now - ev->cfg->events_max_age_ms, now, EVENTS_HOUSEKEEP_ROWS,
                             &n) == 0 && n > 0) {
         ch->lp->metrics.events_dead += (uint64_t)n;
         log_warn("events: %" PRId64 " events reached max_age undelivered: dead letters now", n);
     }
-    store_outbox_prune(ch->store, now - EVENTS_KEEP_DELIVERED_MS, EVENTS_HOUSEKEEP_ROWS, NULL);
     if (store_outbox_counts(ch->store, &ev->counts) != 0)
         log_error("events: outbox counts: %s", store_last_error(ch->store));
 }
@@ -664,7 +740,14 @@ void events_free(struct chat *ch)
         offline_free(ev, w);
     }
     ev->stopping = true;
-    backend_free(ev->be); /* in-flight batches: their lease runs out, they are sent after restart */
+    if (ev->kick_armed)
+        loop_after_commit_cancel(ch->lp, committed_cb, ev);
+    backend_free(ev->be); /* in-flight batches: sent again (same ids) after the restart */
+    while (ev->in_flight) { /* if backend_free did not answer them */
+        struct batch *bt = ev->in_flight;
+        in_flight_remove(ev, bt);
+        batch_free(bt);
+    }
     if (ev->tick)
         event_free(ev->tick);
     if (ev->kick)

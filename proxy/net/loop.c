@@ -131,6 +131,15 @@ void loop_after_commit(struct loop *lp, void (*fn)(void *arg, bool ok), void *ar
     lp->_after[lp->_num_after++] = (struct loop_after){fn, arg};
 }
 
+void loop_after_commit_cancel(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < lp->_num_after; i++)
+        if (lp->_after[i].fn != fn || lp->_after[i].arg != arg)
+            lp->_after[k++] = lp->_after[i];
+    lp->_num_after = k;
+}
+
 void loop_set_flush(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg)
 {
     lp->_flush = fn;

@@ -74,6 +74,9 @@ bool loop_tx_open(const struct loop *lp);
 /* Run fn once the open transaction is committed (ok = durable), at once when none is open. */
 void loop_after_commit(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg);
 
+/* Forget what loop_after_commit queued for fn(arg) (its owner is going away before the commit). */
+void loop_after_commit_cancel(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg);
+
 /* Set the hook that releases held output after each commit (one; the connection pool's). */
 void loop_set_flush(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg);
 

@@ -415,7 +415,7 @@ def test_events_kill9_in_flight_redelivered_after_restart(tmp_path, receiver):
     receiver.release.set()
     srv.start()
     try:
-        # the lease of the batch in flight runs out (timeout + 1 s), then everything is delivered
+        # the batch that was in flight is sent again at once (its lease was in memory), then the rest
         wait_for(lambda: {e["id"] for e in receiver.delivered()} >= set(committed), timeout=20,
                  what="every committed event after the restart")
         stalled = {e["id"] for _, b, _, m in receiver.batches if m == "stall" for e in b["events"]}

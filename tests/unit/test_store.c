@@ -1309,14 +1309,21 @@ static void test_store_retention_counts_after_upgrade(void **state)
     f->st = NULL;
     sqlite3 *db;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    /* back to the schema just before the retention migration */
-    char sql[256];
+    /* back to the schema just before the retention migration (0004), undoing 0005 first */
+    char sql[1024];
     snprintf(sql, sizeof(sql),
+             "DROP TABLE outbox_dead;"
+             "ALTER TABLE outbox ADD COLUMN state TEXT NOT NULL DEFAULT 'queued';"
+             "ALTER TABLE outbox ADD COLUMN delivered_at INTEGER;"
+             "CREATE INDEX outbox_queued ON outbox (id) WHERE state = 'queued';"
+             "CREATE INDEX outbox_age ON outbox (queued_at) WHERE state = 'queued';"
+             "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead';"
+             "CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';"
              "DROP TRIGGER messages_count_delete;"
              "ALTER TABLE rooms DROP COLUMN msg_count;"
              "ALTER TABLE dm_conversations DROP COLUMN msg_count;"
              "PRAGMA user_version = %d;",
-             store_schema_latest() - 1);
+             3);
     assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     f->st = open_path(f->path, false);
