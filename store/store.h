@@ -465,6 +465,18 @@ enum {
 int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb,
                       bool (*skip)(void *ctx, int64_t id), void *ctx);
 
+/*
+ * The same, from the events with id > *after only: rows at or below it are the caller's (in
+ * flight). On return *after has moved over the leading rows of this scan that skip passed over or
+ * cb took, so the next scan does not read them again. The caller lowers it when a batch fails
+ * (those events stay queued) and starts again from 0 when store_outbox_replays changed.
+ */
+int store_outbox_scan_after(struct store *st, int64_t now, int64_t *after, int max_rows,
+                            store_event_fn *cb, bool (*skip)(void *ctx, int64_t id), void *ctx);
+
+/* How many replays this store made (each may bring back ids below a scan's *after). */
+uint64_t store_outbox_replays(const struct store *st);
+
 /* The backend took these events: deleted (from the dead letters too, had one died in flight). */
 int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n);
 

@@ -142,6 +142,7 @@ struct store {
     int64_t outbox_unseen_from;
     /* Inserts left before store_outbox_add must look at the outbox's span again (its bound). */
     int64_t outbox_room, outbox_room_bound; /* for this max_queued */
+    uint64_t outbox_replays;                /* store_outbox_replays */
     char err[512];
 };
 

@@ -26,7 +26,7 @@ const struct store_sql store_sql_outbox[] = {
     /* NULL when nothing is queued; else newest id - oldest id + 1 (two rowid lookups) */
     {STMT_OUTBOX_SPAN, false, "SELECT (SELECT max(id) FROM outbox) - (SELECT min(id) FROM outbox) + 1"},
     {STMT_OUTBOX_SCAN, false,
-     "SELECT " OUTBOX_COLS " FROM outbox WHERE id < ?2 ORDER BY id LIMIT ?1"},
+     "SELECT " OUTBOX_COLS " FROM outbox WHERE id < ?2 AND id > ?3 ORDER BY id LIMIT ?1"},
     {STMT_OUTBOX_DELETE, false, "DELETE FROM outbox WHERE id = ?1"},
     {STMT_OUTBOX_DELETE_RANGE, false, "DELETE FROM outbox WHERE id >= ?1 AND id <= ?2"},
     {STMT_OUTBOX_DELETE_DEAD, false, "DELETE FROM outbox_dead WHERE id = ?1"},
@@ -154,6 +154,18 @@ static void set_add(struct user_set *u, uint64_t h)
 int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb,
                       bool (*skip)(void *ctx, int64_t id), void *ctx)
 {
+    int64_t after = 0;
+    return store_outbox_scan_after(st, now, &after, max_rows, cb, skip, ctx);
+}
+
+uint64_t store_outbox_replays(const struct store *st)
+{
+    return st->outbox_replays;
+}
+
+int store_outbox_scan_after(struct store *st, int64_t now, int64_t *after, int max_rows,
+                            store_event_fn *cb, bool (*skip)(void *ctx, int64_t id), void *ctx)
+{
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_SCAN];
     struct user_set blocked = {0}; /* users whose later events wait (at most max_rows of them) */
     size_t cap = 16;
@@ -170,11 +182,19 @@ int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_f
     /* no transaction open (SQLite may have rolled one back after an error): everything is visible */
     bool hide = st->outbox_unseen_from > 0 && !sqlite3_get_autocommit(st->db);
     sqlite3_bind_int64(s, 2, hide ? st->outbox_unseen_from : INT64_MAX);
+    sqlite3_bind_int64(s, 3, *after);
+    bool prefix = true; /* every row so far was passed over by skip or taken: *after moves */
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct store_event e;
+        int64_t id = sqlite3_column_int64(s, 0);
         /* the caller's own (in flight): passed over before any other column is read */
-        if (skip && skip(ctx, sqlite3_column_int64(s, 0)))
+        if (skip && skip(ctx, id)) {
+            if (prefix)
+                *after = id;
             continue;
+        }
+        bool prefix_before_take = prefix;
+        prefix = false; /* unless taken, below */
         event_from_row(s, &e);
         if (!e.user || !e.payload)
             continue;
@@ -186,6 +206,8 @@ int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_f
             set_add(&blocked, h);
         else if (verdict != STORE_SCAN_TAKE)
             break;
+        else if ((prefix = prefix_before_take)) /* taken: in flight from now on */
+            *after = id;
     }
     store_stmt_done(s);
     free(blocked.slot);
@@ -361,7 +383,8 @@ int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, in
         return store_failf(st, STORE_ERR_INVALID, "outbox replay: limit >= 1 needed");
     if ((rc = store_atomic_begin(st, &own)) < 0)
         return rc;
-    st->outbox_room = 0; /* old ids come back: the span may jump */
+    st->outbox_room = 0; /* old ids come back: the span may jump, and scans must see them */
+    st->outbox_replays++;
     /* Copy back with the same ids (below any new one, so visible to scans at once), then delete. */
     sqlite3_stmt *s = st->stmt[id ? STMT_OUTBOX_REPLAY_ONE : STMT_OUTBOX_REPLAY_ALL];
     sqlite3_bind_int64(s, 1, id ? id : limit);

@@ -62,6 +62,8 @@ struct events {
     size_t uq_head, uq_len;
     struct batch *in_flight;      /* posted, not answered: their users' later events wait */
     bool kick_armed;              /* committed_cb is waiting for the open transaction */
+    int64_t scan_after;           /* outbox rows up to this id are in flight: not read again */
+    uint64_t scan_replays;        /* store_outbox_replays when scan_after was last valid */
     size_t in_flight_events;
     int64_t last_housekeep, last_full_log;
     int64_t last_uq_log;          /* "unacked checks full" logged at most every EVENTS_FULL_LOG_MS */
@@ -554,6 +556,8 @@ static void posted_cb(void *arg, bool ok, int status, const char *error)
         if (backoff > ev->cfg->events_retry_max_ms)
             backoff = ev->cfg->events_retry_max_ms;
         int dead = 0;
+        if (bt->n && bt->ids[0] <= ev->scan_after) /* they stay queued: scans must see them */
+            ev->scan_after = bt->ids[0] - 1;
         if (store_outbox_retry(ch->store, bt->ids, bt->n, now, now + backoff,
                                now - ev->cfg->events_max_age_ms, error, &dead) != 0)
             log_error("events: scheduling a retry: %s", store_last_error(ch->store));
@@ -623,11 +627,18 @@ static void pump(struct events *ev)
         sbuf_addf(&bt->body, "{\"time_ms\":%" PRId64 ",\"events\":[", now);
         /* the rows in flight are looked at again (and skipped): scan past them */
         int max_rows = (int)(cfg->events_batch_count * 4 + ev->in_flight_events);
-        int rc = store_outbox_scan(ch->store, now, max_rows, batch_add, id_in_flight, bt);
+        if (store_outbox_replays(ch->store) != ev->scan_replays) { /* old ids came back */
+            ev->scan_replays = store_outbox_replays(ch->store);
+            ev->scan_after = 0;
+        }
+        int rc = store_outbox_scan_after(ch->store, now, &ev->scan_after, max_rows, batch_add,
+                                         id_in_flight, bt);
         sbuf_adds(&bt->body, "]}");
         if (rc != 0 || bt->n == 0 || bt->body.oom) {
             if (rc < 0)
                 log_error("events: reading the outbox: %s", store_last_error(ch->store));
+            if (bt->n && bt->ids[0] <= ev->scan_after) /* not posted: read them again */
+                ev->scan_after = bt->ids[0] - 1;
             batch_free(bt);
             return;
         }

@@ -428,6 +428,43 @@ static void test_outbox_same_transaction(void **state)
     assert_int_equal(s.id[0], a);
 }
 
+/* scan_after: the leading rows taken or in flight are not read again; a failure or a replay
+ * makes the caller read from lower again. */
+static void test_outbox_scan_after(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s;
+    int64_t after = 0;
+    int64_t a1 = add(f->st, "alice", T0), b1 = add(f->st, "bob", T0), a2 = add(f->st, "alice", T0);
+    snd.max = 10;
+    snd.max_bytes = 1 << 20;
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_outbox_scan_after(f->st, T0, &after, 40, take_cb, in_flight_id, &s), 0);
+    assert_int_equal(s.n, 3);
+    assert_int_equal(after, a2); /* all three taken */
+    for (int i = 0; i < s.n; i++) {
+        snd.flight[snd.nflight] = s.id[i];
+        snprintf(snd.flight_user[snd.nflight++], sizeof snd.flight_user[0], "%s", s.user[i]);
+    }
+    int64_t c1 = add(f->st, "carol", T0), a3 = add(f->st, "alice", T0), d1 = add(f->st, "dave", T0);
+    memset(&s, 0, sizeof s);
+    assert_int_equal(store_outbox_scan_after(f->st, T0, &after, 40, take_cb, in_flight_id, &s), 0);
+    assert_int_equal(s.n, 2); /* carol, dave; alice's a3 waits behind her batch in flight */
+    assert_int_equal(s.id[0], c1);
+    assert_int_equal(s.id[1], d1);
+    assert_int_equal(after, c1); /* a3 was left behind: the next scan starts there */
+    (void)b1;
+    /* a replay brings back an old id: the count tells the caller to start from 0 */
+    uint64_t r = store_outbox_replays(f->st);
+    int64_t ids[] = {a1};
+    retry(f->st, ids, 1, T0, T0, T0 + 1, NULL); /* queued before T0 + 1: dead at once */
+    int64_t n = 0;
+    assert_int_equal(store_outbox_replay(f->st, a1, 10, T0, &n), 0);
+    assert_int_equal(n, 1);
+    assert_true(store_outbox_replays(f->st) != r);
+    (void)a3;
+}
+
 /* A 0003-shaped outbox (state column, delivered rows kept) upgrades: queued stay queued with their
  * ids, dead ones move to the dead letters, delivered ones go, and new ids stay above every old one. */
 static void test_outbox_upgrade_from_0003(void **state)
@@ -482,6 +519,7 @@ int main(void)
         T(test_outbox_open_transaction_hidden), T(test_outbox_dead_and_replay),
         T(test_outbox_delivered),               T(test_outbox_size_bound),
         T(test_outbox_same_transaction),        T(test_outbox_upgrade_from_0003),
+        T(test_outbox_scan_after),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
