@@ -11,6 +11,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -531,6 +532,7 @@ void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const st
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     /* Low-water 0: the write callback means "all written", used for drain and replay pacing. */
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    c->plain = !bufferevent_openssl_get_ssl(c->bev) && bufferevent_getfd(c->bev) >= 0;
     evtimer_del(c->timer);
     c->last_rx_ms = loop_now_ms(c->lp);
     if (cfg_of(c)->ping_interval_ms > 0)
@@ -846,6 +848,30 @@ const struct conn_handler conn_echo_handler = {
 
 /* ---- callbacks ---- */
 
+/*
+ * Write what a read produced at once, in the read's callback, instead of arming write interest and
+ * writing on the loop's next pass: a round trip then costs one write and no epoll change. Adding to
+ * the output already armed the bufferevent's write event; when all is written it is disarmed again
+ * in the same loop iteration, which the epoll changelist (net/loop.c) turns into no syscall. What
+ * the socket does not take stays queued for the bufferevent, and an error is left for its write to
+ * meet and report, so failure handling has one path. Plain TCP only: TLS writes go through OpenSSL.
+ */
+static void conn_write_now(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (!c->plain || c->state != CONN_OPEN || c->dead || evbuffer_get_length(out) == 0)
+        return;
+    /* A socket bufferevent keeps its output's front frozen; its own write unfreezes it the same way. */
+    evbuffer_unfreeze(out, 1);
+    int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+    evbuffer_freeze(out, 1);
+    if (n <= 0 || evbuffer_get_length(out) != 0)
+        return;
+    event_del(&c->bev->ev_write);
+    /* As the bufferevent does after a write that empties the output (low-water mark 0). */
+    conn_write_cb(c->bev, c);
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
@@ -857,6 +883,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         c->last_rx_ms = loop_now_ms(c->lp);
         process_frames(c);
     }
+    conn_write_now(c);
     c->busy--;
     if (c->dead)
         conn_free(c);
