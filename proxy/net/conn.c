@@ -31,6 +31,9 @@
  * every read, so this only bounds one burst. */
 #define WS_READ_HIGH_WATER (256 * 1024)
 
+/* One read of an upgraded plain-TCP WebSocket takes up to this much (conn_sock_read_cb). */
+#define CONN_READ_SIZE (64 * 1024)
+
 static void conn_free(struct conn *c);
 static void conn_linger(struct conn *c);
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -789,6 +792,26 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
     return !c->dead;
 }
 
+/*
+ * Feed p[0..len) to the parser and act on its events. Returns false when the connection stops
+ * taking frames (closed, failed, freed); *consumed counts the bytes the parser took.
+ */
+static bool feed_frames(struct conn *c, uint8_t *p, size_t len, size_t *consumed)
+{
+    bool go_on = true;
+    while (go_on) {
+        struct ws_event ev;
+        size_t n = ws_parser_feed(&c->parser, p, len, &ev);
+        p += n;
+        len -= n;
+        *consumed += n;
+        if (ev.type == WS_EV_NONE)
+            break;
+        go_on = handle_event(c, &ev);
+    }
+    return go_on;
+}
+
 static void process_frames(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -800,20 +823,8 @@ static void process_frames(struct conn *c)
             nvec = 8;
         size_t consumed = 0;
         bool go_on = true;
-        for (int i = 0; i < nvec && go_on; i++) {
-            uint8_t *p = vec[i].iov_base;
-            size_t left = vec[i].iov_len;
-            while (go_on) {
-                struct ws_event ev;
-                size_t n = ws_parser_feed(&c->parser, p, left, &ev);
-                p += n;
-                left -= n;
-                consumed += n;
-                if (ev.type == WS_EV_NONE)
-                    break;
-                go_on = handle_event(c, &ev);
-            }
-        }
+        for (int i = 0; i < nvec && go_on; i++)
+            go_on = feed_frames(c, vec[i].iov_base, vec[i].iov_len, &consumed);
         evbuffer_drain(in, consumed);
         if (!go_on)
             break;
@@ -872,6 +883,76 @@ static void conn_write_now(struct conn *c)
     conn_write_cb(c->bev, c);
 }
 
+/*
+ * The read side of an upgraded plain-TCP WebSocket (see conn_take_reads). The parser consumes every
+ * byte it is given (payload is handed up or gathered into c->msg), so nothing needs to stay in an
+ * input buffer between reads: read into one scratch buffer shared by every connection of the thread,
+ * unmask in place there, and hand payloads up from it.
+ */
+static uint8_t conn_rbuf[CONN_READ_SIZE];
+
+static void conn_sock_read(struct conn *c, evutil_socket_t fd)
+{
+    ssize_t n = recv(fd, conn_rbuf, sizeof(conn_rbuf), 0);
+    if (n <= 0) {
+        int err = n < 0 ? errno : 0;
+        if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+            return;
+        /* What the bufferevent's own read does on EOF or an error. */
+        bufferevent_disable(c->bev, EV_READ);
+        EVUTIL_SET_SOCKET_ERROR(err);
+        conn_event_cb(c->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
+        return;
+    }
+    c->busy++;
+    c->lp->metrics.bytes_in += (uint64_t)n;
+    if ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->dead && !c->close_received) {
+        size_t consumed = 0;
+        c->last_rx_ms = loop_now_ms(c->lp);
+        feed_frames(c, conn_rbuf, (size_t)n, &consumed);
+    }
+    conn_write_now(c);
+    c->busy--;
+    if (c->dead)
+        conn_free(c);
+}
+
+/*
+ * arg is the bufferevent, as for the callback this one replaces: libevent's bufferevent_free
+ * finalizes the event with its argument taken for the bufferevent. The reference held across the
+ * call is what the bufferevent's own read does, so a free from inside completes after it returns.
+ */
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct bufferevent *bev = arg;
+    if (!bev->cbarg)
+        return; /* being freed */
+    bufferevent_incref(bev);
+    conn_sock_read(bev->cbarg, fd);
+    bufferevent_decref(bev);
+}
+
+/*
+ * libevent 2.1's socket bufferevent asks the kernel for the readable byte count (a FIONREAD ioctl)
+ * before every read and reads at most 4096 bytes. Once a plain-TCP connection is a WebSocket its
+ * reads are ours instead: the bufferevent's read event is re-pointed at conn_sock_read_cb, one
+ * recv() of up to CONN_READ_SIZE per readiness. bufferevent_enable/disable(EV_READ) and
+ * bufferevent_free still add, delete and free that same event, so the rest of conn.c is unchanged;
+ * only bytes already in the bufferevent's input (sent with the handshake) go through process_frames.
+ */
+static void conn_take_reads(struct conn *c)
+{
+    struct event *rev = &c->bev->ev_read;
+    bool enabled = (bufferevent_get_enabled(c->bev) & EV_READ) != 0;
+    event_del(rev);
+    /* The flags the bufferevent gave its read event (bufferevent_socket_new). */
+    event_assign(rev, c->lp->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST | EV_FINALIZE,
+                 conn_sock_read_cb, c->bev);
+    if (enabled)
+        event_add(rev, NULL);
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
@@ -882,6 +963,10 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     } else if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
         c->last_rx_ms = loop_now_ms(c->lp);
         process_frames(c);
+    }
+    if (c->plain && !c->reads_taken && c->state == CONN_OPEN && !c->dead) {
+        c->reads_taken = true;
+        conn_take_reads(c);
     }
     conn_write_now(c);
     c->busy--;
