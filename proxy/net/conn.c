@@ -150,9 +150,39 @@ void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
 
 /* ---- writing ---- */
 
+/*
+ * Echo replies made while a plain-TCP WebSocket's read is handled are gathered here, one contiguous
+ * run for the whole read, and sent with one send() when the read is done (conn_write_now): no
+ * evbuffer chain, callback or write event per message. Only the connection being read may own it
+ * (wbuf_owner), and only while its output evbuffer is empty, so order is kept by spilling the run
+ * into the evbuffer before anything else is queued there (conn_output).
+ */
+static uint8_t conn_wbuf[CONN_READ_SIZE];
+static size_t conn_wbuf_len;
+static struct conn *wbuf_owner;
+
+static void wbuf_spill(void)
+{
+    struct conn *c = wbuf_owner;
+    wbuf_owner = NULL;
+    if (conn_wbuf_len && evbuffer_add(bufferevent_get_output(c->bev), conn_wbuf, conn_wbuf_len) != 0)
+        log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id,
+                  c->addr, conn_wbuf_len);
+    conn_wbuf_len = 0;
+}
+
+/* The connection's output evbuffer, with any gathered echo replies queued in it first. */
+static struct evbuffer *conn_output(struct conn *c)
+{
+    if (wbuf_owner == c)
+        wbuf_spill();
+    return bufferevent_get_output(c->bev);
+}
+
 static size_t output_len(const struct conn *c)
 {
-    return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
+           (wbuf_owner == c ? conn_wbuf_len : 0);
 }
 
 size_t conn_pending_len(const struct conn *c)
@@ -248,9 +278,9 @@ void conn_send_frame(struct conn *c, enum ws_opcode op, const void *data, size_t
     if (!conn_is_open(c))
         return;
     if (op == WS_OP_TEXT || op == WS_OP_BINARY)
-        add_data_frame(c, bufferevent_get_output(c->bev), op, data, len);
+        add_data_frame(c, conn_output(c), op, data, len);
     else
-        add_frame(c, bufferevent_get_output(c->bev), op, data, len);
+        add_frame(c, conn_output(c), op, data, len);
 }
 
 static void dirty_link(struct conn *c)
@@ -716,7 +746,7 @@ static void finish_message(struct conn *c)
             /* Echo a reassembled message by moving its chains: no copy of a large payload. */
             uint8_t hdr[WS_MAX_HDR];
             size_t hlen = ws_frame_header(hdr, true, (enum ws_opcode)c->msg_opcode, len);
-            struct evbuffer *out = bufferevent_get_output(c->bev);
+            struct evbuffer *out = conn_output(c);
             evbuffer_add(out, hdr, hlen);
             evbuffer_add_buffer(out, c->msg);
             c->lp->metrics.msgs_in[MK_ECHO]++;
@@ -744,7 +774,7 @@ static void on_close_frame(struct conn *c, const struct ws_event *ev)
         size_t plen = 0;
         if (ev->close_code != WS_CLOSE_NO_STATUS)
             plen = ws_close_payload(payload, ev->close_code, "");
-        add_frame(c, bufferevent_get_output(c->bev), WS_OP_CLOSE, payload, plen);
+        add_frame(c, conn_output(c), WS_OP_CLOSE, payload, plen);
         c->close_sent = true;
         c->close_code = ev->close_code;
         c->end_reason = END_CLIENT_CLOSE;
@@ -773,7 +803,7 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
          * (1013) once send_queue is full, instead of growing the server without bound.
          */
         if (conn_check_backpressure(c))
-            add_frame(c, bufferevent_get_output(c->bev), WS_OP_PONG, ev->data, ev->len);
+            add_frame(c, conn_output(c), WS_OP_PONG, ev->data, ev->len);
         break;
     case WS_EV_PONG:
         break; /* liveness already recorded on read */
@@ -840,8 +870,19 @@ static void echo_on_message(struct conn *c, void *data, uint8_t opcode, const ui
     (void)data;
     c->lp->metrics.msgs_in[MK_ECHO]++;
     c->lp->metrics.msgs_out[MK_ECHO]++;
-    if (conn_check_backpressure(c))
-        conn_send_frame(c, (enum ws_opcode)opcode, p, len);
+    if (!conn_check_backpressure(c))
+        return;
+    if (wbuf_owner == c && !worth_compressing(c, (enum ws_opcode)opcode, len) &&
+        len <= sizeof(conn_wbuf) - WS_MAX_HDR - conn_wbuf_len) {
+        /* The gathered run (see conn_wbuf): header and payload appended, sent when the read ends. */
+        uint8_t *w = conn_wbuf + conn_wbuf_len;
+        size_t hlen = ws_frame_header(w, true, (enum ws_opcode)opcode, len);
+        memcpy(w + hlen, p, len);
+        conn_wbuf_len += hlen + len;
+        c->lp->metrics.bytes_out += hlen + len;
+        return;
+    }
+    conn_send_frame(c, (enum ws_opcode)opcode, p, len);
 }
 
 static void echo_on_close(struct conn *c, void *data, enum end_reason why)
@@ -869,6 +910,24 @@ const struct conn_handler conn_echo_handler = {
  */
 static void conn_write_now(struct conn *c)
 {
+    if (wbuf_owner == c) {
+        /* Only the run to send: the output evbuffer was empty and nothing was queued after it. */
+        size_t len = conn_wbuf_len;
+        ssize_t n = 0;
+        wbuf_owner = NULL;
+        conn_wbuf_len = 0;
+        if (len && c->state == CONN_OPEN && !c->dead)
+            n = send(bufferevent_getfd(c->bev), conn_wbuf, len, 0);
+        if (n == (ssize_t)len)
+            return; /* all written: no write event was ever armed */
+        /* The rest goes the bufferevent's way; so does an error, for its write to report. */
+        if (n < 0)
+            n = 0;
+        if (evbuffer_add(bufferevent_get_output(c->bev), conn_wbuf + n, len - (size_t)n) != 0)
+            log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id,
+                      c->addr, len - (size_t)n);
+        return;
+    }
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (!c->plain || c->state != CONN_OPEN || c->dead || evbuffer_get_length(out) == 0)
         return;
@@ -909,6 +968,11 @@ static void conn_sock_read(struct conn *c, evutil_socket_t fd)
     if ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->dead && !c->close_received) {
         size_t consumed = 0;
         c->last_rx_ms = loop_now_ms(c->lp);
+        if (c->state == CONN_OPEN && c->handler == &conn_echo_handler && !c->held &&
+            evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+            assert(!wbuf_owner && !conn_wbuf_len);
+            wbuf_owner = c;
+        }
         feed_frames(c, conn_rbuf, (size_t)n, &consumed);
     }
     conn_write_now(c);
@@ -1085,7 +1149,7 @@ static void send_close(struct conn *c, uint16_t code, const char *reason, enum e
          * close waits behind them. A slow consumer's held frames are what it cannot take: not them.
          */
         c->close_held = c->dirty && c->held && why != END_SLOW_CONSUMER;
-        add_frame(c, c->close_held ? c->held : bufferevent_get_output(c->bev), WS_OP_CLOSE, payload,
+        add_frame(c, c->close_held ? c->held : conn_output(c), WS_OP_CLOSE, payload,
                   plen);
         c->close_sent = true;
         c->close_code = code;
