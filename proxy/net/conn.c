@@ -870,7 +870,12 @@ static void echo_on_message(struct conn *c, void *data, uint8_t opcode, const ui
     (void)data;
     c->lp->metrics.msgs_in[MK_ECHO]++;
     c->lp->metrics.msgs_out[MK_ECHO]++;
-    if (!conn_check_backpressure(c))
+    /*
+     * While this connection owns the run its output evbuffer and held frames are empty (anything
+     * queued there spills the run first), so the run is all it has pending.
+     */
+    if (wbuf_owner == c ? !conn_is_open(c) || !within_send_queue(c, conn_wbuf_len)
+                        : !conn_check_backpressure(c))
         return;
     if (wbuf_owner == c && !worth_compressing(c, (enum ws_opcode)opcode, len) &&
         len <= sizeof(conn_wbuf) - WS_MAX_HDR - conn_wbuf_len) {
