@@ -1,8 +1,10 @@
 /*
  * conn.c -- libevent glue for one client connection: reads the request head and hands it up, upgrades,
- * feeds the frame parser straight from the input buffer, writes frames (held for the group commit
- * when they depend on it), runs the connection's one timer (handshake, heartbeat, close wait) and
- * frees everything through one path. The application is reached only through c->handler.
+ * feeds the frame parser straight from what was read (a plain-TCP WebSocket's socket is read by
+ * conn_sock_read_cb into one shared buffer, TLS through the bufferevent's input), writes frames (held
+ * for the group commit when they depend on it; a read's replies written before its callback returns),
+ * runs the connection's one timer (handshake, heartbeat, close wait) and frees everything through one
+ * path. The application is reached only through c->handler.
  */
 #include "net/conn.h"
 
@@ -922,7 +924,7 @@ static void conn_write_now(struct conn *c)
         wbuf_owner = NULL;
         conn_wbuf_len = 0;
         if (len && c->state == CONN_OPEN && !c->dead)
-            n = send(bufferevent_getfd(c->bev), conn_wbuf, len, 0);
+            n = send(bufferevent_getfd(c->bev), conn_wbuf, len, MSG_NOSIGNAL);
         if (n == (ssize_t)len)
             return; /* all written: no write event was ever armed */
         /* The rest goes the bufferevent's way; so does an error, for its write to report. */
