@@ -1,8 +1,10 @@
 /*
  * conn.c -- libevent glue for one client connection: reads the request head and hands it up, upgrades,
- * feeds the frame parser straight from the input buffer, writes frames (held for the group commit
- * when they depend on it), runs the connection's one timer (handshake, heartbeat, close wait) and
- * frees everything through one path. The application is reached only through c->handler.
+ * feeds the frame parser straight from what was read (a plain-TCP WebSocket's socket is read by
+ * conn_sock_read_cb into one shared buffer, TLS through the bufferevent's input), writes frames (held
+ * for the group commit when they depend on it; a read's replies written before its callback returns),
+ * runs the connection's one timer (handshake, heartbeat, close wait) and frees everything through one
+ * path. The application is reached only through c->handler.
  */
 #include "net/conn.h"
 
@@ -11,6 +13,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,6 +32,9 @@
 /* Unparsed input a WebSocket may hold before libevent stops reading: the parser drains the input on
  * every read, so this only bounds one burst. */
 #define WS_READ_HIGH_WATER (256 * 1024)
+
+/* One read of an upgraded plain-TCP WebSocket takes up to this much (conn_sock_read_cb). */
+#define CONN_READ_SIZE (64 * 1024)
 
 static void conn_free(struct conn *c);
 static void conn_linger(struct conn *c);
@@ -146,9 +152,39 @@ void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
 
 /* ---- writing ---- */
 
+/*
+ * Echo replies made while a plain-TCP WebSocket's read is handled are gathered here, one contiguous
+ * run for the whole read, and sent with one send() when the read is done (conn_write_now): no
+ * evbuffer chain, callback or write event per message. Only the connection being read may own it
+ * (wbuf_owner), and only while its output evbuffer is empty, so order is kept by spilling the run
+ * into the evbuffer before anything else is queued there (conn_output).
+ */
+static uint8_t conn_wbuf[CONN_READ_SIZE];
+static size_t conn_wbuf_len;
+static struct conn *wbuf_owner;
+
+static void wbuf_spill(void)
+{
+    struct conn *c = wbuf_owner;
+    wbuf_owner = NULL;
+    if (conn_wbuf_len && evbuffer_add(bufferevent_get_output(c->bev), conn_wbuf, conn_wbuf_len) != 0)
+        log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id,
+                  c->addr, conn_wbuf_len);
+    conn_wbuf_len = 0;
+}
+
+/* The connection's output evbuffer, with any gathered echo replies queued in it first. */
+static struct evbuffer *conn_output(struct conn *c)
+{
+    if (wbuf_owner == c)
+        wbuf_spill();
+    return bufferevent_get_output(c->bev);
+}
+
 static size_t output_len(const struct conn *c)
 {
-    return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
+           (wbuf_owner == c ? conn_wbuf_len : 0);
 }
 
 size_t conn_pending_len(const struct conn *c)
@@ -244,9 +280,9 @@ void conn_send_frame(struct conn *c, enum ws_opcode op, const void *data, size_t
     if (!conn_is_open(c))
         return;
     if (op == WS_OP_TEXT || op == WS_OP_BINARY)
-        add_data_frame(c, bufferevent_get_output(c->bev), op, data, len);
+        add_data_frame(c, conn_output(c), op, data, len);
     else
-        add_frame(c, bufferevent_get_output(c->bev), op, data, len);
+        add_frame(c, conn_output(c), op, data, len);
 }
 
 static void dirty_link(struct conn *c)
@@ -531,6 +567,7 @@ void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const st
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     /* Low-water 0: the write callback means "all written", used for drain and replay pacing. */
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    c->plain = !bufferevent_openssl_get_ssl(c->bev) && bufferevent_getfd(c->bev) >= 0;
     evtimer_del(c->timer);
     c->last_rx_ms = loop_now_ms(c->lp);
     if (cfg_of(c)->ping_interval_ms > 0)
@@ -711,7 +748,7 @@ static void finish_message(struct conn *c)
             /* Echo a reassembled message by moving its chains: no copy of a large payload. */
             uint8_t hdr[WS_MAX_HDR];
             size_t hlen = ws_frame_header(hdr, true, (enum ws_opcode)c->msg_opcode, len);
-            struct evbuffer *out = bufferevent_get_output(c->bev);
+            struct evbuffer *out = conn_output(c);
             evbuffer_add(out, hdr, hlen);
             evbuffer_add_buffer(out, c->msg);
             c->lp->metrics.msgs_in[MK_ECHO]++;
@@ -739,7 +776,7 @@ static void on_close_frame(struct conn *c, const struct ws_event *ev)
         size_t plen = 0;
         if (ev->close_code != WS_CLOSE_NO_STATUS)
             plen = ws_close_payload(payload, ev->close_code, "");
-        add_frame(c, bufferevent_get_output(c->bev), WS_OP_CLOSE, payload, plen);
+        add_frame(c, conn_output(c), WS_OP_CLOSE, payload, plen);
         c->close_sent = true;
         c->close_code = ev->close_code;
         c->end_reason = END_CLIENT_CLOSE;
@@ -768,7 +805,7 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
          * (1013) once send_queue is full, instead of growing the server without bound.
          */
         if (conn_check_backpressure(c))
-            add_frame(c, bufferevent_get_output(c->bev), WS_OP_PONG, ev->data, ev->len);
+            add_frame(c, conn_output(c), WS_OP_PONG, ev->data, ev->len);
         break;
     case WS_EV_PONG:
         break; /* liveness already recorded on read */
@@ -787,6 +824,26 @@ static bool handle_event(struct conn *c, const struct ws_event *ev)
     return !c->dead;
 }
 
+/*
+ * Feed p[0..len) to the parser and act on its events. Returns false when the connection stops
+ * taking frames (closed, failed, freed); *consumed counts the bytes the parser took.
+ */
+static bool feed_frames(struct conn *c, uint8_t *p, size_t len, size_t *consumed)
+{
+    bool go_on = true;
+    while (go_on) {
+        struct ws_event ev;
+        size_t n = ws_parser_feed(&c->parser, p, len, &ev);
+        p += n;
+        len -= n;
+        *consumed += n;
+        if (ev.type == WS_EV_NONE)
+            break;
+        go_on = handle_event(c, &ev);
+    }
+    return go_on;
+}
+
 static void process_frames(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -798,20 +855,8 @@ static void process_frames(struct conn *c)
             nvec = 8;
         size_t consumed = 0;
         bool go_on = true;
-        for (int i = 0; i < nvec && go_on; i++) {
-            uint8_t *p = vec[i].iov_base;
-            size_t left = vec[i].iov_len;
-            while (go_on) {
-                struct ws_event ev;
-                size_t n = ws_parser_feed(&c->parser, p, left, &ev);
-                p += n;
-                left -= n;
-                consumed += n;
-                if (ev.type == WS_EV_NONE)
-                    break;
-                go_on = handle_event(c, &ev);
-            }
-        }
+        for (int i = 0; i < nvec && go_on; i++)
+            go_on = feed_frames(c, vec[i].iov_base, vec[i].iov_len, &consumed);
         evbuffer_drain(in, consumed);
         if (!go_on)
             break;
@@ -827,8 +872,24 @@ static void echo_on_message(struct conn *c, void *data, uint8_t opcode, const ui
     (void)data;
     c->lp->metrics.msgs_in[MK_ECHO]++;
     c->lp->metrics.msgs_out[MK_ECHO]++;
-    if (conn_check_backpressure(c))
-        conn_send_frame(c, (enum ws_opcode)opcode, p, len);
+    /*
+     * While this connection owns the run its output evbuffer and held frames are empty (anything
+     * queued there spills the run first), so the run is all it has pending.
+     */
+    if (wbuf_owner == c ? !conn_is_open(c) || !within_send_queue(c, conn_wbuf_len)
+                        : !conn_check_backpressure(c))
+        return;
+    if (wbuf_owner == c && !worth_compressing(c, (enum ws_opcode)opcode, len) &&
+        len <= sizeof(conn_wbuf) - WS_MAX_HDR - conn_wbuf_len) {
+        /* The gathered run (see conn_wbuf): header and payload appended, sent when the read ends. */
+        uint8_t *w = conn_wbuf + conn_wbuf_len;
+        size_t hlen = ws_frame_header(w, true, (enum ws_opcode)opcode, len);
+        memcpy(w + hlen, p, len);
+        conn_wbuf_len += hlen + len;
+        c->lp->metrics.bytes_out += hlen + len;
+        return;
+    }
+    conn_send_frame(c, (enum ws_opcode)opcode, p, len);
 }
 
 static void echo_on_close(struct conn *c, void *data, enum end_reason why)
@@ -846,6 +907,123 @@ const struct conn_handler conn_echo_handler = {
 
 /* ---- callbacks ---- */
 
+/*
+ * Write what a read produced at once, in the read's callback, instead of arming write interest and
+ * writing on the loop's next pass: a round trip then costs one write and no epoll change. Adding to
+ * the output already armed the bufferevent's write event; when all is written it is disarmed again
+ * in the same loop iteration, which the epoll changelist (net/loop.c) turns into no syscall. What
+ * the socket does not take stays queued for the bufferevent, and an error is left for its write to
+ * meet and report, so failure handling has one path. Plain TCP only: TLS writes go through OpenSSL.
+ */
+static void conn_write_now(struct conn *c)
+{
+    if (wbuf_owner == c) {
+        /* Only the run to send: the output evbuffer was empty and nothing was queued after it. */
+        size_t len = conn_wbuf_len;
+        ssize_t n = 0;
+        wbuf_owner = NULL;
+        conn_wbuf_len = 0;
+        if (len && c->state == CONN_OPEN && !c->dead)
+            n = send(bufferevent_getfd(c->bev), conn_wbuf, len, MSG_NOSIGNAL);
+        if (n == (ssize_t)len)
+            return; /* all written: no write event was ever armed */
+        /* The rest goes the bufferevent's way; so does an error, for its write to report. */
+        if (n < 0)
+            n = 0;
+        if (evbuffer_add(bufferevent_get_output(c->bev), conn_wbuf + n, len - (size_t)n) != 0)
+            log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id,
+                      c->addr, len - (size_t)n);
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (!c->plain || c->state != CONN_OPEN || c->dead || evbuffer_get_length(out) == 0)
+        return;
+    /* A socket bufferevent keeps its output's front frozen; its own write unfreezes it the same way. */
+    evbuffer_unfreeze(out, 1);
+    int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+    evbuffer_freeze(out, 1);
+    if (n <= 0 || evbuffer_get_length(out) != 0)
+        return;
+    event_del(&c->bev->ev_write);
+    /* As the bufferevent does after a write that empties the output (low-water mark 0). */
+    conn_write_cb(c->bev, c);
+}
+
+/*
+ * The read side of an upgraded plain-TCP WebSocket (see conn_take_reads). The parser consumes every
+ * byte it is given (payload is handed up or gathered into c->msg), so nothing needs to stay in an
+ * input buffer between reads: read into one scratch buffer shared by every connection of the thread,
+ * unmask in place there, and hand payloads up from it.
+ */
+static uint8_t conn_rbuf[CONN_READ_SIZE];
+
+static void conn_sock_read(struct conn *c, evutil_socket_t fd)
+{
+    ssize_t n = recv(fd, conn_rbuf, sizeof(conn_rbuf), 0);
+    if (n <= 0) {
+        int err = n < 0 ? errno : 0;
+        if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+            return;
+        /* What the bufferevent's own read does on EOF or an error. */
+        bufferevent_disable(c->bev, EV_READ);
+        EVUTIL_SET_SOCKET_ERROR(err);
+        conn_event_cb(c->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
+        return;
+    }
+    c->busy++;
+    c->lp->metrics.bytes_in += (uint64_t)n;
+    if ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->dead && !c->close_received) {
+        size_t consumed = 0;
+        c->last_rx_ms = loop_now_ms(c->lp);
+        if (c->state == CONN_OPEN && c->handler == &conn_echo_handler && !c->held &&
+            evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+            assert(!wbuf_owner && !conn_wbuf_len);
+            wbuf_owner = c;
+        }
+        feed_frames(c, conn_rbuf, (size_t)n, &consumed);
+    }
+    conn_write_now(c);
+    c->busy--;
+    if (c->dead)
+        conn_free(c);
+}
+
+/*
+ * arg is the bufferevent, as for the callback this one replaces: libevent's bufferevent_free
+ * finalizes the event with its argument taken for the bufferevent. The reference held across the
+ * call is what the bufferevent's own read does, so a free from inside completes after it returns.
+ */
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct bufferevent *bev = arg;
+    if (!bev->cbarg)
+        return; /* being freed */
+    bufferevent_incref(bev);
+    conn_sock_read(bev->cbarg, fd);
+    bufferevent_decref(bev);
+}
+
+/*
+ * libevent 2.1's socket bufferevent asks the kernel for the readable byte count (a FIONREAD ioctl)
+ * before every read and reads at most 4096 bytes. Once a plain-TCP connection is a WebSocket its
+ * reads are ours instead: the bufferevent's read event is re-pointed at conn_sock_read_cb, one
+ * recv() of up to CONN_READ_SIZE per readiness. bufferevent_enable/disable(EV_READ) and
+ * bufferevent_free still add, delete and free that same event, so the rest of conn.c is unchanged;
+ * only bytes already in the bufferevent's input (sent with the handshake) go through process_frames.
+ */
+static void conn_take_reads(struct conn *c)
+{
+    struct event *rev = &c->bev->ev_read;
+    bool enabled = (bufferevent_get_enabled(c->bev) & EV_READ) != 0;
+    event_del(rev);
+    /* The flags the bufferevent gave its read event (bufferevent_socket_new). */
+    event_assign(rev, c->lp->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST | EV_FINALIZE,
+                 conn_sock_read_cb, c->bev);
+    if (enabled)
+        event_add(rev, NULL);
+}
+
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
@@ -857,6 +1035,11 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         c->last_rx_ms = loop_now_ms(c->lp);
         process_frames(c);
     }
+    if (c->plain && !c->reads_taken && c->state == CONN_OPEN && !c->dead) {
+        c->reads_taken = true;
+        conn_take_reads(c);
+    }
+    conn_write_now(c);
     c->busy--;
     if (c->dead)
         conn_free(c);
@@ -973,7 +1156,7 @@ static void send_close(struct conn *c, uint16_t code, const char *reason, enum e
          * close waits behind them. A slow consumer's held frames are what it cannot take: not them.
          */
         c->close_held = c->dirty && c->held && why != END_SLOW_CONSUMER;
-        add_frame(c, c->close_held ? c->held : bufferevent_get_output(c->bev), WS_OP_CLOSE, payload,
+        add_frame(c, c->close_held ? c->held : conn_output(c), WS_OP_CLOSE, payload,
                   plen);
         c->close_sent = true;
         c->close_code = code;

@@ -128,6 +128,8 @@ struct conn {
     bool freeing;
     int busy;             /* > 0 while inside a callback: a close defers the free */
     bool dead;            /* free at the end of the callback */
+    bool plain;           /* an upgraded WebSocket on plain TCP (no TLS): conn.c may write it directly */
+    bool reads_taken;     /* plain: conn.c reads the socket itself (conn_take_reads) */
     enum end_reason end_reason;
     uint16_t close_code;  /* code we sent (or received, for client_close) */
     /* heartbeat */

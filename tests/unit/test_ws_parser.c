@@ -742,6 +742,188 @@ static void test_ws_parser_nothing_after_close(void **state)
 
 /* ---- Encoders ---- */
 
+/* ---- The word-at-a-time paths: unmasking, the ASCII shortcut, UTF-8 across words and frames ---- */
+
+/* One masked client frame, first byte b0, with the given key; returns its length. */
+static size_t mk_frame(uint8_t *out, uint8_t b0, const uint8_t *pl, size_t len, const uint8_t key[4])
+{
+    size_t n = 0;
+
+    out[n++] = b0;
+    if (len < 126) {
+        out[n++] = (uint8_t)(0x80 | len);
+    } else {
+        out[n++] = 0x80 | 126;
+        out[n++] = (uint8_t)(len >> 8);
+        out[n++] = (uint8_t)len;
+    }
+    memcpy(out + n, key, 4);
+    n += 4;
+    for (size_t i = 0; i < len; i++)
+        out[n++] = pl[i] ^ key[i & 3];
+    return n;
+}
+
+/*
+ * Feed buf[0..n) in two calls split at `cut`; joins DATA bytes into msg. Returns the number of
+ * complete messages, or -(close code) on an ERROR event.
+ */
+static int feed_split(uint8_t *buf, size_t n, size_t cut, uint8_t *msg, size_t *msg_len)
+{
+    struct ws_parser p;
+    struct ws_event ev;
+    int msgs = 0;
+    size_t bounds[2] = {cut, n}, off = 0;
+
+    ws_parser_init(&p, 0);
+    *msg_len = 0;
+    for (int part = 0; part < 2; part++) {
+        while (off < bounds[part]) {
+            off += ws_parser_feed(&p, buf + off, bounds[part] - off, &ev);
+            if (ev.type == WS_EV_NONE)
+                break;
+            if (ev.type == WS_EV_ERROR)
+                return -(int)ev.close_code;
+            assert_int_equal(ev.type, WS_EV_DATA);
+            memcpy(msg + *msg_len, ev.data, ev.len);
+            *msg_len += ev.len;
+            if (ev.msg_end)
+                msgs++;
+        }
+    }
+    return msgs;
+}
+
+static void test_ws_parser_unmask_every_length_alignment_and_split(void **state)
+{
+    static const uint8_t keys[][4] = {
+        {0, 0, 0, 0}, {0xff, 0xff, 0xff, 0xff}, {0x37, 0xfa, 0x21, 0x3d}, {1, 2, 3, 4},
+        {0x80, 0x80, 0x80, 0x80},
+    };
+    uint8_t pl[64], space[16 + 8 + 64], msg[64];
+    size_t msg_len;
+
+    (void)state;
+    for (size_t len = 0; len <= 64; len++) {
+        for (size_t i = 0; i < len; i++)
+            pl[i] = (uint8_t)(i * 37 + len);
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+            for (size_t align = 0; align < 16; align++) {
+                uint8_t *buf = space + align; /* unaligned starts of header and payload */
+                size_t n = mk_frame(buf, 0x82, pl, len, keys[k]);
+                uint8_t copy[8 + 64];
+                memcpy(copy, buf, n);
+                for (size_t cut = 0; cut <= n; cut++) {
+                    memcpy(buf, copy, n);
+                    assert_int_equal(feed_split(buf, n, cut, msg, &msg_len), 1);
+                    assert_int_equal(msg_len, len);
+                    assert_memory_equal(msg, pl, len);
+                }
+            }
+        }
+    }
+}
+
+/* Text of `len` ASCII bytes with `seq` (seq_len bytes) written at `at`. */
+static void text_with(uint8_t *pl, size_t len, size_t at, const char *seq, size_t seq_len)
+{
+    for (size_t i = 0; i < len; i++)
+        pl[i] = (uint8_t)('a' + i % 26);
+    memcpy(pl + at, seq, seq_len);
+}
+
+static void test_ws_parser_utf8_every_position(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t len;
+        bool valid;
+    } seqs[] = {
+        {"\x80", 1, false},             /* lone continuation */
+        {"\xff", 1, false},             /* never in UTF-8 */
+        {"\xc0\xaf", 2, false},         /* overlong */
+        {"\xed\xa0\x80", 3, false},     /* surrogate */
+        {"\xf4\x90\x80\x80", 4, false}, /* above U+10FFFF */
+        {"\xe2\x82\x28", 3, false},     /* cut by ASCII */
+        {"\xc3\xa9", 2, true},
+        {"\xe2\x82\xac", 3, true},
+        {"\xf0\x9f\x98\x80", 4, true},
+    };
+    static const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    uint8_t pl[64], space[16 + 8 + 64], msg[64];
+    size_t msg_len;
+
+    (void)state;
+    for (size_t q = 0; q < sizeof(seqs) / sizeof(seqs[0]); q++) {
+        for (size_t len = seqs[q].len; len <= 64; len++) {
+            for (size_t at = 0; at + seqs[q].len <= len; at++) {
+                size_t align = (len + at) % 16, n;
+                uint8_t *buf = space + align;
+                text_with(pl, len, at, seqs[q].s, seqs[q].len);
+                n = mk_frame(buf, 0x81, pl, len, key);
+                uint8_t copy[8 + 64];
+                memcpy(copy, buf, n);
+                /* whole, and split inside the header, at the payload start and mid-payload */
+                size_t cuts[] = {n, 1, n - len, n - len + at, n - len + at + 1, n - 1};
+                for (size_t c = 0; c < sizeof(cuts) / sizeof(cuts[0]); c++) {
+                    memcpy(buf, copy, n);
+                    int r = feed_split(buf, n, cuts[c], msg, &msg_len);
+                    if (seqs[q].valid) {
+                        assert_int_equal(r, 1);
+                        assert_int_equal(msg_len, len);
+                        assert_memory_equal(msg, pl, len);
+                    } else {
+                        assert_int_equal(r, -WS_CLOSE_BAD_DATA);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* A message in two frames (text, then continuation) split at every byte of its payload. */
+static void test_ws_parser_utf8_code_point_across_frames(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t len;
+        bool valid;
+    } seqs[] = {
+        {"\xc3\xa9", 2, true},
+        {"\xe2\x82\xac", 3, true},
+        {"\xf0\x9f\x98\x80", 4, true},
+        {"\xe2\x82\x28", 3, false},
+        {"\xf0\x9f\x98", 3, false}, /* the message ends inside the character */
+    };
+    static const uint8_t k1[4] = {0x11, 0x22, 0x33, 0x44}, k2[4] = {0xa5, 0x5a, 0x0f, 0xf0};
+    uint8_t pl[64], buf[2 * (8 + 64)], msg[64];
+    size_t msg_len;
+
+    (void)state;
+    for (size_t q = 0; q < sizeof(seqs) / sizeof(seqs[0]); q++) {
+        for (size_t pad = 0; pad <= 20; pad++) {
+            size_t len = pad + seqs[q].len + (seqs[q].valid ? pad % 9 : 0);
+            text_with(pl, len, pad, seqs[q].s, seqs[q].len);
+            for (size_t split = 0; split <= len; split++) {
+                size_t n = mk_frame(buf, 0x01, pl, split, k1);
+                n += mk_frame(buf + n, 0x80, pl + split, len - split, k2);
+                for (size_t cut = 0; cut <= n; cut += 5) {
+                    uint8_t b[sizeof(buf)];
+                    memcpy(b, buf, n);
+                    int r = feed_split(b, n, cut, msg, &msg_len);
+                    if (seqs[q].valid) {
+                        assert_int_equal(r, 1);
+                        assert_int_equal(msg_len, len);
+                        assert_memory_equal(msg, pl, len);
+                    } else {
+                        assert_int_equal(r, -WS_CLOSE_BAD_DATA);
+                    }
+                }
+            }
+        }
+    }
+}
+
 static void test_ws_frame_header_lengths(void **state)
 {
     static const struct {
@@ -880,6 +1062,9 @@ int main(void)
         cmocka_unit_test(test_ws_parser_utf8_fails_on_its_chunk),
         cmocka_unit_test(test_ws_parser_control_payload_is_whole),
         cmocka_unit_test(test_ws_parser_nothing_after_close),
+        cmocka_unit_test(test_ws_parser_unmask_every_length_alignment_and_split),
+        cmocka_unit_test(test_ws_parser_utf8_every_position),
+        cmocka_unit_test(test_ws_parser_utf8_code_point_across_frames),
         cmocka_unit_test(test_ws_frame_header_lengths),
         cmocka_unit_test(test_ws_frame_header_round_trip),
         cmocka_unit_test(test_ws_close_payload_encoding),
