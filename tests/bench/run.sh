@@ -25,7 +25,8 @@ PORT_WSP=$(next_free_port "${BENCH_PORT:-28080}")
 PORT_GECHO=$(next_free_port $((PORT_WSP + 1)))
 PORT_GCHAT=$(next_free_port $((PORT_GECHO + 1)))
 PORT_LWS=$(next_free_port $((PORT_GCHAT + 1)))  # lws-peer: /echo and the chat hub on one port
-PORT_API=$(next_free_port $((PORT_LWS + 1)))    # wsproxy's /metrics, events scenarios only
+PORT_RAW=$(next_free_port $((PORT_LWS + 1)))    # rawecho: the loader's ceiling (echo100_raw)
+PORT_API=$(next_free_port $((PORT_RAW + 1)))    # wsproxy's /metrics, events scenarios only
 PORT_HOOK=$(next_free_port $((PORT_API + 1)))   # hookrecv, the events backend
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUTDIR=var/bench
@@ -79,6 +80,7 @@ gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/hookrecv" tests/bench/ho
 # shellcheck disable=SC2046
 gcc -std=c11 -O2 -g -Wall -Wextra -o "$BB/lws-peer" tests/bench/lws/peer.c \
     $(pkg-config --cflags --libs libwebsockets)
+gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/rawecho" tests/bench/rawecho.c -lcrypto
 export GOCACHE=${GOCACHE:-$PWD/$BB/.gocache} GOFLAGS=
 for p in echo chat; do
     GO111MODULE=off GOPATH=$GOPATH_DEB go build -o "$BB/gorilla-$p" "./tests/bench/gorilla/$p"
@@ -145,6 +147,7 @@ port_of() {
     gorilla-echo) echo "$PORT_GECHO" ;;
     gorilla-chat) echo "$PORT_GCHAT" ;;
     lws) echo "$PORT_LWS" ;;
+    rawecho) echo "$PORT_RAW" ;;
     esac
 }
 
@@ -172,6 +175,7 @@ server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat|lws, $2 = synchronous,
         ;;
     gorilla-*) pinned "$BB/$1" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
     lws) pinned "$BB/lws-peer" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
+    rawecho) pinned "$BB/rawecho" -port "$port" >"$TMP/server.log" 2>&1 & ;;
     esac
     SERVER_PID=$!
     if ! wait_port "$port" "$SERVER_PID"; then
@@ -272,7 +276,8 @@ spinners_stop() {
 # lws (lws-peer) serves both on one port. echo4k: echo100 with 4 KiB messages. idle_room: idle_ws
 # with every connection a member of one room. join_storm: 2,000 clients connect and join one room
 # at 2,000/s, the server's RSS sampled every 50 ms until 5 s after the last join.
-# fanout_1k: 1,000 members x 100 msgs/s.
+# fanout_1k: 1,000 members x 100 msgs/s. echo100_raw: echo100 against rawecho, the cheapest echo
+# server we could write, to show how far the loader itself goes (msgs/s / loader CPU).
 # A server is NAME[:synchronous[:compression[:events]]] (wsproxy: normal, off, off by default). Consecutive
 # scenarios with the same group alternate their runs (a1 b1 a2 b2 ...) so background load hits
 # both alike. fanout_plain/_deflate: the same 5,000-member fan-out of 600-byte chat-like bodies
@@ -282,6 +287,7 @@ spinners_stop() {
 FANOUT_Z="-m fanout -c 5000 -r 10 -d 2 -D 3 -B 600 -k $SECRET"
 SCENARIOS=(
     "echo100|wsproxy gorilla-echo lws|-m echo -c 100 -w 16 -s 32 -d $SECS"
+    "echo100_raw|rawecho|-m echo -c 100 -w 16 -s 32 -d $SECS"
     "echo4k|wsproxy gorilla-echo lws|-m echo -c 100 -w 16 -s 4096 -d $SECS"
     "echo1|wsproxy gorilla-echo lws|-m echo -c 1 -w 1 -s 32 -d $SECS"
     "echo1_awake|wsproxy gorilla-echo lws|-m echo -c 1 -w 1 -s 32 -d $SECS"
@@ -481,6 +487,10 @@ row16("echo 100 conns × 32 B, window 16", "msgs per server-core-second", "echo1
       lambda w, l, g: None if w is None or l is None else w >= 2.1e6 and w >= 13 * l)
 row16("", "loader CPU (must not be the limit)", "echo100", "loader_cpu_pct", G_ECHO,
       "< 90 % of its core", lambda w, l, g: None if w is None else w < 90, "%")
+rw, rl = med("echo100_raw", "rawecho", "msgs_per_s"), med("echo100_raw", "rawecho", "loader_cpu_pct")
+ceil = None if rw is None or not rl else rw / (rl / 100)
+T16.append(("", "(context) loader's ceiling: msgs/s ÷ loader CPU share, against rawecho", fmt(ceil),
+            "", "", "", "", "≥ 2,500,000", verdict(None if ceil is None else ceil >= 2.5e6)))
 row16("echo 100 conns × 4 KiB, window 16", "msgs per server-core-second", "echo4k",
       "msgs_per_core_s", G_ECHO, "≥ 3.6× lws",
       lambda w, l, g: None if w is None or l is None else w >= 3.6 * l)

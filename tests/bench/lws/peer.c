@@ -476,14 +476,21 @@ static int peer_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
     case LWS_CALLBACK_SERVER_WRITEABLE: {
         if (s->dropped)
             return -1;
-        /* one lws_write per writable callback, as lws wants; ask again while more is queued */
-        struct msg *m = session_pop(s);
-        if (!m)
-            break;
-        int n = lws_write(wsi, m->buf + LWS_PRE, m->len, (enum lws_write_protocol)m->ws_flags);
-        msg_unref(m);
-        if (n < 0)
-            return -1;
+        /*
+         * As lws's own mirror test server does: write queued messages while the socket takes
+         * them whole (lws_send_pipe_choked), and ask for another writable callback for the rest.
+         * One write per callback would cost a whole service loop (a poll over every fd) per
+         * message.
+         */
+        struct msg *m;
+        while ((m = session_pop(s))) {
+            int n = lws_write(wsi, m->buf + LWS_PRE, m->len, (enum lws_write_protocol)m->ws_flags);
+            msg_unref(m);
+            if (n < 0)
+                return -1;
+            if (s->q_len && (lws_partial_buffered(wsi) || lws_send_pipe_choked(wsi)))
+                break;
+        }
         if (s->rx_paused && s->q_len <= ECHO_RX_RESUME) {
             s->rx_paused = false;
             lws_rx_flow_control(wsi, 1);
@@ -548,7 +555,9 @@ int main(int argc, char **argv)
     memcpy(host, addr, (size_t)(colon - addr));
     host[colon - addr] = '\0';
 
-    lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
+    lws_set_log_level(getenv("LWS_PEER_DEBUG") ? LLL_ERR | LLL_WARN | LLL_NOTICE | LLL_INFO
+                                               : LLL_ERR | LLL_WARN,
+                      NULL);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
     info.port = atoi(colon + 1);
