@@ -1,6 +1,8 @@
 /*
  * loadgen.c -- WebSocket load generator for `make bench`: echo, idle, fanout and persist modes over
- * loopback, one epoll thread, one "result key=value ..." line plus human text. Linux only.
+ * loopback, plus the join storm (storm: clients connect and join one room at a fixed rate while the
+ * server's RSS is sampled); one epoll thread, one "result key=value ..." line plus human text.
+ * Linux only.
  * Build: gcc -std=c11 -D_GNU_SOURCE -O2 -Iproxy -o build/bench/loadgen tests/bench/loadgen.c \
  *            proxy/proto/ws_deflate.c -lcrypto -lz
  * (-Z offers permessage-deflate and inflates RSV1 frames with the server's own ws_deflate inflater.)
@@ -14,6 +16,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <linux/io_uring.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
@@ -28,23 +31,30 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "proto/ws_deflate.h"
 
 #define WS_GUID          "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define MAX_CONNECTING   128  /* handshakes in flight; more only overflows the listen backlog */
-#define IN_CHUNK         8192 /* read size; buffers grow for larger frames */
+#define IN_CHUNK         8192 /* per-connection buffer step (handshakes, frames > SCRATCH / 2) */
+#define SCRATCH          (256 * 1024) /* one read buffer for every open connection */
+#define RSS_SAMPLE_NS    (50 * 1000000LL) /* storm: the server's VmRSS every 50 ms */
 #define MAX_FRAME        (16u << 20) /* anything bigger from a bench peer is a bug */
 #define ACK_EVERY        100         /* fanout members ack the latest id this often */
 #define SETUP_TIMEOUT_NS (120 * NS_PER_S)
 #define NS_PER_S         1000000000LL
 
-enum mode { MODE_ECHO, MODE_IDLE, MODE_FANOUT, MODE_PERSIST };
+enum mode { MODE_ECHO, MODE_IDLE, MODE_FANOUT, MODE_PERSIST, MODE_STORM };
 enum conn_state { CS_FREE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_CLOSED };
 enum conn_role { ROLE_ECHO, ROLE_IDLE, ROLE_MEMBER, ROLE_PUBLISHER, ROLE_SENDER };
 enum phase { PH_SETUP, PH_RUN, PH_DRAIN, PH_DONE };
@@ -67,7 +77,9 @@ struct opts {
     const char *prefix;
     bool binary;
     bool deflate; /* -Z: offer permessage-deflate, require it in the 101, inflate RSV1 messages */
+    bool epoll_only; /* -E: echo's window without io_uring */
     long body;    /* -B: fanout body size in bytes; 0 = the minimal {"t":...} body */
+    bool join;    /* -j (idle), storm: join the room after welcome, ready once joined */
 };
 
 struct conn {
@@ -76,7 +88,9 @@ struct conn {
     uint8_t role;
     bool ready;
     bool close_sent;
+    bool sending; /* io_uring: a send of out[0, sending_len) is in flight */
     uint32_t idx;
+    size_t sending_len;
     char accept[29]; /* expected Sec-WebSocket-Accept */
     char *in;
     size_t in_len, in_cap;
@@ -138,6 +152,15 @@ struct lg {
     uint64_t run_nonce;
     uint64_t rng;
     struct hist lat;
+    /* loader syscalls (reads + writes), in total and at the window's edges */
+    uint64_t sys_rw, sys_rw0, sys_rw1;
+    uint64_t rx_msgs; /* every message the connections received (storm: member events too) */
+    bool uring;       /* echo's window runs on io_uring: buffers may be in the kernel's hands */
+    char *scratch;    /* SCRATCH bytes: where open connections read */
+    char *echo_tmpl;  /* echo payload: 16 hex digits of the send time, then 'x' */
+    /* storm: the server's RSS sampled from the first connect to -D s after the last join */
+    long rss_peak, rss_samples;
+    int64_t next_sample, t_joined;
 };
 
 static struct lg G;
@@ -421,6 +444,14 @@ static void frame_send(struct conn *c, unsigned op, const void *payload, size_t 
     unsigned char *m = h + hl, *dst = h + hl + 4;
     const unsigned char *src = payload;
     size_t i = 0;
+#ifdef __SSE2__
+    /* the mask repeats every 4 bytes, so 16 at a time with one register */
+    __m128i m128 = _mm_set1_epi32((int)mask);
+    for (; i + 16 <= len; i += 16) {
+        __m128i w = _mm_loadu_si128((const __m128i *)(src + i));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm_xor_si128(w, m128));
+    }
+#endif
     uint64_t mask64 = (uint64_t)mask | (uint64_t)mask << 32;
     for (; i + 8 <= len; i += 8) {
         uint64_t w;
@@ -472,7 +503,8 @@ static void conn_abort(struct conn *c)
         close(c->fd);
         c->fd = -1;
     }
-    conn_release(c);
+    if (!G.uring) /* else a send or recv may still point into them; the process ends soon */
+        conn_release(c);
 }
 
 static void conn_fail(struct conn *c, const char *why)
@@ -498,6 +530,7 @@ static void conn_flush(struct conn *c)
     size_t off = 0;
     while (off < c->out_len) {
         ssize_t n = write(c->fd, c->out + off, c->out_len - off);
+        G.sys_rw++;
         if (n > 0) {
             off += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -740,11 +773,11 @@ static long handshake_parse(struct conn *c)
 
 static void echo_send(struct conn *c, int64_t now)
 {
-    char buf[65536];
-    size_t n = (size_t)G.o.size;
-    snprintf(buf, sizeof(buf), "%016" PRIx64, (uint64_t)now);
-    memset(buf + 16, 'x', n - 16);
-    frame_send(c, G.o.binary ? 0x2 : 0x1, buf, n);
+    static const char hex[] = "0123456789abcdef";
+    uint64_t v = (uint64_t)now;
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        G.echo_tmpl[i] = hex[v & 15];
+    frame_send(c, G.o.binary ? 0x2 : 0x1, G.echo_tmpl, (size_t)G.o.size);
     c->seq++;
 }
 
@@ -785,7 +818,7 @@ static void on_echo(struct conn *c, const char *p, size_t len, int64_t now)
 static void on_chat(struct conn *c, const char *p, size_t len, int64_t now)
 {
     if (json_is(p, len, "type", "welcome")) {
-        if (c->role == ROLE_MEMBER || c->role == ROLE_PUBLISHER)
+        if (c->role == ROLE_MEMBER || c->role == ROLE_PUBLISHER || G.o.join)
             text_send(c, "{\"type\":\"join\",\"room\":\"%s\"}", G.o.room);
         else
             conn_set_ready(c);
@@ -873,27 +906,31 @@ static bool message_in(struct conn *c, unsigned op, const char *p, size_t len, b
         if (!p)
             p = "";
     }
+    G.rx_msgs++;
     on_message(c, op, p, len, now);
     return true;
 }
 
-/* Parses every complete server frame in c->in; returns false once the connection is gone. */
-static bool frames_parse(struct conn *c, size_t off, int64_t now)
+/*
+ * Parses every complete server frame in buf[off..buf_len); returns the offset after the last one, or
+ * -1 once the connection is gone (then buf may have been freed with it).
+ */
+static long frames_parse(struct conn *c, const char *buf, size_t buf_len, size_t off, int64_t now)
 {
     while (c->state == CS_OPEN) {
-        size_t avail = c->in_len - off;
-        const unsigned char *h = (const unsigned char *)c->in + off;
+        size_t avail = buf_len - off;
+        const unsigned char *h = (const unsigned char *)buf + off;
         if (avail < 2)
             break;
         unsigned fin = h[0] & 0x80, op = h[0] & 0x0f, rsv = h[0] & 0x70;
         /* RSV1 only on the first frame of a compressed data message (RFC 7692 §6) */
         if (rsv && (rsv != WS_DEFLATE_RSV1 || !ws_deflate_rsv1_allowed(c->inf != NULL, op))) {
             conn_fail(c, "unexpected RSV bits from server");
-            return false;
+            return -1;
         }
         if (h[1] & 0x80) {
             conn_fail(c, "masked frame from server"); /* RFC 6455 §5.1 */
-            return false;
+            return -1;
         }
         uint64_t len = h[1] & 0x7f;
         size_t hl = 2;
@@ -912,7 +949,7 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
         }
         if (len > MAX_FRAME) {
             conn_fail(c, "frame too large");
-            return false;
+            return -1;
         }
         if (avail < hl + len)
             break;
@@ -932,7 +969,7 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
             frame_send(c, 0x8, payload, len >= 2 ? 2 : 0);
             conn_flush(c);
             conn_fail(c, why);
-            return false;
+            return -1;
         } else if (op == 0x0 || !fin) {
             if (op != 0x0) {
                 c->frag_op = (uint8_t)op;
@@ -948,31 +985,43 @@ static bool frames_parse(struct conn *c, size_t off, int64_t now)
                 size_t fl = c->frag_len;
                 c->frag_len = 0;
                 if (!message_in(c, c->frag_op, c->frag, fl, c->frag_rsv1, now))
-                    return false;
+                    return -1;
             }
         } else if (!message_in(c, op, payload, (size_t)len, rsv != 0, now)) {
-            return false;
+            return -1;
         }
     }
-    if (c->state != CS_OPEN)
-        return c->state != CS_CLOSED;
-    if (off > 0) {
-        memmove(c->in, c->in + off, c->in_len - off);
-        c->in_len -= off;
-    }
-    return true;
+    return c->state == CS_CLOSED ? -1 : (long)off;
 }
 
+/*
+ * Reads until the socket is empty. An open connection reads into the one shared scratch buffer
+ * (after the partial frame it kept from last time), so a read takes whatever has arrived, up to
+ * SCRATCH, and only the unfinished tail is copied back; handshakes and frames larger than half
+ * the scratch buffer grow the connection's own buffer instead.
+ */
 static void conn_read(struct conn *c)
 {
     for (;;) {
-        if (c->in_cap - c->in_len < IN_CHUNK / 2) {
-            size_t cap = c->in_cap ? c->in_cap * 2 : IN_CHUNK;
-            c->in = xrealloc(c->in, cap);
-            c->in_cap = cap;
+        bool shared = c->state == CS_OPEN && c->in_len <= SCRATCH / 2;
+        char *buf;
+        size_t space;
+        if (shared) {
+            if (c->in_len)
+                memcpy(G.scratch, c->in, c->in_len);
+            buf = G.scratch;
+            space = SCRATCH - c->in_len;
+        } else {
+            if (c->in_cap - c->in_len < IN_CHUNK / 2) {
+                size_t cap = c->in_cap ? c->in_cap * 2 : IN_CHUNK;
+                c->in = xrealloc(c->in, cap);
+                c->in_cap = cap;
+            }
+            buf = c->in;
+            space = c->in_cap - c->in_len;
         }
-        size_t space = c->in_cap - c->in_len;
-        ssize_t n = read(c->fd, c->in + c->in_len, space);
+        ssize_t n = read(c->fd, buf + c->in_len, space);
+        G.sys_rw++;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -981,7 +1030,8 @@ static void conn_read(struct conn *c)
             conn_fail(c, n == 0 ? "server closed the connection" : strerror(errno));
             return;
         }
-        c->in_len += (size_t)n;
+        size_t have = c->in_len + (size_t)n;
+        c->in_len = have;
         if (counting(c))
             G.rx_bytes += (size_t)n;
         int64_t now = now_ns();
@@ -992,8 +1042,17 @@ static void conn_read(struct conn *c)
                 return;
             off = (size_t)head;
         }
-        if (!frames_parse(c, off, now))
+        long used = frames_parse(c, buf, have, off, now);
+        if (used < 0)
             return;
+        size_t left = have - (size_t)used;
+        if (shared && left > c->in_cap) {
+            c->in = xrealloc(c->in, left);
+            c->in_cap = left;
+        }
+        if (left)
+            memmove(c->in, buf + used, left);
+        c->in_len = left;
         /* a short read emptied the socket; the next arrival raises a new edge */
         if ((size_t)n < space)
             return;
@@ -1061,6 +1120,7 @@ static void window_open(void)
     if (G.server_core >= 0 && !proc_core(G.server_core, &G.core_busy0, &G.core_total0))
         G.server_core = -1;
     getrusage(RUSAGE_SELF, &G.ru_start);
+    G.sys_rw0 = G.sys_rw;
 }
 
 static void window_close(void)
@@ -1071,6 +1131,7 @@ static void window_close(void)
     if (G.server_core >= 0 && !proc_core(G.server_core, &G.core_busy1, &G.core_total1))
         G.server_core = -1;
     getrusage(RUSAGE_SELF, &G.ru_end);
+    G.sys_rw1 = G.sys_rw;
 }
 
 /* Chat lines for -B bodies: plain ASCII, no quotes or backslashes (they go into JSON as is). */
@@ -1155,9 +1216,57 @@ static void publish(int64_t now)
     conn_flush(pub);
 }
 
+/* storm: reads the server's VmRSS when a sample is due; returns ms until the next one. */
+static int rss_sample(int64_t now)
+{
+    if (now >= G.next_sample) {
+        long r = proc_rss_kib(G.o.pid);
+        if (r > G.rss_peak)
+            G.rss_peak = r;
+        G.rss_samples++;
+        G.rss_after = r;
+        while (G.next_sample <= now)
+            G.next_sample += RSS_SAMPLE_NS;
+    }
+    return (int)((G.next_sample - now) / 1000000) + 1;
+}
+
+/* storm: connections started by now at -r per second, counted from the first */
+static bool storm_due(int64_t now)
+{
+    return G.o.mode != MODE_STORM ||
+           (double)G.next_start < (double)(now - G.t_setup) * G.o.rate / 1e9 + 1;
+}
+
 /* Advances the state machine; returns the epoll timeout in ms. */
 static int tick(int64_t now)
 {
+    if (G.o.mode == MODE_STORM && G.phase != PH_DONE) {
+        int next = rss_sample(now);
+        if (G.phase == PH_SETUP) {
+            while (G.next_start < G.nconns && G.connecting < MAX_CONNECTING && storm_due(now))
+                conn_start(&G.conns[G.next_start++]);
+            if (G.ready + G.failed >= G.nconns) {
+                G.t_joined = G.t_run = now;
+                if (!proc_cpu(G.o.pid, &G.cpu_end))
+                    G.cpu_end = G.cpu_start;
+                getrusage(RUSAGE_SELF, &G.ru_end);
+                G.t_cpu1 = now;
+                G.t_end = now + (int64_t)(G.o.drain * NS_PER_S);
+                G.phase = PH_RUN;
+            } else if (now - G.t_setup > SETUP_TIMEOUT_NS) {
+                die("storm timed out: %ld ready, %ld failed of %ld", G.ready, G.failed, G.nconns);
+            }
+            return next < 1 ? next : 1; /* pacing: the next connection may be due in 0.5 ms */
+        }
+        if (now >= G.t_end) {
+            G.next_sample = now;
+            rss_sample(now); /* rss_after: the last sample, at the end */
+            G.phase = PH_DONE;
+            return 0;
+        }
+        return next;
+    }
     switch (G.phase) {
     case PH_SETUP:
         while (G.next_start < G.nconns && G.connecting < MAX_CONNECTING)
@@ -1221,12 +1330,221 @@ static int tick(int64_t now)
     return 0;
 }
 
+/* ---- echo on io_uring ---- */
+
+/*
+ * Echo's window: every syscall costs ~1.4 µs on this VM, so instead of a read and a write per
+ * connection per round, each connection keeps one recv and at most one send in flight on an
+ * io_uring, and one io_uring_enter submits them all and reaps whatever completed. The kernel's TCP
+ * work is the same; what goes is the syscall per read and per write.
+ */
+struct uring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    unsigned sq_local, to_submit;
+    void *sq_map, *cq_map;
+    size_t sq_len, cq_len, sqe_len;
+};
+
+#define UD_TIMEOUT UINT64_MAX
+
+static bool uring_init(struct uring *u, unsigned entries)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    memset(u, 0, sizeof(*u));
+    /* completions' work runs only when we ask for events: no interrupting the loop per packet */
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    u->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (u->fd < 0 && errno == EINVAL) { /* before Linux 6.1 */
+        memset(&p, 0, sizeof(p));
+        u->fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    }
+    if (u->fd < 0 || !(p.features & IORING_FEAT_SINGLE_MMAP)) {
+        if (u->fd >= 0)
+            close(u->fd);
+        return false;
+    }
+    u->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    u->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (u->cq_len > u->sq_len)
+        u->sq_len = u->cq_len;
+    u->sq_map = mmap(NULL, u->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                     IORING_OFF_SQ_RING);
+    u->sqe_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    u->sqes = mmap(NULL, u->sqe_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                   IORING_OFF_SQES);
+    if (u->sq_map == MAP_FAILED || u->sqes == MAP_FAILED) {
+        close(u->fd);
+        return false;
+    }
+    char *sq = u->sq_map, *cq = u->sq_map; /* one mapping for both rings */
+    u->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    u->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    u->sq_array = (unsigned *)(sq + p.sq_off.array);
+    u->cq_head = (unsigned *)(cq + p.cq_off.head);
+    u->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    u->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    u->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    u->sq_local = *u->sq_tail;
+    return true;
+}
+
+static void uring_free(struct uring *u)
+{
+    munmap(u->sqes, u->sqe_len);
+    munmap(u->sq_map, u->sq_len);
+    close(u->fd); /* cancels whatever is still in flight */
+}
+
+static struct io_uring_sqe *uring_sqe(struct uring *u)
+{
+    unsigned i = u->sq_local & *u->sq_mask;
+    struct io_uring_sqe *e = &u->sqes[i];
+    memset(e, 0, sizeof(*e));
+    u->sq_array[i] = i;
+    u->sq_local++;
+    u->to_submit++;
+    return e;
+}
+
+static void uring_recv(struct uring *u, struct conn *c)
+{
+    if (c->in_cap - c->in_len < IN_CHUNK / 2) {
+        c->in_cap *= 2;
+        c->in = xrealloc(c->in, c->in_cap); /* no recv in flight here */
+    }
+    struct io_uring_sqe *e = uring_sqe(u);
+    e->opcode = IORING_OP_RECV;
+    e->fd = c->fd;
+    e->addr = (uint64_t)(uintptr_t)(c->in + c->in_len);
+    e->len = (uint32_t)(c->in_cap - c->in_len);
+    e->user_data = (uint64_t)c->idx << 1;
+}
+
+static void uring_send(struct uring *u, struct conn *c)
+{
+    struct io_uring_sqe *e = uring_sqe(u);
+    e->opcode = IORING_OP_SEND;
+    e->fd = c->fd;
+    e->addr = (uint64_t)(uintptr_t)c->out;
+    e->len = (uint32_t)c->out_len;
+    e->msg_flags = MSG_NOSIGNAL;
+    e->user_data = (uint64_t)c->idx << 1 | 1;
+    c->sending = true;
+    c->sending_len = c->out_len;
+}
+
+static void uring_timeout(struct uring *u)
+{
+    static struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000000};
+    struct io_uring_sqe *e = uring_sqe(u);
+    e->opcode = IORING_OP_TIMEOUT;
+    e->addr = (uint64_t)(uintptr_t)&ts;
+    e->len = 1;
+    e->user_data = UD_TIMEOUT;
+}
+
+/* One completion for connection c: a recv (parse, echo, recv again) or a send (send the rest). */
+static void uring_complete(struct uring *u, struct conn *c, bool is_send, int res, int64_t now)
+{
+    if (c->state != CS_OPEN)
+        return;
+    if (res <= 0) {
+        conn_fail(c, res == 0 ? "server closed the connection" : strerror(-res));
+        return;
+    }
+    if (is_send) {
+        size_t done = (size_t)res;
+        c->sending = false;
+        memmove(c->out, c->out + done, c->out_len - done);
+        c->out_len -= done;
+        if (c->out_len)
+            uring_send(u, c);
+        return;
+    }
+    c->in_len += (size_t)res;
+    long used = frames_parse(c, c->in, c->in_len, 0, now);
+    if (used < 0)
+        return;
+    memmove(c->in, c->in + used, c->in_len - (size_t)used);
+    c->in_len -= (size_t)used;
+    if (c->out_len > c->out_cap)
+        die("internal: output overran its reservation");
+    if (c->out_len && !c->sending)
+        uring_send(u, c);
+    uring_recv(u, c);
+}
+
+/* Runs echo's warm-up and window on io_uring; false (nothing done) if io_uring is unavailable. */
+static bool echo_uring(void)
+{
+    struct uring u;
+    unsigned entries = 8;
+    while (entries < 2 * (unsigned)G.nconns + 4)
+        entries *= 2;
+    if (!uring_init(&u, entries))
+        return false;
+    /* room for a whole window each way, so the buffers never move under a request */
+    size_t win = (size_t)G.o.window * ((size_t)G.o.size + 14) + 4096;
+    for (long i = 0; i < G.nconns; i++) {
+        struct conn *c = &G.conns[i];
+        if (c->state != CS_OPEN)
+            continue;
+        /* blocking sockets: io_uring then waits for data itself instead of failing EAGAIN */
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK);
+        if (c->out_cap < 2 * win + c->out_len) {
+            c->out = xrealloc(c->out, 2 * win + c->out_len);
+            c->out_cap = 2 * win + c->out_len;
+        }
+        if (c->in_cap < 2 * win) {
+            c->in = xrealloc(c->in, 2 * win);
+            c->in_cap = 2 * win;
+        }
+        if (c->out_len)
+            uring_send(&u, c);
+        uring_recv(&u, c);
+    }
+    G.uring = true;
+    uring_timeout(&u);
+    while (G.phase != PH_DONE) {
+        __atomic_store_n(u.sq_tail, u.sq_local, __ATOMIC_RELEASE);
+        int r = (int)syscall(__NR_io_uring_enter, u.fd, u.to_submit, 1, IORING_ENTER_GETEVENTS,
+                             NULL, 0);
+        G.sys_rw++;
+        if (r < 0 && errno != EINTR && errno != EBUSY)
+            die("io_uring_enter: %s", strerror(errno));
+        if (r > 0)
+            u.to_submit -= (unsigned)r;
+        int64_t now = now_ns();
+        unsigned head = *u.cq_head, tail = __atomic_load_n(u.cq_tail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *e = &u.cqes[head & *u.cq_mask];
+            if (e->user_data == UD_TIMEOUT)
+                uring_timeout(&u);
+            else
+                uring_complete(&u, &G.conns[e->user_data >> 1], e->user_data & 1, e->res, now);
+        }
+        __atomic_store_n(u.cq_head, head, __ATOMIC_RELEASE);
+        if (!G.window_opened && now >= G.t_start)
+            window_open();
+        if (now >= G.t_end) {
+            window_close();
+            G.phase = PH_DONE;
+        }
+    }
+    uring_free(&u);
+    return true;
+}
+
 /* ---- report ---- */
 
 static void report(void)
 {
     const struct opts *o = &G.o;
-    static const char *names[] = {"echo", "idle", "fanout", "persist"};
+    static const char *names[] = {"echo", "idle", "fanout", "persist", "storm"};
     double ticks = (double)sysconf(_SC_CLK_TCK);
     double cpu_s = o->pid > 0 ? (double)(G.cpu_end - G.cpu_start) / ticks : 0;
     double lu = (double)(G.ru_end.ru_utime.tv_sec - G.ru_start.ru_utime.tv_sec) +
@@ -1237,15 +1555,37 @@ static void report(void)
     int n = snprintf(line, sizeof(line), "result mode=%s conns=%ld setup_s=%.2f", names[o->mode],
                      o->conns, (double)(G.t_run - G.t_setup) / 1e9);
 
+    if (o->mode == MODE_STORM) {
+        double ready = G.ready > 0 ? (double)G.ready : -1;
+        double peak = (double)(G.rss_peak - G.rss_before) / ready;
+        double after = (double)(G.rss_after - G.rss_before) / ready;
+        double wall = (double)(G.t_cpu1 - G.t_cpu0) / 1e9;
+        snprintf(line + n, sizeof(line) - (size_t)n,
+                 " path=%s room=%s rate=%.0f ready=%ld failed=%ld rss_before_kib=%ld"
+                 " rss_peak_kib=%ld rss_after_kib=%ld peak_kib_per_conn=%.2f kib_per_conn=%.2f"
+                 " peak_abs_kib_per_conn=%.2f after_s=%.1f rss_samples=%ld frames_rx=%" PRIu64
+                 " server_cpu_s=%.3f server_cpu_pct=%.1f loader_cpu_pct=%.1f errors=%" PRIu64,
+                 o->path, o->room, o->rate, G.ready, G.failed, G.rss_before, G.rss_peak,
+                 G.rss_after, peak, after, (double)G.rss_peak / ready, o->drain, G.rss_samples,
+                 G.rx_msgs, cpu_s, wall > 0 ? 100.0 * cpu_s / wall : 0,
+                 wall > 0 ? 100.0 * lu / wall : 0, G.errors);
+        printf("storm: %ld of %ld clients joined room %s in %.2f s (%.0f/s paced); server RSS %ld "
+               "KiB before, peak %ld KiB (%.2f KiB per connection), %ld KiB %.1f s after the last "
+               "join (%.2f KiB per connection); %" PRIu64 " frames received in all\n%s\n",
+               G.ready, o->conns, o->room, (double)(G.t_run - G.t_setup) / 1e9, o->rate,
+               G.rss_before, G.rss_peak, peak, G.rss_after, o->drain, after, G.rx_msgs, line);
+        return;
+    }
     if (o->mode == MODE_IDLE) {
         double per = G.ready > 0 && G.rss_before >= 0 && G.rss_after >= 0
                          ? (double)(G.rss_after - G.rss_before) / (double)G.ready
                          : -1;
         snprintf(
             line + n, sizeof(line) - (size_t)n,
-            " path=%s ready=%ld failed=%ld rss_before_kib=%ld rss_after_kib=%ld kib_per_conn=%.2f"
-            " errors=%" PRIu64,
-            o->path, G.ready, G.failed, G.rss_before, G.rss_after, per, G.errors);
+            " path=%s join=%d ready=%ld failed=%ld rss_before_kib=%ld rss_after_kib=%ld"
+            " kib_per_conn=%.2f errors=%" PRIu64,
+            o->path, o->join ? 1 : 0, G.ready, G.failed, G.rss_before, G.rss_after, per,
+            G.errors);
         printf(
             "idle: %ld of %ld connections open on %s; server RSS %ld KiB -> %ld KiB = %.2f KiB per "
             "connection\n%s\n",
@@ -1262,6 +1602,7 @@ static void report(void)
     double cpu_pct = wall > 0 ? 100.0 * cpu_s / wall : 0;
     double per_core = cpu_s > 0 ? (double)G.msgs / cpu_s : 0;
     double loader_pct = wall > 0 ? 100.0 * lu / wall : 0;
+    double sys_per_msg = G.msgs ? (double)(G.sys_rw1 - G.sys_rw0) / (double)G.msgs : 0;
     double p50 = hist_pct_us(&G.lat, 0.50), p99 = hist_pct_us(&G.lat, 0.99),
            p999 = hist_pct_us(&G.lat, 0.999);
     long rss = o->pid > 0 ? proc_rss_kib(o->pid) : -1;
@@ -1276,10 +1617,12 @@ static void report(void)
         snprintf(line + n, sizeof(line) - (size_t)n,
                  " window=%ld size=%ld secs=%.3f msgs=%" PRIu64 " msgs_per_s=%.0f p50_us=%.1f"
                  " p99_us=%.1f p999_us=%.1f max_us=%.1f server_cpu_pct=%.1f msgs_per_core_s=%.0f"
-                 " loader_cpu_pct=%.1f server_core_busy_pct=%.1f server_rss_kib=%ld errors=%" PRIu64
-                 " closed=%" PRIu64,
+                 " loader_cpu_pct=%.1f loader_syscalls_per_msg=%.3f loader_io=%s"
+                 " server_core_busy_pct=%.1f"
+                 " server_rss_kib=%ld errors=%" PRIu64 " closed=%" PRIu64,
                  o->window, o->size, secs, G.msgs, rate, p50, p99, p999, (double)G.lat.max / 1000.0,
-                 cpu_pct, per_core, loader_pct, core_pct, rss, G.errors, G.closed);
+                 cpu_pct, per_core, loader_pct, sys_per_msg, G.uring ? "uring" : "epoll", core_pct,
+                 rss, G.errors, G.closed);
     if (o->mode == MODE_FANOUT) {
         uint64_t expected = (uint64_t)o->conns * G.published;
         double pct = expected ? 100.0 * (double)G.msgs / (double)expected : 0;
@@ -1316,20 +1659,26 @@ static void report(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen -m echo|idle|fanout|persist [options]\n"
+            "usage: loadgen -m echo|idle|fanout|persist|storm [options]\n"
             "  -H HOST     loopback address (127.x.x.x or ::1; default 127.0.0.1)\n"
             "  -P PORT     port (default 8080)\n"
             "  -U PATH     request path (default /echo for echo/idle, /ws otherwise)\n"
-            "  -c N        connections (echo, idle), room members (fanout), senders (persist)\n"
+            "  -c N        connections (echo, idle, storm), room members (fanout), senders\n"
+            "              (persist)\n"
             "  -w N        messages in flight per connection (echo, persist; default 1)\n"
             "  -s BYTES    echo payload size, >= 16 (default 32)\n"
             "  -d SECS     measured seconds (idle: settle time before reading RSS; default 5)\n"
             "  -W SECS     warm-up before the window (echo, persist; default 1)\n"
-            "  -r RATE     fanout publish rate, msgs/s (default 100)\n"
-            "  -D SECS     fanout: how long to wait for stragglers after publishing (default 5)\n"
+            "  -r RATE     fanout publish rate, msgs/s (default 100); storm: clients started\n"
+            "              per second (each connects, then joins)\n"
+            "  -D SECS     fanout: how long to wait for stragglers after publishing; storm: how\n"
+            "              long to keep sampling RSS after the last join (default 5)\n"
+            "  -j          idle: join the room (-R) after welcome, ready once joined (needs -k)\n"
+            "  -E          echo: run the window on epoll (read + write per connection) instead\n"
+            "              of io_uring (one io_uring_enter for all of them)\n"
             "  -p PID      server pid: CPU from /proc/PID/stat, RSS from /proc/PID/status\n"
             "  -k SECRET   sign HS256 tokens with SECRET and pass them as ?token=\n"
-            "  -R ROOM     fanout room (default bench)\n"
+            "  -R ROOM     fanout, storm and idle -j room (default bench)\n"
             "  -u PREFIX   user name prefix (default none)\n"
             "  -b          echo binary frames instead of text\n"
             "  -B BYTES    fanout: publish chat-like JSON bodies of exactly BYTES (100..60000;\n"
@@ -1412,7 +1761,7 @@ int main(int argc, char **argv)
                        .prefix = ""};
     const char *mode = NULL;
     int ch;
-    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bB:Zh")) != -1) {
+    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bB:ZjEh")) != -1) {
         switch (ch) {
         case 'm':
             mode = optarg;
@@ -1468,6 +1817,12 @@ int main(int argc, char **argv)
         case 'Z':
             o->deflate = true;
             break;
+        case 'j':
+            o->join = true;
+            break;
+        case 'E':
+            o->epoll_only = true;
+            break;
         default:
             usage();
         }
@@ -1482,6 +1837,8 @@ int main(int argc, char **argv)
         o->mode = MODE_FANOUT;
     else if (!strcmp(mode, "persist"))
         o->mode = MODE_PERSIST;
+    else if (!strcmp(mode, "storm"))
+        o->mode = MODE_STORM, o->join = true;
     else
         usage();
     if (!o->path)
@@ -1494,10 +1851,12 @@ int main(int argc, char **argv)
         die("-B is for fanout and must be 100..60000");
     if (o->port < 1 || o->port > 65535 || o->secs <= 0 || o->rate <= 0)
         die("port, duration and rate must be positive");
-    if ((o->mode == MODE_FANOUT || o->mode == MODE_PERSIST) && !o->secret)
+    if ((o->mode == MODE_FANOUT || o->mode == MODE_PERSIST || o->join) && !o->secret)
         die("-k SECRET is required for %s (the chat path needs tokens)", mode);
-    if (o->mode == MODE_IDLE && o->pid <= 0)
-        die("idle needs -p PID to read the server's RSS");
+    if ((o->mode == MODE_IDLE || o->mode == MODE_STORM) && o->pid <= 0)
+        die("%s needs -p PID to read the server's RSS", mode);
+    if (o->join && o->mode != MODE_IDLE && o->mode != MODE_STORM)
+        die("-j is for idle");
     if (o->pid > 0 && proc_rss_kib(o->pid) < 0)
         die("no process %ld", o->pid);
     addr_resolve();
@@ -1520,6 +1879,7 @@ int main(int argc, char **argv)
             c->role = ROLE_ECHO;
             break;
         case MODE_IDLE:
+        case MODE_STORM:
             c->role = ROLE_IDLE;
             break;
         case MODE_FANOUT:
@@ -1539,7 +1899,17 @@ int main(int argc, char **argv)
     G.server_core = o->pid > 0 ? pinned_core(o->pid) : -1;
     if (o->pid > 0)
         G.rss_before = proc_rss_kib(o->pid);
+    G.scratch = xrealloc(NULL, SCRATCH);
+    G.echo_tmpl = xrealloc(NULL, (size_t)o->size);
+    memset(G.echo_tmpl, 'x', (size_t)o->size);
     G.t_setup = now_ns();
+    if (o->mode == MODE_STORM) {
+        G.rss_peak = G.rss_before;
+        G.next_sample = G.t_cpu0 = G.t_setup;
+        if (!proc_cpu(o->pid, &G.cpu_start))
+            die("cannot read /proc/%ld/stat", o->pid);
+        getrusage(RUSAGE_SELF, &G.ru_start);
+    }
 
     struct epoll_event evs[512];
     int timeout = 0;
@@ -1550,6 +1920,12 @@ int main(int argc, char **argv)
         for (int i = 0; i < n; i++)
             conn_event(evs[i].data.ptr, evs[i].events);
         timeout = tick(now_ns());
+        if (o->mode == MODE_ECHO && G.phase == PH_RUN && !o->epoll_only && !G.uring &&
+            !echo_uring()) {
+            fprintf(stderr, "loadgen: no io_uring here (%s); echo runs on epoll\n",
+                    strerror(errno));
+            o->epoll_only = true;
+        }
     }
 
     /* fanout members ack what they saw so the server's cursors end where the run ended */
@@ -1568,6 +1944,8 @@ int main(int argc, char **argv)
     for (long i = 0; i < G.nconns; i++)
         conn_abort(&G.conns[i]);
     free(G.conns);
+    free(G.scratch);
+    free(G.echo_tmpl);
     close(G.ep);
     return 0;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# run.sh -- `make bench`: wsproxy against gorilla/websocket on loopback, server on core 0 and
+# run.sh -- `make bench`: wsproxy against gorilla/websocket and libwebsockets on loopback, server on core 0 and
 # loader on core 1, each figure the median of BENCH_RUNS runs; prints a markdown table and writes
 # it to var/bench/. Environment: BENCH_RUNS (3), BENCH_SECS (5), BENCH_ONLY (scenario names, see
 # below; conv_list is the conversation-list figure, store only), BENCH_NICE (0), BENCH_PORT (28080,
@@ -24,7 +24,9 @@ next_free_port() {
 PORT_WSP=$(next_free_port "${BENCH_PORT:-28080}")
 PORT_GECHO=$(next_free_port $((PORT_WSP + 1)))
 PORT_GCHAT=$(next_free_port $((PORT_GECHO + 1)))
-PORT_API=$(next_free_port $((PORT_GCHAT + 1)))  # wsproxy's /metrics, events scenarios only
+PORT_LWS=$(next_free_port $((PORT_GCHAT + 1)))  # lws-peer: /echo and the chat hub on one port
+PORT_RAW=$(next_free_port $((PORT_LWS + 1)))    # rawecho: the loader's ceiling (echo100_raw)
+PORT_API=$(next_free_port $((PORT_RAW + 1)))    # wsproxy's /metrics, events scenarios only
 PORT_HOOK=$(next_free_port $((PORT_API + 1)))   # hookrecv, the events backend
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUTDIR=var/bench
@@ -45,20 +47,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# ---- dependencies: the reference peer is built from Debian's packages, GOPATH mode ----
+# ---- dependencies: the reference peers are built from Debian's packages (gorilla in GOPATH
+# mode, libwebsockets-dev for lws-peer) ----
 GOPATH_DEB=/usr/share/gocode
 if ! command -v go >/dev/null || [ ! -d $GOPATH_DEB/src/github.com/gorilla/websocket ] ||
-    ! command -v taskset >/dev/null; then
-    log "installing golang-go, golang-github-gorilla-websocket-dev, util-linux"
+    ! command -v taskset >/dev/null || ! pkg-config --exists libwebsockets; then
+    log "installing golang-go, golang-github-gorilla-websocket-dev, libwebsockets-dev, util-linux"
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get install -y golang-go golang-github-gorilla-websocket-dev util-linux >&2 ||
+    $SUDO apt-get install -y golang-go golang-github-gorilla-websocket-dev libwebsockets-dev \
+        util-linux >&2 ||
         { $SUDO apt-get update >&2 && $SUDO apt-get install -y golang-go \
-            golang-github-gorilla-websocket-dev util-linux >&2; }
+            golang-github-gorilla-websocket-dev libwebsockets-dev util-linux >&2; }
 fi
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the table" >&2; exit 2; }
 
 # ---- build ----
-log "building wsproxy, loadgen and the gorilla peers"
+log "building wsproxy, loadgen, the gorilla peers and lws-peer"
 FAILED=0
 mkdir -p "$BB" "$OUTDIR"
 if ! make -s all >&2; then
@@ -73,6 +77,10 @@ fi
 gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iproxy -o "$BB/loadgen" tests/bench/loadgen.c \
     proxy/proto/ws_deflate.c -lcrypto -lz
 gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/hookrecv" tests/bench/hookrecv.c
+# shellcheck disable=SC2046
+gcc -std=c11 -O2 -g -Wall -Wextra -o "$BB/lws-peer" tests/bench/lws/peer.c \
+    $(pkg-config --cflags --libs libwebsockets)
+gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -o "$BB/rawecho" tests/bench/rawecho.c -lcrypto
 export GOCACHE=${GOCACHE:-$PWD/$BB/.gocache} GOFLAGS=
 for p in echo chat; do
     GO111MODULE=off GOPATH=$GOPATH_DEB go build -o "$BB/gorilla-$p" "./tests/bench/gorilla/$p"
@@ -139,6 +147,8 @@ port_of() {
     wsproxy) echo "$PORT_WSP" ;;
     gorilla-echo) echo "$PORT_GECHO" ;;
     gorilla-chat) echo "$PORT_GCHAT" ;;
+    lws) echo "$PORT_LWS" ;;
+    rawecho) echo "$PORT_RAW" ;;
     esac
 }
 
@@ -154,7 +164,7 @@ wait_port() { # $1 = port, $2 = pid
 pinned() { exec nice -n "$NICE" taskset -c "$SRV_CPU" "$@"; }
 
 # Starts a fresh server (fresh database for wsproxy) pinned to the server core; sets SERVER_PID.
-server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous, $3 = compression,
+server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat|lws, $2 = synchronous, $3 = compression,
     # $4 = events
     local port
     port=$(port_of "$1")
@@ -165,6 +175,8 @@ server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat, $2 = synchronous, $3 
         pinned "$BB/wsproxy" --config "$TMP/wsproxy.ini" >"$TMP/server.log" 2>&1 &
         ;;
     gorilla-*) pinned "$BB/$1" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
+    lws) pinned "$BB/lws-peer" -addr "127.0.0.1:$port" >"$TMP/server.log" 2>&1 & ;;
+    rawecho) pinned "$BB/rawecho" -port "$port" >"$TMP/server.log" 2>&1 & ;;
     esac
     SERVER_PID=$!
     if ! wait_port "$port" "$SERVER_PID"; then
@@ -261,7 +273,12 @@ spinners_stop() {
 }
 
 # ---- scenarios: name | servers | loadgen arguments (port and pid are added) [| group] ----
-# The fanout and idle-on-/ws peers of wsproxy's chat path is gorilla-chat; echo ones gorilla-echo.
+# The fanout and idle-on-/ws peers of wsproxy's chat path is gorilla-chat; echo ones gorilla-echo;
+# lws (lws-peer) serves both on one port. echo4k: echo100 with 4 KiB messages. idle_room: idle_ws
+# with every connection a member of one room. join_storm: 2,000 clients connect and join one room
+# at 2,000/s, the server's RSS sampled every 50 ms until 5 s after the last join.
+# fanout_1k: 1,000 members x 100 msgs/s. echo100_raw: echo100 against rawecho, the cheapest echo
+# server we could write, to show how far the loader itself goes (msgs/s / loader CPU).
 # A server is NAME[:synchronous[:compression[:events]]] (wsproxy: normal, off, off by default). Consecutive
 # scenarios with the same group alternate their runs (a1 b1 a2 b2 ...) so background load hits
 # both alike. fanout_plain/_deflate: the same 5,000-member fan-out of 600-byte chat-like bodies
@@ -272,13 +289,18 @@ spinners_stop() {
 # after the window.
 FANOUT_Z="-m fanout -c 5000 -r 10 -d 2 -D 3 -B 600 -k $SECRET"
 SCENARIOS=(
-    "echo100|wsproxy gorilla-echo|-m echo -c 100 -w 16 -s 32 -d $SECS"
-    "echo1|wsproxy gorilla-echo|-m echo -c 1 -w 1 -s 32 -d $SECS"
-    "echo1_awake|wsproxy gorilla-echo|-m echo -c 1 -w 1 -s 32 -d $SECS"
-    "idle_echo|wsproxy gorilla-echo|-m idle -U /echo -c 10000 -d 2"
-    "idle_ws|wsproxy gorilla-chat|-m idle -U /ws -c 10000 -d 2 -k $SECRET"
-    "fanout|wsproxy gorilla-chat|-m fanout -c 5000 -r 100 -d 10 -D 5 -k $SECRET"
-    "fanout_light|wsproxy gorilla-chat|-m fanout -c 1000 -r 20 -d 5 -D 3 -k $SECRET"
+    "echo100|wsproxy gorilla-echo lws|-m echo -c 100 -w 16 -s 32 -d $SECS"
+    "echo100_raw|rawecho|-m echo -c 100 -w 16 -s 32 -d $SECS"
+    "echo4k|wsproxy gorilla-echo lws|-m echo -c 100 -w 16 -s 4096 -d $SECS"
+    "echo1|wsproxy gorilla-echo lws|-m echo -c 1 -w 1 -s 32 -d $SECS"
+    "echo1_awake|wsproxy gorilla-echo lws|-m echo -c 1 -w 1 -s 32 -d $SECS"
+    "idle_echo|wsproxy gorilla-echo lws|-m idle -U /echo -c 10000 -d 2"
+    "idle_ws|wsproxy gorilla-chat lws|-m idle -U /ws -c 10000 -d 2 -k $SECRET"
+    "idle_room|wsproxy gorilla-chat lws|-m idle -U /ws -c 10000 -d 2 -j -R lobby -k $SECRET"
+    "join_storm|wsproxy gorilla-chat lws|-m storm -c 2000 -r 2000 -D 5 -R storm -k $SECRET"
+    "fanout|wsproxy gorilla-chat lws|-m fanout -c 5000 -r 100 -d 10 -D 5 -k $SECRET"
+    "fanout_1k|wsproxy gorilla-chat lws|-m fanout -c 1000 -r 100 -d 10 -D 3 -k $SECRET"
+    "fanout_light|wsproxy gorilla-chat lws|-m fanout -c 1000 -r 20 -d 5 -D 3 -k $SECRET"
     "fanout_plain|wsproxy:normal:off|$FANOUT_Z|deflate"
     "fanout_deflate|wsproxy:normal:on|$FANOUT_Z -Z|deflate"
     "persist_normal|wsproxy:normal|-m persist -c 16 -w 64 -d $SECS -k $SECRET"
@@ -374,7 +396,7 @@ log "all runs took $SECONDS s"
 
 # ---- table ----
 {
-    echo "# wsproxy vs gorilla/websocket -- $(date '+%Y-%m-%d %H:%M')"
+    echo "# wsproxy vs gorilla/websocket and libwebsockets -- $(date '+%Y-%m-%d %H:%M')"
     echo
     model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
     rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
@@ -383,7 +405,9 @@ log "all runs took $SECONDS s"
         echo '?')
     echo "Machine: $(nproc) cores, $model, Linux $(uname -r);" \
         "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
-    echo "wsproxy $rev, $(go version | cut -d' ' -f3), gorilla/websocket from Debian $gorilla." \
+    lws=$(dpkg-query -W -f='${Version}' libwebsockets-dev 2>/dev/null || echo '?')
+    echo "wsproxy $rev, $(go version | cut -d' ' -f3), gorilla/websocket from Debian $gorilla," \
+        "libwebsockets from Debian $lws (tests/bench/lws/peer.c)." \
         "Server on core $SRV_CPU, loader on core $LG_CPU; each figure the median of $RUNS runs."
     echo
     python3 - "$RAW" <<'PY'
@@ -449,11 +473,84 @@ w, g = med("conv_list", "wsproxy", "conv_first_ms"), med("conv_list", "wsproxy",
 T.append(("conversation list: 1,000 conversations, 100,000 messages (store only)",
           "ms per call: first page of 50 / page 11", f"{fmt(w)} / {fmt(g)}", "n/a", "", "(none)", ""))
 
+# Issue 16: the same run against libwebsockets (lws-peer) and gorilla; ratios from this run.
+L = "lws"
+def ms(v):
+    return None if v is None else v / 1000
+def both(*v):
+    return None if any(x is None for x in v) else all(v)
+T16 = []  # scenario, metric, wsproxy, lws, gorilla, w/lws, w/gorilla, target, met
+def row16(label, metric, sc, key, g_srv, target, ok, unit="", scale=None):
+    w, l, g = (med(sc, s_, key) for s_ in ("wsproxy", L, g_srv))
+    if scale:
+        w, l, g = scale(w), scale(l), scale(g)
+    T16.append((label, metric, fmt(w, unit), fmt(l, unit), fmt(g, unit), ratio(w, l), ratio(w, g),
+                target, verdict(ok(w, l, g))))
+row16("echo 100 conns × 32 B, window 16", "msgs per server-core-second", "echo100",
+      "msgs_per_core_s", G_ECHO, "≥ 2,100,000 and ≥ 13× lws",
+      lambda w, l, g: None if w is None or l is None else w >= 2.1e6 and w >= 13 * l)
+row16("", "loader CPU (must not be the limit)", "echo100", "loader_cpu_pct", G_ECHO,
+      "< 90 % of its core", lambda w, l, g: None if w is None else w < 90, "%")
+# per run, then the median: msgs/s over the share of its core the loader used in that run
+cl = [float(r["msgs_per_s"]) * 100 / float(r["loader_cpu_pct"]) for r in rows
+      if r["scenario"] == "echo100_raw" and float(r.get("loader_cpu_pct", 0)) > 0]
+ceil = statistics.median(cl) if cl else None
+T16.append(("", "(context) loader's ceiling: msgs/s ÷ loader CPU share, against rawecho", fmt(ceil),
+            "", "", "", "", "≥ 2,500,000", verdict(None if ceil is None else ceil >= 2.5e6)))
+row16("echo 100 conns × 4 KiB, window 16", "msgs per server-core-second", "echo4k",
+      "msgs_per_core_s", G_ECHO, "≥ 3.6× lws",
+      lambda w, l, g: None if w is None or l is None else w >= 3.6 * l)
+row16("echo 1 conn × 32 B, window 1", "msgs/s", "echo1", "msgs_per_s", G_ECHO, "≥ 4× gorilla",
+      lambda w, l, g: None if w is None or g is None else w >= 4 * g)
+row16("idle 10,000 conns on /ws, each a member of one room", "server RSS KiB per conn",
+      "idle_room", "kib_per_conn", G_CHAT, "≤ 2 KiB", lambda w, l, g: None if w is None else w <= 2)
+row16("join storm: 2,000 clients join one room at 2,000/s", "peak RSS KiB per conn", "join_storm",
+      "peak_kib_per_conn", G_CHAT, "< 8 KiB", lambda w, l, g: None if w is None else w < 8)
+row16("", "RSS KiB per conn 5 s after the last join", "join_storm", "kib_per_conn", G_CHAT,
+      "< 3 KiB", lambda w, l, g: None if w is None else w < 3)
+row16("fanout 1,000 members × 100 msgs/s", "delivered %", "fanout_1k", "delivered_pct", G_CHAT,
+      "(context)", lambda w, l, g: None, "%")
+row16("", "p99 publish→receipt, ms", "fanout_1k", "p99_us", G_CHAT, "≤ 6 ms",
+      lambda w, l, g: None if w is None else w <= 6, scale=ms)
+row16("fanout 5,000 members × 100 msgs/s", "delivered %", "fanout", "delivered_pct", G_CHAT,
+      "100 %", lambda w, l, g: None if w is None else w >= 100, "%")
+row16("", "p99 publish→receipt, ms", "fanout", "p99_us", G_CHAT, "≤ 70 ms",
+      lambda w, l, g: None if w is None else w <= 70, scale=ms)
+w = med("persist_normal", "wsproxy", "msgs_per_s")
+T16.append(("persist, synchronous=normal, 16 × 64 in flight", "durable DMs/s (receipt after commit)",
+            fmt(w), "n/a", "n/a", "", "", "≥ 150,000", verdict(None if w is None else w >= 150000)))
+
+print("## Targets (issue 16)\n")
+print("| scenario | metric | wsproxy | lws | gorilla | wsproxy/lws | wsproxy/gorilla | target | met |")
+print("|---|---|--:|--:|--:|--:|--:|---|---|")
+for r in T16:
+    print("| " + " | ".join(r) + " |")
+print("\nlws: libwebsockets (tests/bench/lws/peer.c); its chat hub, like gorilla's, stores nothing. "
+      "Ratios above 1 favour wsproxy in msgs, below 1 in KiB and ms. The fan-out targets are judged "
+      "on wsproxy's figure alone; `—` where a scenario was not run.\n")
+
 print("## Targets (issue 8)\n")
 print("| scenario | metric | wsproxy | gorilla | wsproxy/gorilla | target | met |")
 print("|---|---|--:|--:|--:|---|---|")
 for r in T:
     print("| " + " | ".join(r) + " |")
+
+# The join storm: the server's RSS sampled every 50 ms from the first connect on.
+if any(r["scenario"] == "join_storm" for r in rows):
+    print("\n## Join storm: 2,000 clients connect and join one room, paced at 2,000/s\n")
+    print("| server | storm s | RSS before, KiB | peak, KiB | 5 s after, KiB | peak KiB/conn "
+          "| after KiB/conn | frames received | server CPU s | loader CPU |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for srv in ("wsproxy", L, G_CHAT):
+        m = lambda key, unit="": fmt(med("join_storm", srv, key), unit)
+        if med("join_storm", srv, "ready") is None:
+            continue
+        print(f"| {srv} | {m('setup_s')} | {m('rss_before_kib')} | {m('rss_peak_kib')} "
+              f"| {m('rss_after_kib')} | {m('peak_kib_per_conn')} | {m('kib_per_conn')} "
+              f"| {m('frames_rx')} | {m('server_cpu_s')} | {m('loader_cpu_pct', '%')} |")
+    print("\nKiB/conn: (RSS − RSS before the first connect) / 2,000. *storm s*: first connect to "
+          "last `joined`. *frames received*: every frame the 2,000 clients got (welcome, joined, "
+          "member events).")
 
 # Compressed fan-out beside the same scenario uncompressed (issue 17): wsproxy only.
 if any(r["scenario"] in ("fanout_plain", "fanout_deflate") for r in rows):
@@ -537,8 +634,9 @@ if any(r["scenario"] in (EOFF, EDEF, EON) for r in rows):
 
 print("\n## Details (medians)\n")
 print("| scenario | server | msgs/s | per server-core-s | server CPU | server's core busy "
-      "| loader CPU | p50 µs | p99 µs | p99.9 µs | KiB/conn | delivered | setup s | errors |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+      "| loader CPU | loader syscalls/msg | p50 µs | p99 µs | p99.9 µs | KiB/conn | delivered "
+      "| setup s | errors |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 seen = []
 for r in rows:
     k = (r["scenario"], r["server"])
@@ -553,7 +651,8 @@ for sc, srv in seen:
         " (compression on)" if sc == "fanout_deflate" else "")
     print(f"| {sc} | {label} | {m('msgs_per_s')} | {m('msgs_per_core_s')} "
           f"| {m('server_cpu_pct', '%')} | {m('server_core_busy_pct', '%')} "
-          f"| {m('loader_cpu_pct', '%')} | {m('p50_us')} | {m('p99_us')} | {m('p999_us')} | {m('kib_per_conn')} | {m('delivered_pct', '%')} "
+          f"| {m('loader_cpu_pct', '%')} | {m('loader_syscalls_per_msg')} | {m('p50_us')} "
+          f"| {m('p99_us')} | {m('p999_us')} | {m('kib_per_conn')} | {m('delivered_pct', '%')} "
           f"| {m('setup_s')} | {m('errors')} |")
 PY
     echo

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# smoke.sh -- the ~10 s bench check `make test` runs: builds loadgen, drives each mode briefly
+# smoke.sh -- the ~15 s bench check `make test` runs: builds loadgen, drives each mode briefly
 # against wsproxy and fails unless the figures are sane (traffic flowed, no errors, a tiny fanout
 # fully delivered). No timing assertions: this machine may be busy.
 set -euo pipefail
@@ -96,6 +96,12 @@ if kill -0 "$PID" 2>/dev/null; then
     check idle-echo "r['ready'] == 200 and r['failed'] == 0 and r['rss_after_kib'] > 0" \
         -m idle -U /echo -c 200 -d 0.3
     check idle-ws "r['ready'] == 200 and r['failed'] == 0" -m idle -U /ws -c 200 -d 0.3 -k "$SECRET"
+    check idle-room "r['ready'] == 100 and r['failed'] == 0 and r['join'] == 1" \
+        -m idle -U /ws -c 100 -d 0.3 -j -R lobby -k "$SECRET"
+    # a small join storm: everyone joined, RSS sampled during and after (no memory thresholds)
+    check storm "r['ready'] == 100 and r['failed'] == 0 and r['errors'] == 0 and \
+r['rss_samples'] >= 3 and r['rss_peak_kib'] >= r['rss_before_kib'] > 0" \
+        -m storm -c 100 -r 500 -D 0.3 -R storm -k "$SECRET"
     check fanout "r['delivered_pct'] == 100 and r['published'] == 50 and r['errors'] == 0" \
         -m fanout -c 20 -r 50 -d 1 -D 3 -k "$SECRET"
     # the same 20-member fanout with 600-byte bodies, plain then permessage-deflate: everything
