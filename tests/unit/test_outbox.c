@@ -17,6 +17,7 @@
 
 #include <sqlite3.h>
 
+#include "schema_undo.h"
 #include "store.h"
 
 #define T0 INT64_C(1700000000000)
@@ -479,13 +480,7 @@ static void test_outbox_upgrade_from_0003(void **state)
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     char sql[1400];
     snprintf(sql, sizeof sql,
-             "DROP TABLE outbox_dead;"
-             "ALTER TABLE outbox ADD COLUMN state TEXT NOT NULL DEFAULT 'queued';"
-             "ALTER TABLE outbox ADD COLUMN delivered_at INTEGER;"
-             "CREATE INDEX outbox_queued ON outbox (id) WHERE state = 'queued';"
-             "CREATE INDEX outbox_age ON outbox (queued_at) WHERE state = 'queued';"
-             "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead';"
-             "CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';"
+             UNDO_0005_SQL
              "UPDATE outbox SET state = 'dead', attempts = 7, next_at = %lld, last_error = 'HTTP 500'"
              " WHERE id = %lld;"
              "UPDATE outbox SET state = 'delivered', delivered_at = 1 WHERE id IN (%lld, %lld);"

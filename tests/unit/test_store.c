@@ -16,6 +16,7 @@
 
 #include <sqlite3.h>
 
+#include "schema_undo.h"
 #include "store.h"
 
 #define T0 INT64_C(1700000000000)
@@ -1312,13 +1313,7 @@ static void test_store_retention_counts_after_upgrade(void **state)
     /* back to the schema just before the retention migration (0004), undoing 0005 first */
     char sql[1024];
     snprintf(sql, sizeof(sql),
-             "DROP TABLE outbox_dead;"
-             "ALTER TABLE outbox ADD COLUMN state TEXT NOT NULL DEFAULT 'queued';"
-             "ALTER TABLE outbox ADD COLUMN delivered_at INTEGER;"
-             "CREATE INDEX outbox_queued ON outbox (id) WHERE state = 'queued';"
-             "CREATE INDEX outbox_age ON outbox (queued_at) WHERE state = 'queued';"
-             "CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead';"
-             "CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';"
+             UNDO_0005_SQL
              "DROP TRIGGER messages_count_delete;"
              "ALTER TABLE rooms DROP COLUMN msg_count;"
              "ALTER TABLE dm_conversations DROP COLUMN msg_count;"
