@@ -30,6 +30,13 @@
  * every read, so this only bounds one burst. */
 #define WS_READ_HIGH_WATER (256 * 1024)
 
+/*
+ * Shared frames shorter than this are copied into the output rather than referenced: a reference
+ * is a chain of its own (libevent 2.1 allocates at least 1 KiB for any chain), a copy shares the
+ * last chain with the frames before it.
+ */
+#define SHARED_FRAME_COPY_MAX 1024
+
 static void conn_free(struct conn *c);
 static void conn_linger(struct conn *c);
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -432,7 +439,17 @@ void conn_send_shared(struct conn *c, struct shared_frame *f)
     struct shared_frame *z = shared_frame_for(c, f);
     if (z)
         f = z;
-    /* Referenced, not copied: one encoding of a fan-out frame serves every member. */
+    /*
+     * A small frame is copied: libevent gives every referenced piece a chain of its own of at least
+     * 1 KiB, so a 60-byte member event held for the commit cost 1 KiB per recipient (a join storm's
+     * quadratic fan-out: 200 KiB per connection). Copied, consecutive frames share one chain.
+     */
+    if (f->len < SHARED_FRAME_COPY_MAX) {
+        if (evbuffer_add(out, f->data, f->len) == 0)
+            c->lp->metrics.bytes_out += f->len;
+        return;
+    }
+    /* Referenced, not copied: one encoding of a large fan-out frame serves every member. */
     f->refs++;
     if (evbuffer_add_reference(out, f->data, f->len, shared_frame_cleanup_cb, f) != 0) {
         f->refs--;
