@@ -326,6 +326,28 @@ bool conn_check_backpressure(struct conn *c)
     return conn_is_open(c) && within_send_queue(c, conn_pending_len(c));
 }
 
+/*
+ * After the commit: the held frames go to the client. When nothing else is queued they are written
+ * to the socket at once, and only what the socket does not take goes through the bufferevent: a
+ * fan-out commit reaches every member in one writev each, instead of arming write interest on
+ * every member (two epoll_ctl) and writing in the next loop iteration. Plain TCP only (TLS writes
+ * through its bufferevent), and only a batch below half the send queue: a replay paused on a
+ * fuller queue waits for on_drained, which a write done here would not call.
+ */
+static void release_held(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) == 0 &&
+        evbuffer_get_length(c->held) <= cfg_of(c)->send_queue / 2 &&
+        !bufferevent_openssl_get_ssl(c->bev)) {
+        evutil_socket_t fd = bufferevent_getfd(c->bev);
+        if (fd >= 0)
+            evbuffer_write(c->held, fd); /* an error is met again, and handled, by the bufferevent */
+    }
+    if (evbuffer_get_length(c->held) > 0)
+        evbuffer_add_buffer(out, c->held);
+}
+
 void conn_pool_flush(void *pool, bool ok)
 {
     struct conn_pool *p = pool;
@@ -359,7 +381,7 @@ void conn_pool_flush(void *pool, bool ok)
             c->close_held = false;
         } else if (c->held && conn_is_open(c) && within_send_queue(c, output_len(c))) {
             /* Each held frame was checked as it was queued: only the output may have grown. */
-            evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+            release_held(c);
         } else if (c->held) {
             evbuffer_drain(c->held, evbuffer_get_length(c->held));
         }
