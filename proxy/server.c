@@ -25,7 +25,8 @@
  * room) leaves many small free chunks spread over the heap; glibc returns only the top of the heap
  * on its own, so without this the process keeps its peak RSS for good. malloc_trim also releases
  * whole free pages in the middle (madvise). Checked once a second; it trims only when the free heap
- * grew by TRIM_STEP since the last trim, so a steady state costs one mallinfo2 a second.
+ * grew by TRIM_STEP since the last trim, so a steady state costs one mallinfo2 a second. Idle
+ * connections give back their held-frame buffers first.
  */
 #define TRIM_STEP (1u << 20)
 
@@ -34,6 +35,7 @@ static void trim_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct server *srv = arg;
+    conn_pool_trim(&srv->pool);
 #ifdef __GLIBC__
     struct mallinfo2 mi = mallinfo2();
     if (mi.fordblks >= srv->trim_free + TRIM_STEP) {

@@ -389,6 +389,15 @@ void conn_pool_flush(void *pool, bool ok)
     }
 }
 
+void conn_pool_trim(struct conn_pool *p)
+{
+    for (struct conn *c = p->conns; c; c = c->next)
+        if (c->held && !c->dirty && evbuffer_get_length(c->held) == 0) {
+            evbuffer_free(c->held);
+            c->held = NULL;
+        }
+}
+
 struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, size_t len)
 {
     uint8_t hdr[WS_MAX_HDR];

@@ -157,6 +157,13 @@ void conn_pool_shutdown(struct conn_pool *p);
 /* The loop's flush hook (net/loop.h): release held frames after a commit, or fail their owners. */
 void conn_pool_flush(void *pool, bool ok);
 
+/*
+ * Free what idle connections keep for the next burst: the buffer of frames held for the commit
+ * (allocated again at the next held frame). Walks every connection: call it now and then (the
+ * server does once a second), not per message.
+ */
+void conn_pool_trim(struct conn_pool *p);
+
 /* A listener_accept_fn (net/listener.h): arg is the pool; takes ownership of bev. */
 void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa);
 
