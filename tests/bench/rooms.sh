@@ -4,6 +4,7 @@
 # (loadgen -m fanout). Each scenario starts a fresh wsproxy (bench config of run.sh) on core 0;
 # the load runs on core 1. Prints every `result` line.
 #   ROOMS_ONLY="storm idle10k fanout1k fanout5k"  ROOMS_RUNS=1  ROOMS_NICE=0
+#   ROOMS_BIN=path/to/wsproxy (another build)  ROOMS_PERF=/tmp/perf (perf record per scenario)
 set -u
 cd "$(dirname "$0")/../.."
 B=build
@@ -19,7 +20,7 @@ SERVER_PID=
 
 make -s -j2 all >&2 || exit 1
 mkdir -p "$BB"
-cp "$B/wsproxy" "$TMP/wsproxy"
+cp "${ROOMS_BIN:-$B/wsproxy}" "$TMP/wsproxy"
 [ "$BB/loadgen" -nt tests/bench/loadgen.c ] ||
     gcc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Iproxy -o "$BB/loadgen" tests/bench/loadgen.c \
         proxy/proto/ws_deflate.c -lcrypto -lz
