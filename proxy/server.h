@@ -32,7 +32,6 @@ struct server {
     struct api *api;
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer;
     struct event *trim_timer; /* returns freed heap to the system (see server.c) */
-    size_t trim_free;         /* free heap bytes after the last trim */
     bool draining;
     int exit_code;
 };

@@ -8,7 +8,7 @@ import time
 import pytest
 import websockets
 
-from wsp import Server, sanitized_build
+from wsp import sanitized_build
 
 
 async def connect(srv, user):
@@ -29,8 +29,8 @@ async def frames_until_answer(ws, rid):
         seen.append(f)
 
 
-def test_member_events_of_joins_in_one_commit_arrive_once_and_in_order(tmp_path):
-    srv = Server(str(tmp_path), limits={"rate": "0"}).start()
+def test_member_events_of_joins_in_one_commit_arrive_once_and_in_order(make_server):
+    srv = make_server(limits={"rate": "0"}).start()
     n = 40
 
     async def body():
@@ -58,15 +58,14 @@ def test_member_events_of_joins_in_one_commit_arrive_once_and_in_order(tmp_path)
         assert f"u{i:02d}" not in users
         assert users == first[len(first) - len(users):], f"u{i:02d} heard {users}"
     assert sorted(len(u) for u in heard) == list(range(n))
-    srv.stop()
 
 
 @pytest.mark.skipif(sanitized_build(), reason="ASan's allocator inflates RSS; measured on the plain build")
-def test_join_storm_memory_stays_bounded(tmp_path):
+def test_join_storm_memory_stays_bounded(make_server):
     # 400 joins in about a second: 79,800 member events. Each once cost a 1 KiB buffer chain per
     # recipient while it waited for the commit (200 KiB per connection at the peak), kept for good.
-    srv = Server(str(tmp_path), limits={"rate": "0", "max_connections_per_ip": "1000"},
-                 log={"level": "warn"}).start()
+    srv = make_server(limits={"rate": "0", "max_connections_per_ip": "1000"},
+                      log={"level": "warn"}).start()
     n = 400
 
     async def body():
@@ -114,4 +113,3 @@ def test_join_storm_memory_stays_bounded(tmp_path):
     print(f"\njoin storm of {n}: RSS per connection peak {per_peak:.1f} KiB, after {per_after:.1f} KiB")
     assert per_peak < 20, f"peak {per_peak:.1f} KiB per connection"
     assert per_after < 12, f"after {per_after:.1f} KiB per connection"
-    srv.stop()
