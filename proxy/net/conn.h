@@ -28,6 +28,7 @@ struct registry_counter;
 struct sockaddr;
 struct ws_handshake_result;
 struct conn;
+struct shared_frame;
 
 enum conn_state {
     CONN_HTTP,         /* reading the request head */
@@ -136,6 +137,11 @@ struct conn {
     bool ping_outstanding;
     /* frames held until the loop's open store transaction commits (group commit, net/loop.h) */
     struct evbuffer *held;
+    /*
+     * A fan-out commit's usual case, one small shared frame and nothing else held: referenced here
+     * rather than copied into a chain of held (which a second held frame first gets a copy of).
+     */
+    struct shared_frame *held_frame;
     bool close_held;         /* our close frame waits at the end of held */
     struct conn *dirty_next; /* in the pool's list of connections with held output */
     bool dirty;
