@@ -9,6 +9,7 @@ parses) what it is sent. Prints one `result` line:
   peak_kib    highest VmRSS sampled during the storm   after_kib  --settle s after the last byte
   peak_per / after_per / open_per: (x - before) / N KiB per connection; hwm_kib = VmHWM at the end
   members: member events received in all; dup: a (recipient, user) pair seen twice
+  anon_*: the same from RssAnon (the heap: without code pages first touched, the SQLite shm)
 
 usage: joinstorm.py -p PID -P PORT -k SECRET [-c 2000] [-R room] [--spread 1.0] [--settle 2]
 """
@@ -154,6 +155,7 @@ async def main():
     loop = asyncio.get_event_loop()
     st = State()
     before = rss(a.pid)
+    anon_before = rss(a.pid, "RssAnon")
     clients = []
     sem = asyncio.Semaphore(200)
 
@@ -202,6 +204,7 @@ async def main():
     stop = True
     await sampler
     after = rss(a.pid)
+    anon_after = rss(a.pid, "RssAnon")
     hwm = rss(a.pid, "VmHWM")
     n = len(clients)
     per = lambda x: (x - before) / n
@@ -212,7 +215,8 @@ async def main():
           f"quiet_s={t_quiet:.2f} before_kib={before} open_kib={opened} peak_kib={peak} "
           f"after_kib={after} hwm_kib={hwm} open_per={per(opened):.2f} peak_per={per(peak):.2f} "
           f"after_per={per(after):.2f} members={st.members} dup={st.dup} errors={st.errors} "
-          f"lost={st.lost} bytes={st.bytes}")
+          f"lost={st.lost} bytes={st.bytes} anon_before_kib={anon_before} "
+          f"anon_after_kib={anon_after} anon_after_per={(anon_after - anon_before) / n:.2f}")
     sys.stdout.flush()
     await asyncio.sleep(a.hold)
     for c in clients:
