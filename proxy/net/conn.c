@@ -353,8 +353,9 @@ bool conn_check_backpressure(struct conn *c)
 /*
  * After the commit: the held frames go to the client. When nothing else is queued they are written
  * to the socket at once, and only what the socket does not take goes through the bufferevent: a
- * fan-out commit reaches every member in one writev each, instead of arming write interest on
- * every member (two epoll_ctl) and writing in the next loop iteration. Plain TCP only (TLS writes
+ * fan-out commit reaches every member in one send (one writev for several frames) each, instead of
+ * arming write interest on every member (two epoll_ctl) and writing in the next loop iteration. A
+ * send error is left for the bufferevent to meet on its own write. Plain TCP only (TLS writes
  * through its bufferevent), and only a batch below half the send queue: a replay paused on a
  * fuller queue waits for on_drained, which a write done here would not call.
  */
@@ -367,7 +368,6 @@ static void release_held(struct conn *c)
     if (evbuffer_get_length(out) == 0 && len <= cfg_of(c)->send_queue / 2 &&
         !bufferevent_openssl_get_ssl(c->bev)) {
         evutil_socket_t fd = bufferevent_getfd(c->bev);
-        /* an error is met again, and handled, by the bufferevent */
         if (fd >= 0 && f) {
             ssize_t n = send(fd, f->data, f->len, MSG_NOSIGNAL);
             done = n > 0 ? (size_t)n : 0;
