@@ -5,6 +5,7 @@
 # the load runs on core 1. Prints every `result` line.
 #   ROOMS_ONLY="storm idle10k fanout1k fanout5k"  ROOMS_RUNS=1  ROOMS_NICE=0
 #   ROOMS_BIN=path/to/wsproxy (another build)  ROOMS_PERF=/tmp/perf (perf record per scenario)
+#   ROOMS_LOADGEN=path/to/loadgen (a variant)
 set -u
 cd "$(dirname "$0")/../.."
 B=build
@@ -82,9 +83,9 @@ for run in $(seq 1 "$RUNS"); do
             -k "$SECRET" -c 2000 --spread 1 ;;
         idle10k) taskset -c 1 /usr/bin/python3 tests/bench/joinstorm.py -p "$SERVER_PID" -P "$PORT" \
             -k "$SECRET" -c 10000 --spread 5 ;;
-        fanout1k) taskset -c 1 "$BB/loadgen" -m fanout -P "$PORT" -c 1000 -r 100 -d 10 -D 5 \
+        fanout1k) taskset -c 1 "${ROOMS_LOADGEN:-$BB/loadgen}" -m fanout -P "$PORT" -c 1000 -r 100 -d 10 -D 5 \
             -k "$SECRET" -p "$SERVER_PID" | grep result ;;
-        fanout5k) taskset -c 1 "$BB/loadgen" -m fanout -P "$PORT" -c 5000 -r 100 -d 10 -D 5 \
+        fanout5k) taskset -c 1 "${ROOMS_LOADGEN:-$BB/loadgen}" -m fanout -P "$PORT" -c 5000 -r 100 -d 10 -D 5 \
             -k "$SECRET" -p "$SERVER_PID" | grep result ;;
         esac
         [ -n "${ROOMS_PERF:-}" ] && kill -INT "$PERF_PID" && wait "$PERF_PID"
