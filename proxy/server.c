@@ -5,6 +5,9 @@
 #include "server.h"
 
 #include <event2/event.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <openssl/ssl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -16,6 +19,34 @@
 #include "base/log.h"
 #include "chat/chat.h"
 #include "store.h"
+
+/*
+ * Give freed heap back to the system, once a second. A burst (a join storm's member events, a
+ * fan-out to a slow room) leaves many small free chunks spread over the heap; glibc returns only
+ * the top of the heap on its own, so without this the process kept its peak RSS for good.
+ * malloc_trim also releases whole free pages in the middle (madvise). Only when at least
+ * TRIM_MIN_FREE, and a quarter of what is in use, is free: after a burst, not during a steady
+ * fan-out whose next commit would fault the pages in again. A steady state costs one mallinfo2 a
+ * second. Idle connections give back their held-frame buffers first.
+ *
+ * glibc's own trimming (the top of the heap, at every free past M_TRIM_THRESHOLD) is left as it is:
+ * raised to 64 MiB it saved the brk calls of a fan-out that has fallen behind (3-5 % of a
+ * 5,000-member profile) but let a join storm's peak grow by 2-3 KiB per connection.
+ */
+#define TRIM_MIN_FREE (1u << 20)
+
+static void trim_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct server *srv = arg;
+    conn_pool_trim(&srv->pool);
+#ifdef __GLIBC__
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks >= TRIM_MIN_FREE && mi.fordblks >= mi.uordblks / 4)
+        malloc_trim(0);
+#endif
+}
 
 static void auth_settings_from_config(struct auth_settings *as, const struct px_config *cfg)
 {
@@ -228,6 +259,11 @@ int server_init(struct server *srv, const struct px_config *cfg)
     evsignal_add(srv->sig_term, NULL);
     evsignal_add(srv->sig_int, NULL);
     evsignal_add(srv->sig_hup, NULL);
+    srv->trim_timer = event_new(srv->loop.base, -1, EV_PERSIST, trim_cb, srv);
+    if (srv->trim_timer) {
+        struct timeval sec = {1, 0};
+        evtimer_add(srv->trim_timer, &sec);
+    }
 
     /* Sessions a crashed or killed process left open are over; presence must say so. */
     /* Their events (session.closed, user.offline) commit with the ends, in one transaction. */
@@ -287,6 +323,8 @@ void server_release(struct server *srv)
         event_free(srv->sig_hup);
     if (srv->drain_timer)
         event_free(srv->drain_timer);
+    if (srv->trim_timer)
+        event_free(srv->trim_timer);
     struct store *st = srv->loop.store;
     loop_release(&srv->loop);
     if (st)

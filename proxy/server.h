@@ -31,6 +31,7 @@ struct server {
     struct listener listener;
     struct api *api;
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer;
+    struct event *trim_timer; /* returns freed heap to the system (see server.c) */
     bool draining;
     int exit_code;
 };

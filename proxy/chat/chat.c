@@ -481,8 +481,7 @@ static void on_refresh(struct chat_conn *cc, json_t *req)
         chat_send_error(cc, "unauthorized", "token is for another user", NULL, NULL);
         return;
     }
-    cc->exp_ms = id.exp_ms;
-    chat_arm_expiry(cc);
+    cc->exp_ms = id.exp_ms; /* the expiry sweep reads it */
     if (chat_claim_set(cc, &id) != 0) {
         chat_send_error(cc, "internal", "out of memory", NULL, NULL);
         return;

@@ -55,6 +55,7 @@ struct chat {
     struct chat_end *ends_retry;
     size_t ends_unsettled; /* written or waiting: not yet known durable */
     struct event *retry_ev;
+    struct event *expiry_ev; /* sweeps the sessions for expired tokens (chat_session.c) */
     int64_t retry_ms;      /* current back-off */
     struct events *events; /* events to the app backend; NULL when [events] target is empty */
     /* [store] retention: the timer, and rows deleted in the transaction not yet committed */
@@ -74,7 +75,6 @@ struct chat_conn {
     int64_t exp_ms;
     struct reg_member *user_mem;
     struct reg_member *rooms; /* this connection's room memberships, linked through ->link */
-    struct event *expiry;
     char (*claim)[AUTH_USER_MAX + 2]; /* the token's rooms claim (NULL: none); see chat_rooms.c */
     size_t num_claim;
     struct ratelimit rl;     /* every frame but acks */
@@ -127,8 +127,6 @@ bool chat_fast_path(struct chat_conn *cc, const uint8_t *data, size_t len);
 
 /* chat_session.c */
 extern const struct conn_handler chat_handler;
-/* Re-arm the token expiry timer after a refresh. */
-void chat_arm_expiry(struct chat_conn *cc);
 /* Enter/leave a chat callback: cc stays allocated until the outermost leave after it ended. */
 void chat_conn_enter(struct chat_conn *cc);
 void chat_conn_leave(struct chat_conn *cc);

@@ -29,6 +29,9 @@ const struct conn_handler chat_handler = {
 
 #define ENDS_RETRY_FIRST_MS 250
 #define ENDS_RETRY_MAX_MS 5000
+#define EXPIRY_SWEEP_MS 500 /* a token's session ends at most this late after exp + leeway */
+
+static void expiry_sweep_cb(evutil_socket_t fd, short what, void *arg);
 
 /*
  * Write one end: the row's last_seen and end, and the user's presence as the registry says now (a
@@ -138,7 +141,12 @@ struct chat *chat_new(struct loop *lp, const struct auth *auth)
     ch->users = registry_map_new();
     ch->rooms = registry_map_new();
     ch->retry_ev = evtimer_new(lp->base, ends_retry_cb, ch);
-    if (!ch->users || !ch->rooms || !ch->retry_ev || events_new(ch) != 0 ||
+    ch->expiry_ev = event_new(lp->base, -1, EV_PERSIST, expiry_sweep_cb, ch);
+    if (ch->expiry_ev) {
+        struct timeval tv = {0, EXPIRY_SWEEP_MS * 1000};
+        evtimer_add(ch->expiry_ev, &tv);
+    }
+    if (!ch->users || !ch->rooms || !ch->retry_ev || !ch->expiry_ev || events_new(ch) != 0 ||
         chat_retention_start(ch) != 0) {
         chat_free(ch);
         return NULL;
@@ -161,6 +169,8 @@ void chat_free(struct chat *ch)
     }
     if (ch->retry_ev)
         event_free(ch->retry_ev);
+    if (ch->expiry_ev)
+        event_free(ch->expiry_ev);
     chat_retention_stop(ch);
     events_free(ch);
     registry_map_free(ch->users);
@@ -176,8 +186,6 @@ void chat_shutdown(struct chat *ch)
 static void conn_free_state(struct chat_conn *cc)
 {
     free(cc->claim);
-    if (cc->expiry)
-        event_free(cc->expiry);
     chat_replay_free(cc);
     free(cc);
 }
@@ -196,34 +204,47 @@ void chat_conn_leave(struct chat_conn *cc)
 
 /* ---- token expiry ---- */
 
-static void expiry_cb(evutil_socket_t fd, short what, void *arg)
+/* Tokens are accepted up to exp + leeway (clock skew); the connection lives as long. */
+static bool token_expired(const struct chat_conn *cc, int64_t now)
+{
+    return cc->exp_ms > 0 && !cc->ended && now >= cc->exp_ms + cc->chat->auth->leeway_ms;
+}
+
+/*
+ * Close the sessions whose token expired. One sweep of the session list every EXPIRY_SWEEP_MS
+ * instead of a timer per session (an event is 128 bytes of every connection's memory; JWT exp has
+ * one-second resolution anyway). Closing one session sends presence events that may close others
+ * (slow consumers), so the expired ones are collected first, each kept allocated (enter) until
+ * its own close is done.
+ */
+static void expiry_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct chat_conn *cc = arg;
-    assert(!cc->ended);
-    log_info("conn %llu %s: token of %s expired", (unsigned long long)cc->conn->id, cc->conn->addr,
-             cc->user);
-    chat_conn_enter(cc);
-    conn_close(cc->conn, WS_CLOSE_POLICY, "token expired", END_TOKEN_EXPIRED);
-    chat_conn_leave(cc);
-}
-
-void chat_arm_expiry(struct chat_conn *cc)
-{
-    if (cc->exp_ms <= 0) {
-        if (cc->expiry)
-            evtimer_del(cc->expiry);
-        return;
+    struct chat *ch = arg;
+    int64_t now = loop_now_ms(ch->lp);
+    size_t n = 0;
+    for (struct chat_conn *cc = ch->sessions; cc; cc = cc->next)
+        n += token_expired(cc, now);
+    struct chat_conn **due = n ? malloc(n * sizeof(*due)) : NULL;
+    if (!due)
+        return; /* none, or no memory: the next sweep tries again */
+    size_t k = 0;
+    for (struct chat_conn *cc = ch->sessions; cc && k < n; cc = cc->next)
+        if (token_expired(cc, now)) {
+            chat_conn_enter(cc);
+            due[k++] = cc;
+        }
+    for (size_t i = 0; i < k; i++) {
+        struct chat_conn *cc = due[i];
+        if (!cc->ended) {
+            log_info("conn %llu %s: token of %s expired", (unsigned long long)cc->conn->id,
+                     cc->conn->addr, cc->user);
+            conn_close(cc->conn, WS_CLOSE_POLICY, "token expired", END_TOKEN_EXPIRED);
+        }
+        chat_conn_leave(cc);
     }
-    if (!cc->expiry && !(cc->expiry = evtimer_new(cc->chat->lp->base, expiry_cb, cc)))
-        return;
-    /* Tokens are accepted up to exp + leeway (clock skew); the connection lives as long. */
-    int64_t in = cc->exp_ms + cc->chat->auth->leeway_ms - loop_now_ms(cc->chat->lp);
-    if (in < 0)
-        in = 0;
-    struct timeval tv = {.tv_sec = in / 1000, .tv_usec = (in % 1000) * 1000};
-    evtimer_add(cc->expiry, &tv);
+    free(due);
 }
 
 /* ---- accept ---- */
@@ -300,7 +321,6 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
         events_user_online(ch, cc->user);
     }
     send_welcome(cc);
-    chat_arm_expiry(cc);
     cc->phase = REPLAY_DIRECT;
     chat_replay_continue(cc);
     return 0;
@@ -374,8 +394,6 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
     if (cc->next)
         cc->next->prev = cc->prev;
     cc->prev = cc->next = NULL;
-    if (cc->expiry)
-        evtimer_del(cc->expiry);
 
     int64_t now = loop_now_ms(ch->lp);
     int64_t seen = cc->conn->last_rx_ms > 0 ? cc->conn->last_rx_ms : now;

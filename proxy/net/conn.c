@@ -36,6 +36,13 @@
 /* One read of an upgraded plain-TCP WebSocket takes up to this much (conn_sock_read_cb). */
 #define CONN_READ_SIZE (64 * 1024)
 
+/*
+ * Shared frames shorter than this are copied into the output rather than referenced: a reference
+ * is a chain of its own (libevent 2.1 allocates at least 1 KiB for any chain), a copy shares the
+ * last chain with the frames before it.
+ */
+#define SHARED_FRAME_COPY_MAX 1024
+
 static void conn_free(struct conn *c);
 static void conn_linger(struct conn *c);
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -189,7 +196,8 @@ static size_t output_len(const struct conn *c)
 
 size_t conn_pending_len(const struct conn *c)
 {
-    return output_len(c) + (c->held ? evbuffer_get_length(c->held) : 0);
+    return output_len(c) + (c->held ? evbuffer_get_length(c->held) : 0) +
+           (c->held_frame ? c->held_frame->len : 0);
 }
 
 bool conn_is_open(const struct conn *c)
@@ -307,6 +315,29 @@ static void dirty_unlink(struct conn *c)
     c->dirty_next = NULL;
 }
 
+/* Drop the held frame reference (dropped with the batch, or copied). */
+static void held_frame_drop(struct conn *c)
+{
+    shared_frame_unref(c->held_frame);
+    c->held_frame = NULL;
+}
+
+/*
+ * Turn a referenced held frame into a copy at the start of held, so that what is held next goes
+ * after it. 0, or -1 out of memory (the frame is dropped then).
+ */
+static int held_frame_spill(struct conn *c)
+{
+    if (!c->held_frame)
+        return 0;
+    int rc = (c->held || (c->held = evbuffer_new())) &&
+                     evbuffer_add(c->held, c->held_frame->data, c->held_frame->len) == 0
+                 ? 0
+                 : -1;
+    held_frame_drop(c);
+    return rc;
+}
+
 /*
  * Where output that depends on the open transaction goes: the held buffer (linked into the pool's
  * dirty list) while a transaction is open or earlier frames are still held (order), else the output.
@@ -319,7 +350,7 @@ static struct evbuffer *commit_ordered_output(struct conn *c)
         return NULL;
     if (!loop_tx_open(c->lp) && !c->dirty)
         return bufferevent_get_output(c->bev);
-    if (!c->held && !(c->held = evbuffer_new())) {
+    if ((!c->held && !(c->held = evbuffer_new())) || held_frame_spill(c) != 0) {
         conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
         return NULL;
     }
@@ -355,6 +386,40 @@ bool conn_check_backpressure(struct conn *c)
     return conn_is_open(c) && within_send_queue(c, conn_pending_len(c));
 }
 
+/*
+ * After the commit: the held frames go to the client. When nothing else is queued they are written
+ * to the socket at once, and only what the socket does not take goes through the bufferevent: a
+ * fan-out commit reaches every member in one send (one writev for several frames) each, instead of
+ * arming write interest on every member (two epoll_ctl) and writing in the next loop iteration. A
+ * send error is left for the bufferevent to meet on its own write. Plain TCP only (TLS writes
+ * through its bufferevent), and only a batch below half the send queue: a replay paused on a
+ * fuller queue waits for on_drained, which a write done here would not call.
+ */
+static void release_held(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct shared_frame *f = c->held_frame;
+    size_t len = f ? f->len : evbuffer_get_length(c->held);
+    size_t done = 0;
+    if (evbuffer_get_length(out) == 0 && len <= cfg_of(c)->send_queue / 2 &&
+        !bufferevent_openssl_get_ssl(c->bev)) {
+        evutil_socket_t fd = bufferevent_getfd(c->bev);
+        if (fd >= 0 && f) {
+            ssize_t n = send(fd, f->data, f->len, MSG_NOSIGNAL);
+            done = n > 0 ? (size_t)n : 0;
+        } else if (fd >= 0) {
+            evbuffer_write(c->held, fd);
+        }
+    }
+    if (f) {
+        if (done < f->len)
+            evbuffer_add(out, f->data + done, f->len - done);
+        held_frame_drop(c);
+    } else if (evbuffer_get_length(c->held) > 0) {
+        evbuffer_add_buffer(out, c->held);
+    }
+}
+
 void conn_pool_flush(void *pool, bool ok)
 {
     struct conn_pool *p = pool;
@@ -372,6 +437,7 @@ void conn_pool_flush(void *pool, bool ok)
              */
             if (c->held)
                 evbuffer_drain(c->held, evbuffer_get_length(c->held));
+            held_frame_drop(c);
             if (c->close_held) {
                 /* the close that waited behind them went too: say why now */
                 uint8_t payload[WS_MAX_CTRL_PAYLOAD];
@@ -386,14 +452,26 @@ void conn_pool_flush(void *pool, bool ok)
             /* A close waits at the end: everything before it goes out (each add was bounded). */
             evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
             c->close_held = false;
-        } else if (c->held && conn_is_open(c) && within_send_queue(c, output_len(c))) {
+        } else if ((c->held || c->held_frame) && conn_is_open(c) &&
+                   within_send_queue(c, output_len(c))) {
             /* Each held frame was checked as it was queued: only the output may have grown. */
-            evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
-        } else if (c->held) {
-            evbuffer_drain(c->held, evbuffer_get_length(c->held));
+            release_held(c);
+        } else {
+            if (c->held)
+                evbuffer_drain(c->held, evbuffer_get_length(c->held));
+            held_frame_drop(c);
         }
         c = next;
     }
+}
+
+void conn_pool_trim(struct conn_pool *p)
+{
+    for (struct conn *c = p->conns; c; c = c->next)
+        if (c->held && !c->dirty && evbuffer_get_length(c->held) == 0) {
+            evbuffer_free(c->held);
+            c->held = NULL;
+        }
 }
 
 struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, size_t len)
@@ -462,13 +540,33 @@ void conn_send_shared(struct conn *c, struct shared_frame *f)
 {
     if (!conn_is_open(c))
         return;
-    struct evbuffer *out = commit_ordered_output(c);
-    if (!out)
-        return;
     struct shared_frame *z = shared_frame_for(c, f);
     if (z)
         f = z;
-    /* Referenced, not copied: one encoding of a fan-out frame serves every member. */
+    if (f->len < SHARED_FRAME_COPY_MAX && !c->dirty && loop_tx_open(c->lp)) {
+        /* the first frame held for this commit: referenced until the flush, no chain, no copy */
+        if (!conn_check_backpressure(c))
+            return;
+        f->refs++;
+        c->held_frame = f;
+        dirty_link(c);
+        c->lp->metrics.bytes_out += f->len;
+        return;
+    }
+    struct evbuffer *out = commit_ordered_output(c);
+    if (!out)
+        return;
+    /*
+     * A small frame is copied: libevent gives every referenced piece a chain of its own of at least
+     * 1 KiB, so a 60-byte member event held for the commit cost 1 KiB per recipient (a join storm's
+     * quadratic fan-out: 200 KiB per connection). Copied, consecutive frames share one chain.
+     */
+    if (f->len < SHARED_FRAME_COPY_MAX) {
+        if (evbuffer_add(out, f->data, f->len) == 0)
+            c->lp->metrics.bytes_out += f->len;
+        return;
+    }
+    /* Referenced, not copied: one encoding of a large fan-out frame serves every member. */
     f->refs++;
     if (evbuffer_add_reference(out, f->data, f->len, shared_frame_cleanup_cb, f) != 0) {
         f->refs--;
@@ -1155,6 +1253,8 @@ static void send_close(struct conn *c, uint16_t code, const char *reason, enum e
          * Frames held for the commit (receipts, the error that explains this close) go first: the
          * close waits behind them. A slow consumer's held frames are what it cannot take: not them.
          */
+        if (c->dirty && why != END_SLOW_CONSUMER && held_frame_spill(c) != 0)
+            log_warn("conn %llu: out of memory holding a frame", (unsigned long long)c->id);
         c->close_held = c->dirty && c->held && why != END_SLOW_CONSUMER;
         add_frame(c, c->close_held ? c->held : conn_output(c), WS_OP_CLOSE, payload,
                   plen);
@@ -1238,6 +1338,7 @@ static void conn_release_state(struct conn *c)
         evbuffer_free(c->held);
         c->held = NULL;
     }
+    held_frame_drop(c);
 }
 
 static void linger_read_cb(evutil_socket_t fd, short what, void *arg)

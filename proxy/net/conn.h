@@ -28,6 +28,7 @@ struct registry_counter;
 struct sockaddr;
 struct ws_handshake_result;
 struct conn;
+struct shared_frame;
 
 enum conn_state {
     CONN_HTTP,         /* reading the request head */
@@ -138,6 +139,11 @@ struct conn {
     bool ping_outstanding;
     /* frames held until the loop's open store transaction commits (group commit, net/loop.h) */
     struct evbuffer *held;
+    /*
+     * A fan-out commit's usual case, one small shared frame and nothing else held: referenced here
+     * rather than copied into a chain of held (which a second held frame first gets a copy of).
+     */
+    struct shared_frame *held_frame;
     bool close_held;         /* our close frame waits at the end of held */
     struct conn *dirty_next; /* in the pool's list of connections with held output */
     bool dirty;
@@ -158,6 +164,13 @@ void conn_pool_shutdown(struct conn_pool *p);
 
 /* The loop's flush hook (net/loop.h): release held frames after a commit, or fail their owners. */
 void conn_pool_flush(void *pool, bool ok);
+
+/*
+ * Free what idle connections keep for the next burst: the buffer of frames held for the commit
+ * (allocated again at the next held frame). Walks every connection: call it now and then (the
+ * server does once a second), not per message.
+ */
+void conn_pool_trim(struct conn_pool *p);
 
 /* A listener_accept_fn (net/listener.h): arg is the pool; takes ownership of bev. */
 void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa);
