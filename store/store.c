@@ -602,6 +602,8 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
  * statistics cost a global mutex on every malloc/free: ~7 % of the instructions of a message insert.
  * Nothing in wsproxy reads sqlite3_memory_used().
  */
+static bool vfs_ok; /* store_vfs_register worked */
+
 static void configure_sqlite_once(void)
 {
     static bool done;
@@ -610,6 +612,7 @@ static void configure_sqlite_once(void)
         return;
     done = true;
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); /* MISUSE if already initialized: harmless */
+    vfs_ok = store_vfs_register() == 0;
 }
 
 /*
@@ -648,7 +651,8 @@ static int open_setup(struct store *st, const char *path, const struct store_opt
             return store_failf(st, STORE_ERR_NOMEM, "out of memory opening %s", path);
         flags |= SQLITE_OPEN_URI;
     }
-    rc = sqlite3_open_v2(uri ? uri : path, &st->db, flags, NULL);
+    rc = sqlite3_open_v2(uri ? uri : path, &st->db, flags,
+                         !st->readonly && vfs_ok ? STORE_VFS_NAME : NULL);
     free(uri);
     if (rc != SQLITE_OK) {
         explain_open_failure(st, path, rc);

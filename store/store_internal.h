@@ -228,6 +228,12 @@ int store_each_name(struct store *st, sqlite3_stmt *s, store_name_fn *cb, void *
 int store_ckpt_start(struct store *st, const char *path, const struct store_opts *o);
 void store_ckpt_stop(struct store *st);
 
+/* The VFS read-write handles open their files with (store_vfs.c): the default one, but each WAL
+ * frame goes out in one pwrite. store_vfs_register adds it once per process; -1 if it cannot (then
+ * the default VFS is used). */
+#define STORE_VFS_NAME "wsp-wal"
+int store_vfs_register(void);
+
 /* Argument checks shared by the files: non-NULL, non-empty. */
 bool store_name_ok(const char *s);
 
