@@ -19,6 +19,8 @@
 #include "store_internal.h"
 
 #define WAL_FRAME_HDR 24
+/* Header + page is at most 24 + 65536 bytes: under the 128 KiB - 1 that the unix VFS writes per
+ * call (seekAndWriteFd masks the length with 0x1ffff; a longer write would be cut short). */
 
 struct wal_file {
     sqlite3_file base;    /* pMethods = &wal_methods */
