@@ -254,6 +254,15 @@ int store_begin(struct store *st)
     return 0;
 }
 
+/* The group commit is over, kept or not: what it noted in memory goes with it. */
+static void txn_over(struct store *st)
+{
+    st->txn = false;
+    st->savepoints = 0;
+    store_conv_drop(st);
+    store_outbox_txn_over(st);
+}
+
 int store_commit(struct store *st)
 {
     int rc;
@@ -261,12 +270,13 @@ int store_commit(struct store *st)
     if (!st->txn)
         return store_failf(st, STORE_ERR_MISUSE, "store_commit: no transaction is open");
     if (sqlite3_get_autocommit(st->db)) {
-        st->txn = false;
-        store_outbox_txn_over(st);
+        txn_over(st);
         return store_failf(st, STORE_ERR_IO,
                            "commit: the transaction was rolled back after an earlier error");
     }
-    rc = store_exec_stmt(st, st->stmt[STMT_COMMIT], "commit");
+    /* The conversation touches noted during the transaction are part of it. */
+    if ((rc = store_conv_flush(st)) == 0)
+        rc = store_exec_stmt(st, st->stmt[STMT_COMMIT], "commit");
     if (rc < 0 && !sqlite3_get_autocommit(st->db)) {
         /* COMMIT failed (disk full, I/O, lock) and left the transaction open: the contract is that a
          * failed commit stored nothing, so end it here rather than let later writes join it. */
@@ -276,8 +286,7 @@ int store_commit(struct store *st)
         store_exec_stmt(st, st->stmt[STMT_ROLLBACK], "rollback");
         memcpy(st->err, keep, sizeof keep);
     }
-    st->txn = false;
-    store_outbox_txn_over(st);
+    txn_over(st);
     return rc;
 }
 
@@ -287,8 +296,7 @@ int store_rollback(struct store *st)
 
     if (!sqlite3_get_autocommit(st->db))
         rc = store_exec_stmt(st, st->stmt[STMT_ROLLBACK], "rollback");
-    st->txn = false;
-    store_outbox_txn_over(st);
+    txn_over(st);
     return rc;
 }
 
@@ -304,8 +312,16 @@ int store_atomic_begin(struct store *st, bool *own_txn)
     if ((rc = store_write_check(st)) < 0)
         return rc;
     *own_txn = sqlite3_get_autocommit(st->db) != 0;
-    return store_exec_stmt(st, st->stmt[*own_txn ? STMT_BEGIN : STMT_SAVEPOINT],
-                           *own_txn ? "begin" : "savepoint");
+    /* Touches noted before the savepoint are written before it, so a ROLLBACK TO cannot undo them
+     * (their messages stay); inside it, touches are written at once and undone with their messages. */
+    if (!*own_txn && (rc = store_conv_flush(st)) < 0)
+        return rc;
+    if ((rc = store_exec_stmt(st, st->stmt[*own_txn ? STMT_BEGIN : STMT_SAVEPOINT],
+                              *own_txn ? "begin" : "savepoint")) < 0)
+        return rc;
+    if (!*own_txn)
+        st->savepoints++;
+    return 0;
 }
 
 int store_atomic_end(struct store *st, bool own_txn, int rc)
@@ -313,6 +329,10 @@ int store_atomic_end(struct store *st, bool own_txn, int rc)
     char keep[sizeof st->err];
     int rc2;
 
+    /* A transaction of its own is not a group commit (st->txn is false): its touches were written
+     * at once, nothing is noted. Inside a savepoint nothing is noted either. */
+    if (!own_txn && st->savepoints > 0)
+        st->savepoints--;
     if (rc == 0) {
         rc2 = store_exec_stmt(st, st->stmt[own_txn ? STMT_COMMIT : STMT_RELEASE],
                               own_txn ? "commit" : "release savepoint");
@@ -582,6 +602,8 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
  * statistics cost a global mutex on every malloc/free: ~7 % of the instructions of a message insert.
  * Nothing in wsproxy reads sqlite3_memory_used().
  */
+static bool vfs_ok; /* store_vfs_register worked */
+
 static void configure_sqlite_once(void)
 {
     static bool done;
@@ -590,6 +612,7 @@ static void configure_sqlite_once(void)
         return;
     done = true;
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); /* MISUSE if already initialized: harmless */
+    vfs_ok = store_vfs_register() == 0;
 }
 
 /*
@@ -628,7 +651,8 @@ static int open_setup(struct store *st, const char *path, const struct store_opt
             return store_failf(st, STORE_ERR_NOMEM, "out of memory opening %s", path);
         flags |= SQLITE_OPEN_URI;
     }
-    rc = sqlite3_open_v2(uri ? uri : path, &st->db, flags, NULL);
+    rc = sqlite3_open_v2(uri ? uri : path, &st->db, flags,
+                         !st->readonly && vfs_ok ? STORE_VFS_NAME : NULL);
     free(uri);
     if (rc != SQLITE_OK) {
         explain_open_failure(st, path, rc);
@@ -728,6 +752,7 @@ void store_close(struct store *st)
     store_ckpt_stop(st);
     if (st->db && !sqlite3_get_autocommit(st->db))
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    store_conv_drop(st); /* an open group commit is rolled back above: its touches with it */
     close_db(st); /* the last connection: SQLite checkpoints all and removes the WAL */
     free(st->ret_room);
     free(st->ret_dm_user);

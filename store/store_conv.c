@@ -1,28 +1,36 @@
 /*
  * store_conv.c -- rooms as things the backend manages (add, remove, delete, list) and the state that
  * makes a user's conversation list cheap: a rooms row and a dm_conversations row per side, both moved
- * by the message insert in the same transaction, so listing never reads all messages.
+ * by the message insert in the same transaction, so listing never reads all messages. Inside a group
+ * commit the insert only notes the move (store_conv_touch); every function here that reads or writes
+ * those rows writes the noted moves first (store_conv_flush), and so does the commit.
  */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* A failed allocation in HASH_ADD leaves the table as it was: the touch is then written at once. */
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(e) (conv_oom = true)
+#include <uthash.h>
+
 #include "store_internal.h"
 
 const struct store_sql store_sql_conv[] = {
-    /* ensure (last_id 0) and touch (a new message: one more in msg_count) in one upsert; last_id
-     * never moves back */
+    /* ensure (last_id 0, count 0) and touch (?4 new messages, the newest ?3) in one upsert; last_id
+     * never moves back. created_at is the oldest time seen: touches noted in a group commit are
+     * written after the messages' own times. */
     {STMT_ROOM_TOUCH, false,
-     "INSERT INTO rooms (name, created_at, last_id, msg_count) VALUES (?1, ?2, ?3, ?3 > 0)"
-     " ON CONFLICT (name) DO UPDATE SET last_id = max(last_id, excluded.last_id),"
-     " msg_count = msg_count + excluded.msg_count"},
-    /* both sides of a direct conversation, each counting the message once; a note to self is one
+     "INSERT INTO rooms (name, created_at, last_id, msg_count) VALUES (?1, ?2, ?3, ?4)"
+     " ON CONFLICT (name) DO UPDATE SET created_at = min(created_at, excluded.created_at),"
+     " last_id = max(last_id, excluded.last_id), msg_count = msg_count + excluded.msg_count"},
+    /* both sides of a direct conversation, each counting the ?4 messages once; a note to self is one
      * row (the second VALUES updates it and adds 0 to its count).
      * may_scan: the plan's only SCAN is "2 CONSTANT ROWS", the VALUES list itself. */
     {STMT_DM_TOUCH, true,
      "INSERT INTO dm_conversations (user, peer, last_id, msg_count)"
-     " VALUES (?1, ?2, ?3, 1), (?2, ?1, ?3, ?1 <> ?2)"
+     " VALUES (?1, ?2, ?3, ?4), (?2, ?1, ?3, ?4 * (?1 <> ?2))"
      " ON CONFLICT (user, peer) DO UPDATE SET last_id = max(last_id, excluded.last_id),"
      " msg_count = msg_count + excluded.msg_count"},
     {STMT_ROOM_ADD, false,
@@ -64,30 +72,135 @@ const char *store_via_name(enum store_via via)
     return via == STORE_VIA_API ? "api" : via == STORE_VIA_CLAIM ? "claim" : "join";
 }
 
+/* ---- Conversation touches: noted during a group commit, written once before its COMMIT ---- */
+
+/*
+ * One room, or one pair of users (both sides of their conversation), touched in the open group
+ * commit. Writing each message's touch cost two upserts of dm_conversations rows (and their
+ * dm_conversations_recent index entries) per direct message, about a third of an insert's time;
+ * a group commit of thousands of messages among few conversations writes each row once instead.
+ */
+struct conv_pending {
+    UT_hash_handle hh;
+    const char *a, *b; /* the room (b NULL), or the two users; point into key */
+    int64_t created_at; /* the oldest message's time (a room row created by the flush) */
+    int64_t last_id;    /* the newest message */
+    int64_t count;      /* messages */
+    unsigned keylen;
+    char key[];         /* "R" room, or "D" user '\0' user, the smaller name first */
+};
+
+static bool conv_oom; /* set by uthash_nonfatal_oom */
+
+/* Write one room's or pair's touch now. */
+static int touch_write(struct store *st, const char *a, const char *b, int64_t created_at,
+                       int64_t last_id, int64_t count)
+{
+    sqlite3_stmt *s = st->stmt[b ? STMT_DM_TOUCH : STMT_ROOM_TOUCH];
+    const char *what = b ? "conversation last message" : "room last message";
+    if (store_bind_text(s, 1, a) || (b ? store_bind_text(s, 2, b) : sqlite3_bind_int64(s, 2, created_at)) ||
+        sqlite3_bind_int64(s, 3, last_id) || sqlite3_bind_int64(s, 4, count))
+        return store_bind_fail(st, s, what);
+    return store_exec_stmt(st, s, what);
+}
+
 int store_room_ensure(struct store *st, const char *room, int64_t now)
 {
-    sqlite3_stmt *s = st->stmt[STMT_ROOM_TOUCH];
-    if (store_bind_text(s, 1, room) || sqlite3_bind_int64(s, 2, now) ||
-        sqlite3_bind_int64(s, 3, 0))
-        return store_bind_fail(st, s, "room row");
-    return store_exec_stmt(st, s, "room row");
+    int rc = store_conv_flush(st);
+    return rc < 0 ? rc : touch_write(st, room, NULL, now, 0, 0);
+}
+
+/* Note m's touch in st->conv_pending; -1 when out of memory (nothing noted). */
+static int touch_note(struct store *st, const struct store_msg *m, int64_t id)
+{
+    const char *a = m->room ? m->room : m->sender, *b = m->room ? NULL : m->to_user;
+    if (b && strcmp(a, b) > 0) {
+        const char *t = a;
+        a = b;
+        b = t;
+    }
+    size_t la = strlen(a), lb = b ? strlen(b) : 0, len = 1 + la + (b ? 1 + lb : 0);
+    char stackkey[256], *key = len <= sizeof(stackkey) ? stackkey : malloc(len);
+    if (!key)
+        return -1;
+    key[0] = b ? 'D' : 'R';
+    memcpy(key + 1, a, la);
+    if (b) {
+        key[1 + la] = '\0';
+        memcpy(key + 2 + la, b, lb);
+    }
+    struct conv_pending *e;
+    HASH_FIND(hh, st->conv_pending, key, (unsigned)len, e);
+    if (key != stackkey)
+        free(key);
+    if (e) {
+        if (id > e->last_id)
+            e->last_id = id;
+        if (m->created_at < e->created_at)
+            e->created_at = m->created_at;
+        e->count++;
+        return 0;
+    }
+    if (!(e = malloc(sizeof(*e) + len + 1)))
+        return -1;
+    e->keylen = (unsigned)len;
+    e->key[0] = b ? 'D' : 'R';
+    memcpy(e->key + 1, a, la + 1);
+    e->a = e->key + 1;
+    e->b = NULL;
+    if (b) {
+        memcpy(e->key + 2 + la, b, lb + 1);
+        e->b = e->key + 2 + la;
+    }
+    e->created_at = m->created_at;
+    e->last_id = id;
+    e->count = 1;
+    conv_oom = false;
+    HASH_ADD(hh, st->conv_pending, key[0], e->keylen, e);
+    if (conv_oom) {
+        free(e);
+        return -1;
+    }
+    return 0;
 }
 
 int store_conv_touch(struct store *st, const struct store_msg *m, int64_t id)
 {
-    sqlite3_stmt *s;
-    if (m->room) {
-        s = st->stmt[STMT_ROOM_TOUCH];
-        if (store_bind_text(s, 1, m->room) || sqlite3_bind_int64(s, 2, m->created_at) ||
-            sqlite3_bind_int64(s, 3, id))
-            return store_bind_fail(st, s, "room last message");
-        return store_exec_stmt(st, s, "room last message");
+    /* In a savepoint a touch is written at once, so that ROLLBACK TO undoes it with its message. */
+    if (st->txn && st->savepoints == 0 && touch_note(st, m, id) == 0)
+        return 0;
+    if (m->room)
+        return touch_write(st, m->room, NULL, m->created_at, id, 1);
+    return touch_write(st, m->sender, m->to_user, 0, id, 1);
+}
+
+int store_conv_flush(struct store *st)
+{
+    struct conv_pending *e, *tmp;
+    if (!st->conv_pending)
+        return 0;
+    /* An error made SQLite roll the transaction back: its messages are gone, and so are these. */
+    if (sqlite3_get_autocommit(st->db)) {
+        store_conv_drop(st);
+        return 0;
     }
-    s = st->stmt[STMT_DM_TOUCH];
-    if (store_bind_text(s, 1, m->sender) || store_bind_text(s, 2, m->to_user) ||
-        sqlite3_bind_int64(s, 3, id))
-        return store_bind_fail(st, s, "conversation last message");
-    return store_exec_stmt(st, s, "conversation last message");
+    HASH_ITER(hh, st->conv_pending, e, tmp) {
+        int rc = touch_write(st, e->a, e->b, e->created_at, e->last_id, e->count);
+        if (rc < 0)
+            return rc;
+        HASH_DEL(st->conv_pending, e);
+        free(e);
+    }
+    return 0;
+}
+
+void store_conv_drop(struct store *st)
+{
+    struct conv_pending *e, *tmp;
+    HASH_ITER(hh, st->conv_pending, e, tmp) {
+        HASH_DEL(st->conv_pending, e);
+        free(e);
+    }
 }
 
 static int bind2(struct store *st, sqlite3_stmt *s, const char *a, const char *b, const char *what)
@@ -140,7 +253,8 @@ int store_room_add(struct store *st, const char *room, const char *user, int64_t
 int store_room_delete(struct store *st, const char *room, int64_t now, store_name_fn *cb, void *ctx)
 {
     int rc;
-    if ((rc = store_write_check(st)) < 0)
+    /* flushed first: a touch noted earlier would bring the row back */
+    if ((rc = store_write_check(st)) < 0 || (rc = store_conv_flush(st)) < 0)
         return rc;
     if (cb && (rc = store_room_members(st, room, cb, ctx)) < 0)
         return rc;
@@ -166,11 +280,13 @@ int store_rooms_list(struct store *st, const char *after, int limit, store_room_
                      bool *more)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOMS_LIST];
+    int rc, n = 0, stop = 0;
     if (limit < 1 || !cb)
         return store_failf(st, STORE_ERR_INVALID, "rooms: limit >= 1 and a callback needed");
+    if ((rc = store_conv_flush(st)) < 0)
+        return rc;
     if (store_bind_text(s, 1, after ? after : "") || sqlite3_bind_int(s, 2, limit + 1))
         return store_bind_fail(st, s, "rooms");
-    int rc, n = 0, stop = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (n++ >= limit)
             continue;
@@ -255,9 +371,12 @@ int store_user_conversations(struct store *st, const char *user, int64_t before_
 {
     if (!store_name_ok(user) || limit < 1 || limit > 1000 || !cb)
         return store_failf(st, STORE_ERR_INVALID, "conversations: user, limit 1-1000, callback");
+    int rc = store_conv_flush(st);
+    if (rc < 0)
+        return rc;
     int64_t before = before_id > 0 ? before_id : INT64_MAX;
     /* limit + 1 of each kind: the newest limit + 1 of the merge are among them */
-    int max = 2 * (limit + 1), n = 0, rc;
+    int max = 2 * (limit + 1), n = 0;
     struct conv_key *keys = calloc((size_t)max, sizeof(*keys));
     if (!keys)
         return store_failf(st, STORE_ERR_NOMEM, "conversations: out of memory");

@@ -121,12 +121,14 @@ extern const struct store_sql store_sql_retention[];
 #define STORE_CKPT_FRAMES 4096
 
 struct store_ckpt;
+struct conv_pending;
 
 struct store {
     sqlite3 *db;
     struct store_ckpt *ckpt; /* background checkpointer; NULL: SQLite's autocheckpoint (or none) */
     bool readonly;
     bool txn; /* inside store_begin .. store_commit/rollback */
+    int savepoints; /* store_atomic_begin savepoints open inside the transaction */
     int schema_version;
     int last_rc; /* SQLite code of the last store_fail, to explain failures at open */
     int lock_wait_ms;         /* store_set_lock_wait; 0: SQLite's busy_timeout */
@@ -143,14 +145,32 @@ struct store {
     /* Inserts left before store_outbox_add must look at the outbox's span again (its bound). */
     int64_t outbox_room, outbox_room_bound; /* for this max_queued */
     uint64_t outbox_replays;                /* store_outbox_replays */
+    /* Conversation touches of the open group commit not written yet (store_conv.c): one per room
+     * and per pair of users, written by store_conv_flush. Empty outside store_begin .. commit and
+     * while a savepoint is open. */
+    struct conv_pending *conv_pending;
     char err[512];
 };
 
 /* A transaction ended (committed or rolled back): every outbox row left is visible to scans. */
 void store_outbox_txn_over(struct store *st);
 
-/* The conversation list's state for a new message (store_conv.c): the room's or both sides' last id. */
+/*
+ * The conversation list's state for a new message (store_conv.c): the room's or both sides' last id
+ * and message count. Inside a group commit (store_begin, no savepoint open) it only notes the touch
+ * in memory, merged with the others of the same room or pair of users; elsewhere it writes at once.
+ */
 int store_conv_touch(struct store *st, const struct store_msg *m, int64_t id);
+
+/*
+ * Write the noted touches (max last_id, summed counts). Called before COMMIT, before a savepoint
+ * opens, and at the top of every function that reads or writes rooms or dm_conversations (or
+ * deletes messages: the count trigger). A no-op when nothing is noted; on failure the touches not
+ * written stay noted (the commit then fails). store_conv_drop forgets them: the transaction is over
+ * without them (rollback, failed commit).
+ */
+int store_conv_flush(struct store *st);
+void store_conv_drop(struct store *st);
 
 /* A rooms row for room (created now if missing). */
 int store_room_ensure(struct store *st, const char *room, int64_t now);
@@ -207,6 +227,12 @@ int store_each_name(struct store *st, sqlite3_stmt *s, store_name_fn *cb, void *
  * autocheckpoint stays in charge). store_ckpt_stop joins it; a no-op when none runs. */
 int store_ckpt_start(struct store *st, const char *path, const struct store_opts *o);
 void store_ckpt_stop(struct store *st);
+
+/* The VFS read-write handles open their files with (store_vfs.c): the default one, but each WAL
+ * frame goes out in one pwrite. store_vfs_register adds it once per process; -1 if it cannot (then
+ * the default VFS is used). */
+#define STORE_VFS_NAME "wsp-wal"
+int store_vfs_register(void);
 
 /* Argument checks shared by the files: non-NULL, non-empty. */
 bool store_name_ok(const char *s);

@@ -173,7 +173,8 @@ int store_retention_step(struct store *st, int64_t cutoff, int64_t keep, int bud
     *deleted = 0;
     if (budget < 1 || cutoff < 0 || keep < 0)
         return store_failf(st, STORE_ERR_INVALID, "retention: budget >= 1, cutoff and keep >= 0");
-    if ((rc = store_write_check(st)) < 0)
+    /* the counts are read, and the delete trigger moves them: the noted touches go first */
+    if ((rc = store_write_check(st)) < 0 || (rc = store_conv_flush(st)) < 0)
         return rc;
     if (cutoff > 0) {
         sqlite3_stmt *s = st->stmt[STMT_RET_AGE];
@@ -212,6 +213,7 @@ int store_user_erase(struct store *st, const char *user, int64_t now, int64_t *t
     int rc;
     if (!store_name_ok(user))
         return store_failf(st, STORE_ERR_INVALID, "erase: a valid user needed");
+    /* store_atomic_begin flushes the noted touches: they would bring deleted rows back */
     if ((rc = store_write_check(st)) < 0 || (rc = store_atomic_begin(st, &own)) < 0)
         return rc;
     if ((rc = erase_run(st, STMT_ERASE_SENT, user, now, &n)) == 0 &&

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include <sqlite3.h>
 
@@ -1413,6 +1414,268 @@ static void test_store_user_erase(void **state)
     assert_int_equal(store_user_erase(f->st, "", T0, NULL), STORE_ERR_INVALID);
 }
 
+/* ---- Conversation touches noted during a group commit ---- */
+
+/* The conversation rows of the database at path, as text (a reader of its own: committed state). */
+static void dump_conv_rows(const char *path, char *out, size_t cap)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    size_t n = 0;
+    const char *sql = "SELECT 'dm', user, peer, last_id, msg_count FROM dm_conversations"
+                      " UNION ALL SELECT 'room', name, created_at, last_id, msg_count FROM rooms"
+                      " ORDER BY 1, 2, 3";
+    out[0] = '\0';
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        int w = snprintf(out + n, cap - n, "%s %s %s %lld %lld\n", sqlite3_column_text(s, 0),
+                         sqlite3_column_text(s, 1), sqlite3_column_text(s, 2),
+                         (long long)sqlite3_column_int64(s, 3), (long long)sqlite3_column_int64(s, 4));
+        assert_true(w > 0 && (size_t)w < cap - n);
+        n += (size_t)w;
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
+/* Both directions, a note to self, two rooms, and one message that is a duplicate (no touch). */
+static void conv_traffic(struct store *st)
+{
+    struct store_msg m = {.sender = "a", .to_user = "b", .body = "1", .cid = "c1", .created_at = T0};
+    struct store_receipt r;
+    assert_int_equal(store_room_join(st, "quiet", "a", T0, NULL), 0);
+    for (int i = 0; i < 5; i++) {
+        send_direct(st, "a", "b", "x", NULL, T0 + i);
+        send_direct(st, "b", "a", "y", NULL, T0 + i);
+        send_room(st, "a", "r1", "z", T0 + 10 + i);
+        if (i % 2)
+            send_direct(st, "c", "c", "self", NULL, T0 + i);
+        send_direct(st, i % 2 ? "zed" : "a", i % 2 ? "a" : "zed", "w", NULL, T0 + i);
+    }
+    assert_int_equal(store_msg_insert(st, &m, &r), 0);
+    assert_int_equal(store_msg_insert(st, &m, &r), 0);
+    assert_true(r.duplicate);
+    send_room(st, "b", "r2", "last", T0 + 99);
+}
+
+/* Noted in one group commit and written at its end, the rows equal those written per message. */
+static void test_store_conv_touch_group_equals_autocommit(void **state)
+{
+    struct fixture *f = *state;
+    static char grouped[4096], each[4096];
+    char other[64];
+    strcpy(other, "/tmp/test_store_XXXXXX");
+    int fd = mkstemp(other);
+    assert_true(fd >= 0);
+    close(fd);
+    struct store *st2 = open_path(other, false);
+
+    assert_int_equal(store_begin(f->st), 0);
+    conv_traffic(f->st);
+    assert_int_equal(store_commit(f->st), 0);
+    conv_traffic(st2);
+    dump_conv_rows(f->path, grouped, sizeof grouped);
+    dump_conv_rows(other, each, sizeof each);
+    assert_string_equal(grouped, each);
+    /* and what that is: counts on both sides, one row for a note to self */
+    assert_string_equal(grouped, "dm a b 23 11\n"
+                                 "dm a zed 22 5\n"
+                                 "dm b a 23 11\n"
+                                 "dm c c 17 2\n"
+                                 "dm zed a 22 5\n"
+                                 "room quiet 1700000000000 0 0\n"
+                                 "room r1 1700000000010 21 5\n"
+                                 "room r2 1700000000099 24 1\n");
+    store_close(st2);
+    remove_db(other);
+}
+
+/* A rollback forgets the noted touches; the next commit counts only its own messages. */
+static void test_store_conv_touch_rollback_drops(void **state)
+{
+    struct fixture *f = *state;
+    static char rows[1024];
+    assert_int_equal(store_begin(f->st), 0);
+    send_direct(f->st, "a", "b", "x", NULL, T0);
+    send_room(f->st, "a", "r", "x", T0);
+    assert_int_equal(store_rollback(f->st), 0);
+    dump_conv_rows(f->path, rows, sizeof rows);
+    assert_string_equal(rows, "");
+    assert_int_equal(store_begin(f->st), 0);
+    int64_t id = send_direct(f->st, "a", "b", "y", NULL, T0 + 1);
+    assert_int_equal(store_commit(f->st), 0);
+    dump_conv_rows(f->path, rows, sizeof rows);
+    char want[128];
+    snprintf(want, sizeof want, "dm a b %lld 1\ndm b a %lld 1\n", (long long)id, (long long)id);
+    assert_string_equal(rows, want);
+    /* closing with a transaction open forgets them too */
+    assert_int_equal(store_begin(f->st), 0);
+    send_direct(f->st, "a", "b", "z", NULL, T0 + 2);
+    reopen(f);
+    dump_conv_rows(f->path, rows, sizeof rows);
+    assert_string_equal(rows, want);
+}
+
+/* A savepoint undone inside the group commit undoes its own touches, not those noted before it. */
+static void test_store_conv_touch_savepoint(void **state)
+{
+    struct fixture *f = *state;
+    static char rows[1024];
+    bool own;
+    assert_int_equal(store_begin(f->st), 0);
+    int64_t first = send_direct(f->st, "a", "b", "kept", NULL, T0);
+    assert_int_equal(store_atomic_begin(f->st, &own), 0);
+    assert_false(own);
+    send_direct(f->st, "a", "b", "undone", NULL, T0 + 1);
+    send_room(f->st, "a", "r", "undone", T0 + 1);
+    assert_int_equal(store_atomic_end(f->st, own, STORE_ERR_INVALID), STORE_ERR_INVALID);
+    assert_int_equal(store_atomic_begin(f->st, &own), 0);
+    int64_t second = send_direct(f->st, "b", "a", "kept too", NULL, T0 + 2);
+    assert_int_equal(store_atomic_end(f->st, own, 0), 0);
+    int64_t third = send_direct(f->st, "a", "b", "kept, noted", NULL, T0 + 3);
+    assert_int_equal(store_commit(f->st), 0);
+    assert_true(first < second && second < third);
+    dump_conv_rows(f->path, rows, sizeof rows);
+    char want[128];
+    snprintf(want, sizeof want, "dm a b %lld 3\ndm b a %lld 3\n", (long long)third, (long long)third);
+    assert_string_equal(rows, want);
+}
+
+static int on_room_info(void *ctx, const struct store_room_info *r)
+{
+    struct convs *x = ctx;
+    assert_true(x->n < MAX_ROWS);
+    snprintf(x->peer[x->n], sizeof x->peer[0], "%s", r->name);
+    x->last_id[x->n++] = r->last_id;
+    return 0;
+}
+
+/* Everything that reads or writes the conversation rows inside the group commit sees the noted
+ * touches: lists, a new member's cursor, retention's counts, room deletion, erasure. */
+static void test_store_conv_touch_seen_inside_transaction(void **state)
+{
+    struct fixture *f = *state;
+    static char rows[1024];
+    struct convs c = {0};
+    bool more, added;
+    int64_t cursor, n;
+
+    assert_int_equal(store_begin(f->st), 0);
+    send_direct(f->st, "a", "b", "1", NULL, T0);
+    int64_t dm_last = send_direct(f->st, "b", "a", "2", NULL, T0 + 1);
+    send_room(f->st, "a", "r", "3", T0 + 2);
+    int64_t room_last = send_room(f->st, "a", "r", "4", T0 + 3);
+    assert_int_equal(store_room_join(f->st, "r", "a", T0, NULL), 0);
+    send_room(f->st, "a", "r", "5", T0 + 4);
+    room_last = send_room(f->st, "a", "r", "6", T0 + 5);
+    /* a member's cursor at join (store_room_join: newest message; store_room_add: rooms.last_id) */
+    assert_int_equal(store_room_join(f->st, "r", "joiner", T0 + 6, NULL), 0);
+    assert_int_equal(store_room_cursor(f->st, "r", "joiner", &cursor), 0);
+    assert_int_equal(cursor, room_last);
+    send_room(f->st, "a", "r", "7", T0 + 7);
+    room_last = send_room(f->st, "a", "r", "8", T0 + 8);
+    assert_int_equal(store_room_add(f->st, "r", "added", T0 + 9, &added), 0);
+    assert_true(added);
+    assert_int_equal(store_room_cursor(f->st, "r", "added", &cursor), 0);
+    assert_int_equal(cursor, room_last);
+    /* lists */
+    dm_last = send_direct(f->st, "a", "b", "9", NULL, T0 + 10);
+    assert_int_equal(store_user_conversations(f->st, "a", 0, 10, on_conv, &c, &more), 0);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.peer[0], "b");
+    assert_int_equal(c.last_id[0], dm_last);
+    assert_string_equal(c.peer[1], "r");
+    assert_int_equal(c.last_id[1], room_last);
+    room_last = send_room(f->st, "a", "r", "10", T0 + 11);
+    c.n = 0;
+    assert_int_equal(store_rooms_list(f->st, "", 10, on_room_info, &c, &more), 0);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.last_id[0], room_last);
+    /* retention by count reads msg_count: 7 room messages, 3 direct; keep 2 of each */
+    send_direct(f->st, "b", "a", "11", NULL, T0 + 12);
+    assert_int_equal(retain_all(f->st, 0, 2, 500), 5 + 2);
+    /* deleting a room, erasing a user: no noted touch brings a row back */
+    send_room(f->st, "a", "r", "12", T0 + 13);
+    send_room(f->st, "a", "gone", "13", T0 + 13);
+    assert_int_equal(store_room_delete(f->st, "r", T0 + 14, NULL, NULL), 0);
+    send_direct(f->st, "a", "erased", "14", NULL, T0 + 15);
+    assert_int_equal(store_user_erase(f->st, "erased", T0 + 16, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_commit(f->st), 0);
+    dump_conv_rows(f->path, rows, sizeof rows);
+    char want[256];
+    snprintf(want, sizeof want, "dm a b %lld 2\ndm b a %lld 2\nroom gone %lld %lld 1\n",
+             (long long)(room_last + 1), (long long)(room_last + 1), (long long)(T0 + 13),
+             (long long)(room_last + 3));
+    assert_string_equal(rows, want);
+}
+
+/*
+ * The WAL is written through the store's VFS (one pwrite per frame). A process that dies after its
+ * commits, without closing (no checkpoint), leaves only the WAL: the next open must recover every
+ * committed frame from it, checksums and all, and the file must be sound.
+ */
+static void test_store_wal_recovered_after_crash(void **state)
+{
+    struct fixture *f = *state;
+    store_close(f->st);
+    f->st = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 1000};
+        struct store *st = NULL;
+        char body[600];
+        memset(body, 'x', sizeof body - 1);
+        body[sizeof body - 1] = '\0';
+        if (store_open(&st, f->path, &o, NULL, 0) != 0)
+            _exit(2);
+        for (int t = 0; t < 20; t++) {
+            if (store_begin(st) != 0)
+                _exit(3);
+            for (int i = 0; i < 500; i++) {
+                struct store_msg m = {.sender = t % 2 ? "a" : "b", .to_user = "c", .body = body,
+                                      .created_at = T0 + t};
+                struct store_receipt r;
+                if (store_msg_insert(st, &m, &r) != 0)
+                    _exit(4);
+            }
+            if (store_commit(st) != 0)
+                _exit(5);
+        }
+        if (store_begin(st) != 0) /* and one left open: not committed, not recovered */
+            _exit(6);
+        struct store_msg m = {.sender = "a", .to_user = "c", .body = "lost", .created_at = T0};
+        struct store_receipt r;
+        if (store_msg_insert(st, &m, &r) != 0)
+            _exit(7);
+        _exit(0); /* no store_close: the WAL stays as it is */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    char wal[80];
+    snprintf(wal, sizeof wal, "%s-wal", f->path);
+    assert_int_equal(access(wal, F_OK), 0);
+    f->st = open_path(f->path, false);
+    assert_int_equal(count_messages(f->st), 20 * 500);
+    assert_int_equal(pending_count(f->st, "c"), MAX_ROWS);
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    static char rows[256];
+    dump_conv_rows(f->path, rows, sizeof rows);
+    assert_string_equal(rows, "dm a c 10000 5000\ndm b c 9500 5000\ndm c a 10000 5000\n"
+                              "dm c b 9500 5000\n");
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1449,6 +1712,11 @@ int main(void)
         T(test_store_retention_counts_after_upgrade),
         T(test_store_retention_many_conversations),
         T(test_store_user_erase),
+        T(test_store_conv_touch_group_equals_autocommit),
+        T(test_store_conv_touch_rollback_drops),
+        T(test_store_conv_touch_savepoint),
+        T(test_store_conv_touch_seen_inside_transaction),
+        T(test_store_wal_recovered_after_crash),
         cmocka_unit_test(test_store_strerror_covers_every_code),
     };
 #undef T
