@@ -4,7 +4,7 @@
 
 CC      ?= gcc
 B       ?= build
-PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib
+PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib libpq
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wwrite-strings \
            -Wformat=2 -Wundef -fno-common
@@ -31,6 +31,7 @@ WSCTL_SRC := $(wildcard wsctl/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+MIGRATIONS_PG := $(sort $(wildcard migrations/pg/*.sql))
 
 .PHONY: all run test unit clean deps bench soak fuzz docs
 all: $(B)/wsproxy $(if $(WSCTL_SRC),$(B)/wsctl)
@@ -40,9 +41,11 @@ $(B)/obj/%.o: %.c
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # migrations/*.sql are compiled into the binary so an installed wsproxy carries its own schema.
-$(B)/gen/migrations.c: $(MIGRATIONS) scripts/embed-migrations.sh
+$(B)/gen/migrations.c: $(MIGRATIONS) $(MIGRATIONS_PG) scripts/embed-migrations.sh
 	@mkdir -p $(dir $@)
-	sh scripts/embed-migrations.sh $(MIGRATIONS) > $@
+	sh scripts/embed-migrations.sh wsp_migrations $(MIGRATIONS) > $@.tmp
+	sh scripts/embed-migrations.sh wsp_pg_migrations $(MIGRATIONS_PG) | sed 1,2d >> $@.tmp
+	mv $@.tmp $@
 
 $(B)/gen/migrations.o: $(B)/gen/migrations.c
 	$(CC) $(CFLAGS) -c $< -o $@

@@ -168,7 +168,7 @@ int server_check(const struct px_config *cfg)
 static struct store *open_store(const struct px_config *cfg)
 {
     /* The server creates the store's directory (with its parents), as it does on a fresh checkout. */
-    char *dir = strdup(cfg->store_path);
+    char *dir = config_store_is_pg(cfg) ? NULL : strdup(cfg->store_path);
     for (char *p = dir ? strchr(dir + 1, '/') : NULL; p; p = strchr(p + 1, '/')) {
         *p = '\0';
         if (mkdir(dir, 0750) == 0)
@@ -181,15 +181,18 @@ static struct store *open_store(const struct px_config *cfg)
                                                                         : STORE_SYNC_NORMAL,
         .busy_timeout_ms = (int)cfg->store_busy_timeout_ms,
         .readonly = false,
+        .backend = config_store_is_pg(cfg) ? STORE_BACKEND_POSTGRESQL : STORE_BACKEND_SQLITE,
     };
     struct store *st = NULL;
-    char err[256];
-    if (store_open(&st, cfg->store_path, &so, err, sizeof(err)) != 0) {
+    char err[512];
+    if (store_open(&st, config_store_location(cfg), &so, err, sizeof(err)) != 0) {
         log_error("store: %s", err);
         return NULL;
     }
-    /* Open and migrations could wait busy_timeout; the running loop never waits that long. */
-    store_set_lock_wait(st, (int)cfg->store_lock_wait_ms);
+    /* Open and migrations could wait busy_timeout; the running loop never waits that long (for
+     * PostgreSQL: one answer may take pg_timeout, a round trip, not a lock wait). */
+    store_set_lock_wait(st, (int)(so.backend == STORE_BACKEND_POSTGRESQL ? cfg->store_pg_timeout_ms
+                                                                         : cfg->store_lock_wait_ms));
     return st;
 }
 

@@ -15,5 +15,8 @@ struct migration {
 
 extern const struct migration wsp_migrations[];
 extern const size_t wsp_num_migrations;
+/* The PostgreSQL dialect (migrations/pg/): same version numbers, from 5 on. */
+extern const struct migration wsp_pg_migrations[];
+extern const size_t wsp_num_pg_migrations;
 
 #endif

@@ -100,7 +100,7 @@ int store_failf(struct store *st, int code, const char *fmt, ...)
     return code;
 }
 
-const char *store_last_error(const struct store *st)
+const char *sq_last_error(const struct store *st)
 {
     return st ? st->err : "no store";
 }
@@ -233,14 +233,14 @@ static int lock_busy_cb(void *arg, int count)
     return 1;
 }
 
-void store_set_lock_wait(struct store *st, int ms)
+void sq_set_lock_wait(struct store *st, int ms)
 {
     st->lock_wait_ms = ms > 0 ? ms : 0;
     st->locked_until_ms = 0;
     sqlite3_busy_handler(st->db, lock_busy_cb, st);
 }
 
-int store_begin(struct store *st)
+int sq_begin(struct store *st)
 {
     int rc;
 
@@ -263,7 +263,7 @@ static void txn_over(struct store *st)
     store_outbox_txn_over(st);
 }
 
-int store_commit(struct store *st)
+int sq_commit(struct store *st)
 {
     int rc;
 
@@ -290,7 +290,7 @@ int store_commit(struct store *st)
     return rc;
 }
 
-int store_rollback(struct store *st)
+int sq_rollback(struct store *st)
 {
     int rc = 0;
 
@@ -300,12 +300,12 @@ int store_rollback(struct store *st)
     return rc;
 }
 
-bool store_in_transaction(const struct store *st)
+bool sq_in_transaction(const struct store *st)
 {
     return st->txn;
 }
 
-int store_atomic_begin(struct store *st, bool *own_txn)
+int sq_atomic_begin(struct store *st, bool *own_txn)
 {
     int rc;
 
@@ -324,7 +324,7 @@ int store_atomic_begin(struct store *st, bool *own_txn)
     return 0;
 }
 
-int store_atomic_end(struct store *st, bool own_txn, int rc)
+int sq_atomic_end(struct store *st, bool own_txn, int rc)
 {
     char keep[sizeof st->err];
     int rc2;
@@ -361,7 +361,7 @@ int store_atomic_end(struct store *st, bool own_txn, int rc)
 
 /* ---- Health and stats ---- */
 
-int store_ping(struct store *st)
+int sq_ping(struct store *st)
 {
     sqlite3_stmt *s = st->stmt[STMT_PING];
     int rc = sqlite3_step(s);
@@ -370,7 +370,7 @@ int store_ping(struct store *st)
     return rc == SQLITE_ROW ? 0 : store_fail(st, rc, "ping");
 }
 
-int store_stats(struct store *st, struct store_stats *out)
+int sq_stats(struct store *st, struct store_stats *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_STATS];
     int rc = sqlite3_step(s);
@@ -394,7 +394,7 @@ int store_schema_latest(void)
     return wsp_num_migrations ? wsp_migrations[wsp_num_migrations - 1].version : 0;
 }
 
-int store_schema_version(const struct store *st)
+int sq_schema_version(const struct store *st)
 {
     return st->schema_version;
 }
@@ -698,10 +698,10 @@ static void close_db(struct store *st)
     st->db = NULL;
 }
 
-int store_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
+int sq_open(struct store **out, const char *path, const struct store_opts *opts, char *err,
                size_t errlen)
 {
-    static const struct store_opts defaults = {STORE_SYNC_NORMAL, 5000, false, 0};
+    static const struct store_opts defaults = {STORE_SYNC_NORMAL, 5000, false, 0, STORE_BACKEND_SQLITE};
     struct store *st;
     int rc;
 
@@ -718,6 +718,7 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
             snprintf(err, errlen, "out of memory opening %s", path);
         return STORE_ERR_NOMEM;
     }
+    st->ops = &store_sqlite_ops;
     st->readonly = opts->readonly;
     configure_sqlite_once();
     rc = open_setup(st, path, opts, false);
@@ -741,11 +742,11 @@ fail:
         else
             snprintf(err, errlen, "%s: %s", path, st->err);
     }
-    store_close(st);
+    sq_close(st);
     return rc;
 }
 
-void store_close(struct store *st)
+void sq_close(struct store *st)
 {
     if (!st)
         return;
@@ -790,7 +791,7 @@ static bool scans_partial_index(struct store *st, const char *detail)
     return partial;
 }
 
-int store_check_plans(struct store *st)
+int sq_check_plans(struct store *st)
 {
     for (size_t t = 0; t < sizeof sql_tables / sizeof sql_tables[0]; t++) {
         for (const struct store_sql *q = sql_tables[t]; q->sql; q++) {
@@ -824,3 +825,74 @@ int store_check_plans(struct store *st)
     }
     return 0;
 }
+
+/* The SQLite backend's table (store_ops.h). */
+const struct store_ops store_sqlite_ops = {
+    .name = "sqlite",
+    .set_lock_wait = sq_set_lock_wait,
+    .close = sq_close,
+    .last_error = sq_last_error,
+    .schema_version = sq_schema_version,
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .in_transaction = sq_in_transaction,
+    .ping = sq_ping,
+    .backup = sq_backup,
+    .stats = sq_stats,
+    .wal_stats = sq_wal_stats,
+    .check_plans = sq_check_plans,
+    .session_begin = sq_session_begin,
+    .session_touch = sq_session_touch,
+    .session_end = sq_session_end,
+    .session_end_orphans = sq_session_end_orphans,
+    .session_get = sq_session_get,
+    .session_list = sq_session_list,
+    .session_count_active = sq_session_count_active,
+    .presence_set = sq_presence_set,
+    .presence_get = sq_presence_get,
+    .msg_insert = sq_msg_insert,
+    .msg_ack = sq_msg_ack,
+    .msg_ack_first = sq_msg_ack_first,
+    .pending_direct = sq_pending_direct,
+    .history_direct = sq_history_direct,
+    .history_room = sq_history_room,
+    .msg_get = sq_msg_get,
+    .room_join = sq_room_join,
+    .room_join_via = sq_room_join_via,
+    .room_add = sq_room_add,
+    .room_member_via = sq_room_member_via,
+    .room_delete = sq_room_delete,
+    .rooms_list = sq_rooms_list,
+    .room_member_count = sq_room_member_count,
+    .user_conversations = sq_user_conversations,
+    .retention_step = sq_retention_step,
+    .user_erase = sq_user_erase,
+    .atomic_begin = sq_atomic_begin,
+    .atomic_end = sq_atomic_end,
+    .msg_delete = sq_msg_delete,
+    .room_leave = sq_room_leave,
+    .room_is_member = sq_room_is_member,
+    .room_cursor = sq_room_cursor,
+    .room_members = sq_room_members,
+    .user_rooms = sq_user_rooms,
+    .users_sharing_room = sq_users_sharing_room,
+    .room_replay = sq_room_replay,
+    .outbox_add = sq_outbox_add,
+    .outbox_scan = sq_outbox_scan,
+    .outbox_scan_after = sq_outbox_scan_after,
+    .outbox_replays = sq_outbox_replays,
+    .outbox_delivered = sq_outbox_delivered,
+    .outbox_retry = sq_outbox_retry,
+    .outbox_expire = sq_outbox_expire,
+    .outbox_dead_list = sq_outbox_dead_list,
+    .outbox_replay = sq_outbox_replay,
+    .outbox_counts = sq_outbox_counts,
+    .node_join = sq_node_join,
+    .node_renew = sq_node_renew,
+    .node_leave = sq_node_leave,
+    .node_sweep = sq_node_sweep,
+    .nodes_list = sq_nodes_list,
+    .cluster_note = sq_cluster_note,
+    .outbox_owner = sq_outbox_owner,
+};

@@ -40,11 +40,15 @@ enum store_err {
 
 enum store_sync { STORE_SYNC_NORMAL, STORE_SYNC_FULL };
 
+/* Where the data lives: one SQLite file (the default), or a PostgreSQL database shared by nodes. */
+enum store_backend { STORE_BACKEND_SQLITE, STORE_BACKEND_POSTGRESQL };
+
 struct store_opts {
     enum store_sync synchronous; /* NORMAL: a commit survives a process crash, FULL: also power loss */
     int busy_timeout_ms;         /* how long to wait for another process's lock; 0 = fail at once */
     bool readonly;               /* for wsctl: no writes, no migrations, no WAL switch */
     int cache_mib;               /* SQLite page cache; 0 = STORE_CACHE_MIB_DEFAULT */
+    enum store_backend backend;  /* SQLITE: path is a file; POSTGRESQL: path is a libpq conninfo */
 };
 
 /* Big enough that a group commit of ~100k messages never spills dirty pages to the WAL mid-way and
@@ -53,6 +57,9 @@ struct store_opts {
 
 /* After a call gave up on a lock, how long later calls fail at once instead of waiting again. */
 #define STORE_LOCKED_BACKOFF_MS 100
+
+/* "sqlite" or "postgresql": the backend st was opened with. */
+const char *store_backend_name(const struct store *st);
 
 /* Static text for a STORE_ERR_* code ("not found", ...). */
 const char *store_strerror(int err);
@@ -162,6 +169,7 @@ struct store_session {
     bool ended;
     int64_t ended_at;       /* 0 while active */
     const char *end_reason; /* NULL while active */
+    int64_t node;           /* cluster: the node (store_node_join's id) it was on; 0 otherwise */
     char *owned_;           /* store_session_get only: the block the strings live in */
 };
 
@@ -507,6 +515,14 @@ int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_
  */
 int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count);
 
+/*
+ * Whether this node sends the events (*mine). One node: always. A cluster: the node holding the
+ * sender's lock (a PostgreSQL session-level advisory lock: it moves to another node when the
+ * holder's connection ends, so a crashed sender is replaced); others ask again at most once a
+ * second. Per-user order holds because one node sends at a time.
+ */
+int store_outbox_owner(struct store *st, bool *mine);
+
 struct store_outbox_counts {
     int64_t queued;
     int64_t dead;
@@ -515,5 +531,91 @@ struct store_outbox_counts {
 
 /* Counts (each walks its table's pages: O(rows), for /metrics and wsctl, not per event). */
 int store_outbox_counts(struct store *st, struct store_outbox_counts *out);
+
+/* ---- Cluster mode (PostgreSQL only: SQLite answers STORE_ERR_INVALID; docs/cluster.md) ---- */
+
+/*
+ * This handle's node joins the cluster: the nodes row of name gets boot, state 'up' and a lease until
+ * now + lease_ms (created if new). Sessions begun on the handle from then on carry the node id, and
+ * store_session_end_orphans ends only this node's sessions (a restart must not end other nodes'). A
+ * node named name that was still 'up' was this node before a crash: its sessions are orphans.
+ */
+int store_node_join(struct store *st, const char *name, int64_t boot, int64_t lease_ms, int64_t now,
+                    int64_t *node_id);
+
+/* Renew the lease (now + lease_ms). *lost = the row is no longer this boot's or not 'up': another
+ * node swept it (a pause longer than the lease); the caller drops its connections and rejoins. */
+int store_node_renew(struct store *st, int64_t now, int64_t lease_ms, bool *lost);
+
+/* Clean shutdown: state 'down' (its sessions were ended by the caller). */
+int store_node_leave(struct store *st, int64_t now);
+
+/* A session store_node_sweep ended. */
+struct store_lost_session {
+    int64_t id;
+    const char *user;
+    int64_t node;
+    bool user_offline; /* no active session of the user is left anywhere */
+    int64_t last_seen;
+};
+typedef int store_lost_fn(void *ctx, const struct store_lost_session *s);
+
+/*
+ * One sweeper at a time (a transaction-scoped advisory lock; the others return at once, *nodes 0):
+ * every node 'up' whose lease ran out before now becomes 'lost', its active sessions end with
+ * (now, "node_lost"), its users' presence is recounted from the sessions left (offline where none
+ * is), and cb hears each ended session inside the same transaction (to queue the usual events).
+ * Inside the caller's transaction or one of its own. *nodes = nodes declared lost.
+ */
+int store_node_sweep(struct store *st, int64_t now, store_lost_fn *cb, void *ctx, int *nodes);
+
+struct store_node_info {
+    int64_t id;
+    const char *name;
+    int64_t boot;
+    int64_t started_at;
+    int64_t lease_until;
+    const char *state; /* "up", "down", "lost" */
+};
+typedef int store_node_fn(void *ctx, const struct store_node_info *n);
+/* Every node ever seen, by id. */
+int store_nodes_list(struct store *st, store_node_fn *cb, void *ctx);
+
+/*
+ * Tell the other nodes what to deliver live (inside the caller's transaction: sent at its commit,
+ * never if it rolls back). kind: "msg" (ref = stored message id), "user" / "room" (payload = frame
+ * for target's live connections), "all" (payload to every live connection), "kick" (ref = session
+ * id), "member" (target = user, payload = room, ref = 1 added / 0 removed, with the reason),
+ * "presence" (target = user, payload = frame). Rows older than a few minutes are pruned by the sweep.
+ */
+int store_cluster_note(struct store *st, const char *kind, const char *target, int64_t ref,
+                       const char *payload, int64_t now);
+
+/* One row of the cluster log as a listener reads it; msg is set (id != 0) for kind "msg". */
+struct store_log_row {
+    int64_t node;
+    const char *kind;
+    const char *target;
+    int64_t ref;
+    const char *payload;
+    struct store_msg msg;
+};
+typedef int store_log_fn(void *ctx, const struct store_log_row *r);
+
+/*
+ * The listening side: a connection of its own, LISTENing, never blocking once open. The caller
+ * watches store_listen_fd() and calls store_listen_pump when it is readable and on a short timer
+ * (a lost notification only delays; the timer's fetch catches up). Rows come in commit-safe order
+ * from where the last pump stopped; the first open starts at the log's current end. After a broken
+ * connection, pump returns STORE_ERR_IO: the caller reopens with store_listen_reconnect (bounded by
+ * wait_ms), which keeps the position, so nothing in between is missed.
+ */
+struct store_listen;
+int store_listen_open(struct store_listen **out, const char *conninfo, int wait_ms, char *err,
+                      size_t errlen);
+int store_listen_fd(const struct store_listen *l);
+int store_listen_pump(struct store_listen *l, bool fetch, store_log_fn *cb, void *ctx);
+int store_listen_reconnect(struct store_listen *l, char *err, size_t errlen);
+void store_listen_close(struct store_listen *l);
 
 #endif

@@ -7,7 +7,7 @@
 
 #include "store_internal.h"
 
-int store_backup(struct store *st, const char *dest_path, int64_t *pages)
+int sq_backup(struct store *st, const char *dest_path, int64_t *pages)
 {
     sqlite3 *dst = NULL;
     int rc = sqlite3_open_v2(dest_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);

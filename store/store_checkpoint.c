@@ -127,7 +127,7 @@ void store_ckpt_stop(struct store *st)
     st->ckpt = NULL;
 }
 
-void store_wal_stats(struct store *st, struct store_wal_stats *out)
+void sq_wal_stats(struct store *st, struct store_wal_stats *out)
 {
     struct store_ckpt *c = st->ckpt;
 

@@ -212,7 +212,7 @@ static int bind2(struct store *st, sqlite3_stmt *s, const char *a, const char *b
     return 0;
 }
 
-int store_room_member_via(struct store *st, const char *room, const char *user, enum store_via *via)
+int sq_room_member_via(struct store *st, const char *room, const char *user, enum store_via *via)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOM_VIA];
     int rc;
@@ -234,10 +234,10 @@ int store_room_member_via(struct store *st, const char *room, const char *user, 
     return rc;
 }
 
-int store_room_add(struct store *st, const char *room, const char *user, int64_t now, bool *added)
+int sq_room_add(struct store *st, const char *room, const char *user, int64_t now, bool *added)
 {
     enum store_via via;
-    int rc = store_room_member_via(st, room, user, &via);
+    int rc = sq_room_member_via(st, room, user, &via);
     if (rc != 0 && rc != STORE_ERR_NOTFOUND)
         return rc;
     *added = rc == STORE_ERR_NOTFOUND;
@@ -250,13 +250,13 @@ int store_room_add(struct store *st, const char *room, const char *user, int64_t
     return store_exec_stmt(st, s, "room add");
 }
 
-int store_room_delete(struct store *st, const char *room, int64_t now, store_name_fn *cb, void *ctx)
+int sq_room_delete(struct store *st, const char *room, int64_t now, store_name_fn *cb, void *ctx)
 {
     int rc;
     /* flushed first: a touch noted earlier would bring the row back */
     if ((rc = store_write_check(st)) < 0 || (rc = store_conv_flush(st)) < 0)
         return rc;
-    if (cb && (rc = store_room_members(st, room, cb, ctx)) < 0)
+    if (cb && (rc = sq_room_members(st, room, cb, ctx)) < 0)
         return rc;
     sqlite3_stmt *s = st->stmt[STMT_ROOM_DELETE_MEMBERS];
     if ((rc = bind2(st, s, room, NULL, "room delete")) < 0 ||
@@ -276,7 +276,7 @@ int store_room_delete(struct store *st, const char *room, int64_t now, store_nam
                                    : store_failf(st, STORE_ERR_NOTFOUND, "no room %s", room);
 }
 
-int store_rooms_list(struct store *st, const char *after, int limit, store_room_fn *cb, void *ctx,
+int sq_rooms_list(struct store *st, const char *after, int limit, store_room_fn *cb, void *ctx,
                      bool *more)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOMS_LIST];
@@ -307,7 +307,7 @@ int store_rooms_list(struct store *st, const char *after, int limit, store_room_
     return rc == SQLITE_DONE ? 0 : store_fail(st, rc, "rooms");
 }
 
-int store_room_member_count(struct store *st, const char *room, int64_t *count)
+int sq_room_member_count(struct store *st, const char *room, int64_t *count)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOM_MEMBER_COUNT];
     int rc;
@@ -366,7 +366,7 @@ static int unread(struct store *st, const char *user, const struct conv_key *k, 
     return rc == SQLITE_ROW ? 0 : store_fail(st, rc, "unread");
 }
 
-int store_user_conversations(struct store *st, const char *user, int64_t before_id, int limit,
+int sq_user_conversations(struct store *st, const char *user, int64_t before_id, int limit,
                              store_conversation_fn *cb, void *ctx, bool *more)
 {
     if (!store_name_ok(user) || limit < 1 || limit > 1000 || !cb)
@@ -404,7 +404,7 @@ int store_user_conversations(struct store *st, const char *user, int64_t before_
         if ((rc = unread(st, user, &keys[i], &c.unread)) < 0)
             goto done;
         struct store_msg_info info;
-        rc = store_msg_get(st, keys[i].last_id, &info);
+        rc = sq_msg_get(st, keys[i].last_id, &info);
         if (rc == STORE_ERR_NOTFOUND) { /* retention deleted it (and maybe all the others) */
             memset(&info, 0, sizeof(info));
             info.msg.id = keys[i].last_id;
@@ -429,7 +429,7 @@ done:
     return rc;
 }
 
-int store_msg_delete(struct store *st, int64_t id, int64_t now)
+int sq_msg_delete(struct store *st, int64_t id, int64_t now)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_DELETE];
     int rc;

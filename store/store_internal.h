@@ -8,6 +8,77 @@
 #include <sqlite3.h>
 
 #include "store.h"
+#include "store_ops.h"
+
+/* The SQLite backend's functions behind store_sqlite_ops (store.h has their contracts). */
+void sq_set_lock_wait(struct store *st, int ms);
+void sq_close(struct store *st);
+const char *sq_last_error(const struct store *st);
+int sq_schema_version(const struct store *st);
+int sq_begin(struct store *st);
+int sq_commit(struct store *st);
+int sq_rollback(struct store *st);
+bool sq_in_transaction(const struct store *st);
+int sq_ping(struct store *st);
+int sq_backup(struct store *st, const char *dest_path, int64_t *pages);
+int sq_stats(struct store *st, struct store_stats *out);
+void sq_wal_stats(struct store *st, struct store_wal_stats *out);
+int sq_check_plans(struct store *st);
+int sq_session_begin(struct store *st, const char *user, const char *remote_addr, const char *user_agent, const char *subprotocol, int64_t now, int64_t *id);
+int sq_session_touch(struct store *st, int64_t id, int64_t now);
+int sq_session_end(struct store *st, int64_t id, int64_t now, const char *reason);
+int sq_session_end_orphans(struct store *st, int64_t now, const char *reason, int64_t *count);
+int sq_session_get(struct store *st, int64_t id, struct store_session *out);
+int sq_session_list(struct store *st, const struct store_session_filter *f, store_session_fn *cb, void *ctx);
+int sq_session_count_active(struct store *st, const char *user, int64_t *count);
+int sq_presence_set(struct store *st, const char *user, bool online, int connections, int64_t now);
+int sq_presence_get(struct store *st, const char *user, bool *online, int *connections, int64_t *last_seen);
+int sq_msg_insert(struct store *st, const struct store_msg *m, struct store_receipt *out);
+int sq_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t session_id, int64_t now);
+int sq_msg_ack_first(struct store *st, const char *user, int64_t msg_id, int64_t session_id, int64_t now, bool *first);
+int sq_pending_direct(struct store *st, const char *user, int64_t after_id, int limit, store_msg_fn *cb, void *ctx);
+int sq_history_direct(struct store *st, const char *user_a, const char *user_b, int64_t before_id, int limit, store_msg_fn *cb, void *ctx, bool *more);
+int sq_history_room(struct store *st, const char *room, int64_t before_id, int limit, store_msg_fn *cb, void *ctx, bool *more);
+int sq_msg_get(struct store *st, int64_t id, struct store_msg_info *out);
+int sq_room_join(struct store *st, const char *room, const char *user, int64_t now, bool *joined);
+int sq_room_join_via(struct store *st, const char *room, const char *user, int64_t now, enum store_via via, bool *joined);
+int sq_room_add(struct store *st, const char *room, const char *user, int64_t now, bool *added);
+int sq_room_member_via(struct store *st, const char *room, const char *user, enum store_via *via);
+int sq_room_delete(struct store *st, const char *room, int64_t now, store_name_fn *cb, void *ctx);
+int sq_rooms_list(struct store *st, const char *after, int limit, store_room_fn *cb, void *ctx, bool *more);
+int sq_room_member_count(struct store *st, const char *room, int64_t *count);
+int sq_user_conversations(struct store *st, const char *user, int64_t before_id, int limit, store_conversation_fn *cb, void *ctx, bool *more);
+int sq_retention_step(struct store *st, int64_t cutoff, int64_t keep, int budget, int64_t *deleted);
+int sq_user_erase(struct store *st, const char *user, int64_t now, int64_t *tombstoned);
+int sq_atomic_begin(struct store *st, bool *own_txn);
+int sq_atomic_end(struct store *st, bool own_txn, int rc);
+int sq_msg_delete(struct store *st, int64_t id, int64_t now);
+int sq_room_leave(struct store *st, const char *room, const char *user);
+int sq_room_is_member(struct store *st, const char *room, const char *user, bool *member);
+int sq_room_cursor(struct store *st, const char *room, const char *user, int64_t *cursor);
+int sq_room_members(struct store *st, const char *room, store_name_fn *cb, void *ctx);
+int sq_user_rooms(struct store *st, const char *user, store_name_fn *cb, void *ctx);
+int sq_users_sharing_room(struct store *st, const char *user, store_name_fn *cb, void *ctx);
+int sq_room_replay(struct store *st, const char *room, const char *user, int limit, store_msg_fn *cb, void *ctx, bool *truncated);
+int sq_outbox_add(struct store *st, const char *user, const char *type, const char *payload, int64_t now, int64_t max_queued, int64_t *id);
+int sq_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb, bool (*skip)(void *ctx, int64_t id), void *ctx);
+int sq_outbox_scan_after(struct store *st, int64_t now, int64_t *after, int max_rows, store_event_fn *cb, bool (*skip)(void *ctx, int64_t id), void *ctx);
+uint64_t sq_outbox_replays(const struct store *st);
+int sq_outbox_delivered(struct store *st, const int64_t *ids, size_t n);
+int sq_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t now, int64_t next_at, int64_t dead_before, const char *error, int *dead);
+int sq_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int limit, int64_t *count);
+int sq_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_event_fn *cb, void *ctx);
+int sq_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count);
+int sq_outbox_counts(struct store *st, struct store_outbox_counts *out);
+int sq_outbox_owner(struct store *st, bool *mine);
+int sq_node_join(struct store *st, const char *name, int64_t boot, int64_t lease_ms, int64_t now,
+                 int64_t *node_id);
+int sq_node_renew(struct store *st, int64_t now, int64_t lease_ms, bool *lost);
+int sq_node_leave(struct store *st, int64_t now);
+int sq_node_sweep(struct store *st, int64_t now, store_lost_fn *cb, void *ctx, int *nodes);
+int sq_nodes_list(struct store *st, store_node_fn *cb, void *ctx);
+int sq_cluster_note(struct store *st, const char *kind, const char *target, int64_t ref,
+                    const char *payload, int64_t now);
 
 /* Every statement the store runs, prepared once at open. */
 enum store_stmt_id {
@@ -124,6 +195,7 @@ struct store_ckpt;
 struct conv_pending;
 
 struct store {
+    const struct store_ops *ops; /* first: store_ops_of() reads it */
     sqlite3 *db;
     struct store_ckpt *ckpt; /* background checkpointer; NULL: SQLite's autocheckpoint (or none) */
     bool readonly;

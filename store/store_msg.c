@@ -67,7 +67,7 @@ static int find_by_cid(struct store *st, const char *sender, const char *cid, st
     return rc;
 }
 
-int store_msg_insert(struct store *st, const struct store_msg *m, struct store_receipt *out)
+int sq_msg_insert(struct store *st, const struct store_msg *m, struct store_receipt *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_INSERT];
     int rc;
@@ -97,14 +97,14 @@ int store_msg_insert(struct store *st, const struct store_msg *m, struct store_r
     return 0;
 }
 
-int store_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
+int sq_msg_ack(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
                   int64_t now)
 {
     bool first;
-    return store_msg_ack_first(st, user, msg_id, session_id, now, &first);
+    return sq_msg_ack_first(st, user, msg_id, session_id, now, &first);
 }
 
-int store_msg_ack_first(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
+int sq_msg_ack_first(struct store *st, const char *user, int64_t msg_id, int64_t session_id,
                         int64_t now, bool *first)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_DELIVERED];
@@ -158,7 +158,7 @@ int store_msg_ack_first(struct store *st, const char *user, int64_t msg_id, int6
     return store_failf(st, STORE_ERR_NOTFOUND, "ack: message %" PRId64 " is not for %s", msg_id, user);
 }
 
-int store_pending_direct(struct store *st, const char *user, int64_t after_id, int limit,
+int sq_pending_direct(struct store *st, const char *user, int64_t after_id, int limit,
                          store_msg_fn *cb, void *ctx)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_PENDING];
@@ -182,7 +182,7 @@ static int history_walk(struct store *st, sqlite3_stmt *s, int limit, store_msg_
     return rc;
 }
 
-int store_history_direct(struct store *st, const char *user_a, const char *user_b, int64_t before_id,
+int sq_history_direct(struct store *st, const char *user_a, const char *user_b, int64_t before_id,
                          int limit, store_msg_fn *cb, void *ctx, bool *more)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_HISTORY_DIRECT];
@@ -196,7 +196,7 @@ int store_history_direct(struct store *st, const char *user_a, const char *user_
     return history_walk(st, s, limit, cb, ctx, more, "history");
 }
 
-int store_history_room(struct store *st, const char *room, int64_t before_id, int limit,
+int sq_history_room(struct store *st, const char *room, int64_t before_id, int limit,
                        store_msg_fn *cb, void *ctx, bool *more)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_HISTORY_ROOM];
@@ -240,7 +240,7 @@ static int msg_copy(struct store_msg_info *out, const struct store_msg *m)
     return 0;
 }
 
-int store_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
+int sq_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_GET];
     struct store_msg m;

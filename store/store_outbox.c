@@ -77,7 +77,7 @@ void store_outbox_txn_over(struct store *st)
     st->outbox_unseen_from = 0;
 }
 
-int store_outbox_add(struct store *st, const char *user, const char *type, const char *payload,
+int sq_outbox_add(struct store *st, const char *user, const char *type, const char *payload,
                      int64_t now, int64_t max_queued, int64_t *id)
 {
     sqlite3_stmt *s;
@@ -151,19 +151,19 @@ static void set_add(struct user_set *u, uint64_t h)
     u->slot[i] = h;
 }
 
-int store_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb,
+int sq_outbox_scan(struct store *st, int64_t now, int max_rows, store_event_fn *cb,
                       bool (*skip)(void *ctx, int64_t id), void *ctx)
 {
     int64_t after = 0;
-    return store_outbox_scan_after(st, now, &after, max_rows, cb, skip, ctx);
+    return sq_outbox_scan_after(st, now, &after, max_rows, cb, skip, ctx);
 }
 
-uint64_t store_outbox_replays(const struct store *st)
+uint64_t sq_outbox_replays(const struct store *st)
 {
     return st->outbox_replays;
 }
 
-int store_outbox_scan_after(struct store *st, int64_t now, int64_t *after, int max_rows,
+int sq_outbox_scan_after(struct store *st, int64_t now, int64_t *after, int max_rows,
                             store_event_fn *cb, bool (*skip)(void *ctx, int64_t id), void *ctx)
 {
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_SCAN];
@@ -229,7 +229,7 @@ static int cmp_id(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n)
+int sq_outbox_delivered(struct store *st, const int64_t *ids, size_t n)
 {
     bool own = false;
     int64_t *sorted;
@@ -240,7 +240,7 @@ int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n)
         return store_failf(st, STORE_ERR_NOMEM, "outbox delivered: out of memory");
     memcpy(sorted, ids, n * sizeof(*sorted));
     qsort(sorted, n, sizeof(*sorted), cmp_id);
-    if ((rc = store_atomic_begin(st, &own)) < 0) {
+    if ((rc = sq_atomic_begin(st, &own)) < 0) {
         free(sorted);
         return rc;
     }
@@ -259,7 +259,7 @@ int store_outbox_delivered(struct store *st, const int64_t *ids, size_t n)
             rc = exec_id(st, STMT_OUTBOX_DELETE_DEAD, sorted[k], "outbox delivered");
     }
     free(sorted);
-    return store_atomic_end(st, own, rc);
+    return sq_atomic_end(st, own, rc);
 }
 
 /* Move a queued event to the dead letters (error: its last error, NULL keeps the one it has). */
@@ -274,7 +274,7 @@ static int bury(struct store *st, int64_t id, int64_t now, const char *error)
     return rc < 0 ? rc : exec_id(st, STMT_OUTBOX_DELETE, id, "outbox dead");
 }
 
-int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t now, int64_t next_at,
+int sq_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t now, int64_t next_at,
                        int64_t dead_before, const char *error, int *dead)
 {
     bool own = false;
@@ -283,7 +283,7 @@ int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t n
         *dead = 0;
     if (rc < 0 || n == 0)
         return rc;
-    if ((rc = store_atomic_begin(st, &own)) < 0)
+    if ((rc = sq_atomic_begin(st, &own)) < 0)
         return rc;
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_RETRY];
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -305,13 +305,13 @@ int store_outbox_retry(struct store *st, const int64_t *ids, size_t n, int64_t n
         else if (expired && (rc = bury(st, ids[i], now, NULL)) == 0)
             died++;
     }
-    rc = store_atomic_end(st, own, rc);
+    rc = sq_atomic_end(st, own, rc);
     if (rc == 0 && dead)
         *dead = died;
     return rc;
 }
 
-int store_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int limit,
+int sq_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int limit,
                         int64_t *count)
 {
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_EXPIRED];
@@ -338,10 +338,10 @@ int store_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int 
         return store_fail(st, rc, "outbox expire");
     }
     rc = 0;
-    if (n > 0 && (rc = store_atomic_begin(st, &own)) == 0) {
+    if (n > 0 && (rc = sq_atomic_begin(st, &own)) == 0) {
         for (int i = 0; i < n && rc == 0; i++)
             rc = bury(st, ids[i], now, "max age");
-        rc = store_atomic_end(st, own, rc);
+        rc = sq_atomic_end(st, own, rc);
     }
     free(ids);
     if (rc == 0 && count)
@@ -349,7 +349,7 @@ int store_outbox_expire(struct store *st, int64_t dead_before, int64_t now, int 
     return rc;
 }
 
-int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_event_fn *cb,
+int sq_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_event_fn *cb,
                            void *ctx)
 {
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_DEAD_LIST];
@@ -371,7 +371,7 @@ int store_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_
     return rc == SQLITE_DONE ? 0 : store_fail(st, rc, "outbox dead list");
 }
 
-int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count)
+int sq_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count)
 {
     bool own = false;
     int64_t n = 0;
@@ -381,7 +381,7 @@ int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, in
         *count = 0;
     if (id == 0 && limit < 1)
         return store_failf(st, STORE_ERR_INVALID, "outbox replay: limit >= 1 needed");
-    if ((rc = store_atomic_begin(st, &own)) < 0)
+    if ((rc = sq_atomic_begin(st, &own)) < 0)
         return rc;
     st->outbox_room = 0; /* old ids come back: the span may jump, and scans must see them */
     st->outbox_replays++;
@@ -398,14 +398,14 @@ int store_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, in
     }
     if (rc == 0 && id && n == 0)
         rc = store_failf(st, STORE_ERR_NOTFOUND, "no dead event %lld", (long long)id);
-    if ((rc = store_atomic_end(st, own, rc)) < 0)
+    if ((rc = sq_atomic_end(st, own, rc)) < 0)
         return rc;
     if (count)
         *count = n;
     return 0;
 }
 
-int store_outbox_counts(struct store *st, struct store_outbox_counts *out)
+int sq_outbox_counts(struct store *st, struct store_outbox_counts *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_OUTBOX_COUNTS];
     int rc = sqlite3_step(s);

@@ -24,7 +24,7 @@ const struct store_sql store_sql_presence[] = {
     {STMT_COUNT, false, NULL},
 };
 
-int store_presence_set(struct store *st, const char *user, bool online, int connections, int64_t now)
+int sq_presence_set(struct store *st, const char *user, bool online, int connections, int64_t now)
 {
     sqlite3_stmt *s = st->stmt[STMT_PRESENCE_SET];
     int rc;
@@ -41,7 +41,7 @@ int store_presence_set(struct store *st, const char *user, bool online, int conn
     return store_exec_stmt(st, s, "presence set");
 }
 
-int store_presence_get(struct store *st, const char *user, bool *online, int *connections,
+int sq_presence_get(struct store *st, const char *user, bool *online, int *connections,
                        int64_t *last_seen)
 {
     sqlite3_stmt *s = st->stmt[STMT_PRESENCE_GET];

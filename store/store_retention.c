@@ -166,7 +166,7 @@ static int sweep(struct store *st, bool dm, int64_t keep, int *budget, int64_t *
     return rc;
 }
 
-int store_retention_step(struct store *st, int64_t cutoff, int64_t keep, int budget,
+int sq_retention_step(struct store *st, int64_t cutoff, int64_t keep, int budget,
                          int64_t *deleted)
 {
     int rc;
@@ -206,7 +206,7 @@ static int erase_run(struct store *st, enum store_stmt_id id, const char *user, 
     return rc;
 }
 
-int store_user_erase(struct store *st, const char *user, int64_t now, int64_t *tombstoned)
+int sq_user_erase(struct store *st, const char *user, int64_t now, int64_t *tombstoned)
 {
     int64_t n = 0;
     bool own;
@@ -214,7 +214,7 @@ int store_user_erase(struct store *st, const char *user, int64_t now, int64_t *t
     if (!store_name_ok(user))
         return store_failf(st, STORE_ERR_INVALID, "erase: a valid user needed");
     /* store_atomic_begin flushes the noted touches: they would bring deleted rows back */
-    if ((rc = store_write_check(st)) < 0 || (rc = store_atomic_begin(st, &own)) < 0)
+    if ((rc = store_write_check(st)) < 0 || (rc = sq_atomic_begin(st, &own)) < 0)
         return rc;
     if ((rc = erase_run(st, STMT_ERASE_SENT, user, now, &n)) == 0 &&
         (rc = erase_run(st, STMT_ERASE_RECEIVED, user, now, &n)) == 0 &&
@@ -223,7 +223,7 @@ int store_user_erase(struct store *st, const char *user, int64_t now, int64_t *t
         (rc = erase_run(st, STMT_ERASE_DMS, user, -1, NULL)) == 0 &&
         (rc = erase_run(st, STMT_ERASE_SESSIONS, user, -1, NULL)) == 0)
         rc = erase_run(st, STMT_ERASE_PRESENCE, user, -1, NULL);
-    rc = store_atomic_end(st, own, rc);
+    rc = sq_atomic_end(st, own, rc);
     if (rc == 0 && tombstoned)
         *tombstoned = n;
     return rc;

@@ -44,12 +44,12 @@ static int bind_room_user(struct store *st, sqlite3_stmt *s, const char *room, c
     return 0;
 }
 
-int store_room_join(struct store *st, const char *room, const char *user, int64_t now, bool *joined)
+int sq_room_join(struct store *st, const char *room, const char *user, int64_t now, bool *joined)
 {
-    return store_room_join_via(st, room, user, now, STORE_VIA_JOIN, joined);
+    return sq_room_join_via(st, room, user, now, STORE_VIA_JOIN, joined);
 }
 
-int store_room_join_via(struct store *st, const char *room, const char *user, int64_t now,
+int sq_room_join_via(struct store *st, const char *room, const char *user, int64_t now,
                         enum store_via via, bool *joined)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOM_JOIN];
@@ -68,7 +68,7 @@ int store_room_join_via(struct store *st, const char *room, const char *user, in
     return 0;
 }
 
-int store_room_leave(struct store *st, const char *room, const char *user)
+int sq_room_leave(struct store *st, const char *room, const char *user)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOM_LEAVE];
     int rc;
@@ -82,7 +82,7 @@ int store_room_leave(struct store *st, const char *room, const char *user)
     return 0;
 }
 
-int store_room_cursor(struct store *st, const char *room, const char *user, int64_t *cursor)
+int sq_room_cursor(struct store *st, const char *room, const char *user, int64_t *cursor)
 {
     sqlite3_stmt *s = st->stmt[STMT_ROOM_CURSOR];
     int rc;
@@ -103,9 +103,9 @@ int store_room_cursor(struct store *st, const char *room, const char *user, int6
     return rc;
 }
 
-int store_room_is_member(struct store *st, const char *room, const char *user, bool *member)
+int sq_room_is_member(struct store *st, const char *room, const char *user, bool *member)
 {
-    int rc = store_room_cursor(st, room, user, NULL);
+    int rc = sq_room_cursor(st, room, user, NULL);
 
     if (rc != 0 && rc != STORE_ERR_NOTFOUND)
         return rc;
@@ -125,22 +125,22 @@ static int name_walk(struct store *st, enum store_stmt_id id, const char *name, 
     return store_each_name(st, s, cb, ctx, what);
 }
 
-int store_room_members(struct store *st, const char *room, store_name_fn *cb, void *ctx)
+int sq_room_members(struct store *st, const char *room, store_name_fn *cb, void *ctx)
 {
     return name_walk(st, STMT_ROOM_MEMBERS, room, cb, ctx, "room members");
 }
 
-int store_user_rooms(struct store *st, const char *user, store_name_fn *cb, void *ctx)
+int sq_user_rooms(struct store *st, const char *user, store_name_fn *cb, void *ctx)
 {
     return name_walk(st, STMT_USER_ROOMS, user, cb, ctx, "user rooms");
 }
 
-int store_users_sharing_room(struct store *st, const char *user, store_name_fn *cb, void *ctx)
+int sq_users_sharing_room(struct store *st, const char *user, store_name_fn *cb, void *ctx)
 {
     return name_walk(st, STMT_USERS_SHARING, user, cb, ctx, "users sharing a room");
 }
 
-int store_room_replay(struct store *st, const char *room, const char *user, int limit,
+int sq_room_replay(struct store *st, const char *room, const char *user, int limit,
                       store_msg_fn *cb, void *ctx, bool *truncated)
 {
     sqlite3_stmt *s;
@@ -149,7 +149,7 @@ int store_room_replay(struct store *st, const char *room, const char *user, int 
 
     if (limit < 1 || !cb)
         return store_failf(st, STORE_ERR_INVALID, "replay: limit >= 1 and a callback needed");
-    if ((rc = store_room_cursor(st, room, user, &floor)) < 0)
+    if ((rc = sq_room_cursor(st, room, user, &floor)) < 0)
         return rc;
     if (truncated)
         *truncated = false;

@@ -10,7 +10,8 @@
 #include "store_internal.h"
 
 #define SESSION_COLS \
-    "id, user, remote_addr, user_agent, subprotocol, connected_at, last_seen_at, ended_at, end_reason"
+    "id, user, remote_addr, user_agent, subprotocol, connected_at, last_seen_at, ended_at," \
+    " end_reason, node"
 
 /*
  * The list statements share one parameter set so one bind routine serves all four:
@@ -49,7 +50,7 @@ const struct store_sql store_sql_session[] = {
     {STMT_COUNT, false, NULL},
 };
 
-int store_session_begin(struct store *st, const char *user, const char *remote_addr,
+int sq_session_begin(struct store *st, const char *user, const char *remote_addr,
                         const char *user_agent, const char *subprotocol, int64_t now, int64_t *id)
 {
     sqlite3_stmt *s = st->stmt[STMT_SESSION_INSERT];
@@ -83,7 +84,7 @@ static int update_one(struct store *st, sqlite3_stmt *s, const char *what, int64
     return 0;
 }
 
-int store_session_touch(struct store *st, int64_t id, int64_t now)
+int sq_session_touch(struct store *st, int64_t id, int64_t now)
 {
     sqlite3_stmt *s = st->stmt[STMT_SESSION_TOUCH];
     int rc;
@@ -95,7 +96,7 @@ int store_session_touch(struct store *st, int64_t id, int64_t now)
     return update_one(st, s, "session touch", id);
 }
 
-int store_session_end(struct store *st, int64_t id, int64_t now, const char *reason)
+int sq_session_end(struct store *st, int64_t id, int64_t now, const char *reason)
 {
     sqlite3_stmt *s = st->stmt[STMT_SESSION_END];
     int rc;
@@ -115,7 +116,7 @@ int store_session_end(struct store *st, int64_t id, int64_t now, const char *rea
     return rc;
 }
 
-int store_session_end_orphans(struct store *st, int64_t now, const char *reason, int64_t *count)
+int sq_session_end_orphans(struct store *st, int64_t now, const char *reason, int64_t *count)
 {
     sqlite3_stmt *p = st->stmt[STMT_PRESENCE_RESET_ORPHANS];
     sqlite3_stmt *s = st->stmt[STMT_SESSION_END_ORPHANS];
@@ -125,7 +126,7 @@ int store_session_end_orphans(struct store *st, int64_t now, const char *reason,
 
     if (!store_name_ok(reason))
         return store_failf(st, STORE_ERR_INVALID, "end orphans: a reason is needed");
-    if ((rc = store_atomic_begin(st, &own)) < 0)
+    if ((rc = sq_atomic_begin(st, &own)) < 0)
         return rc;
     /* Presence first: it reads the last_seen_at of the sessions that are still open. */
     rc = store_exec_stmt(st, p, "reset presence");
@@ -137,7 +138,7 @@ int store_session_end_orphans(struct store *st, int64_t now, const char *reason,
             n = sqlite3_changes64(st->db);
         }
     }
-    rc = store_atomic_end(st, own, rc);
+    rc = sq_atomic_end(st, own, rc);
     if (rc == 0 && count)
         *count = n;
     return rc;
@@ -155,6 +156,7 @@ static void session_from_row(sqlite3_stmt *s, struct store_session *o)
     o->ended = sqlite3_column_type(s, 7) != SQLITE_NULL;
     o->ended_at = sqlite3_column_int64(s, 7);
     o->end_reason = store_col_text(s, 8);
+    o->node = sqlite3_column_int64(s, 9);
     o->owned_ = NULL;
 }
 
@@ -188,7 +190,7 @@ static int session_copy(struct store_session *dst, const struct store_session *s
     return 0;
 }
 
-int store_session_get(struct store *st, int64_t id, struct store_session *out)
+int sq_session_get(struct store *st, int64_t id, struct store_session *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_SESSION_GET];
     struct store_session row;
@@ -220,7 +222,7 @@ void store_session_release(struct store_session *s)
     memset(s, 0, sizeof *s);
 }
 
-int store_session_list(struct store *st, const struct store_session_filter *f, store_session_fn *cb,
+int sq_session_list(struct store *st, const struct store_session_filter *f, store_session_fn *cb,
                        void *ctx)
 {
     enum store_stmt_id id;
@@ -256,7 +258,7 @@ int store_session_list(struct store *st, const struct store_session_filter *f, s
     return rc == SQLITE_DONE ? 0 : store_fail(st, rc, "session list");
 }
 
-int store_session_count_active(struct store *st, const char *user, int64_t *count)
+int sq_session_count_active(struct store *st, const char *user, int64_t *count)
 {
     sqlite3_stmt *s = st->stmt[user ? STMT_SESSION_COUNT_ACTIVE_USER : STMT_SESSION_COUNT_ACTIVE];
     int rc;

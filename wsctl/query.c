@@ -25,13 +25,15 @@
 int wsctl_open_db(struct wsctl *w, struct store **st)
 {
     const char *path = w->db_path;
+    bool pg = false;
     if (!path) {
         if (wsctl_config(w) != 0)
             return -1;
-        path = w->cfg.store_path;
+        pg = config_store_is_pg(&w->cfg);
+        path = config_store_location(&w->cfg);
     }
     struct stat sb;
-    if (stat(path, &sb) != 0) {
+    if (!pg && stat(path, &sb) != 0) {
         /* Read-only open would fail too; say it plainly rather than in SQLite's words. */
         if (errno == ENOENT && !w->db_path && !w->cfg.source)
             wsctl_errorf(w,
@@ -46,8 +48,10 @@ int wsctl_open_db(struct wsctl *w, struct store **st)
             wsctl_errorf(w, "database %s: %s", path, strerror(errno));
         return -1;
     }
-    struct store_opts o = {
-        .synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 5000, .readonly = true};
+    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL,
+                           .busy_timeout_ms = 5000,
+                           .readonly = true,
+                           .backend = pg ? STORE_BACKEND_POSTGRESQL : STORE_BACKEND_SQLITE};
     char err[512];
     if (store_open(st, path, &o, err, sizeof(err)) != 0) {
         wsctl_errorf(w, "%s", err);
@@ -556,9 +560,11 @@ int cmd_stats(struct wsctl *w, int argc, char **argv)
         return query_failed(w, st, "reading stats");
     int version = store_schema_version(st);
     store_close(st);
-    const char *path = w->db_path ? w->db_path : w->cfg.store_path;
+    bool pg = !w->db_path && config_store_is_pg(&w->cfg);
+    /* A connection string may hold a password: name the backend, not the string. */
+    const char *path = w->db_path ? w->db_path : pg ? "postgresql" : w->cfg.store_path;
     struct stat sb;
-    uint64_t size = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    uint64_t size = !pg && stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
     if (w->json) {
         json_t *o = json_object();
         json_object_set_new(o, "sessions_active", json_integer(s.sessions_active));

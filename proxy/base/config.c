@@ -73,8 +73,15 @@ static const struct opt opts[] = {
       "PEM certificate chain; TLS (wss) is on when cert and key are both set."),
     O("tls", "key", OPT_STR, tls_key, "", "PEM private key for cert."),
     O("log", "level", OPT_STR, log_level, "info", "error, warn, info or debug."),
+    O("store", "backend", OPT_STR, store_backend, "sqlite",
+      "sqlite (one file, one node) or postgresql (a database several nodes share: docs/cluster.md)."),
     O("store", "path", OPT_STR, store_path, "var/wsproxy.db",
       "SQLite database file (WAL mode); the server creates its directory."),
+    O("store", "dsn", OPT_STR, store_dsn, "",
+      "postgresql: libpq connection string, e.g. 'host=127.0.0.1 dbname=wsproxy user=wsproxy'."),
+    O("store", "pg_timeout", OPT_DURATION, store_pg_timeout_ms, "1s",
+      "postgresql: longest one database call may take; then the connection is dropped, the write "
+      "fails (no receipt) and calls fail at once for 1s before a reconnect."),
     O("store", "synchronous", OPT_STR, store_synchronous, "normal",
       "normal: a commit survives a crash of wsproxy; full: also a power loss (slower)."),
     O("store", "busy_timeout", OPT_DURATION, store_busy_timeout_ms, "5s",
@@ -141,6 +148,15 @@ static const struct opt opts[] = {
       "Open API connections in total; more are refused at accept."),
     O("api", "max_connections_per_ip", OPT_UINT, api_max_connections_per_ip, "128",
       "Open API connections per peer address; more are refused at accept."),
+    O("cluster", "node_name", OPT_STR, cluster_node_name, "",
+      "This node's name in a cluster (backend postgresql), unique per node and kept across restarts; "
+      "empty: HOSTNAME:PORT of [server] listen."),
+    O("cluster", "lease", OPT_DURATION, cluster_lease_ms, "15s",
+      "A node that has not renewed its lease for this long is lost: another node ends its sessions "
+      "and turns its users offline. Renewed every lease/3."),
+    O("cluster", "poll", OPT_DURATION, cluster_poll_ms, "100ms",
+      "Fetch the cluster log at least this often, besides each notification (a lost notification "
+      "only delays delivery by this much)."),
     O("events", "target", OPT_STR, events_target, "",
       "Where events go: http://HOST:PORT/PATH (a signed JSON POST), fastcgi://HOST:PORT/SCRIPT.php or "
       "fastcgi:unix:/SOCKET:/SCRIPT.php (php-fpm directly). Empty: no events are recorded."),
@@ -551,7 +567,19 @@ static void validate(struct load_ctx *lc)
           "[tls] cert and key must be set together%s", "");
     check(lc, log_level_parse(c->log_level) >= 0,
           "[log] level: '%s' is not one of error, warn, info, debug", c->log_level);
-    check(lc, c->store_path[0] != '\0', "[store] path: must not be empty%s", "");
+    check(lc, !strcasecmp(c->store_backend, "sqlite") || !strcasecmp(c->store_backend, "postgresql"),
+          "[store] backend: '%s' is not sqlite or postgresql", c->store_backend);
+    check(lc, strcasecmp(c->store_backend, "sqlite") || c->store_path[0] != '\0',
+          "[store] path: must not be empty%s", "");
+    check(lc, strcasecmp(c->store_backend, "postgresql") || c->store_dsn[0] != '\0',
+          "[store] dsn: backend postgresql needs a connection string%s", "");
+    check(lc, c->store_pg_timeout_ms >= 10 && c->store_pg_timeout_ms <= 60000,
+          "[store] pg_timeout: must be 10ms to 60s%s", "");
+    check(lc, c->cluster_lease_ms >= 3000 && c->cluster_lease_ms <= 3600000,
+          "[cluster] lease: must be 3s to 1h%s", "");
+    check(lc, c->cluster_poll_ms >= 10 && c->cluster_poll_ms <= 10000,
+          "[cluster] poll: must be 10ms to 10s%s", "");
+    check(lc, strlen(c->cluster_node_name) <= 200, "[cluster] node_name: at most 200 bytes%s", "");
     check(lc, !strcasecmp(c->store_synchronous, "normal") || !strcasecmp(c->store_synchronous, "full"),
           "[store] synchronous: '%s' is not normal or full", c->store_synchronous);
     check(lc, c->store_max_replay >= 1, "[store] max_replay: must be >= 1%s", "");
@@ -643,6 +671,16 @@ static void parse_file(struct load_ctx *lc, const char *path)
     else if (rc > 0)
         report(lc, rc, "syntax error (want [section] or key = value)");
     fclose(f);
+}
+
+bool config_store_is_pg(const struct px_config *cfg)
+{
+    return cfg->store_backend && !strcasecmp(cfg->store_backend, "postgresql");
+}
+
+const char *config_store_location(const struct px_config *cfg)
+{
+    return config_store_is_pg(cfg) ? cfg->store_dsn : cfg->store_path;
 }
 
 const char *config_find_default(void)
@@ -737,7 +775,7 @@ int config_check_start(const struct px_config *c, FILE *err)
         readable_file(&lc, "[tls] key", c->tls_key);
     }
     struct stat sb;
-    check(&lc, stat(c->store_path, &sb) != 0 || S_ISREG(sb.st_mode),
+    check(&lc, config_store_is_pg(c) || stat(c->store_path, &sb) != 0 || S_ISREG(sb.st_mode),
           "[store] path: %s is not a regular file", c->store_path);
     int errors = lc.errors;
     if (c->static_dir[0] && (stat(c->static_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)))

@@ -48,7 +48,10 @@ struct px_config {
     /* [log] */
     char *log_level;
     /* [store] */
+    char *store_backend;   /* sqlite or postgresql */
     char *store_path;
+    char *store_dsn;       /* postgresql: libpq connection string */
+    int64_t store_pg_timeout_ms; /* postgresql: longest the loop waits for one answer */
     char *store_synchronous;
     int64_t store_busy_timeout_ms;
     int64_t store_lock_wait_ms; /* the event loop's bound on waiting for another process's lock */
@@ -103,6 +106,10 @@ struct px_config {
     uint64_t events_max_outbox;
     uint64_t events_pool;
     int64_t events_timeout_ms;
+    /* [cluster] (with [store] backend = postgresql) */
+    char *cluster_node_name;     /* "" = hostname:port of [server] listen */
+    int64_t cluster_lease_ms;    /* a node silent this long is lost: its sessions end */
+    int64_t cluster_poll_ms;     /* fetch the cluster log at least this often */
     /* [demo] */
     bool demo_enabled;
     int64_t demo_token_ttl_ms;
@@ -115,6 +122,12 @@ struct config_overrides {
     const char *api_listen;
     const char *log_level;
 };
+
+/* [store] backend = postgresql (else SQLite). */
+bool config_store_is_pg(const struct px_config *cfg);
+
+/* What store_open takes: the SQLite file, or PostgreSQL's connection string. */
+const char *config_store_location(const struct px_config *cfg);
 
 /*
  * The file used when none is given: "wsproxy.ini" in the working directory if it exists, else

@@ -5,6 +5,9 @@
 #ifndef WSP_TEST_SCHEMA_UNDO_H
 #define WSP_TEST_SCHEMA_UNDO_H
 
+/* 0006_cluster.sql undone: no nodes table, no sessions.node column. */
+#define UNDO_0006_SQL "DROP TABLE nodes; ALTER TABLE sessions DROP COLUMN node;"
+
 /* 0005_outbox_lean.sql undone: the 0003 outbox (a state column, its four partial indexes). */
 #define UNDO_0005_SQL                                                                              \
     "DROP TABLE outbox_dead;"                                                                      \

@@ -3,6 +3,8 @@
  * bound), the sender's scan (per-user order, retry backoff, its in-memory lease through skip, the
  * rows of an open transaction hidden), delivered (deleted), retry and dead after the max age, expire,
  * dead list and replay (same ids), counts, same-transaction rollback, restart, the 0003 -> 0005 upgrade.
+ * With WSP_TEST_PG_DSN set (a libpq conninfo of a database it may wipe), the same tests run on the
+ * PostgreSQL backend instead, each on a freshly emptied database; the SQLite-only ones are skipped.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,17 +17,22 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "schema_undo.h"
+
 #include "store.h"
 
 #define T0 INT64_C(1700000000000)
 
 struct fixture {
-    char path[64];
+    char path[512]; /* the SQLite file, or the PostgreSQL conninfo */
     struct store *st;
 };
+
+/* WSP_TEST_PG_DSN: run on PostgreSQL (set once in main); NULL: on SQLite temp files. */
+static const char *pg_dsn;
 
 struct seen {
     int n;
@@ -87,9 +94,11 @@ static int record(void *ctx, const struct store_event *e)
 
 static struct store *open_path(const char *path)
 {
+    struct store_opts pg = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 5000,
+                            .backend = STORE_BACKEND_POSTGRESQL};
     struct store *st = NULL;
     char err[256];
-    int rc = store_open(&st, path, NULL, err, sizeof err);
+    int rc = store_open(&st, path, pg_dsn ? &pg : NULL, err, sizeof err);
     if (rc != 0)
         fail_msg("store_open(%s): %d %s", path, rc, err);
     return st;
@@ -97,7 +106,7 @@ static struct store *open_path(const char *path)
 
 static void remove_db(const char *path)
 {
-    char side[80];
+    char side[600];
     unlink(path);
     snprintf(side, sizeof side, "%s-wal", path);
     unlink(side);
@@ -105,14 +114,36 @@ static void remove_db(const char *path)
     unlink(side);
 }
 
+/* An empty database: every table (and leftover connection of an earlier failed test) gone. */
+static void pg_reset(const char *dsn)
+{
+    PGconn *c = PQconnectdb(dsn);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("WSP_TEST_PG_DSN: cannot connect: %s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, "SET client_min_messages = warning;"
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                            " AND application_name IN ('wsproxy', 'wsctl');"
+                            "DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        fail_msg("WSP_TEST_PG_DSN: reset: %s", PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    strcpy(f->path, "/tmp/test_outbox_XXXXXX");
-    int fd = mkstemp(f->path);
-    assert_true(fd >= 0);
-    close(fd);
+    if (pg_dsn) {
+        snprintf(f->path, sizeof f->path, "%s", pg_dsn);
+        pg_reset(pg_dsn);
+    } else {
+        strcpy(f->path, "/tmp/test_outbox_XXXXXX");
+        int fd = mkstemp(f->path);
+        assert_true(fd >= 0);
+        close(fd);
+    }
     f->st = open_path(f->path);
     memset(&snd, 0, sizeof snd);
     *state = f;
@@ -123,7 +154,8 @@ static int teardown(void **state)
 {
     struct fixture *f = *state;
     store_close(f->st);
-    remove_db(f->path);
+    if (!pg_dsn)
+        remove_db(f->path);
     free(f);
     return 0;
 }
@@ -472,15 +504,17 @@ static void test_outbox_upgrade_from_0003(void **state)
 {
     struct fixture *f = *state;
     struct seen s;
+    if (pg_dsn)
+        skip(); /* SQLite's own schema history: PostgreSQL databases start at the 0005 baseline */
     int64_t q1 = add(f->st, "alice", T0), d1 = add(f->st, "bob", T0), x1 = add(f->st, "carol", T0),
             top = add(f->st, "dave", T0);
     store_close(f->st);
     f->st = NULL;
     sqlite3 *db;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    char sql[1400];
+    char sql[2048];
     snprintf(sql, sizeof sql,
-             UNDO_0005_SQL
+             UNDO_0006_SQL UNDO_0005_SQL
              "UPDATE outbox SET state = 'dead', attempts = 7, next_at = %lld, last_error = 'HTTP 500'"
              " WHERE id = %lld;"
              "UPDATE outbox SET state = 'delivered', delivered_at = 1 WHERE id IN (%lld, %lld);"
@@ -508,6 +542,9 @@ static void test_outbox_upgrade_from_0003(void **state)
 
 int main(void)
 {
+    pg_dsn = getenv("WSP_TEST_PG_DSN");
+    if (pg_dsn && !*pg_dsn)
+        pg_dsn = NULL;
     const struct CMUnitTest tests[] = {
         T(test_outbox_schema_and_plans),        T(test_outbox_take_order_per_user),
         T(test_outbox_take_bounds),             T(test_outbox_in_flight_blocks_user),

@@ -1,6 +1,8 @@
 /*
  * test_store.c -- the SQLite store on a temp file (WAL needs one): migrations, refusal of newer schemas,
  * every public function and its error paths, group commit, read-only opens, restart survival.
+ * With WSP_TEST_PG_DSN set (a libpq conninfo of a database it may wipe), the same tests run on the
+ * PostgreSQL backend instead, each on a freshly emptied database; the SQLite-only ones are skipped.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,18 +17,23 @@
 #include <unistd.h>
 #include <sys/wait.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "schema_undo.h"
+
 #include "store.h"
 
 #define T0 INT64_C(1700000000000)
 #define MAX_ROWS 64
 
 struct fixture {
-    char path[64];
+    char path[512]; /* the SQLite file, or the PostgreSQL conninfo */
     struct store *st;
 };
+
+/* WSP_TEST_PG_DSN: run on PostgreSQL (set once in main); NULL: on SQLite temp files. */
+static const char *pg_dsn;
 
 /* What a walk saw: ids and copies of a few fields, in callback order. */
 struct seen {
@@ -42,7 +49,8 @@ struct seen {
 
 static struct store *open_path(const char *path, bool readonly)
 {
-    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 1000, .readonly = readonly};
+    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 1000, .readonly = readonly,
+                           .backend = pg_dsn ? STORE_BACKEND_POSTGRESQL : STORE_BACKEND_SQLITE};
     struct store *st = NULL;
     char err[256];
     int rc = store_open(&st, path, &o, err, sizeof err);
@@ -54,7 +62,7 @@ static struct store *open_path(const char *path, bool readonly)
 
 static void remove_db(const char *path)
 {
-    char side[80];
+    char side[600];
 
     unlink(path);
     snprintf(side, sizeof side, "%s-wal", path);
@@ -63,16 +71,44 @@ static void remove_db(const char *path)
     unlink(side);
 }
 
+/* Run sql on the PostgreSQL database with a connection of its own (committed at once). */
+static void pg_exec(const char *dsn, const char *sql)
+{
+    PGconn *c = PQconnectdb(dsn);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("WSP_TEST_PG_DSN: cannot connect: %s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("WSP_TEST_PG_DSN: %s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+/* An empty database: every table (and leftover connection of an earlier failed test) gone. */
+static void pg_reset(const char *dsn)
+{
+    pg_exec(dsn, "SET client_min_messages = warning;"
+                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                 " AND application_name IN ('wsproxy', 'wsctl');"
+                 "DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
+}
+
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof *f);
     int fd;
 
     assert_non_null(f);
-    strcpy(f->path, "/tmp/test_store_XXXXXX");
-    fd = mkstemp(f->path);
-    assert_true(fd >= 0);
-    close(fd); /* an empty file is an empty SQLite database */
+    if (pg_dsn) {
+        snprintf(f->path, sizeof f->path, "%s", pg_dsn);
+        pg_reset(pg_dsn);
+    } else {
+        strcpy(f->path, "/tmp/test_store_XXXXXX");
+        fd = mkstemp(f->path);
+        assert_true(fd >= 0);
+        close(fd); /* an empty file is an empty SQLite database */
+    }
     f->st = open_path(f->path, false);
     *state = f;
     return 0;
@@ -83,7 +119,8 @@ static int teardown(void **state)
     struct fixture *f = *state;
 
     store_close(f->st);
-    remove_db(f->path);
+    if (!pg_dsn)
+        remove_db(f->path);
     free(f);
     return 0;
 }
@@ -211,12 +248,27 @@ static void test_store_newer_schema_refused(void **state)
     struct store *st = NULL;
     char err[256], want[128];
 
-    store_close(f->st);
-    f->st = NULL;
-    poke_user_version(f->path, 7);
     snprintf(want, sizeof want,
              "database schema version 7 is newer than this wsproxy (knows up to %d); upgrade wsproxy",
              store_schema_latest());
+    if (pg_dsn) { /* the version is wsp_schema's newest row; the conninfo is not echoed */
+        struct store_opts rw = {.busy_timeout_ms = 1000, .backend = STORE_BACKEND_POSTGRESQL};
+        store_close(f->st);
+        f->st = NULL;
+        pg_exec(f->path, "INSERT INTO wsp_schema (version, name) VALUES (7, 'future')");
+        assert_int_equal(store_open(&st, f->path, &rw, err, sizeof err), STORE_ERR_SCHEMA);
+        assert_null(st);
+        assert_non_null(strstr(err, want));
+        rw.readonly = true;
+        assert_int_equal(store_open(&st, f->path, &rw, err, sizeof err), STORE_ERR_SCHEMA);
+        assert_non_null(strstr(err, "schema version 7"));
+        pg_exec(f->path, "DELETE FROM wsp_schema WHERE version = 7");
+        f->st = open_path(f->path, false);
+        return;
+    }
+    store_close(f->st);
+    f->st = NULL;
+    poke_user_version(f->path, 7);
     assert_int_equal(store_open(&st, f->path, NULL, err, sizeof err), STORE_ERR_SCHEMA);
     assert_null(st);
     assert_non_null(strstr(err, want));
@@ -236,6 +288,8 @@ static void test_store_open_errors(void **state)
     char err[256], path[80];
     int fd;
 
+    if (pg_dsn)
+        skip(); /* file paths and files that are not SQLite databases: SQLite only */
     (void)f;
     assert_int_equal(store_open(&st, "", NULL, err, sizeof err), STORE_ERR_INVALID);
     assert_null(st);
@@ -288,6 +342,8 @@ static void test_store_memory_database(void **state)
     struct store_wal_stats w;
     char err[128];
 
+    if (pg_dsn)
+        skip(); /* ":memory:" is an SQLite file name */
     (void)state;
     assert_int_equal(store_open(&st, ":memory:", NULL, err, sizeof err), 0);
     store_wal_stats(st, &w);
@@ -378,6 +434,8 @@ static void test_store_busy_between_writers(void **state)
     struct store *other = NULL;
     char err[128];
 
+    if (pg_dsn)
+        skip(); /* SQLite's single writer lock; PostgreSQL writers do not block each other at BEGIN */
     assert_int_equal(store_open(&other, f->path, &o, err, sizeof err), 0);
     assert_int_equal(store_begin(f->st), 0);
     assert_int_equal(store_begin(other), STORE_ERR_BUSY);
@@ -419,6 +477,8 @@ static void test_store_wal_checkpoints_in_background(void **state)
     char *body = malloc(6000);
     int i;
 
+    if (pg_dsn)
+        skip(); /* SQLite's WAL and its checkpoint thread */
     assert_non_null(body);
     memset(body, 'x', 5999);
     body[0] = body[5998] = '"';
@@ -1302,6 +1362,8 @@ static void test_store_retention_age_keeps_newest(void **state)
 static void test_store_retention_counts_after_upgrade(void **state)
 {
     struct fixture *f = *state;
+    if (pg_dsn)
+        skip(); /* SQLite's schema history: PostgreSQL databases start at the 0005 baseline */
     for (int i = 0; i < 5; i++)
         send_room(f->st, "a", "r", "m", T0 + i);
     for (int i = 0; i < 4; i++)
@@ -1312,9 +1374,9 @@ static void test_store_retention_counts_after_upgrade(void **state)
     sqlite3 *db;
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     /* back to the schema just before the retention migration (0004), undoing 0005 first */
-    char sql[1024];
+    char sql[2048];
     snprintf(sql, sizeof(sql),
-             UNDO_0005_SQL
+             UNDO_0006_SQL UNDO_0005_SQL
              "DROP TRIGGER messages_count_delete;"
              "ALTER TABLE rooms DROP COLUMN msg_count;"
              "ALTER TABLE dm_conversations DROP COLUMN msg_count;"
@@ -1426,6 +1488,24 @@ static void dump_conv_rows(const char *path, char *out, size_t cap)
                       " UNION ALL SELECT 'room', name, created_at, last_id, msg_count FROM rooms"
                       " ORDER BY 1, 2, 3";
     out[0] = '\0';
+    if (pg_dsn) {
+        PGconn *c = PQconnectdb(path);
+        assert_int_equal(PQstatus(c), CONNECTION_OK);
+        PGresult *r = PQexec(c, "SELECT 'dm', \"user\", peer, last_id, msg_count FROM dm_conversations"
+                                " UNION ALL SELECT 'room', name, created_at::text, last_id, msg_count"
+                                " FROM rooms ORDER BY 1, 2, 3");
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        for (int i = 0; i < PQntuples(r); i++) {
+            int w = snprintf(out + n, cap - n, "%s %s %s %s %s\n", PQgetvalue(r, i, 0),
+                             PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                             PQgetvalue(r, i, 4));
+            assert_true(w > 0 && (size_t)w < cap - n);
+            n += (size_t)w;
+        }
+        PQclear(r);
+        PQfinish(c);
+        return;
+    }
     assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
     while (sqlite3_step(s) == SQLITE_ROW) {
@@ -1465,18 +1545,31 @@ static void test_store_conv_touch_group_equals_autocommit(void **state)
     struct fixture *f = *state;
     static char grouped[4096], each[4096];
     char other[64];
-    strcpy(other, "/tmp/test_store_XXXXXX");
-    int fd = mkstemp(other);
-    assert_true(fd >= 0);
-    close(fd);
-    struct store *st2 = open_path(other, false);
-
-    assert_int_equal(store_begin(f->st), 0);
-    conv_traffic(f->st);
-    assert_int_equal(store_commit(f->st), 0);
-    conv_traffic(st2);
-    dump_conv_rows(f->path, grouped, sizeof grouped);
-    dump_conv_rows(other, each, sizeof each);
+    struct store *st2 = NULL;
+    if (pg_dsn) { /* one database: the second run follows the first on a fresh one */
+        assert_int_equal(store_begin(f->st), 0);
+        conv_traffic(f->st);
+        assert_int_equal(store_commit(f->st), 0);
+        dump_conv_rows(f->path, grouped, sizeof grouped);
+        store_close(f->st);
+        f->st = NULL;
+        pg_reset(pg_dsn);
+        f->st = open_path(f->path, false);
+        conv_traffic(f->st);
+        dump_conv_rows(f->path, each, sizeof each);
+    } else {
+        strcpy(other, "/tmp/test_store_XXXXXX");
+        int fd = mkstemp(other);
+        assert_true(fd >= 0);
+        close(fd);
+        st2 = open_path(other, false);
+        assert_int_equal(store_begin(f->st), 0);
+        conv_traffic(f->st);
+        assert_int_equal(store_commit(f->st), 0);
+        conv_traffic(st2);
+        dump_conv_rows(f->path, grouped, sizeof grouped);
+        dump_conv_rows(other, each, sizeof each);
+    }
     assert_string_equal(grouped, each);
     /* and what that is: counts on both sides, one row for a note to self */
     assert_string_equal(grouped, "dm a b 23 11\n"
@@ -1487,8 +1580,10 @@ static void test_store_conv_touch_group_equals_autocommit(void **state)
                                  "room quiet 1700000000000 0 0\n"
                                  "room r1 1700000000010 21 5\n"
                                  "room r2 1700000000099 24 1\n");
-    store_close(st2);
-    remove_db(other);
+    if (st2) {
+        store_close(st2);
+        remove_db(other);
+    }
 }
 
 /* A rollback forgets the noted touches; the next commit counts only its own messages. */
@@ -1619,6 +1714,8 @@ static void test_store_conv_touch_seen_inside_transaction(void **state)
 static void test_store_wal_recovered_after_crash(void **state)
 {
     struct fixture *f = *state;
+    if (pg_dsn)
+        skip(); /* SQLite's WAL recovery and integrity_check */
     store_close(f->st);
     f->st = NULL;
     pid_t pid = fork();
@@ -1656,7 +1753,7 @@ static void test_store_wal_recovered_after_crash(void **state)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
-    char wal[80];
+    char wal[600];
     snprintf(wal, sizeof wal, "%s-wal", f->path);
     assert_int_equal(access(wal, F_OK), 0);
     f->st = open_path(f->path, false);
@@ -1678,6 +1775,9 @@ static void test_store_wal_recovered_after_crash(void **state)
 
 int main(void)
 {
+    pg_dsn = getenv("WSP_TEST_PG_DSN");
+    if (pg_dsn && !*pg_dsn)
+        pg_dsn = NULL;
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_store_open_applies_migrations),
