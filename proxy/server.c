@@ -268,6 +268,10 @@ int server_init(struct server *srv, const struct px_config *cfg)
         evtimer_add(srv->trim_timer, &sec);
     }
 
+    /* Cluster mode: join before the orphans below, which are then only this node's. */
+    if (config_store_is_pg(cfg) && chat_cluster_start(srv->chat) != 0)
+        goto fail;
+
     /* Sessions a crashed or killed process left open are over; presence must say so. */
     /* Their events (session.closed, user.offline) commit with the ends, in one transaction. */
     int64_t ended = 0, now = loop_now_ms(&srv->loop);
@@ -314,6 +318,8 @@ void server_release(struct server *srv)
         conn_pool_release(&srv->pool);
         loop_commit(&srv->loop);
     }
+    if (srv->chat)
+        chat_cluster_stop(srv->chat); /* after the sessions ended: the node is down, not lost */
     if (srv->api)
         api_free(srv->api);
     srv->api = NULL;

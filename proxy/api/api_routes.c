@@ -138,6 +138,10 @@ static void add_session(struct sbuf *b, const struct store_session *s)
     add_i64_or_null(b, s->ended ? s->ended_at : 0);
     sbuf_adds(b, ",\"end_reason\":");
     add_str_or_null(b, s->ended ? s->end_reason : NULL);
+    if (s->node) { /* cluster mode only: single-node objects keep their fields */
+        sbuf_adds(b, ",\"node\":");
+        sbuf_add_i64(b, s->node);
+    }
     sbuf_adds(b, "}");
 }
 
@@ -461,7 +465,12 @@ static void route_session_kick(struct api_conn *ac, int64_t id)
     if (s.ended)
         snprintf(msg, sizeof(msg), "session %lld already ended (%s)", (long long)id,
                  s.end_reason ? s.end_reason : "unknown");
-    else
+    else if (chat_kick_remote(ac->api->chat, id) == 0) {
+        /* Active on another node of the cluster: that node closes it when it reads the log. */
+        store_session_release(&s);
+        api_reply_after_commit(ac, 204);
+        return;
+    } else
         snprintf(msg, sizeof(msg), "session %lld has no live connection here", (long long)id);
     store_session_release(&s);
     api_reply_error(ac, 404, "not_live", msg);

@@ -4,7 +4,7 @@
 static const char *const end_reason_names[END_NUM] = {
     "client_close",  "heartbeat_timeout", "protocol_error", "slow_consumer",  "kicked",
     "token_expired", "server_shutdown",   "server_restart", "rate_limited",   "internal_error",
-    "connection_lost",
+    "connection_lost", "node_lost",
 };
 
 const char *end_reason_name(enum end_reason r)

@@ -17,6 +17,7 @@ enum end_reason {
     END_RATE_LIMITED,
     END_INTERNAL_ERROR, /* the server failed (store, memory), not the peer */
     END_CONNECTION_LOST, /* TCP went away without a close frame (1006): a dropped network */
+    END_NODE_LOST, /* cluster: its node stopped renewing its lease; another node ended it */
     END_NUM
 };
 

@@ -65,6 +65,19 @@ size_t chat_broadcast(struct chat *ch, const char *json, size_t len);
 /* Close a live session by id with 1008 "kicked". Returns 0, or -1 when no live session has it. */
 int chat_kick(struct chat *ch, int64_t session_id);
 
+/*
+ * Cluster mode ([store] backend = postgresql; docs/cluster.md). chat_cluster_start joins this node
+ * (its name, a new boot id, a lease) and starts listening to the other nodes; call it after the
+ * store opened and before ending orphaned sessions (only this node's are). chat_cluster_stop leaves
+ * (state down) once the sessions have ended. chat_kick_remote asks the other nodes to kick a session
+ * that is active but not live here (0; -1 on a single node).
+ */
+int chat_cluster_start(struct chat *ch);
+void chat_cluster_stop(struct chat *ch);
+bool chat_clustered(const struct chat *ch);
+int64_t chat_node_id(const struct chat *ch);
+int chat_kick_remote(struct chat *ch, int64_t session_id);
+
 /* A user's presence: live connections from the registry, last_seen from the store for the others. */
 struct chat_presence {
     bool online;

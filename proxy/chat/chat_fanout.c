@@ -19,8 +19,9 @@ enum hold { HOLD_NONE, HOLD_DIRECT, HOLD_ROOM };
  * removes its own memberships (and may free g if it was the last): so take next first and never
  * touch g after the last member.
  */
-static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct chat_conn *skip,
-                            enum hold hold, const char *room)
+static size_t send_to_group_after(struct reg_group *g, struct shared_frame *f,
+                                  struct chat_conn *skip, enum hold hold, const char *room,
+                                  int64_t id)
 {
     size_t n = 0;
     struct reg_member *next;
@@ -32,10 +33,18 @@ static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct 
             continue;
         if (hold != HOLD_NONE && chat_replay_holds(cc, hold == HOLD_ROOM ? room : NULL))
             continue; /* its replay will send it */
+        if (hold == HOLD_DIRECT && id > 0 && id <= cc->replay_after)
+            continue; /* another node's message that this connection's replay already sent */
         conn_send_shared(cc->conn, f);
         n++;
     }
     return n;
+}
+
+static size_t send_to_group(struct reg_group *g, struct shared_frame *f, struct chat_conn *skip,
+                            enum hold hold, const char *room)
+{
+    return send_to_group_after(g, f, skip, hold, room, 0);
 }
 
 /* Send one frame to every live connection of user (except skip); returns connections reached. */
@@ -54,7 +63,31 @@ static bool anyone_live(struct chat *ch, const struct store_msg *m, struct chat_
     return registry_count(ch->users, m->to_user) > 0 || registry_count(ch->users, m->sender) > self;
 }
 
-static size_t deliver(struct chat *ch, const struct store_msg *m, struct chat_conn *skip)
+size_t chat_deliver_remote(struct chat *ch, const struct store_msg *m)
+{
+    if (!m->to_user)
+        return chat_deliver(ch, m, NULL);
+    /* A direct message: a connection that came up since it was stored may have replayed it. */
+    if (registry_count(ch->users, m->to_user) == 0 && registry_count(ch->users, m->sender) == 0)
+        return 0;
+    struct sbuf b;
+    sbuf_init(&b);
+    chat_build_msg(&b, m, false, true);
+    size_t n = 0;
+    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+    if (f) {
+        n = send_to_group_after(registry_find(ch->users, m->to_user), f, NULL, HOLD_DIRECT, NULL,
+                                m->id);
+        if (strcmp(m->sender, m->to_user) != 0)
+            send_to_user(ch, m->sender, f, NULL, HOLD_NONE);
+        shared_frame_unref(f);
+    }
+    ch->lp->metrics.msgs_out[MK_MSG] += n;
+    sbuf_release(&b);
+    return n;
+}
+
+size_t chat_deliver(struct chat *ch, const struct store_msg *m, struct chat_conn *skip)
 {
     if (!anyone_live(ch, m, skip))
         return 0; /* nothing to encode: the message waits in the store */
@@ -93,7 +126,8 @@ int chat_post_many(struct chat *ch, struct store_msg *ms, size_t n, struct store
         lives[i] = 0;
         if (!rs[i].duplicate) {
             ms[i].id = rs[i].id;
-            lives[i] = deliver(ch, &ms[i], NULL);
+            lives[i] = chat_deliver(ch, &ms[i], NULL);
+            chat_cluster_note(ch, "msg", NULL, ms[i].id, NULL, 0);
         }
     }
     return 0;
@@ -104,8 +138,10 @@ void chat_delivered_receipt(struct chat *ch, int64_t id, const char *recipient, 
     struct store_msg_info info;
     if (store_msg_get(ch->store, id, &info) != 0)
         return;
-    /* only the sender's live connections care, and a note to self needs no receipt */
-    if (strcmp(info.msg.sender, recipient) != 0 && registry_count(ch->users, info.msg.sender) > 0) {
+    /* only the sender's live connections care (here or, in a cluster, on other nodes), and a note
+     * to self needs no receipt */
+    if (strcmp(info.msg.sender, recipient) != 0 &&
+        (registry_count(ch->users, info.msg.sender) > 0 || chat_clustered(ch))) {
         struct sbuf b;
         sbuf_init(&b);
         sbuf_adds(&b, "{\"type\":\"delivered\",\"id\":");
@@ -119,11 +155,9 @@ void chat_delivered_receipt(struct chat *ch, int64_t id, const char *recipient, 
             sbuf_add_json_str(&b, info.msg.cid);
         }
         sbuf_adds(&b, "}");
-        struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
-        if (f) {
-            ch->lp->metrics.msgs_out[MK_OTHER] +=
-                send_to_user(ch, info.msg.sender, f, NULL, HOLD_NONE);
-            shared_frame_unref(f);
+        if (!b.oom) {
+            chat_send_frame_user(ch, info.msg.sender, b.p, b.len);
+            chat_cluster_note(ch, "user", info.msg.sender, 0, b.p, b.len);
         }
         sbuf_release(&b);
     }
@@ -161,7 +195,8 @@ int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct st
         m->id = r->id;
         events_msg_stored(ch, m, skip == NULL);
         struct chat_conn *self = skip && skip->handler == &chat_handler ? skip->data : NULL;
-        n = deliver(ch, m, self);
+        n = chat_deliver(ch, m, self);
+        chat_cluster_note(ch, "msg", NULL, m->id, NULL, 0);
     }
     if (live)
         *live = n;
@@ -169,6 +204,39 @@ int chat_post(struct chat *ch, struct store_msg *m, struct conn *skip, struct st
 }
 
 size_t chat_broadcast(struct chat *ch, const char *json, size_t len)
+{
+    chat_cluster_note(ch, "all", NULL, 0, json, len);
+    return chat_broadcast_local(ch, json, len);
+}
+
+size_t chat_send_frame_user(struct chat *ch, const char *user, const char *json, size_t len)
+{
+    if (registry_count(ch->users, user) == 0)
+        return 0;
+    struct shared_frame *f = shared_frame_new(WS_OP_TEXT, json, len);
+    if (!f)
+        return 0;
+    size_t n = send_to_user(ch, user, f, NULL, HOLD_NONE);
+    shared_frame_unref(f);
+    ch->lp->metrics.msgs_out[MK_OTHER] += n;
+    return n;
+}
+
+size_t chat_send_frame_room(struct chat *ch, const char *room, const char *json, size_t len)
+{
+    struct reg_group *g = registry_find(ch->rooms, room);
+    if (!g || g->count > ch->cfg->presence_fanout_max)
+        return 0;
+    struct shared_frame *f = shared_frame_new(WS_OP_TEXT, json, len);
+    if (!f)
+        return 0;
+    size_t n = send_to_group(g, f, NULL, HOLD_NONE, NULL);
+    shared_frame_unref(f);
+    ch->lp->metrics.msgs_out[MK_OTHER] += n;
+    return n;
+}
+
+size_t chat_broadcast_local(struct chat *ch, const char *json, size_t len)
 {
     struct shared_frame *f = shared_frame_new(WS_OP_TEXT, json, len);
     if (!f)
@@ -194,17 +262,61 @@ size_t chat_broadcast(struct chat *ch, const char *json, size_t len)
  * skipped: a connect would otherwise cost O(members) and a mass reconnect O(members^2); clients of
  * big rooms ask with "members"/"presence" instead. Nothing is sent while the server drains.
  */
+void chat_build_presence(struct sbuf *b, const char *user, bool online, int64_t last_seen)
+{
+    sbuf_adds(b, "{\"type\":\"presence\",\"user\":");
+    sbuf_add_json_str(b, user);
+    sbuf_addf(b, ",\"state\":\"%s\",\"last_seen\":", online ? "online" : "offline");
+    sbuf_add_i64(b, last_seen);
+    sbuf_adds(b, "}");
+}
+
+struct presence_walk {
+    struct chat *ch;
+    struct shared_frame *f;
+    uint64_t seq;
+};
+
+static int presence_room_cb(void *arg, const char *room)
+{
+    struct presence_walk *w = arg;
+    struct reg_group *g = registry_find(w->ch->rooms, room);
+    if (!g || g->count > w->ch->cfg->presence_fanout_max)
+        return 0;
+    struct reg_member *next;
+    for (struct reg_member *m = g->head; m; m = next) {
+        next = m->next;
+        struct chat_conn *other = m->item;
+        if (other->presence_seen == w->seq)
+            continue;
+        other->presence_seen = w->seq;
+        conn_send_shared(other->conn, w->f);
+    }
+    return 0;
+}
+
+void chat_presence_frame_remote(struct chat *ch, const char *user, const char *json, size_t len)
+{
+    if (ch->draining || registry_groups(ch->rooms) == 0)
+        return;
+    struct presence_walk w = {.ch = ch, .seq = ++ch->presence_seq};
+    if (!(w.f = shared_frame_new(WS_OP_TEXT, json, len)))
+        return;
+    /* The user has no connection here: its rooms come from the store. */
+    if (store_user_rooms(ch->store, user, presence_room_cb, &w) < 0)
+        log_error("store: rooms of %s: %s", user, store_last_error(ch->store));
+    shared_frame_unref(w.f);
+}
+
 void chat_presence_event(struct chat *ch, struct chat_conn *cc, bool online, int64_t last_seen)
 {
     if (ch->draining || !cc->rooms)
         return;
     struct sbuf b;
     sbuf_init(&b);
-    sbuf_adds(&b, "{\"type\":\"presence\",\"user\":");
-    sbuf_add_json_str(&b, cc->user);
-    sbuf_addf(&b, ",\"state\":\"%s\",\"last_seen\":", online ? "online" : "offline");
-    sbuf_add_i64(&b, last_seen);
-    sbuf_adds(&b, "}");
+    chat_build_presence(&b, cc->user, online, last_seen);
+    if (!b.oom) /* the other nodes tell their connections sharing a room with the user */
+        chat_cluster_note(ch, "presence", cc->user, 0, b.p, b.len);
     struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
     sbuf_release(&b);
     if (!f)
@@ -231,7 +343,7 @@ void chat_member_event(struct chat *ch, const char *room, const char *user, cons
                        struct chat_conn *skip)
 {
     struct reg_group *g = registry_find(ch->rooms, room);
-    if (!g || g->count > ch->cfg->presence_fanout_max)
+    if ((!g || g->count > ch->cfg->presence_fanout_max) && !chat_clustered(ch))
         return;
     struct sbuf b;
     sbuf_init(&b);
@@ -240,7 +352,11 @@ void chat_member_event(struct chat *ch, const char *room, const char *user, cons
     sbuf_adds(&b, ",\"user\":");
     sbuf_add_json_str(&b, user);
     sbuf_addf(&b, ",\"event\":\"%s\"}", event);
-    struct shared_frame *f = b.oom ? NULL : shared_frame_new(WS_OP_TEXT, b.p, b.len);
+    if (!b.oom)
+        chat_cluster_note(ch, "room", room, 0, b.p, b.len);
+    struct shared_frame *f = b.oom || !g || g->count > ch->cfg->presence_fanout_max
+                                 ? NULL
+                                 : shared_frame_new(WS_OP_TEXT, b.p, b.len);
     sbuf_release(&b);
     if (!f)
         return;
@@ -280,12 +396,20 @@ void chat_presence(struct chat *ch, const char *user, struct chat_presence *out)
     memset(out, 0, sizeof(*out));
     /* The registry is the truth for live users; the store keeps last_seen for the others. */
     size_t live = registry_count(ch->users, user);
-    if (live > 0) {
+    bool online = false;
+    int conns = 0;
+    if (live > 0 && !chat_clustered(ch)) {
         out->online = true;
         out->connections = (int)live;
         out->last_seen = loop_now_ms(ch->lp);
-    } else if (store_presence_get(ch->store, user, NULL, NULL, &out->last_seen) != 0) {
+    } else if (store_presence_get(ch->store, user, &online, &conns, &out->last_seen) != 0) {
         out->last_seen = 0;
+    }
+    /* In a cluster the store counts every node's connections (this node's are live here). */
+    if (chat_clustered(ch) && (online || live > 0)) {
+        out->online = true;
+        out->connections = conns > (int)live ? conns : (int)live;
+        out->last_seen = loop_now_ms(ch->lp);
     }
 }
 

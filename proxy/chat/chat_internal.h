@@ -34,6 +34,7 @@ struct chat_end {
     int64_t ended_at;
     int64_t seen;
     enum end_reason why;
+    bool offline_check; /* cluster: the user's last connection here; offline if none elsewhere */
     char user[AUTH_USER_MAX + 1];
 };
 
@@ -62,6 +63,7 @@ struct chat {
     struct event *retention_ev;
     int64_t retention_pending;
     bool retention_waiting;
+    struct chat_cluster *cluster; /* cluster mode (chat_cluster.c); NULL on a single node */
 };
 
 enum replay_phase { REPLAY_DIRECT, REPLAY_ROOMS, REPLAY_DONE };
@@ -132,6 +134,21 @@ void chat_conn_enter(struct chat_conn *cc);
 void chat_conn_leave(struct chat_conn *cc);
 
 /* chat_fanout.c */
+/* Queue m to its live recipients on this node (held until the commit); connections reached. */
+size_t chat_deliver(struct chat *ch, const struct store_msg *m, struct chat_conn *skip);
+/* The same for a message another node stored: a direct message already replayed to a connection
+ * (it connected here after the message committed) is not sent to it again. */
+size_t chat_deliver_remote(struct chat *ch, const struct store_msg *m);
+/* A ready JSON frame to user's / a room's (up to presence_fanout_max) / every live connection
+ * here; connections reached. Nothing goes to other nodes. */
+size_t chat_send_frame_user(struct chat *ch, const char *user, const char *json, size_t len);
+size_t chat_send_frame_room(struct chat *ch, const char *room, const char *json, size_t len);
+size_t chat_broadcast_local(struct chat *ch, const char *json, size_t len);
+/* {"type":"presence","user","state","last_seen"} */
+void chat_build_presence(struct sbuf *b, const char *user, bool online, int64_t last_seen);
+/* A presence frame about user, who has no connection here: to this node's connections sharing a
+ * room with it (its rooms from the store), each once. */
+void chat_presence_frame_remote(struct chat *ch, const char *user, const char *json, size_t len);
 /* Tell users sharing a room with cc's user that it came online / went offline. */
 void chat_presence_event(struct chat *ch, struct chat_conn *cc, bool online, int64_t last_seen);
 /* Tell the room's other live connections that user joined/left (bounded by presence_fanout_max). */
@@ -187,6 +204,27 @@ void events_user_online(struct chat *ch, const char *user);
 void events_user_offline(struct chat *ch, const char *user);
 /* A new message (not a duplicate) was stored; push: it came from the API. */
 void events_msg_stored(struct chat *ch, const struct store_msg *m, bool push);
+
+/* chat_cluster.c */
+/*
+ * Tell the other nodes (inside the loop's transaction): kind and fields as store_cluster_note.
+ * payload (len bytes, may be NULL) is copied. A no-op on a single node.
+ */
+void chat_cluster_note(struct chat *ch, const char *kind, const char *target, int64_t ref,
+                       const char *payload, size_t len);
+/* In a cluster: whether user has more active sessions (all nodes) than own, this node's count in
+ * the rows. Always false on a single node. */
+bool chat_cluster_online_elsewhere(struct chat *ch, const char *user, int64_t own);
+
+/*
+ * After the end of user's last connection here committed: if no node has an active session of
+ * user, it went offline -- the presence frame (here and through the log) and user.offline. Two
+ * nodes ending the user's last sessions at once may both say so; neither stays silent.
+ */
+void chat_cluster_offline_check(struct chat *ch, const char *user, int64_t last_seen);
+
+/* chat_session.c: close every live session (1013, why) -- this node was declared lost. */
+void chat_close_all(struct chat *ch, const char *why);
 
 /* chat_retention.c: the retention timer (none when both limits are 0). 0, or -1 out of memory. */
 int chat_retention_start(struct chat *ch);

@@ -66,6 +66,21 @@ int chat_claim_set(struct chat_conn *cc, const struct auth_identity *id)
 
 /* ---- membership changes, live side ---- */
 
+/* The other nodes apply a membership change to their connections of user ("reason:room"). */
+static void note_member(struct chat *ch, const char *room, const char *user, bool add,
+                        const char *reason)
+{
+    if (!chat_clustered(ch))
+        return;
+    struct sbuf b;
+    sbuf_init(&b);
+    sbuf_addf(&b, "%s:", reason);
+    sbuf_adds(&b, room);
+    if (!b.oom)
+        chat_cluster_note(ch, "member", user, add ? 1 : 0, b.p, b.len);
+    sbuf_release(&b);
+}
+
 /* user is now a member (newly or not): every live connection receives the room from now on. */
 static void member_in(struct chat *ch, const char *room, const char *user, bool newly,
                       const char *reason, struct chat_conn *skip)
@@ -77,6 +92,7 @@ static void member_in(struct chat *ch, const char *room, const char *user, bool 
         chat_member_event(ch, room, user, "joined", skip);
     chat_user_room_change(ch, user, room, true);
     chat_room_event_all(ch, user, "joined", room, reason);
+    note_member(ch, room, user, true, reason);
 }
 
 static void member_out(struct chat *ch, const char *room, const char *user, const char *reason,
@@ -86,6 +102,7 @@ static void member_out(struct chat *ch, const char *room, const char *user, cons
     chat_user_room_change(ch, user, room, false);
     chat_member_event(ch, room, user, "left", skip);
     chat_room_event_all(ch, user, "left", room, reason);
+    note_member(ch, room, user, false, reason);
 }
 
 void chat_room_join(struct chat_conn *cc, const char *room)
@@ -188,6 +205,7 @@ int chat_room_delete(struct chat *ch, const char *room)
             chat_event_member(ch, room, members.v[i], false, "deleted");
             chat_user_room_change(ch, members.v[i], room, false);
             chat_room_event_all(ch, members.v[i], "left", room, "deleted");
+            note_member(ch, room, members.v[i], false, "deleted");
         }
     }
     names_release(&members);

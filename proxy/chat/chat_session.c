@@ -91,6 +91,8 @@ static void end_committed_cb(void *arg, bool ok)
     }
     ch->ends_unsettled--;
     ch->retry_ms = 0; /* the store answers again */
+    if (e->offline_check && registry_count(ch->users, e->user) == 0)
+        chat_cluster_offline_check(ch, e->user, e->seen);
     free(e);
 }
 
@@ -111,7 +113,8 @@ static void ends_retry_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Record the end of cc's session; it reaches the store now or, after an outage, by the retries. */
-static void session_end(struct chat_conn *cc, enum end_reason why, int64_t now, int64_t seen)
+static void session_end(struct chat_conn *cc, enum end_reason why, int64_t now, int64_t seen,
+                        bool offline_check)
 {
     struct chat *ch = cc->chat;
     struct chat_end *e = calloc(1, sizeof(*e));
@@ -124,6 +127,7 @@ static void session_end(struct chat_conn *cc, enum end_reason why, int64_t now, 
     e->ended_at = now;
     e->seen = seen;
     e->why = why;
+    e->offline_check = offline_check;
     snprintf(e->user, sizeof(e->user), "%s", cc->user);
     ch->ends_unsettled++;
     end_store(ch, e);
@@ -316,7 +320,8 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
 
     if (store_user_rooms(ch->store, cc->user, collect_room, cc) < 0)
         log_error("store: rooms of %s: %s", cc->user, store_last_error(ch->store));
-    if (devices == 1) {
+    /* In a cluster the user may be online on another node already: not news then. */
+    if (devices == 1 && !chat_cluster_online_elsewhere(ch, cc->user, 1)) {
         chat_presence_event(ch, cc, true, now);
         events_user_online(ch, cc->user);
     }
@@ -398,9 +403,15 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
     int64_t now = loop_now_ms(ch->lp);
     int64_t seen = cc->conn->last_rx_ms > 0 ? cc->conn->last_rx_ms : now;
     size_t left = cc->user_mem ? cc->user_mem->group->count - 1 : 0;
-    bool last = left == 0 && cc->user_mem;
+    bool local_last = left == 0 && cc->user_mem;
+    /*
+     * In a cluster, whether this was the user's last connection anywhere is only known once the
+     * end has committed (another node may be ending one at the same moment): asked then
+     * (chat_cluster_offline_check). Alone, it is known now.
+     */
+    bool last = local_last && !chat_clustered(ch);
     /* Told while this connection is still in its rooms: they say who shares one with the user. */
-    if (left == 0 && cc->user_mem)
+    if (last)
         chat_presence_event(ch, cc, false, seen);
     chat_rooms_leave_all(cc);
     if (cc->user_mem)
@@ -413,7 +424,7 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
                  (unsigned long long)cc->conn->id, cc->conn->addr, (long long)cc->session_id,
                  cc->user, end_reason_name(why));
     } else if (cc->session_id != 0) {
-        session_end(cc, why, now, seen);
+        session_end(cc, why, now, seen, local_last && chat_clustered(ch));
         if (last)
             events_user_offline(ch, cc->user); /* after session.closed; delayed by offline_delay */
         log_info("conn %llu %s: session %lld of %s ended (%s)", (unsigned long long)cc->conn->id,
@@ -421,6 +432,16 @@ static void chat_on_close(struct conn *c, void *data, enum end_reason why)
     }
     if (cc->busy == 0)
         conn_free_state(cc);
+}
+
+void chat_close_all(struct chat *ch, const char *why)
+{
+    struct chat_conn *next;
+    for (struct chat_conn *cc = ch->sessions; cc; cc = next) {
+        next = cc->next; /* the close unlinks cc */
+        if (conn_is_open(cc->conn))
+            conn_close(cc->conn, WS_CLOSE_TRY_AGAIN, why, END_NODE_LOST);
+    }
 }
 
 int chat_kick(struct chat *ch, int64_t session_id)

@@ -369,11 +369,18 @@ struct orphans {
     struct orphan *v;
     size_t n, cap;
     bool oom;
+    int64_t node;    /* cluster: only this node's sessions are its orphans */
+    size_t seen;     /* rows of the current page, any node */
+    int64_t last_id; /* the page's last (oldest) row */
 };
 
 static int collect_orphan(void *ctx, const struct store_session *s)
 {
     struct orphans *o = ctx;
+    o->seen++;
+    o->last_id = s->id;
+    if (o->node && s->node != o->node)
+        return 0; /* another node's: alive, or the sweep ends it */
     if (o->n == o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 64;
         struct orphan *v = realloc(o->v, cap * sizeof(*v));
@@ -402,16 +409,16 @@ void chat_events_orphans(struct chat *ch, int64_t now)
     struct events *ev = ch->events;
     if (!on(ev, EV_SESSION_CLOSED) && !on(ev, EV_USER_OFFLINE))
         return;
-    struct orphans o = {0};
+    struct orphans o = {.node = chat_node_id(ch)};
     struct store_session_filter f = {.state = STORE_SESSIONS_ACTIVE, .limit = 1000};
     int rc;
     do { /* newest first, a page at a time */
-        size_t before = o.n;
+        o.seen = 0;
         rc = store_session_list(ch->store, &f, collect_orphan, &o);
-        if (rc != 0 || o.n == before)
+        if (rc != 0)
             break;
-        f.before_id = o.v[o.n - 1].id;
-    } while (o.n % 1000 == 0);
+        f.before_id = o.last_id;
+    } while (o.seen == (size_t)f.limit);
     if (rc < 0 || o.oom)
         log_error("events: listing sessions left open: %s",
                   o.oom ? "out of memory" : store_last_error(ch->store));
@@ -617,6 +624,10 @@ static void pump(struct events *ev)
 {
     struct chat *ch = ev->ch;
     const struct px_config *cfg = ev->cfg;
+    bool mine = false;
+    /* In a cluster one node sends (per-user order); the others keep queuing into the outbox. */
+    if (store_outbox_owner(ch->store, &mine) != 0 || !mine)
+        return;
     while (!ev->stopping && backend_free_slots(ev->be) > 0) {
         int64_t now = loop_now_ms(ch->lp);
         struct batch *bt = calloc(1, sizeof(*bt));

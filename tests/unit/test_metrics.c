@@ -18,7 +18,7 @@ static void test_metrics_end_reason_names(void **state)
     static const char *const names[END_NUM] = {
         "client_close",  "heartbeat_timeout", "protocol_error", "slow_consumer",  "kicked",
         "token_expired", "server_shutdown",   "server_restart", "rate_limited",   "internal_error",
-        "connection_lost"};
+        "connection_lost", "node_lost"};
     for (int i = 0; i < END_NUM; i++)
         assert_string_equal(end_reason_name((enum end_reason)i), names[i]);
     assert_string_equal(end_reason_name(END_NUM), "unknown");

@@ -1,0 +1,454 @@
+"""
+test_cluster.py -- cluster mode (issue 15): three wsproxy nodes sharing one real PostgreSQL (initdb +
+pg_ctl in a temp dir, started here), each on its own loopback ports. Cross-node delivery of direct
+and room messages, API pushes, broadcasts, kicks and receipts; acks seen by every node; presence
+across nodes; kill -9 of a node with messages in flight (nothing with a receipt is lost) and its
+users turning offline within the lease; the killed node restarting and rejoining.
+"""
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import websockets
+
+from wsp import ROOT, Server, wait_api
+from test_api import api
+
+WAIT = 8  # seconds: bound of every single wait
+LEASE_MS = 3000  # [cluster] lease of these nodes: a killed node is swept within lease + lease/3
+PGTMP = os.path.join(ROOT, "scripts", "pgtmp.sh")
+
+pytestmark = pytest.mark.skipif(
+    not any(os.path.exists(f"/usr/lib/postgresql/{v}/bin/initdb") for v in range(12, 20)),
+    reason="PostgreSQL server binaries are not installed (make test installs them)")
+
+_dbs = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """One PostgreSQL server for the module; yields a conninfo without dbname."""
+    # directly under /tmp: the server runs as user postgres, which cannot enter pytest's 0700 dirs
+    top = tempfile.mkdtemp(prefix="wsp-cluster-pg-")
+    os.chmod(top, 0o755)
+    d = os.path.join(top, "pg")
+    out = subprocess.run(["bash", PGTMP, "start", d], check=True, capture_output=True, text=True)
+    dsn = out.stdout.strip().rsplit(" dbname=", 1)[0]
+    yield dsn
+    subprocess.run(["bash", PGTMP, "stop", d], check=False, capture_output=True)
+    os.rmdir(os.path.dirname(d))
+
+
+def psql(dsn, db, sql):
+    args = dict(kv.split("=", 1) for kv in dsn.split())
+    return subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-h", args["host"], "-p",
+                           args["port"], "-d", db, "-qAtc", sql],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def cluster(pg, tmp_path):
+    """Factory: node(i) starts (or returns) node i of a cluster on a fresh database."""
+    db = f"wsp_cluster_{os.getpid()}_{next(_dbs)}"
+    psql(pg, "postgres", f"CREATE DATABASE {db}")
+    dsn = f"{pg} dbname={db}"
+    nodes = {}
+
+    class Cluster:
+        dsn_ = dsn
+
+        def node(self, i, start=True):
+            if i not in nodes:
+                d = tmp_path / f"n{i}"
+                d.mkdir(exist_ok=True)
+                nodes[i] = Server(str(d), store={"backend": "postgresql", "dsn": dsn},
+                                  cluster={"node_name": f"n{i}", "lease": f"{LEASE_MS}ms",
+                                           "poll": "100ms"})
+                if start:
+                    nodes[i].start()
+            return nodes[i]
+
+        def sql(self, q):
+            return psql(pg, db, q)
+
+    yield Cluster()
+    for s in nodes.values():
+        s.stop()
+    psql(pg, "postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+class Client:
+    def __init__(self, ws, welcome, replay):
+        self.ws, self.welcome, self.replay = ws, welcome, replay
+
+    async def send(self, **f):
+        await self.ws.send(json.dumps(f))
+
+    async def recv(self, timeout=WAIT):
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def expect(self, type_, timeout=WAIT, skip=("presence", "member")):
+        while True:
+            f = await self.recv(timeout)
+            if f.get("type") in skip and type_ not in skip:
+                continue
+            if f.get("type") == type_:
+                return f
+            raise AssertionError(f"expected {type_}, got {f}")
+
+    async def until(self, pred, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("condition not met in time")
+            f = await self.recv(left)
+            if pred(f):
+                return f
+
+    async def close(self):
+        await asyncio.wait_for(self.ws.close(), WAIT)
+
+
+async def connect(srv, user):
+    ws = await asyncio.wait_for(websockets.connect(srv.chat_url(user)), WAIT)
+    welcome = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+    assert welcome["type"] == "welcome", welcome
+    replay = []
+    while True:
+        f = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        if f["type"] == "replayed":
+            return Client(ws, welcome, replay)
+        replay.append(f)
+
+
+def test_cluster_dm_from_node1_to_node2_arrives_live(cluster):
+    n1, n2 = cluster.node(1), cluster.node(2)
+
+    async def body():
+        bob = await connect(n2, "bob")
+        alice = await connect(n1, "alice")
+        await alice.send(type="send", to="bob", body={"t": "hi"}, cid="c1")
+        sent = await alice.expect("sent")
+        m = await bob.expect("msg")
+        assert (m["id"], m["from"], m["body"], m["cid"]) == (sent["id"], "alice", {"t": "hi"}, "c1")
+        # bob acks on node 2: the receipt reaches alice on node 1
+        await bob.send(type="ack", id=m["id"])
+        d = await alice.expect("delivered")
+        assert (d["id"], d["to"], d["cid"]) == (sent["id"], "bob", "c1")
+        # and the reply goes the other way
+        await bob.send(type="send", to="alice", body="back", cid="b1")
+        await bob.expect("sent")
+        assert (await alice.expect("msg"))["body"] == "back"
+        await alice.close()
+        await bob.close()
+
+    run(body())
+
+
+def test_cluster_room_spanning_three_nodes(cluster):
+    ns = [cluster.node(i) for i in (1, 2, 3)]
+
+    async def body():
+        cs = [await connect(n, u) for n, u in zip(ns, ("ann", "ben", "cat"))]
+        for c in cs:
+            await c.send(type="join", room="lobby")
+            await c.expect("joined")
+        await cs[0].send(type="send", room="lobby", body="hello all", cid="r1")
+        sent = await cs[0].expect("sent")
+        for c in cs[1:]:
+            m = await c.expect("msg")
+            assert (m["id"], m["from"], m["room"], m["body"]) == (sent["id"], "ann", "lobby",
+                                                                  "hello all")
+        for c in cs:
+            await c.close()
+
+    run(body())
+
+
+def test_cluster_api_push_on_node1_reaches_user_on_node3(cluster):
+    n1, n3 = cluster.node(1), cluster.node(3)
+    wait_api(n1)
+
+    async def body():
+        carol = await connect(n3, "carol")
+        r = await asyncio.to_thread(api, n1, "POST", "/api/v1/push",
+                                    {"to": "carol", "body": {"n": 1}})
+        assert r.status == 202, r.body
+        m = await carol.expect("msg")
+        assert m["id"] == r.json()["id"] and m["body"] == {"n": 1} and m.get("via") == "api"
+        # a broadcast through node 1 reaches node 3's connections too
+        r = await asyncio.to_thread(api, n1, "POST", "/api/v1/push",
+                                    {"broadcast": True, "body": {"reload": True}})
+        assert r.status == 202, r.body
+        f = await carol.until(lambda f: f.get("type") == "broadcast" and f.get("body") == {"reload": True})
+        assert f["from"]
+        await carol.close()
+
+    run(body())
+
+
+def test_cluster_kick_through_another_nodes_api(cluster):
+    n1, n2 = cluster.node(1), cluster.node(2)
+    wait_api(n1)
+
+    async def body():
+        dave = await connect(n2, "dave")
+        sid = dave.welcome["session"]
+        r = await asyncio.to_thread(api, n1, "DELETE", f"/api/v1/sessions/{sid}")
+        assert r.status == 204, r.body
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await asyncio.wait_for(dave.ws.recv(), WAIT)
+        assert e.value.rcvd.code == 1008 and e.value.rcvd.reason == "kicked"
+
+    run(body())
+
+
+def test_cluster_ack_on_one_node_stops_replay_on_another(cluster):
+    n1, n2, n3 = cluster.node(1), cluster.node(2), cluster.node(3)
+
+    async def body():
+        alice = await connect(n1, "alice")
+        ids = []
+        for i in range(3):
+            await alice.send(type="send", to="erin", body=i, cid=f"a{i}")
+            ids.append((await alice.expect("sent"))["id"])
+        erin = await connect(n2, "erin")  # offline until now: gets them as replay
+        assert [f["id"] for f in erin.replay if f["type"] == "msg"] == ids
+        await erin.send(type="ack", id=ids[0])
+        await erin.send(type="ack", id=ids[1])
+        await erin.send(type="presence", users=["x"], rid="sync")  # a round trip: acks committed
+        await erin.expect("presence", skip=())
+        await erin.close()
+        again = await connect(n3, "erin")
+        assert [f["id"] for f in again.replay if f["type"] == "msg"] == [ids[2]]
+        await again.close()
+        await alice.close()
+
+    run(body())
+
+
+def test_cluster_presence_across_nodes(cluster):
+    n1, n2 = cluster.node(1), cluster.node(2)
+    wait_api(n1)
+
+    async def body():
+        fay = await connect(n1, "fay")
+        await fay.send(type="join", room="club")
+        await fay.expect("joined")
+        gus = await connect(n2, "gus")
+        await gus.send(type="join", room="club")
+        await gus.expect("joined")
+        # gus's second device, on node 1: no "online" news (already online), and the API on
+        # node 1 counts both connections
+        gus2 = await connect(n1, "gus")
+        j = (await asyncio.to_thread(api, n1, "GET", "/api/v1/presence?users=gus")).json()
+        assert j["users"][0]["state"] == "online" and j["users"][0]["connections"] == 2
+        await gus.close()  # still online on node 1: fay hears nothing
+        await gus2.close()  # now gone everywhere: fay on node 1 hears it
+        f = await fay.until(lambda f: f.get("type") == "presence" and f.get("user") == "gus")
+        assert f["state"] == "offline"
+        j = (await asyncio.to_thread(api, n2, "GET", "/api/v1/presence?users=gus")).json()
+        assert j["users"][0]["state"] == "offline"
+        await fay.close()
+
+    run(body())
+
+
+def test_cluster_kill9_node_nothing_with_a_receipt_is_lost(cluster):
+    """
+    alice on node 1 streams DMs to bob on node 2; node 2 is killed mid-stream and bob reconnects to
+    node 3: live frames plus the replay hold every message alice got a receipt for (dedupe by id).
+    Then node 1 (the sender's) is killed mid-stream too: every receipt alice saw is in bob's inbox.
+    """
+    n1, n2, n3 = cluster.node(1), cluster.node(2), cluster.node(3)
+
+    async def stream(sender, to, n, prefix, receipts, stop_at=None, kill=None):
+        for i in range(n):
+            await sender.send(type="send", to=to, body=i, cid=f"{prefix}{i}")
+        try:
+            while len(receipts) < n:
+                f = await sender.recv()
+                if f.get("type") == "sent":
+                    receipts.add(f["id"])
+                    if kill and len(receipts) == stop_at:
+                        kill()
+        except (websockets.ConnectionClosed, asyncio.TimeoutError):
+            pass
+
+    async def body():
+        bob = await connect(n2, "bob")
+        alice = await connect(n1, "alice")
+        got = set()
+
+        async def drain(c):
+            try:
+                while True:
+                    f = await c.recv(WAIT)
+                    if f.get("type") == "msg":
+                        got.add(f["id"])
+            except (websockets.ConnectionClosed, asyncio.TimeoutError):
+                pass
+
+        receipts = set()
+        reader = asyncio.create_task(drain(bob))
+        await stream(alice, "bob", 200, "k", receipts, stop_at=60, kill=n2.kill9)
+        await reader
+        assert len(receipts) == 200  # node 1 kept storing while bob's node died
+        bob2 = await connect(n3, "bob")
+        got |= {f["id"] for f in bob2.replay if f["type"] == "msg"}
+        assert receipts <= got, f"lost: {sorted(receipts - got)[:10]}"
+        for i in sorted(got):
+            await bob2.send(type="ack", id=i)
+
+        # now the sender's node dies with DMs in flight
+        receipts2 = set()
+        got2 = set()
+        reader = asyncio.create_task(drain(bob2))
+        await stream(alice, "bob", 300, "m", receipts2, stop_at=40, kill=n1.kill9)
+        await reader
+        assert len(receipts2) >= 40
+        bob3 = await connect(n3, "bob")
+        got2 |= {f["id"] for f in bob3.replay if f["type"] == "msg"}
+        # live deliveries before the kill were not acked: all of them come back in the replay
+        assert receipts2 <= got2, f"lost: {sorted(receipts2 - got2)[:10]}"
+        await bob3.close()
+
+    run(body())
+
+
+def test_cluster_killed_nodes_users_go_offline_within_the_lease_and_node_rejoins(cluster):
+    n1, n2 = cluster.node(1), cluster.node(2)
+    wait_api(n1)
+
+    async def body():
+        hal = await connect(n1, "hal")
+        await hal.send(type="join", room="ops")
+        await hal.expect("joined")
+        ivy = await connect(n2, "ivy")
+        await ivy.send(type="join", room="ops")
+        await ivy.expect("joined")
+        sid = ivy.welcome["session"]
+        t0 = time.monotonic()
+        n2.kill9()
+        # hal (node 1) is told ivy went offline once node 2's lease ran out and a sweep saw it
+        f = await hal.until(lambda f: f.get("type") == "presence" and f.get("user") == "ivy",
+                            timeout=LEASE_MS / 1000 * 2 + WAIT)
+        took = time.monotonic() - t0
+        assert f["state"] == "offline"
+        assert took <= LEASE_MS / 1000 * 2 + 1, took
+        j = (await asyncio.to_thread(api, n1, "GET", "/api/v1/presence?users=ivy")).json()
+        assert j["users"][0]["state"] == "offline"
+        r = (await asyncio.to_thread(api, n1, "GET", f"/api/v1/sessions/{sid}")).json()
+        assert r["end_reason"] == "node_lost", r
+        assert cluster.sql("SELECT state FROM nodes WHERE name = 'n2'").strip() == "lost"
+
+        # node 2 restarts under its name and rejoins: up again, delivering across nodes
+        n2.start()
+        assert cluster.sql("SELECT state FROM nodes WHERE name = 'n2'").strip() == "up"
+        ivy2 = await connect(n2, "ivy")
+        await hal.send(type="send", to="ivy", body="welcome back", cid="wb")
+        await hal.expect("sent")
+        assert (await ivy2.expect("msg"))["body"] == "welcome back"
+        await ivy2.close()
+        await hal.close()
+
+    run(body())
+
+
+# ---- deploy/nginx/wsproxy-cluster.conf: nginx in front of two nodes, one of them killed ----
+
+CLUSTER_SITE = os.path.join(ROOT, "deploy", "nginx", "wsproxy-cluster.conf")
+
+
+def render_cluster_site(d, nodes, https_port, http_port, cert):
+    from test_nginx import sub
+    text = open(CLUSTER_SITE).read()
+    for i, port in ((11, nodes[0].port), (12, nodes[1].port)):
+        text = sub(text, f"server 10.0.0.{i}:8080 ", f"server 127.0.0.1:{port} ")
+    for i, port in ((11, nodes[0].api_port), (12, nodes[1].api_port)):
+        text = sub(text, f"server 10.0.0.{i}:8081 ", f"server 127.0.0.1:{port} ")
+    text = sub(text, "    server 10.0.0.13:8080 max_fails=1 fail_timeout=10s;\n", "")
+    text = sub(text, "    server 10.0.0.13:8081 max_fails=1 fail_timeout=10s;\n", "")
+    text = sub(text, "    listen 80;\n", f"    listen 127.0.0.1:{http_port};\n")
+    text = sub(text, "    listen [::]:80;\n", "")
+    text = sub(text, "    listen 443 ssl http2;\n", f"    listen 127.0.0.1:{https_port} ssl http2;\n")
+    text = sub(text, "    listen [::]:443 ssl http2;\n", "")
+    text = sub(text, "/etc/letsencrypt/live/chat.example.com/fullchain.pem", cert[0])
+    text = sub(text, "/etc/letsencrypt/live/chat.example.com/privkey.pem", cert[1])
+    text = sub(text, "/var/log/nginx/wsproxy.access.log", os.path.join(d, "access.log"))
+    text = sub(text, "/var/log/nginx/wsproxy.error.log", os.path.join(d, "error.log"))
+    text = sub(text, "root /usr/share/wsproxy/web;", f"root {os.path.join(ROOT, 'web')};")
+    return text
+
+
+def test_cluster_behind_nginx_a_killed_nodes_client_reconnects_to_the_other(cluster, tmp_path):
+    import ssl
+    from test_nginx import NGINX, Nginx
+    from wsp import free_port, make_token
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip("nginx is not installed")
+    d = tmp_path / "certs"
+    d.mkdir()
+    crt, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt, "-days",
+                    "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    n1, n2 = cluster.node(1), cluster.node(2)
+    nd = str(tmp_path / "nginx")
+    os.makedirs(nd)
+    https_port, http_port = free_port(), free_port()
+    ngx = Nginx(nd, render_cluster_site(nd, (n1, n2), https_port, http_port, (crt, key)),
+                https_port, http_port).start()
+    ctx = ssl.create_default_context(cafile=crt)
+
+    async def via_nginx(user):
+        ws = await websockets.connect(f"wss://127.0.0.1:{https_port}/ws?token={make_token(user)}",
+                                      ssl=ctx, open_timeout=5, close_timeout=2)
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        replay = []
+        while True:
+            f = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            if f["type"] == "replayed":
+                return Client(ws, welcome, replay)
+            replay.append(f)
+
+    def node_of(session):
+        return int(cluster.sql(f"SELECT node FROM sessions WHERE id = {int(session)}"))
+
+    async def body():
+        # least_conn spreads two clients over both nodes
+        a = await via_nginx("ann")
+        b = await via_nginx("bob")
+        nodes = {node_of(a.welcome["session"]), node_of(b.welcome["session"])}
+        assert len(nodes) == 2, nodes
+        ids = dict(line.split("|") for line in cluster.sql("SELECT id, name FROM nodes").split())
+        # bob's node dies; ann keeps sending to him through hers
+        victim = n1 if ids[str(node_of(b.welcome["session"]))] == "n1" else n2
+        victim.kill9()
+        sent = []
+        for i in range(5):
+            await a.send(type="send", to="bob", body=i, cid=f"x{i}")
+            sent.append((await a.expect("sent"))["id"])
+        # bob reconnects through nginx, which skips the dead node, and gets all five
+        b2 = await via_nginx("bob")
+        assert [f["id"] for f in b2.replay if f["type"] == "msg"] == sent
+        assert node_of(b2.welcome["session"]) != node_of(b.welcome["session"])
+        await a.close()
+        await b2.close()
+
+    try:
+        run(body())
+    finally:
+        ngx.stop()
