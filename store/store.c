@@ -290,6 +290,19 @@ int sq_commit(struct store *st)
     return rc;
 }
 
+int sq_commit_start(struct store *st, int *fd)
+{
+    *fd = -1;
+    return sq_commit(st); /* local file: nothing to wait for on a socket */
+}
+
+int sq_commit_poll(struct store *st, enum store_poll how, bool *done)
+{
+    (void)st, (void)how;
+    *done = true;
+    return 0;
+}
+
 int sq_rollback(struct store *st)
 {
     int rc = 0;
@@ -895,4 +908,6 @@ const struct store_ops store_sqlite_ops = {
     .nodes_list = sq_nodes_list,
     .cluster_note = sq_cluster_note,
     .outbox_owner = sq_outbox_owner,
+    .commit_start = sq_commit_start,
+    .commit_poll = sq_commit_poll,
 };

@@ -110,6 +110,17 @@ int store_schema_latest(void);
 int store_begin(struct store *st);
 int store_commit(struct store *st);
 int store_rollback(struct store *st); /* no-op (0) when no transaction is open */
+
+/*
+ * The group commit without waiting (PostgreSQL; SQLite commits at once). store_commit_start ends
+ * the transaction as store_commit does, but returns 1 when the answer is still on its way: *fd is
+ * then the socket to watch for reading, and store_commit_poll tells when it is done (*done) and how
+ * it went (its return value, as store_commit's). Otherwise it returns store_commit's result.
+ * Until the answer is in, the handle still works: any other call first waits for it (bounded).
+ */
+enum store_poll { STORE_POLL_NOW, STORE_POLL_WAIT, STORE_POLL_EXPIRED };
+int store_commit_start(struct store *st, int *fd);
+int store_commit_poll(struct store *st, enum store_poll how, bool *done);
 bool store_in_transaction(const struct store *st);
 
 /* Trivial query for /healthz: 0 when the database answers. */

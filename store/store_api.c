@@ -340,6 +340,16 @@ int store_nodes_list(struct store *st, store_node_fn *cb, void *ctx)
     return store_ops_of(st)->nodes_list(st, cb, ctx);
 }
 
+int store_commit_start(struct store *st, int *fd)
+{
+    return store_ops_of(st)->commit_start(st, fd);
+}
+
+int store_commit_poll(struct store *st, enum store_poll how, bool *done)
+{
+    return store_ops_of(st)->commit_poll(st, how, done);
+}
+
 int store_outbox_owner(struct store *st, bool *mine)
 {
     return store_ops_of(st)->outbox_owner(st, mine);

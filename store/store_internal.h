@@ -71,6 +71,8 @@ int sq_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_eve
 int sq_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count);
 int sq_outbox_counts(struct store *st, struct store_outbox_counts *out);
 int sq_outbox_owner(struct store *st, bool *mine);
+int sq_commit_start(struct store *st, int *fd);
+int sq_commit_poll(struct store *st, enum store_poll how, bool *done);
 int sq_node_join(struct store *st, const char *name, int64_t boot, int64_t lease_ms, int64_t now,
                  int64_t *node_id);
 int sq_node_renew(struct store *st, int64_t now, int64_t lease_ms, bool *lost);

@@ -77,6 +77,8 @@ struct store_ops {
     int (*node_sweep)(struct store *st, int64_t now, store_lost_fn *cb, void *ctx, int *nodes);
     int (*nodes_list)(struct store *st, store_node_fn *cb, void *ctx);
     int (*outbox_owner)(struct store *st, bool *mine);
+    int (*commit_start)(struct store *st, int *fd);
+    int (*commit_poll)(struct store *st, enum store_poll how, bool *done);
     int (*cluster_note)(struct store *st, const char *kind, const char *target, int64_t ref,
                         const char *payload, int64_t now);
 };

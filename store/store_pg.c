@@ -185,7 +185,19 @@ static void pg_drop(struct store_pg *pg)
     pg->down_until_ms = pg_mono_ms() + PG_DOWN_BACKOFF_MS;
     if (pg->txn)
         pg->txn_broken = true;
+    PQclear(pg->commit_res);
+    pg->commit_res = NULL;
+    if (pg->commit_pending && !pg->commit_done) {
+        /* The answer is lost with the connection: the COMMIT may or may not have happened. Report
+         * a failure (no receipt goes out; clients resend with their cid, which is idempotent). */
+        pg->commit_done = true;
+        pg->commit_rc = STORE_ERR_IO;
+        snprintf(pg->commit_err, sizeof pg->commit_err,
+                 "commit: connection lost before the answer (%.400s)", pg->err);
+    }
 }
+
+static void pg_commit_collect(struct store_pg *pg, enum store_poll how);
 
 /* Wait for the socket (POLLIN/POLLOUT) until deadline; 1 ready, 0 timed out, -1 error. */
 static int pg_wait(struct store_pg *pg, short events, int64_t deadline)
@@ -377,6 +389,8 @@ int pg_run(struct store_pg *pg, const char *sql, const struct pg_params *p, PGre
 
     if (res)
         *res = NULL;
+    if (pg->commit_pending && !pg->commit_done)
+        pg_commit_collect(pg, STORE_POLL_WAIT); /* one command at a time on a connection */
     if ((rc = pg_ensure(pg, what)) < 0)
         return rc;
     if (pg->txn && pg->txn_broken)
@@ -508,6 +522,127 @@ int pg_commit(struct store *st)
     /* A failed COMMIT ends the transaction in PostgreSQL (rolled back); a lost connection too. */
     pg_txn_over(pg);
     return rc;
+}
+
+/* The COMMIT's outcome from its result(s): 0 or STORE_ERR_* with pg->commit_err. */
+static void commit_outcome(struct store_pg *pg, PGresult *r, const char *lost)
+{
+    pg->commit_done = true;
+    if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+        pg->commit_rc = 0;
+        pg->commit_err[0] = '\0';
+        return;
+    }
+    char msg[400];
+    pg_copy_msg(msg, sizeof msg, r ? PQresultErrorMessage(r) : lost);
+    pg->commit_rc = r ? map_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE)) : STORE_ERR_IO;
+    snprintf(pg->commit_err, sizeof pg->commit_err, "commit: %s", msg);
+}
+
+/*
+ * Read the answer of the COMMIT on its way. NOW: what has arrived (the answer may not be complete:
+ * a result read is kept in commit_res until libpq's end of command); WAIT: until it is in or its
+ * deadline passed; EXPIRED: its time is up. A lost or late answer drops the connection (pg_drop
+ * records the failure).
+ */
+static void pg_commit_collect(struct store_pg *pg, enum store_poll how)
+{
+    PGresult *r;
+
+    if (!pg->commit_pending || pg->commit_done)
+        return;
+    if (how == STORE_POLL_WAIT) {
+        bool to;
+        r = pg_await(pg, pg->commit_deadline, &to);
+        if (!r && !pg->commit_res) {
+            pg_failf(pg, STORE_ERR_IO, "%s", to ? "no answer in time" : PQerrorMessage(pg->conn));
+            PQclear(pg->commit_res);
+            pg->commit_res = NULL;
+            pg_drop(pg);
+            return;
+        }
+        commit_outcome(pg, r ? r : pg->commit_res, NULL);
+        PQclear(r);
+        PQclear(pg->commit_res);
+        pg->commit_res = NULL;
+        return;
+    }
+    if (how == STORE_POLL_EXPIRED || pg_mono_ms() >= pg->commit_deadline || !pg->conn) {
+        pg_failf(pg, STORE_ERR_BUSY, "postgresql gave no answer to COMMIT within %d ms",
+                 pg->wait_ms);
+        PQclear(pg->commit_res);
+        pg->commit_res = NULL;
+        pg_drop(pg);
+        return;
+    }
+    if (!PQconsumeInput(pg->conn)) {
+        pg_failf(pg, STORE_ERR_IO, "%s", PQerrorMessage(pg->conn));
+        PQclear(pg->commit_res);
+        pg->commit_res = NULL;
+        pg_drop(pg);
+        return;
+    }
+    while (!PQisBusy(pg->conn)) {
+        if (!(r = PQgetResult(pg->conn))) { /* the end of the command: the answer is complete */
+            commit_outcome(pg, pg->commit_res, "no result");
+            PQclear(pg->commit_res);
+            pg->commit_res = NULL;
+            return;
+        }
+        if (pg->commit_res && PQresultStatus(pg->commit_res) == PGRES_FATAL_ERROR)
+            PQclear(r); /* keep the first error */
+        else {
+            PQclear(pg->commit_res);
+            pg->commit_res = r;
+        }
+    }
+}
+
+int pg_commit_start(struct store *st, int *fd)
+{
+    struct store_pg *pg = pg_of(st);
+
+    *fd = -1;
+    if (!pg->txn || pg->txn_broken || !pg->conn)
+        return pg_commit(st); /* the errors and the rollback of the synchronous path */
+    if (!PQsendQuery(pg->conn, SQL_COMMIT)) {
+        pg_failf(pg, STORE_ERR_IO, "commit: %s", PQerrorMessage(pg->conn));
+        pg_drop(pg);
+        pg_txn_over(pg);
+        return STORE_ERR_IO;
+    }
+    pg_txn_over(pg);
+    pg->commit_pending = true;
+    pg->commit_done = false;
+    pg->commit_deadline = pg_mono_ms() + (pg->wait_ms > 0 ? pg->wait_ms : 5000);
+    int f = PQflush(pg->conn);
+    if (f != 0) {
+        /* Could not hand it all to the socket (or an error): finish here rather than also
+         * watching for writability. */
+        bool done;
+        return pg_commit_poll(st, STORE_POLL_WAIT, &done);
+    }
+    *fd = PQsocket(pg->conn);
+    return 1;
+}
+
+int pg_commit_poll(struct store *st, enum store_poll how, bool *done)
+{
+    struct store_pg *pg = pg_of(st);
+
+    *done = true;
+    if (!pg->commit_pending)
+        return 0;
+    pg_commit_collect(pg, how);
+    if (!pg->commit_done) {
+        *done = false;
+        return 0;
+    }
+    pg->commit_pending = false;
+    pg->commit_done = false;
+    if (pg->commit_rc != 0)
+        snprintf(pg->err, sizeof pg->err, "%s", pg->commit_err);
+    return pg->commit_rc;
 }
 
 int pg_rollback(struct store *st)
@@ -799,6 +934,7 @@ void pg_close(struct store *st)
 {
     struct store_pg *pg = pg_of(st);
 
+    PQclear(pg->commit_res);
     if (pg->conn)
         PQfinish(pg->conn); /* an open transaction is rolled back by the server */
     free(pg->conninfo);
@@ -877,4 +1013,6 @@ const struct store_ops store_pg_ops = {
     .nodes_list = pg_nodes_list,
     .cluster_note = pg_cluster_note,
     .outbox_owner = pg_outbox_owner,
+    .commit_start = pg_commit_start,
+    .commit_poll = pg_commit_poll,
 };

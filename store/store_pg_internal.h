@@ -39,6 +39,13 @@ struct store_pg {
     int64_t node_boot; /* ... and this boot: the nodes row is ours only while it matches */
     int wait_ms;             /* the bound on one call's wait */
     int64_t down_until_ms;   /* monotonic: until then, calls fail at once */
+    /* store_commit_start: a COMMIT sent, its answer not read yet (any call reads it first). */
+    bool commit_pending;
+    bool commit_done;        /* ... read by another call: commit_rc/commit_err wait for the poll */
+    int commit_rc;
+    int64_t commit_deadline; /* monotonic */
+    PGresult *commit_res;    /* its result, read before libpq's end of command */
+    char commit_err[512];
     const char *prepared[PG_MAX_STMTS]; /* SQL texts prepared on conn; "s<index>" is the name */
     int nprepared;
     /* As in the SQLite store: scans never show events the open transaction added. */
@@ -193,6 +200,8 @@ int pg_outbox_dead_list(struct store *st, int64_t after_id, int limit, store_eve
 int pg_outbox_replay(struct store *st, int64_t id, int limit, int64_t now, int64_t *count);
 int pg_outbox_counts(struct store *st, struct store_outbox_counts *out);
 int pg_outbox_owner(struct store *st, bool *mine);
+int pg_commit_start(struct store *st, int *fd);
+int pg_commit_poll(struct store *st, enum store_poll how, bool *done);
 int pg_node_join(struct store *st, const char *name, int64_t boot, int64_t lease_ms, int64_t now,
                  int64_t *node_id);
 int pg_node_renew(struct store *st, int64_t now, int64_t lease_ms, bool *lost);

@@ -19,7 +19,49 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    loop_commit(arg);
+    loop_commit_async(arg);
+}
+
+static void commit_done(struct loop *lp, int rc);
+
+/* How often the loop asks about a COMMIT on its way besides its socket's readability. */
+#define LOOP_COMMIT_TICK_US 2000
+
+/*
+ * The asynchronous COMMIT's socket is readable, or the short tick passed: another store call may
+ * have read the answer already (the socket then stays quiet), and the store decides when the
+ * answer is late ([store] pg_timeout).
+ */
+static void commit_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct loop *lp = arg;
+    bool done = false;
+    int rc = store_commit_poll(lp->store, STORE_POLL_NOW, &done);
+    if (!done)
+        return; /* EV_PERSIST: waits for more of the answer */
+    lp->_committing = false;
+    event_del(lp->_commit_io);
+    commit_done(lp, rc);
+}
+
+/* Finish an asynchronous COMMIT now (waits for its answer, bounded by the store). */
+static void commit_wait(struct loop *lp)
+{
+    if (!lp->_committing)
+        return;
+    bool done = false;
+    int rc = store_commit_poll(lp->store, STORE_POLL_WAIT, &done);
+    lp->_committing = false;
+    if (lp->_commit_io)
+        event_del(lp->_commit_io);
+    commit_done(lp, rc);
+}
+
+bool loop_committing(const struct loop *lp)
+{
+    return lp->_committing;
 }
 
 int loop_init(struct loop *lp, const struct px_config *cfg, struct store *store)
@@ -67,6 +109,8 @@ void loop_release(struct loop *lp)
         event_free(lp->_commit_ev);
     if (lp->_commit_timer)
         event_free(lp->_commit_timer);
+    if (lp->_commit_io)
+        event_free(lp->_commit_io);
     free(lp->_after);
     if (lp->base)
         event_base_free(lp->base);
@@ -90,6 +134,10 @@ double loop_mono_s(void)
 
 void loop_tx_begin(struct loop *lp)
 {
+    /* The frames held for a COMMIT on its way must be released before a new transaction holds
+     * others: its answer first. */
+    if (lp->_committing && !lp->_tx_open)
+        commit_wait(lp);
     lp->_tx_writes++;
     if (lp->_tx_open) {
         /* A flood of writes (an ack stream) must not hold every receipt: commit now. */
@@ -153,27 +201,20 @@ void loop_set_flush(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg)
     lp->_flush_arg = arg;
 }
 
-void loop_commit(struct loop *lp)
+/* The commit is over (rc 0: durable): metrics, the flush hook, then the after-commit callbacks. */
+static void commit_done(struct loop *lp, int rc)
 {
-    if (!lp->_tx_open)
-        return;
-    evtimer_del(lp->_commit_timer);
-    event_del(lp->_commit_ev);
-    double t0 = loop_mono_s();
-    int rc = store_commit(lp->store);
-    double dt = loop_mono_s() - t0;
-    lp->_tx_open = false;
+    double dt = loop_mono_s() - lp->_commit_t0;
     bool ok = rc == 0;
     if (ok) {
-        metrics_commit(&lp->metrics, dt, lp->_tx_writes);
+        metrics_commit(&lp->metrics, dt, lp->_commit_writes);
     } else {
         /* Nothing of this batch is durable: the flush hook drops what was held for it. */
         lp->metrics.store_errors++;
-        log_error("store: commit of %llu writes failed: %s", (unsigned long long)lp->_tx_writes,
-                  store_last_error(lp->store));
+        log_error("store: commit of %llu writes failed: %s",
+                  (unsigned long long)lp->_commit_writes, store_last_error(lp->store));
         store_rollback(lp->store);
     }
-    lp->_tx_writes = 0;
     if (lp->_flush)
         lp->_flush(lp->_flush_arg, ok);
     /* Callbacks may open a new transaction; take the list first. */
@@ -184,4 +225,46 @@ void loop_commit(struct loop *lp)
     for (size_t i = 0; i < n; i++)
         list[i].fn(list[i].arg, ok);
     free(list);
+}
+
+/* Send the COMMIT; 1 when its answer is still on its way (then watched), else done. */
+static int commit_start(struct loop *lp)
+{
+    evtimer_del(lp->_commit_timer);
+    event_del(lp->_commit_ev);
+    lp->_commit_t0 = loop_mono_s();
+    lp->_commit_writes = lp->_tx_writes;
+    lp->_tx_writes = 0;
+    int fd = -1;
+    int rc = store_commit_start(lp->store, &fd);
+    lp->_tx_open = false;
+    if (rc != 1) {
+        commit_done(lp, rc);
+        return 0;
+    }
+    struct timeval tv = {0, LOOP_COMMIT_TICK_US};
+    /* One event while the socket stays the same (a reconnect makes a new one). */
+    if (lp->_commit_io && event_get_fd(lp->_commit_io) != fd) {
+        event_free(lp->_commit_io);
+        lp->_commit_io = NULL;
+    }
+    if (!lp->_commit_io)
+        lp->_commit_io = event_new(lp->base, fd, EV_READ | EV_PERSIST, commit_io_cb, lp);
+    lp->_committing = true;
+    if (!lp->_commit_io || event_add(lp->_commit_io, &tv) != 0)
+        commit_wait(lp); /* cannot watch it: wait for it here */
+    return 1;
+}
+
+void loop_commit(struct loop *lp)
+{
+    if (lp->_tx_open)
+        commit_start(lp);
+    commit_wait(lp);
+}
+
+void loop_commit_async(struct loop *lp)
+{
+    if (lp->_tx_open)
+        commit_start(lp);
 }

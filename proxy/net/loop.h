@@ -32,6 +32,11 @@ struct loop {
     uint64_t _tx_writes;
     struct event *_commit_ev;    /* lowest priority: after this iteration's I/O callbacks */
     struct event *_commit_timer; /* highest priority: the commit_delay / commit_batch bound */
+    /* An asynchronous COMMIT on its way (PostgreSQL): its socket, when it was sent, its writes. */
+    bool _committing;
+    struct event *_commit_io;
+    double _commit_t0;
+    uint64_t _commit_writes;
     struct loop_after *_after; /* waiting for the commit, in order */
     size_t _num_after, _cap_after;
     /*
@@ -83,7 +88,19 @@ void loop_set_flush(struct loop *lp, void (*fn)(void *arg, bool ok), void *arg);
 /*
  * Commit now (no-op when no transaction is open): COMMIT (ROLLBACK on failure), then the flush hook,
  * then the after-commit callbacks in the order they were added. Callbacks may open a new transaction.
+ * Returns when all of that is done (it also finishes an asynchronous commit still on its way).
  */
 void loop_commit(struct loop *lp);
+
+/*
+ * The same from the loop's commit event: with a store that commits asynchronously (PostgreSQL) the
+ * COMMIT is sent and the loop goes on serving; the flush hook and the callbacks run when its answer
+ * arrives on the socket (or fail at [store] pg_timeout). Until then nothing held is released, and a
+ * write that needs a new transaction first waits for that answer (loop_tx_begin).
+ */
+void loop_commit_async(struct loop *lp);
+
+/* Whether an asynchronous COMMIT is on its way. */
+bool loop_committing(const struct loop *lp);
 
 #endif
