@@ -12,6 +12,7 @@
 #endif
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -80,6 +81,8 @@ struct opts {
     bool epoll_only; /* -E: echo's window without io_uring */
     long body;    /* -B: fanout body size in bytes; 0 = the minimal {"t":...} body */
     bool join;    /* -j (idle), storm: join the room after welcome, ready once joined */
+    int pub_port; /* -Q: fanout publisher's port (another node of a cluster); 0 = -P */
+    long group;   /* -g: also report the CPU of this process and its children (postgres) */
 };
 
 struct conn {
@@ -120,7 +123,7 @@ struct hist {
 struct lg {
     struct opts o;
     int ep;
-    struct sockaddr_storage addr;
+    struct sockaddr_storage addr, pub_addr; /* pub_addr: -Q, the fanout publisher's */
     socklen_t addr_len;
     struct conn *conns;
     long nconns;
@@ -131,6 +134,8 @@ struct lg {
     enum phase phase;
     int64_t t_setup, t_run, t_start, t_end, t_done, t_last_rx;
     uint64_t cpu_start, cpu_end; /* server utime+stime in clock ticks */
+    uint64_t group_ticks;        /* -g: the group's utime+stime over the window */
+    long group_procs;            /* -g: processes of the group seen at the window's end */
     int64_t t_cpu0, t_cpu1;      /* when they were read */
     int server_core;             /* the one CPU the server is pinned to, else -1 */
     uint64_t core_busy0, core_total0, core_busy1, core_total1;
@@ -360,6 +365,81 @@ static int pinned_core(long pid)
     return -1;
 }
 
+/*
+ * -g: utime+stime of a process and its direct children (a postmaster and its backends), read at the
+ * window's start and end. A child that started inside the window counts whole; one that ended
+ * inside it is lost (its last ticks go to the parent's cutime, which we do not read).
+ */
+#define GROUP_MAX 1024
+struct group_proc {
+    long pid;
+    uint64_t ticks;
+};
+static struct group_proc group_start[GROUP_MAX];
+static long group_nstart;
+
+static long proc_ppid(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    long ppid = -1;
+    if (!p || sscanf(p + 2, "%*c %ld", &ppid) != 1)
+        return -1;
+    return ppid;
+}
+
+static long group_read(long root, struct group_proc *out, long cap)
+{
+    long n = 0;
+    if (n < cap && proc_cpu(root, &out[n].ticks))
+        out[n++].pid = root;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return n;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < cap) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0 || pid == root || proc_ppid(pid) != root)
+            continue;
+        if (proc_cpu(pid, &out[n].ticks))
+            out[n++].pid = pid;
+    }
+    closedir(d);
+    return n;
+}
+
+static void group_open(void)
+{
+    group_nstart = G.o.group > 0 ? group_read(G.o.group, group_start, GROUP_MAX) : 0;
+}
+
+static void group_close(void)
+{
+    static struct group_proc now[GROUP_MAX];
+    if (G.o.group <= 0)
+        return;
+    long n = group_read(G.o.group, now, GROUP_MAX);
+    G.group_ticks = 0;
+    G.group_procs = n;
+    for (long i = 0; i < n; i++) {
+        uint64_t before = 0;
+        for (long j = 0; j < group_nstart; j++)
+            if (group_start[j].pid == now[i].pid) {
+                before = group_start[j].ticks <= now[i].ticks ? group_start[j].ticks : now[i].ticks;
+                break;
+            }
+        G.group_ticks += now[i].ticks - before;
+    }
+}
+
 /* ---- minimal JSON field access: the peers' frames are flat objects shaped by the bench ---- */
 
 static const char *json_find(const char *s, size_t n, const char *key)
@@ -579,7 +659,9 @@ static void conn_start(struct conn *c)
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(G.ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
         die("epoll_ctl: %s", strerror(errno));
-    if (connect(c->fd, (struct sockaddr *)&G.addr, G.addr_len) < 0 && errno != EINPROGRESS)
+    const struct sockaddr_storage *to =
+        c->role == ROLE_PUBLISHER && G.o.pub_port ? &G.pub_addr : &G.addr;
+    if (connect(c->fd, (const struct sockaddr *)to, G.addr_len) < 0 && errno != EINPROGRESS)
         conn_fail(c, strerror(errno));
 }
 
@@ -604,10 +686,11 @@ static void conn_send_handshake(struct conn *c)
     } else {
         snprintf(target, sizeof(target), "%s", G.o.path);
     }
+    int port = c->role == ROLE_PUBLISHER && G.o.pub_port ? G.o.pub_port : G.o.port;
     if (G.addr.ss_family == AF_INET6)
-        snprintf(host, sizeof(host), "[%s]:%d", G.o.host, G.o.port);
+        snprintf(host, sizeof(host), "[%s]:%d", G.o.host, port);
     else
-        snprintf(host, sizeof(host), "%s:%d", G.o.host, G.o.port);
+        snprintf(host, sizeof(host), "%s:%d", G.o.host, port);
     char req[2048];
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -1119,6 +1202,7 @@ static void window_open(void)
         die("cannot read /proc/%ld/stat", G.o.pid);
     if (G.server_core >= 0 && !proc_core(G.server_core, &G.core_busy0, &G.core_total0))
         G.server_core = -1;
+    group_open();
     getrusage(RUSAGE_SELF, &G.ru_start);
     G.sys_rw0 = G.sys_rw;
 }
@@ -1130,6 +1214,7 @@ static void window_close(void)
         G.cpu_end = G.cpu_start;
     if (G.server_core >= 0 && !proc_core(G.server_core, &G.core_busy1, &G.core_total1))
         G.server_core = -1;
+    group_close();
     getrusage(RUSAGE_SELF, &G.ru_end);
     G.sys_rw1 = G.sys_rw;
 }
@@ -1623,6 +1708,11 @@ static void report(void)
                  o->window, o->size, secs, G.msgs, rate, p50, p99, p999, (double)G.lat.max / 1000.0,
                  cpu_pct, per_core, loader_pct, sys_per_msg, G.uring ? "uring" : "epoll", core_pct,
                  rss, G.errors, G.closed);
+    if (o->group > 0)
+        n += snprintf(line + n, sizeof(line) - (size_t)n,
+                      " group_cpu_s=%.3f group_cpu_pct=%.1f group_procs=%ld",
+                      (double)G.group_ticks / ticks,
+                      wall > 0 ? 100.0 * (double)G.group_ticks / ticks / wall : 0, G.group_procs);
     if (o->mode == MODE_FANOUT) {
         uint64_t expected = (uint64_t)o->conns * G.published;
         double pct = expected ? 100.0 * (double)G.msgs / (double)expected : 0;
@@ -1677,6 +1767,10 @@ static void usage(void)
             "  -E          echo: run the window on epoll (read + write per connection) instead\n"
             "              of io_uring (one io_uring_enter for all of them)\n"
             "  -p PID      server pid: CPU from /proc/PID/stat, RSS from /proc/PID/status\n"
+            "  -g PID      echo, fanout, persist: also report the CPU of PID and its direct\n"
+            "              children over the window (group_cpu_pct; e.g. postgres' postmaster)\n"
+            "  -Q PORT     fanout: the publisher connects to PORT (another node of a cluster),\n"
+            "              the members to -P\n"
             "  -k SECRET   sign HS256 tokens with SECRET and pass them as ?token=\n"
             "  -R ROOM     fanout, storm and idle -j room (default bench)\n"
             "  -u PREFIX   user name prefix (default none)\n"
@@ -1711,6 +1805,11 @@ static void addr_resolve(void)
     } else {
         die("bad host '%s': give a literal loopback address", h);
     }
+    G.pub_addr = G.addr;
+    if (G.o.pub_port && G.addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&G.pub_addr)->sin_port = htons((uint16_t)G.o.pub_port);
+    else if (G.o.pub_port)
+        ((struct sockaddr_in6 *)&G.pub_addr)->sin6_port = htons((uint16_t)G.o.pub_port);
 }
 
 static void nofile_raise(long need)
@@ -1761,7 +1860,7 @@ int main(int argc, char **argv)
                        .prefix = ""};
     const char *mode = NULL;
     int ch;
-    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:k:R:u:bB:ZjEh")) != -1) {
+    while ((ch = getopt(argc, argv, "m:H:P:U:c:w:s:d:W:r:D:p:g:Q:k:R:u:bB:ZjEh")) != -1) {
         switch (ch) {
         case 'm':
             mode = optarg;
@@ -1798,6 +1897,12 @@ int main(int argc, char **argv)
             break;
         case 'p':
             o->pid = (long)arg_num(optarg, "pid");
+            break;
+        case 'g':
+            o->group = (long)arg_num(optarg, "pid");
+            break;
+        case 'Q':
+            o->pub_port = (int)arg_num(optarg, "port");
             break;
         case 'k':
             o->secret = optarg;
@@ -1859,6 +1964,12 @@ int main(int argc, char **argv)
         die("-j is for idle");
     if (o->pid > 0 && proc_rss_kib(o->pid) < 0)
         die("no process %ld", o->pid);
+    if (o->group > 0 && proc_rss_kib(o->group) < 0)
+        die("no process %ld", o->group);
+    if (o->pub_port && (o->mode != MODE_FANOUT || o->pub_port > 65535))
+        die("-Q is for fanout and must be a port");
+    if ((o->mode == MODE_IDLE || o->mode == MODE_STORM) && o->group > 0)
+        die("-g is for echo, fanout and persist");
     addr_resolve();
     signal(SIGPIPE, SIG_IGN);
     if (getrandom(&G.rng, sizeof(G.rng), 0) != sizeof(G.rng) || G.rng == 0)

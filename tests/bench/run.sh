@@ -3,7 +3,8 @@
 # loader on core 1, each figure the median of BENCH_RUNS runs; prints a markdown table and writes
 # it to var/bench/. Environment: BENCH_RUNS (3), BENCH_SECS (5), BENCH_ONLY (scenario names, see
 # below; conv_list is the conversation-list figure, store only), BENCH_NICE (0), BENCH_PORT (28080,
-# first of three free ports), BENCH_STOP_GRACE (5), BENCH_CONV_CALLS (51).
+# first of three free ports), BENCH_STOP_GRACE (5), BENCH_CONV_CALLS (51). The cluster scenarios
+# (persist_pg1, persist_pg2, fanout_x) start a throwaway PostgreSQL with scripts/pgtmp.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -28,6 +29,8 @@ PORT_LWS=$(next_free_port $((PORT_GCHAT + 1)))  # lws-peer: /echo and the chat h
 PORT_RAW=$(next_free_port $((PORT_LWS + 1)))    # rawecho: the loader's ceiling (echo100_raw)
 PORT_API=$(next_free_port $((PORT_RAW + 1)))    # wsproxy's /metrics, events scenarios only
 PORT_HOOK=$(next_free_port $((PORT_API + 1)))   # hookrecv, the events backend
+PORT_WSP2=$(next_free_port $((PORT_HOOK + 1)))  # the second node of the cluster scenarios
+PORT_PG=$(next_free_port $((PORT_WSP2 + 1)))    # their PostgreSQL (scripts/pgtmp.sh)
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUTDIR=var/bench
 RESULT_MD=$OUTDIR/results-$STAMP.md
@@ -35,11 +38,19 @@ RAW=$OUTDIR/raw-$STAMP.txt
 TMP=$(mktemp -d /tmp/wsp-bench.XXXXXX)
 SERVER_PID=
 HOOK_PID=
+NODE_PIDS=() # cluster scenarios: the wsproxy nodes
+PGDIR=       # cluster scenarios: the throwaway PostgreSQL (pgtmp.sh), started once
+PG_PM=       # its postmaster's pid (the backends are its children)
+PG_DSN=
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+PG_NOTE=     # why the cluster scenarios were skipped, for the table
 
 log() { printf '== %s\n' "$*" >&2; }
 
 cleanup() {
     server_stop
+    nodes_stop
+    pg_stop
     hook_stop
     spinners_stop
     rm -rf "$TMP"
@@ -100,10 +111,18 @@ if [ "$NCPU" -ge 2 ]; then SRV_CPU=0; LG_CPU=1; else SRV_CPU=0; LG_CPU=0; fi
 # on loopback, and the API listener for /metrics (read after the window: outbox drained?).
 EV_TYPES=session.opened,session.closed,user.online,user.offline,message.direct,message.room
 EV_TYPES=$EV_TYPES,message.push,message.unacked,member.added,member.removed
-write_config() { # $1 = synchronous, $2 = compression (off|on), $3 = events (off|on)
-    cat >"$TMP/wsproxy.ini" <<EOF
+write_config() { # $1 = synchronous, $2 = compression (off|on), $3 = events (off|on),
+    # $4 = cluster node name (then [store] backend = postgresql on $PG_DSN; empty: SQLite),
+    # $5 = port ($PORT_WSP), $6 = file ($TMP/wsproxy.ini)
+    local node=${4:-} f=${6:-$TMP/wsproxy.ini} store
+    if [ -n "$node" ]; then
+        store=$(printf 'backend = postgresql\ndsn = %s\n[cluster]\nnode_name = %s' "$PG_DSN" "$node")
+    else
+        store=$(printf 'path = %s\nsynchronous = %s' "$TMP/db/wsproxy.db" "$1")
+    fi
+    cat >"$f" <<EOF
 [server]
-listen = 127.0.0.1:$PORT_WSP
+listen = 127.0.0.1:${5:-$PORT_WSP}
 ws_path = /ws
 echo_path = /echo
 static_dir =
@@ -111,8 +130,7 @@ compression = ${2:-off}
 [log]
 level = warn
 [store]
-path = $TMP/db/wsproxy.db
-synchronous = $1
+$store
 [auth]
 mode = token
 jwt_alg = HS256
@@ -127,7 +145,7 @@ max_connections = 100000
 max_connections_per_ip = 100000
 EOF
     if [ "${3:-off}" != off ]; then
-        cat >>"$TMP/wsproxy.ini" <<EOF
+        cat >>"$f" <<EOF
 [api]
 listen = 127.0.0.1:$PORT_API
 [events]
@@ -136,9 +154,9 @@ secret = bench-events-secret-0123456789
 offline_delay = 1s
 EOF
         # on: every type; default: the default types (no message.* events)
-        [ "$3" != on ] || echo "types = $EV_TYPES" >>"$TMP/wsproxy.ini"
+        [ "$3" != on ] || echo "types = $EV_TYPES" >>"$f"
     else
-        printf '[api]\nlisten =\n' >>"$TMP/wsproxy.ini"
+        printf '[api]\nlisten =\n' >>"$f"
     fi
 }
 
@@ -191,18 +209,21 @@ server_start() { # $1 = wsproxy|gorilla-echo|gorilla-chat|lws, $2 = synchronous,
 # SIGTERM, then SIGKILL after STOP_GRACE s: every run has a fresh database, nothing is lost, and
 # a slow shutdown is reported rather than allowed to eat the time budget.
 STOP_GRACE=${BENCH_STOP_GRACE:-5}
-server_stop() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill "$SERVER_PID" 2>/dev/null || true
+proc_stop() { # $1 = pid
+    kill "$1" 2>/dev/null || true
     for _ in $(seq 1 $((STOP_GRACE * 20))); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        kill -0 "$1" 2>/dev/null || break
         sleep 0.05
     done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
+    if kill -0 "$1" 2>/dev/null; then
         echo "   (server still busy ${STOP_GRACE} s after SIGTERM; killed)" >&2
-        kill -9 "$SERVER_PID" 2>/dev/null || true
+        kill -9 "$1" 2>/dev/null || true
     fi
-    wait "$SERVER_PID" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+server_stop() {
+    [ -n "$SERVER_PID" ] || return 0
+    proc_stop "$SERVER_PID"
     SERVER_PID=
 }
 
@@ -272,6 +293,164 @@ spinners_stop() {
     SPINNERS=()
 }
 
+# ---- cluster scenarios (issue 15): nodes on one PostgreSQL ----
+# One throwaway PostgreSQL (scripts/pgtmp.sh: fsync and synchronous_commit on) for all of them,
+# started on the server core (the postmaster and every backend it forks inherit the affinity) the
+# first time one runs; database "wsproxy" dropped and created again before each run. Nodes n1 (port
+# PORT_WSP) and n2 (PORT_WSP2) are started in that order (n1 applies the migrations), pinned like
+# the single server, logs in $TMP/node1.log and node2.log (level warn: every line is reported).
+pg_start() {
+    [ -z "$PGDIR" ] || return 0
+    PGDIR=$(mktemp -d /tmp/wsp-bench-pg.XXXXXX) # under /tmp: the server runs as user postgres
+    if ! PG_DSN=$(nice -n "$NICE" taskset -c "$SRV_CPU" scripts/pgtmp.sh start "$PGDIR" "$PORT_PG" \
+        2>"$TMP/pgtmp.err"); then
+        echo "run.sh: PostgreSQL did not start:" >&2
+        tail -5 "$TMP/pgtmp.err" >&2
+        rm -rf "$PGDIR"
+        PGDIR=
+        return 1
+    fi
+    PG_PM=$(head -1 "$PGDIR/data/postmaster.pid")
+    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on port $PORT_PG," \
+        "pid $PG_PM, $(taskset -pc "$PG_PM" | sed 's/.*: /cores /')"
+}
+pg_stop() {
+    [ -n "$PGDIR" ] || return 0
+    scripts/pgtmp.sh stop "$PGDIR" >/dev/null 2>&1 || true
+    PGDIR=
+    PG_PM=
+}
+pg_sql() {
+    "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PORT_PG" -U postgres -d postgres -qAtc "$1" >/dev/null
+}
+pg_reset() { # a fresh database for the next run
+    pg_sql "DROP DATABASE IF EXISTS wsproxy WITH (FORCE)" && pg_sql "CREATE DATABASE wsproxy"
+}
+nodes_start() { # $1 = how many (1 or 2)
+    local i port pid
+    for i in $(seq 1 "$1"); do
+        port=$PORT_WSP
+        [ "$i" = 1 ] || port=$PORT_WSP2
+        write_config normal off off "n$i" "$port" "$TMP/node$i.ini"
+        pinned "$BB/wsproxy" --config "$TMP/node$i.ini" >"$TMP/node$i.log" 2>&1 &
+        pid=$!
+        NODE_PIDS+=("$pid")
+        if ! wait_port "$port" "$pid"; then
+            echo "run.sh: node n$i did not start:" >&2
+            tail -5 "$TMP/node$i.log" >&2
+            nodes_stop
+            return 1
+        fi
+    done
+    sleep 0.2
+}
+nodes_stop() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do proc_stop "$pid"; done
+    NODE_PIDS=()
+}
+# Two loadgen result lines (node 1's with group_cpu_* = PostgreSQL, node 2's) as one: counts and
+# rates summed, server CPU = both nodes, latency percentiles the higher of the two (a merged
+# histogram is not available), and each node's own figures as n1_* / n2_*.
+proc_ticks() { # $1 = pid: utime + stime in clock ticks
+    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+merge_results() { # $1, $2 = "result ..." lines
+    python3 - "$1" "$2" <<'PY'
+import sys
+a, b = (dict(kv.split("=", 1) for kv in l.split()[1:]) for l in sys.argv[1:3])
+f = lambda d, k: float(d.get(k, 0))
+out = dict(a)
+for k in ("conns", "msgs", "msgs_per_s", "errors", "closed", "loader_cpu_pct"):
+    out[k] = f"{f(a, k) + f(b, k):g}"
+for k in ("p50_us", "p99_us", "p999_us", "max_us"):
+    out[k] = f"{max(f(a, k), f(b, k)):.1f}"
+out["server_cpu_pct"] = f"{f(a, 'server_cpu_pct') + f(b, 'server_cpu_pct'):.1f}"
+cpu = float(out["server_cpu_pct"]) / 100
+out["msgs_per_core_s"] = f"{float(out['msgs_per_s']) / cpu:.0f}" if cpu > 0 else "0"
+out["server_core_busy_pct"] = f"{(f(a, 'server_core_busy_pct') + f(b, 'server_core_busy_pct')) / 2:.1f}"
+for n, d in (("n1", a), ("n2", b)):
+    for k in ("msgs_per_s", "server_cpu_pct", "p50_us", "p99_us", "loader_cpu_pct", "secs"):
+        out[f"{n}_{k}"] = d.get(k, "-1")
+print("result " + " ".join(f"{k}={v}" for k, v in out.items()))
+PY
+}
+# Runs one cluster scenario; $1 = scenario, $2 = pg1|pg2|pgx, $3 = run, $4 = loadgen args.
+# pg1: persist against n1 alone. pg2: two loadgens at once, one per node, each with the given
+# senders (prefixes rNa/rNb), merged. pgx: fanout, members on n2 and the publisher on n1 (-Q).
+# Every loadgen is on the loader core; the one that has -g reads PostgreSQL's CPU over its window.
+run_cluster() {
+    local name=$1 kind=$2 run=$3 args=$4 t0=$SECONDS out= out2= line= nodes=2 srv lg i
+    srv=wsproxy-$kind
+    if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+        PG_NOTE="skipped: PostgreSQL's server binaries are missing (apt-get install postgresql)"
+        log "$name: $PG_NOTE"
+        return 0
+    fi
+    pg_start || { FAILED=1; PG_NOTE="skipped: PostgreSQL did not start"; return 0; }
+    pg_reset || { echo "run.sh: cannot recreate database wsproxy" >&2; FAILED=1; return 0; }
+    [ "$kind" != pg1 ] || nodes=1
+    nodes_start "$nodes" || { FAILED=1; return 0; }
+    lg="nice -n $NICE taskset -c $LG_CPU $BB/loadgen"
+    case $kind in
+    pg1)
+        # shellcheck disable=SC2086
+        out=$($lg $args -P "$PORT_WSP" -p "${NODE_PIDS[0]}" -g "$PG_PM" -u "r$run" \
+            2>"$TMP/loadgen.err") || out="loadgen failed"
+        line=$(grep '^result ' <<<"$out" || true)
+        ;;
+    pg2)
+        # shellcheck disable=SC2086
+        $lg $args -P "$PORT_WSP2" -p "${NODE_PIDS[1]}" -u "r${run}b" >"$TMP/loadgen2.out" \
+            2>"$TMP/loadgen2.err" &
+        i=$!
+        # shellcheck disable=SC2086
+        out=$($lg $args -P "$PORT_WSP" -p "${NODE_PIDS[0]}" -g "$PG_PM" -u "r${run}a" \
+            2>"$TMP/loadgen.err") || out="loadgen failed"
+        wait "$i" || echo "loadgen failed" >>"$TMP/loadgen2.out"
+        out2=$(cat "$TMP/loadgen2.out")
+        cat "$TMP/loadgen2.err" >>"$TMP/loadgen.err"
+        if grep -q '^result ' <<<"$out" && grep -q '^result ' <<<"$out2"; then
+            line=$(merge_results "$(grep '^result ' <<<"$out")" "$(grep '^result ' <<<"$out2")")
+        fi
+        out="node n1: $out"$'\n'"node n2: $out2"
+        ;;
+    pgx)
+        # n1 (the publisher's node) has no loadgen of its own: its CPU over the whole loadgen run
+        local c0 c1 w0 w1
+        c0=$(proc_ticks "${NODE_PIDS[0]}")
+        w0=$(date +%s%N)
+        # shellcheck disable=SC2086
+        out=$($lg $args -P "$PORT_WSP2" -Q "$PORT_WSP" -p "${NODE_PIDS[1]}" -g "$PG_PM" \
+            -u "r$run" 2>"$TMP/loadgen.err") || out="loadgen failed"
+        c1=$(proc_ticks "${NODE_PIDS[0]}")
+        w1=$(date +%s%N)
+        line=$(grep '^result ' <<<"$out" || true)
+        [ -z "$line" ] || line="$line n1_cpu_pct=$(awk -v c="$((c1 - c0))" -v w="$((w1 - w0))" \
+            -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", 100 * c / t / (w / 1e9) }')"
+        ;;
+    esac
+    [ -n "$line" ] || FAILED=1
+    for i in "${!NODE_PIDS[@]}"; do
+        if ! kill -0 "${NODE_PIDS[$i]}" 2>/dev/null; then
+            echo "run.sh: node n$((i + 1)) died during $name" >&2
+            FAILED=1
+        fi
+    done
+    nodes_stop
+    # level warn: any line in a node's log is worth seeing
+    local loglines=0 n
+    for i in $(seq 1 "$nodes"); do
+        n=$(grep -c . "$TMP/node$i.log" || true)
+        loglines=$((loglines + n))
+        [ "$n" = 0 ] || { echo "   node n$i log ($n lines):" >&2; head -5 "$TMP/node$i.log" | sed 's/^/     /' >&2; }
+    done
+    [ -z "$line" ] || echo "scenario=$name server=$srv run=$run ${line#result } node_log_lines=$loglines" >>"$RAW"
+    log "$name on $srv, run $run/$RUNS ($((SECONDS - t0)) s)"
+    grep -v '^result ' <<<"$out" | sed 's/^/   /' >&2
+    sed 's/^/   /' "$TMP/loadgen.err" | head -5 >&2
+}
+
 # ---- scenarios: name | servers | loadgen arguments (port and pid are added) [| group] ----
 # The fanout and idle-on-/ws peers of wsproxy's chat path is gorilla-chat; echo ones gorilla-echo;
 # lws (lws-peer) serves both on one port. echo4k: echo100 with 4 KiB messages. idle_room: idle_ws
@@ -287,6 +466,9 @@ spinners_stop() {
 # types (sessions, presence, unacked checks, membership: no event per message) and on with every
 # type (each DM writes a message.direct event); hookrecv on loopback answers 204; /metrics read
 # after the window.
+# Cluster (issue 15; servers pg1/pg2/pgx are run_cluster's kinds): persist_pg1 is persist_normal's
+# load against one node on PostgreSQL; persist_pg2 the same 16 x 64 split over two nodes (8 senders
+# each, two loadgens at once); fanout_x 200 members on node 2, the publisher on node 1, 20 msgs/s.
 FANOUT_Z="-m fanout -c 5000 -r 10 -d 2 -D 3 -B 600 -k $SECRET"
 SCENARIOS=(
     "echo100|wsproxy gorilla-echo lws|-m echo -c 100 -w 16 -s 32 -d $SECS"
@@ -308,6 +490,9 @@ SCENARIOS=(
     "persist_events_off|wsproxy:normal:off:off|-m persist -c 16 -w 64 -d $SECS -k $SECRET|events"
     "persist_events_default|wsproxy:normal:off:default|-m persist -c 16 -w 64 -d $SECS -k $SECRET|events"
     "persist_events_on|wsproxy:normal:off:on|-m persist -c 16 -w 64 -d $SECS -k $SECRET|events"
+    "persist_pg1|pg1|-m persist -c 16 -w 64 -d $SECS -k $SECRET|cluster"
+    "persist_pg2|pg2|-m persist -c 8 -w 64 -d $SECS -k $SECRET|cluster"
+    "fanout_x|pgx|-m fanout -c 200 -r 20 -d 5 -D 3 -k $SECRET"
 )
 
 wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
@@ -322,7 +507,11 @@ run_one() { # $1 = scenario, $2 = server[:sync[:compression[:events]]], $3 = run
     sync=${sync:-normal}
     comp=${comp:-off}
     evs=${evs:-off}
-    if [ "$srv" = wsproxy ] && [ "$HAVE_WSP" = 0 ]; then return 0; fi
+    if [[ $srv == wsproxy* || $srv == pg* ]] && [ "$HAVE_WSP" = 0 ]; then return 0; fi
+    if [[ $srv == pg* ]]; then
+        run_cluster "$name" "$srv" "$run" "$args"
+        return 0
+    fi
     t0=$SECONDS
     if [ "$evs" != off ] && ! hook_start; then FAILED=1; return 0; fi
     if ! server_start "$srv" "$sync" "$comp" "$evs"; then hook_stop; FAILED=1; return 0; fi
@@ -392,6 +581,7 @@ if wanted conv_list; then
         FAILED=1
     fi
 fi
+pg_stop
 log "all runs took $SECONDS s"
 
 # ---- table ----
@@ -410,7 +600,7 @@ log "all runs took $SECONDS s"
         "libwebsockets from Debian $lws (tests/bench/lws/peer.c)." \
         "Server on core $SRV_CPU, loader on core $LG_CPU; each figure the median of $RUNS runs."
     echo
-    python3 - "$RAW" <<'PY'
+    python3 - "$RAW" "$PG_NOTE" <<'PY'
 import statistics, sys
 rows = [dict(kv.split("=", 1) for kv in l.split()) for l in open(sys.argv[1]) if l.strip()]
 
@@ -654,6 +844,74 @@ for sc, srv in seen:
           f"| {m('loader_cpu_pct', '%')} | {m('loader_syscalls_per_msg')} | {m('p50_us')} "
           f"| {m('p99_us')} | {m('p999_us')} | {m('kib_per_conn')} | {m('delivered_pct', '%')} "
           f"| {m('setup_s')} | {m('errors')} |")
+
+# Cluster (issue 15): one and two nodes on one PostgreSQL beside one node on SQLite, same run.
+CL = [("persist_normal", "wsproxy", "1 node, SQLite"), ("persist_pg1", "wsproxy-pg1",
+      "1 node, PostgreSQL"), ("persist_pg2", "wsproxy-pg2", "2 nodes, PostgreSQL")]
+pg_note = sys.argv[2] if len(sys.argv) > 2 else ""
+if any(r["scenario"] in ("persist_pg1", "persist_pg2", "fanout_x") for r in rows) or pg_note:
+    def medf(sc, srv, fn):  # median over runs of a figure derived from one run's line
+        v = []
+        for r in rows:
+            if r["scenario"] == sc and r["server"] == srv:
+                try:
+                    x = fn(r)
+                except (KeyError, ValueError, ZeroDivisionError):
+                    x = None
+                if x is not None:
+                    v.append(x)
+        return statistics.median(v) if v else None
+    F = lambda k: (lambda r: float(r[k]))
+    us_per = lambda k: (lambda r: float(r[k]) * 1e4 / float(r["msgs_per_s"]))  # % of a core -> µs/DM
+    def row(label, fn, unit="", scale=1.0):
+        v = [medf(sc, srv, fn) for sc, srv, _ in CL]
+        return f"| {label} | " + " | ".join(fmt(None if x is None else x * scale, unit) for x in v) + " |"
+    print("\n## Cluster (issue 15)\n")
+    if pg_note:
+        print(f"PostgreSQL scenarios {pg_note}.\n")
+    print("Durable DMs: 16 senders × 64 in flight to offline users (persist_normal's load); with two "
+          "nodes 8 senders on each (two loadgens at once).\n")
+    print("| metric | " + " | ".join(h for _, _, h in CL) + " |")
+    print("|---|--:|--:|--:|")
+    base = med("persist_normal", "wsproxy", "msgs_per_s")
+    print(row("durable DMs/s (receipt after commit)", F("msgs_per_s")))
+    print("| vs SQLite | " + " | ".join(ratio(med(sc, srv, "msgs_per_s"), base) for sc, srv, _ in CL)
+          + " |")
+    print(row("p50 send→receipt, ms", F("p50_us"), scale=1 / 1000))
+    print(row("p99 send→receipt, ms", F("p99_us"), scale=1 / 1000))
+    print(row("wsproxy CPU, all nodes (share of one core)", F("server_cpu_pct"), "%"))
+    n1, n2 = (medf("persist_pg2", "wsproxy-pg2", F(k)) for k in ("n1_server_cpu_pct", "n2_server_cpu_pct"))
+    d1, d2 = (medf("persist_pg2", "wsproxy-pg2", F(k)) for k in ("n1_msgs_per_s", "n2_msgs_per_s"))
+    print(f"| … per node: CPU / DMs/s | | | n1 {fmt(n1, '%')} / {fmt(d1)}, n2 {fmt(n2, '%')} / {fmt(d2)} |")
+    print(row("PostgreSQL CPU (postmaster + all its processes)", F("group_cpu_pct"), "%"))
+    print(row("core 0 busy (nodes + PostgreSQL + anything else)", F("server_core_busy_pct"), "%"))
+    print(row("wsproxy CPU µs per DM", us_per("server_cpu_pct")))
+    print(row("PostgreSQL CPU µs per DM", us_per("group_cpu_pct")))
+    print(row("loader CPU (all loadgens)", F("loader_cpu_pct"), "%"))
+    print(row("errors", F("errors")))
+    runs = lambda sc: " / ".join(fmt(float(r["msgs_per_s"])) for r in rows
+                                 if r["scenario"] == sc and "msgs_per_s" in r)
+    print("\nPer run, DMs/s: " + "; ".join(f"{h} {runs(sc) or '—'}" for sc, _, h in CL) + ".")
+    X = ("fanout_x", "wsproxy-pgx")
+    print("\nCross-node fan-out (fanout_x): members on node n2, the publisher on node n1; a message "
+          "reaches n2 through PostgreSQL (stored and noted in the cluster log by n1, NOTIFY, fetched "
+          "by n2).\n")
+    print("| members × msgs/s | delivered | p50 publish→receipt, ms | p99, ms | p99.9, ms "
+          "| n2 CPU | n1 CPU | PostgreSQL CPU | core 0 busy | errors |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    mx = lambda k, unit="", scale=1.0: fmt(None if med(*X, k) is None else med(*X, k) * scale, unit)
+    print(f"| {mx('conns')} × {mx('rate')} | {mx('delivered_pct', '%')} | {mx('p50_us', scale=1e-3)} "
+          f"| {mx('p99_us', scale=1e-3)} | {mx('p999_us', scale=1e-3)} | {mx('server_cpu_pct', '%')} "
+          f"| {mx('n1_cpu_pct', '%')} | {mx('group_cpu_pct', '%')} | {mx('server_core_busy_pct', '%')} "
+          f"| {mx('errors')} |")
+    logs = sum(int(float(r.get("node_log_lines", 0))) for r in rows if r["server"].startswith("wsproxy-pg"))
+    print(f"\nPinning: every wsproxy node and PostgreSQL (postmaster, backends, background workers) "
+          f"on core 0; the loadgens on core 1; so the nodes and the database share one core, and "
+          f"*core 0 busy* near 100 % means that core is the limit, split as the CPU rows show. "
+          f"PostgreSQL: scripts/pgtmp.sh (fsync on, synchronous_commit on, shared_buffers 128MB), "
+          f"database recreated before each run. CPU: utime + stime from /proc over the loadgen's "
+          f"window (n1's in fanout_x: over the whole loadgen run, setup included). Two-node latency: the higher of the two loadgens' percentiles. Lines in the "
+          f"nodes' logs (level warn), all runs: {logs}.")
 PY
     echo
     echo "Raw result lines (one per run):"
