@@ -128,6 +128,8 @@ static json_t *session_json(const struct store_session *s)
     json_object_set_new(o, "last_seen_at", json_integer(s->last_seen_at));
     json_object_set_new(o, "ended_at", int_or_null(s->ended ? s->ended_at : 0));
     json_object_set_new(o, "end_reason", str_or_null(s->ended ? s->end_reason : NULL));
+    if (s->node) /* cluster mode: the node that holds (held) it */
+        json_object_set_new(o, "node", json_integer(s->node));
     return o;
 }
 
@@ -587,7 +589,10 @@ int cmd_stats(struct wsctl *w, int argc, char **argv)
     snprintf(v[5], sizeof(v[5]), "%lld", (long long)s.rooms);
     snprintf(v[6], sizeof(v[6]), "%d", version);
     fmt_bytes(sz, sizeof(sz), size);
-    snprintf(v[7], sizeof(v[7]), "%.100s (%s)", path, sz);
+    if (pg)
+        snprintf(v[7], sizeof(v[7]), "postgresql ([store] dsn)");
+    else
+        snprintf(v[7], sizeof(v[7]), "%.100s (%s)", path, sz);
     static const char *const keys[] = {"sessions active", "sessions total", "users online",
                                        "messages",        "pending direct", "rooms",
                                        "schema version",  "database"};

@@ -71,6 +71,8 @@ static const struct wsctl_cmd commands[] = {
      "mint a test token for USER, signed with the config's HS256 jwt_secret",
      "  -t, --ttl DUR     lifetime (default 1h; 1s to 366d)\n"
      "                    RS256/ES256 configs are refused: the private key is not wsproxy's\n"},
+    {"nodes", cmd_nodes, "",
+     "cluster mode (PostgreSQL): each node's name, state (up, down, lost) and lease", ""},
     {"backup", cmd_backup, "FILE",
      "online, consistent copy of the database into FILE (SQLite backup API; never overwrites)",
      ""},

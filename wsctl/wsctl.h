@@ -63,6 +63,7 @@ int cmd_status(struct wsctl *w, int argc, char **argv);
 int cmd_message(struct wsctl *w, int argc, char **argv);
 int cmd_token(struct wsctl *w, int argc, char **argv);
 int cmd_backup(struct wsctl *w, int argc, char **argv);
+int cmd_nodes(struct wsctl *w, int argc, char **argv);
 int cmd_events(struct wsctl *w, int argc, char **argv);
 int cmd_rooms(struct wsctl *w, int argc, char **argv);
 int cmd_members(struct wsctl *w, int argc, char **argv);

@@ -452,3 +452,35 @@ def test_cluster_behind_nginx_a_killed_nodes_client_reconnects_to_the_other(clus
         run(body())
     finally:
         ngx.stop()
+
+
+def test_cluster_wsctl_reads_the_postgresql_store(cluster):
+    """wsctl with a node's config: sessions (with their node), stats, nodes; backup refuses."""
+    n1, n2 = cluster.node(1), cluster.node(2)
+    wsctl = os.environ.get("WSCTL_BIN", os.path.join(os.path.dirname(os.path.abspath(
+        os.environ.get("WSP_BIN", os.path.join(ROOT, "build", "wsproxy")))), "wsctl"))
+
+    def ctl(*args):
+        return subprocess.run([wsctl, "-c", n1.config_path, *args], capture_output=True, text=True,
+                              timeout=20)
+
+    async def body():
+        kim = await connect(n2, "kim")
+        r = ctl("--json", "sessions", "--active")
+        assert r.returncode == 0, r.stderr
+        rows = json.loads(r.stdout)["sessions"]
+        mine = [s for s in rows if s["user"] == "kim"]
+        assert len(mine) == 1 and mine[0]["id"] == int(kim.welcome["session"])
+        node2 = int(cluster.sql("SELECT id FROM nodes WHERE name = 'n2'"))
+        assert mine[0]["node"] == node2
+        r = ctl("stats")
+        assert r.returncode == 0 and "postgresql" in r.stdout, r.stdout + r.stderr
+        r = ctl("--json", "nodes")
+        assert r.returncode == 0, r.stderr
+        states = {n["name"]: n["state"] for n in json.loads(r.stdout)["nodes"]}
+        assert states == {"n1": "up", "n2": "up"}
+        r = ctl("backup", os.path.join(n1.dir, "copy.db"))
+        assert r.returncode != 0 and "pg_dump" in r.stderr
+        await kim.close()
+
+    run(body())
