@@ -17,6 +17,7 @@ import uuid
 import pytest
 import websockets
 
+from conftest import assert_clean_log
 from wsp import ROOT, Server, wait_api
 from test_api import api
 
@@ -80,6 +81,8 @@ def cluster(pg, tmp_path):
     yield Cluster()
     for s in nodes.values():
         s.stop()
+    for s in nodes.values():
+        assert_clean_log(s)  # ASan/UBSan builds: a report in a node's log fails the test
     psql(pg, "postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
