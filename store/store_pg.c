@@ -52,6 +52,92 @@ enum store_via pg_via_parse(const char *s)
     return STORE_VIA_JOIN;
 }
 
+void pga_init(struct pg_array *a)
+{
+    a->p = NULL;
+    a->len = a->cap = 0;
+    a->oom = false;
+}
+
+/* Room for n more bytes (and the final NUL). */
+static bool pga_room(struct pg_array *a, size_t n)
+{
+    if (a->oom)
+        return false;
+    if (a->len + n + 1 <= a->cap)
+        return true;
+    size_t cap = a->cap ? a->cap : 256;
+    while (cap < a->len + n + 1)
+        cap *= 2;
+    char *p = realloc(a->p, cap);
+    if (!p) {
+        a->oom = true;
+        return false;
+    }
+    a->p = p;
+    a->cap = cap;
+    return true;
+}
+
+/* The separator before an element: "{" for the first, "," after. */
+static void pga_sep(struct pg_array *a)
+{
+    if (pga_room(a, 1)) {
+        a->p[a->len] = a->len ? ',' : '{';
+        a->len++;
+    }
+}
+
+void pga_text(struct pg_array *a, const char *s)
+{
+    pga_sep(a);
+    if (!s) {
+        if (pga_room(a, 4)) {
+            memcpy(a->p + a->len, "NULL", 4);
+            a->len += 4;
+        }
+        return;
+    }
+    size_t n = strlen(s), extra = 0;
+    for (size_t i = 0; i < n; i++)
+        extra += s[i] == '"' || s[i] == '\\';
+    if (!pga_room(a, n + extra + 2))
+        return;
+    char *d = a->p + a->len;
+    *d++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            *d++ = '\\';
+        *d++ = s[i];
+    }
+    *d++ = '"';
+    a->len = (size_t)(d - a->p);
+}
+
+void pga_i64(struct pg_array *a, int64_t v)
+{
+    pga_sep(a);
+    if (pga_room(a, 24))
+        a->len += (size_t)snprintf(a->p + a->len, 24, "%" PRId64, v);
+}
+
+const char *pga_done(struct pg_array *a)
+{
+    if (a->len == 0 && pga_room(a, 1))
+        a->p[a->len++] = '{'; /* no element: "{}" */
+    if (!pga_room(a, 1))
+        return NULL;
+    a->p[a->len++] = '}';
+    a->p[a->len] = '\0';
+    return a->p;
+}
+
+void pga_free(struct pg_array *a)
+{
+    free(a->p);
+    pga_init(a);
+}
+
 void pgp_init(struct pg_params *p)
 {
     p->n = 0;
@@ -477,12 +563,37 @@ void pg_set_lock_wait(struct store *st, int ms)
     pg_of(st)->wait_ms = ms > 0 ? ms : 0;
 }
 
+/* The transaction is over, kept or not: what it noted in memory goes with it. */
 static void pg_txn_over(struct store_pg *pg)
 {
     pg->txn = false;
     pg->txn_broken = false;
     pg->savepoints = 0;
+    pg_conv_drop(pg);
+    pg_log_drop(pg, 0);
     pg_outbox_txn_over(pg);
+}
+
+/* What the transaction noted in memory is part of it: written right before its COMMIT. */
+static int pg_flush_noted(struct store_pg *pg)
+{
+    int rc = pg_conv_flush(pg);
+    return rc < 0 ? rc : pg_log_flush(pg);
+}
+
+/* A flush before COMMIT failed: the contract is that a failed commit stored nothing, so roll the
+ * transaction back (keeping the flush's error) rather than commit it without those rows. */
+static int pg_commit_abort(struct store_pg *pg, int rc)
+{
+    char keep[sizeof pg->err];
+
+    memcpy(keep, pg->err, sizeof keep);
+    pg->txn_broken = false; /* lets the ROLLBACK through */
+    if (pg->conn)
+        pg_run(pg, SQL_ROLLBACK, NULL, NULL, "rollback");
+    pg_txn_over(pg);
+    memcpy(pg->err, keep, sizeof keep);
+    return rc;
 }
 
 int pg_begin(struct store *st)
@@ -518,6 +629,8 @@ int pg_commit(struct store *st)
         return pg_failf(pg, STORE_ERR_IO, "commit: the transaction was aborted after an error (%s)",
                         keep);
     }
+    if ((rc = pg_flush_noted(pg)) < 0)
+        return pg_commit_abort(pg, rc);
     rc = pg_run(pg, SQL_COMMIT, NULL, NULL, "commit");
     /* A failed COMMIT ends the transaction in PostgreSQL (rolled back); a lost connection too. */
     pg_txn_over(pg);
@@ -602,9 +715,15 @@ int pg_commit_start(struct store *st, int *fd)
 {
     struct store_pg *pg = pg_of(st);
 
+    int rc;
+
     *fd = -1;
     if (!pg->txn || pg->txn_broken || !pg->conn)
         return pg_commit(st); /* the errors and the rollback of the synchronous path */
+    /* Synchronous: a few round trips per group commit, and only the COMMIT's fsync is waited for
+     * without blocking the loop. */
+    if ((rc = pg_flush_noted(pg)) < 0)
+        return pg_commit_abort(pg, rc);
     if (!PQsendQuery(pg->conn, SQL_COMMIT)) {
         pg_failf(pg, STORE_ERR_IO, "commit: %s", PQerrorMessage(pg->conn));
         pg_drop(pg);
@@ -678,6 +797,11 @@ int pg_atomic_begin(struct store *st, bool *own_txn)
         pg->txn_broken = false;
         return 0;
     }
+    /* Touches noted before the savepoint are written before it, so a ROLLBACK TO cannot undo them
+     * (their messages stay); inside it, touches are written with their messages. Cluster notes stay
+     * in memory: the savepoint remembers how many there were. */
+    if ((rc = pg_conv_flush(pg)) < 0 || (rc = pg_log_savepoint(pg)) < 0)
+        return rc;
     if ((rc = pg_run(pg, SQL_SAVEPOINT, NULL, NULL, "savepoint")) < 0)
         return rc;
     pg->savepoints++;
@@ -698,8 +822,10 @@ int pg_atomic_end(struct store *st, bool own_txn, int rc)
         memcpy(pg->err, keep, sizeof keep);
         return rc;
     }
-    if (pg->savepoints > 0)
+    if (pg->savepoints > 0) {
         pg->savepoints--;
+        pg_log_savepoint_end(pg, rc != 0);
+    }
     if (rc == 0) {
         if ((rc2 = pg_run(pg, SQL_RELEASE, NULL, NULL, "release savepoint")) < 0)
             return rc2;
@@ -937,6 +1063,10 @@ void pg_close(struct store *st)
     PQclear(pg->commit_res);
     if (pg->conn)
         PQfinish(pg->conn); /* an open transaction is rolled back by the server */
+    pg_conv_drop(pg);     /* ... and what it noted in memory with it */
+    pg_log_drop(pg, 0);
+    free(pg->notes);
+    free(pg->note_marks);
     free(pg->conninfo);
     free(pg->ret_room);
     free(pg->ret_dm_user);

@@ -26,6 +26,9 @@
 /* Parameters of one statement. */
 #define PG_MAX_PARAMS 12
 
+struct pg_conv;
+struct pg_note;
+
 struct store_pg {
     const struct store_ops *ops; /* first: store_ops_of() reads it */
     PGconn *conn;                /* NULL while down */
@@ -57,6 +60,16 @@ struct store_pg {
     /* store_retention_step's place in the walk over conversations (NULL: from the start). */
     char *ret_room;
     char *ret_dm_user, *ret_dm_peer;
+    /* Conversation touches of the open group commit not written yet (store_pg_msg.c): one per room
+     * and per pair of users, written by pg_conv_flush. Empty outside a transaction and while a
+     * savepoint is open (touches are then written with their message: ROLLBACK TO undoes both). */
+    struct pg_conv *conv_pending;
+    /* Cluster log rows of the open transaction (store_pg_cluster.c), written by pg_log_flush in one
+     * statement before COMMIT: one NOTIFY per commit instead of one insert per note. */
+    struct pg_note **notes;
+    size_t nnotes, notes_cap;
+    size_t *note_marks; /* nnotes when each open savepoint began (index: its depth) */
+    int note_marks_cap;
     char err[512];
 };
 
@@ -71,6 +84,24 @@ struct pg_params {
     const char *v[PG_MAX_PARAMS];
     char num[PG_MAX_PARAMS][24];
 };
+
+/*
+ * A PostgreSQL array literal for one text parameter ("{...}"): unnest() over a few of them writes
+ * many rows in one statement (one round trip, one statement's overhead). Every element is quoted
+ * (\\ and \" escaped), NULL unquoted. pga_done closes it and returns the text, or NULL when out of
+ * memory; pga_free releases it.
+ */
+struct pg_array {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+void pga_init(struct pg_array *a);
+void pga_text(struct pg_array *a, const char *s);
+void pga_i64(struct pg_array *a, int64_t v);
+const char *pga_done(struct pg_array *a);
+void pga_free(struct pg_array *a);
 
 void pgp_init(struct pg_params *p);
 void pgp_text(struct pg_params *p, const char *s);
@@ -136,8 +167,31 @@ void pg_outbox_txn_over(struct store_pg *pg);
 /* A rooms row for room (created now if missing). */
 int pg_room_ensure(struct store_pg *pg, const char *room, int64_t now);
 
-/* The conversation list's state for a new message: the room's or both sides' last id and count. */
+/* The conversation list's state for a new message: the room's or both sides' last id and count,
+ * written now. */
 int pg_conv_touch(struct store_pg *pg, const struct store_msg *m, int64_t id);
+
+/*
+ * Write the conversation touches pg_msg_insert noted in the open group commit (max last_id, summed
+ * counts) in one statement. Called before COMMIT, before a savepoint opens, and at the top of every
+ * function that reads or writes rooms or dm_conversations (or deletes messages: the count trigger).
+ * A no-op when nothing is noted; on failure the touches stay noted (the commit then fails).
+ * pg_conv_drop forgets them: the transaction is over without them.
+ */
+int pg_conv_flush(struct store_pg *pg);
+void pg_conv_drop(struct store_pg *pg);
+
+/*
+ * The cluster log rows pg_cluster_note kept in the open transaction: pg_log_flush writes them in
+ * one statement (before COMMIT; on failure they stay, the commit fails); pg_log_drop forgets all
+ * but the first keep. A savepoint remembers where it began (pg_log_savepoint, before it opens, at
+ * depth pg->savepoints); pg_log_savepoint_end (after the depth went back down) forgets the rows
+ * noted since when the savepoint was undone.
+ */
+int pg_log_flush(struct store_pg *pg);
+void pg_log_drop(struct store_pg *pg, size_t keep);
+int pg_log_savepoint(struct store_pg *pg);
+void pg_log_savepoint_end(struct store_pg *pg, bool undone);
 
 /* The PostgreSQL backend's functions behind store_pg_ops (store.h has their contracts). */
 void pg_set_lock_wait(struct store *st, int ms);

@@ -3,22 +3,30 @@
  * list's state, acks, pending direct messages, history paging, one message with its delivery
  * state, tombstones. store_msg.c and store_conv.c are the SQLite twins.
  *
- * Every call is a network round trip, so each function here is one statement where it can be:
- * the insert moves the rooms / dm_conversations rows in the same statement (data-modifying CTEs),
- * which also makes it atomic without a transaction of its own. pg_conv_touch is the same move on
- * its own, for a message stored some other way; there is no in-memory coalescing as in SQLite.
+ * Every call is a network round trip, so each function here is one statement where it can be.
+ * Outside a group commit (and inside a savepoint) the insert moves the rooms / dm_conversations
+ * rows in the same statement (data-modifying CTEs), which also makes it atomic without a
+ * transaction of its own. Inside a group commit it inserts only the message and notes the move in
+ * memory, merged per room / pair of users; pg_conv_flush writes them all in one statement (as
+ * store_conv.c does for SQLite). pg_conv_touch is the move on its own, for a message stored some
+ * other way.
  */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* A failed allocation in HASH_ADD leaves the table as it was: the touch is then written at once. */
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(e) (conv_oom = true)
+#include <uthash.h>
+
 #include "store_pg_internal.h"
 
 /*
- * The conversation list's upserts, shared by the insert and pg_conv_touch. A room row counts one
- * more message and its last_id never moves back; created_at is the oldest time seen (as SQLite's
- * touch, which may be written after later messages). A direct message moves both sides' rows; a
+ * The conversation list's upserts, shared by the insert, pg_conv_touch and pg_conv_flush. A room
+ * row counts the new messages and its last_id never moves back; created_at is the oldest time seen
+ * (as SQLite's touch, which may be written after later messages). A direct message moves both sides' rows; a
  * note to self is one row. The two rows are written in "user" order, so two nodes touching the same
  * pair in opposite directions lock them in the same order (no deadlock).
  */
@@ -53,6 +61,26 @@ static const char SQL_MSG_INSERT[] =
     "), d AS (INSERT INTO dm_conversations (\"user\", peer, last_id, msg_count)"
     " SELECT v.u, v.p, m.id, 1 FROM m, " DM_SIDES " ORDER BY v.u" DM_TOUCH_CONFLICT ")"
     " SELECT id FROM m";
+/* SQL_MSG_INSERT without the conversation rows: inside a group commit they are noted in memory. */
+static const char SQL_MSG_INSERT_ONLY[] =
+    "INSERT INTO messages (sender, to_user, room, body, cid, created_at, via)"
+    " SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint, $7::text"
+    " WHERE NOT EXISTS (SELECT 1 FROM messages WHERE sender = $1::text AND cid = $5::text)"
+    " ON CONFLICT (sender, cid) DO NOTHING RETURNING id";
+/*
+ * The noted touches in one statement: $1-$4 the rooms (name, oldest created_at, last id, count),
+ * $5-$8 the dm_conversations rows (user, peer, last id, count; both sides of a pair). Each kind is
+ * written sorted by its key, in the collation SQL_MSG_INSERT's "ORDER BY v.u" uses, so two nodes
+ * (or a flush and a single insert) touching overlapping rows lock them in the same order and cannot
+ * deadlock. Every key comes once (merged in memory): ON CONFLICT DO UPDATE allows no repeat.
+ */
+static const char SQL_CONV_FLUSH[] =
+    "WITH r AS (INSERT INTO rooms (name, created_at, last_id, msg_count)"
+    " SELECT n, c, l, k FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])"
+    " AS t (n, c, l, k) ORDER BY n" ROOM_TOUCH_CONFLICT ")"
+    " INSERT INTO dm_conversations (\"user\", peer, last_id, msg_count)"
+    " SELECT u, p, l, k FROM unnest($5::text[], $6::text[], $7::bigint[], $8::bigint[])"
+    " AS t (u, p, l, k) ORDER BY u, p" DM_TOUCH_CONFLICT;
 static const char SQL_MSG_BY_CID[] =
     "SELECT id, created_at FROM messages WHERE sender = $1 AND cid = $2";
 /* pg_conv_touch's: $1 room, $2 created_at, $3 id / $1 sender, $2 to_user, $3 id */
@@ -102,6 +130,125 @@ static const char SQL_MSG_GET[] =
 static const char SQL_MSG_DELETE[] =
     "UPDATE messages SET deleted_at = $2, body = 'null' WHERE id = $1 AND deleted_at IS NULL";
 
+/* ---- Conversation touches: noted during a group commit, written once before its COMMIT ---- */
+
+/*
+ * One room, or one pair of users (both sides of their conversation), touched in the open group
+ * commit. Written per message, each direct message upserted both dm_conversations rows: never a HOT
+ * update (last_id is indexed by dm_conversations_recent), so every message left two dead row
+ * versions behind that the next upserts of the pair walked past, and that insert was most of
+ * PostgreSQL's time per message. A group commit of thousands of messages among few conversations
+ * writes each row once instead.
+ */
+struct pg_conv {
+    UT_hash_handle hh;
+    const char *a, *b;  /* the room (b NULL), or the two users; point into key */
+    int64_t created_at; /* the oldest message's time (a room row created by the flush) */
+    int64_t last_id;    /* the newest message */
+    int64_t count;      /* messages */
+    unsigned keylen;
+    char key[];         /* "R" room, or "D" user '\0' user, the smaller name first */
+};
+
+static bool conv_oom; /* set by uthash_nonfatal_oom */
+
+/* Note m's touch (stored as id) in pg->conv_pending; -1 when out of memory (nothing noted). */
+static int conv_note(struct store_pg *pg, const struct store_msg *m, int64_t id)
+{
+    const char *a = m->room ? m->room : m->sender, *b = m->room ? NULL : m->to_user;
+    if (b && strcmp(a, b) > 0) {
+        const char *t = a;
+        a = b;
+        b = t;
+    }
+    size_t la = strlen(a), lb = b ? strlen(b) : 0, len = 1 + la + (b ? 1 + lb : 0);
+    struct pg_conv *e = malloc(sizeof(*e) + len + 1);
+    if (!e)
+        return -1;
+    e->keylen = (unsigned)len;
+    e->key[0] = b ? 'D' : 'R';
+    memcpy(e->key + 1, a, la + 1);
+    e->a = e->key + 1;
+    e->b = NULL;
+    if (b) {
+        memcpy(e->key + 2 + la, b, lb + 1);
+        e->b = e->key + 2 + la;
+    }
+    struct pg_conv *old;
+    HASH_FIND(hh, pg->conv_pending, e->key, e->keylen, old);
+    if (old) {
+        free(e);
+        if (id > old->last_id)
+            old->last_id = id;
+        if (m->created_at < old->created_at)
+            old->created_at = m->created_at;
+        old->count++;
+        return 0;
+    }
+    e->created_at = m->created_at;
+    e->last_id = id;
+    e->count = 1;
+    conv_oom = false;
+    HASH_ADD(hh, pg->conv_pending, key[0], e->keylen, e);
+    if (conv_oom) {
+        free(e);
+        return -1;
+    }
+    return 0;
+}
+
+void pg_conv_drop(struct store_pg *pg)
+{
+    struct pg_conv *e, *tmp;
+    HASH_ITER(hh, pg->conv_pending, e, tmp) {
+        HASH_DEL(pg->conv_pending, e);
+        free(e);
+    }
+}
+
+int pg_conv_flush(struct store_pg *pg)
+{
+    struct pg_array arr[8]; /* SQL_CONV_FLUSH's parameters, in order */
+    struct pg_params p;
+    struct pg_conv *e, *tmp;
+    int rc = 0;
+
+    if (!pg->conv_pending)
+        return 0;
+    for (int i = 0; i < 8; i++)
+        pga_init(&arr[i]);
+    HASH_ITER(hh, pg->conv_pending, e, tmp) {
+        if (!e->b) {
+            pga_text(&arr[0], e->a);
+            pga_i64(&arr[1], e->created_at);
+            pga_i64(&arr[2], e->last_id);
+            pga_i64(&arr[3], e->count);
+            continue;
+        }
+        /* both sides; a note to self is one row */
+        for (int side = 0; side < (strcmp(e->a, e->b) ? 2 : 1); side++) {
+            pga_text(&arr[4], side ? e->b : e->a);
+            pga_text(&arr[5], side ? e->a : e->b);
+            pga_i64(&arr[6], e->last_id);
+            pga_i64(&arr[7], e->count);
+        }
+    }
+    pgp_init(&p);
+    for (int i = 0; i < 8; i++) {
+        const char *v = pga_done(&arr[i]);
+        if (!v)
+            rc = pg_failf(pg, STORE_ERR_NOMEM, "conversation touches: out of memory");
+        pgp_text(&p, v);
+    }
+    if (rc == 0)
+        rc = pg_write(pg, SQL_CONV_FLUSH, &p, NULL, "conversation touches");
+    for (int i = 0; i < 8; i++)
+        pga_free(&arr[i]);
+    if (rc == 0)
+        pg_conv_drop(pg);
+    return rc;
+}
+
 /* ---- Insert ---- */
 
 /* The first message stored with (sender, cid). */
@@ -142,6 +289,8 @@ int pg_msg_insert(struct store *st, const struct store_msg *m, struct store_rece
                         "message insert: sender, body and exactly one of to_user/room needed");
     if ((rc = pg_write_check(pg)) < 0)
         return rc;
+    /* In a savepoint the touch is written with its message, so that ROLLBACK TO undoes both. */
+    bool note = pg->txn && pg->savepoints == 0;
     pgp_init(&p);
     pgp_text(&p, m->sender);
     pgp_text(&p, m->to_user);
@@ -150,14 +299,17 @@ int pg_msg_insert(struct store *st, const struct store_msg *m, struct store_rece
     pgp_text(&p, m->cid);
     pgp_i64(&p, m->created_at);
     pgp_text(&p, m->via);
-    if ((rc = pg_run(pg, SQL_MSG_INSERT, &p, &r, "message insert")) < 0)
+    if ((rc = pg_run(pg, note ? SQL_MSG_INSERT_ONLY : SQL_MSG_INSERT, &p, &r, "message insert")) <
+        0)
         return rc;
     bool stored = PQntuples(r) > 0;
     if (stored)
         out->id = pg_i64(r, 0, 0);
     PQclear(r);
-    if (!stored) /* DO NOTHING: this cid was used before */
+    if (!stored) /* DO NOTHING: this cid was used before (and nothing moves) */
         return find_by_cid(pg, m->sender, m->cid, out);
+    if (note && conv_note(pg, m, out->id) < 0 && (rc = pg_conv_touch(pg, m, out->id)) < 0)
+        return rc; /* no memory to note it: written at once instead */
     out->created_at = m->created_at;
     out->duplicate = false;
     return 0;

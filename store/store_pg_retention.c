@@ -195,7 +195,8 @@ int pg_retention_step(struct store *st, int64_t cutoff, int64_t keep, int budget
     *deleted = 0;
     if (budget < 1 || cutoff < 0 || keep < 0)
         return pg_failf(pg, STORE_ERR_INVALID, "retention: budget >= 1, cutoff and keep >= 0");
-    if ((rc = pg_write_check(pg)) < 0)
+    /* the counts are read, and the delete trigger moves them: the noted touches go first */
+    if ((rc = pg_write_check(pg)) < 0 || (rc = pg_conv_flush(pg)) < 0)
         return rc;
     if (cutoff > 0) {
         struct pg_params p;
@@ -224,7 +225,8 @@ int pg_user_erase(struct store *st, const char *user, int64_t now, int64_t *tomb
 
     if (!pg_name_ok(user))
         return pg_failf(pg, STORE_ERR_INVALID, "erase: a valid user needed");
-    if ((rc = pg_write_check(pg)) < 0)
+    /* flushed first: a touch noted earlier would bring the deleted rows back */
+    if ((rc = pg_write_check(pg)) < 0 || (rc = pg_conv_flush(pg)) < 0)
         return rc;
     pgp_init(&p);
     pgp_text(&p, user);

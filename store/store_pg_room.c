@@ -121,9 +121,12 @@ _Static_assert(STORE_UNREAD_MAX == 1000, "the LIMIT in SQL_CONVERSATIONS's unrea
 int pg_room_ensure(struct store_pg *pg, const char *room, int64_t now)
 {
     struct pg_params p;
+    int rc;
 
     if (!pg_name_ok(room))
         return pg_failf(pg, STORE_ERR_INVALID, "room: a name needed");
+    if ((rc = pg_conv_flush(pg)) < 0) /* the noted touches first, as everywhere rooms is written */
+        return rc;
     pgp_init(&p);
     pgp_text(&p, room);
     pgp_i64(&p, now);
@@ -155,7 +158,8 @@ int pg_room_join_via(struct store *st, const char *room, const char *user, int64
     int64_t changed = 0;
     int rc;
 
-    if ((rc = room_user(pg, &p, room, user, "join")) < 0)
+    /* The ensure writes rooms: the noted touches first (as SQLite's join does). */
+    if ((rc = room_user(pg, &p, room, user, "join")) < 0 || (rc = pg_conv_flush(pg)) < 0)
         return rc;
     pgp_i64(&p, now);
     pgp_text(&p, pg_via_name(via));
@@ -305,7 +309,9 @@ int pg_room_add(struct store *st, const char *room, const char *user, int64_t no
     PGresult *r;
     int rc;
 
-    if ((rc = room_user(pg, &p, room, user, "room add")) < 0 || (rc = pg_write_check(pg)) < 0)
+    /* a new member's cursor is rooms.last_id: the noted touches first */
+    if ((rc = room_user(pg, &p, room, user, "room add")) < 0 || (rc = pg_write_check(pg)) < 0 ||
+        (rc = pg_conv_flush(pg)) < 0)
         return rc;
     pgp_i64(&p, now);
     if ((rc = pg_run(pg, SQL_ROOM_ADD, &p, &r, "room add")) < 0)
@@ -323,7 +329,8 @@ int pg_room_delete(struct store *st, const char *room, int64_t now, store_name_f
     PGresult *r;
     int rc;
 
-    if ((rc = pg_write_check(pg)) < 0)
+    /* flushed first: a touch noted earlier would bring the row back */
+    if ((rc = pg_write_check(pg)) < 0 || (rc = pg_conv_flush(pg)) < 0)
         return rc;
     if (!pg_name_ok(room))
         return pg_failf(pg, STORE_ERR_INVALID, "room delete: a valid name needed");
@@ -352,6 +359,8 @@ int pg_rooms_list(struct store *st, const char *after, int limit, store_room_fn 
 
     if (limit < 1 || !cb)
         return pg_failf(pg, STORE_ERR_INVALID, "rooms: limit >= 1 and a callback needed");
+    if ((rc = pg_conv_flush(pg)) < 0)
+        return rc;
     pgp_init(&p);
     pgp_text(&p, after ? after : "");
     pgp_i64(&p, (int64_t)limit + 1);
@@ -420,6 +429,8 @@ int pg_user_conversations(struct store *st, const char *user, int64_t before_id,
 
     if (!pg_name_ok(user) || limit < 1 || limit > 1000 || !cb)
         return pg_failf(pg, STORE_ERR_INVALID, "conversations: user, limit 1-1000, callback");
+    if ((rc = pg_conv_flush(pg)) < 0)
+        return rc;
     pgp_init(&p);
     pgp_text(&p, user);
     pgp_i64(&p, before_id > 0 ? before_id : INT64_MAX);

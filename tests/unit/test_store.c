@@ -1706,6 +1706,197 @@ static void test_store_conv_touch_seen_inside_transaction(void **state)
     assert_string_equal(rows, want);
 }
 
+/* Users and a room whose names need quoting in PostgreSQL's array literals ("NULL" is a name). */
+static const char *const conv_users[] = {"a", "q\"uo\\te", "{x,y}", "NULL", "sp ace"};
+#define CONV_ROOM "r\"{1}\\"
+
+/*
+ * Many direct messages among a few pairs, both directions, notes to self, a room, a duplicate cid
+ * (no touch) and a few acks (unread counts). Returns the messages stored.
+ */
+static int many_dms(struct store *st)
+{
+    struct store_msg m = {.sender = "a", .to_user = "NULL", .body = "dup", .cid = "k",
+                          .created_at = T0};
+    struct store_receipt r;
+    int n = 0;
+    assert_int_equal(store_room_join(st, CONV_ROOM, "a", T0, NULL), 0);
+    assert_int_equal(store_msg_insert(st, &m, &r), 0);
+    n++;
+    for (int i = 0; i < 300; i++) {
+        const char *from = conv_users[i % 5], *to = conv_users[(i / 5 + i) % 5];
+        int64_t id = send_direct(st, from, to, "x", NULL, T0 + i);
+        n++;
+        if (i % 7 == 0 && strcmp(from, to) != 0)
+            assert_int_equal(store_msg_ack(st, to, id, 0, T0 + i), 0);
+        if (i % 11 == 0) {
+            send_room(st, conv_users[i % 5], CONV_ROOM, "y", T0 + i);
+            n++;
+        }
+    }
+    assert_int_equal(store_msg_insert(st, &m, &r), 0);
+    assert_true(r.duplicate);
+    return n;
+}
+
+/* Text appended to a fixed buffer. */
+struct text_buf {
+    char *p;
+    size_t n, cap;
+};
+
+static int conv_to_text(void *ctx, const struct store_conversation *c)
+{
+    struct text_buf *b = ctx;
+    int w = snprintf(b->p + b->n, b->cap - b->n, "  %s %s last %lld unread %lld\n",
+                     c->is_room ? "room" : "dm", c->peer, (long long)c->last.id,
+                     (long long)c->unread);
+    assert_true(w > 0 && (size_t)w < b->cap - b->n);
+    b->n += (size_t)w;
+    return 0;
+}
+
+/* Every user's conversation list (peers, last ids, unread counts) and the rows' counts, as text. */
+static void conv_state(struct fixture *f, char *out, size_t cap)
+{
+    struct text_buf b = {out, 0, cap};
+    bool more;
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof conv_users / sizeof conv_users[0]; i++) {
+        int w = snprintf(out + b.n, cap - b.n, "%s:\n", conv_users[i]);
+        assert_true(w > 0 && (size_t)w < cap - b.n);
+        b.n += (size_t)w;
+        assert_int_equal(store_user_conversations(f->st, conv_users[i], 0, 50, conv_to_text, &b,
+                                                  &more), 0);
+        assert_false(more);
+    }
+    dump_conv_rows(f->path, out + b.n, cap - b.n);
+}
+
+/*
+ * A group commit of many direct messages between a few pairs (PostgreSQL: the message inserts
+ * alone, the touches merged in memory and written in one statement before COMMIT) leaves the same
+ * conversation lists (last ids, unread counts) and counts as writing them one by one; a group that
+ * is rolled back leaves no touch behind.
+ */
+static void test_store_conv_group_many_dms(void **state)
+{
+    struct fixture *f = *state;
+    static char grouped[16384], each[16384], after[16384];
+    assert_int_equal(store_begin(f->st), 0);
+    int n = many_dms(f->st);
+    assert_int_equal(store_commit(f->st), 0);
+    conv_state(f, grouped, sizeof grouped);
+    if (pg_dsn) { /* one database: the second run follows the first on a fresh one */
+        store_close(f->st);
+        f->st = NULL;
+        pg_reset(pg_dsn);
+        f->st = open_path(f->path, false);
+    } else {
+        store_close(f->st);
+        remove_db(f->path);
+        f->st = open_path(f->path, false);
+    }
+    assert_int_equal(many_dms(f->st), n);
+    conv_state(f, each, sizeof each);
+    assert_string_equal(grouped, each);
+    /* the counts are all there: every stored message once per side (a note to self once) */
+    assert_non_null(strstr(grouped, "dm a NULL "));
+    assert_non_null(strstr(grouped, "dm q\"uo\\te {x,y} "));
+    assert_non_null(strstr(grouped, "room " CONV_ROOM " "));
+    /* a rolled-back group: new pairs, old pairs, the room, then a savepoint inside it */
+    assert_int_equal(store_begin(f->st), 0);
+    send_direct(f->st, "a", "new", "x", NULL, T0 + 1000);
+    send_direct(f->st, "{x,y}", "a", "x", NULL, T0 + 1001);
+    send_room(f->st, "a", CONV_ROOM, "x", T0 + 1002);
+    bool own;
+    assert_int_equal(store_atomic_begin(f->st, &own), 0);
+    send_direct(f->st, "a", "NULL", "x", NULL, T0 + 1003);
+    assert_int_equal(store_atomic_end(f->st, own, 0), 0);
+    send_direct(f->st, "NULL", "a", "x", NULL, T0 + 1004);
+    assert_int_equal(store_rollback(f->st), 0);
+    conv_state(f, after, sizeof after);
+    assert_string_equal(after, each);
+    /* and the next group counts only its own messages */
+    assert_int_equal(store_begin(f->st), 0);
+    int64_t id = send_direct(f->st, "new", "a", "x", NULL, T0 + 1005);
+    assert_int_equal(store_commit(f->st), 0);
+    static char rows[8192];
+    dump_conv_rows(f->path, rows, sizeof rows);
+    char want[128];
+    snprintf(want, sizeof want, "dm a new %lld 1\n", (long long)id);
+    assert_non_null(strstr(rows, want));
+    snprintf(want, sizeof want, "dm new a %lld 1\n", (long long)id);
+    assert_non_null(strstr(rows, want));
+}
+
+/* The cluster log rows of the database (a reader of its own: committed state), as text. */
+static void dump_cluster_log(const char *dsn, char *out, size_t cap)
+{
+    size_t n = 0;
+    PGconn *c = PQconnectdb(dsn);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PGresult *r = PQexec(c, "SELECT kind, coalesce(target, '-'), ref, coalesce(payload, '-'),"
+                            " created_at FROM cluster_log ORDER BY tx, id");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    out[0] = '\0';
+    for (int i = 0; i < PQntuples(r); i++) {
+        int w = snprintf(out + n, cap - n, "%s %s %s %s %s\n", PQgetvalue(r, i, 0),
+                         PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+                         PQgetvalue(r, i, 4));
+        assert_true(w > 0 && (size_t)w < cap - n);
+        n += (size_t)w;
+    }
+    PQclear(r);
+    PQfinish(c);
+}
+
+/*
+ * Cluster notes inside a transaction are written at its COMMIT, in the order noted, with their
+ * strings intact; those of an undone savepoint and of a rolled-back transaction are not. Outside a
+ * transaction a note is written at once.
+ */
+static void test_store_cluster_notes_at_commit(void **state)
+{
+    struct fixture *f = *state;
+    static char rows[2048];
+    int64_t node;
+    bool own;
+    if (!pg_dsn)
+        skip(); /* cluster mode is PostgreSQL's */
+    assert_int_equal(store_node_join(f->st, "n1", 1, 10000, T0, &node), 0);
+    assert_int_equal(store_begin(f->st), 0);
+    assert_int_equal(store_cluster_note(f->st, "msg", NULL, 42, NULL, T0), 0);
+    assert_int_equal(
+        store_cluster_note(f->st, "user", "q\"uo\\te", 0, "{\"a\":\"b,c\\\\\"}", T0 + 1), 0);
+    assert_int_equal(store_atomic_begin(f->st, &own), 0);
+    assert_int_equal(store_cluster_note(f->st, "kick", NULL, 7, NULL, T0 + 2), 0);
+    assert_int_equal(store_atomic_end(f->st, own, STORE_ERR_INVALID), STORE_ERR_INVALID);
+    assert_int_equal(store_atomic_begin(f->st, &own), 0);
+    assert_int_equal(store_cluster_note(f->st, "all", NULL, 0, "NULL", T0 + 3), 0);
+    assert_int_equal(store_atomic_end(f->st, own, 0), 0);
+    assert_int_equal(store_cluster_note(f->st, "room", "r", 0, "", T0 + 4), 0);
+    dump_cluster_log(f->path, rows, sizeof rows);
+    assert_string_equal(rows, ""); /* nothing before the commit */
+    assert_int_equal(store_commit(f->st), 0);
+    const char *want = "msg - 42 - 1700000000000\n"
+                       "user q\"uo\\te 0 {\"a\":\"b,c\\\\\"} 1700000000001\n"
+                       "all - 0 NULL 1700000000003\n"
+                       "room r 0  1700000000004\n";
+    dump_cluster_log(f->path, rows, sizeof rows);
+    assert_string_equal(rows, want);
+    /* rolled back: gone */
+    assert_int_equal(store_begin(f->st), 0);
+    assert_int_equal(store_cluster_note(f->st, "msg", NULL, 43, NULL, T0 + 5), 0);
+    assert_int_equal(store_rollback(f->st), 0);
+    /* outside a transaction: at once */
+    assert_int_equal(store_cluster_note(f->st, "msg", NULL, 44, NULL, T0 + 6), 0);
+    dump_cluster_log(f->path, rows, sizeof rows);
+    char want2[512];
+    snprintf(want2, sizeof want2, "%smsg - 44 - 1700000000006\n", want);
+    assert_string_equal(rows, want2);
+}
+
 /*
  * The WAL is written through the store's VFS (one pwrite per frame). A process that dies after its
  * commits, without closing (no checkpoint), leaves only the WAL: the next open must recover every
@@ -1816,6 +2007,8 @@ int main(void)
         T(test_store_conv_touch_rollback_drops),
         T(test_store_conv_touch_savepoint),
         T(test_store_conv_touch_seen_inside_transaction),
+        T(test_store_conv_group_many_dms),
+        T(test_store_cluster_notes_at_commit),
         T(test_store_wal_recovered_after_crash),
         cmocka_unit_test(test_store_strerror_covers_every_code),
     };
