@@ -617,9 +617,12 @@ typedef int store_log_fn(void *ctx, const struct store_log_row *r);
  * The listening side: a connection of its own, LISTENing, never blocking once open. The caller
  * watches store_listen_fd() and calls store_listen_pump when it is readable and on a short timer
  * (a lost notification only delays; the timer's fetch catches up). Rows come in commit-safe order
- * from where the last pump stopped; the first open starts at the log's current end. After a broken
- * connection, pump returns STORE_ERR_IO: the caller reopens with store_listen_reconnect (bounded by
- * wait_ms), which keeps the position, so nothing in between is missed.
+ * from where the last pump stopped; the first open starts at the log's current end (a blocking
+ * connect, bounded by wait_ms). After a broken connection, pump returns STORE_ERR_IO: the caller
+ * starts store_listen_reconnect, which never waits: the next pumps (on the caller's timer) move the
+ * connect and the LISTEN on as the socket allows, then catch up from the kept position, so nothing in
+ * between is missed; a pump returns STORE_ERR_IO if the attempt failed (start another later).
+ * store_listen_ready: connected and listening (store_listen_fd is then the socket to watch).
  */
 struct store_listen;
 int store_listen_open(struct store_listen **out, const char *conninfo, int wait_ms, char *err,
@@ -627,6 +630,7 @@ int store_listen_open(struct store_listen **out, const char *conninfo, int wait_
 int store_listen_fd(const struct store_listen *l);
 int store_listen_pump(struct store_listen *l, bool fetch, store_log_fn *cb, void *ctx);
 int store_listen_reconnect(struct store_listen *l, char *err, size_t errlen);
+bool store_listen_ready(const struct store_listen *l);
 void store_listen_close(struct store_listen *l);
 
 #endif

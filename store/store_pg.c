@@ -268,7 +268,8 @@ static void pg_drop(struct store_pg *pg)
     pg->conn = NULL;
     pg->nprepared = 0;
     pg->outbox_owner = false; /* a session-level lock goes with its connection */
-    pg->down_until_ms = pg_mono_ms() + PG_DOWN_BACKOFF_MS;
+    pg->down_until_ms =
+        pg_mono_ms() + (pg->async_reconnect ? PG_RETRY_MIN_MS : PG_DOWN_BACKOFF_MS);
     if (pg->txn)
         pg->txn_broken = true;
     PQclear(pg->commit_res);
@@ -339,23 +340,27 @@ PGconn *pg_connect_bounded(const char *conninfo, int wait_ms, char *err, size_t 
     return c;
 }
 
-/* Connect (a new connection, bounded by wait_ms), set it up. 0 or STORE_ERR_*. */
-static int pg_connect(struct store_pg *pg)
+static PGresult *pg_await(struct store_pg *pg, int64_t deadline, bool *timed_out);
+
+/* Set up a new connection (pg->conn): non-blocking, the session settings (bounded by the wait).
+ * 0 or STORE_ERR_OPEN. */
+static int pg_setup(struct store_pg *pg)
 {
     char why[480];
+    bool to = false;
 
-    if (!(pg->conn = pg_connect_bounded(pg->conninfo, pg->wait_ms, why, sizeof why)))
-        return pg_failf(pg, STORE_ERR_OPEN, "%s", why);
     PQsetnonblocking(pg->conn, 1);
     pg->nprepared = 0;
     /* wsctl's handle can never write; server handles say who they are in pg_stat_activity. */
-    PGresult *r = PQexec(pg->conn, pg->readonly ? "SET default_transaction_read_only = on;"
-                                                  "SET client_min_messages = warning;"
-                                                  "SET application_name = 'wsctl'"
-                                                : "SET client_min_messages = warning;"
-                                                  "SET application_name = 'wsproxy'");
-    /* PQexec on a non-blocking connection still waits for its answer: a SET is local and fast. */
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    const char *set = pg->readonly ? "SET default_transaction_read_only = on;"
+                                     "SET client_min_messages = warning;"
+                                     "SET application_name = 'wsctl'"
+                                   : "SET client_min_messages = warning;"
+                                     "SET application_name = 'wsproxy'";
+    PGresult *r = NULL;
+    if (PQsendQuery(pg->conn, set))
+        r = pg_await(pg, pg_mono_ms() + (pg->wait_ms > 0 ? pg->wait_ms : 5000), &to);
+    bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) {
         pg_copy_msg(why, sizeof why, PQerrorMessage(pg->conn));
@@ -363,6 +368,82 @@ static int pg_connect(struct store_pg *pg)
         pg->conn = NULL;
         return pg_failf(pg, STORE_ERR_OPEN, "postgresql: setting up the connection: %s", why);
     }
+    return 0;
+}
+
+/* Connect (a new connection, bounded by wait_ms), set it up. 0 or STORE_ERR_*. */
+static int pg_connect(struct store_pg *pg)
+{
+    char why[480];
+
+    if (!(pg->conn = pg_connect_bounded(pg->conninfo, pg->wait_ms, why, sizeof why)))
+        return pg_failf(pg, STORE_ERR_OPEN, "%s", why);
+    return pg_setup(pg);
+}
+
+/* A reconnect attempt failed: the next one waits longer (up to PG_RETRY_MAX_MS). */
+static void retry_later(struct store_pg *pg)
+{
+    if (pg->connecting)
+        PQfinish(pg->connecting);
+    pg->connecting = NULL;
+    pg->retry_ms = pg->retry_ms ? pg->retry_ms * 2 : PG_RETRY_MIN_MS;
+    if (pg->retry_ms > PG_RETRY_MAX_MS)
+        pg->retry_ms = PG_RETRY_MAX_MS;
+    pg->down_until_ms = pg_mono_ms() + pg->retry_ms;
+}
+
+/*
+ * The loop's reconnect: start libpq's connect, or move it on by what the socket allows now (a
+ * poll() that does not wait). 0 once connected and set up; STORE_ERR_IO while under way or after
+ * it failed (calls fail at once meanwhile: the loop never waits for a database that is away).
+ */
+static int pg_reconnect_step(struct store_pg *pg, const char *what)
+{
+    int64_t now = pg_mono_ms();
+
+    if (!pg->connecting) {
+        if (now < pg->down_until_ms)
+            return pg_failf(pg, STORE_ERR_IO, "%s: postgresql is unreachable (reconnecting)", what);
+        pg->connecting = PQconnectStart(pg->conninfo);
+        pg->cpoll = PGRES_POLLING_WRITING;
+        pg->connect_deadline = now + (pg->wait_ms > 0 ? pg->wait_ms : 5000);
+        if (!pg->connecting || PQstatus(pg->connecting) == CONNECTION_BAD) {
+            retry_later(pg);
+            return pg_failf(pg, STORE_ERR_IO, "%s: postgresql: cannot start connecting", what);
+        }
+    }
+    for (int steps = 0; steps < 16; steps++) {
+        if (pg->cpoll == PGRES_POLLING_OK)
+            break;
+        if (pg->cpoll == PGRES_POLLING_FAILED) {
+            char msg[400];
+            pg_copy_msg(msg, sizeof msg, PQerrorMessage(pg->connecting));
+            retry_later(pg);
+            return pg_failf(pg, STORE_ERR_IO, "%s: postgresql: cannot connect: %s", what, msg);
+        }
+        struct pollfd pfd = {.fd = PQsocket(pg->connecting),
+                             .events = pg->cpoll == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        if (poll(&pfd, 1, 0) <= 0)
+            break; /* not ready: on with the next call */
+        pg->cpoll = PQconnectPoll(pg->connecting);
+    }
+    if (pg->cpoll != PGRES_POLLING_OK) {
+        if (now >= pg->connect_deadline) {
+            retry_later(pg);
+            return pg_failf(pg, STORE_ERR_IO, "%s: postgresql: no connection within %d ms", what,
+                            pg->wait_ms);
+        }
+        return pg_failf(pg, STORE_ERR_IO, "%s: postgresql is unreachable (reconnecting)", what);
+    }
+    pg->conn = pg->connecting;
+    pg->connecting = NULL;
+    int rc = pg_setup(pg); /* a SET answered by a server that just answered the handshake */
+    if (rc < 0) {
+        retry_later(pg);
+        return STORE_ERR_IO;
+    }
+    pg->retry_ms = 0;
     return 0;
 }
 
@@ -375,6 +456,8 @@ static int pg_ensure(struct store_pg *pg, const char *what)
         return 0;
     if (pg->conn)
         pg_drop(pg);
+    if (pg->async_reconnect)
+        return pg_reconnect_step(pg, what);
     if (pg_mono_ms() < pg->down_until_ms)
         return pg_failf(pg, STORE_ERR_IO, "%s: postgresql is unreachable (retrying)", what);
     if ((rc = pg_connect(pg)) < 0) {
@@ -560,7 +643,10 @@ static const char SQL_ROLLBACK_TO[] = "ROLLBACK TO SAVEPOINT store_atomic";
 
 void pg_set_lock_wait(struct store *st, int ms)
 {
-    pg_of(st)->wait_ms = ms > 0 ? ms : 0;
+    struct store_pg *pg = pg_of(st);
+
+    pg->wait_ms = ms > 0 ? ms : 0;
+    pg->async_reconnect = true; /* the event loop's handle: never wait to reconnect */
 }
 
 /* The transaction is over, kept or not: what it noted in memory goes with it. */
@@ -1063,6 +1149,8 @@ void pg_close(struct store *st)
     PQclear(pg->commit_res);
     if (pg->conn)
         PQfinish(pg->conn); /* an open transaction is rolled back by the server */
+    if (pg->connecting)
+        PQfinish(pg->connecting);
     pg_conv_drop(pg);     /* ... and what it noted in memory with it */
     pg_log_drop(pg, 0);
     free(pg->notes);

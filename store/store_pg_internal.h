@@ -5,9 +5,13 @@
  * Every call is one libpq round trip (or a few), sent and awaited with poll() on the connection's
  * socket, never longer than the handle's wait bound (store_set_lock_wait; busy_timeout otherwise).
  * A call that runs out of time, or finds the connection broken, closes it: the open transaction is
- * lost (the group commit then fails and no receipt goes out), and for PG_DOWN_BACKOFF_MS every call
- * fails at once with STORE_ERR_IO before one reconnect is tried. So a database that stops answering
- * costs the event loop one bounded wait per back-off period, not one per call.
+ * lost (the group commit then fails and no receipt goes out), and calls fail at once with
+ * STORE_ERR_IO while a new connection is made. On the event loop's handle (store_set_lock_wait was
+ * called) that connection is made without waiting: each call moves libpq's connect state machine on
+ * by what the socket allows at that moment, and attempts are spaced by a back-off (PG_RETRY_MIN_MS
+ * doubling to PG_RETRY_MAX_MS). So a database that stops answering costs the loop one bounded wait
+ * when it goes, never one per call or per retry. Other handles (wsctl, tests) connect blocking,
+ * bounded by the same wait.
  */
 #ifndef WSP_STORE_PG_INTERNAL_H
 #define WSP_STORE_PG_INTERNAL_H
@@ -19,8 +23,11 @@
 #include "store.h"
 #include "store_ops.h"
 
-/* After the connection was lost or a call timed out: how long calls fail at once. */
+/* After the connection was lost or a call timed out: how long calls fail at once (blocking
+ * handles), and the first and longest spacing of reconnect attempts (the loop's handle). */
 #define PG_DOWN_BACKOFF_MS 1000
+#define PG_RETRY_MIN_MS 100
+#define PG_RETRY_MAX_MS 5000
 /* Statements prepared once per connection (by the address of their SQL text). */
 #define PG_MAX_STMTS 160
 /* Parameters of one statement. */
@@ -42,6 +49,11 @@ struct store_pg {
     int64_t node_boot; /* ... and this boot: the nodes row is ours only while it matches */
     int wait_ms;             /* the bound on one call's wait */
     int64_t down_until_ms;   /* monotonic: until then, calls fail at once */
+    bool async_reconnect;    /* the loop's handle: reconnect without waiting */
+    PGconn *connecting;      /* a reconnect under way (async_reconnect) */
+    PostgresPollingStatusType cpoll; /* ... where libpq's connect state machine is */
+    int64_t connect_deadline;        /* ... monotonic: given up after the wait bound */
+    int retry_ms;            /* the next spacing of reconnect attempts */
     /* store_commit_start: a COMMIT sent, its answer not read yet (any call reads it first). */
     bool commit_pending;
     bool commit_done;        /* ... read by another call: commit_rc/commit_err wait for the poll */

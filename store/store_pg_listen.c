@@ -7,6 +7,7 @@
  * notification lost with a broken connection costs nothing but the time to the next fetch.
  */
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,10 @@
 
 struct store_listen {
     PGconn *conn;
+    /* A reconnect under way, without waiting: libpq's connect state machine, then the LISTEN. */
+    enum { L_READY, L_CONNECTING, L_LISTENING } state;
+    PostgresPollingStatusType cpoll;
+    int64_t deadline; /* monotonic: the reconnect is given up then */
     char *conninfo;
     int wait_ms;
     char tx[32];  /* the last row read: (tx, id) */
@@ -96,8 +101,66 @@ int store_listen_reconnect(struct store_listen *l, char *err, size_t errlen)
 {
     if (l->conn)
         PQfinish(l->conn);
-    l->conn = NULL;
-    return setup(l, false, err, errlen);
+    l->conn = PQconnectStart(l->conninfo);
+    if (!l->conn || PQstatus(l->conn) == CONNECTION_BAD) {
+        snprintf(err, errlen, "cluster listener: cannot start connecting: %s",
+                 l->conn ? PQerrorMessage(l->conn) : "out of memory");
+        if (l->conn)
+            PQfinish(l->conn);
+        l->conn = NULL;
+        return STORE_ERR_IO;
+    }
+    /* Moved on by store_listen_pump, which never waits; the old position is kept. */
+    l->state = L_CONNECTING;
+    l->cpoll = PGRES_POLLING_WRITING;
+    l->deadline = pg_mono_ms() + (l->wait_ms > 0 ? l->wait_ms : 5000);
+    l->fetching = false;
+    return 0;
+}
+
+/* A reconnect's next steps, as far as the socket allows now. 0 (on its way or ready), or
+ * STORE_ERR_IO when it failed (the caller starts another later). */
+static int reconnect_step(struct store_listen *l)
+{
+    if (pg_mono_ms() >= l->deadline)
+        return STORE_ERR_IO;
+    while (l->state == L_CONNECTING) {
+        if (l->cpoll == PGRES_POLLING_FAILED)
+            return STORE_ERR_IO;
+        if (l->cpoll == PGRES_POLLING_OK) {
+            if (PQsetnonblocking(l->conn, 1) != 0 ||
+                !PQsendQuery(l->conn, "SET application_name = 'wsproxy-listen'; LISTEN wsp_cluster"))
+                return STORE_ERR_IO;
+            l->state = L_LISTENING;
+            break;
+        }
+        struct pollfd pfd = {.fd = PQsocket(l->conn),
+                             .events = l->cpoll == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        if (poll(&pfd, 1, 0) <= 0)
+            return 0;
+        l->cpoll = PQconnectPoll(l->conn);
+    }
+    if (PQflush(l->conn) < 0 || !PQconsumeInput(l->conn))
+        return STORE_ERR_IO;
+    PGresult *r;
+    bool ok = true;
+    while (!PQisBusy(l->conn)) {
+        if (!(r = PQgetResult(l->conn))) {
+            if (!ok)
+                return STORE_ERR_IO;
+            l->state = L_READY;
+            l->again = true; /* catch up from where it stopped */
+            return 0;
+        }
+        ok = ok && PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+    }
+    return 0;
+}
+
+bool store_listen_ready(const struct store_listen *l)
+{
+    return l->conn && l->state == L_READY;
 }
 
 int store_listen_fd(const struct store_listen *l)
@@ -157,6 +220,8 @@ int store_listen_pump(struct store_listen *l, bool fetch, store_log_fn *cb, void
 {
     PGnotify *nf;
 
+    if (l->conn && l->state != L_READY)
+        return reconnect_step(l);
     if (!l->conn || PQstatus(l->conn) != CONNECTION_OK)
         return STORE_ERR_IO;
     if (!PQconsumeInput(l->conn))

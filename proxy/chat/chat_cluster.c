@@ -37,6 +37,7 @@ struct chat_cluster {
     int64_t node_id;
     int64_t boot;
     double listen_retry_at; /* monotonic seconds */
+    unsigned listen_failures; /* reconnects failed in a row (logged 1 in 30) */
     uint64_t applied;       /* log rows applied (for the log line at the end) */
     char name[256];
 };
@@ -160,15 +161,21 @@ static int apply_row(void *arg, const struct store_log_row *r)
     return 0;
 }
 
-static void listen_broken(struct chat_cluster *cl, const char *why)
+/* The listening connection broke (or a reconnect failed: then the next try keeps its spacing). */
+static void listen_broken(struct chat_cluster *cl, const char *why, bool was_ready)
 {
-    log_error("cluster: listening connection lost (%s); reconnecting", why);
+    if (was_ready || cl->listen_failures++ % 30 == 0)
+        log_error("cluster: listening connection %s (%s); reconnecting",
+                  was_ready ? "lost" : "not back yet", why);
     if (cl->listen_ev) {
         event_free(cl->listen_ev);
         cl->listen_ev = NULL;
     }
     cl->listen_down = true;
-    cl->listen_retry_at = 0;
+    if (was_ready) {
+        cl->listen_retry_at = 0; /* at the next poll */
+        cl->listen_failures = 0;
+    }
 }
 
 static void listen_cb(evutil_socket_t fd, short what, void *arg);
@@ -186,8 +193,20 @@ static void pump(struct chat_cluster *cl, bool fetch)
 {
     if (cl->listen_down)
         return;
-    if (store_listen_pump(cl->listen, fetch, apply_row, cl) != 0)
-        listen_broken(cl, "read failed");
+    bool was_ready = store_listen_ready(cl->listen);
+    if (store_listen_pump(cl->listen, fetch, apply_row, cl) != 0) {
+        listen_broken(cl, was_ready ? "read failed" : "reconnect failed", was_ready);
+        return;
+    }
+    if (!was_ready && store_listen_ready(cl->listen)) {
+        /* The reconnect is through: watch the new socket, and read what was missed. */
+        if (listen_arm(cl) != 0) {
+            listen_broken(cl, "out of memory", false);
+            return;
+        }
+        log_info("cluster: listening again; catching up");
+        store_listen_pump(cl->listen, true, apply_row, cl);
+    }
 }
 
 static void listen_cb(evutil_socket_t fd, short what, void *arg)
@@ -197,8 +216,9 @@ static void listen_cb(evutil_socket_t fd, short what, void *arg)
     pump(arg, false);
 }
 
-/* Reopen a broken listener (bounded by pg_timeout, once a second at most). It keeps its place:
- * the first fetch reads every row committed while it was away, so no notification is missed. */
+/* Start reopening a broken listener (once a second at most); the poll timer's pumps move it on
+ * without waiting. It keeps its place: the first fetch reads every row committed while it was
+ * away, so no notification is missed. */
 static void listen_reopen(struct chat_cluster *cl)
 {
     double now = loop_mono_s();
@@ -211,11 +231,6 @@ static void listen_reopen(struct chat_cluster *cl)
         return;
     }
     cl->listen_down = false;
-    if (listen_arm(cl) != 0) {
-        listen_broken(cl, "out of memory");
-        return;
-    }
-    log_info("cluster: listening again; catching up");
 }
 
 static void poll_cb(evutil_socket_t fd, short what, void *arg)

@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -32,6 +33,9 @@ pytestmark = pytest.mark.skipif(
 _dbs = itertools.count()
 
 
+PG_DIRS = {}  # conninfo -> the server's directory (its postmaster.pid)
+
+
 @pytest.fixture(scope="module")
 def pg():
     """One PostgreSQL server for the module; yields a conninfo without dbname."""
@@ -41,6 +45,7 @@ def pg():
     d = os.path.join(top, "pg")
     out = subprocess.run(["bash", PGTMP, "start", d], check=True, capture_output=True, text=True)
     dsn = out.stdout.strip().rsplit(" dbname=", 1)[0]
+    PG_DIRS[dsn] = d
     yield dsn
     subprocess.run(["bash", PGTMP, "stop", d], check=False, capture_output=True)
     os.rmdir(os.path.dirname(d))
@@ -63,12 +68,13 @@ def cluster(pg, tmp_path):
 
     class Cluster:
         dsn_ = dsn
+        pg_dir = PG_DIRS[pg]
 
-        def node(self, i, start=True):
+        def node(self, i, start=True, **store):
             if i not in nodes:
                 d = tmp_path / f"n{i}"
                 d.mkdir(exist_ok=True)
-                nodes[i] = Server(str(d), store={"backend": "postgresql", "dsn": dsn},
+                nodes[i] = Server(str(d), store={"backend": "postgresql", "dsn": dsn, **store},
                                   cluster={"node_name": f"n{i}", "lease": f"{LEASE_MS}ms",
                                            "poll": "100ms"})
                 if start:
@@ -485,5 +491,73 @@ def test_cluster_wsctl_reads_the_postgresql_store(cluster):
         r = ctl("backup", os.path.join(n1.dir, "copy.db"))
         assert r.returncode != 0 and "pg_dump" in r.stderr
         await kim.close()
+
+    run(body())
+
+
+def pg_pids(pg_dir):
+    """The postmaster of the test server and its children."""
+    with open(os.path.join(pg_dir, "data", "postmaster.pid")) as f:
+        master = int(f.readline())
+    pids = [master]
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                        pids.append(int(p))
+            except (OSError, ValueError, IndexError):
+                pass
+    return pids
+
+
+def test_cluster_database_that_stops_answering_never_wedges_the_loop(cluster):
+    """
+    PostgreSQL frozen (SIGSTOP: connections open, no answers): a send fails with error internal
+    (no receipt) after [store] pg_timeout, echo and pings go on being served throughout, and once
+    the database answers again the same cid is stored (the node reconnected without waiting).
+    """
+    n1 = cluster.node(1, pg_timeout="300ms")
+
+    async def body():
+        alice = await connect(n1, "alice")
+        echo = await asyncio.wait_for(websockets.connect(f"{n1.ws_url}/echo"), WAIT)
+        await echo.send("warm")
+        assert await asyncio.wait_for(echo.recv(), WAIT) == "warm"
+        pids = pg_pids(cluster.pg_dir)
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            await alice.send(type="send", to="bob", body="while frozen", cid="f1")
+            # the loop keeps serving echo while the send waits for, then gives up on, the database
+            for i in range(20):
+                await echo.send(f"e{i}")
+                assert await asyncio.wait_for(echo.recv(), WAIT) == f"e{i}"
+            err = await alice.expect("error", timeout=WAIT)
+            assert err["code"] == "internal" and err.get("cid") == "f1", err
+            # later sends fail at once (no wait per call), echo still answers
+            await alice.send(type="send", to="bob", body="still frozen", cid="f2")
+            err = await alice.expect("error", timeout=WAIT)
+            assert err["code"] == "internal", err
+            await echo.send("alive")
+            assert await asyncio.wait_for(echo.recv(), WAIT) == "alive"
+        finally:
+            for p in pids:
+                os.kill(p, signal.SIGCONT)
+        # back: the resend with the same cid is stored (the node reconnects on its own)
+        deadline = time.monotonic() + 20
+        while True:
+            await alice.send(type="send", to="bob", body="while frozen", cid="f1")
+            f = await alice.recv()
+            while f.get("type") in ("presence", "member"):
+                f = await alice.recv()
+            if f.get("type") == "sent":
+                break
+            assert f.get("type") == "error" and f["code"] == "internal", f
+            assert time.monotonic() < deadline, "the node did not reconnect"
+            await asyncio.sleep(0.2)
+        assert "postgresql" in n1.log()
+        await echo.close()
+        await alice.close()
 
     run(body())
