@@ -14,6 +14,7 @@
  */
 #include <event2/event.h>
 #include <inttypes.h>
+#include <uthash.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,8 +28,16 @@
 /* A broken listening connection is reopened at most this often. */
 #define LISTEN_RETRY_MS 1000
 
+/* Users whose last connection here ended and whose offline check waits for that end's commit. */
+struct end_pending {
+    UT_hash_handle hh;
+    int n;
+    char user[];
+};
+
 struct chat_cluster {
     struct chat *ch;
+    struct end_pending *ends; /* by user */
     struct store_listen *listen; /* keeps its place in the log across reconnects */
     bool listen_down;            /* its connection broke: reopened by the poll timer */
     struct event *listen_ev;     /* its socket; NULL while down */
@@ -86,10 +95,42 @@ bool chat_cluster_online_elsewhere(struct chat *ch, const char *user, int64_t ow
     return n > own;
 }
 
+void chat_cluster_end_pending(struct chat *ch, const char *user, int delta)
+{
+    struct chat_cluster *cl = ch->cluster;
+    struct end_pending *e = NULL;
+    if (!cl)
+        return;
+    HASH_FIND_STR(cl->ends, user, e);
+    if (!e && delta > 0) {
+        size_t len = strlen(user);
+        if (!(e = calloc(1, sizeof(*e) + len + 1)))
+            return; /* then a reload may be told as online twice: harmless */
+        memcpy(e->user, user, len + 1);
+        HASH_ADD_STR(cl->ends, user, e);
+    }
+    if (!e)
+        return;
+    e->n += delta;
+    if (e->n <= 0) {
+        HASH_DEL(cl->ends, e);
+        free(e);
+    }
+}
+
+bool chat_cluster_end_is_pending(const struct chat *ch, const char *user)
+{
+    struct end_pending *e = NULL;
+    if (!ch->cluster)
+        return false;
+    HASH_FIND_STR(ch->cluster->ends, user, e);
+    return e != NULL;
+}
+
 void chat_cluster_offline_check(struct chat *ch, const char *user, int64_t last_seen)
 {
     int64_t n = 0;
-    if (!ch->cluster || ch->draining)
+    if (!ch->cluster)
         return;
     if (store_session_count_active(ch->store, user, &n) != 0) {
         log_error("cluster: counting sessions of %s: %s", user, store_last_error(ch->store));
@@ -97,14 +138,18 @@ void chat_cluster_offline_check(struct chat *ch, const char *user, int64_t last_
     }
     if (n > 0)
         return; /* online on another node (or again here, through a new session) */
-    struct sbuf b;
-    sbuf_init(&b);
-    chat_build_presence(&b, user, false, last_seen);
-    if (!b.oom) {
-        chat_presence_frame_remote(ch, user, b.p, b.len);
-        chat_cluster_note(ch, "presence", user, 0, b.p, b.len);
+    /* While this node drains, its users leave all at once: no presence frames (as on a single
+     * node), but the backend still hears user.offline. */
+    if (!ch->draining) {
+        struct sbuf b;
+        sbuf_init(&b);
+        chat_build_presence(&b, user, false, last_seen);
+        if (!b.oom) {
+            chat_presence_frame_remote(ch, user, b.p, b.len);
+            chat_cluster_note(ch, "presence", user, 0, b.p, b.len);
+        }
+        sbuf_release(&b);
     }
-    sbuf_release(&b);
     events_user_offline(ch, user);
 }
 
@@ -387,6 +432,11 @@ void chat_cluster_stop(struct chat *ch)
     if (cl->listen_ev)
         event_free(cl->listen_ev);
     store_listen_close(cl->listen);
+    struct end_pending *e, *tmp;
+    HASH_ITER(hh, cl->ends, e, tmp) {
+        HASH_DEL(cl->ends, e);
+        free(e);
+    }
     /* The sessions ended as the connections closed; the node is down, not lost. */
     if (!store_in_transaction(ch->store) &&
         store_node_leave(ch->store, loop_now_ms(ch->lp)) != 0)

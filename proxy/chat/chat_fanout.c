@@ -281,7 +281,9 @@ static int presence_room_cb(void *arg, const char *room)
 {
     struct presence_walk *w = arg;
     struct reg_group *g = registry_find(w->ch->rooms, room);
-    if (!g || g->count > w->ch->cfg->presence_fanout_max)
+    /* The user's own connection counts, as where it is live (presence_fanout_max is about the
+     * room's live connections, the user's included): it is not in this node's group. */
+    if (!g || g->count + 1 > w->ch->cfg->presence_fanout_max)
         return 0;
     struct reg_member *next;
     for (struct reg_member *m = g->head; m; m = next) {

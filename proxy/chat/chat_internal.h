@@ -222,6 +222,13 @@ bool chat_cluster_online_elsewhere(struct chat *ch, const char *user, int64_t ow
  * nodes ending the user's last sessions at once may both say so; neither stays silent.
  */
 void chat_cluster_offline_check(struct chat *ch, const char *user, int64_t last_seen);
+/*
+ * The end of user's last connection here is written but its commit (and the offline check) is
+ * still to come (delta +1, then -1 when it committed). While it is, a new connection of the user
+ * here is a reload: not told as online (the check will then find it live and stay silent).
+ */
+void chat_cluster_end_pending(struct chat *ch, const char *user, int delta);
+bool chat_cluster_end_is_pending(const struct chat *ch, const char *user);
 
 /* chat_session.c: close every live session (1013, why) -- this node was declared lost. */
 void chat_close_all(struct chat *ch, const char *why);

@@ -91,8 +91,11 @@ static void end_committed_cb(void *arg, bool ok)
     }
     ch->ends_unsettled--;
     ch->retry_ms = 0; /* the store answers again */
-    if (e->offline_check && registry_count(ch->users, e->user) == 0)
-        chat_cluster_offline_check(ch, e->user, e->seen);
+    if (e->offline_check) {
+        chat_cluster_end_pending(ch, e->user, -1);
+        if (registry_count(ch->users, e->user) == 0)
+            chat_cluster_offline_check(ch, e->user, e->seen);
+    }
     free(e);
 }
 
@@ -129,6 +132,8 @@ static void session_end(struct chat_conn *cc, enum end_reason why, int64_t now, 
     e->why = why;
     e->offline_check = offline_check;
     snprintf(e->user, sizeof(e->user), "%s", cc->user);
+    if (offline_check)
+        chat_cluster_end_pending(ch, e->user, +1);
     ch->ends_unsettled++;
     end_store(ch, e);
 }
@@ -321,7 +326,8 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
     if (store_user_rooms(ch->store, cc->user, collect_room, cc) < 0)
         log_error("store: rooms of %s: %s", cc->user, store_last_error(ch->store));
     /* In a cluster the user may be online on another node already: not news then. */
-    if (devices == 1 && !chat_cluster_online_elsewhere(ch, cc->user, 1)) {
+    if (devices == 1 && !chat_cluster_end_is_pending(ch, cc->user) &&
+        !chat_cluster_online_elsewhere(ch, cc->user, 1)) {
         chat_presence_event(ch, cc, true, now);
         events_user_online(ch, cc->user);
     }

@@ -1305,6 +1305,9 @@ void conn_abort(struct conn *c, enum end_reason why)
 static void conn_release_state(struct conn *c)
 {
     struct conn_pool *p = c->pool;
+    /* Off the dirty list first: the application's end may finish a commit that was on its way
+     * (PostgreSQL), whose flush must not meet a connection being freed. */
+    dirty_unlink(c);
     end_app(c, c->end_reason);
     if (c->peer_counted) {
         c->peer_counted = false;
