@@ -54,6 +54,33 @@ run_pytest() { # name bin
     local out rc
     out=$(cd tests/integration && WSP_BIN="$PWD/../../$2" timeout 1500 "${PYTEST[@]}" . 2>&1)
     rc=$?
+    pytest_record "$1" "$rc" "$out"
+}
+
+# The integration suite with every server on PostgreSQL (its own database on one throwaway server).
+run_pytest_pg() { # name bin
+    local out rc
+    out=$(timeout 1500 bash scripts/test-integration-pg.sh "$2" 2>&1)
+    rc=$?
+    pytest_record "$1" "$rc" "$out"
+}
+
+# The store's unit tests against a throwaway PostgreSQL: "unit-pg: N passed, M failed, K skipped".
+run_unit_pg() { # name builddir
+    local out line p f s
+    out=$(bash scripts/test-unit-pg.sh "$2" 2>&1 | tee "$LOGS/$1.log")
+    echo "$out" | tail -4
+    line=$(echo "$out" | grep -E '^unit-pg: ' | tail -1)
+    p=$(echo "$line" | sed -n 's/^unit-pg: \([0-9]*\) passed.*/\1/p')
+    f=$(echo "$line" | sed -n 's/.*, \([0-9]*\) failed.*/\1/p')
+    s=$(echo "$line" | sed -n 's/.*, \([0-9]*\) skipped.*/\1/p')
+    [ -z "$line" ] && { p=0; f=1; }
+    record "$1" "${p:-0}" "${f:-1}" "${s:-0}"
+    [ "${s:-0}" -gt 0 ] && skips+=("$1: ${s} SQLite-only store tests (each names why in $LOGS/$1.log)")
+}
+
+pytest_record() { # name rc output
+    local rc=$2 out=$3
     echo "$out" | tee "$LOGS/$1.log" | tail -40
     local p f s reason
     read -r p f s < <(echo "$out" | pytest_counts)
@@ -104,6 +131,11 @@ echo "== integration tests"
 run_pytest integration build/wsproxy
 echo "== integration tests (ASan+UBSan)"
 run_pytest integration-asan build/asan/wsproxy
+
+echo "== store unit tests on PostgreSQL"
+run_unit_pg unit-pg build
+echo "== integration tests on PostgreSQL (every server on a database of its own)"
+run_pytest_pg integration-pg build/wsproxy
 
 if [ -f tests/browser/chat.test.js ]; then
     echo "== browser test (headless Chromium)"

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from wsp import Server
+from wsp import Server, pg_flush_drops
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
@@ -15,6 +15,13 @@ def assert_clean_log(srv):
     text = srv.log()
     for mark in SANITIZER_MARKS:
         assert mark not in text, f"sanitizer report in server log:\n{text[-4000:]}"
+
+
+@pytest.fixture(autouse=True)
+def _pg_databases():
+    """WSP_STORE=postgresql: the databases of this test's Servers go once it is over."""
+    yield
+    pg_flush_drops()
 
 
 @pytest.fixture

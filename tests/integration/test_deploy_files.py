@@ -258,6 +258,9 @@ def prod(tmp_path):
         text = sub_once(text, "listen = 127.0.0.1:8080", f"listen = 127.0.0.1:{srv.port}")
         text = sub_once(text, "listen = 127.0.0.1:8081", f"listen = 127.0.0.1:{srv.api_port}")
         text = sub_once(text, "path = /var/lib/wsproxy/wsproxy.db", f"path = {srv.db}")
+        if srv.pg_db:  # WSP_STORE=postgresql: the same [store] on this Server's database
+            text = sub_once(text, f"path = {srv.db}\n", f"path = {srv.db}\nbackend = postgresql\n"
+                                                         f"dsn = {srv.pg_dsn()}\n")
         text = sub_once(text, "/etc/wsproxy/jwt-public.pem", str(tmp_path / "jwt-public.pem"))
         if api_keys:
             text = sub_once(text, "\nkeys =\n", f"\nkeys = {api_keys}\n")

@@ -3,7 +3,6 @@ test_retention.py -- [store] retention_count and retention_age delete old messag
 leave history, new ids keep growing, the server keeps answering, /metrics counts them), and
 DELETE /api/v1/users/USER erases a user: tombstones, rows gone, live connections closed with 1008.
 """
-import sqlite3
 import struct
 import time
 import urllib.request
@@ -123,12 +122,10 @@ def test_user_erase(tmp_path):
         # the server keeps answering; rows stay gone after the connections' ends
         assert carol.say("lobby", "after", "c3")["id"] > theirs
         time.sleep(0.5)
-        db = sqlite3.connect(srv.db)
         for table, col in (("sessions", "user"), ("presence", "user"), ("room_members", "user"),
                            ("dm_conversations", "user"), ("dm_conversations", "peer")):
-            n = db.execute(f"SELECT count(*) FROM {table} WHERE {col} = 'alice'").fetchone()[0]
+            n = srv.db_rows(f"SELECT count(*) FROM {table} WHERE {col} = 'alice'")[0][0]
             assert n == 0, table
-        db.close()
         # idempotent; a new connection of that name starts afresh
         assert api(srv, "DELETE", "/api/v1/users/alice")[0] == 204
         again = Client(srv, "alice")

@@ -1,23 +1,37 @@
 """
 wsp.py -- helpers for integration tests: start the real wsproxy binary on random loopback ports with
 a temp config and database, mint tokens, and speak raw RFC 6455 over a socket for bad-input tests.
+
+With WSP_STORE=postgresql every Server uses the PostgreSQL backend instead: a fresh database of its
+own (CREATE DATABASE wsp_<run>_<n>) on one PostgreSQL server for the whole run, which is either
+WSP_PG_DSN_BASE (a conninfo without dbname, e.g. "host=127.0.0.1 port=5432 user=postgres") or a
+throwaway one started on first use with scripts/pgtmp.sh and stopped at exit. Servers with the same
+[store] path share one database (as they would share the SQLite file); db_rows() then reads it with
+psycopg2 (python3-psycopg2).
 """
+import atexit
 import base64
 import hashlib
 import hmac
 import json
 import os
+import queue
+import re
+import secrets
 import signal
 import socket
 import sqlite3
 import struct
 import subprocess
 import tempfile
+import threading
 import time
+import weakref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("WSP_BIN", os.path.join(ROOT, "build", "wsproxy"))
 SECRET = "integration-test-secret-0123456789abcdef"
+PG = os.environ.get("WSP_STORE", "").strip().lower() == "postgresql"
 API_KEY = "test-api-key-0123456789"
 
 
@@ -58,6 +72,216 @@ def make_token(sub, secret=SECRET, exp_in=3600, alg="HS256", extra=None, now=Non
     return signing + "." + b64url(sig)
 
 
+# ---- PostgreSQL mode (WSP_STORE=postgresql) ----
+
+try:
+    import psycopg2
+except ImportError:  # db_rows() in PG mode needs it; the rest falls back to psql
+    psycopg2 = None
+
+
+def _pg_admin_exec(base, sql):
+    """One statement on the maintenance database "postgres", in autocommit."""
+    if psycopg2 is not None:
+        con = psycopg2.connect(base + " dbname=postgres")
+        try:
+            con.autocommit = True
+            con.cursor().execute(sql)
+        finally:
+            con.close()
+        return
+    subprocess.run(["psql", base + " dbname=postgres", "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                   check=True, capture_output=True, timeout=60)
+
+
+class _PgCluster:
+    """The one PostgreSQL server of this run. CREATE DATABASE (~60 ms) and DROP DATABASE (~120 ms,
+    a checkpoint) would add minutes to a run done inline: a thread keeps a few databases made ahead
+    and another drops the released ones, each on its own connection."""
+
+    READY = 3
+
+    def __init__(self):
+        self.owned_dir = None
+        base = os.environ.get("WSP_PG_DSN_BASE", "").strip()
+        if not base:
+            self.owned_dir = tempfile.mkdtemp(prefix="wsp-pg-")
+            out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "pgtmp.sh"), "start",
+                                  self.owned_dir], capture_output=True, text=True, timeout=120)
+            if out.returncode != 0:
+                raise RuntimeError("scripts/pgtmp.sh start failed:\n" + out.stderr)
+            atexit.register(self._stop_owned)
+            base = out.stdout.strip().splitlines()[-1]
+        self.base = re.sub(r"\s*\bdbname\s*=\s*\S+", "", base).strip()
+        self.run = f"{os.getpid()}_{secrets.token_hex(3)}"
+        self.n = 0
+        self.lock = threading.Lock()
+        self.ready = queue.Queue(maxsize=self.READY)
+        self.drops = queue.Queue()
+        self.made = set()   # databases created and not dropped yet
+        self.creator_alive = True
+        self.closing = False
+        self.create_lock = threading.Lock()
+        threading.Thread(target=self._creator, daemon=True).start()
+        threading.Thread(target=self._dropper, daemon=True).start()
+        if self.owned_dir is None:
+            atexit.register(self._drop_all)
+
+    def _next_name(self):
+        with self.lock:
+            self.n += 1
+            return f"wsp_{self.run}_{self.n}"
+
+    def _create(self, cur=None):
+        with self.create_lock:  # _drop_all waits for a CREATE in flight
+            if self.closing:
+                raise RuntimeError("the run is over")
+            name = self._next_name()
+            with self.lock:
+                self.made.add(name)
+            if cur is not None:
+                cur.execute(f"CREATE DATABASE {name}")
+            else:
+                _pg_admin_exec(self.base, f"CREATE DATABASE {name}")
+            return name
+
+    def _admin_cursor(self):
+        if psycopg2 is None:
+            return None
+        con = psycopg2.connect(self.base + " dbname=postgres")
+        con.autocommit = True
+        return con.cursor()
+
+    def _creator(self):
+        try:
+            cur = self._admin_cursor()
+            while True:
+                self.ready.put(self._create(cur))  # blocks while READY are waiting
+        except Exception:  # take() creates inline from now on
+            self.creator_alive = False
+
+    def _dropper(self):
+        cur = None
+        while True:
+            name = self.drops.get()
+            try:
+                if cur is None:
+                    cur = self._admin_cursor()
+                sql = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                cur.execute(sql) if cur is not None else _pg_admin_exec(self.base, sql)
+                with self.lock:
+                    self.made.discard(name)
+            except Exception:
+                cur = None
+            finally:
+                self.drops.task_done()
+
+    def take(self):
+        while self.creator_alive:
+            try:
+                return self.ready.get(timeout=0.5)
+            except queue.Empty:
+                pass
+        return self._create()
+
+    def release(self, name):
+        self.drops.put(name)
+
+    def _stop_owned(self):
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "pgtmp.sh"), "stop", self.owned_dir],
+                       capture_output=True, timeout=120)
+
+    def _drop_all(self):
+        """An outside server keeps nothing of the run."""
+        with self.create_lock:
+            self.closing = True
+        with self.lock:
+            left = sorted(self.made)
+        for name in left:
+            try:
+                _pg_admin_exec(self.base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            except Exception:
+                pass
+
+
+_pg_cluster = None
+_pg_by_path = {}      # abspath of [store] path -> [dbname, number of live Server objects]
+_pg_pending = set()   # databases no Server object refers to any more: dropped by pg_flush_drops()
+
+
+def _pg():
+    global _pg_cluster
+    if _pg_cluster is None:
+        _pg_cluster = _PgCluster()
+    return _pg_cluster
+
+
+def _pg_database_for(path):
+    """The database that stands for the SQLite file at path: the same one for every Server of
+    that path (a test that restarts, or makes a second Server on the same directory, keeps its
+    data), a fresh one otherwise."""
+    key = os.path.abspath(path)
+    ent = _pg_by_path.get(key)
+    if ent is None:
+        ent = _pg_by_path[key] = [_pg().take(), 0]
+    ent[1] += 1
+    _pg_pending.discard(key)
+    return key, ent[0]
+
+
+def _pg_unref(key):
+    ent = _pg_by_path.get(key)
+    if ent is not None:
+        ent[1] -= 1
+        if ent[1] <= 0:
+            _pg_pending.add(key)
+
+
+def pg_flush_drops():
+    """Drop (in the background) the databases of Server objects gone since the last call; conftest
+    calls it after each test, when no later Server can use that test's paths any more."""
+    if _pg_cluster is None:
+        return
+    for key in list(_pg_pending):
+        ent = _pg_by_path.get(key)
+        if ent is not None and ent[1] <= 0:
+            del _pg_by_path[key]
+            _pg_cluster.release(ent[0])
+    _pg_pending.clear()
+
+
+def _pg_sql(sql):
+    """SQLite-isms of the suite's queries, in PostgreSQL's words."""
+    sql = re.sub(r'(?<!["\w.])user(?!["\w])', '"user"', sql)
+    sql = re.sub(r"\bsqlite_master\b",
+                 "(SELECT table_name AS name, 'table' AS type FROM information_schema.tables "
+                 "WHERE table_schema = current_schema()) AS sqlite_master", sql)
+    return _pg_alias_subqueries(sql)
+
+
+def _pg_alias_subqueries(sql):
+    """SQLite takes FROM (SELECT ...) without an alias; PostgreSQL wants one (outer level only)."""
+    out, pos, n = [], 0, 0
+    for m in re.finditer(r"\bFROM\s*\(\s*SELECT\b", sql, re.I):
+        if m.start() < pos:
+            continue
+        depth, i = 0, sql.index("(", m.start())
+        for j in range(i, len(sql)):
+            depth += {"(": 1, ")": -1}.get(sql[j], 0)
+            if depth == 0:
+                break
+        else:
+            break
+        rest = sql[j + 1:]
+        out.append(sql[pos:j + 1])
+        if re.match(r"\s*($|\)|,|;|(WHERE|GROUP|ORDER|LIMIT|JOIN|LEFT|INNER|UNION)\b)", rest, re.I):
+            n += 1
+            out.append(f" AS _sub{n}")
+        pos = j + 1
+    out.append(sql[pos:])
+    return "".join(out)
+
+
 class Server:
     """A wsproxy process with its own temp dir. Sections are dicts merged over test defaults."""
 
@@ -79,6 +303,12 @@ class Server:
         }
         for sec, kv in sections.items():
             conf.setdefault(sec, {}).update(kv)
+        self.pg_db = None
+        if PG and "backend" not in sections.get("store", {}):
+            key, self.pg_db = _pg_database_for(os.path.join(self.dir, conf["store"]["path"]))
+            weakref.finalize(self, _pg_unref, key).atexit = False
+            conf["store"]["backend"] = "postgresql"
+            conf["store"]["dsn"] = f"{_pg().base} dbname={self.pg_db}"
         self.conf = conf
         self.config_path = os.path.join(self.dir, "wsproxy.ini")
         with open(self.config_path, "w") as f:
@@ -164,9 +394,30 @@ class Server:
         return f"{self.ws_url}/ws?token={make_token(user, **kw)}"
 
     def db_rows(self, sql, args=()):
+        if self.pg_db is not None:
+            return self._pg_rows(sql, args)
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
         try:
             return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def pg_dsn(self):
+        return self.conf["store"]["dsn"] if self.pg_db is not None else None
+
+    def _pg_rows(self, sql, args=()):
+        if psycopg2 is None:
+            import pytest
+            pytest.skip("db_rows() in PG mode needs python3-psycopg2")
+        sql = _pg_sql(sql)
+        if args:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        con = psycopg2.connect(self.pg_dsn())
+        try:
+            con.autocommit = True
+            cur = con.cursor()
+            cur.execute(sql, tuple(args) if args else None)
+            return [tuple(r) for r in cur.fetchall()]
         finally:
             con.close()
 
