@@ -8,6 +8,7 @@
 #include <sqlite3.h>
 
 #include "store.h"
+#include "store_copy.h"
 #include "store_ops.h"
 
 /* The SQLite backend's functions behind store_sqlite_ops (store.h has their contracts). */

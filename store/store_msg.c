@@ -211,35 +211,6 @@ int sq_history_room(struct store *st, const char *room, int64_t before_id, int l
 }
 
 /* Copy m's strings into one block owned by out. */
-static int msg_copy(struct store_msg_info *out, const struct store_msg *m)
-{
-    const char *const in[] = {m->sender, m->to_user, m->room, m->body, m->cid, m->via};
-    const char **dst[] = {&out->msg.sender, &out->msg.to_user, &out->msg.room, &out->msg.body,
-                          &out->msg.cid,    &out->msg.via};
-    size_t total = 0, n = sizeof in / sizeof in[0];
-    char *p;
-
-    out->msg = *m;
-    for (size_t i = 0; i < n; i++)
-        total += in[i] ? strlen(in[i]) + 1 : 0;
-    if (!(p = malloc(total ? total : 1)))
-        return -1;
-    out->owned_ = p;
-    for (size_t i = 0; i < n; i++) {
-        size_t len;
-
-        if (!in[i]) {
-            *dst[i] = NULL;
-            continue;
-        }
-        len = strlen(in[i]) + 1;
-        memcpy(p, in[i], len);
-        *dst[i] = p;
-        p += len;
-    }
-    return 0;
-}
-
 int sq_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_MSG_GET];
@@ -256,7 +227,9 @@ int sq_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
         out->delivered_at = sqlite3_column_int64(s, STORE_MSG_NCOLS + 1);
         out->delivered_by = sqlite3_column_int64(s, STORE_MSG_NCOLS + 2);
         out->deleted = sqlite3_column_type(s, STORE_MSG_NCOLS + 3) != SQLITE_NULL;
-        rc = msg_copy(out, &m) == 0 ? 0 : store_failf(st, STORE_ERR_NOMEM, "message get: no memory");
+        rc = store_msg_copy(out, &m) == 0
+                 ? 0
+                 : store_failf(st, STORE_ERR_NOMEM, "message get: no memory");
     } else if (rc == SQLITE_DONE) {
         rc = store_failf(st, STORE_ERR_NOTFOUND, "no message %" PRId64, id);
     } else {
@@ -268,10 +241,3 @@ int sq_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
     return rc;
 }
 
-void store_msg_info_release(struct store_msg_info *m)
-{
-    if (!m)
-        return;
-    free(m->owned_);
-    memset(m, 0, sizeof *m);
-}

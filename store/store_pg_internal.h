@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "store.h"
+#include "store_copy.h"
 #include "store_ops.h"
 
 /* After the connection was lost or a call timed out: how long calls fail at once (blocking

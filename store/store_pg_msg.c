@@ -456,37 +456,6 @@ int pg_history_room(struct store *st, const char *room, int64_t before_id, int l
     return history_walk(pg, SQL_MSG_HISTORY_ROOM, &p, limit, cb, ctx, more, "room history");
 }
 
-/* Copy m's strings into one block owned by out (as store_msg.c does: store_msg_info_release frees
- * owned_ for both backends). */
-static int msg_copy(struct store_msg_info *out, const struct store_msg *m)
-{
-    const char *const in[] = {m->sender, m->to_user, m->room, m->body, m->cid, m->via};
-    const char **dst[] = {&out->msg.sender, &out->msg.to_user, &out->msg.room, &out->msg.body,
-                          &out->msg.cid,    &out->msg.via};
-    size_t total = 0, n = sizeof in / sizeof in[0];
-    char *p;
-
-    out->msg = *m;
-    for (size_t i = 0; i < n; i++)
-        total += in[i] ? strlen(in[i]) + 1 : 0;
-    if (!(p = malloc(total ? total : 1)))
-        return -1;
-    out->owned_ = p;
-    for (size_t i = 0; i < n; i++) {
-        size_t len;
-
-        if (!in[i]) {
-            *dst[i] = NULL;
-            continue;
-        }
-        len = strlen(in[i]) + 1;
-        memcpy(p, in[i], len);
-        *dst[i] = p;
-        p += len;
-    }
-    return 0;
-}
-
 int pg_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
 {
     struct store_pg *pg = pg_of(st);
@@ -509,7 +478,7 @@ int pg_msg_get(struct store *st, int64_t id, struct store_msg_info *out)
         out->delivered_at = pg_i64(r, 0, PG_MSG_NCOLS + 1);
         out->delivered_by = pg_i64(r, 0, PG_MSG_NCOLS + 2);
         out->deleted = !PQgetisnull(r, 0, PG_MSG_NCOLS + 3);
-        if (msg_copy(out, &m) < 0) {
+        if (store_msg_copy(out, &m) < 0) {
             memset(out, 0, sizeof *out); /* its strings pointed into r */
             rc = pg_failf(pg, STORE_ERR_NOMEM, "message get: no memory");
         }

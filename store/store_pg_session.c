@@ -203,37 +203,6 @@ static void session_from_row(const PGresult *r, int row, struct store_session *o
     o->owned_ = NULL;
 }
 
-/* Copy *src's strings into one block owned by *dst (as store_session.c does: store_session_release
- * frees owned_ for both backends). */
-static int session_copy(struct store_session *dst, const struct store_session *src)
-{
-    const char *const in[] = {src->user, src->remote_addr, src->user_agent, src->subprotocol,
-                              src->end_reason};
-    const char **outp[] = {&dst->user, &dst->remote_addr, &dst->user_agent, &dst->subprotocol,
-                           &dst->end_reason};
-    size_t total = 0, n = sizeof in / sizeof in[0];
-    char *p;
-
-    for (size_t i = 0; i < n; i++)
-        total += in[i] ? strlen(in[i]) + 1 : 0;
-    *dst = *src;
-    if (!(p = malloc(total ? total : 1)))
-        return -1;
-    dst->owned_ = p;
-    for (size_t i = 0; i < n; i++) {
-        if (!in[i]) {
-            *outp[i] = NULL;
-            continue;
-        }
-        size_t len = strlen(in[i]) + 1;
-
-        memcpy(p, in[i], len);
-        *outp[i] = p;
-        p += len;
-    }
-    return 0;
-}
-
 int pg_session_get(struct store *st, int64_t id, struct store_session *out)
 {
     struct store_pg *pg = pg_of(st);
@@ -251,7 +220,7 @@ int pg_session_get(struct store *st, int64_t id, struct store_session *out)
         rc = pg_failf(pg, STORE_ERR_NOTFOUND, "no session %" PRId64, id);
     } else {
         session_from_row(r, 0, &row);
-        if (session_copy(out, &row) < 0) {
+        if (store_session_copy(out, &row) < 0) {
             /* *out still points into r: forget it before r goes */
             memset(out, 0, sizeof *out);
             rc = pg_failf(pg, STORE_ERR_NOMEM, "session get: no memory");

@@ -160,36 +160,6 @@ static void session_from_row(sqlite3_stmt *s, struct store_session *o)
     o->owned_ = NULL;
 }
 
-/* Copy *src's strings into one block owned by *dst. */
-static int session_copy(struct store_session *dst, const struct store_session *src)
-{
-    const char *const in[] = {src->user, src->remote_addr, src->user_agent, src->subprotocol,
-                              src->end_reason};
-    const char **outp[] = {&dst->user, &dst->remote_addr, &dst->user_agent, &dst->subprotocol,
-                           &dst->end_reason};
-    size_t total = 0, n = sizeof in / sizeof in[0];
-    char *p;
-
-    for (size_t i = 0; i < n; i++)
-        total += in[i] ? strlen(in[i]) + 1 : 0;
-    *dst = *src;
-    if (!(p = malloc(total ? total : 1)))
-        return -1;
-    dst->owned_ = p;
-    for (size_t i = 0; i < n; i++) {
-        if (!in[i]) {
-            *outp[i] = NULL;
-            continue;
-        }
-        size_t len = strlen(in[i]) + 1;
-
-        memcpy(p, in[i], len);
-        *outp[i] = p;
-        p += len;
-    }
-    return 0;
-}
-
 int sq_session_get(struct store *st, int64_t id, struct store_session *out)
 {
     sqlite3_stmt *s = st->stmt[STMT_SESSION_GET];
@@ -201,7 +171,7 @@ int sq_session_get(struct store *st, int64_t id, struct store_session *out)
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         session_from_row(s, &row);
-        rc = session_copy(out, &row) == 0 ? 0
+        rc = store_session_copy(out, &row) == 0 ? 0
                                           : store_failf(st, STORE_ERR_NOMEM, "session get: no memory");
     } else if (rc == SQLITE_DONE) {
         rc = store_failf(st, STORE_ERR_NOTFOUND, "no session %" PRId64, id);
@@ -212,14 +182,6 @@ int sq_session_get(struct store *st, int64_t id, struct store_session *out)
     if (rc < 0)
         store_session_release(out);
     return rc;
-}
-
-void store_session_release(struct store_session *s)
-{
-    if (!s)
-        return;
-    free(s->owned_);
-    memset(s, 0, sizeof *s);
 }
 
 int sq_session_list(struct store *st, const struct store_session_filter *f, store_session_fn *cb,
