@@ -88,6 +88,15 @@ static const char SQL_PRESENCE_SET_COUNTED[] =
     " last_seen = GREATEST(presence.last_seen, excluded.last_seen)";
 static const char SQL_PRESENCE_GET[] =
     "SELECT state = 'online', connections, last_seen FROM presence WHERE \"user\" = $1";
+/*
+ * In a cluster the row's state and count are written by each node's transaction from what it saw,
+ * and two nodes ending a user's last two sessions at once may each still see the other's: the row
+ * can say online with no session left (until the next change). Reads count the sessions instead.
+ */
+static const char SQL_PRESENCE_GET_COUNTED[] =
+    "SELECT n > 0, n, p.last_seen FROM presence p,"
+    " (SELECT count(*) AS n FROM sessions WHERE \"user\" = $1::text AND ended_at IS NULL) c"
+    " WHERE p.\"user\" = $1::text";
 
 int pg_session_begin(struct store *st, const char *user, const char *remote_addr,
                      const char *user_agent, const char *subprotocol, int64_t now, int64_t *id)
@@ -318,7 +327,8 @@ int pg_presence_get(struct store *st, const char *user, bool *online, int *conne
         return pg_failf(pg, STORE_ERR_INVALID, "presence get: no user");
     pgp_init(&p);
     pgp_text(&p, user);
-    if ((rc = pg_run(pg, SQL_PRESENCE_GET, &p, &r, "presence get")) < 0)
+    if ((rc = pg_run(pg, pg->node_id ? SQL_PRESENCE_GET_COUNTED : SQL_PRESENCE_GET, &p, &r,
+                     "presence get")) < 0)
         return rc;
     if (PQntuples(r) == 0) {
         rc = pg_failf(pg, STORE_ERR_NOTFOUND, "no presence for user %s", user);

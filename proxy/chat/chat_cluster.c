@@ -138,6 +138,11 @@ void chat_cluster_offline_check(struct chat *ch, const char *user, int64_t last_
     }
     if (n > 0)
         return; /* online on another node (or again here, through a new session) */
+    /* The row may have been written online by a node that still saw this session (two ends at
+     * once): set it from the count now that both are committed. */
+    loop_tx_begin(ch->lp);
+    if (store_presence_set(ch->store, user, false, 0, last_seen) != 0)
+        log_error("store: presence of %s: %s", user, store_last_error(ch->store));
     /* While this node drains, its users leave all at once: no presence frames (as on a single
      * node), but the backend still hears user.offline. */
     if (!ch->draining) {

@@ -266,7 +266,7 @@ def test_cluster_presence_across_nodes(cluster):
         await gus.close()  # still online on node 1: fay hears nothing
         await gus2.close()  # now gone everywhere: fay on node 1 hears it
         f = await fay.until(lambda f: f.get("type") == "presence" and f.get("user") == "gus")
-        assert f["state"] == "offline"
+        assert f["state"] == "offline", f
         j = (await asyncio.to_thread(api, n2, "GET", "/api/v1/presence?users=gus")).json()
         assert j["users"][0]["state"] == "offline"
         await fay.close()
