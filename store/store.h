@@ -597,7 +597,8 @@ int store_nodes_list(struct store *st, store_node_fn *cb, void *ctx);
  * never if it rolls back). kind: "msg" (ref = stored message id), "user" / "room" (payload = frame
  * for target's live connections), "all" (payload to every live connection), "kick" (ref = session
  * id), "member" (target = user, payload = room, ref = 1 added / 0 removed, with the reason),
- * "presence" (target = user, payload = frame). Rows older than a few minutes are pruned by the sweep.
+ * "presence" (target = user, payload = frame), "erase" (target = the user erased: close their
+ * connections). Rows older than a few minutes are pruned by the sweep.
  */
 int store_cluster_note(struct store *st, const char *kind, const char *target, int64_t ref,
                        const char *payload, int64_t now);

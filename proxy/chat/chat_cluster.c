@@ -202,6 +202,8 @@ static int apply_row(void *arg, const struct store_log_row *r)
         chat_kick(ch, r->ref); /* -1: not here; the node that has it acts */
     } else if (!strcmp(r->kind, "member")) {
         apply_member(ch, r);
+    } else if (!strcmp(r->kind, "erase") && r->target) {
+        chat_user_erased_here(ch, r->target);
     } else if (!strcmp(r->kind, "presence") && r->target && r->payload) {
         chat_presence_frame_remote(ch, r->target, r->payload, len);
     } else {

@@ -230,6 +230,10 @@ void chat_cluster_offline_check(struct chat *ch, const char *user, int64_t last_
 void chat_cluster_end_pending(struct chat *ch, const char *user, int delta);
 bool chat_cluster_end_is_pending(const struct chat *ch, const char *user);
 
+/* chat_rooms.c: user was erased (here or on another node): forget their pending session ends and
+ * close their connections here (1008 "kicked", no row written at the end). Connections closed. */
+size_t chat_user_erased_here(struct chat *ch, const char *user);
+
 /* chat_session.c: close every live session (1013, why) -- this node was declared lost. */
 void chat_close_all(struct chat *ch, const char *why);
 

@@ -264,6 +264,15 @@ int chat_user_erase(struct chat *ch, const char *user, size_t *closed)
         chat_member_event(ch, rooms.v[i], user, "left", NULL);
     }
     names_release(&rooms);
+    /* The other nodes close the user's connections they have, the same way. */
+    chat_cluster_note(ch, "erase", user, 0, NULL, 0);
+    *closed = chat_user_erased_here(ch, user);
+    return 0;
+}
+
+size_t chat_user_erased_here(struct chat *ch, const char *user)
+{
+    size_t closed = 0;
     /* Session ends still to be written would bring back rows the erasure deleted. */
     for (struct chat_end **pe = &ch->ends_retry; *pe;) {
         struct chat_end *e = *pe;
@@ -288,9 +297,9 @@ int chat_user_erase(struct chat *ch, const char *user, size_t *closed)
         chat_conn_enter(cc);
         conn_close(cc->conn, WS_CLOSE_POLICY, "kicked", END_KICKED);
         chat_conn_leave(cc);
-        (*closed)++;
+        closed++;
     }
-    return 0;
+    return closed;
 }
 
 /* ---- deleted messages ---- */

@@ -561,3 +561,24 @@ def test_cluster_database_that_stops_answering_never_wedges_the_loop(cluster):
         await alice.close()
 
     run(body())
+
+
+def test_cluster_erasing_a_user_closes_their_connections_on_every_node(cluster):
+    n1, n2 = cluster.node(1), cluster.node(2)
+    wait_api(n1)
+
+    async def body():
+        a = await connect(n1, "lea")
+        b = await connect(n2, "lea")
+        r = await asyncio.to_thread(api, n1, "DELETE", "/api/v1/users/lea")
+        assert r.status == 204, r.body
+        for c in (a, b):
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                while True:
+                    await asyncio.wait_for(c.ws.recv(), WAIT)
+            assert e.value.rcvd.code == 1008 and e.value.rcvd.reason == "kicked"
+        await asyncio.sleep(0.3)  # the ends are written (or, erased, not written) by now
+        assert cluster.sql("SELECT count(*) FROM sessions WHERE \"user\" = 'lea'").strip() == "0"
+        assert cluster.sql("SELECT count(*) FROM presence WHERE \"user\" = 'lea'").strip() == "0"
+
+    run(body())
