@@ -1152,6 +1152,10 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         conn_linger(c); /* the client may still be sending (a refused upload, a too large head) */
         return;
     case CONN_CLOSING:
+        /* The close frame still waits behind frames held for a commit on its way (PostgreSQL's
+         * COMMIT answers asynchronously): the flush puts them out, and this runs again. */
+        if (c->close_held)
+            return;
         if (c->failed)
             conn_linger(c); /* close frame written; the peer may still be sending */
         else if (c->close_received)
