@@ -88,6 +88,23 @@ int store_open(struct store **out, const char *path, const struct store_opts *op
  */
 void store_set_lock_wait(struct store *st, int ms);
 
+/*
+ * Who waits when a call must wait for the database's socket (PostgreSQL; SQLite never does).
+ * Without one, the call poll()s, bounded by the wait above. The event loop's gate (net/gate.h)
+ * sets one so that the waiting code parks on the loop instead:
+ *   wait:  until fd is ready for events (POLLIN/POLLOUT) or timeout_ms passed: 1 ready,
+ *          0 timed out, -1 error;
+ *   enter: called before a call uses the connection, so that a call from elsewhere never meets
+ *          another one half-way (it lets that one finish first).
+ * NULL removes it.
+ */
+struct store_waiter {
+    int (*wait)(void *ctx, int fd, short events, int timeout_ms);
+    void (*enter)(void *ctx);
+    void *ctx;
+};
+void store_set_waiter(struct store *st, const struct store_waiter *w);
+
 /* Finalize everything and close. An open transaction is rolled back. store_close(NULL) is a no-op. */
 void store_close(struct store *st);
 

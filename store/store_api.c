@@ -23,6 +23,12 @@ void store_set_lock_wait(struct store *st, int ms)
     store_ops_of(st)->set_lock_wait(st, ms);
 }
 
+void store_set_waiter(struct store *st, const struct store_waiter *w)
+{
+    if (store_ops_of(st)->set_waiter)
+        store_ops_of(st)->set_waiter(st, w);
+}
+
 void store_close(struct store *st)
 {
     if (st)

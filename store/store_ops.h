@@ -12,6 +12,7 @@
 struct store_ops {
     const char *name; /* "sqlite", "postgresql" */
     void (*set_lock_wait)(struct store *st, int ms);
+    void (*set_waiter)(struct store *st, const struct store_waiter *w);
     void (*close)(struct store *st);
     const char *(*last_error)(const struct store *st);
     int (*schema_version)(const struct store *st);

@@ -286,10 +286,24 @@ static void pg_drop(struct store_pg *pg)
 
 static void pg_commit_collect(struct store_pg *pg, enum store_poll how);
 
+/* A call is about to use the connection: whatever else is half-way on it finishes first. */
+static void pg_enter(struct store_pg *pg)
+{
+    if (pg->waiter.enter)
+        pg->waiter.enter(pg->waiter.ctx);
+}
+
 /* Wait for the socket (POLLIN/POLLOUT) until deadline; 1 ready, 0 timed out, -1 error. */
 static int pg_wait(struct store_pg *pg, short events, int64_t deadline)
 {
     struct pollfd pfd = {.fd = PQsocket(pg->conn), .events = events};
+
+    if (pg->waiter.wait) { /* the event loop's store fiber parks here (store_set_waiter) */
+        int64_t left = deadline - pg_mono_ms();
+        if (left <= 0)
+            return 0;
+        return pg->waiter.wait(pg->waiter.ctx, pfd.fd, events, (int)left);
+    }
 
     for (;;) {
         int64_t left = deadline - pg_mono_ms();
@@ -558,6 +572,7 @@ int pg_run(struct store_pg *pg, const char *sql, const struct pg_params *p, PGre
 
     if (res)
         *res = NULL;
+    pg_enter(pg);
     if (pg->commit_pending && !pg->commit_done)
         pg_commit_collect(pg, STORE_POLL_WAIT); /* one command at a time on a connection */
     if ((rc = pg_ensure(pg, what)) < 0)
@@ -640,6 +655,16 @@ static const char SQL_ROLLBACK[] = "ROLLBACK";
 static const char SQL_SAVEPOINT[] = "SAVEPOINT store_atomic";
 static const char SQL_RELEASE[] = "RELEASE SAVEPOINT store_atomic";
 static const char SQL_ROLLBACK_TO[] = "ROLLBACK TO SAVEPOINT store_atomic";
+
+void pg_set_waiter(struct store *st, const struct store_waiter *w)
+{
+    struct store_pg *pg = pg_of(st);
+
+    if (w)
+        pg->waiter = *w;
+    else
+        memset(&pg->waiter, 0, sizeof pg->waiter);
+}
 
 void pg_set_lock_wait(struct store *st, int ms)
 {
@@ -804,6 +829,7 @@ int pg_commit_start(struct store *st, int *fd)
     int rc;
 
     *fd = -1;
+    pg_enter(pg);
     if (!pg->txn || pg->txn_broken || !pg->conn)
         return pg_commit(st); /* the errors and the rollback of the synchronous path */
     /* Synchronous: a few round trips per group commit, and only the COMMIT's fsync is waited for
@@ -838,6 +864,7 @@ int pg_commit_poll(struct store *st, enum store_poll how, bool *done)
     *done = true;
     if (!pg->commit_pending)
         return 0;
+    pg_enter(pg);
     pg_commit_collect(pg, how);
     if (!pg->commit_done) {
         *done = false;
@@ -1166,6 +1193,7 @@ void pg_close(struct store *st)
 const struct store_ops store_pg_ops = {
     .name = "postgresql",
     .set_lock_wait = pg_set_lock_wait,
+    .set_waiter = pg_set_waiter,
     .close = pg_close,
     .last_error = pg_last_error,
     .schema_version = pg_schema_version,

@@ -49,6 +49,7 @@ struct store_pg {
     int64_t node_id;   /* store_node_join: sessions carry it; 0 before */
     int64_t node_boot; /* ... and this boot: the nodes row is ours only while it matches */
     int wait_ms;             /* the bound on one call's wait */
+    struct store_waiter waiter; /* store_set_waiter: who waits for the socket (else poll()) */
     int64_t down_until_ms;   /* monotonic: until then, calls fail at once */
     bool async_reconnect;    /* the loop's handle: reconnect without waiting */
     PGconn *connecting;      /* a reconnect under way (async_reconnect) */
@@ -208,6 +209,7 @@ void pg_log_savepoint_end(struct store_pg *pg, bool undone);
 
 /* The PostgreSQL backend's functions behind store_pg_ops (store.h has their contracts). */
 void pg_set_lock_wait(struct store *st, int ms);
+void pg_set_waiter(struct store *st, const struct store_waiter *w);
 void pg_close(struct store *st);
 const char *pg_last_error(const struct store *st);
 int pg_schema_version(const struct store *st);
