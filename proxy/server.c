@@ -74,16 +74,21 @@ static void pool_empty_cb(void *arg)
     finish_if_drained(arg);
 }
 
-static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+static void drain_timeout_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct server *srv = arg;
     log_warn("drain: %zu connections still open after drain_timeout, dropping them",
              srv->pool.num_conns);
     while (srv->pool.conns)
         conn_abort(srv->pool.conns, END_SERVER_SHUTDOWN);
     finish_if_drained(srv);
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(&((struct server *)arg)->loop, drain_timeout_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 void server_shutdown(struct server *srv)
@@ -109,11 +114,17 @@ void server_shutdown(struct server *srv)
     finish_if_drained(srv);
 }
 
+static void shutdown_job(void *arg)
+{
+    server_shutdown(arg);
+}
+
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
+    struct server *srv = arg;
     log_info("received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    server_shutdown(arg);
+    loop_call_once(&srv->loop, shutdown_job, srv); /* it ends sessions: on the store fiber */
 }
 
 /*
@@ -288,6 +299,11 @@ int server_init(struct server *srv, const struct px_config *cfg)
     if (ended)
         log_warn("ended %lld sessions left open by a previous run (server_restart)", (long long)ended);
 
+    /* From here on the application runs on the store fiber when the store is PostgreSQL. */
+    if (config_store_is_pg(cfg) && loop_gate_start(&srv->loop) != 0) {
+        log_error("out of memory starting the store fiber");
+        goto fail;
+    }
     if (listener_open(&srv->listener, &srv->loop, "main", cfg->listen, srv->ssl_ctx, 1024,
                       conn_accept, &srv->pool, err, sizeof(err)) != 0) {
         log_error("[server] listen: %s", err);
@@ -306,6 +322,7 @@ fail:
 int server_run(struct server *srv)
 {
     event_base_dispatch(srv->loop.base);
+    loop_gate_stop(&srv->loop); /* what waited on the store finishes; the rest runs here */
     loop_commit(&srv->loop);
     return srv->exit_code;
 }
@@ -314,6 +331,7 @@ void server_release(struct server *srv)
 {
     listener_release(&srv->listener);
     if (srv->loop.base) {
+        loop_gate_stop(&srv->loop);
         /* Every session ends (rows written), then the last commit answers what waits for it. */
         conn_pool_release(&srv->pool);
         loop_commit(&srv->loop);

@@ -216,8 +216,10 @@ void api_reply_store_error(struct api_conn *ac, const char *what)
 static void after_commit_cb(void *arg, bool ok)
 {
     struct api_conn *ac = arg;
+    ac->after_pending = false;
     if (ac->dead) {
-        ac_free(ac);
+        if (!ac->dispatching) /* else the dispatch frees it when it returns */
+            ac_free(ac);
         return;
     }
     if (!ok) {
@@ -236,6 +238,7 @@ static void after_commit_cb(void *arg, bool ok)
 void api_reply_after_commit(struct api_conn *ac, int status)
 {
     ac->pending_status = status;
+    ac->after_pending = true;
     loop_after_commit(ac->api->lp, after_commit_cb, ac);
 }
 
@@ -278,6 +281,34 @@ static void request_reset(struct api_conn *ac)
 static bool is_api_path(const struct http_req *r)
 {
     return r->path_len >= 5 && memcmp(r->path, "/api/", 5) == 0;
+}
+
+/*
+ * A complete request (ac->state AC_BUSY, reading stopped) is handled where the store may be used:
+ * on the store fiber with PostgreSQL (net/gate.h), where it may wait for the database while the
+ * loop serves on. A peer that went away meanwhile (ac_event_cb marked it dead) is freed here once
+ * no answer waits for the commit.
+ */
+static void dispatch_job(void *arg)
+{
+    struct api_conn *ac = arg;
+    if (!ac->dead) {
+        ac->dispatching = true;
+        api_dispatch(ac);
+        ac->dispatching = false;
+    }
+    if (ac->dead && !ac->after_pending)
+        ac_free(ac);
+}
+
+static void dispatch(struct api_conn *ac)
+{
+    ac->state = AC_BUSY;
+    /* /metrics reads only memory: answered at once, even while the database is slow. */
+    if (api_path_is(&ac->req, "/metrics"))
+        dispatch_job(ac);
+    else
+        loop_call(ac->api->lp, dispatch_job, ac);
 }
 
 /* A head arrived: decide framing, auth and size before any of the body is read. */
@@ -347,7 +378,7 @@ static void on_head(struct api_conn *ac)
     }
     ac->body_len = (size_t)len;
     if (len == 0) {
-        api_dispatch(ac);
+        dispatch(ac);
         return;
     }
     const struct http_header *expect = http_req_header(r, "Expect");
@@ -400,7 +431,7 @@ static void ac_process(struct api_conn *ac)
             ac->body[ac->body_len] = '\0';
             evtimer_del(ac->req_timer);
             bufferevent_disable(ac->bev, EV_READ); /* see on_head */
-            api_dispatch(ac);
+            dispatch(ac);
             continue;
         }
         if (len == 0)

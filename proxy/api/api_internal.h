@@ -51,7 +51,9 @@ struct api_conn {
     size_t body_len;
     bool keep_alive;
     bool head_only; /* HEAD: the answer has headers only */
-    bool dead;      /* the peer went away while an answer waited for the commit */
+    bool dead;      /* the peer went away while an answer waited for the commit (or the fiber) */
+    bool dispatching;   /* inside api_dispatch (which may wait on the store fiber) */
+    bool after_pending; /* an answer waits for the commit (after_commit_cb) */
     size_t lingered;
     int pending_status; /* answer prepared before a commit */
     struct sbuf pending;

@@ -11,6 +11,7 @@
 #include "base/version.h"
 #include "chat/chat.h"
 #include "chat/msg_json.h"
+#include "net/gate.h"
 #include "net/loop.h"
 #include "store.h"
 
@@ -184,6 +185,17 @@ static void route_metrics(struct api_conn *ac)
         .start_time_s = api->started_s,
     };
     chat_events_gauges(api->chat, &g);
+    if (lp->gate) {
+        struct gate_stats gs;
+        gate_stats(lp->gate, &gs);
+        g.fiber_on = true;
+        g.fiber_calls = gs.calls;
+        g.fiber_queued = gs.queued;
+        g.fiber_parks = gs.parks;
+        g.fiber_sync_waits = gs.sync_waits;
+        g.fiber_queue = gs.queue_len;
+        g.fiber_queue_max = gs.queue_max;
+    }
     size_t len = 0;
     char *text = metrics_render(&lp->metrics, &g, &len);
     if (!text) {

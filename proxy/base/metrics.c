@@ -83,6 +83,26 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
     fprintf(f, "# HELP wsproxy_users_online Users with at least one open chat connection.\n"
                "# TYPE wsproxy_users_online gauge\nwsproxy_users_online %llu\n",
             (unsigned long long)g->users_online);
+    if (g->fiber_on) {
+        fprintf(f, "# HELP wsproxy_store_fiber_calls_total Entries into the application run on the store fiber.\n"
+                   "# TYPE wsproxy_store_fiber_calls_total counter\nwsproxy_store_fiber_calls_total %llu\n",
+                (unsigned long long)g->fiber_calls);
+        fprintf(f, "# HELP wsproxy_store_fiber_queued_total Entries that waited behind another one.\n"
+                   "# TYPE wsproxy_store_fiber_queued_total counter\nwsproxy_store_fiber_queued_total %llu\n",
+                (unsigned long long)g->fiber_queued);
+        fprintf(f, "# HELP wsproxy_store_fiber_parks_total Times the fiber parked on the database socket while the loop served on.\n"
+                   "# TYPE wsproxy_store_fiber_parks_total counter\nwsproxy_store_fiber_parks_total %llu\n",
+                (unsigned long long)g->fiber_parks);
+        fprintf(f, "# HELP wsproxy_store_sync_waits_total Waits for the database made on the loop itself, outside the fiber (0 while serving).\n"
+                   "# TYPE wsproxy_store_sync_waits_total counter\nwsproxy_store_sync_waits_total %llu\n",
+                (unsigned long long)g->fiber_sync_waits);
+        fprintf(f, "# HELP wsproxy_store_fiber_queue Entries waiting for the fiber now.\n"
+                   "# TYPE wsproxy_store_fiber_queue gauge\nwsproxy_store_fiber_queue %llu\n",
+                (unsigned long long)g->fiber_queue);
+        fprintf(f, "# HELP wsproxy_store_fiber_queue_max The longest the fiber's queue has been.\n"
+                   "# TYPE wsproxy_store_fiber_queue_max gauge\nwsproxy_store_fiber_queue_max %llu\n",
+                (unsigned long long)g->fiber_queue_max);
+    }
     fprintf(f, "# HELP wsproxy_connections_total TCP connections accepted.\n"
                "# TYPE wsproxy_connections_total counter\nwsproxy_connections_total %llu\n",
             (unsigned long long)m->conns_total);

@@ -41,6 +41,7 @@ struct chat_cluster {
     struct store_listen *listen; /* keeps its place in the log across reconnects */
     bool listen_down;            /* its connection broke: reopened by the poll timer */
     struct event *listen_ev;     /* its socket; NULL while down */
+    bool listen_paused;          /* listen_ev off while its job waits for the store fiber */
     struct event *poll_ev;       /* [cluster] poll: fetch even without a notification */
     struct event *lease_ev;      /* lease/3: renew, sweep */
     int64_t node_id;
@@ -261,11 +262,29 @@ static void pump(struct chat_cluster *cl, bool fetch)
     }
 }
 
+static void listen_job(void *arg)
+{
+    struct chat_cluster *cl = arg;
+    if (cl->listen_paused) {
+        cl->listen_paused = false;
+        if (cl->listen_ev)
+            event_add(cl->listen_ev, NULL);
+    }
+    pump(cl, false);
+}
+
 static void listen_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    pump(arg, false);
+    struct chat_cluster *cl = arg;
+    /* On the store fiber (net/gate.h). While it waits there the socket stays readable: stop
+     * watching it until the job ran, or the loop would spin on it. */
+    if (loop_gated(cl->ch->lp)) {
+        event_del(cl->listen_ev);
+        cl->listen_paused = true;
+    }
+    loop_call_once(cl->ch->lp, listen_job, arg);
 }
 
 /* Start reopening a broken listener (once a second at most); the poll timer's pumps move it on
@@ -285,14 +304,19 @@ static void listen_reopen(struct chat_cluster *cl)
     cl->listen_down = false;
 }
 
-static void poll_cb(evutil_socket_t fd, short what, void *arg)
+static void poll_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct chat_cluster *cl = arg;
     if (cl->listen_down)
         listen_reopen(cl);
     pump(cl, true);
+}
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct chat_cluster *)arg)->ch->lp, poll_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 /* ---- the lease and the sweep ---- */
@@ -338,10 +362,8 @@ static void node_was_lost(struct chat_cluster *cl)
         log_error("cluster: joining again: %s", store_last_error(ch->store));
 }
 
-static void lease_cb(evutil_socket_t fd, short what, void *arg)
+static void lease_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct chat_cluster *cl = arg;
     struct chat *ch = cl->ch;
     int64_t now = loop_now_ms(ch->lp);
@@ -371,6 +393,13 @@ static void lease_cb(evutil_socket_t fd, short what, void *arg)
                  "(node_lost)",
                  nodes, nodes == 1 ? "" : "s", (long long)ch->cfg->cluster_lease_ms, x.ended,
                  x.ended == 1 ? "" : "s");
+}
+
+static void lease_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct chat_cluster *)arg)->ch->lp, lease_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 /* ---- start, stop ---- */

@@ -22,10 +22,8 @@ static void retention_committed(void *arg, bool ok)
     ch->retention_waiting = false;
 }
 
-static void retention_tick(evutil_socket_t fd, short what, void *arg)
+static void retention_tick_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct chat *ch = arg;
     if (ch->draining || ch->retention_waiting)
         return;
@@ -44,6 +42,13 @@ static void retention_tick(evutil_socket_t fd, short what, void *arg)
         ch->retention_waiting = true;
         loop_after_commit(ch->lp, retention_committed, ch);
     }
+}
+
+static void retention_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct chat *)arg)->lp, retention_tick_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 int chat_retention_start(struct chat *ch)

@@ -99,10 +99,8 @@ static void end_committed_cb(void *arg, bool ok)
     free(e);
 }
 
-static void ends_retry_cb(evutil_socket_t fd, short what, void *arg)
+static void ends_retry_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct chat *ch = arg;
     struct chat_end *list = ch->ends_retry;
     ch->ends_retry = NULL;
@@ -113,6 +111,13 @@ static void ends_retry_cb(evutil_socket_t fd, short what, void *arg)
         list = e->next;
         end_store(ch, e);
     }
+}
+
+static void ends_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct chat *)arg)->lp, ends_retry_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 /* Record the end of cc's session; it reaches the store now or, after an outage, by the retries. */
@@ -226,10 +231,8 @@ static bool token_expired(const struct chat_conn *cc, int64_t now)
  * (slow consumers), so the expired ones are collected first, each kept allocated (enter) until
  * its own close is done.
  */
-static void expiry_sweep_cb(evutil_socket_t fd, short what, void *arg)
+static void expiry_sweep_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct chat *ch = arg;
     int64_t now = loop_now_ms(ch->lp);
     size_t n = 0;
@@ -254,6 +257,13 @@ static void expiry_sweep_cb(evutil_socket_t fd, short what, void *arg)
         chat_conn_leave(cc);
     }
     free(due);
+}
+
+static void expiry_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct chat *)arg)->lp, expiry_sweep_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 /* ---- accept ---- */
@@ -337,6 +347,28 @@ static int session_start(struct chat_conn *cc, const char *user_agent, const cha
     return 0;
 }
 
+/* session_start's arguments, kept until it runs (conn_call: maybe after the store fiber's queue). */
+struct start_args {
+    struct chat_conn *cc;
+    bool has_sub;
+    size_t sub_off;
+    char strings[]; /* user agent, NUL, subprotocol, NUL */
+};
+
+static void start_call(struct conn *c, void *arg)
+{
+    struct start_args *a = arg;
+    struct chat_conn *cc = a->cc;
+    /* Ended before its turn came (its on_close is queued behind): nothing to start. */
+    if (c->data == cc && !cc->ended) {
+        chat_conn_enter(cc);
+        if (session_start(cc, a->strings, a->has_sub ? a->strings + a->sub_off : NULL) != 0)
+            conn_fail(c, WS_CLOSE_INTERNAL, "internal error", END_INTERNAL_ERROR);
+        chat_conn_leave(cc);
+    }
+    free(a);
+}
+
 void chat_accept(struct chat *ch, struct conn *c, const struct ws_handshake_result *hs,
                  const struct auth_identity *id, const char *user_agent)
 {
@@ -362,11 +394,27 @@ void chat_accept(struct chat *ch, struct conn *c, const struct ws_handshake_resu
     if (ch->sessions)
         ch->sessions->prev = cc;
     ch->sessions = cc;
+    const char *sub = hs->subprotocol ? hs->subprotocol : "";
+    size_t ua_len = strlen(user_agent), sub_len = strlen(sub);
+    struct start_args *a = malloc(sizeof(*a) + ua_len + sub_len + 2);
+    if (!a) {
+        free(cc->claim);
+        free(cc);
+        ch->sessions = ch->sessions->next;
+        if (ch->sessions)
+            ch->sessions->prev = NULL;
+        log_error("conn %llu %s: out of memory opening a chat session", (unsigned long long)c->id,
+                  c->addr);
+        conn_http_text(c, 503, "Retry-After: 5\r\n", "out of memory");
+        return;
+    }
+    a->cc = cc;
+    a->has_sub = hs->subprotocol != NULL;
+    memcpy(a->strings, user_agent, ua_len + 1);
+    memcpy(a->strings + ua_len + 1, sub, sub_len + 1);
+    a->sub_off = ua_len + 1;
     conn_upgrade(c, hs, &chat_handler, cc);
-    chat_conn_enter(cc);
-    if (session_start(cc, user_agent, hs->subprotocol ? hs->subprotocol : NULL) != 0)
-        conn_fail(c, WS_CLOSE_INTERNAL, "internal error", END_INTERNAL_ERROR);
-    chat_conn_leave(cc);
+    conn_call(c, start_call, a); /* it writes the session row: where the store may be used */
 }
 
 /* ---- heartbeat and end ---- */

@@ -187,21 +187,29 @@ static void presence_event(struct events *ev, const char *user, bool online)
     sbuf_release(&b);
 }
 
+static void offline_job(void *arg);
+
 static void offline_free(struct events *ev, struct offline_wait *w)
 {
+    loop_call_cancel(ev->ch->lp, offline_job, w); /* its timer may have fired: the job goes too */
     HASH_DEL(ev->offline, w);
     event_free(w->timer);
     free(w);
+}
+
+static void offline_job(void *arg)
+{
+    struct offline_wait *w = arg;
+    struct events *ev = w->ev;
+    presence_event(ev, w->user, false);
+    offline_free(ev, w);
 }
 
 static void offline_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct offline_wait *w = arg;
-    struct events *ev = w->ev;
-    presence_event(ev, w->user, false);
-    offline_free(ev, w);
+    loop_call_once(((struct offline_wait *)arg)->ev->ch->lp, offline_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 void events_user_online(struct chat *ch, const char *user)
@@ -270,10 +278,8 @@ static void unacked_arm(struct events *ev)
     evtimer_add(ev->unacked_ev, &tv);
 }
 
-static void unacked_cb(evutil_socket_t fd, short what, void *arg)
+static void unacked_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct events *ev = arg;
     struct chat *ch = ev->ch;
     int64_t now = loop_now_ms(ch->lp);
@@ -295,6 +301,13 @@ static void unacked_cb(evutil_socket_t fd, short what, void *arg)
         store_msg_info_release(&info);
     }
     unacked_arm(ev);
+}
+
+static void unacked_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct events *)arg)->ch->lp, unacked_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 void events_msg_stored(struct chat *ch, const struct store_msg *m, bool push)
@@ -539,10 +552,8 @@ static void in_flight_remove(struct events *ev, struct batch *bt)
 }
 
 /* The outcome of a post: delivered, or every event of the batch retried (or dead). */
-static void posted_cb(void *arg, bool ok, int status, const char *error)
+static void posted(struct batch *bt, bool ok, const char *error)
 {
-    (void)status;
-    struct batch *bt = arg;
     struct events *ev = bt->ev;
     struct chat *ch = ev->ch;
     in_flight_remove(ev, bt);
@@ -577,6 +588,39 @@ static void posted_cb(void *arg, bool ok, int status, const char *error)
     }
     batch_free(bt);
     pump(ev);
+}
+
+/* A post's outcome, kept for the store fiber (net/gate.h). */
+struct posted_job {
+    struct batch *bt;
+    bool ok;
+    char error[];
+};
+
+static void posted_job(void *arg)
+{
+    struct posted_job *pj = arg;
+    posted(pj->bt, pj->ok, pj->error[0] ? pj->error : NULL);
+    free(pj);
+}
+
+static void posted_cb(void *arg, bool ok, int status, const char *error)
+{
+    (void)status;
+    struct batch *bt = arg;
+    struct loop *lp = bt->ev->ch->lp;
+    if (loop_gated(lp)) {
+        size_t n = error ? strlen(error) : 0;
+        struct posted_job *pj = malloc(sizeof(*pj) + n + 1);
+        if (pj) {
+            pj->bt = bt;
+            pj->ok = ok;
+            memcpy(pj->error, error ? error : "", n + 1);
+            loop_call(lp, posted_job, pj);
+            return;
+        }
+    }
+    posted(bt, ok, error);
 }
 
 static void hex(const unsigned char *in, size_t n, char *out)
@@ -675,14 +719,19 @@ static void housekeep(struct events *ev)
         log_error("events: outbox counts: %s", store_last_error(ch->store));
 }
 
-static void tick_cb(evutil_socket_t fd, short what, void *arg)
+static void tick_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct events *ev = arg;
     if (loop_now_ms(ev->ch->lp) - ev->last_housekeep >= EVENTS_HOUSEKEEP_MS)
         housekeep(ev);
     pump(ev);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    loop_call_once(((struct events *)arg)->ch->lp, tick_job, arg); /* on the store fiber (net/gate.h) */
 }
 
 void chat_events_kick(struct chat *ch)

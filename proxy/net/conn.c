@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "base/registry.h"
 #include "base/utf8.h"
+#include "net/gate.h"
 #include "net/listener.h"
 #include "net/loop.h"
 #include "proto/heartbeat.h"
@@ -44,6 +45,7 @@
 #define SHARED_FRAME_COPY_MAX 1024
 
 static void conn_free(struct conn *c);
+static void conn_destroy(struct conn *c);
 static void conn_linger(struct conn *c);
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
@@ -202,7 +204,7 @@ size_t conn_pending_len(const struct conn *c)
 
 bool conn_is_open(const struct conn *c)
 {
-    return c->state == CONN_OPEN && !c->close_sent;
+    return c->state == CONN_OPEN && !c->close_sent && !c->freeing;
 }
 
 static void add_frame_rsv(struct conn *c, struct evbuffer *out, enum ws_opcode op, bool rsv1,
@@ -728,6 +730,153 @@ static void process_http(struct conn *c)
 
 /* ---- WebSocket phase ---- */
 
+/*
+ * ---- The store fiber (net/gate.h) ----
+ * With a gate (PostgreSQL), the application's callbacks run on the store fiber, where a store call
+ * may park until the database answers while the loop serves on. A callback made from the loop
+ * becomes a job: the connection stays held (busy) until its jobs ran, so a close or abort meanwhile
+ * frees it only after them; a message is copied (the read buffers are reused at once), and the
+ * connection stops reading while it has jobs waiting, so what it queues is bounded by one read.
+ * Jobs run in the order they were made. On the fiber already (one job closing another
+ * connection), callbacks are plain calls, as without a gate. Echo never touches the store: it
+ * stays on the loop.
+ */
+enum conn_job_kind { CJ_MESSAGE, CJ_CLOSE, CJ_PING, CJ_DRAINED, CJ_CALL };
+
+struct conn_job {
+    struct conn *c;
+    enum conn_job_kind kind;
+    void *data; /* CJ_CLOSE: the handler's data (c->data is NULL from the moment the end is decided) */
+    enum end_reason why;
+    uint8_t opcode;
+    void (*fn)(struct conn *c, void *arg); /* CJ_CALL */
+    void *arg;
+    size_t len;
+    uint8_t bytes[]; /* CJ_MESSAGE: the payload */
+};
+
+static bool conn_gated(const struct conn *c)
+{
+    return c->lp->gate && !gate_in_fiber(c->lp->gate) && c->handler != &conn_echo_handler;
+}
+
+static void conn_closing_written(struct conn *c);
+
+/* A job of c ended: let go of c, read again when none waits, finish what waited for it. */
+static void conn_job_done(struct conn *c)
+{
+    assert(c->busy > 0 && c->jobs > 0);
+    c->jobs--;
+    c->busy--;
+    if (c->busy)
+        return;
+    if (c->freeing) {
+        if (c->destroy_deferred)
+            conn_destroy(c); /* conn_free ran while the job held c */
+        return;
+    }
+    if (c->dead) {
+        conn_free(c);
+        return;
+    }
+    if (c->jobs_paused && !c->jobs) {
+        c->jobs_paused = false;
+        if (c->state == CONN_OPEN && !c->close_received)
+            bufferevent_enable(c->bev, EV_READ);
+    }
+    if (c->state == CONN_CLOSING && !c->close_held && output_len(c) == 0)
+        conn_closing_written(c); /* its write callback came while c was held */
+}
+
+static void conn_job_run(void *arg)
+{
+    struct conn_job *j = arg;
+    struct conn *c = j->c;
+    switch (j->kind) {
+    case CJ_MESSAGE:
+        /* Received before the end was decided (the end's job is queued behind this one), so
+         * handled as without a gate; unless the application already ended it itself. */
+        if (!c->app_closed)
+            c->handler->on_message(c, j->data, j->opcode, j->bytes, j->len);
+        break;
+    case CJ_CLOSE:
+        c->app_closed = true;
+        c->handler->on_close(c, j->data, j->why);
+        break;
+    case CJ_PING:
+        if (c->data && c->handler->on_ping)
+            c->handler->on_ping(c, c->data);
+        break;
+    case CJ_DRAINED:
+        if (c->data && c->state == CONN_OPEN && c->handler->on_drained)
+            c->handler->on_drained(c, c->data);
+        break;
+    case CJ_CALL:
+        j->fn(c, j->arg);
+        break;
+    }
+    free(j);
+    conn_job_done(c);
+}
+
+/* Hand j to the fiber, holding c; false (j freed) when out of memory. */
+static bool conn_job_submit(struct conn *c, struct conn_job *j)
+{
+    j->c = c;
+    c->busy++;
+    c->jobs++;
+    if (!gate_call(c->lp->gate, conn_job_run, j)) {
+        c->busy--;
+        c->jobs--;
+        free(j);
+        return false;
+    }
+    if (c->jobs && !c->jobs_paused && c->state == CONN_OPEN) {
+        /* It waits (or parked): read nothing more from this peer until its jobs ran. */
+        c->jobs_paused = true;
+        bufferevent_disable(c->bev, EV_READ);
+    }
+    return true;
+}
+
+static void conn_job_simple(struct conn *c, enum conn_job_kind kind)
+{
+    struct conn_job *j = calloc(1, sizeof(*j));
+    if (j)
+        j->kind = kind;
+    if (!j || !conn_job_submit(c, j)) {
+        log_error("conn %llu %s: out of memory queueing a callback", (unsigned long long)c->id,
+                  c->addr);
+        conn_abort(c, END_INTERNAL_ERROR);
+    }
+}
+
+void conn_call(struct conn *c, void (*fn)(struct conn *c, void *arg), void *arg)
+{
+    if (!c->lp->gate || gate_in_fiber(c->lp->gate)) {
+        c->busy++;
+        fn(c, arg);
+        c->busy--;
+        if (c->dead && !c->busy)
+            conn_free(c);
+        return;
+    }
+    struct conn_job *j = calloc(1, sizeof(*j));
+    if (j) {
+        j->kind = CJ_CALL;
+        j->fn = fn;
+        j->arg = arg;
+    }
+    if (!j || !conn_job_submit(c, j)) {
+        /* cannot queue: run it here (the store then finishes the fiber's work first) */
+        c->busy++;
+        fn(c, arg);
+        c->busy--;
+        if (c->dead && !c->busy)
+            conn_free(c);
+    }
+}
+
 /* The handler's data is handed to on_close once; the application's state ends now. */
 static void end_app(struct conn *c, enum end_reason why)
 {
@@ -736,13 +885,56 @@ static void end_app(struct conn *c, enum end_reason why)
         return;
     assert(c->handler && c->state != CONN_HTTP);
     c->data = NULL;
+    if (conn_gated(c)) {
+        struct conn_job *j = calloc(1, sizeof(*j));
+        if (j) {
+            j->kind = CJ_CLOSE;
+            j->data = data;
+            j->why = why;
+            if (conn_job_submit(c, j))
+                return;
+        }
+        log_error("conn %llu %s: out of memory queueing its end: ending it here",
+                  (unsigned long long)c->id, c->addr);
+    }
+    c->app_closed = true;
+    if (!c->lp->gate) {
+        c->handler->on_close(c, data, why);
+        return;
+    }
+    /* On the store fiber: on_close may park there, and c must outlive it whatever the loop
+     * does meanwhile (the peer's EOF frees a connection nobody holds). */
+    c->busy++;
     c->handler->on_close(c, data, why);
+    c->busy--;
+    /* A free wanted meanwhile (dead: the peer's close or EOF came while on_close was parked)
+     * cannot happen here, under the caller's feet: the timer does it as soon as the loop runs. */
+    if (!c->busy && c->dead && !c->freeing)
+        timer_arm_ms(c, 0);
 }
 
 static void deliver_message(struct conn *c, uint8_t opcode, const uint8_t *data, size_t len)
 {
-    if (c->data)
-        c->handler->on_message(c, c->data, opcode, data, len);
+    if (!c->data)
+        return;
+    if (conn_gated(c)) {
+        struct conn_job *j = malloc(sizeof(*j) + len);
+        if (!j) {
+            conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
+            return;
+        }
+        memset(j, 0, sizeof(*j));
+        j->kind = CJ_MESSAGE;
+        j->data = c->data;
+        j->opcode = opcode;
+        j->len = len;
+        if (len)
+            memcpy(j->bytes, data, len);
+        if (!conn_job_submit(c, j))
+            conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
+        return;
+    }
+    c->handler->on_message(c, c->data, opcode, data, len);
 }
 
 static void finish_message(struct conn *c);
@@ -1156,13 +1348,14 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
          * COMMIT answers asynchronously): the flush puts them out, and this runs again. */
         if (c->close_held)
             return;
-        if (c->failed)
-            conn_linger(c); /* close frame written; the peer may still be sending */
-        else if (c->close_received)
-            conn_free(c); /* closing handshake done */
+        conn_closing_written(c);
         return;
     case CONN_OPEN:
         if (c->data && c->handler->on_drained) {
+            if (conn_gated(c)) {
+                conn_job_simple(c, CJ_DRAINED);
+                return;
+            }
             c->busy++;
             c->handler->on_drained(c, c->data);
             c->busy--;
@@ -1174,6 +1367,17 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
     case CONN_LINGER:
         return;
     }
+}
+
+/* Our close frame is written. While jobs hold c this waits for the last of them. */
+static void conn_closing_written(struct conn *c)
+{
+    if (c->busy)
+        return;
+    if (c->failed)
+        conn_linger(c); /* close frame written; the peer may still be sending */
+    else if (c->close_received)
+        conn_free(c); /* closing handshake done */
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -1199,6 +1403,10 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct conn *c = arg;
     const struct px_config *cfg = cfg_of(c);
+    if (c->dead) {
+        conn_free(c); /* a free left for later (end_app) */
+        return;
+    }
     switch (c->state) {
     case CONN_HTTP:
         c->lp->metrics.handshakes[MS_OTHER]++;
@@ -1215,6 +1423,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         break;
     }
     int64_t now = loop_now_ms(c->lp);
+    if (c->jobs_paused)
+        c->last_rx_ms = now; /* not read while its jobs wait for the store: not silent */
     struct heartbeat_state hb = {c->last_rx_ms, c->ping_sent_ms, c->ping_outstanding};
     int64_t next;
     enum heartbeat_action act =
@@ -1231,7 +1441,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (act == HEARTBEAT_PING) {
         add_frame(c, bufferevent_get_output(c->bev), WS_OP_PING, NULL, 0);
-        if (c->data && c->handler->on_ping) {
+        if (c->data && c->handler->on_ping && conn_gated(c)) {
+            conn_job_simple(c, CJ_PING);
+        } else if (c->data && c->handler->on_ping) {
             c->busy++;
             c->handler->on_ping(c, c->data);
             c->busy--;
@@ -1274,6 +1486,8 @@ static void send_close(struct conn *c, uint16_t code, const char *reason, enum e
 
 void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reason why)
 {
+    if (c->freeing)
+        return; /* already over (its end still running on the store fiber) */
     if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
         conn_abort(c, why); /* nothing was upgraded: nobody to say goodbye to */
         return;
@@ -1285,6 +1499,8 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, enum end_reas
 
 void conn_fail(struct conn *c, uint16_t code, const char *reason, enum end_reason why)
 {
+    if (c->freeing)
+        return;
     if (c->state != CONN_OPEN && c->state != CONN_CLOSING) {
         conn_abort(c, why);
         return;
@@ -1298,6 +1514,8 @@ void conn_fail(struct conn *c, uint16_t code, const char *reason, enum end_reaso
 
 void conn_abort(struct conn *c, enum end_reason why)
 {
+    if (c->freeing)
+        return;
     if (!c->close_sent)
         c->end_reason = why;
     c->dead = true;
@@ -1421,11 +1639,28 @@ static void conn_free(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     p->num_conns--;
+    if (c->busy) {
+        /* The application's end runs as a job on the store fiber and holds c (net/gate.h): keep
+         * the struct, quiet, until it returns (conn_job_done destroys it). */
+        c->destroy_deferred = true;
+        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        evtimer_del(c->timer);
+        if (c->linger_ev)
+            event_del(c->linger_ev);
+    } else {
+        conn_destroy(c);
+    }
+    if (p->num_conns == 0 && p->on_empty)
+        p->on_empty(p->empty_arg);
+}
+
+/* The socket, its events and the struct go. */
+static void conn_destroy(struct conn *c)
+{
     event_free(c->timer);
     if (c->linger_ev)
         event_free(c->linger_ev);
     bufferevent_free(c->bev); /* BEV_OPT_CLOSE_ON_FREE closes the socket (and the SSL) */
     free(c);
-    if (p->num_conns == 0 && p->on_empty)
-        p->on_empty(p->empty_arg);
 }

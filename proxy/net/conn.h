@@ -127,7 +127,11 @@ struct conn {
     bool close_received;
     bool failed;          /* RFC 6455 §7.1.7: the stream is unusable; drop once the close is written */
     bool freeing;
-    int busy;             /* > 0 while inside a callback: a close defers the free */
+    int busy;             /* > 0 while inside a callback or holding jobs: a close defers the free */
+    int jobs;             /* callbacks made into jobs for the store fiber, not run yet (gate.h) */
+    bool jobs_paused;     /* reading stopped until they ran */
+    bool destroy_deferred; /* conn_free ran while held: the last hold's end destroys it */
+    bool app_closed;       /* on_close was called (c->data is NULL from the end's decision) */
     bool dead;            /* free at the end of the callback */
     bool plain;           /* an upgraded WebSocket on plain TCP (no TLS): conn.c may write it directly */
     bool reads_taken;     /* plain: conn.c reads the socket itself (conn_take_reads) */
@@ -152,6 +156,14 @@ struct conn {
     struct event *linger_ev;  /* lingering close: reads the socket directly */
     size_t linger_left;       /* bytes a lingering close still reads and discards */
 };
+
+/*
+ * Run fn(c, arg) where the store may be used (the store fiber, net/gate.h): at once without a gate
+ * or on the fiber already, else as a job after those before it, c held until then (a close
+ * meanwhile frees it after fn). The application's own entries that are not callbacks (a session's
+ * start after its upgrade) go through here.
+ */
+void conn_call(struct conn *c, void (*fn)(struct conn *c, void *arg), void *arg);
 
 /* Set up an empty pool; on_request gets every parsed request head. Returns 0 or -1 (OOM). */
 int conn_pool_init(struct conn_pool *p, struct loop *lp, conn_request_fn *on_request, void *arg);

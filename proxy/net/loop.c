@@ -13,13 +13,69 @@
 #include <time.h>
 
 #include "base/log.h"
+#include "net/gate.h"
 #include "store.h"
+
+static void commit_job(void *arg)
+{
+    struct loop *lp = arg;
+    lp->_commit_queued = false;
+    loop_commit_async(lp);
+}
 
 static void commit_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    loop_commit_async(arg);
+    struct loop *lp = arg;
+    if (lp->_commit_queued)
+        return;
+    lp->_commit_queued = lp->gate != NULL;
+    /* Ahead of the queue: the commit's bound holds however many entries wait on the fiber. */
+    if (!lp->gate || gate_in_fiber(lp->gate) || !gate_call_first(lp->gate, commit_job, lp))
+        commit_job(lp);
+}
+
+int loop_gate_start(struct loop *lp)
+{
+    if (lp->gate || !lp->store)
+        return 0;
+    return (lp->gate = gate_new(lp->base, lp->store)) ? 0 : -1;
+}
+
+void loop_gate_stop(struct loop *lp)
+{
+    struct gate *g = lp->gate;
+    if (!g)
+        return;
+    gate_settle(g);
+    lp->gate = NULL;
+    lp->_commit_queued = lp->_commit_io_queued = false;
+    gate_free(g);
+}
+
+void loop_call(struct loop *lp, void (*fn)(void *arg), void *arg)
+{
+    if (!lp->gate || gate_in_fiber(lp->gate) || !gate_call(lp->gate, fn, arg))
+        fn(arg); /* (out of memory queueing it: here; the store finishes the fiber's work first) */
+}
+
+void loop_call_once(struct loop *lp, void (*fn)(void *arg), void *arg)
+{
+    if (lp->gate && !gate_in_fiber(lp->gate) && gate_queued(lp->gate, fn, arg))
+        return;
+    loop_call(lp, fn, arg);
+}
+
+bool loop_gated(const struct loop *lp)
+{
+    return lp->gate && !gate_in_fiber(lp->gate);
+}
+
+void loop_call_cancel(struct loop *lp, void (*fn)(void *arg), void *arg)
+{
+    if (lp->gate)
+        gate_cancel(lp->gate, fn, arg);
 }
 
 static void commit_done(struct loop *lp, int rc);
@@ -32,11 +88,12 @@ static void commit_done(struct loop *lp, int rc);
  * have read the answer already (the socket then stays quiet), and the store decides when the
  * answer is late ([store] pg_timeout).
  */
-static void commit_io_cb(evutil_socket_t fd, short what, void *arg)
+static void commit_io_job(void *arg)
 {
-    (void)fd;
-    (void)what;
     struct loop *lp = arg;
+    lp->_commit_io_queued = false;
+    if (!lp->_committing)
+        return; /* finished meanwhile (a write needing the next transaction waited for it) */
     bool done = false;
     int rc = store_commit_poll(lp->store, STORE_POLL_NOW, &done);
     if (!done)
@@ -44,6 +101,17 @@ static void commit_io_cb(evutil_socket_t fd, short what, void *arg)
     lp->_committing = false;
     event_del(lp->_commit_io);
     commit_done(lp, rc);
+}
+
+static void commit_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct loop *lp = arg;
+    if (lp->_commit_io_queued)
+        return;
+    lp->_commit_io_queued = lp->gate != NULL;
+    loop_call(lp, commit_io_job, lp);
 }
 
 /* Finish an asynchronous COMMIT now (waits for its answer, bounded by the store). */
@@ -105,6 +173,7 @@ int loop_init(struct loop *lp, const struct px_config *cfg, struct store *store)
 
 void loop_release(struct loop *lp)
 {
+    loop_gate_stop(lp);
     if (lp->_commit_ev)
         event_free(lp->_commit_ev);
     if (lp->_commit_timer)

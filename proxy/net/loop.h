@@ -16,6 +16,7 @@
 struct event_base;
 struct event;
 struct store;
+struct gate;
 
 struct loop_after {
     void (*fn)(void *arg, bool ok);
@@ -26,6 +27,7 @@ struct loop {
     const struct px_config *cfg;
     struct event_base *base;
     struct store *store; /* owned by the caller (server); the loop only begins and commits */
+    struct gate *gate;   /* the store fiber (net/gate.h): PostgreSQL only, else NULL */
     struct metrics metrics;
     /* Group commit; private to loop.c (read through loop_tx_open). */
     bool _tx_open;
@@ -35,6 +37,7 @@ struct loop {
     /* An asynchronous COMMIT on its way (PostgreSQL): its socket, when it was sent, its writes. */
     bool _committing;
     struct event *_commit_io;
+    bool _commit_queued, _commit_io_queued; /* their jobs wait on the gate */
     double _commit_t0;
     uint64_t _commit_writes;
     struct loop_after *_after; /* waiting for the commit, in order */
@@ -99,6 +102,29 @@ void loop_commit(struct loop *lp);
  * write that needs a new transaction first waits for that answer (loop_tx_begin).
  */
 void loop_commit_async(struct loop *lp);
+
+/*
+ * The store fiber (net/gate.h), for a store that waits on the network: loop_gate_start makes it
+ * (and the commit's own events then run on it); loop_gate_stop finishes its work and removes it
+ * (before the connections are released at shutdown). 0, or -1 out of memory.
+ */
+int loop_gate_start(struct loop *lp);
+void loop_gate_stop(struct loop *lp);
+
+/*
+ * Run fn(arg) where the store may be used: a plain call without a gate (or on the fiber already),
+ * else on the store fiber, at once or after the entries before it. Every entry into application
+ * code from a timer or another event that is not a connection's callback comes through here.
+ * loop_call_cancel forgets calls of fn(arg) that have not started (their owner goes).
+ */
+void loop_call(struct loop *lp, void (*fn)(void *arg), void *arg);
+void loop_call_cancel(struct loop *lp, void (*fn)(void *arg), void *arg);
+
+/* loop_call, unless fn(arg) already waits to start (a timer that fired again meanwhile). */
+void loop_call_once(struct loop *lp, void (*fn)(void *arg), void *arg);
+
+/* Whether a call from here into the application goes through loop_call (a gate, not on it). */
+bool loop_gated(const struct loop *lp);
 
 /* Whether an asynchronous COMMIT is on its way. */
 bool loop_committing(const struct loop *lp);

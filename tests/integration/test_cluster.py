@@ -563,6 +563,121 @@ def test_cluster_database_that_stops_answering_never_wedges_the_loop(cluster):
     run(body())
 
 
+def metric(srv, name):
+    """A counter or gauge of srv's /metrics (answered at once, even while the store waits)."""
+    r = api(srv, "GET", "/metrics")
+    assert r.status == 200, r.body
+    for line in r.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_cluster_slow_database_delays_writes_and_serves_everything_else(cluster):
+    """
+    The store fiber (net/gate.h): a statement that waits on PostgreSQL (here a table lock another
+    session holds) parks the fiber, not the loop. While it waits: echo answers, new connections are
+    accepted, /metrics answers; chat frames wait their turn behind it. Once the lock goes, the DM is
+    stored and delivered, its receipt comes after the COMMIT, and nothing on the serving path waited
+    for the database on the loop itself (wsproxy_store_sync_waits_total stays 0).
+    """
+    n1 = cluster.node(1, pg_timeout="20s")
+    wait_api(n1)
+    import psycopg2
+
+    async def body():
+        alice = await connect(n1, "alice")
+        bob = await connect(n1, "bob")
+        echo = await asyncio.wait_for(websockets.connect(f"{n1.ws_url}/echo"), WAIT)
+        await echo.send("warm")
+        assert await asyncio.wait_for(echo.recv(), WAIT) == "warm"
+        # a room message and a DM work as usual, and go through the fiber
+        await alice.send(type="send", to="bob", body="before", cid="b0")
+        await alice.expect("sent")
+        assert (await bob.expect("msg"))["body"] == "before"
+        syncs0 = await asyncio.to_thread(metric, n1, "wsproxy_store_sync_waits_total")
+        parks0 = await asyncio.to_thread(metric, n1, "wsproxy_store_fiber_parks_total")
+
+        locker = psycopg2.connect(cluster.dsn_)
+        try:
+            cur = locker.cursor()
+            cur.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held until commit
+            await alice.send(type="send", to="bob", body="while locked", cid="s1")
+            # the fiber is parked on the insert; the loop serves everything else
+            for i in range(20):
+                await echo.send(f"e{i}")
+                assert await asyncio.wait_for(echo.recv(), WAIT) == f"e{i}"
+            late = await asyncio.wait_for(websockets.connect(n1.chat_url("carol")), WAIT)
+            assert await asyncio.to_thread(metric, n1, "wsproxy_store_fiber_parks_total") > parks0
+            assert await asyncio.to_thread(metric, n1, "wsproxy_store_fiber_queue") >= 1
+            # no receipt and no delivery while the insert cannot commit
+            with pytest.raises(asyncio.TimeoutError):
+                await alice.expect("sent", timeout=0.5)
+            await echo.send("still")
+            assert await asyncio.wait_for(echo.recv(), WAIT) == "still"
+        finally:
+            locker.commit()  # the lock goes
+            locker.close()
+        sent = await alice.expect("sent")
+        m = await bob.expect("msg")
+        assert (m["id"], m["body"], m["cid"]) == (sent["id"], "while locked", "s1")
+        # carol's session, started while the fiber was busy, follows once it is free
+        welcome = json.loads(await asyncio.wait_for(late.recv(), WAIT))
+        assert welcome["type"] == "welcome", welcome
+        await late.close()
+        await echo.close()
+        await alice.close()
+        await bob.close()
+        assert await asyncio.to_thread(metric, n1, "wsproxy_store_sync_waits_total") == syncs0 == 0
+
+    run(body())
+
+
+def test_cluster_serving_never_waits_for_the_database_on_the_loop(cluster):
+    """
+    Every path that reaches the store while serving (handshake, DMs, rooms, acks, history,
+    presence, the API, closes, timers, cross-node delivery) runs on the store fiber: after a mixed
+    workload on two nodes neither waited for PostgreSQL on the loop itself.
+    """
+    n1, n2 = cluster.node(1), cluster.node(2)
+    wait_api(n1)
+    wait_api(n2)
+
+    async def body():
+        a = await connect(n1, "ann")
+        b = await connect(n2, "ben")
+        for c in (a, b):
+            await c.send(type="join", room="r")
+            await c.expect("joined")
+        await a.send(type="send", room="r", body="hi", cid="1")
+        await a.expect("sent")
+        m = await b.expect("msg")
+        await b.send(type="ack", id=m["id"])
+        await b.send(type="send", to="ann", body="dm", cid="2")
+        await b.expect("sent")
+        dm = await a.expect("msg")
+        await a.send(type="ack", id=dm["id"])
+        await a.send(**{"type": "history", "with": "ben", "rid": "h"})
+        await a.until(lambda f: f.get("type") == "history" and f.get("rid") == "h")
+        await a.send(type="presence", users=["ben"], rid="p")
+        await a.until(lambda f: f.get("type") == "presence" and f.get("rid") == "p")
+        r = await asyncio.to_thread(api, n2, "POST", "/api/v1/push", {"to": "ann", "body": 1})
+        assert r.status == 202, r.body
+        await a.until(lambda f: f.get("type") == "msg" and f.get("body") == 1)
+        r = await asyncio.to_thread(api, n1, "GET", "/api/v1/sessions?user=ben")
+        assert r.status == 200, r.body
+        await b.send(type="leave", room="r")
+        await b.until(lambda f: f.get("type") == "left")
+        await a.close()
+        await b.close()
+        await asyncio.sleep(1.5)  # lease renewals, polls and the offline work of the closes
+        for n in (n1, n2):
+            assert await asyncio.to_thread(metric, n, "wsproxy_store_fiber_calls_total") > 0
+            assert await asyncio.to_thread(metric, n, "wsproxy_store_sync_waits_total") == 0
+
+    run(body())
+
+
 def test_cluster_erasing_a_user_closes_their_connections_on_every_node(cluster):
     n1, n2 = cluster.node(1), cluster.node(2)
     wait_api(n1)
