@@ -80,8 +80,9 @@ static const struct opt opts[] = {
     O("store", "dsn", OPT_STR, store_dsn, "",
       "postgresql: libpq connection string, e.g. 'host=127.0.0.1 dbname=wsproxy user=wsproxy'."),
     O("store", "pg_timeout", OPT_DURATION, store_pg_timeout_ms, "1s",
-      "postgresql: longest one database call may take; then the connection is dropped, the write "
-      "fails (no receipt) and calls fail at once while it reconnects without waiting."),
+      "postgresql: longest one database call may take (the store fiber waits, the loop serves "
+      "on); then the connection is dropped, the write fails (no receipt) and calls fail at once "
+      "while it reconnects without waiting."),
     O("store", "synchronous", OPT_STR, store_synchronous, "normal",
       "normal: a commit survives a crash of wsproxy; full: also a power loss (slower)."),
     O("store", "busy_timeout", OPT_DURATION, store_busy_timeout_ms, "5s",
