@@ -735,24 +735,30 @@ static void process_http(struct conn *c)
  * With a gate (PostgreSQL), the application's callbacks run on the store fiber, where a store call
  * may park until the database answers while the loop serves on. A callback made from the loop
  * becomes a job: the connection stays held (busy) until its jobs ran, so a close or abort meanwhile
- * frees it only after them; a message is copied (the read buffers are reused at once), and the
- * connection stops reading while it has jobs waiting, so what it queues is bounded by one read.
+ * frees it only after them. Messages are copied into the connection's inbox (the read buffers are
+ * reused at once), one record each, and one job per connection empties it; the connection stops
+ * reading while it has jobs waiting, so its inbox holds at most one read (and one reassembled
+ * message) whatever the frames: a flood of tiny frames costs its bytes, not a job each.
  * Jobs run in the order they were made. On the fiber already (one job closing another
  * connection), callbacks are plain calls, as without a gate. Echo never touches the store: it
  * stays on the loop.
  */
-enum conn_job_kind { CJ_MESSAGE, CJ_CLOSE, CJ_PING, CJ_DRAINED, CJ_CALL };
+enum conn_job_kind { CJ_INBOX, CJ_CLOSE, CJ_PING, CJ_DRAINED, CJ_CALL };
+
+/* An inbox record's head; the payload follows. */
+struct inbox_rec {
+    uint8_t opcode;
+    uint32_t len;
+};
 
 struct conn_job {
     struct conn *c;
     enum conn_job_kind kind;
-    void *data; /* CJ_CLOSE: the handler's data (c->data is NULL from the moment the end is decided) */
+    /* CJ_CLOSE, CJ_INBOX: the handler's data (c->data is NULL from the moment the end is decided) */
+    void *data;
     enum end_reason why;
-    uint8_t opcode;
     void (*fn)(struct conn *c, void *arg); /* CJ_CALL */
     void *arg;
-    size_t len;
-    uint8_t bytes[]; /* CJ_MESSAGE: the payload */
 };
 
 static bool conn_gated(const struct conn *c)
@@ -788,16 +794,48 @@ static void conn_job_done(struct conn *c)
         conn_closing_written(c); /* its write callback came while c was held */
 }
 
+/*
+ * Hand the inbox's messages up, oldest first; the transport may add more while one is handled (it
+ * parked), and they are taken in the same run. They were received before the end was decided (the
+ * end's job is queued behind this one), so they are handled as without a gate, unless the
+ * application ended the connection itself meanwhile.
+ */
+static void inbox_run(struct conn *c, void *data)
+{
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    struct inbox_rec h;
+    while (c->inbox && evbuffer_remove(c->inbox, &h, sizeof(h)) == (int)sizeof(h)) {
+        if (h.len > cap) {
+            uint8_t *grown = realloc(buf, h.len);
+            if (!grown) {
+                evbuffer_drain(c->inbox, h.len);
+                conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
+                continue;
+            }
+            buf = grown;
+            cap = h.len;
+        }
+        if (h.len)
+            evbuffer_remove(c->inbox, buf, h.len);
+        if (!c->app_closed)
+            c->handler->on_message(c, data, h.opcode, buf, h.len);
+    }
+    free(buf);
+    c->inbox_job = false;
+    if (c->inbox) { /* a read's worth at most: given back rather than kept per connection */
+        evbuffer_free(c->inbox);
+        c->inbox = NULL;
+    }
+}
+
 static void conn_job_run(void *arg)
 {
     struct conn_job *j = arg;
     struct conn *c = j->c;
     switch (j->kind) {
-    case CJ_MESSAGE:
-        /* Received before the end was decided (the end's job is queued behind this one), so
-         * handled as without a gate; unless the application already ended it itself. */
-        if (!c->app_closed)
-            c->handler->on_message(c, j->data, j->opcode, j->bytes, j->len);
+    case CJ_INBOX:
+        inbox_run(c, j->data);
         break;
     case CJ_CLOSE:
         c->app_closed = true;
@@ -918,20 +956,26 @@ static void deliver_message(struct conn *c, uint8_t opcode, const uint8_t *data,
     if (!c->data)
         return;
     if (conn_gated(c)) {
-        struct conn_job *j = malloc(sizeof(*j) + len);
-        if (!j) {
+        struct inbox_rec h = {.opcode = opcode, .len = (uint32_t)len};
+        if ((!c->inbox && !(c->inbox = evbuffer_new())) ||
+            evbuffer_expand(c->inbox, sizeof(h) + len) != 0 ||
+            evbuffer_add(c->inbox, &h, sizeof(h)) != 0 ||
+            (len && evbuffer_add(c->inbox, data, len) != 0)) {
             conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
             return;
         }
-        memset(j, 0, sizeof(*j));
-        j->kind = CJ_MESSAGE;
-        j->data = c->data;
-        j->opcode = opcode;
-        j->len = len;
-        if (len)
-            memcpy(j->bytes, data, len);
-        if (!conn_job_submit(c, j))
+        if (c->inbox_job)
+            return; /* the job on its way takes it too */
+        struct conn_job *j = calloc(1, sizeof(*j));
+        if (j) {
+            j->kind = CJ_INBOX;
+            j->data = c->data;
+            c->inbox_job = true;
+        }
+        if (!j || !conn_job_submit(c, j)) {
+            c->inbox_job = false;
             conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
+        }
         return;
     }
     c->handler->on_message(c, c->data, opcode, data, len);
@@ -1558,6 +1602,10 @@ static void conn_release_state(struct conn *c)
     if (c->msg) {
         evbuffer_free(c->msg);
         c->msg = NULL;
+    }
+    if (c->inbox && !c->inbox_job) {
+        evbuffer_free(c->inbox);
+        c->inbox = NULL;
     }
     if (c->held) {
         evbuffer_free(c->held);

@@ -132,6 +132,8 @@ struct conn {
     bool jobs_paused;     /* reading stopped until they ran */
     bool destroy_deferred; /* conn_free ran while held: the last hold's end destroys it */
     bool app_closed;       /* on_close was called (c->data is NULL from the end's decision) */
+    struct evbuffer *inbox; /* messages waiting for the store fiber: {opcode, len} + payload each */
+    bool inbox_job;         /* a job to empty it is queued or running */
     bool dead;            /* free at the end of the callback */
     bool plain;           /* an upgraded WebSocket on plain TCP (no TLS): conn.c may write it directly */
     bool reads_taken;     /* plain: conn.c reads the socket itself (conn_take_reads) */

@@ -603,6 +603,9 @@ def test_cluster_slow_database_delays_writes_and_serves_everything_else(cluster)
             cur = locker.cursor()
             cur.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held until commit
             await alice.send(type="send", to="bob", body="while locked", cid="s1")
+            # more of them wait in alice's inbox behind it, in order
+            for i in range(2, 52):
+                await alice.send(type="send", to="bob", body=i, cid=f"s{i}")
             # the fiber is parked on the insert; the loop serves everything else
             for i in range(20):
                 await echo.send(f"e{i}")
@@ -621,6 +624,10 @@ def test_cluster_slow_database_delays_writes_and_serves_everything_else(cluster)
         sent = await alice.expect("sent")
         m = await bob.expect("msg")
         assert (m["id"], m["body"], m["cid"]) == (sent["id"], "while locked", "s1")
+        for i in range(2, 52):
+            sent = await alice.expect("sent")
+            m = await bob.expect("msg")
+            assert (m["id"], m["body"], m["cid"], sent["cid"]) == (sent["id"], i, f"s{i}", f"s{i}")
         # carol's session, started while the fiber was busy, follows once it is free
         welcome = json.loads(await asyncio.wait_for(late.recv(), WAIT))
         assert welcome["type"] == "welcome", welcome
