@@ -51,6 +51,12 @@ bool gate_call(struct gate *g, gate_fn *fn, void *arg);
  */
 bool gate_call_first(struct gate *g, gate_fn *fn, void *arg);
 
+/*
+ * fn(arg) runs on the fiber each time it has run its last queued entry, before it goes idle (the
+ * loop's group commit: the batch is what the fiber wrote since the last one). It may queue more.
+ */
+void gate_set_idle(struct gate *g, gate_fn *fn, void *arg);
+
 /* Forget the queued, not yet started calls of fn(arg) (their owner goes away). */
 void gate_cancel(struct gate *g, gate_fn *fn, void *arg);
 

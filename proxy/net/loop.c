@@ -23,7 +23,9 @@ static void commit_job(void *arg)
     loop_commit_async(lp);
 }
 
-static void commit_cb(evutil_socket_t fd, short what, void *arg)
+/* The bound ([store] commit_delay or commit_batch) is reached: commit now, or first thing on the
+ * store fiber, ahead of its queue, however many entries wait there. */
+static void commit_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -31,16 +33,40 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg)
     if (lp->_commit_queued)
         return;
     lp->_commit_queued = lp->gate != NULL;
-    /* Ahead of the queue: the commit's bound holds however many entries wait on the fiber. */
     if (!lp->gate || gate_in_fiber(lp->gate) || !gate_call_first(lp->gate, commit_job, lp))
         commit_job(lp);
+}
+
+/*
+ * The loop iteration's I/O is served: commit what it wrote. With the store fiber busy the
+ * iteration is not the batch: the entries queued on the fiber are, so the commit waits until the
+ * fiber runs out of work (idle_cb), bounded by the timer above. Without that, every entry that
+ * parked would be committed on its own: a transaction, and a WAL flush, per message.
+ */
+static void commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *lp = arg;
+    if (lp->gate && gate_busy(lp->gate) && !gate_in_fiber(lp->gate))
+        return; /* idle_cb commits */
+    commit_timer_cb(fd, what, arg);
+}
+
+/* The store fiber ran out of work (on it, before it goes idle): commit the batch it wrote. */
+static void idle_cb(void *arg)
+{
+    struct loop *lp = arg;
+    if (lp->_tx_open)
+        loop_commit_async(lp);
 }
 
 int loop_gate_start(struct loop *lp)
 {
     if (lp->gate || !lp->store)
         return 0;
-    return (lp->gate = gate_new(lp->base, lp->store)) ? 0 : -1;
+    if (!(lp->gate = gate_new(lp->base, lp->store)))
+        return -1;
+    gate_set_idle(lp->gate, idle_cb, lp);
+    return 0;
 }
 
 void loop_gate_stop(struct loop *lp)
@@ -162,7 +188,7 @@ int loop_init(struct loop *lp, const struct px_config *cfg, struct store *store)
         return -1;
     }
     event_priority_set(lp->_commit_ev, 2);
-    lp->_commit_timer = evtimer_new(lp->base, commit_cb, lp);
+    lp->_commit_timer = evtimer_new(lp->base, commit_timer_cb, lp);
     if (!lp->_commit_timer) {
         loop_release(lp);
         return -1;
