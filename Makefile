@@ -41,7 +41,12 @@ $(B)/obj/%.o: %.c
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # migrations/*.sql are compiled into the binary so an installed wsproxy carries its own schema.
-$(B)/gen/migrations.c: $(MIGRATIONS) $(MIGRATIONS_PG) scripts/embed-migrations.sh
+# The list of files is a prerequisite too (rewritten only when it changes): a migration removed,
+# by a checkout or a revert, must not stay embedded from an earlier build.
+MIG_LIST := $(B)/gen/migrations.list
+$(shell mkdir -p $(B)/gen && { echo '$(MIGRATIONS) $(MIGRATIONS_PG)' | cmp -s - $(MIG_LIST) || \
+    echo '$(MIGRATIONS) $(MIGRATIONS_PG)' > $(MIG_LIST); })
+$(B)/gen/migrations.c: $(MIGRATIONS) $(MIGRATIONS_PG) $(MIG_LIST) scripts/embed-migrations.sh
 	@mkdir -p $(dir $@)
 	sh scripts/embed-migrations.sh wsp_migrations $(MIGRATIONS) > $@.tmp
 	sh scripts/embed-migrations.sh wsp_pg_migrations $(MIGRATIONS_PG) | sed 1,2d >> $@.tmp
