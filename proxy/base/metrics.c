@@ -58,6 +58,13 @@ void metrics_commit(struct metrics *m, double seconds, uint64_t batch_size)
     m->batch_sum += batch_size;
 }
 
+/* One unlabelled metric: its HELP, TYPE and value lines. */
+static void put_one(FILE *f, const char *name, const char *type, const char *help, uint64_t v)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+            (unsigned long long)v);
+}
+
 char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, size_t *len)
 {
     char *buf = NULL;
@@ -84,24 +91,20 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
                "# TYPE wsproxy_users_online gauge\nwsproxy_users_online %llu\n",
             (unsigned long long)g->users_online);
     if (g->fiber_on) {
-        fprintf(f, "# HELP wsproxy_store_fiber_calls_total Entries into the application run on the store fiber.\n"
-                   "# TYPE wsproxy_store_fiber_calls_total counter\nwsproxy_store_fiber_calls_total %llu\n",
-                (unsigned long long)g->fiber_calls);
-        fprintf(f, "# HELP wsproxy_store_fiber_queued_total Entries that waited behind another one.\n"
-                   "# TYPE wsproxy_store_fiber_queued_total counter\nwsproxy_store_fiber_queued_total %llu\n",
-                (unsigned long long)g->fiber_queued);
-        fprintf(f, "# HELP wsproxy_store_fiber_parks_total Times the fiber parked on the database socket while the loop served on.\n"
-                   "# TYPE wsproxy_store_fiber_parks_total counter\nwsproxy_store_fiber_parks_total %llu\n",
-                (unsigned long long)g->fiber_parks);
-        fprintf(f, "# HELP wsproxy_store_sync_waits_total Waits for the database made on the loop itself, outside the fiber (0 while serving).\n"
-                   "# TYPE wsproxy_store_sync_waits_total counter\nwsproxy_store_sync_waits_total %llu\n",
-                (unsigned long long)g->fiber_sync_waits);
-        fprintf(f, "# HELP wsproxy_store_fiber_queue Entries waiting for the fiber now.\n"
-                   "# TYPE wsproxy_store_fiber_queue gauge\nwsproxy_store_fiber_queue %llu\n",
-                (unsigned long long)g->fiber_queue);
-        fprintf(f, "# HELP wsproxy_store_fiber_queue_max The longest the fiber's queue has been.\n"
-                   "# TYPE wsproxy_store_fiber_queue_max gauge\nwsproxy_store_fiber_queue_max %llu\n",
-                (unsigned long long)g->fiber_queue_max);
+        put_one(f, "wsproxy_store_fiber_calls_total", "counter",
+                "Entries into the application run on the store fiber.", g->fiber_calls);
+        put_one(f, "wsproxy_store_fiber_queued_total", "counter",
+                "Entries that waited behind another one.", g->fiber_queued);
+        put_one(f, "wsproxy_store_fiber_parks_total", "counter",
+                "Times the fiber parked on the database socket while the loop served on.",
+                g->fiber_parks);
+        put_one(f, "wsproxy_store_sync_waits_total", "counter",
+                "Waits for the database made on the loop itself, outside the fiber (0 while serving).",
+                g->fiber_sync_waits);
+        put_one(f, "wsproxy_store_fiber_queue", "gauge", "Entries waiting for the fiber now.",
+                g->fiber_queue);
+        put_one(f, "wsproxy_store_fiber_queue_max", "gauge", "The longest the fiber's queue has been.",
+                g->fiber_queue_max);
     }
     fprintf(f, "# HELP wsproxy_connections_total TCP connections accepted.\n"
                "# TYPE wsproxy_connections_total counter\nwsproxy_connections_total %llu\n",

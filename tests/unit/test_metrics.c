@@ -46,7 +46,9 @@ static void test_metrics_render(void **state)
     m.closes_by_reason[3] = 2;
     metrics_commit(&m, 0.0007, 3);  /* bucket le=0.001, batch le=4 */
     metrics_commit(&m, 0.3, 5000);  /* +Inf for both */
-    struct metrics_gauges g = {.conns_open = 4, .ws_open = 3, .users_online = 2};
+    struct metrics_gauges g = {.conns_open = 4, .ws_open = 3, .users_online = 2,
+                               .fiber_on = true, .fiber_parks = 9, .fiber_sync_waits = 0,
+                               .fiber_queue_max = 3};
     size_t len = 0;
     char *text = metrics_render(&m, &g, &len);
     assert_non_null(text);
@@ -61,6 +63,11 @@ static void test_metrics_render(void **state)
     assert_non_null(strstr(text, "wsproxy_store_commit_seconds_count 2\n"));
     assert_non_null(strstr(text, "wsproxy_store_batch_size_bucket{le=\"4\"} 1\n"));
     assert_non_null(strstr(text, "wsproxy_store_batch_size_sum 5003\n"));
+    assert_non_null(strstr(text, "# TYPE wsproxy_store_fiber_parks_total counter\n"
+                                 "wsproxy_store_fiber_parks_total 9\n"));
+    assert_non_null(strstr(text, "wsproxy_store_sync_waits_total 0\n"));
+    assert_non_null(strstr(text, "# TYPE wsproxy_store_fiber_queue_max gauge\n"
+                                 "wsproxy_store_fiber_queue_max 3\n"));
     /* Every sample line belongs to a family announced by # TYPE. */
     char *save = NULL;
     char *copy = strdup(text);
