@@ -79,8 +79,7 @@ static void drain_timeout_job(void *arg)
     struct server *srv = arg;
     log_warn("drain: %zu connections still open after drain_timeout, dropping them",
              srv->pool.num_conns);
-    while (srv->pool.conns)
-        conn_abort(srv->pool.conns, END_SERVER_SHUTDOWN);
+    conn_pool_drop_all(&srv->pool);
     finish_if_drained(srv);
 }
 

@@ -98,17 +98,59 @@ void conn_pool_release(struct conn_pool *p)
     }
 }
 
-void conn_pool_shutdown(struct conn_pool *p)
+/*
+ * Hold c across a call that may park on the store fiber (net/gate.h): the loop runs meanwhile, and
+ * a connection nobody holds is freed at once when its peer goes. conn_unhold frees what was
+ * wanted freed meanwhile.
+ */
+static void conn_hold(struct conn *c)
 {
+    c->busy++;
+}
+
+static void conn_unhold(struct conn *c)
+{
+    assert(c->busy > 0);
+    if (--c->busy)
+        return;
+    if (c->freeing) {
+        if (c->destroy_deferred)
+            conn_destroy(c);
+    } else if (c->dead) {
+        conn_free(c);
+    }
+}
+
+static void conn_pool_each_end(struct conn_pool *p, bool drop)
+{
+    /* c and the next one are held: ending c may park on the store fiber, and meanwhile the loop
+     * may free any connection whose peer goes. */
     struct conn *c = p->conns;
+    if (c)
+        conn_hold(c);
     while (c) {
         struct conn *next = c->next;
-        if (c->state == CONN_OPEN)
+        if (next)
+            conn_hold(next);
+        if (drop)
+            conn_abort(c, END_SERVER_SHUTDOWN);
+        else if (c->state == CONN_OPEN)
             conn_close(c, WS_CLOSE_GOING_AWAY, "server shutdown", END_SERVER_SHUTDOWN);
         else if (c->state == CONN_HTTP)
             conn_abort(c, END_SERVER_SHUTDOWN);
+        conn_unhold(c);
         c = next;
     }
+}
+
+void conn_pool_shutdown(struct conn_pool *p)
+{
+    conn_pool_each_end(p, false);
+}
+
+void conn_pool_drop_all(struct conn_pool *p)
+{
+    conn_pool_each_end(p, true);
 }
 
 void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)

@@ -176,6 +176,12 @@ void conn_pool_release(struct conn_pool *p);
 /* Graceful stop: every open WebSocket gets 1001 "server shutdown", unanswered requests are dropped. */
 void conn_pool_shutdown(struct conn_pool *p);
 
+/*
+ * Drop every connection now (no close frame, END_SERVER_SHUTDOWN): the drain's timeout. Those a job
+ * on the store fiber still holds go when it returns.
+ */
+void conn_pool_drop_all(struct conn_pool *p);
+
 /* The loop's flush hook (net/loop.h): release held frames after a commit, or fail their owners. */
 void conn_pool_flush(void *pool, bool ok);
 
