@@ -1,7 +1,8 @@
 /*
  * conn.c -- libevent glue for one client connection: reads the request head and hands it up, upgrades,
- * feeds the frame parser straight from what was read (a plain-TCP WebSocket's socket is read by
- * conn_sock_read_cb into one shared buffer, TLS through the bufferevent's input), writes frames (held
+ * feeds the frame parser straight from what was read (a plain-TCP WebSocket leaves its bufferevent
+ * once upgraded, conn_detach: its socket is read by conn_sock_read into one shared buffer and
+ * written directly; TLS goes through the bufferevent's input and output), writes frames (held
  * for the group commit when they depend on it; a read's replies written before its callback returns),
  * runs the connection's one timer (handshake, heartbeat, close wait) and frees everything through one
  * path. The application is reached only through c->handler.
@@ -51,6 +52,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void bare_write_cb(evutil_socket_t fd, short what, void *arg);
 
 static const struct px_config *cfg_of(const struct conn *c)
 {
@@ -156,7 +158,7 @@ void conn_pool_drop_all(struct conn_pool *p)
 void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
 {
     struct conn_pool *p = pool;
-    char peer[64];
+    char peer[sizeof(((struct conn *)0)->peer)];
     listener_addr_str(sa, false, peer, sizeof(peer));
     struct conn *c = calloc(1, sizeof(*c));
     if (c)
@@ -170,6 +172,7 @@ void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
     c->pool = p;
     c->lp = p->lp;
     c->bev = bev;
+    c->fd = -1;
     c->state = CONN_HTTP;
     c->id = ++p->next_id;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
@@ -201,6 +204,83 @@ void conn_accept(void *pool, struct bufferevent *bev, const struct sockaddr *sa)
     }
 }
 
+/* ---- the transport: the bufferevent, or once detached the bare socket ---- */
+
+static evutil_socket_t conn_fd(const struct conn *c)
+{
+    return c->bev ? bufferevent_getfd(c->bev) : c->fd;
+}
+
+/* Bytes added to a detached connection's output: the write event takes them (as a bufferevent's
+ * own output callback does); a write in the same loop pass that empties it deletes it again, which
+ * the epoll changelist turns into no syscall. */
+static void bare_out_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)b;
+    struct conn *c = arg;
+    if (info->n_added && !c->freeing)
+        event_add(c->wev, NULL);
+}
+
+/* A connection that cannot get the memory to queue output is dropped from its timer, since
+ * the caller may still be using it. */
+static void conn_drop_later(struct conn *c, size_t len)
+{
+    log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id, c->addr,
+              len);
+    c->end_reason = END_INTERNAL_ERROR;
+    c->dead = true;
+    event_active(c->timer, EV_TIMEOUT, 0);
+}
+
+/*
+ * The output evbuffer, bypassing the echo run (conn_output is the one that keeps the order with
+ * it). Detached: made, with its write event, the first time output must wait for the socket, and
+ * given back when it stays empty (conn_pool_trim); NULL when out of memory (c is dropped then).
+ */
+static struct evbuffer *conn_out(struct conn *c)
+{
+    if (c->bev)
+        return bufferevent_get_output(c->bev);
+    if (c->out)
+        return c->out;
+    c->out = evbuffer_new();
+    c->wev = event_new(c->lp->base, c->fd, EV_WRITE | EV_PERSIST, bare_write_cb, c);
+    if (!c->out || !c->wev || !evbuffer_add_cb(c->out, bare_out_cb, c)) {
+        if (c->out)
+            evbuffer_free(c->out);
+        if (c->wev)
+            event_free(c->wev);
+        c->out = NULL;
+        c->wev = NULL;
+        conn_drop_later(c, 0);
+        return NULL;
+    }
+    return c->out;
+}
+
+static size_t out_raw_len(const struct conn *c)
+{
+    if (c->bev)
+        return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return c->out ? evbuffer_get_length(c->out) : 0;
+}
+
+/* Read from the peer or not (jobs waiting, a close received, the end). */
+static void conn_reading(struct conn *c, bool on)
+{
+    if (c->bev) {
+        if (on)
+            bufferevent_enable(c->bev, EV_READ);
+        else
+            bufferevent_disable(c->bev, EV_READ);
+    } else if (on) {
+        event_add(&c->rev, NULL);
+    } else {
+        event_del(&c->rev);
+    }
+}
+
 /* ---- writing ---- */
 
 /*
@@ -218,24 +298,24 @@ static void wbuf_spill(void)
 {
     struct conn *c = wbuf_owner;
     wbuf_owner = NULL;
-    if (conn_wbuf_len && evbuffer_add(bufferevent_get_output(c->bev), conn_wbuf, conn_wbuf_len) != 0)
-        log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id,
-                  c->addr, conn_wbuf_len);
+    struct evbuffer *out = conn_wbuf_len ? conn_out(c) : NULL;
+    if (out && evbuffer_add(out, conn_wbuf, conn_wbuf_len) != 0)
+        conn_drop_later(c, conn_wbuf_len);
     conn_wbuf_len = 0;
 }
 
-/* The connection's output evbuffer, with any gathered echo replies queued in it first. */
+/* The connection's output evbuffer, with any gathered echo replies queued in it first; NULL out
+ * of memory (see conn_out). */
 static struct evbuffer *conn_output(struct conn *c)
 {
     if (wbuf_owner == c)
         wbuf_spill();
-    return bufferevent_get_output(c->bev);
+    return conn_out(c);
 }
 
 static size_t output_len(const struct conn *c)
 {
-    return evbuffer_get_length(bufferevent_get_output(c->bev)) +
-           (wbuf_owner == c ? conn_wbuf_len : 0);
+    return out_raw_len(c) + (wbuf_owner == c ? conn_wbuf_len : 0);
 }
 
 size_t conn_pending_len(const struct conn *c)
@@ -256,6 +336,8 @@ static void add_frame_rsv(struct conn *c, struct evbuffer *out, enum ws_opcode o
     size_t hlen = ws_frame_header(hdr, true, op, len);
     if (rsv1)
         hdr[0] |= WS_DEFLATE_RSV1; /* RFC 7692 §6: a compressed message */
+    if (!out)
+        return; /* no memory for the output: c is being dropped (conn_out) */
     /* Header and payload in one reserve+commit: one chain, one write() for small frames. */
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, hlen + len, &v, 1) == 1 && v.iov_len >= hlen + len) {
@@ -316,7 +398,7 @@ static void add_data_frame(struct conn *c, struct evbuffer *out, enum ws_opcode 
 {
     if (worth_compressing(c, op, len)) {
         struct ws_deflate_buf zb = {0};
-        if (deflate_payload(c->pool, &c->deflate_params, data, len, &zb) == 0) {
+        if (deflate_payload(c->pool, &c->z->params, data, len, &zb) == 0) {
             add_frame_rsv(c, out, op, true, zb.p, zb.len);
             c->lp->metrics.deflate_out_raw += len;
             c->lp->metrics.deflate_out_wire += zb.len;
@@ -393,7 +475,7 @@ static struct evbuffer *commit_ordered_output(struct conn *c)
     if (!conn_check_backpressure(c))
         return NULL;
     if (!loop_tx_open(c->lp) && !c->dirty)
-        return bufferevent_get_output(c->bev);
+        return conn_output(c);
     if ((!c->held && !(c->held = evbuffer_new())) || held_frame_spill(c) != 0) {
         conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
         return NULL;
@@ -441,13 +523,12 @@ bool conn_check_backpressure(struct conn *c)
  */
 static void release_held(struct conn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     struct shared_frame *f = c->held_frame;
     size_t len = f ? f->len : evbuffer_get_length(c->held);
     size_t done = 0;
-    if (evbuffer_get_length(out) == 0 && len <= cfg_of(c)->send_queue / 2 &&
-        !bufferevent_openssl_get_ssl(c->bev)) {
-        evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (out_raw_len(c) == 0 && len <= cfg_of(c)->send_queue / 2 &&
+        (!c->bev || !bufferevent_openssl_get_ssl(c->bev))) {
+        evutil_socket_t fd = conn_fd(c);
         if (fd >= 0 && f) {
             ssize_t n = send(fd, f->data, f->len, MSG_NOSIGNAL);
             done = n > 0 ? (size_t)n : 0;
@@ -455,11 +536,12 @@ static void release_held(struct conn *c)
             evbuffer_write(c->held, fd);
         }
     }
+    struct evbuffer *out = NULL;
     if (f) {
-        if (done < f->len)
-            evbuffer_add(out, f->data + done, f->len - done);
+        if (done < f->len && (out = conn_out(c)) && evbuffer_add(out, f->data + done, f->len - done))
+            conn_drop_later(c, f->len - done);
         held_frame_drop(c);
-    } else if (evbuffer_get_length(c->held) > 0) {
+    } else if (evbuffer_get_length(c->held) > 0 && (out = conn_out(c))) {
         evbuffer_add_buffer(out, c->held);
     }
 }
@@ -486,7 +568,7 @@ void conn_pool_flush(void *pool, bool ok)
                 /* the close that waited behind them went too: say why now */
                 uint8_t payload[WS_MAX_CTRL_PAYLOAD];
                 size_t plen = ws_close_payload(payload, WS_CLOSE_INTERNAL, "store error");
-                add_frame(c, bufferevent_get_output(c->bev), WS_OP_CLOSE, payload, plen);
+                add_frame(c, conn_out(c), WS_OP_CLOSE, payload, plen);
                 c->close_code = WS_CLOSE_INTERNAL;
                 c->close_held = false;
             } else {
@@ -494,7 +576,9 @@ void conn_pool_flush(void *pool, bool ok)
             }
         } else if (c->held && c->close_held) {
             /* A close waits at the end: everything before it goes out (each add was bounded). */
-            evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+            struct evbuffer *out = conn_out(c);
+            if (out)
+                evbuffer_add_buffer(out, c->held);
             c->close_held = false;
         } else if ((c->held || c->held_frame) && conn_is_open(c) &&
                    within_send_queue(c, output_len(c))) {
@@ -511,11 +595,19 @@ void conn_pool_flush(void *pool, bool ok)
 
 void conn_pool_trim(struct conn_pool *p)
 {
-    for (struct conn *c = p->conns; c; c = c->next)
+    for (struct conn *c = p->conns; c; c = c->next) {
         if (c->held && !c->dirty && evbuffer_get_length(c->held) == 0) {
             evbuffer_free(c->held);
             c->held = NULL;
         }
+        /* a detached connection's output and write event, once all was written */
+        if (c->out && evbuffer_get_length(c->out) == 0 && wbuf_owner != c) {
+            event_free(c->wev);
+            evbuffer_free(c->out);
+            c->wev = NULL;
+            c->out = NULL;
+        }
+    }
 }
 
 struct shared_frame *shared_frame_new(enum ws_opcode op, const void *payload, size_t len)
@@ -555,11 +647,11 @@ static struct shared_frame *shared_frame_for(struct conn *c, struct shared_frame
     size_t plen = f->len - f->hlen;
     if (!worth_compressing(c, (enum ws_opcode)f->opcode, plen))
         return NULL;
-    unsigned w = c->deflate_params.server_max_window_bits - 9u;
+    unsigned w = c->z->params.server_max_window_bits - 9u;
     if (!(f->deflate_tried & (1u << w))) {
         f->deflate_tried |= (uint8_t)(1u << w);
         struct ws_deflate_buf zb = {0};
-        if (deflate_payload(c->pool, &c->deflate_params, f->data + f->hlen, plen, &zb) == 0) {
+        if (deflate_payload(c->pool, &c->z->params, f->data + f->hlen, plen, &zb) == 0) {
             f->deflated[w] = shared_frame_new((enum ws_opcode)f->opcode, zb.p, zb.len);
             if (f->deflated[w])
                 f->deflated[w]->data[0] |= WS_DEFLATE_RSV1;
@@ -658,7 +750,7 @@ static void process_frames(struct conn *c);
  * compressor of its window (once, kept until the pool goes) and this connection's worst-case
  * inflate state (given back at close). false: it does not fit, decline the offer.
  */
-static bool deflate_reserve(struct conn *c, const struct ws_deflate_params *dp)
+static bool deflate_reserve(struct conn *c, const struct ws_deflate_params *dp, size_t *reserved)
 {
     struct conn_deflate *d = &c->pool->deflate;
     unsigned w = dp->server_max_window_bits - 9u;
@@ -672,7 +764,7 @@ static bool deflate_reserve(struct conn *c, const struct ws_deflate_params *dp)
     size_t need = ws_deflate_inflate_worst(dp->client_max_window_bits);
     if (!ws_deflate_mem_reserve(&d->mem, need))
         goto declined;
-    c->deflate_reserved = need;
+    *reserved = need;
     return true;
 declined:
     log_warn("conn %llu %s: compression_memory_budget reached: permessage-deflate declined",
@@ -685,8 +777,16 @@ void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const st
 {
     assert(c->state == CONN_HTTP && c->counted && h && h->on_close);
     struct ws_handshake_result r = *hs;
-    if (r.deflate && !deflate_reserve(c, &r.deflate_params))
+    struct conn_z *z = NULL;
+    size_t reserved = 0;
+    if (r.deflate && (!(z = calloc(1, sizeof(*z))) || !deflate_reserve(c, &r.deflate_params, &reserved))) {
+        if (!z)
+            log_warn("conn %llu %s: out of memory: permessage-deflate declined",
+                     (unsigned long long)c->id, c->addr);
+        free(z);
+        z = NULL;
         r.deflate = false; /* declined: the 101 omits the extension */
+    }
     char buf[512];
     size_t n = ws_handshake_101(buf, sizeof(buf), &r);
     bufferevent_write(c->bev, buf, n);
@@ -698,10 +798,12 @@ void conn_upgrade(struct conn *c, const struct ws_handshake_result *hs, const st
     ws_parser_init(&c->parser, cfg_of(c)->max_message_size);
     if (r.deflate) {
         c->deflate = true;
-        c->deflate_params = r.deflate_params;
+        c->z = z;
+        z->params = r.deflate_params;
+        z->reserved = reserved;
         c->pool->deflate.conns++;
         /* The inflated size of a message is bounded like an uncompressed one's. */
-        ws_deflate_inflater_init(&c->inflater, &r.deflate_params, cfg_of(c)->max_message_size,
+        ws_deflate_inflater_init(&z->inflater, &r.deflate_params, cfg_of(c)->max_message_size,
                                  &c->pool->deflate.mem);
         ws_parser_set_deflate(&c->parser, true);
     }
@@ -830,7 +932,7 @@ static void conn_job_done(struct conn *c)
     if (c->jobs_paused && !c->jobs) {
         c->jobs_paused = false;
         if (c->state == CONN_OPEN && !c->close_received)
-            bufferevent_enable(c->bev, EV_READ);
+            conn_reading(c, true);
     }
     if (c->state == CONN_CLOSING && !c->close_held && output_len(c) == 0)
         conn_closing_written(c); /* its write callback came while c was held */
@@ -914,7 +1016,7 @@ static bool conn_job_submit(struct conn *c, struct conn_job *j)
     if (c->jobs && !c->jobs_paused && c->state == CONN_OPEN) {
         /* It waits (or parked): read nothing more from this peer until its jobs ran. */
         c->jobs_paused = true;
-        bufferevent_disable(c->bev, EV_READ);
+        conn_reading(c, false);
     }
     return true;
 }
@@ -1031,12 +1133,12 @@ enum { INFLATE_ERR_OOM = 1, INFLATE_ERR_UTF8 = 2 };
 static int inflate_sink(void *arg, const uint8_t *p, size_t n)
 {
     struct conn *c = arg;
-    if (c->msg_opcode == WS_OP_TEXT && utf8_feed(&c->inflate_utf8, p, n) == UTF8_REJECT) {
-        c->inflate_err = INFLATE_ERR_UTF8;
+    if (c->msg_opcode == WS_OP_TEXT && utf8_feed(&c->z->inflate_utf8, p, n) == UTF8_REJECT) {
+        c->z->inflate_err = INFLATE_ERR_UTF8;
         return 1;
     }
     if (evbuffer_add(c->msg, p, n) != 0) {
-        c->inflate_err = INFLATE_ERR_OOM;
+        c->z->inflate_err = INFLATE_ERR_OOM;
         return 1;
     }
     return 0;
@@ -1050,8 +1152,8 @@ static void on_compressed_data(struct conn *c, const struct ws_event *ev)
 {
     if (ev->msg_start) {
         c->msg_opcode = ev->opcode;
-        c->inflate_utf8 = UTF8_ACCEPT;
-        c->inflate_err = 0;
+        c->z->inflate_utf8 = UTF8_ACCEPT;
+        c->z->inflate_err = 0;
     }
     if (!c->msg && !(c->msg = evbuffer_new())) {
         conn_fail(c, WS_CLOSE_INTERNAL, "out of memory", END_INTERNAL_ERROR);
@@ -1059,12 +1161,12 @@ static void on_compressed_data(struct conn *c, const struct ws_event *ev)
     }
     c->lp->metrics.deflate_in_wire += ev->len;
     size_t before = evbuffer_get_length(c->msg);
-    int rc = ws_deflate_inflater_feed(&c->inflater, ev->data, ev->len, ev->msg_end, inflate_sink, c);
+    int rc = ws_deflate_inflater_feed(&c->z->inflater, ev->data, ev->len, ev->msg_end, inflate_sink, c);
     c->lp->metrics.deflate_in_raw += evbuffer_get_length(c->msg) - before;
     if (rc == WS_DEFLATE_OK && ev->msg_end && c->msg_opcode == WS_OP_TEXT &&
-        c->inflate_utf8 != UTF8_ACCEPT) {
+        c->z->inflate_utf8 != UTF8_ACCEPT) {
         rc = WS_DEFLATE_ERR_SINK;
-        c->inflate_err = INFLATE_ERR_UTF8;
+        c->z->inflate_err = INFLATE_ERR_UTF8;
     }
     if (rc != WS_DEFLATE_OK) {
         uint16_t code = WS_CLOSE_INTERNAL;
@@ -1075,7 +1177,7 @@ static void on_compressed_data(struct conn *c, const struct ws_event *ev)
         } else if (rc == WS_DEFLATE_ERR_DATA) {
             code = WS_CLOSE_BAD_DATA;
             why = "invalid compressed data";
-        } else if (rc == WS_DEFLATE_ERR_SINK && c->inflate_err == INFLATE_ERR_UTF8) {
+        } else if (rc == WS_DEFLATE_ERR_SINK && c->z->inflate_err == INFLATE_ERR_UTF8) {
             code = WS_CLOSE_BAD_DATA;
             why = "invalid UTF-8 in text message";
         } else if (rc == WS_DEFLATE_ERR_SINK || rc == WS_DEFLATE_ERR_NOMEM) {
@@ -1161,7 +1263,7 @@ static void on_close_frame(struct conn *c, const struct ws_event *ev)
     }
     c->state = CONN_CLOSING;
     end_app(c, c->end_reason);
-    bufferevent_disable(c->bev, EV_READ);
+    conn_reading(c, false);
     if (output_len(c) == 0)
         c->dead = true;
     else
@@ -1286,10 +1388,10 @@ const struct conn_handler conn_echo_handler = {
 /*
  * Write what a read produced at once, in the read's callback, instead of arming write interest and
  * writing on the loop's next pass: a round trip then costs one write and no epoll change. Adding to
- * the output already armed the bufferevent's write event; when all is written it is disarmed again
- * in the same loop iteration, which the epoll changelist (net/loop.c) turns into no syscall. What
- * the socket does not take stays queued for the bufferevent, and an error is left for its write to
- * meet and report, so failure handling has one path. Plain TCP only: TLS writes go through OpenSSL.
+ * the output already armed the write event; when all is written it is disarmed again in the same
+ * loop iteration, which the epoll changelist (net/loop.c) turns into no syscall. What the socket
+ * does not take stays queued for the write event, and an error is left for that write to meet and
+ * report, so failure handling has one path. Plain TCP only: TLS writes go through OpenSSL.
  */
 static void conn_write_now(struct conn *c)
 {
@@ -1300,21 +1402,30 @@ static void conn_write_now(struct conn *c)
         wbuf_owner = NULL;
         conn_wbuf_len = 0;
         if (len && c->state == CONN_OPEN && !c->dead)
-            n = send(bufferevent_getfd(c->bev), conn_wbuf, len, MSG_NOSIGNAL);
+            n = send(conn_fd(c), conn_wbuf, len, MSG_NOSIGNAL);
         if (n == (ssize_t)len)
             return; /* all written: no write event was ever armed */
-        /* The rest goes the bufferevent's way; so does an error, for its write to report. */
+        /* The rest goes the write event's way; so does an error, for its write to report. */
         if (n < 0)
             n = 0;
-        if (evbuffer_add(bufferevent_get_output(c->bev), conn_wbuf + n, len - (size_t)n) != 0)
-            log_error("conn %llu %s: out of memory queueing %zu bytes", (unsigned long long)c->id,
-                      c->addr, len - (size_t)n);
+        struct evbuffer *out = conn_out(c);
+        if (out && evbuffer_add(out, conn_wbuf + n, len - (size_t)n) != 0)
+            conn_drop_later(c, len - (size_t)n);
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (!c->plain || c->state != CONN_OPEN || c->dead || evbuffer_get_length(out) == 0)
+    if (!c->plain || c->state != CONN_OPEN || c->dead || out_raw_len(c) == 0)
         return;
-    /* A socket bufferevent keeps its output's front frozen; its own write unfreezes it the same way. */
+    if (!c->bev) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n <= 0 || evbuffer_get_length(c->out) != 0)
+            return;
+        event_del(c->wev);
+        conn_write_cb(NULL, c); /* all written (as the write event does) */
+        return;
+    }
+    /* Not detached (conn_detach found the connection closing already): its bufferevent. A socket
+     * bufferevent keeps its output's front frozen; its own write unfreezes it the same way. */
+    struct evbuffer *out = bufferevent_get_output(c->bev);
     evbuffer_unfreeze(out, 1);
     int n = evbuffer_write(out, bufferevent_getfd(c->bev));
     evbuffer_freeze(out, 1);
@@ -1326,10 +1437,11 @@ static void conn_write_now(struct conn *c)
 }
 
 /*
- * The read side of an upgraded plain-TCP WebSocket (see conn_take_reads). The parser consumes every
- * byte it is given (payload is handed up or gathered into c->msg), so nothing needs to stay in an
- * input buffer between reads: read into one scratch buffer shared by every connection of the thread,
- * unmask in place there, and hand payloads up from it.
+ * The read side of a detached WebSocket. The parser consumes every byte it is given (payload is
+ * handed up or gathered into c->msg), so nothing needs to stay in an input buffer between reads:
+ * read into one scratch buffer shared by every connection of the thread, unmask in place there,
+ * and hand payloads up from it. One recv() of up to CONN_READ_SIZE per readiness (libevent 2.1's
+ * socket bufferevent asks for FIONREAD before every read and reads at most 4096 bytes).
  */
 static uint8_t conn_rbuf[CONN_READ_SIZE];
 
@@ -1340,10 +1452,10 @@ static void conn_sock_read(struct conn *c, evutil_socket_t fd)
         int err = n < 0 ? errno : 0;
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
             return;
-        /* What the bufferevent's own read does on EOF or an error. */
-        bufferevent_disable(c->bev, EV_READ);
+        /* What a bufferevent's own read does on EOF or an error. */
+        conn_reading(c, false);
         EVUTIL_SET_SOCKET_ERROR(err);
-        conn_event_cb(c->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
+        conn_event_cb(NULL, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
         return;
     }
     c->busy++;
@@ -1352,7 +1464,7 @@ static void conn_sock_read(struct conn *c, evutil_socket_t fd)
         size_t consumed = 0;
         c->last_rx_ms = loop_now_ms(c->lp);
         if (c->state == CONN_OPEN && c->handler == &conn_echo_handler && !c->held &&
-            evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+            out_raw_len(c) == 0) {
             assert(!wbuf_owner && !conn_wbuf_len);
             wbuf_owner = c;
         }
@@ -1364,40 +1476,78 @@ static void conn_sock_read(struct conn *c, evutil_socket_t fd)
         conn_free(c);
 }
 
-/*
- * arg is the bufferevent, as for the callback this one replaces: libevent's bufferevent_free
- * finalizes the event with its argument taken for the bufferevent. The reference held across the
- * call is what the bufferevent's own read does, so a free from inside completes after it returns.
- */
-static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+static void bare_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
-    struct bufferevent *bev = arg;
-    if (!bev->cbarg)
-        return; /* being freed */
-    bufferevent_incref(bev);
-    conn_sock_read(bev->cbarg, fd);
-    bufferevent_decref(bev);
+    struct conn *c = arg;
+    if (!c->freeing)
+        conn_sock_read(c, fd);
+}
+
+/* A detached connection's socket takes more: what the bufferevent's write does, low-water mark 0. */
+static void bare_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct conn *c = arg;
+    if (c->freeing || evbuffer_get_length(c->out) == 0) {
+        event_del(c->wev);
+        return;
+    }
+    int n = evbuffer_write(c->out, fd);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        int err = n < 0 ? errno : EPIPE;
+        event_del(c->wev);
+        conn_reading(c, false);
+        EVUTIL_SET_SOCKET_ERROR(err);
+        conn_event_cb(NULL, BEV_EVENT_WRITING | BEV_EVENT_ERROR, c);
+        return;
+    }
+    if (evbuffer_get_length(c->out) == 0) {
+        event_del(c->wev);
+        conn_write_cb(NULL, c);
+    }
 }
 
 /*
- * libevent 2.1's socket bufferevent asks the kernel for the readable byte count (a FIONREAD ioctl)
- * before every read and reads at most 4096 bytes. Once a plain-TCP connection is a WebSocket its
- * reads are ours instead: the bufferevent's read event is re-pointed at conn_sock_read_cb, one
- * recv() of up to CONN_READ_SIZE per readiness. bufferevent_enable/disable(EV_READ) and
- * bufferevent_free still add, delete and free that same event, so the rest of conn.c is unchanged;
- * only bytes already in the bufferevent's input (sent with the handshake) go through process_frames.
+ * A plain-TCP connection that just became a WebSocket leaves its bufferevent: the bufferevent (632
+ * bytes), its two evbuffers (136 each) and their callbacks were about 1 KiB an idle connection
+ * kept for nothing. From now on its socket is read by conn_sock_read, written by send() at once,
+ * and only what the socket does not take waits in an output evbuffer made then (conn_out) behind
+ * a write event made with it; both are given back once empty (conn_pool_trim). The 101 and any
+ * frame already queued move over; the input is empty (process_frames consumed it). No memory for
+ * that: the connection stays on its bufferevent, which serves it as it serves TLS.
  */
-static void conn_take_reads(struct conn *c)
+static void conn_detach(struct conn *c)
 {
-    struct event *rev = &c->bev->ev_read;
-    bool enabled = (bufferevent_get_enabled(c->bev) & EV_READ) != 0;
-    event_del(rev);
-    /* The flags the bufferevent gave its read event (bufferevent_socket_new). */
-    event_assign(rev, c->lp->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST | EV_FINALIZE,
-                 conn_sock_read_cb, c->bev);
-    if (enabled)
-        event_add(rev, NULL);
+    struct bufferevent *bev = c->bev;
+    struct evbuffer *bout = bufferevent_get_output(bev);
+    struct evbuffer *tmp = NULL;
+    if (evbuffer_get_length(bufferevent_get_input(bev)) != 0)
+        return;
+    if (evbuffer_get_length(bout) && !(tmp = evbuffer_new()))
+        return;
+    bool reading = (bufferevent_get_enabled(bev) & EV_READ) != 0;
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    bufferevent_disable(bev, EV_READ | EV_WRITE);
+    /* The bufferevent lets go of the socket (its free then closes nothing) and unfreezes bout. */
+    bufferevent_setfd(bev, -1);
+    if (tmp)
+        evbuffer_add_buffer(tmp, bout);
+    bufferevent_free(bev); /* freed when its read callback (this one's caller) returns */
+    c->bev = NULL;
+    c->fd = fd;
+    event_assign(&c->rev, c->lp->base, fd, EV_READ | EV_PERSIST, bare_read_cb, c);
+    if (reading)
+        event_add(&c->rev, NULL);
+    if (tmp) {
+        struct evbuffer *out = conn_out(c);
+        if (out)
+            evbuffer_add_buffer(out, tmp);
+        evbuffer_free(tmp);
+    }
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -1411,10 +1561,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
         c->last_rx_ms = loop_now_ms(c->lp);
         process_frames(c);
     }
-    if (c->plain && !c->reads_taken && c->state == CONN_OPEN && !c->dead) {
-        c->reads_taken = true;
-        conn_take_reads(c);
-    }
+    if (c->plain && c->bev && c->state == CONN_OPEN && !c->dead)
+        conn_detach(c);
     conn_write_now(c);
     c->busy--;
     if (c->dead)
@@ -1526,7 +1674,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (act == HEARTBEAT_PING) {
-        add_frame(c, bufferevent_get_output(c->bev), WS_OP_PING, NULL, 0);
+        add_frame(c, conn_out(c), WS_OP_PING, NULL, 0);
         if (c->data && c->handler->on_ping && conn_gated(c)) {
             conn_job_simple(c, CJ_PING);
         } else if (c->data && c->handler->on_ping) {
@@ -1594,7 +1742,10 @@ void conn_fail(struct conn *c, uint16_t code, const char *reason, enum end_reaso
     send_close(c, code, reason, why);
     c->failed = true;
     c->close_received = true; /* nothing more is read as frames */
-    bufferevent_enable(c->bev, EV_WRITE);
+    if (c->bev)
+        bufferevent_enable(c->bev, EV_WRITE);
+    else if (c->out && evbuffer_get_length(c->out))
+        event_add(c->wev, NULL);
     timer_arm_ms(c, cfg_of(c)->close_timeout_ms);
 }
 
@@ -1635,9 +1786,10 @@ static void conn_release_state(struct conn *c)
     dirty_unlink(c);
     if (c->deflate) {
         c->deflate = false;
-        ws_deflate_inflater_release(&c->inflater);
-        ws_deflate_mem_unreserve(&p->deflate.mem, c->deflate_reserved);
-        c->deflate_reserved = 0;
+        ws_deflate_inflater_release(&c->z->inflater);
+        ws_deflate_mem_unreserve(&p->deflate.mem, c->z->reserved);
+        free(c->z);
+        c->z = NULL;
         assert(p->deflate.conns > 0);
         p->deflate.conns--;
     }
@@ -1696,12 +1848,19 @@ static void conn_linger(struct conn *c)
     c->state = CONN_LINGER;
     uint64_t bound = 2 * (uint64_t)cfg_of(c)->max_message_size;
     c->linger_left = bound < (1u << 20) ? (1u << 20) : bound > SIZE_MAX ? SIZE_MAX : (size_t)bound;
-    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    evbuffer_drain(in, evbuffer_get_length(in));
-    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (c->bev) {
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        struct evbuffer *in = bufferevent_get_input(c->bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+    } else {
+        event_del(&c->rev);
+        if (c->wev)
+            event_del(c->wev);
+    }
+    evutil_socket_t fd = conn_fd(c);
     /* Under TLS a bare FIN would cut the record stream; the peer closes after our close frame. */
-    if (fd < 0 || (!bufferevent_openssl_get_ssl(c->bev) && shutdown(fd, SHUT_WR) != 0) ||
+    bool tls = c->bev && bufferevent_openssl_get_ssl(c->bev);
+    if (fd < 0 || (!tls && shutdown(fd, SHUT_WR) != 0) ||
         !(c->linger_ev = event_new(c->lp->base, fd, EV_READ | EV_PERSIST, linger_read_cb, c)) ||
         event_add(c->linger_ev, NULL) != 0) {
         conn_free(c); /* already reset or gone, or no memory: nothing left to protect */
@@ -1733,8 +1892,14 @@ static void conn_free(struct conn *c)
         /* The application's end runs as a job on the store fiber and holds c (net/gate.h): keep
          * the struct, quiet, until it returns (conn_job_done destroys it). */
         c->destroy_deferred = true;
-        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
-        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        if (c->bev) {
+            bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+            bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        } else {
+            event_del(&c->rev);
+            if (c->wev)
+                event_del(c->wev);
+        }
         evtimer_del(c->timer);
         if (c->linger_ev)
             event_del(c->linger_ev);
@@ -1751,6 +1916,15 @@ static void conn_destroy(struct conn *c)
     event_free(c->timer);
     if (c->linger_ev)
         event_free(c->linger_ev);
-    bufferevent_free(c->bev); /* BEV_OPT_CLOSE_ON_FREE closes the socket (and the SSL) */
+    if (c->bev) {
+        bufferevent_free(c->bev); /* BEV_OPT_CLOSE_ON_FREE closes the socket (and the SSL) */
+    } else {
+        event_del(&c->rev);
+        if (c->wev)
+            event_free(c->wev);
+        if (c->out)
+            evbuffer_free(c->out); /* shared frames it references are let go */
+        evutil_closesocket(c->fd);
+    }
     free(c);
 }

@@ -1,6 +1,8 @@
 /*
  * conn.h -- one client connection on the main listener: a bufferevent that starts as an HTTP request,
- * becomes a WebSocket served by a handler (echo, chat), and ends through exactly one path.
+ * becomes a WebSocket served by a handler (echo, chat), and ends through exactly one path. A
+ * plain-TCP WebSocket then leaves its bufferevent for two bare events and an output buffer made
+ * only while output waits (conn_detach in conn.c): an idle connection keeps about 1 KiB less.
  *
  * The transport never knows the application: a parsed request goes up through the pool's on_request
  * pointer (the router), and an upgraded connection calls up only through the struct conn_handler the
@@ -13,6 +15,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <event2/event_struct.h>
 
 #include "base/end_reason.h"
 #include "proto/ws_deflate.h"
@@ -101,48 +105,33 @@ struct conn_pool {
     struct conn_deflate deflate;
 };
 
+/* permessage-deflate state of one connection that negotiated it (allocated then: most do not). */
+struct conn_z {
+    struct ws_deflate_params params;
+    struct ws_deflate_inflater inflater; /* holds zlib memory only while a message is received */
+    size_t reserved;                     /* budget reserved for this connection's inflate state */
+    uint32_t inflate_utf8;               /* UTF-8 state of the inflated text message */
+    int inflate_err;                     /* why the inflate sink stopped */
+};
+
+/* Fields are grouped by size (pointers, then integers, then flags): 10,000 of these stay resident. */
 struct conn {
     struct conn_pool *pool;
     struct loop *lp;
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* NULL once detached (a plain-TCP WebSocket: fd, rev, wev, out) */
+    struct event rev;        /* detached: read readiness (conn_sock_read) */
+    struct event *wev;       /* detached: write readiness, made with out */
+    struct evbuffer *out;    /* detached: output the socket did not take yet; made at first need */
     struct event *timer; /* handshake timeout, heartbeat, close wait: one timer, meaning set by state */
-    enum conn_state state;
     const struct conn_handler *handler; /* NULL until upgraded */
     void *data;                         /* the handler's; NULL once on_close ran */
     struct ws_parser parser;
-    /* permessage-deflate (RFC 7692), when negotiated */
-    bool deflate;
-    struct ws_deflate_params deflate_params;
-    struct ws_deflate_inflater inflater; /* holds zlib memory only while a message is received */
-    size_t deflate_reserved;            /* budget reserved for this connection's inflate state */
-    uint32_t inflate_utf8;              /* UTF-8 state of the inflated text message */
-    int inflate_err;                    /* why the inflate sink stopped */
+    struct conn_z *z;     /* permessage-deflate (RFC 7692), when negotiated; else NULL */
     struct evbuffer *msg; /* message being reassembled from several chunks; allocated on first need */
-    uint8_t msg_opcode;
-    char addr[64];        /* client address: peer, or X-Forwarded-For when the peer is a trusted proxy */
-    char peer[64];        /* TCP peer address */
-    bool counted;         /* holds a max_connections slot (an admitted WebSocket) */
-    bool peer_counted;    /* counted under its peer address since accept (not a trusted proxy) */
-    bool close_sent;
-    bool close_received;
-    bool failed;          /* RFC 6455 §7.1.7: the stream is unusable; drop once the close is written */
-    bool freeing;
-    int busy;             /* > 0 while inside a callback or holding jobs: a close defers the free */
-    int jobs;             /* callbacks made into jobs for the store fiber, not run yet (gate.h) */
-    bool jobs_paused;     /* reading stopped until they ran */
-    bool destroy_deferred; /* conn_free ran while held: the last hold's end destroys it */
-    bool app_closed;       /* on_close was called (c->data is NULL from the end's decision) */
     struct evbuffer *inbox; /* messages waiting for the store fiber: {opcode, len} + payload each */
-    bool inbox_job;         /* a job to empty it is queued or running */
-    bool dead;            /* free at the end of the callback */
-    bool plain;           /* an upgraded WebSocket on plain TCP (no TLS): conn.c may write it directly */
-    bool reads_taken;     /* plain: conn.c reads the socket itself (conn_take_reads) */
-    enum end_reason end_reason;
-    uint16_t close_code;  /* code we sent (or received, for client_close) */
     /* heartbeat */
     int64_t last_rx_ms;
     int64_t ping_sent_ms;
-    bool ping_outstanding;
     /* frames held until the loop's open store transaction commits (group commit, net/loop.h) */
     struct evbuffer *held;
     /*
@@ -150,13 +139,36 @@ struct conn {
      * rather than copied into a chain of held (which a second held frame first gets a copy of).
      */
     struct shared_frame *held_frame;
-    bool close_held;         /* our close frame waits at the end of held */
-    struct conn *dirty_next; /* in the pool's list of connections with held output */
-    bool dirty;
+    struct conn *dirty_next;  /* in the pool's list of connections with held output */
     struct conn *prev, *next; /* in the pool */
     uint64_t id;              /* process-local serial, for logs */
     struct event *linger_ev;  /* lingering close: reads the socket directly */
     size_t linger_left;       /* bytes a lingering close still reads and discards */
+    evutil_socket_t fd;       /* detached: the socket, owned */
+    enum conn_state state;
+    enum end_reason end_reason;
+    int busy;             /* > 0 while inside a callback or holding jobs: a close defers the free */
+    int jobs;             /* callbacks made into jobs for the store fiber, not run yet (gate.h) */
+    uint16_t close_code;  /* code we sent (or received, for client_close) */
+    uint8_t msg_opcode;
+    bool deflate;         /* permessage-deflate negotiated (z is set) */
+    bool counted;         /* holds a max_connections slot (an admitted WebSocket) */
+    bool peer_counted;    /* counted under its peer address since accept (not a trusted proxy) */
+    bool close_sent;
+    bool close_received;
+    bool failed;          /* RFC 6455 §7.1.7: the stream is unusable; drop once the close is written */
+    bool freeing;
+    bool jobs_paused;     /* reading stopped until they ran */
+    bool destroy_deferred; /* conn_free ran while held: the last hold's end destroys it */
+    bool app_closed;       /* on_close was called (c->data is NULL from the end's decision) */
+    bool inbox_job;        /* a job to empty it is queued or running */
+    bool dead;             /* free at the end of the callback */
+    bool plain;            /* an upgraded WebSocket on plain TCP (no TLS): conn.c may write it directly */
+    bool ping_outstanding;
+    bool close_held;       /* our close frame waits at the end of held */
+    bool dirty;
+    char addr[64];  /* client address: peer, or X-Forwarded-For when the peer is a trusted proxy */
+    char peer[48];  /* TCP peer address (no port: INET6_ADDRSTRLEN fits) */
 };
 
 /*
