@@ -14,6 +14,7 @@
 struct group {
     struct reg_group pub;
     UT_hash_handle hh;
+    char keybuf[]; /* pub.key: one allocation per group (one per online user in the user map) */
 };
 
 struct registry_map {
@@ -40,7 +41,6 @@ static void group_free(struct registry_map *m, struct group *g)
 {
     HASH_DEL(m->groups, g);
     m->num_groups--;
-    free(g->pub.key);
     free(g);
 }
 
@@ -73,14 +73,12 @@ struct reg_member *registry_join(struct registry_map *m, const char *key, void *
 {
     struct group *g = find(m, key);
     if (!g) {
-        g = calloc(1, sizeof(*g));
+        size_t klen = strlen(key);
+        g = calloc(1, sizeof(*g) + klen + 1);
         if (!g)
             return NULL;
-        g->pub.key = strdup(key);
-        if (!g->pub.key) {
-            free(g);
-            return NULL;
-        }
+        memcpy(g->keybuf, key, klen + 1);
+        g->pub.key = g->keybuf;
         HASH_ADD_KEYPTR(hh, m->groups, g->pub.key, strlen(g->pub.key), g);
         m->num_groups++;
     }
