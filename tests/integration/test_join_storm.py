@@ -126,3 +126,34 @@ def test_join_storm_memory_stays_bounded(make_server):
     print(f"\njoin storm of {n}: RSS per connection peak {per_peak:.1f} KiB, after {per_after:.1f} KiB")
     assert per_peak < 20, f"peak {per_peak:.1f} KiB per connection"
     assert per_after < 12, f"after {per_after:.1f} KiB per connection"
+
+
+@pytest.mark.skipif(sanitized_build(), reason="ASan's allocator inflates RSS; measured on the plain build")
+def test_idle_room_members_cost_under_2_5_kib_each(make_server):
+    # Issue 16's idle row: connections that joined one room and stay idle. What one more costs
+    # (after 20 that page in the server's one-time costs) is its struct conn, chat state, registry
+    # entries and session and membership rows: about 1.9 KiB measured. Each plain-TCP WebSocket
+    # used to keep its bufferevent, two evbuffers and their callbacks too (about 1 KiB: 2.7-2.9).
+    # no member events: the clients do not read, and this measures what stays, not what is in flight
+    srv = make_server(limits={"rate": "0", "max_connections_per_ip": "2000",
+                              "max_connections": "2000", "presence_fanout_max": "0"},
+                      log={"level": "warn"}).start()
+    from test_rooms import Client
+
+    warm = [Client(srv, f"w{i:02d}") for i in range(20)]
+    for c in warm:
+        assert c.join("lobby")["type"] == "joined"
+    time.sleep(1.2)  # the once-a-second trim has run
+    before = srv.rss_kib()
+    n = 1000
+    clients = []
+    for i in range(n):
+        c = Client(srv, f"i{i:04d}")
+        assert c.join("lobby")["type"] == "joined"
+        clients.append(c)
+    time.sleep(1.2)
+    per = (srv.rss_kib() - before) / n
+    print(f"\nRSS per idle room member: {per:.2f} KiB")
+    assert per < 2.5
+    for c in clients + warm:
+        c.s.close()
