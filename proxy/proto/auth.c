@@ -186,6 +186,30 @@ static int check_public_key(const unsigned char *pem, size_t len, enum auth_alg 
     return rc;
 }
 
+/*
+ * Sign and verify one token with the configured secret, as a client's would be: a libjwt or
+ * OpenSSL that cannot do HS256 stops the start with a clear error instead of refusing every client.
+ * It also has OpenSSL load its provider and HMAC code now: about 2 MB of libcrypto pages that the
+ * first client's verification faulted in otherwise (seen as RSS growth under the first load).
+ * The clock is fixed: the token is made and checked at the same instant.
+ */
+static int self_test_hs256(const struct auth *a, char *err, size_t errlen)
+{
+    char tok[512], why[160];
+    struct auth_identity id;
+    const int64_t at_ms = 1000000000000; /* 2001-09-09 */
+    if (auth_issue_token(a, "wsproxy-self-test", 60000, at_ms, tok, sizeof(tok)) <= 0) {
+        set_msg(err, errlen, "jwt_alg HS256: libjwt could not sign a self-test token");
+        return -1;
+    }
+    if (auth_verify_token(a, tok, at_ms, &id, why, sizeof(why)) != 0 ||
+        strcmp(id.user, "wsproxy-self-test") != 0) {
+        set_msg(err, errlen, "jwt_alg HS256: a self-test token did not verify (%s)", why);
+        return -1;
+    }
+    return 0;
+}
+
 int auth_init(struct auth *a, const struct auth_settings *s, char *err, size_t errlen)
 {
     const char *mode = s->mode != NULL && s->mode[0] != '\0' ? s->mode : "token";
@@ -257,6 +281,11 @@ int auth_init(struct auth *a, const struct auth_settings *s, char *err, size_t e
         a->cookie_name = strdup(s->jwt_cookie);
         if (a->cookie_name == NULL)
             goto oom;
+    }
+    if (a->alg == AUTH_ALG_HS256 && a->has_secret && (a->modes & AUTH_MODE_TOKEN) &&
+        self_test_hs256(a, err, errlen) != 0) {
+        auth_release(a);
+        return -1;
     }
     return 0;
 oom:
