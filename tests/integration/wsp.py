@@ -11,6 +11,7 @@ psycopg2 (python3-psycopg2).
 """
 import atexit
 import base64
+import collections
 import hashlib
 import hmac
 import json
@@ -45,12 +46,23 @@ def sanitized_build():
         return False
 
 
+_recent_ports = collections.deque(maxlen=512)
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """
+    A loopback port free now and not handed out lately by this process: the kernel may give the
+    port it just released to the next bind, so a server's listen and API ports, asked for one after
+    the other, could come out equal (seen once: "[api] listen must differ from [server] listen").
+    """
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
 
 
 def b64url(data):
