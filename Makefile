@@ -4,7 +4,7 @@
 
 CC      ?= gcc
 B       ?= build
-PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib libpq
+PKGS    := libevent libevent_openssl openssl sqlite3 jansson libjwt inih zlib libpq liburing
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wwrite-strings \
            -Wformat=2 -Wundef -fno-common

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 RUN_PKGS=(gcc make pkg-config libc6-dev libevent-dev libssl-dev libsqlite3-dev libjansson-dev
-          libjwt-dev libinih-dev uthash-dev zlib1g-dev libpq-dev)
+          libjwt-dev libinih-dev uthash-dev zlib1g-dev libpq-dev liburing-dev)
 TEST_PKGS=(libcmocka-dev python3 python3-websockets python3-pytest curl openssl nginx sqlite3
            clang libclang-rt-14-dev procps util-linux chromium python3-cryptography systemd
            php-cli php-curl php8.2-fpm postgresql python3-psycopg2)

@@ -12,6 +12,7 @@
 #include "chat/chat.h"
 #include "chat/msg_json.h"
 #include "net/gate.h"
+#include "net/ioq.h"
 #include "net/loop.h"
 #include "store.h"
 
@@ -185,6 +186,12 @@ static void route_metrics(struct api_conn *ac)
         .start_time_s = api->started_s,
     };
     chat_events_gauges(api->chat, &g);
+    if (api->pool->ioq) {
+        g.io_uring_on = true;
+        g.io_uring_submits = ioq_batches(api->pool->ioq);
+        g.io_uring_sends = ioq_sends(api->pool->ioq);
+        g.io_uring_recvs = ioq_recvs(api->pool->ioq);
+    }
     if (lp->gate) {
         struct gate_stats gs;
         gate_stats(lp->gate, &gs);

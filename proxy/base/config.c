@@ -56,6 +56,10 @@ static const struct opt opts[] = {
       "On SIGTERM/SIGINT, how long clients get to finish the closing handshake before exit."),
     O("server", "static_follow_symlinks", OPT_BOOL, static_follow_symlinks, "false",
       "Serve files of static_dir that are symlinks to places outside it (off: they are 404)."),
+    O("server", "io_uring", OPT_STR, io_uring, "auto",
+      "auto: the socket reads, and the sends, of one loop pass go to the kernel in one io_uring "
+      "submission each where the kernel allows it (else one call per socket, said at start); "
+      "off: one recv()/send() per socket."),
     O("server", "compression", OPT_STR, compression, "off",
       "permessage-deflate (RFC 7692): off, or on to accept clients' offers (docs/compression.md)."),
     O("server", "compression_min_size", OPT_SIZE, compression_min_size, "256B",
@@ -551,6 +555,9 @@ static void validate(struct load_ctx *lc)
     check(lc, c->handshake_timeout_ms > 0, "[server] handshake_timeout: must be > 0%s", "");
     check(lc, c->close_timeout_ms > 0, "[server] close_timeout: must be > 0%s", "");
     check(lc, c->drain_timeout_ms > 0, "[server] drain_timeout: must be > 0%s", "");
+    c->io_uring_on = !strcasecmp(c->io_uring, "auto");
+    check(lc, c->io_uring_on || !strcasecmp(c->io_uring, "off"),
+          "[server] io_uring: '%s' is not auto or off", c->io_uring);
     c->compression_on = !strcasecmp(c->compression, "on");
     check(lc, c->compression_on || !strcasecmp(c->compression, "off"),
           "[server] compression: '%s' is not off or on", c->compression);

@@ -35,6 +35,8 @@ struct px_config {
     int64_t close_timeout_ms;
     int64_t drain_timeout_ms;
     bool static_follow_symlinks;
+    char *io_uring;                     /* "auto" or "off": batched sends (net/ioq.h) */
+    bool io_uring_on;                   /* io_uring == "auto", set by validation */
     char *compression;                  /* "off" or "on" (permessage-deflate, docs/compression.md) */
     bool compression_on;                /* compression == "on", set by validation */
     uint64_t compression_min_size;      /* messages shorter than this go out uncompressed */

@@ -90,6 +90,17 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
     fprintf(f, "# HELP wsproxy_users_online Users with at least one open chat connection.\n"
                "# TYPE wsproxy_users_online gauge\nwsproxy_users_online %llu\n",
             (unsigned long long)g->users_online);
+    put_one(f, "wsproxy_io_uring", "gauge",
+            "1 when socket reads and sends are batched through io_uring ([server] io_uring).",
+            g->io_uring_on);
+    if (g->io_uring_on) {
+        put_one(f, "wsproxy_io_uring_submissions_total", "counter",
+                "io_uring submissions made (one system call each).", g->io_uring_submits);
+        put_one(f, "wsproxy_io_uring_sends_total", "counter", "Sends those submissions carried.",
+                g->io_uring_sends);
+        put_one(f, "wsproxy_io_uring_recvs_total", "counter", "Reads those submissions carried.",
+                g->io_uring_recvs);
+    }
     if (g->fiber_on) {
         put_one(f, "wsproxy_store_fiber_calls_total", "counter",
                 "Entries into the application run on the store fiber.", g->fiber_calls);

@@ -78,6 +78,8 @@ struct metrics_gauges {
     uint64_t events_outbox;       /* queued now (refreshed every few seconds) */
     uint64_t events_dead_letters; /* dead now */
     double events_oldest_age_s;   /* age of the oldest queued event; 0 when none */
+    bool io_uring_on;             /* batched socket I/O (net/ioq.h) in use */
+    uint64_t io_uring_submits, io_uring_sends, io_uring_recvs;
     bool fiber_on;                /* the store fiber's figures (net/gate.h), PostgreSQL only */
     uint64_t fiber_calls, fiber_queued, fiber_parks, fiber_sync_waits, fiber_queue, fiber_queue_max;
 };

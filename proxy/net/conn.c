@@ -28,6 +28,7 @@
 #include "net/gate.h"
 #include "net/listener.h"
 #include "net/loop.h"
+#include "net/ioq.h"
 #include "proto/heartbeat.h"
 #include "proto/ws_handshake.h"
 
@@ -53,6 +54,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void bare_write_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_sent(void *owner, const uint8_t *rest, size_t rest_len, int err);
+static void conn_received(void *owner, uint8_t *data, long n);
 
 static const struct px_config *cfg_of(const struct conn *c)
 {
@@ -82,13 +85,28 @@ int conn_pool_init(struct conn_pool *p, struct loop *lp, conn_request_fn *on_req
     for (unsigned i = 0; i < CONN_DEFLATE_WINDOWS; i++)
         ws_deflate_compressor_init(&p->deflate.comp[i], (int)cfg->compression_level, 9 + i,
                                    (unsigned)cfg->compression_mem_level, &p->deflate.mem);
-    return p->ip_counts ? 0 : -1;
+    if (!p->ip_counts)
+        return -1;
+    if (cfg->io_uring_on) {
+        char why[128];
+        /*
+         * 128 operations per submission; 256 KiB for copied replies (one pass's echo, say); 32 KiB
+         * per read (4 MiB of address space, touched as used; what a read leaves, the next takes).
+         */
+        p->ioq = ioq_new(lp->base, 128, 256u << 10, 32u << 10, conn_sent, conn_received, why,
+                         sizeof(why));
+        if (!p->ioq)
+            log_info("io_uring not used (%s): one send() per write", why);
+    }
+    return 0;
 }
 
 void conn_pool_release(struct conn_pool *p)
 {
     while (p->conns)
         conn_abort(p->conns, END_SERVER_SHUTDOWN);
+    ioq_free(p->ioq);
+    p->ioq = NULL;
     registry_counter_free(p->ip_counts);
     p->ip_counts = NULL;
     for (unsigned i = 0; i < CONN_DEFLATE_WINDOWS; i++) {
@@ -263,7 +281,72 @@ static size_t out_raw_len(const struct conn *c)
 {
     if (c->bev)
         return evbuffer_get_length(bufferevent_get_output(c->bev));
-    return c->out ? evbuffer_get_length(c->out) : 0;
+    return (c->out ? evbuffer_get_length(c->out) : 0) +
+           (c->sq_queued ? ioq_len(c->pool->ioq, c->sq_slot) : 0);
+}
+
+/* ---- batched sends (net/ioq.h): detached connections only ---- */
+
+/*
+ * The pool's ioq sent c's entry. What the socket did not take goes to the front of the output,
+ * for the write event, where a send error is met again and reported (one failure path, as for
+ * send() at once).
+ */
+static void conn_sent(void *owner, const uint8_t *rest, size_t rest_len, int err)
+{
+    (void)err;
+    struct conn *c = owner;
+    c->sq_queued = false;
+    if (!rest_len)
+        return;
+    struct evbuffer *out = conn_out(c);
+    if (out && evbuffer_prepend(out, rest, rest_len) != 0)
+        conn_drop_later(c, rest_len);
+}
+
+/* Queue a copy of p for this pass's submission; false: send it yourself. */
+static bool ioq_put_copy(struct conn *c, const void *p, size_t len)
+{
+    if (!c->pool->ioq || c->bev || c->sq_queued)
+        return false;
+    int slot = ioq_copy(c->pool->ioq, c->fd, p, len, c);
+    if (slot < 0)
+        return false;
+    c->sq_slot = slot;
+    c->sq_queued = true;
+    return true;
+}
+
+static void shared_frame_unref_cb(void *f)
+{
+    shared_frame_unref(f);
+}
+
+/* Queue the shared frame f itself (referenced until sent); false: send it yourself. */
+static bool ioq_put_frame(struct conn *c, struct shared_frame *f)
+{
+    if (!c->pool->ioq || c->bev || c->sq_queued)
+        return false;
+    int slot = ioq_ref(c->pool->ioq, c->fd, f->data, f->len, c, shared_frame_unref_cb, f);
+    if (slot < 0)
+        return false;
+    f->refs++;
+    c->sq_slot = slot;
+    c->sq_queued = true;
+    return true;
+}
+
+/* The socket is about to close: its queued send is not made, nor its queued read. */
+static void ioq_drop(struct conn *c)
+{
+    if (c->sq_queued) {
+        ioq_cancel(c->pool->ioq, c->sq_slot);
+        c->sq_queued = false;
+    }
+    if (c->rq_queued) {
+        ioq_cancel_recv(c->pool->ioq, c->rq_slot);
+        c->rq_queued = false;
+    }
 }
 
 /* Read from the peer or not (jobs waiting, a close received, the end). */
@@ -529,9 +612,13 @@ static void release_held(struct conn *c)
     if (out_raw_len(c) == 0 && len <= cfg_of(c)->send_queue / 2 &&
         (!c->bev || !bufferevent_openssl_get_ssl(c->bev))) {
         evutil_socket_t fd = conn_fd(c);
-        if (fd >= 0 && f) {
+        if (fd >= 0 && f && ioq_put_frame(c, f)) {
+            done = f->len;
+        } else if (fd >= 0 && f) {
             ssize_t n = send(fd, f->data, f->len, MSG_NOSIGNAL);
             done = n > 0 ? (size_t)n : 0;
+        } else if (fd >= 0 && ioq_put_copy(c, evbuffer_pullup(c->held, -1), len)) {
+            evbuffer_drain(c->held, len);
         } else if (fd >= 0) {
             evbuffer_write(c->held, fd);
         }
@@ -591,6 +678,9 @@ void conn_pool_flush(void *pool, bool ok)
         }
         c = next;
     }
+    /* the commit's fan-out in one submission */
+    if (p->ioq)
+        ioq_flush(p->ioq);
 }
 
 void conn_pool_trim(struct conn_pool *p)
@@ -1401,8 +1491,11 @@ static void conn_write_now(struct conn *c)
         ssize_t n = 0;
         wbuf_owner = NULL;
         conn_wbuf_len = 0;
-        if (len && c->state == CONN_OPEN && !c->dead)
+        if (len && c->state == CONN_OPEN && !c->dead) {
+            if (ioq_put_copy(c, conn_wbuf, len))
+                return; /* with the other replies of this pass, in one submission */
             n = send(conn_fd(c), conn_wbuf, len, MSG_NOSIGNAL);
+        }
         if (n == (ssize_t)len)
             return; /* all written: no write event was ever armed */
         /* The rest goes the write event's way; so does an error, for its write to report. */
@@ -1413,7 +1506,7 @@ static void conn_write_now(struct conn *c)
             conn_drop_later(c, len - (size_t)n);
         return;
     }
-    if (!c->plain || c->state != CONN_OPEN || c->dead || out_raw_len(c) == 0)
+    if (!c->plain || c->state != CONN_OPEN || c->dead || c->sq_queued || out_raw_len(c) == 0)
         return;
     if (!c->bev) {
         int n = evbuffer_write(c->out, c->fd);
@@ -1445,11 +1538,10 @@ static void conn_write_now(struct conn *c)
  */
 static uint8_t conn_rbuf[CONN_READ_SIZE];
 
-static void conn_sock_read(struct conn *c, evutil_socket_t fd)
+/* n bytes read into buf, or 0 at EOF, or -1 with err. */
+static void conn_sock_input(struct conn *c, uint8_t *buf, ssize_t n, int err)
 {
-    ssize_t n = recv(fd, conn_rbuf, sizeof(conn_rbuf), 0);
     if (n <= 0) {
-        int err = n < 0 ? errno : 0;
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
             return;
         /* What a bufferevent's own read does on EOF or an error. */
@@ -1468,7 +1560,7 @@ static void conn_sock_read(struct conn *c, evutil_socket_t fd)
             assert(!wbuf_owner && !conn_wbuf_len);
             wbuf_owner = c;
         }
-        feed_frames(c, conn_rbuf, (size_t)n, &consumed);
+        feed_frames(c, buf, (size_t)n, &consumed);
     }
     conn_write_now(c);
     c->busy--;
@@ -1476,12 +1568,31 @@ static void conn_sock_read(struct conn *c, evutil_socket_t fd)
         conn_free(c);
 }
 
+/* The pool's ioq made c's queued read (net/ioq.h). */
+static void conn_received(void *owner, uint8_t *data, long n)
+{
+    struct conn *c = owner;
+    c->rq_queued = false;
+    conn_sock_input(c, data, n < 0 ? -1 : n, n < 0 ? (int)-n : 0);
+}
+
 static void bare_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct conn *c = arg;
-    if (!c->freeing)
-        conn_sock_read(c, fd);
+    if (c->freeing || c->rq_queued)
+        return;
+    if (c->pool->ioq) {
+        /* with the other ready connections' reads, in one submission after this pass's events */
+        int slot = ioq_recv(c->pool->ioq, fd, c);
+        if (slot >= 0) {
+            c->rq_slot = slot;
+            c->rq_queued = true;
+            return;
+        }
+    }
+    ssize_t n = recv(fd, conn_rbuf, sizeof(conn_rbuf), 0);
+    conn_sock_input(c, conn_rbuf, n, n < 0 ? errno : 0);
 }
 
 /* A detached connection's socket takes more: what the bufferevent's write does, low-water mark 0. */
@@ -1489,6 +1600,8 @@ static void bare_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     struct conn *c = arg;
+    if (c->sq_queued)
+        return; /* its queued entry goes first: this pass's flush, then this event again */
     if (c->freeing || evbuffer_get_length(c->out) == 0) {
         event_del(c->wev);
         return;
@@ -1767,6 +1880,7 @@ static void conn_release_state(struct conn *c)
     /* Off the dirty list first: the application's end may finish a commit that was on its way
      * (PostgreSQL), whose flush must not meet a connection being freed. */
     dirty_unlink(c);
+    ioq_drop(c);
     end_app(c, c->end_reason);
     if (c->peer_counted) {
         c->peer_counted = false;

@@ -102,6 +102,7 @@ struct conn_pool {
      */
     const struct cidr_list *count_late;
     struct conn *dirty;      /* connections with output held for the group commit */
+    struct ioq *ioq;     /* this pass's sends in one submission (net/ioq.h); NULL: send() */
     struct conn_deflate deflate;
 };
 
@@ -149,6 +150,8 @@ struct conn {
     enum end_reason end_reason;
     int busy;             /* > 0 while inside a callback or holding jobs: a close defers the free */
     int jobs;             /* callbacks made into jobs for the store fiber, not run yet (gate.h) */
+    int sq_slot;          /* its send in the pool's ioq, while sq_queued */
+    int rq_slot;          /* its read in the pool's ioq, while rq_queued */
     uint16_t close_code;  /* code we sent (or received, for client_close) */
     uint8_t msg_opcode;
     bool deflate;         /* permessage-deflate negotiated (z is set) */
@@ -167,6 +170,8 @@ struct conn {
     bool ping_outstanding;
     bool close_held;       /* our close frame waits at the end of held */
     bool dirty;
+    bool sq_queued;        /* output waits in the pool's ioq: it goes before anything in out */
+    bool rq_queued;        /* a read waits in the pool's ioq */
     char addr[64];  /* client address: peer, or X-Forwarded-For when the peer is a trusted proxy */
     char peer[48];  /* TCP peer address (no port: INET6_ADDRSTRLEN fits) */
 };
