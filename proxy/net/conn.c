@@ -678,9 +678,12 @@ void conn_pool_flush(void *pool, bool ok)
         }
         c = next;
     }
-    /* the commit's fan-out in one submission */
+    /*
+     * The commit's fan-out in one submission. Sends only: this may run on the store fiber, and
+     * reads handed up from there would run their handlers there (see ioq_flush_sends).
+     */
     if (p->ioq)
-        ioq_flush(p->ioq);
+        ioq_flush_sends(p->ioq);
 }
 
 void conn_pool_trim(struct conn_pool *p)
@@ -1541,6 +1544,9 @@ static uint8_t conn_rbuf[CONN_READ_SIZE];
 /* n bytes read into buf, or 0 at EOF, or -1 with err. */
 static void conn_sock_input(struct conn *c, uint8_t *buf, ssize_t n, int err)
 {
+    /* Never on the store fiber: a handler run from here could park there with this read's parse
+     * half done, and the loop would read the connection again meanwhile (net/ioq.h). */
+    assert(!c->lp->gate || !gate_in_fiber(c->lp->gate));
     if (n <= 0) {
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
             return;

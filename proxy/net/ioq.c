@@ -55,8 +55,6 @@ struct ioq {
     uint64_t batches, sends, recvs;
 };
 
-static void flush_sends(struct ioq *q);
-
 static void ioq_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -217,7 +215,7 @@ int ioq_copy(struct ioq *q, int fd, const void *data, size_t len, void *owner)
     if (q->flushing || len == 0 || len > q->copy_cap)
         return -1;
     if (q->copy_cap - q->used < len)
-        flush_sends(q); /* full: this pass's sends so far go now, in their order */
+        ioq_flush_sends(q); /* full: this pass's sends so far go now, in their order */
     uint8_t *p = q->copy + q->used;
     memcpy(p, data, len);
     int slot = add_entry(q, fd, p, len, owner, NULL, NULL);
@@ -342,8 +340,7 @@ static void flush_reads(struct ioq *q)
     q->reading = false;
 }
 
-/* The queued sends, ring_entries at a time, then every owner's done callback in queue order. */
-static void flush_sends(struct ioq *q)
+void ioq_flush_sends(struct ioq *q)
 {
     if (q->flushing || q->n == 0)
         return;
@@ -389,7 +386,7 @@ void ioq_flush(struct ioq *q)
         return; /* a done or read callback's own flush: the running one covers it */
     if (q->rn)
         flush_reads(q);
-    flush_sends(q);
+    ioq_flush_sends(q);
     event_del(q->ev);
 }
 

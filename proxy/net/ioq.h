@@ -84,6 +84,14 @@ void ioq_cancel_recv(struct ioq *q, int slot);
 /* Make the queued reads (and hand over their results), then send everything queued now (one io_uring_enter per ring_entries), then the done callbacks. */
 void ioq_flush(struct ioq *q);
 
+/*
+ * Only the sends queued now (the reads wait for the queue's event). For callers that must not
+ * hand read results up from where they are: a read's owner would run its handlers there, and a
+ * handler that parks (the store fiber) would leave its connection's parse half done while the
+ * loop reads that connection again.
+ */
+void ioq_flush_sends(struct ioq *q);
+
 /* Counters for /metrics: submissions made, and the sends and reads they carried. */
 uint64_t ioq_batches(const struct ioq *q);
 uint64_t ioq_sends(const struct ioq *q);
