@@ -193,17 +193,25 @@ void ioq_free(struct ioq *q)
     free(q);
 }
 
+/* Room for one more of the n entries of size each at *arr (doubled, at most 65536); false: none. */
+static bool room_for_one(void **arr, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return true;
+    size_t grown_cap = *cap * 2;
+    void *grown = grown_cap <= 65536 ? realloc(*arr, grown_cap * size) : NULL;
+    if (!grown)
+        return false;
+    *arr = grown;
+    *cap = grown_cap;
+    return true;
+}
+
 static int add_entry(struct ioq *q, int fd, const uint8_t *data, size_t len, void *owner,
                      void (*unref)(void *ref), void *ref)
 {
-    if (q->n == q->cap) {
-        size_t cap = q->cap * 2;
-        struct ioq_entry *grown = cap <= 65536 ? realloc(q->e, cap * sizeof(*grown)) : NULL;
-        if (!grown)
-            return -1;
-        q->e = grown;
-        q->cap = cap;
-    }
+    if (!room_for_one((void **)&q->e, q->n, &q->cap, sizeof(*q->e)))
+        return -1;
     q->e[q->n] = (struct ioq_entry){fd, 0, data, len, owner, unref, ref};
     if (q->n++ == 0 && q->rn == 0)
         event_active(q->ev, EV_TIMEOUT, 0);
@@ -245,16 +253,8 @@ void ioq_cancel(struct ioq *q, int slot)
 
 int ioq_recv(struct ioq *q, int fd, void *owner)
 {
-    if (q->reading)
+    if (q->reading || !room_for_one((void **)&q->r, q->rn, &q->rcap, sizeof(*q->r)))
         return -1;
-    if (q->rn == q->rcap) {
-        size_t cap = q->rcap * 2;
-        struct ioq_rentry *grown = cap <= 65536 ? realloc(q->r, cap * sizeof(*grown)) : NULL;
-        if (!grown)
-            return -1;
-        q->r = grown;
-        q->rcap = cap;
-    }
     q->r[q->rn] = (struct ioq_rentry){fd, 0, owner};
     if (q->rn++ == 0 && q->n == 0)
         event_active(q->ev, EV_TIMEOUT, 0);

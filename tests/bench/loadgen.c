@@ -1532,6 +1532,19 @@ static void uring_timeout(struct uring *u)
     e->user_data = UD_TIMEOUT;
 }
 
+/* Publish the queued entries and enter: submit them, wait for min_complete answers. */
+static void uring_enter(struct uring *u, unsigned min_complete)
+{
+    __atomic_store_n(u->sq_tail, u->sq_local, __ATOMIC_RELEASE);
+    int r = (int)syscall(__NR_io_uring_enter, u->fd, u->to_submit, min_complete,
+                         IORING_ENTER_GETEVENTS, NULL, 0);
+    G.sys_rw++;
+    if (r < 0 && errno != EINTR && errno != EBUSY)
+        die("io_uring_enter: %s", strerror(errno));
+    if (r > 0)
+        u->to_submit -= (unsigned)r;
+}
+
 /* One completion for connection c: a recv (parse, echo, recv again) or a send (send the rest). */
 static void uring_complete(struct uring *u, struct conn *c, bool is_send, int res, int64_t now)
 {
@@ -1595,14 +1608,7 @@ static bool echo_uring(void)
     G.uring = true;
     uring_timeout(&u);
     while (G.phase != PH_DONE) {
-        __atomic_store_n(u.sq_tail, u.sq_local, __ATOMIC_RELEASE);
-        int r = (int)syscall(__NR_io_uring_enter, u.fd, u.to_submit, 1, IORING_ENTER_GETEVENTS,
-                             NULL, 0);
-        G.sys_rw++;
-        if (r < 0 && errno != EINTR && errno != EBUSY)
-            die("io_uring_enter: %s", strerror(errno));
-        if (r > 0)
-            u.to_submit -= (unsigned)r;
+        uring_enter(&u, 1);
         int64_t now = now_ns();
         unsigned head = *u.cq_head, tail = __atomic_load_n(u.cq_tail, __ATOMIC_ACQUIRE);
         for (; head != tail; head++) {
@@ -1665,16 +1671,9 @@ static int fanout_reads(struct epoll_event *evs, int n)
     }
     if (!want)
         return left;
-    __atomic_store_n(fan_ring.sq_tail, fan_ring.sq_local, __ATOMIC_RELEASE);
     unsigned got = 0;
     while (got < want) {
-        int r = (int)syscall(__NR_io_uring_enter, fan_ring.fd, fan_ring.to_submit, want - got,
-                             IORING_ENTER_GETEVENTS, NULL, 0);
-        G.sys_rw++;
-        if (r < 0 && errno != EINTR && errno != EBUSY)
-            die("io_uring_enter: %s", strerror(errno));
-        if (r > 0)
-            fan_ring.to_submit -= (unsigned)r;
+        uring_enter(&fan_ring, want - got);
         int64_t now = now_ns();
         unsigned head = *fan_ring.cq_head, tail = __atomic_load_n(fan_ring.cq_tail, __ATOMIC_ACQUIRE);
         for (; head != tail; head++, got++) {
