@@ -96,10 +96,10 @@ char *metrics_render(const struct metrics *m, const struct metrics_gauges *g, si
     if (g->io_uring_on) {
         put_one(f, "wsproxy_io_uring_submissions_total", "counter",
                 "io_uring submissions made (one system call each).", g->io_uring_submits);
-        put_one(f, "wsproxy_io_uring_sends_total", "counter", "Sends those submissions carried.",
-                g->io_uring_sends);
-        put_one(f, "wsproxy_io_uring_recvs_total", "counter", "Reads those submissions carried.",
-                g->io_uring_recvs);
+        put_one(f, "wsproxy_io_uring_sends_total", "counter",
+                "Sends made through the batches (a lone one as a plain call).", g->io_uring_sends);
+        put_one(f, "wsproxy_io_uring_recvs_total", "counter",
+                "Reads made through the batches (a lone one as a plain call).", g->io_uring_recvs);
     }
     if (g->fiber_on) {
         put_one(f, "wsproxy_store_fiber_calls_total", "counter",

@@ -92,7 +92,8 @@ void ioq_flush(struct ioq *q);
  */
 void ioq_flush_sends(struct ioq *q);
 
-/* Counters for /metrics: submissions made, and the sends and reads they carried. */
+/* Counters for /metrics: submissions made, and the sends and reads made through the queue (a
+ * chunk of one operation is a plain call: through the ring it would cost more). */
 uint64_t ioq_batches(const struct ioq *q);
 uint64_t ioq_sends(const struct ioq *q);
 uint64_t ioq_recvs(const struct ioq *q);

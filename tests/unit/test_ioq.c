@@ -3,8 +3,8 @@
  * queued sends go out in one submission with their done callbacks, a full socket hands back all of
  * an entry and a small one the rest, a cancelled entry is neither sent nor reported, a referenced
  * entry is let go once, copies that overflow the copy memory flush in order, queued reads bring
- * data, end of stream and "nothing there", reads go before the sends their owners queue, and the
- * queue's event flushes at the end of a loop pass. Skipped, with the reason, where the kernel
+ * data, end of stream and "nothing there", reads go before the sends their owners queue, a lone
+ * read or send is a plain call, and the queue's event flushes at the end of a loop pass. Skipped, with the reason, where the kernel
  * offers no io_uring (the server then sends with send(), covered by the integration suite).
  */
 #include <stdarg.h>
@@ -275,6 +275,30 @@ static void test_reads_go_before_the_replies_they_queue(void **state)
     expect_peer(f, 1, "re");
 }
 
+static void test_a_lone_read_or_send_is_a_plain_call(void **state)
+{
+    struct fx *f = *state;
+    NEED_RING(f);
+    uint64_t b0 = ioq_batches(f->q), r0 = ioq_recvs(f->q), s0 = ioq_sends(f->q);
+    assert_int_equal(send(f->sv[0][1], "solo", 4, 0), 4);
+    assert_true(ioq_recv(f->q, f->sv[0][0], OWN(0)) >= 0);
+    assert_true(ioq_copy(f->q, f->sv[1][0], "one", 3, OWN(1)) >= 0);
+    ioq_flush(f->q);
+    assert_string_equal(f->order, "r0:solo s1 ");
+    expect_peer(f, 1, "one");
+    /* one operation each way: no submission (the ring costs more than the call for one) */
+    assert_int_equal(ioq_batches(f->q) - b0, 0);
+    assert_int_equal(ioq_recvs(f->q) - r0, 1);
+    assert_int_equal(ioq_sends(f->q) - s0, 1);
+    /* cancelled entries do not count: one left of two is alone too */
+    assert_true(ioq_copy(f->q, f->sv[2][0], "x", 1, OWN(2)) >= 0);
+    int gone = ioq_copy(f->q, f->sv[3][0], "y", 1, OWN(3));
+    ioq_cancel(f->q, gone);
+    ioq_flush(f->q);
+    assert_int_equal(ioq_batches(f->q) - b0, 0);
+    expect_peer(f, 2, "x");
+}
+
 static void test_the_event_flushes_at_the_end_of_the_pass(void **state)
 {
     struct fx *f = *state;
@@ -304,6 +328,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reads_bring_data_eof_and_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reads_go_before_the_replies_they_queue, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_lone_read_or_send_is_a_plain_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_the_event_flushes_at_the_end_of_the_pass, setup,
                                         teardown),
     };
