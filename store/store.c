@@ -581,6 +581,10 @@ static int apply_pragmas(struct store *st, const char *path, const struct store_
         return rc;
     if (st->readonly)
         return 0;
+    /* Takes only on a new, empty file, so before journal_mode (which writes its first page). */
+    snprintf(buf, sizeof buf, "PRAGMA page_size = %d", STORE_PAGE_SIZE);
+    if ((rc = exec_sql(st, buf, "page_size")) < 0)
+        return rc;
 
     /* The answer is the mode in force; anything but "wal" on a real file means readers would block
      * the writer and the group commit would fsync per transaction differently than configured. */

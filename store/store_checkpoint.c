@@ -70,6 +70,19 @@ static void *ckpt_main(void *arg)
     return NULL;
 }
 
+/* The database's page size; SQLite's default if it cannot say. */
+static int page_size(sqlite3 *db)
+{
+    sqlite3_stmt *s = NULL;
+    int n = 0;
+
+    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW)
+        n = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    return n >= 512 ? n : 4096;
+}
+
 int store_ckpt_start(struct store *st, const char *path, const struct store_opts *o)
 {
     struct store_ckpt *c;
@@ -78,9 +91,10 @@ int store_ckpt_start(struct store *st, const char *path, const struct store_opts
 
     if (sqlite3_threadsafe() == 0 || !(c = calloc(1, sizeof *c)))
         return -1;
-    c->threshold = STORE_CKPT_FRAMES;
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
         goto fail;
+    /* Frames are pages of the file's own size (STORE_PAGE_SIZE, or what an older file has). */
+    c->threshold = STORE_CKPT_BYTES / page_size(c->db);
     /* The checkpointing connection decides how checkpoints sync: the same as the writer. */
     snprintf(buf, sizeof buf, "PRAGMA synchronous = %s",
              o->synchronous == STORE_SYNC_FULL ? "FULL" : "NORMAL");

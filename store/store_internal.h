@@ -191,8 +191,18 @@ extern const struct store_sql store_sql_conv[];
 extern const struct store_sql store_sql_outbox[];
 extern const struct store_sql store_sql_retention[];
 
-/* WAL size (frames = pages) after a commit at which the checkpoint thread is woken: 16 MiB. */
-#define STORE_CKPT_FRAMES 4096
+/* WAL size after a commit at which the checkpoint thread is woken (in frames of the file's pages). */
+#define STORE_CKPT_BYTES (16 << 20)
+
+/*
+ * Page size of a database this server creates (an existing file keeps its own). 8 KiB rather than
+ * SQLite's 4 KiB: a group commit of durable messages dirties the same number of index leaves either
+ * way (one per sender or recipient range), but with half as many table pages, page splits and WAL
+ * frames, each written with a pwrite of its own and later copied back by the checkpoint. Measured
+ * on the persist load (8 interleaved pairs): 2-25 % more durable DMs per second, never fewer;
+ * 16 KiB was 10-25 % slower (every dirty leaf writes 16 KiB to the WAL).
+ */
+#define STORE_PAGE_SIZE 8192
 
 struct store_ckpt;
 struct conv_pending;

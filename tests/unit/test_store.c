@@ -468,6 +468,52 @@ static void test_store_writes_atomic_inside_transaction(void **state)
     assert_true(online);
 }
 
+/* The page size of the file's first page (header bytes 16-17, 1 meaning 65536). */
+static int file_page_size(const char *path)
+{
+    unsigned char h[18];
+    int fd = open(path, O_RDONLY);
+
+    assert_true(fd >= 0);
+    assert_int_equal(read(fd, h, sizeof h), (int)sizeof h);
+    close(fd);
+    return h[16] << 8 | h[17];
+}
+
+/* A new file gets 8 KiB pages (STORE_PAGE_SIZE); a file made with other pages keeps them. */
+static void test_store_new_file_has_8k_pages_old_one_keeps_its_own(void **state)
+{
+    char path[] = "/tmp/test_store_pages_XXXXXX";
+    struct store *st;
+    sqlite3 *db;
+    int fd;
+
+    (void)state;
+    if (pg_dsn)
+        skip(); /* SQLite's file format */
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    st = open_path(path, false);
+    send_direct(st, "alice", "bob", "hi", "c1", T0);
+    store_close(st);
+    assert_int_equal(file_page_size(path), 8192);
+    remove_db(path);
+
+    /* a database as SQLite made it before: 4 KiB pages, and it stays so through the migrations */
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;"
+                                      " CREATE TABLE t (x); DROP TABLE t;", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    st = open_path(path, false);
+    send_direct(st, "alice", "bob", "hi", "c1", T0);
+    store_close(st);
+    assert_int_equal(file_page_size(path), 4096);
+    remove_db(path);
+}
+
 static void test_store_wal_checkpoints_in_background(void **state)
 {
     struct fixture *f = *state;
@@ -487,7 +533,8 @@ static void test_store_wal_checkpoints_in_background(void **state)
     assert_true(w.background);
     assert_int_equal(w.checkpoints, 0);
 
-    /* > 4096 WAL pages in one commit: the hook wakes the thread */
+    /* > 16 MiB of WAL in one commit (2,048 pages of 8 KiB; a 6 KB row fills one): the hook wakes
+     * the thread */
     assert_int_equal(store_begin(f->st), 0);
     for (i = 0; i < 3000; i++)
         send_direct(f->st, "alice", "bob", body, NULL, T0 + i);
@@ -501,7 +548,7 @@ static void test_store_wal_checkpoints_in_background(void **state)
     assert_true(w.checkpoints > 0);
     assert_int_equal(w.checkpoint_failures, 0);
     assert_string_equal(w.last_error, "");
-    assert_true(w.wal_frames >= 4096);
+    assert_true(w.wal_frames >= 2048);
 
     /* once all is copied, the next commit starts the WAL over */
     for (i = 0; i < 500; i++) {
@@ -1981,6 +2028,7 @@ int main(void)
         T(test_store_group_commit),
         T(test_store_busy_between_writers),
         T(test_store_writes_atomic_inside_transaction),
+        cmocka_unit_test(test_store_new_file_has_8k_pages_old_one_keeps_its_own),
         T(test_store_wal_checkpoints_in_background),
         T(test_store_session_lifecycle),
         T(test_store_session_list_filters),
