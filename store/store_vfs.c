@@ -1,17 +1,25 @@
 /*
- * store_vfs.c -- a thin VFS over SQLite's default one that writes each WAL frame with one pwrite
- * instead of two. Nothing else changes: every other file, and every other call on the WAL, goes
- * straight to the default VFS.
+ * store_vfs.c -- a thin VFS over SQLite's default one that writes a transaction's WAL frames with a
+ * few large pwrites instead of two small ones per frame. Nothing else changes: every other file,
+ * and every other call on the WAL, goes straight to the default VFS.
  *
  * SQLite writes a WAL frame as its 24-byte header, then the page right after it (walWriteOneFrame),
  * each with a pwrite of its own. A group commit of a few thousand messages writes a few hundred
  * frames, and on this kind of virtual machine the syscall and page-cache work per pwrite, not the
- * bytes, is most of the commit's cost: the header pwrite alone was about a third of it (perf,
- * persist load). So a 24-byte write to the WAL is held, and the write that follows it at the next
- * offset goes out with it in one pwrite. Any other call on the file (read, sync, size, truncate,
- * lock, close, a write elsewhere) first writes what is held, so nothing can observe the difference:
- * the header and its page are always written before the write of the page returns, and readers
- * only look at frames after the wal-index names them, which SQLite updates after writing them.
+ * bytes, is most of the commit's cost (perf, persist load: the header pwrite alone was about a third
+ * of it). So writes that follow each other in the WAL are gathered, up to WAL_BATCH_MAX bytes, and go
+ * out in one pwrite:
+ *
+ * - when the page of a commit frame is written (its header's "database size" field is not zero):
+ *   that xWrite returns only once the whole transaction is in the file, so a commit's frames are
+ *   written before SQLite publishes them in the wal-index, and a write error is SQLite's to see,
+ *   as before;
+ * - when a write would not follow on, or not fit;
+ * - before any other call on the file (read, sync, size, truncate, lock, close): SQLite reading back
+ *   a frame it spilled in a large transaction reads it from the file.
+ *
+ * Frames gathered and not yet written belong to a transaction that has not committed: a crash loses
+ * only what SQLite would not have recovered anyway (a WAL's uncommitted tail is ignored).
  */
 #include <stdint.h>
 #include <string.h>
@@ -19,63 +27,79 @@
 #include "store_internal.h"
 
 #define WAL_FRAME_HDR 24
-/* Header + page is at most 24 + 65536 bytes: under the 128 KiB - 1 that the unix VFS writes per
- * call (seekAndWriteFd masks the length with 0x1ffff; a longer write would be cut short). */
+/* At most 128 KiB - 1 per write: the unix VFS masks a write's length with 0x1ffff
+ * (seekAndWriteFd), so a longer one would be cut short. */
+#define WAL_BATCH_MAX 0x1ffff
 
 struct wal_file {
     sqlite3_file base;    /* pMethods = &wal_methods */
     sqlite3_file *real;   /* the default VFS's file, in the same allocation after this struct */
-    int held_n;           /* bytes held (0 or WAL_FRAME_HDR) */
-    sqlite3_int64 held_off;
-    unsigned char held[WAL_FRAME_HDR];
-    unsigned char *buf;   /* header + page, for the one pwrite */
+    unsigned char *buf;   /* gathered writes, from held_off on */
+    int held_n;           /* bytes gathered in buf */
     int buf_cap;
+    sqlite3_int64 held_off;
+    bool commit_next;     /* the last write was a commit frame's header: its page ends the batch */
 };
 
 static sqlite3_vfs *base_vfs;
 
 #define REAL(f) (((struct wal_file *)(f))->real)
 
+/* Write what is gathered (nothing to do when nothing is). */
 static int held_write(struct wal_file *w)
 {
     if (!w->held_n)
         return SQLITE_OK;
     int n = w->held_n;
     w->held_n = 0;
-    return w->real->pMethods->xWrite(w->real, w->held, n, w->held_off);
+    return w->real->pMethods->xWrite(w->real, w->buf, n, w->held_off);
+}
+
+/* Room for n more bytes in buf; false when memory is short (the caller writes directly). */
+static bool buf_reserve(struct wal_file *w, int n)
+{
+    int need = w->held_n + n;
+    if (need <= w->buf_cap)
+        return true;
+    int cap = w->buf_cap ? w->buf_cap : 16384;
+    while (cap < need)
+        cap *= 2;
+    if (cap > WAL_BATCH_MAX)
+        cap = WAL_BATCH_MAX;
+    unsigned char *b = sqlite3_realloc(w->buf, cap);
+    if (!b)
+        return false;
+    w->buf = b;
+    w->buf_cap = cap;
+    return true;
+}
+
+/* A frame header's bytes 4-7: the database size in pages after a commit, 0 in other frames. */
+static bool is_commit_header(const unsigned char *h)
+{
+    return (h[4] | h[5] | h[6] | h[7]) != 0;
 }
 
 static int wal_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 {
     struct wal_file *w = (struct wal_file *)f;
+    bool ends_commit = w->commit_next && n != WAL_FRAME_HDR;
     int rc;
-    if (w->held_n && off == w->held_off + w->held_n) {
-        int total = w->held_n + n;
-        if (total > w->buf_cap) {
-            unsigned char *b = sqlite3_realloc(w->buf, total);
-            if (!b) {
-                if ((rc = held_write(w)) != SQLITE_OK)
-                    return rc;
-                return w->real->pMethods->xWrite(w->real, p, n, off);
-            }
-            w->buf = b;
-            w->buf_cap = total;
-        }
-        memcpy(w->buf, w->held, (size_t)w->held_n);
-        memcpy(w->buf + w->held_n, p, (size_t)n);
-        off = w->held_off;
-        w->held_n = 0;
-        return w->real->pMethods->xWrite(w->real, w->buf, total, off);
-    }
-    if ((rc = held_write(w)) != SQLITE_OK)
+
+    w->commit_next = n == WAL_FRAME_HDR && is_commit_header(p);
+    if (w->held_n && (off != w->held_off + w->held_n || w->held_n + n > WAL_BATCH_MAX) &&
+        (rc = held_write(w)) != SQLITE_OK)
         return rc;
-    if (n == WAL_FRAME_HDR) {
-        memcpy(w->held, p, WAL_FRAME_HDR);
-        w->held_n = WAL_FRAME_HDR;
-        w->held_off = off;
-        return SQLITE_OK;
+    if (n > WAL_BATCH_MAX || !buf_reserve(w, n)) {
+        if ((rc = held_write(w)) != SQLITE_OK)
+            return rc;
+        return w->real->pMethods->xWrite(w->real, p, n, off);
     }
-    return w->real->pMethods->xWrite(w->real, p, n, off);
+    if (!w->held_n)
+        w->held_off = off;
+    memcpy(w->buf + w->held_n, p, (size_t)n);
+    w->held_n += n;
+    return ends_commit ? held_write(w) : SQLITE_OK;
 }
 
 static int wal_close(sqlite3_file *f)

@@ -1945,7 +1945,7 @@ static void test_store_cluster_notes_at_commit(void **state)
 }
 
 /*
- * The WAL is written through the store's VFS (one pwrite per frame). A process that dies after its
+ * The WAL is written through the store's VFS (a transaction's frames gathered into few pwrites). A process that dies after its
  * commits, without closing (no checkpoint), leaves only the WAL: the next open must recover every
  * committed frame from it, checksums and all, and the file must be sound.
  */
@@ -2011,6 +2011,92 @@ static void test_store_wal_recovered_after_crash(void **state)
                               "dm c b 9500 5000\n");
 }
 
+/* Rows in messages as another connection of this process sees them (its own file handles). */
+static int64_t count_from_outside(const char *path)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int64_t n;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM messages", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+/*
+ * The VFS gathers a transaction's WAL frames into few pwrites: each commit is in the file when the
+ * commit returns (another connection reads it through its own handle), from one row to thousands.
+ */
+static void test_store_wal_commit_written_when_it_returns(void **state)
+{
+    struct fixture *f = *state;
+    char body[700];
+    int64_t want = 0;
+
+    if (pg_dsn)
+        skip(); /* SQLite's WAL */
+    memset(body, 'y', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    static const int sizes[] = {1, 2, 15, 16, 17, 400, 3000, 1};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        assert_int_equal(store_begin(f->st), 0);
+        for (int i = 0; i < sizes[k]; i++)
+            send_direct(f->st, k % 2 ? "a" : "b", "c", body, NULL, T0 + i);
+        assert_int_equal(store_commit(f->st), 0);
+        want += sizes[k];
+        assert_int_equal(count_from_outside(f->path), want);
+        /* and a write outside any transaction of ours (autocommit) */
+        send_direct(f->st, "a", "c", "one", NULL, T0);
+        want++;
+        assert_int_equal(count_from_outside(f->path), want);
+    }
+}
+
+/*
+ * A transaction larger than the page cache: SQLite writes (spills) pages into the WAL before the
+ * commit and reads them back from there. Gathered writes must be in the file by then.
+ */
+static void test_store_wal_spilled_transaction_reads_back(void **state)
+{
+    char path[] = "/tmp/test_store_spill_XXXXXX";
+    struct store_opts o = {.synchronous = STORE_SYNC_NORMAL, .busy_timeout_ms = 1000, .cache_mib = 1};
+    struct store *st = NULL;
+    char body[600], err[256];
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int fd;
+
+    (void)state;
+    if (pg_dsn)
+        skip(); /* SQLite's page cache and WAL */
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    assert_int_equal(store_open(&st, path, &o, err, sizeof err), 0);
+    memset(body, 'z', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    assert_int_equal(store_begin(st), 0);
+    for (int i = 0; i < 20000; i++) /* ~14 MB of rows and indexes against a 1 MiB cache */
+        send_direct(st, i % 3 ? "a" : "b", i % 2 ? "c" : "d", body, NULL, T0 + i);
+    assert_int_equal(pending_count(st, "c"), MAX_ROWS); /* reads pages it spilled */
+    assert_int_equal(store_commit(st), 0);
+    assert_int_equal(count_messages(st), 20000);
+    assert_int_equal(count_from_outside(path), 20000);
+    store_close(st);
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), "ok");
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    remove_db(path);
+}
+
 int main(void)
 {
     pg_dsn = getenv("WSP_TEST_PG_DSN");
@@ -2030,6 +2116,8 @@ int main(void)
         T(test_store_writes_atomic_inside_transaction),
         cmocka_unit_test(test_store_new_file_has_8k_pages_old_one_keeps_its_own),
         T(test_store_wal_checkpoints_in_background),
+        T(test_store_wal_commit_written_when_it_returns),
+        cmocka_unit_test(test_store_wal_spilled_transaction_reads_back),
         T(test_store_session_lifecycle),
         T(test_store_session_list_filters),
         T(test_store_session_end_orphans),
