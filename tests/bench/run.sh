@@ -457,7 +457,8 @@ run_cluster() {
 # with every connection a member of one room. join_storm: 2,000 clients connect and join one room
 # at 2,000/s, the server's RSS sampled every 50 ms until 5 s after the last join.
 # fanout_1k: 1,000 members x 100 msgs/s. echo100_raw: echo100 against rawecho, the cheapest echo
-# server we could write, to show how far the loader itself goes (msgs/s / loader CPU).
+# server we could write, to show how far the loader itself goes (msgs/s / loader CPU); echo1_raw
+# the same for echo1: the round trip no server can beat here.
 # A server is NAME[:synchronous[:compression[:events]]] (wsproxy: normal, off, off by default). Consecutive
 # scenarios with the same group alternate their runs (a1 b1 a2 b2 ...) so background load hits
 # both alike. fanout_plain/_deflate: the same 5,000-member fan-out of 600-byte chat-like bodies
@@ -475,6 +476,7 @@ SCENARIOS=(
     "echo100_raw|rawecho|-m echo -c 100 -w 16 -s 32 -d $SECS"
     "echo4k|wsproxy gorilla-echo lws|-m echo -c 100 -w 16 -s 4096 -d $SECS"
     "echo1|wsproxy gorilla-echo lws|-m echo -c 1 -w 1 -s 32 -d $SECS"
+    "echo1_raw|rawecho|-m echo -c 1 -w 1 -s 32 -d $SECS"
     "echo1_awake|wsproxy gorilla-echo lws|-m echo -c 1 -w 1 -s 32 -d $SECS"
     "idle_echo|wsproxy gorilla-echo lws|-m idle -U /echo -c 10000 -d 2"
     "idle_ws|wsproxy gorilla-chat lws|-m idle -U /ws -c 10000 -d 2 -k $SECRET"
@@ -692,6 +694,11 @@ row16("echo 100 conns × 4 KiB, window 16", "msgs per server-core-second", "echo
       lambda w, l, g: None if w is None or l is None else w >= 3.6 * l)
 row16("echo 1 conn × 32 B, window 1", "msgs/s", "echo1", "msgs_per_s", G_ECHO, "≥ 4× gorilla",
       lambda w, l, g: None if w is None or g is None else w >= 4 * g)
+# The ceiling of any epoll server on this machine with this loader: rawecho does nothing but the
+# two system calls per message, so a wsproxy figure above it is impossible (README: echo1_raw).
+r, g = med("echo1_raw", "rawecho", "msgs_per_s"), med("echo1", G_ECHO, "msgs_per_s")
+T16.append(("", "(context) rawecho, the cheapest echo server, same loader: msgs/s", fmt(r), "",
+            fmt(g), "", ratio(r, g), "", ""))
 row16("idle 10,000 conns on /ws, each a member of one room", "server RSS KiB per conn",
       "idle_room", "kib_per_conn", G_CHAT, "≤ 2 KiB", lambda w, l, g: None if w is None else w <= 2)
 row16("join storm: 2,000 clients join one room at 2,000/s", "peak RSS KiB per conn", "join_storm",
