@@ -403,8 +403,10 @@ static size_t output_len(const struct conn *c)
 
 size_t conn_pending_len(const struct conn *c)
 {
-    return output_len(c) + (c->held ? evbuffer_get_length(c->held) : 0) +
-           (c->held_frame ? c->held_frame->len : 0);
+    size_t n = output_len(c) + (c->held ? evbuffer_get_length(c->held) : 0);
+    for (int i = 0; i < c->n_held_frames; i++)
+        n += c->held_frames[i]->len;
+    return n;
 }
 
 bool conn_is_open(const struct conn *c)
@@ -524,25 +526,25 @@ static void dirty_unlink(struct conn *c)
     c->dirty_next = NULL;
 }
 
-/* Drop the held frame reference (dropped with the batch, or copied). */
+/* Drop the held frame references (dropped with the batch, or copied). */
 static void held_frame_drop(struct conn *c)
 {
-    shared_frame_unref(c->held_frame);
-    c->held_frame = NULL;
+    for (int i = 0; i < c->n_held_frames; i++)
+        shared_frame_unref(c->held_frames[i]);
+    c->n_held_frames = 0;
 }
 
 /*
- * Turn a referenced held frame into a copy at the start of held, so that what is held next goes
- * after it. 0, or -1 out of memory (the frame is dropped then).
+ * Turn the referenced held frames into copies at the start of held, in order, so that what is held
+ * next goes after them. 0, or -1 out of memory (the frames are dropped then).
  */
 static int held_frame_spill(struct conn *c)
 {
-    if (!c->held_frame)
+    if (!c->n_held_frames)
         return 0;
-    int rc = (c->held || (c->held = evbuffer_new())) &&
-                     evbuffer_add(c->held, c->held_frame->data, c->held_frame->len) == 0
-                 ? 0
-                 : -1;
+    int rc = c->held || (c->held = evbuffer_new()) ? 0 : -1;
+    for (int i = 0; i < c->n_held_frames && rc == 0; i++)
+        rc = evbuffer_add(c->held, c->held_frames[i]->data, c->held_frames[i]->len);
     held_frame_drop(c);
     return rc;
 }
@@ -606,16 +608,30 @@ bool conn_check_backpressure(struct conn *c)
  */
 static void release_held(struct conn *c)
 {
-    struct shared_frame *f = c->held_frame;
-    size_t len = f ? f->len : evbuffer_get_length(c->held);
+    /* one held frame goes as it is (referenced); several are joined (each is under 1 KiB) */
+    uint8_t joined[CONN_HELD_FRAMES * SHARED_FRAME_COPY_MAX];
+    struct shared_frame *f = c->n_held_frames == 1 ? c->held_frames[0] : NULL;
+    const uint8_t *data = f ? f->data : NULL;
+    size_t len = f ? f->len : 0;
+    if (c->n_held_frames > 1) {
+        for (int i = 0; i < c->n_held_frames; i++) {
+            memcpy(joined + len, c->held_frames[i]->data, c->held_frames[i]->len);
+            len += c->held_frames[i]->len;
+        }
+        data = joined;
+    } else if (!f) {
+        len = evbuffer_get_length(c->held);
+    }
     size_t done = 0;
     if (out_raw_len(c) == 0 && len <= cfg_of(c)->send_queue / 2 &&
         (!c->bev || !bufferevent_openssl_get_ssl(c->bev))) {
         evutil_socket_t fd = conn_fd(c);
         if (fd >= 0 && f && ioq_put_frame(c, f)) {
-            done = f->len;
-        } else if (fd >= 0 && f) {
-            ssize_t n = send(fd, f->data, f->len, MSG_NOSIGNAL);
+            done = len;
+        } else if (fd >= 0 && data && ioq_put_copy(c, data, len)) {
+            done = len;
+        } else if (fd >= 0 && data) {
+            ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
             done = n > 0 ? (size_t)n : 0;
         } else if (fd >= 0 && ioq_put_copy(c, evbuffer_pullup(c->held, -1), len)) {
             evbuffer_drain(c->held, len);
@@ -624,9 +640,9 @@ static void release_held(struct conn *c)
         }
     }
     struct evbuffer *out = NULL;
-    if (f) {
-        if (done < f->len && (out = conn_out(c)) && evbuffer_add(out, f->data + done, f->len - done))
-            conn_drop_later(c, f->len - done);
+    if (data) {
+        if (done < len && (out = conn_out(c)) && evbuffer_add(out, data + done, len - done))
+            conn_drop_later(c, len - done);
         held_frame_drop(c);
     } else if (evbuffer_get_length(c->held) > 0 && (out = conn_out(c))) {
         evbuffer_add_buffer(out, c->held);
@@ -667,7 +683,7 @@ void conn_pool_flush(void *pool, bool ok)
             if (out)
                 evbuffer_add_buffer(out, c->held);
             c->close_held = false;
-        } else if ((c->held || c->held_frame) && conn_is_open(c) &&
+        } else if ((c->held || c->n_held_frames) && conn_is_open(c) &&
                    within_send_queue(c, output_len(c))) {
             /* Each held frame was checked as it was queued: only the output may have grown. */
             release_held(c);
@@ -772,12 +788,14 @@ void conn_send_shared(struct conn *c, struct shared_frame *f)
     struct shared_frame *z = shared_frame_for(c, f);
     if (z)
         f = z;
-    if (f->len < SHARED_FRAME_COPY_MAX && !c->dirty && loop_tx_open(c->lp)) {
-        /* the first frame held for this commit: referenced until the flush, no chain, no copy */
+    if (f->len < SHARED_FRAME_COPY_MAX && loop_tx_open(c->lp) &&
+        (!c->dirty || (c->n_held_frames > 0 && c->n_held_frames < CONN_HELD_FRAMES))) {
+        /* the first frames held for this commit (nothing else is): referenced until the flush, no
+         * chain, no copy */
         if (!conn_check_backpressure(c))
             return;
         f->refs++;
-        c->held_frame = f;
+        c->held_frames[c->n_held_frames++] = f;
         dirty_link(c);
         c->lp->metrics.bytes_out += f->len;
         return;

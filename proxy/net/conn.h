@@ -115,6 +115,10 @@ struct conn_z {
     int inflate_err;                     /* why the inflate sink stopped */
 };
 
+/* Shared frames a connection holds by reference for one commit (conn_send_shared). When a server
+ * falls behind, a commit carries two or three publishes to every member. */
+#define CONN_HELD_FRAMES 3
+
 /* Fields are grouped by size (pointers, then integers, then flags): 10,000 of these stay resident. */
 struct conn {
     struct conn_pool *pool;
@@ -136,10 +140,11 @@ struct conn {
     /* frames held until the loop's open store transaction commits (group commit, net/loop.h) */
     struct evbuffer *held;
     /*
-     * A fan-out commit's usual case, one small shared frame and nothing else held: referenced here
-     * rather than copied into a chain of held (which a second held frame first gets a copy of).
+     * A fan-out commit's usual case, a few small shared frames and nothing else held: referenced
+     * here rather than copied into a chain of held (spilled there, in order, when anything else is
+     * held after them or a fourth comes). held is empty while n_held_frames > 0.
      */
-    struct shared_frame *held_frame;
+    struct shared_frame *held_frames[CONN_HELD_FRAMES];
     struct conn *dirty_next;  /* in the pool's list of connections with held output */
     struct conn *prev, *next; /* in the pool */
     uint64_t id;              /* process-local serial, for logs */
@@ -154,6 +159,7 @@ struct conn {
     int rq_slot;          /* its read in the pool's ioq, while rq_queued */
     uint16_t close_code;  /* code we sent (or received, for client_close) */
     uint8_t msg_opcode;
+    uint8_t n_held_frames; /* in held_frames */
     bool deflate;         /* permessage-deflate negotiated (z is set) */
     bool counted;         /* holds a max_connections slot (an admitted WebSocket) */
     bool peer_counted;    /* counted under its peer address since accept (not a trusted proxy) */

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import websockets
 
-from wsp import Server, frame, raw_ws
+from wsp import Server, frame, make_token, raw_ws
 
 WAIT = 10
 
@@ -108,6 +108,60 @@ def test_room_fanout_reaches_every_member_in_order(srv):
                 if f.get("type") == "msg":
                     got.append(f["body"])
             assert got == [f"b{i}" for i in range(25)]
+        for ws in members:
+            await ws.close()
+    run(go())
+
+
+def test_several_publishes_in_one_commit_reach_every_member_in_order(srv):
+    """
+    A publisher's burst of room messages arrives in one read, so one commit holds several frames
+    for every member: up to three by reference, more spilled into a copy in order, and a direct
+    message to one member among them keeps its place.
+    """
+    async def go():
+        members = []
+        for k in range(12):
+            ws = await websockets.connect(srv.chat_url(f"m{k}"))
+            assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] == "welcome"
+            await ws.send(json.dumps({"type": "join", "room": "hall"}))
+            while json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] != "joined":
+                pass
+            members.append(ws)
+        pub = raw_ws(srv.port, "/ws?token=" + make_token("pub"))
+        pub.s.settimeout(WAIT)
+        assert json.loads(pub.recv_frame()[2])["type"] == "welcome"
+        pub.send(frame(0x1, json.dumps({"type": "join", "room": "hall"}).encode()))
+        while json.loads(pub.recv_frame()[2])["type"] != "joined":
+            pass
+        want, want_m1, n = [], [], 0
+        for burst in (2, 3, 4, 7, 1, 3):
+            out = b""
+            for j in range(burst):
+                body = f"b{n}"
+                out += frame(0x1, json.dumps({"type": "send", "room": "hall", "body": body,
+                                              "cid": f"c{n}"}).encode())
+                want.append(body)
+                want_m1.append(body)
+                n += 1
+                if burst == 4 and j == 1:  # a direct message to m1 in the middle of the burst
+                    out += frame(0x1, json.dumps({"type": "send", "to": "m1", "body": "dm",
+                                                  "cid": "d1"}).encode())
+                    want_m1.append("dm")
+            pub.send(out)  # one write: the server reads the burst at once
+            got = 0
+            while got < burst + (1 if burst == 4 else 0):  # receipts after the commit
+                if json.loads(pub.recv_frame()[2]).get("type") == "sent":
+                    got += 1
+        for k, ws in enumerate(members):
+            got = []
+            expect = want_m1 if k == 1 else want
+            while len(got) < len(expect):
+                f = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+                if f.get("type") == "msg":
+                    got.append(f["body"])
+            assert got == expect, f"m{k}"
+        pub.close()
         for ws in members:
             await ws.close()
     run(go())
