@@ -88,16 +88,22 @@ def test_many_echo_clients_at_once_each_get_their_own_in_order(srv):
     run(go())
 
 
+async def join_members(srv, n, room):
+    """n chat clients m0..m{n-1}, each welcomed and joined to room."""
+    members = []
+    for k in range(n):
+        ws = await websockets.connect(srv.chat_url(f"m{k}"))
+        assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] == "welcome"
+        await ws.send(json.dumps({"type": "join", "room": room}))
+        while json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] != "joined":
+            pass
+        members.append(ws)
+    return members
+
+
 def test_room_fanout_reaches_every_member_in_order(srv):
     async def go():
-        members = []
-        for k in range(30):
-            ws = await websockets.connect(srv.chat_url(f"m{k}"))
-            assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] == "welcome"
-            await ws.send(json.dumps({"type": "join", "room": "hall"}))
-            while json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] != "joined":
-                pass
-            members.append(ws)
+        members = await join_members(srv, 30, "hall")
         pub = members[0]
         for i in range(25):
             await pub.send(json.dumps({"type": "send", "room": "hall", "body": f"b{i}", "cid": f"c{i}"}))
@@ -120,14 +126,7 @@ def test_several_publishes_in_one_commit_reach_every_member_in_order(srv):
     message to one member among them keeps its place.
     """
     async def go():
-        members = []
-        for k in range(12):
-            ws = await websockets.connect(srv.chat_url(f"m{k}"))
-            assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] == "welcome"
-            await ws.send(json.dumps({"type": "join", "room": "hall"}))
-            while json.loads(await asyncio.wait_for(ws.recv(), WAIT))["type"] != "joined":
-                pass
-            members.append(ws)
+        members = await join_members(srv, 12, "hall")
         pub = raw_ws(srv.port, "/ws?token=" + make_token("pub"))
         pub.s.settimeout(WAIT)
         assert json.loads(pub.recv_frame()[2])["type"] == "welcome"

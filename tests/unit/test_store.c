@@ -480,11 +480,20 @@ static int file_page_size(const char *path)
     return h[16] << 8 | h[17];
 }
 
+/* The page size of the file at path once the store opened it and wrote a message. */
+static int page_size_after_use(const char *path)
+{
+    struct store *st = open_path(path, false);
+
+    send_direct(st, "alice", "bob", "hi", "c1", T0);
+    store_close(st);
+    return file_page_size(path);
+}
+
 /* A new file gets 8 KiB pages (STORE_PAGE_SIZE); a file made with other pages keeps them. */
 static void test_store_new_file_has_8k_pages_old_one_keeps_its_own(void **state)
 {
     char path[] = "/tmp/test_store_pages_XXXXXX";
-    struct store *st;
     sqlite3 *db;
     int fd;
 
@@ -495,10 +504,7 @@ static void test_store_new_file_has_8k_pages_old_one_keeps_its_own(void **state)
     assert_true(fd >= 0);
     close(fd);
     unlink(path);
-    st = open_path(path, false);
-    send_direct(st, "alice", "bob", "hi", "c1", T0);
-    store_close(st);
-    assert_int_equal(file_page_size(path), 8192);
+    assert_int_equal(page_size_after_use(path), 8192);
     remove_db(path);
 
     /* a database as SQLite made it before: 4 KiB pages, and it stays so through the migrations */
@@ -507,10 +513,7 @@ static void test_store_new_file_has_8k_pages_old_one_keeps_its_own(void **state)
                                       " CREATE TABLE t (x); DROP TABLE t;", NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
-    st = open_path(path, false);
-    send_direct(st, "alice", "bob", "hi", "c1", T0);
-    store_close(st);
-    assert_int_equal(file_page_size(path), 4096);
+    assert_int_equal(page_size_after_use(path), 4096);
     remove_db(path);
 }
 
